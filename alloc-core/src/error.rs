@@ -1,0 +1,125 @@
+//! The core's one error type. It is `Copy` and carries its cause in the variant, so the host can
+//! map each variant to its own error (alloc-shm's `PoolError`, Python's exceptions) one to one.
+
+use core::fmt;
+
+/// What went wrong. Every failing operation leaves the heap exactly as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// No free space large enough for the request right now.
+    OutOfMemory {
+        /// Bytes asked for.
+        requested: u64,
+    },
+    /// The request can never fit: it is larger than the whole data area.
+    TooLarge {
+        /// Bytes asked for.
+        requested: u64,
+        /// Bytes in the data area.
+        capacity: u64,
+    },
+    /// The alignment is not a power of two, or exceeds the page size.
+    BadAlignment {
+        /// Alignment asked for.
+        align: u64,
+    },
+    /// The id names no slot of this heap (it was made up, or belongs to another pool).
+    InvalidId {
+        /// The id.
+        id: u64,
+    },
+    /// The id names a slot, but no live allocation with that id is there: it was freed already
+    /// (a double free), or the slot has been reused since (a stale id).
+    NotAllocated {
+        /// The id.
+        id: u64,
+    },
+    /// The region is smaller than one span, or its length or address is not 8-byte aligned.
+    RegionTooSmall {
+        /// Bytes offered.
+        bytes: u64,
+    },
+    /// The region does not start with the pool magic.
+    BadMagic,
+    /// The region was made by another layout version.
+    UnsupportedVersion {
+        /// Version found.
+        found: u64,
+    },
+    /// The header's geometry does not match the region it sits in.
+    HeaderMismatch,
+    /// The page size is not a power of two between 64 bytes and 64 KiB.
+    BadPageSize {
+        /// log2 of the page size asked for.
+        page_shift: u32,
+    },
+    /// The region's creator has not finished writing its header.
+    NotReady,
+    /// The pool was destroyed.
+    Destroyed,
+    /// A blocking allocation's deadline passed before space became free.
+    TimedOut {
+        /// Bytes asked for.
+        requested: u64,
+    },
+    /// Metadata read from the region is inconsistent (a corrupted or hostile region). `page`
+    /// is the data page where it was found.
+    Corrupt {
+        /// What is wrong.
+        what: &'static str,
+        /// The page it concerns.
+        page: u64,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::OutOfMemory { requested } => write!(f, "no free space for {requested} bytes"),
+            Error::TooLarge {
+                requested,
+                capacity,
+            } => {
+                write!(
+                    f,
+                    "{requested} bytes can never fit in a data area of {capacity} bytes"
+                )
+            }
+            Error::BadAlignment { align } => {
+                write!(
+                    f,
+                    "alignment {align} is not a power of two no larger than the page size"
+                )
+            }
+            Error::InvalidId { id } => {
+                write!(f, "allocation id {id:#x} does not belong to this pool")
+            }
+            Error::NotAllocated { id } => {
+                write!(
+                    f,
+                    "allocation {id:#x} is not live (already freed, or a stale id)"
+                )
+            }
+            Error::RegionTooSmall { bytes } => {
+                write!(
+                    f,
+                    "a region of {bytes} bytes is too small or not 8-byte aligned"
+                )
+            }
+            Error::BadMagic => write!(f, "the region is not a shmpool heap (bad magic)"),
+            Error::UnsupportedVersion { found } => write!(f, "unsupported layout version {found}"),
+            Error::HeaderMismatch => write!(f, "the header's geometry does not match the region"),
+            Error::BadPageSize { page_shift } => {
+                write!(f, "page size 2^{page_shift} is outside 64 B..64 KiB")
+            }
+            Error::NotReady => write!(f, "the pool is still being initialised"),
+            Error::Destroyed => write!(f, "the pool has been destroyed"),
+            Error::TimedOut { requested } => {
+                write!(f, "timed out waiting for {requested} bytes to become free")
+            }
+            Error::Corrupt { what, page } => write!(f, "corrupted heap at page {page}: {what}"),
+        }
+    }
+}
+
+impl core::error::Error for Error {}

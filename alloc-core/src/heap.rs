@@ -1,0 +1,1038 @@
+//! The heap: allocation, free, lookup and the blocking protocol over one region.
+//!
+//! # Design
+//!
+//! The data area is cut into pages (4 KiB by default). A lock-free bitmap ([`crate::bitmap`])
+//! hands out runs of pages. A request of at most 2048 bytes (and at most 16-byte alignment) is
+//! served from a *span*: 16 pages carved into blocks of one size class, with a Michael-style
+//! anchor ([`crate::span`]). Larger or more strictly aligned requests get a run of whole pages
+//! of their own (a *large* allocation), recorded in its first page's metadata.
+//!
+//! Spans of a class with free blocks are found through the class's Treiber stack
+//! ([`crate::stack`]) and, first, through this heap's *hint*: the span it allocated from last.
+//! Each process (each `Heap` value) has its own hints, so processes allocate from different
+//! spans and do not contend on one anchor. A span is in the stack while its `listed` flag is
+//! set; a free into an unlisted span lists it; a heap that drops a hint with free blocks left
+//! lists it. So a span with free blocks is always in its stack or some heap's hint.
+//!
+//! Spans are not bound to their class for good. When the bitmap has no run left, the heap
+//! detaches every class stack, retires each span whose blocks are all free (giving its pages
+//! back), and pushes the others back; then it tries again. A pool filled with tiny blocks and
+//! emptied again thus serves one allocation of most of its data area.
+//!
+//! # Ids
+//!
+//! An allocation's id is `generation << slot_bits | slot`, where the slot is the allocation's
+//! offset in the data area divided by 16. Lookup by id is therefore O(1): the slot gives the
+//! place, the place's state word gives the live generation, and an id whose generation differs
+//! is stale. Each allocation of a slot takes the next generation. Generations survive the
+//! reuse of memory for another class or a large run: every page keeps an *epoch*, at least the
+//! largest generation issued to a slot inside it, raised when a span or run is released and
+//! read when the next one is set up. An id can therefore only repeat after one slot has been
+//! allocated `2^(64 - slot_bits)` times (2^38 for a 1 GiB pool, 2^28 for 1 TiB).
+//!
+//! # Lock-freedom and crashes
+//!
+//! Every shared change is one compare-exchange on one word, retried only when another
+//! participant's change succeeded. A participant that stops at any instruction blocks nobody.
+//! What it may leave behind: claimed pages not yet recorded in page info, a span listed but
+//! not yet pushed, or a detached stack chain in `release_empty_spans`. These leak memory until
+//! recovered, they never corrupt allocations; `check` reports them.
+
+use crate::bitmap::Bitmap;
+use crate::error::Error;
+use crate::layout::{
+    class_for, header, page, span_meta_bytes, Anchor, BlockState, Geometry, PageInfo, CLASS_SIZES,
+    DEFAULT_PAGE_SHIFT, GRANULE, HEADER_WORDS, LAYOUT_VERSION, MAGIC, MAX_PAGE_SHIFT,
+    MIN_PAGE_SHIFT, NUM_CLASSES, PAGE_META_WORDS, SPAN_PAGES, STATE_DESTROYED, STATE_INITIALISING,
+    STATE_READY,
+};
+use crate::primitive::{fence, AtomicU32, AtomicU64, Ordering};
+use crate::region::Region;
+use crate::span::{Pushed, Span};
+use crate::stack::SpanStack;
+
+/// Allocation types with a meaning fixed by Dragon's managed memory; others are free for users.
+pub mod alloc_type {
+    /// Plain data.
+    pub const DATA: u8 = 0;
+    /// A channel.
+    pub const CHANNEL: u8 = 1;
+    /// A channel's buffer.
+    pub const CHANNEL_BUFFER: u8 = 2;
+    /// Bootstrap data.
+    pub const BOOTSTRAP: u8 = 3;
+}
+
+/// An allocation's id: unique over the pool's life (see the module docs for the bound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllocId(pub u64);
+
+/// Who owns an allocation: a process id, or the pool itself ([`Owner::POOL`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Owner(pub u32);
+
+impl Owner {
+    /// Owned by the pool: never reclaimed because a process died.
+    pub const POOL: Owner = Owner(0);
+}
+
+/// How to allocate, beyond the size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocOptions {
+    /// Alignment: a power of two up to the page size. Everything is 16-byte aligned anyway.
+    pub align: u64,
+    /// The allocation's type ([`alloc_type`]).
+    pub alloc_type: u8,
+    /// The owner recorded with the allocation.
+    pub owner: Owner,
+}
+
+impl Default for AllocOptions {
+    fn default() -> Self {
+        AllocOptions {
+            align: GRANULE,
+            alloc_type: alloc_type::DATA,
+            owner: Owner::POOL,
+        }
+    }
+}
+
+/// A live allocation as seen at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    /// Its id.
+    pub id: AllocId,
+    /// Byte offset of its first byte from the start of the region.
+    pub offset: u64,
+    /// The size asked for.
+    pub size: u64,
+    /// Bytes usable in place (the class size, or the run's pages).
+    pub capacity: u64,
+    /// Its type.
+    pub alloc_type: u8,
+    /// Its owner.
+    pub owner: Owner,
+}
+
+/// Whether a free must wake blocked allocators. The host wakes them through its futex on
+/// [`Heap::wake_word`]; the core cannot make system calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a free that reports `Wake::Waiters` must wake the futex on `Heap::wake_word`"]
+pub enum Wake {
+    /// Nobody waits: no system call needed.
+    Nobody,
+    /// Someone waits in `alloc_blocking`: wake every waiter on the wake word.
+    Waiters,
+}
+
+/// The outcome of one wait in [`Heap::alloc_blocking`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waited {
+    /// The word changed or the wait ended early: try again.
+    Woken,
+    /// The host's deadline passed.
+    TimedOut,
+}
+
+/// How a host blocks. alloc-shm implements it with a shared (not private) futex with a timeout.
+pub trait WaitHost {
+    /// Blocks while `word` still holds `seen` (in its low 32 bits), until woken or the host's
+    /// deadline passes. Spurious returns are fine.
+    fn wait(&mut self, word: &AtomicU64, seen: u64) -> Waited;
+}
+
+/// Per-class figures in [`Stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    /// Spans of this class.
+    pub spans: u64,
+    /// Blocks in those spans.
+    pub blocks: u64,
+    /// Live blocks.
+    pub live: u64,
+}
+
+/// Usage figures from one walk of the heap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes of the data area.
+    pub data_bytes: u64,
+    /// Bytes not taken by live allocations' blocks or runs, nor by span metadata.
+    pub free_bytes: u64,
+    /// Live allocations.
+    pub live_allocations: u64,
+    /// Sum of the live allocations' requested sizes.
+    pub live_bytes: u64,
+    /// Pages claimed from the bitmap.
+    pub claimed_pages: u64,
+    /// The longest run of unclaimed pages, in bytes.
+    pub largest_free_run: u64,
+    /// Per size class.
+    pub classes: [ClassStats; NUM_CLASSES],
+}
+
+/// Where an id's slot lives.
+enum Place<'h> {
+    Small {
+        span: Span<'h>,
+        head: u64,
+        class: usize,
+        index: u64,
+        owner: &'h AtomicU32,
+    },
+    Large {
+        head: u64,
+        pages: u64,
+    },
+}
+
+/// A heap over one region. Each process (or each thread standing in for one) opens its own
+/// `Heap` over the shared region; the value itself only adds process-local hints.
+pub struct Heap<'a> {
+    region: Region<'a>,
+    geo: Geometry,
+    /// Blocks per span of each class for this page size (0: the class is not used).
+    blocks: [u64; NUM_CLASSES],
+    /// Per class, the span this heap allocated from last (page + 1, 0 = none). Process-local.
+    hints: [AtomicU64; NUM_CLASSES],
+    /// Where the next bitmap search starts. Process-local.
+    page_hint: AtomicU64,
+}
+
+impl<'a> Heap<'a> {
+    /// Lays out a new heap over `region` with pages of `1 << page_shift` bytes and marks it
+    /// ready. Writes only the header: everything past it must be zero (a fresh file or
+    /// mapping), which means "all free".
+    pub fn create(region: Region<'a>, page_shift: u32) -> Result<Heap<'a>, Error> {
+        if !(MIN_PAGE_SHIFT..=MAX_PAGE_SHIFT).contains(&page_shift) {
+            return Err(Error::BadPageSize { page_shift });
+        }
+        let geo = Geometry::compute(region.len(), page_shift).ok_or(Error::RegionTooSmall {
+            bytes: region.len(),
+        })?;
+        let w = |index: usize| region.word(index);
+        w(header::STATE).store(STATE_INITIALISING, Ordering::Relaxed);
+        w(header::REGION_BYTES).store(geo.region_bytes, Ordering::Relaxed);
+        w(header::PAGE_SHIFT).store(page_shift as u64, Ordering::Relaxed);
+        w(header::NUM_PAGES).store(geo.num_pages, Ordering::Relaxed);
+        w(header::DATA_OFFSET).store(geo.data_offset, Ordering::Relaxed);
+        w(header::SLOT_BITS).store(geo.slot_bits as u64, Ordering::Relaxed);
+        w(header::VERSION).store(LAYOUT_VERSION, Ordering::Relaxed);
+        w(header::MAGIC).store(MAGIC, Ordering::Relaxed);
+        // ORDERING: Release publishes the header fields above to `open`'s Acquire load of STATE.
+        w(header::STATE).store(STATE_READY, Ordering::Release);
+        Ok(Heap::with_geometry(region, geo))
+    }
+
+    /// Lays out a new heap with the default page size (4 KiB).
+    pub fn create_default(region: Region<'a>) -> Result<Heap<'a>, Error> {
+        Heap::create(region, DEFAULT_PAGE_SHIFT)
+    }
+
+    /// Opens a heap another participant created, validating its header against the region.
+    pub fn open(region: Region<'a>) -> Result<Heap<'a>, Error> {
+        if region.len() < (HEADER_WORDS * 8) as u64 {
+            return Err(Error::RegionTooSmall {
+                bytes: region.len(),
+            });
+        }
+        let read = |index: usize| region.word(index).load(Ordering::Relaxed);
+        // ORDERING: Acquire pairs with `create`'s Release store of READY: the fields are complete.
+        let state = region.word(header::STATE).load(Ordering::Acquire);
+        if read(header::MAGIC) != MAGIC {
+            return Err(if state == STATE_INITIALISING {
+                Error::NotReady
+            } else {
+                Error::BadMagic
+            });
+        }
+        let version = read(header::VERSION);
+        if version != LAYOUT_VERSION {
+            return Err(Error::UnsupportedVersion { found: version });
+        }
+        match state {
+            STATE_READY => {}
+            STATE_INITIALISING => return Err(Error::NotReady),
+            STATE_DESTROYED => return Err(Error::Destroyed),
+            _ => return Err(Error::HeaderMismatch),
+        }
+        let page_shift = read(header::PAGE_SHIFT);
+        if read(header::REGION_BYTES) != region.len() || page_shift > MAX_PAGE_SHIFT as u64 {
+            return Err(Error::HeaderMismatch);
+        }
+        let geo =
+            Geometry::compute(region.len(), page_shift as u32).ok_or(Error::HeaderMismatch)?;
+        if read(header::NUM_PAGES) != geo.num_pages
+            || read(header::DATA_OFFSET) != geo.data_offset
+            || read(header::SLOT_BITS) != geo.slot_bits as u64
+        {
+            return Err(Error::HeaderMismatch);
+        }
+        Ok(Heap::with_geometry(region, geo))
+    }
+
+    fn with_geometry(region: Region<'a>, geo: Geometry) -> Heap<'a> {
+        let mut blocks = [0; NUM_CLASSES];
+        for (class, slot) in blocks.iter_mut().enumerate() {
+            let count = crate::layout::blocks_per_span(CLASS_SIZES[class] as u64, geo.span_bytes());
+            // A class with only a handful of blocks per span would waste most of it.
+            *slot = if count >= 8 { count } else { 0 };
+        }
+        Heap {
+            region,
+            geo,
+            blocks,
+            hints: core::array::from_fn(|_| AtomicU64::new(0)),
+            page_hint: AtomicU64::new(0),
+        }
+    }
+
+    /// The geometry this heap was opened with.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    /// The region this heap lives in.
+    pub fn region(&self) -> &Region<'a> {
+        &self.region
+    }
+
+    /// A header word reserved for the host (`index` in `HOST_WORDS_START..HEADER_WORDS`).
+    pub fn host_word(&self, index: usize) -> Option<&AtomicU64> {
+        (crate::layout::HOST_WORDS_START..HEADER_WORDS)
+            .contains(&index)
+            .then(|| self.region.word(index))
+    }
+
+    /// The futex word blocked allocators wait on (its low 32 bits).
+    pub fn wake_word(&self) -> &AtomicU64 {
+        self.region.word(header::WAKE_SEQ)
+    }
+
+    /// Marks the pool destroyed: every later call in every process fails with
+    /// [`Error::Destroyed`]. Returns whether waiters must be woken so that they see it.
+    pub fn mark_destroyed(&self) -> Wake {
+        // ORDERING: Release so a process that sees DESTROYED also sees everything before it.
+        self.region
+            .word(header::STATE)
+            .store(STATE_DESTROYED, Ordering::Release);
+        self.bump_wake_seq()
+    }
+
+    /// Fails with `Destroyed` once the pool was destroyed.
+    #[inline]
+    fn ensure_ready(&self) -> Result<(), Error> {
+        // A Relaxed load suffices: destruction only needs to be noticed eventually, and the
+        // mapping stays valid whatever the state.
+        match self.region.word(header::STATE).load(Ordering::Relaxed) {
+            STATE_READY => Ok(()),
+            _ => Err(Error::Destroyed),
+        }
+    }
+
+    // ----- metadata access -------------------------------------------------------------------
+
+    #[inline]
+    fn page_word(&self, page: u64, field: usize) -> &AtomicU64 {
+        self.region.word(self.geo.page_word(page, field))
+    }
+
+    #[inline]
+    fn info(&self, page: u64) -> PageInfo {
+        // ORDERING: Acquire pairs with the Release store that published the span or run, so its
+        // anchor, states and owner are visible to whoever acts on this info.
+        PageInfo::decode(self.page_word(page, page::INFO).load(Ordering::Acquire))
+    }
+
+    fn bitmap(&self) -> Bitmap<'_> {
+        let offset = self.geo.bitmap_word as u64 * 8;
+        Bitmap::new(
+            self.region.words_at(offset, self.geo.bitmap_words as u64),
+            self.geo.num_pages,
+        )
+    }
+
+    fn stack(&self, class: usize) -> SpanStack<'_> {
+        let meta_offset = self.geo.page_meta_word as u64 * 8;
+        let meta_words = self.geo.num_pages * PAGE_META_WORDS as u64;
+        SpanStack::new(
+            self.region.word(self.geo.stacks_word + class),
+            self.region.words_at(meta_offset, meta_words),
+            PAGE_META_WORDS,
+            page::LINK,
+            self.geo.num_pages,
+        )
+    }
+
+    /// The span whose head is `head`, of `class`. Both must already be range-checked.
+    fn span(&self, head: u64, class: usize) -> (Span<'_>, &[AtomicU32], u64) {
+        let blocks = self.blocks[class];
+        let start = self.geo.page_offset(head);
+        let states = self.region.words_at(start, blocks);
+        let owners = self.region.halves_at(start + blocks * 8, blocks);
+        let first_block = start + span_meta_bytes(blocks);
+        (
+            Span::new(self.page_word(head, page::ANCHOR), states),
+            owners,
+            first_block,
+        )
+    }
+
+    fn check_span_head(&self, head: u64, class: usize) -> Result<(), Error> {
+        if class >= NUM_CLASSES || self.blocks[class] == 0 || head + SPAN_PAGES > self.geo.num_pages
+        {
+            return Err(Error::Corrupt {
+                what: "span head out of range",
+                page: head,
+            });
+        }
+        Ok(())
+    }
+
+    fn make_id(&self, offset: u64, gen: u64) -> AllocId {
+        let slot = (offset - self.geo.data_offset) / GRANULE;
+        AllocId((gen << self.geo.slot_bits) | slot)
+    }
+
+    /// The generation bits an id of this heap can hold.
+    fn id_gen_mask(&self) -> u64 {
+        u64::MAX >> self.geo.slot_bits
+    }
+
+    // ----- allocation ------------------------------------------------------------------------
+
+    /// Allocates `size` bytes (0 is allowed and gives a distinct allocation).
+    pub fn alloc(&self, size: u64, options: AllocOptions) -> Result<Allocation, Error> {
+        self.ensure_ready()?;
+        if !options.align.is_power_of_two() || options.align > self.geo.page_bytes() {
+            return Err(Error::BadAlignment {
+                align: options.align,
+            });
+        }
+        if size > self.geo.data_bytes() {
+            return Err(Error::TooLarge {
+                requested: size,
+                capacity: self.geo.data_bytes(),
+            });
+        }
+        let class =
+            class_for(size).filter(|&class| options.align <= GRANULE && self.blocks[class] > 0);
+        let attempt = || match class {
+            Some(class) => self.alloc_small(class, size, options),
+            None => self.alloc_large(size, options),
+        };
+        if let Some(allocation) = attempt()? {
+            return Ok(allocation);
+        }
+        if self.release_empty_spans()? > 0 {
+            if let Some(allocation) = attempt()? {
+                return Ok(allocation);
+            }
+        }
+        Err(Error::OutOfMemory { requested: size })
+    }
+
+    fn alloc_small(
+        &self,
+        class: usize,
+        size: u64,
+        options: AllocOptions,
+    ) -> Result<Option<Allocation>, Error> {
+        loop {
+            let hint = self.hints[class].load(Ordering::Relaxed);
+            if hint != 0 {
+                if let Some(allocation) = self.pop_block(hint - 1, class, size, options)? {
+                    return Ok(Some(allocation));
+                }
+            }
+            while let Some(head) = self.stack(class).pop()? {
+                self.check_span_head(head, class)?;
+                self.span(head, class).0.unlist();
+                self.set_hint(class, head)?;
+                if let Some(allocation) = self.pop_block(head, class, size, options)? {
+                    return Ok(Some(allocation));
+                }
+            }
+            let Some(head) = self.claim_pages(SPAN_PAGES) else {
+                return Ok(None);
+            };
+            self.init_span(head, class);
+            self.set_hint(class, head)?;
+            if let Some(allocation) = self.pop_block(head, class, size, options)? {
+                return Ok(Some(allocation));
+            }
+            // Another thread sharing this heap's hint emptied the new span first: go round.
+        }
+    }
+
+    /// Makes `head` this heap's span for `class`; a previous hint that still has free blocks
+    /// is listed so that it stays findable.
+    fn set_hint(&self, class: usize, head: u64) -> Result<(), Error> {
+        let previous = self.hints[class].swap(head + 1, Ordering::Relaxed);
+        if previous != 0 && previous != head + 1 {
+            let page = previous - 1;
+            if page + SPAN_PAGES <= self.geo.num_pages {
+                let (span, _, _) = self.span(page, class);
+                if span.relist(|| self.info(page) == PageInfo::SpanHead { class })
+                    == Pushed::MustList
+                {
+                    self.stack(class).push(page);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes one block from span `head`, if it is still a span of `class` with a free block.
+    fn pop_block(
+        &self,
+        head: u64,
+        class: usize,
+        size: u64,
+        options: AllocOptions,
+    ) -> Result<Option<Allocation>, Error> {
+        let (span, owners, first_block) = self.span(head, class);
+        let still_ours = || self.info(head) == PageInfo::SpanHead { class };
+        let Some(index) = span.pop(still_ours)? else {
+            return Ok(None);
+        };
+        let state = span.state(index);
+        let gen =
+            (BlockState::decode(state.load(Ordering::Relaxed)).gen + 1) & BlockState::GEN_MASK;
+        let class_size = CLASS_SIZES[class] as u64;
+        owners[index as usize].store(options.owner.0, Ordering::Relaxed);
+        let live = BlockState {
+            live: true,
+            gen,
+            alloc_type: options.alloc_type,
+            low: class_size - size,
+        };
+        // ORDERING: Release publishes the owner (and the allocation as a whole) to lookups,
+        // which load this word with Acquire before reading the owner.
+        state.store(live.encode(), Ordering::Release);
+        let offset = first_block + index * class_size;
+        Ok(Some(Allocation {
+            id: self.make_id(offset, gen),
+            offset,
+            size,
+            capacity: class_size,
+            alloc_type: options.alloc_type,
+            owner: options.owner,
+        }))
+    }
+
+    fn init_span(&self, head: u64, class: usize) {
+        let base = (head..head + SPAN_PAGES)
+            .map(|page| self.page_word(page, page::EPOCH).load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        self.span(head, class).0.init(base);
+        for member in head + 1..head + SPAN_PAGES {
+            self.page_word(member, page::INFO)
+                .store(PageInfo::SpanMember { head }.encode(), Ordering::Relaxed);
+        }
+        // ORDERING: Release publishes the span (anchor, states, member info) to `info` readers.
+        self.page_word(head, page::INFO)
+            .store(PageInfo::SpanHead { class }.encode(), Ordering::Release);
+    }
+
+    fn alloc_large(&self, size: u64, options: AllocOptions) -> Result<Option<Allocation>, Error> {
+        let pages = size.div_ceil(self.geo.page_bytes()).max(1);
+        let Some(head) = self.claim_pages(pages) else {
+            return Ok(None);
+        };
+        let gen =
+            (self.page_word(head, page::EPOCH).load(Ordering::Relaxed) + 1) & BlockState::GEN_MASK;
+        self.page_word(head, page::LINK)
+            .store(size, Ordering::Relaxed);
+        self.page_word(head, page::OWNER)
+            .store(options.owner.0 as u64, Ordering::Relaxed);
+        let live = BlockState {
+            live: true,
+            gen,
+            alloc_type: options.alloc_type,
+            low: 0,
+        };
+        self.page_word(head, page::STATE)
+            .store(live.encode(), Ordering::Relaxed);
+        // ORDERING: Release publishes size, owner and state to `info` readers (lookups, frees).
+        self.page_word(head, page::INFO)
+            .store(PageInfo::LargeHead { pages }.encode(), Ordering::Release);
+        let offset = self.geo.page_offset(head);
+        Ok(Some(Allocation {
+            id: self.make_id(offset, gen),
+            offset,
+            size,
+            capacity: pages * self.geo.page_bytes(),
+            alloc_type: options.alloc_type,
+            owner: options.owner,
+        }))
+    }
+
+    fn claim_pages(&self, pages: u64) -> Option<u64> {
+        let start = self
+            .bitmap()
+            .claim(pages, self.page_hint.load(Ordering::Relaxed))?;
+        self.page_hint.store(start + pages, Ordering::Relaxed);
+        Some(start)
+    }
+
+    /// Gives back the pages of every span whose blocks are all free. Returns how many spans
+    /// were released. Spans in use by a concurrent `alloc` are left alone.
+    pub fn release_empty_spans(&self) -> Result<u64, Error> {
+        let mut released = 0;
+        for class in 0..NUM_CLASSES {
+            let stack = self.stack(class);
+            let mut next = stack.take_all()?;
+            while let Some(head) = next {
+                next = stack.next_detached(head)?;
+                self.check_span_head(head, class)?;
+                let (span, _, _) = self.span(head, class);
+                span.unlist();
+                if span.try_retire() {
+                    self.retire_span(head, &span);
+                    released += 1;
+                } else if span.relist(|| self.info(head) == PageInfo::SpanHead { class })
+                    == Pushed::MustList
+                {
+                    stack.push(head);
+                }
+            }
+        }
+        Ok(released)
+    }
+
+    /// Hands a retired span's pages back; the caller retired it and holds it alone.
+    fn retire_span(&self, head: u64, span: &Span<'_>) {
+        let max_gen = span.max_gen();
+        for page in head..head + SPAN_PAGES {
+            self.page_word(page, page::EPOCH)
+                .fetch_max(max_gen, Ordering::Relaxed);
+            self.page_word(page, page::INFO)
+                .store(PageInfo::Free.encode(), Ordering::Relaxed);
+        }
+        self.bitmap().release(head, SPAN_PAGES);
+    }
+
+    // ----- finding an allocation -------------------------------------------------------------
+
+    /// Finds the place of `id`'s slot and its state word. Checks every value read from the
+    /// region before using it as an index.
+    fn locate(&self, id: AllocId) -> Result<(Place<'_>, &AtomicU64), Error> {
+        let slot = id.0 & ((1u64 << self.geo.slot_bits) - 1);
+        let relative = slot * GRANULE;
+        if relative >= self.geo.data_bytes() {
+            return Err(Error::InvalidId { id: id.0 });
+        }
+        let offset = self.geo.data_offset + relative;
+        let page = relative >> self.geo.page_shift;
+        let not_allocated = Error::NotAllocated { id: id.0 };
+        let (head, class) = match self.info(page) {
+            PageInfo::Free => return Err(not_allocated),
+            PageInfo::LargeHead { pages } => {
+                if pages == 0 || pages > self.geo.num_pages - page {
+                    return Err(Error::Corrupt {
+                        what: "large run out of range",
+                        page,
+                    });
+                }
+                if offset != self.geo.page_offset(page) {
+                    return Err(not_allocated);
+                }
+                let state = self.page_word(page, page::STATE);
+                return Ok((Place::Large { head: page, pages }, state));
+            }
+            PageInfo::SpanHead { class } => (page, class),
+            PageInfo::SpanMember { head } => {
+                if head > page || page - head >= SPAN_PAGES {
+                    return Err(Error::Corrupt {
+                        what: "span member points outside its span",
+                        page,
+                    });
+                }
+                match self.info(head) {
+                    PageInfo::SpanHead { class } => (head, class),
+                    _ => return Err(not_allocated),
+                }
+            }
+        };
+        self.check_span_head(head, class)?;
+        let (span, owners, first_block) = self.span(head, class);
+        let class_size = CLASS_SIZES[class] as u64;
+        if offset < first_block || (offset - first_block) % class_size != 0 {
+            return Err(not_allocated);
+        }
+        let index = (offset - first_block) / class_size;
+        if index >= span.blocks() {
+            return Err(not_allocated);
+        }
+        let state = span.state(index);
+        Ok((
+            Place::Small {
+                span,
+                head,
+                class,
+                index,
+                owner: &owners[index as usize],
+            },
+            state,
+        ))
+    }
+
+    /// The state word of `id` if it is live with `id`'s generation.
+    fn live_state(&self, id: AllocId, state: &AtomicU64) -> Result<(u64, BlockState), Error> {
+        // ORDERING: Acquire pairs with the Release store that made the allocation live, so its
+        // owner and size are visible.
+        let word = state.load(Ordering::Acquire);
+        let decoded = BlockState::decode(word);
+        if !decoded.live || decoded.gen & self.id_gen_mask() != id.0 >> self.geo.slot_bits {
+            return Err(Error::NotAllocated { id: id.0 });
+        }
+        Ok((word, decoded))
+    }
+
+    fn describe(
+        &self,
+        id: AllocId,
+        place: &Place<'_>,
+        state: BlockState,
+    ) -> Result<Allocation, Error> {
+        let slot = id.0 & ((1u64 << self.geo.slot_bits) - 1);
+        let offset = self.geo.data_offset + slot * GRANULE;
+        let (size, capacity, owner) = match *place {
+            Place::Small { class, owner, .. } => {
+                let capacity = CLASS_SIZES[class] as u64;
+                (
+                    capacity.saturating_sub(state.low),
+                    capacity,
+                    owner.load(Ordering::Relaxed),
+                )
+            }
+            Place::Large { head, pages } => {
+                let capacity = pages << self.geo.page_shift;
+                let size = self.page_word(head, page::LINK).load(Ordering::Relaxed);
+                if size > capacity {
+                    return Err(Error::Corrupt {
+                        what: "large size exceeds its run",
+                        page: head,
+                    });
+                }
+                (
+                    size,
+                    capacity,
+                    self.page_word(head, page::OWNER).load(Ordering::Relaxed) as u32,
+                )
+            }
+        };
+        Ok(Allocation {
+            id,
+            offset,
+            size,
+            capacity,
+            alloc_type: state.alloc_type,
+            owner: Owner(owner),
+        })
+    }
+
+    /// The live allocation with `id`, in O(1).
+    pub fn lookup(&self, id: AllocId) -> Result<Allocation, Error> {
+        self.ensure_ready()?;
+        let (place, state) = self.locate(id)?;
+        let (word, decoded) = self.live_state(id, state)?;
+        let allocation = self.describe(id, &place, decoded)?;
+        // The owner and size were read after the state; if the state changed meanwhile the
+        // allocation was freed (or resized) under us and the snapshot may mix two lives.
+        if state.load(Ordering::Acquire) != word {
+            return Err(Error::NotAllocated { id: id.0 });
+        }
+        Ok(allocation)
+    }
+
+    /// Whether `id` names a live allocation.
+    pub fn contains(&self, id: AllocId) -> bool {
+        self.lookup(id).is_ok()
+    }
+
+    /// Frees the allocation `id`. A double free, a stale id or an id that is not an allocation
+    /// start is an error and changes nothing.
+    pub fn free(&self, id: AllocId) -> Result<Wake, Error> {
+        self.ensure_ready()?;
+        let (place, state) = self.locate(id)?;
+        let (word, decoded) = self.live_state(id, state)?;
+        let dead = BlockState {
+            live: false,
+            low: Anchor::NULL,
+            alloc_type: 0,
+            ..decoded
+        };
+        // ORDERING: Acquire on success: we now own the block; Release is provided by the push
+        // (small) or the bitmap release (large) that hands it on.
+        state
+            .compare_exchange(word, dead.encode(), Ordering::Acquire, Ordering::Relaxed)
+            .map_err(|_| Error::NotAllocated { id: id.0 })?;
+        match place {
+            Place::Small {
+                span,
+                head,
+                class,
+                index,
+                ..
+            } => {
+                if span.push(index, decoded.gen) == Pushed::MustList {
+                    self.stack(class).push(head);
+                }
+            }
+            Place::Large { head, pages } => {
+                self.page_word(head, page::EPOCH)
+                    .fetch_max(decoded.gen, Ordering::Relaxed);
+                self.page_word(head, page::INFO)
+                    .store(PageInfo::Free.encode(), Ordering::Relaxed);
+                self.bitmap().release(head, pages);
+            }
+        }
+        Ok(self.wake_if_waiting())
+    }
+
+    /// Records `owner` as the owner of `id`.
+    pub fn set_owner(&self, id: AllocId, owner: Owner) -> Result<(), Error> {
+        self.ensure_ready()?;
+        let (place, state) = self.locate(id)?;
+        let (word, _) = self.live_state(id, state)?;
+        match place {
+            Place::Small { owner: cell, .. } => cell.store(owner.0, Ordering::Relaxed),
+            Place::Large { head, .. } => self
+                .page_word(head, page::OWNER)
+                .store(owner.0 as u64, Ordering::Relaxed),
+        }
+        // If the allocation died meanwhile, the write went to a free slot's owner word, which
+        // the next allocation overwrites; report the free.
+        if state.load(Ordering::Acquire) != word {
+            return Err(Error::NotAllocated { id: id.0 });
+        }
+        Ok(())
+    }
+
+    /// Resizes `id`: in place when the new size fits its block or run, otherwise by allocating,
+    /// copying and freeing. On failure the original is untouched and still valid. The returned
+    /// allocation keeps the id when resized in place.
+    pub fn realloc(&self, id: AllocId, new_size: u64) -> Result<Allocation, Error> {
+        self.ensure_ready()?;
+        let (place, state) = self.locate(id)?;
+        let (word, decoded) = self.live_state(id, state)?;
+        let current = self.describe(id, &place, decoded)?;
+        if new_size <= current.capacity {
+            let resized = match place {
+                Place::Small { .. } => BlockState {
+                    low: current.capacity - new_size,
+                    ..decoded
+                },
+                Place::Large { .. } => decoded,
+            };
+            // ORDERING: AcqRel; the CAS both checks the allocation is still live and publishes
+            // the new size to lookups.
+            state
+                .compare_exchange(word, resized.encode(), Ordering::AcqRel, Ordering::Relaxed)
+                .map_err(|_| Error::NotAllocated { id: id.0 })?;
+            if let Place::Large { head, .. } = place {
+                self.page_word(head, page::LINK)
+                    .store(new_size, Ordering::Relaxed);
+            }
+            return Ok(Allocation {
+                size: new_size,
+                ..current
+            });
+        }
+        let options = AllocOptions {
+            align: GRANULE,
+            alloc_type: current.alloc_type,
+            owner: current.owner,
+        };
+        let moved = self.alloc(new_size, options)?;
+        // SAFETY: both allocations are live and belong to the caller, lie in the data area and,
+        // being distinct live allocations, do not overlap.
+        unsafe {
+            self.region
+                .copy(current.offset, moved.offset, current.size.min(new_size))
+        };
+        if let Err(error) = self.free(id) {
+            // The original was freed concurrently; undo our half and report it.
+            let _ = self.free(moved.id);
+            return Err(error);
+        }
+        Ok(moved)
+    }
+
+    // ----- blocking --------------------------------------------------------------------------
+
+    /// Like [`Heap::alloc`], but when the pool is full waits through `host` for a free in any
+    /// process. The host's deadline ends the wait with [`Error::TimedOut`].
+    pub fn alloc_blocking(
+        &self,
+        size: u64,
+        options: AllocOptions,
+        host: &mut impl WaitHost,
+    ) -> Result<Allocation, Error> {
+        let waiters = self.region.word(header::WAITERS);
+        loop {
+            match self.alloc(size, options) {
+                Err(Error::OutOfMemory { .. }) => {}
+                other => return other,
+            }
+            // Announce ourselves before the last try, so a free that the try misses sees us.
+            waiters.fetch_add(1, Ordering::SeqCst);
+            // ORDERING: SeqCst fence pairs with the fence in `wake_if_waiting` (Dekker): either
+            // that free's load sees our count, or our retry below sees its freed space.
+            fence(Ordering::SeqCst);
+            let seen = self.wake_word().load(Ordering::SeqCst);
+            let outcome = match self.alloc(size, options) {
+                Err(Error::OutOfMemory { .. }) => host.wait(self.wake_word(), seen),
+                other => {
+                    waiters.fetch_sub(1, Ordering::SeqCst);
+                    return other;
+                }
+            };
+            waiters.fetch_sub(1, Ordering::SeqCst);
+            if outcome == Waited::TimedOut {
+                return match self.alloc(size, options) {
+                    Err(Error::OutOfMemory { requested }) => Err(Error::TimedOut { requested }),
+                    other => other,
+                };
+            }
+        }
+    }
+
+    /// Called after space became free: bumps the wake word when someone waits.
+    fn wake_if_waiting(&self) -> Wake {
+        // ORDERING: SeqCst fence pairs with the fence in `alloc_blocking`; see there.
+        fence(Ordering::SeqCst);
+        if self.region.word(header::WAITERS).load(Ordering::Relaxed) == 0 {
+            return Wake::Nobody;
+        }
+        self.bump_wake_seq()
+    }
+
+    fn bump_wake_seq(&self) -> Wake {
+        // ORDERING: SeqCst so a waiter that reads the new value also sees the free before it.
+        self.wake_word().fetch_add(1, Ordering::SeqCst);
+        Wake::Waiters
+    }
+
+    /// Number of callers blocked in `alloc_blocking` right now, in all processes.
+    pub fn waiters(&self) -> u64 {
+        self.region.word(header::WAITERS).load(Ordering::Relaxed)
+    }
+
+    // ----- walking the heap ------------------------------------------------------------------
+
+    /// The live allocations, page by page: a snapshot that is consistent for each allocation
+    /// but may miss or include allocations made or freed during the walk.
+    pub fn iter(&self) -> Allocations<'_, 'a> {
+        Allocations {
+            heap: self,
+            page: 0,
+            block: 0,
+        }
+    }
+
+    /// Usage figures from one walk of the heap.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        self.survey(false)
+    }
+
+    /// Walks the whole heap and verifies every invariant; meaningful on a quiescent heap (no
+    /// call in progress in any process). Returns the same figures as [`Heap::stats`].
+    pub fn check(&self) -> Result<Stats, Error> {
+        crate::check::check(self)
+    }
+
+    pub(crate) fn survey(&self, strict: bool) -> Result<Stats, Error> {
+        crate::check::survey(self, strict)
+    }
+
+    pub(crate) fn blocks_of(&self, class: usize) -> u64 {
+        self.blocks[class]
+    }
+
+    pub(crate) fn info_of(&self, page: u64) -> PageInfo {
+        self.info(page)
+    }
+
+    pub(crate) fn page_meta(&self, page: u64, field: usize) -> u64 {
+        self.page_word(page, field).load(Ordering::Acquire)
+    }
+
+    pub(crate) fn span_parts(
+        &self,
+        head: u64,
+        class: usize,
+    ) -> Result<(Span<'_>, &[AtomicU32], u64), Error> {
+        self.check_span_head(head, class)?;
+        Ok(self.span(head, class))
+    }
+
+    pub(crate) fn bitmap_view(&self) -> Bitmap<'_> {
+        self.bitmap()
+    }
+
+    pub(crate) fn stack_of(&self, class: usize) -> SpanStack<'_> {
+        self.stack(class)
+    }
+
+    pub(crate) fn id_for(&self, offset: u64, gen: u64) -> AllocId {
+        self.make_id(offset, gen & self.id_gen_mask())
+    }
+}
+
+/// Iterator over live allocations; see [`Heap::iter`].
+pub struct Allocations<'h, 'a> {
+    heap: &'h Heap<'a>,
+    page: u64,
+    block: u64,
+}
+
+impl Iterator for Allocations<'_, '_> {
+    type Item = Allocation;
+
+    fn next(&mut self) -> Option<Allocation> {
+        let heap = self.heap;
+        let geo = heap.geo;
+        while self.page < geo.num_pages {
+            let page = self.page;
+            match heap.info(page) {
+                PageInfo::SpanHead { class } if heap.check_span_head(page, class).is_ok() => {
+                    let (span, _, first_block) = heap.span(page, class);
+                    let class_size = CLASS_SIZES[class] as u64;
+                    while self.block < span.blocks() {
+                        let index = self.block;
+                        self.block += 1;
+                        let state = BlockState::decode(span.state(index).load(Ordering::Acquire));
+                        if state.live {
+                            let id = heap.id_for(first_block + index * class_size, state.gen);
+                            if let Ok(allocation) = heap.lookup(id) {
+                                return Some(allocation);
+                            }
+                        }
+                    }
+                    self.block = 0;
+                    self.page += SPAN_PAGES;
+                }
+                PageInfo::LargeHead { pages } if pages >= 1 && pages <= geo.num_pages - page => {
+                    self.page += pages;
+                    let state = BlockState::decode(
+                        heap.page_word(page, page::STATE).load(Ordering::Acquire),
+                    );
+                    if state.live {
+                        if let Ok(allocation) =
+                            heap.lookup(heap.id_for(geo.page_offset(page), state.gen))
+                        {
+                            return Some(allocation);
+                        }
+                    }
+                }
+                _ => self.page += 1,
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,18 @@
+//! The one place atomics come from. Every other module imports them from here, so that the loom
+//! build (`--cfg shmpool_loom` together with the `loom` feature) swaps all of them at once.
+
+#[cfg(all(shmpool_loom, feature = "loom"))]
+pub use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+#[cfg(not(all(shmpool_loom, feature = "loom")))]
+pub use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+/// Tells a spinning CAS loop that another participant won; loom needs to be told to switch
+/// threads, the hardware only needs the pause hint.
+#[inline]
+pub fn spin_hint() {
+    #[cfg(all(shmpool_loom, feature = "loom"))]
+    loom::thread::yield_now();
+    #[cfg(not(all(shmpool_loom, feature = "loom")))]
+    core::hint::spin_loop();
+}
