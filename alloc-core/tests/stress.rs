@@ -1,0 +1,186 @@
+//! Threads standing in for processes: each opens its own `Heap` over one region, allocates,
+//! writes a pattern, hands allocations to the next thread, which verifies and frees them.
+//! `check()` must hold at the end and nothing may be left allocated. Also the blocking
+//! protocol: a waiter is woken by another thread's free, and times out when nothing is freed.
+
+mod common;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use alloc_core::{AllocOptions, Allocation, Error, Heap, Owner, WaitHost, Waited};
+use common::{fill, holds, TestMemory};
+
+const ROUNDS: u64 = if cfg!(miri) { 50 } else { 20_000 };
+
+fn sizes(seed: u64) -> u64 {
+    match seed % 10 {
+        0..=5 => seed % 129,
+        6..=8 => 129 + seed % 1920,
+        _ => 2049 + seed % 30_000,
+    }
+}
+
+#[test]
+fn threads_pass_allocations_around_and_every_byte_survives() {
+    let memory = TestMemory::new(32 << 20);
+    let _ = memory.create();
+    let threads = 4;
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::channel::<(Allocation, u64)>()).unzip();
+    std::thread::scope(|scope| {
+        for (me, inbox) in receivers.into_iter().enumerate() {
+            let outbox = senders[(me + 1) % threads].clone();
+            let memory = &memory;
+            scope.spawn(move || {
+                let heap = memory.open();
+                let mut mine = Vec::new();
+                let mut rng = 0x1234_5678u64 ^ me as u64;
+                for round in 0..ROUNDS {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let options = AllocOptions { owner: Owner(me as u32 + 1), ..AllocOptions::default() };
+                    match heap.alloc(sizes(rng), options) {
+                        Ok(a) => {
+                            fill(&heap, &a, rng);
+                            if round % 3 == 0 {
+                                outbox.send((a, rng)).expect("neighbour alive");
+                            } else {
+                                mine.push((a, rng));
+                            }
+                        }
+                        Err(Error::OutOfMemory { .. }) => {}
+                        Err(other) => panic!("{other:?}"),
+                    }
+                    while let Ok((a, seed)) = inbox.try_recv() {
+                        assert!(holds(&heap, &a, seed), "bytes changed in transit");
+                        let _ = heap.free(a.id).expect("received allocations are live");
+                    }
+                    if mine.len() > 64 || (round % 7 == 0 && !mine.is_empty()) {
+                        let (a, seed) = mine.swap_remove((rng % mine.len() as u64) as usize);
+                        assert!(holds(&heap, &a, seed), "bytes changed");
+                        let _ = heap.free(a.id).expect("own allocations are live");
+                    }
+                }
+                for (a, seed) in mine {
+                    assert!(holds(&heap, &a, seed));
+                    let _ = heap.free(a.id).expect("live");
+                }
+                drop(outbox);
+                // Drain what neighbours still send until all senders are gone.
+                for (a, seed) in inbox {
+                    assert!(holds(&heap, &a, seed));
+                    let _ = heap.free(a.id).expect("live");
+                }
+            });
+        }
+        drop(senders);
+    });
+    let heap = memory.open();
+    let stats = heap.check().expect("consistent after the storm");
+    assert_eq!(stats.live_allocations, 0);
+    heap.release_empty_spans().expect("consistent");
+    let most = heap.geometry().data_bytes() * 9 / 10;
+    assert!(heap.alloc(most, AllocOptions::default()).is_ok(), "memory came back to general use");
+}
+
+#[test]
+fn threads_hammering_one_class_never_hand_out_a_block_twice() {
+    let memory = TestMemory::new(4 << 20);
+    let _ = memory.create();
+    std::thread::scope(|scope| {
+        for me in 0..4u64 {
+            let memory = &memory;
+            scope.spawn(move || {
+                let heap = memory.open();
+                let mut held = Vec::new();
+                for round in 0..ROUNDS {
+                    let a = heap.alloc(64, AllocOptions::default()).expect("plenty of space");
+                    fill(&heap, &a, me << 32 | round);
+                    held.push((a, me << 32 | round));
+                    if held.len() == 16 {
+                        for (a, seed) in held.drain(..) {
+                            assert!(holds(&heap, &a, seed), "another thread wrote into my block");
+                            let _ = heap.free(a.id).expect("live");
+                        }
+                    }
+                }
+                for (a, _) in held {
+                    let _ = heap.free(a.id).expect("live");
+                }
+            });
+        }
+    });
+    assert_eq!(memory.open().check().expect("consistent").live_allocations, 0);
+}
+
+/// Waits by polling the wake word until it changes or the deadline passes.
+struct PollingHost {
+    deadline: Instant,
+    waits: u32,
+}
+
+impl WaitHost for PollingHost {
+    fn wait(&mut self, word: &AtomicU64, seen: u64) -> Waited {
+        self.waits += 1;
+        while word.load(std::sync::atomic::Ordering::SeqCst) as u32 == seen as u32 {
+            if Instant::now() >= self.deadline {
+                return Waited::TimedOut;
+            }
+            std::thread::yield_now();
+        }
+        Waited::Woken
+    }
+}
+
+fn fill_up(heap: &Heap<'_>) -> Vec<Allocation> {
+    let mut all = Vec::new();
+    while let Ok(a) = heap.alloc(4096, AllocOptions::default()) {
+        all.push(a);
+    }
+    all
+}
+
+#[test]
+fn a_blocked_allocation_is_woken_by_a_free_in_another_participant() {
+    let memory = TestMemory::new(1 << 20);
+    let heap = memory.create();
+    let all = fill_up(&heap);
+    let victim = all[all.len() / 2];
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let view = memory.open();
+            let mut host = PollingHost { deadline: Instant::now() + Duration::from_secs(30), waits: 0 };
+            let got = view.alloc_blocking(4096, AllocOptions::default(), &mut host).expect("woken by the free");
+            (got, host.waits)
+        });
+        let watchdog = Instant::now();
+        while heap.waiters() == 0 {
+            assert!(watchdog.elapsed() < Duration::from_secs(30), "waiter never registered");
+            std::thread::yield_now();
+        }
+        assert_eq!(heap.free(victim.id), Ok(alloc_core::Wake::Waiters));
+        let (got, waits) = waiter.join().expect("waiter finished");
+        assert_eq!(got.offset, victim.offset);
+        assert!(waits >= 1);
+    });
+    assert_eq!(heap.waiters(), 0);
+    heap.check().expect("consistent");
+}
+
+#[test]
+fn a_blocked_allocation_with_nothing_freed_times_out() {
+    let memory = TestMemory::new(1 << 20);
+    let heap = memory.create();
+    let all = fill_up(&heap);
+    let mut host = PollingHost { deadline: Instant::now() + Duration::from_millis(50), waits: 0 };
+    let started = Instant::now();
+    let result = heap.alloc_blocking(4096, AllocOptions::default(), &mut host);
+    assert_eq!(result, Err(Error::TimedOut { requested: 4096 }));
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert_eq!(heap.waiters(), 0);
+    // A free with nobody waiting needs no wake-up.
+    assert_eq!(heap.free(all[0].id), Ok(alloc_core::Wake::Nobody));
+    heap.check().expect("consistent");
+}
