@@ -122,7 +122,11 @@ pub(crate) fn survey(heap: &Heap<'_>, strict: bool) -> Result<Stats, Error> {
                 let state = BlockState::decode(heap.page_meta(here, page::STATE));
                 let size = heap.page_meta(here, page::LINK);
                 ensure(state.live, "large run recorded but not live", here)?;
-                ensure(size.div_ceil(geo.page_bytes()) <= pages, "large size exceeds its pages", here)?;
+                ensure(
+                    size.div_ceil(geo.page_bytes()) <= pages,
+                    "large size exceeds its pages",
+                    here,
+                )?;
                 for member in here..here + pages {
                     ensure(bitmap.is_set(member), "large run page not claimed", member)?;
                     if member > here {

@@ -10,10 +10,13 @@
 //!
 //! Spans of a class with free blocks are found through the class's Treiber stack
 //! ([`crate::stack`]) and, first, through this heap's *hint*: the span it allocated from last.
-//! Each process (each `Heap` value) has its own hints, so processes allocate from different
-//! spans and do not contend on one anchor. A span is in the stack while its `listed` flag is
-//! set; a free into an unlisted span lists it; a heap that drops a hint with free blocks left
-//! lists it. So a span with free blocks is always in its stack or some heap's hint.
+//! Each process (each `Heap` value) has its own hints, so in the steady state a process frees
+//! into and allocates from its own spans and does not contend on one anchor. A span is in the
+//! stack while its `listed` flag is set. Spans are removed lazily (Michael's design): an
+//! allocator that finds the top span full pops it off. A fresh span is listed at once, a free
+//! into an unlisted span lists it, and whoever unlists a span lists it again if it has free
+//! blocks. So every span with free blocks is in its stack (or about to be pushed there), and
+//! an allocation fails only when no span of its class has a free block and no pages are left.
 //!
 //! Spans are not bound to their class for good. When the bitmap has no run left, the heap
 //! detaches every class stack, retires each span whose blocks are all free (giving its pages
@@ -38,6 +41,11 @@
 //! What it may leave behind: claimed pages not yet recorded in page info, a span listed but
 //! not yet pushed, or a detached stack chain in `release_empty_spans`. These leak memory until
 //! recovered, they never corrupt allocations; `check` reports them.
+//!
+//! For the same reason an allocation can fail with `OutOfMemory` while another participant
+//! holds pages it has claimed but not yet published as a span: waiting for it would be a lock.
+//! This happens only when the bitmap is exhausted; a host that waits (`alloc_blocking`) should
+//! wait in bounded slices so that it tries again.
 
 use crate::bitmap::Bitmap;
 use crate::error::Error;
@@ -439,6 +447,7 @@ impl<'a> Heap<'a> {
         size: u64,
         options: AllocOptions,
     ) -> Result<Option<Allocation>, Error> {
+        let stack = self.stack(class);
         loop {
             let hint = self.hints[class].load(Ordering::Relaxed);
             if hint != 0 {
@@ -446,42 +455,40 @@ impl<'a> Heap<'a> {
                     return Ok(Some(allocation));
                 }
             }
-            while let Some(head) = self.stack(class).pop()? {
-                self.check_span_head(head, class)?;
-                self.span(head, class).0.unlist();
-                self.set_hint(class, head)?;
-                if let Some(allocation) = self.pop_block(head, class, size, options)? {
+            while let Some(top) = stack.peek()? {
+                self.check_span_head(top, class)?;
+                if let Some(allocation) = self.pop_block(top, class, size, options)? {
+                    self.hints[class].store(top + 1, Ordering::Relaxed);
                     return Ok(Some(allocation));
+                }
+                // The top span is full: take it off the stack (lazily, as in Michael's design).
+                // Whatever we pop is unlisted, then listed again if a free raced in.
+                if let Some(popped) = stack.pop()? {
+                    self.check_span_head(popped, class)?;
+                    let (span, _, _) = self.span(popped, class);
+                    span.unlist();
+                    self.relist(popped, class, &span);
                 }
             }
             let Some(head) = self.claim_pages(SPAN_PAGES) else {
                 return Ok(None);
             };
             self.init_span(head, class);
-            self.set_hint(class, head)?;
+            self.hints[class].store(head + 1, Ordering::Relaxed);
             if let Some(allocation) = self.pop_block(head, class, size, options)? {
                 return Ok(Some(allocation));
             }
-            // Another thread sharing this heap's hint emptied the new span first: go round.
+            // Others emptied the new span first: go round.
         }
     }
 
-    /// Makes `head` this heap's span for `class`; a previous hint that still has free blocks
-    /// is listed so that it stays findable.
-    fn set_hint(&self, class: usize, head: u64) -> Result<(), Error> {
-        let previous = self.hints[class].swap(head + 1, Ordering::Relaxed);
-        if previous != 0 && previous != head + 1 {
-            let page = previous - 1;
-            if page + SPAN_PAGES <= self.geo.num_pages {
-                let (span, _, _) = self.span(page, class);
-                if span.relist(|| self.info(page) == PageInfo::SpanHead { class })
-                    == Pushed::MustList
-                {
-                    self.stack(class).push(page);
-                }
-            }
+    /// Lists `span` (head page `head`) if it has free blocks and is unlisted, pushing it on its
+    /// class stack. Every path that unlists a span calls this afterwards, so a span with free
+    /// blocks is always findable.
+    fn relist(&self, head: u64, class: usize, span: &Span<'_>) {
+        if span.relist(|| self.info(head) == PageInfo::SpanHead { class }) == Pushed::MustList {
+            self.stack(class).push(head);
         }
-        Ok(())
     }
 
     /// Takes one block from span `head`, if it is still a span of `class` with a free block.
@@ -535,6 +542,8 @@ impl<'a> Heap<'a> {
         // ORDERING: Release publishes the span (anchor, states, member info) to `info` readers.
         self.page_word(head, page::INFO)
             .store(PageInfo::SpanHead { class }.encode(), Ordering::Release);
+        // A fresh span is listed at once, so that others find its free blocks too.
+        self.relist(head, class, &self.span(head, class).0);
     }
 
     fn alloc_large(&self, size: u64, options: AllocOptions) -> Result<Option<Allocation>, Error> {
@@ -593,10 +602,8 @@ impl<'a> Heap<'a> {
                 if span.try_retire() {
                     self.retire_span(head, &span);
                     released += 1;
-                } else if span.relist(|| self.info(head) == PageInfo::SpanHead { class })
-                    == Pushed::MustList
-                {
-                    stack.push(head);
+                } else {
+                    self.relist(head, class, &span);
                 }
             }
         }

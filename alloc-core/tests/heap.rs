@@ -269,6 +269,10 @@ fn a_failed_realloc_leaves_the_original_valid() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "too slow under Miri; the model test covers the same path"
+)]
 fn a_pool_filled_with_tiny_blocks_and_emptied_serves_one_huge_allocation() {
     let memory = TestMemory::new(8 * MIB);
     let heap = memory.create();
@@ -346,7 +350,8 @@ fn opening_rejects_garbage_and_tampered_headers() {
     let memory = TestMemory::new(MIB);
     assert!(matches!(Heap::open(memory.region()), Err(Error::BadMagic)));
     let _ = memory.create();
-    let cases: [(usize, u64, fn(&Error) -> bool); 6] = [
+    type Expect = fn(&Error) -> bool;
+    let cases: [(usize, u64, Expect); 6] = [
         (header::MAGIC, 0xDEAD, |e| matches!(e, Error::BadMagic)),
         (header::VERSION, 99, |e| {
             matches!(e, Error::UnsupportedVersion { found: 99 })
@@ -429,9 +434,15 @@ fn corrupted_metadata_gives_errors_never_out_of_bounds_access() {
         memory.set_word(span_states + offset, u64::MAX);
     }
     let view = memory.open();
-    let _ = view.check();
-    let _ = (0..100).map(|_| view.alloc(64, opts())).count();
-    assert!(view.check().is_err() || view.stats().is_ok());
+    assert!(
+        matches!(view.check(), Err(Error::Corrupt { .. })),
+        "garbage block states go unnoticed"
+    );
+    for _ in 0..100 {
+        if let Ok(a) = view.alloc(64, opts()) {
+            let _ = view.free(a.id);
+        }
+    }
 }
 
 #[test]
@@ -449,6 +460,7 @@ fn check_reports_a_corrupted_free_count() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "Miri does not model mmap or mincore")]
 fn creating_a_huge_region_touches_only_its_header() {
     // A 1 TiB sparse mapping: creation must not write metadata proportional to the size.
     const TIB: usize = 1 << 40;

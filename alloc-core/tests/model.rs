@@ -54,11 +54,19 @@ struct Expected {
 fn verify(heap: &Heap<'_>, live: &BTreeMap<AllocId, Expected>) {
     let stats = heap.check().expect("check() after every step");
     assert_eq!(stats.live_allocations, live.len() as u64);
-    assert_eq!(stats.live_bytes, live.values().map(|e| e.allocation.size).sum::<u64>());
+    assert_eq!(
+        stats.live_bytes,
+        live.values().map(|e| e.allocation.size).sum::<u64>()
+    );
     let geo = heap.geometry();
     let mut spans: Vec<(u64, u64)> = live
         .values()
-        .map(|e| (e.allocation.offset, e.allocation.offset + e.allocation.size.max(1)))
+        .map(|e| {
+            (
+                e.allocation.offset,
+                e.allocation.offset + e.allocation.size.max(1),
+            )
+        })
         .collect();
     spans.sort();
     for (start, end) in &spans {
@@ -68,7 +76,10 @@ fn verify(heap: &Heap<'_>, live: &BTreeMap<AllocId, Expected>) {
         assert!(pair[0].1 <= pair[1].0, "allocations overlap: {pair:?}");
     }
     for expected in live.values() {
-        assert!(holds(heap, &expected.allocation, expected.seed), "bytes of {expected:?} changed");
+        assert!(
+            holds(heap, &expected.allocation, expected.seed),
+            "bytes of {expected:?} changed"
+        );
     }
 }
 
@@ -86,12 +97,18 @@ fn run(page_shift: u32, ops: Vec<Op>) {
         seed += 1;
         match op {
             Op::Alloc { size, alloc_type } => {
-                let options = AllocOptions { alloc_type, owner: Owner(seed as u32), ..AllocOptions::default() };
+                let options = AllocOptions {
+                    alloc_type,
+                    owner: Owner(seed as u32),
+                    ..AllocOptions::default()
+                };
                 match heap.alloc(size, options) {
                     Ok(allocation) => {
                         assert_eq!((allocation.size, allocation.alloc_type), (size, alloc_type));
                         fill(&heap, &allocation, seed);
-                        assert!(live.insert(allocation.id, Expected { allocation, seed }).is_none());
+                        assert!(live
+                            .insert(allocation.id, Expected { allocation, seed })
+                            .is_none());
                     }
                     Err(Error::OutOfMemory { .. }) => {}
                     Err(other) => panic!("alloc({size}) failed with {other:?}"),
@@ -110,14 +127,23 @@ fn run(page_shift: u32, ops: Vec<Op>) {
                     match heap.realloc(id, size) {
                         Ok(moved) => {
                             assert_eq!(moved.size, size);
-                            let kept = Allocation { size: old.allocation.size.min(size), ..moved };
+                            let kept = Allocation {
+                                size: old.allocation.size.min(size),
+                                ..moved
+                            };
                             assert!(holds(&heap, &kept, old.seed), "realloc lost bytes");
                             live.remove(&id);
                             if moved.id != id {
                                 freed.push(id);
                             }
                             fill(&heap, &moved, seed);
-                            live.insert(moved.id, Expected { allocation: moved, seed });
+                            live.insert(
+                                moved.id,
+                                Expected {
+                                    allocation: moved,
+                                    seed,
+                                },
+                            );
                         }
                         Err(Error::OutOfMemory { .. }) => {
                             assert_eq!(heap.lookup(id).expect("original intact"), old.allocation);
@@ -139,7 +165,8 @@ fn run(page_shift: u32, ops: Vec<Op>) {
                 }
             }
             Op::Iterate => {
-                let listed: BTreeMap<AllocId, Allocation> = heap.iter().map(|a| (a.id, a)).collect();
+                let listed: BTreeMap<AllocId, Allocation> =
+                    heap.iter().map(|a| (a.id, a)).collect();
                 let expected: BTreeMap<AllocId, Allocation> =
                     live.iter().map(|(id, e)| (*id, e.allocation)).collect();
                 assert_eq!(listed, expected);
@@ -158,7 +185,9 @@ fn run(page_shift: u32, ops: Vec<Op>) {
     let stats = heap.stats().expect("stats");
     assert_eq!(stats.live_allocations, 0);
     let most = heap.geometry().data_bytes() * 9 / 10;
-    let big = heap.alloc(most, AllocOptions::default()).expect("an empty heap serves most of its data area");
+    let big = heap
+        .alloc(most, AllocOptions::default())
+        .expect("an empty heap serves most of its data area");
     let _ = heap.free(big.id).expect("live");
     heap.check().expect("consistent");
 }

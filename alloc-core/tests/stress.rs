@@ -27,7 +27,9 @@ fn threads_pass_allocations_around_and_every_byte_survives() {
     let memory = TestMemory::new(32 << 20);
     let _ = memory.create();
     let threads = 4;
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::channel::<(Allocation, u64)>()).unzip();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..threads)
+        .map(|_| mpsc::channel::<(Allocation, u64)>())
+        .unzip();
     std::thread::scope(|scope| {
         for (me, inbox) in receivers.into_iter().enumerate() {
             let outbox = senders[(me + 1) % threads].clone();
@@ -40,7 +42,10 @@ fn threads_pass_allocations_around_and_every_byte_survives() {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
-                    let options = AllocOptions { owner: Owner(me as u32 + 1), ..AllocOptions::default() };
+                    let options = AllocOptions {
+                        owner: Owner(me as u32 + 1),
+                        ..AllocOptions::default()
+                    };
                     match heap.alloc(sizes(rng), options) {
                         Ok(a) => {
                             fill(&heap, &a, rng);
@@ -82,7 +87,10 @@ fn threads_pass_allocations_around_and_every_byte_survives() {
     assert_eq!(stats.live_allocations, 0);
     heap.release_empty_spans().expect("consistent");
     let most = heap.geometry().data_bytes() * 9 / 10;
-    assert!(heap.alloc(most, AllocOptions::default()).is_ok(), "memory came back to general use");
+    assert!(
+        heap.alloc(most, AllocOptions::default()).is_ok(),
+        "memory came back to general use"
+    );
 }
 
 #[test]
@@ -96,7 +104,9 @@ fn threads_hammering_one_class_never_hand_out_a_block_twice() {
                 let heap = memory.open();
                 let mut held = Vec::new();
                 for round in 0..ROUNDS {
-                    let a = heap.alloc(64, AllocOptions::default()).expect("plenty of space");
+                    let a = heap
+                        .alloc(64, AllocOptions::default())
+                        .expect("plenty of space");
                     fill(&heap, &a, me << 32 | round);
                     held.push((a, me << 32 | round));
                     if held.len() == 16 {
@@ -112,7 +122,10 @@ fn threads_hammering_one_class_never_hand_out_a_block_twice() {
             });
         }
     });
-    assert_eq!(memory.open().check().expect("consistent").live_allocations, 0);
+    assert_eq!(
+        memory.open().check().expect("consistent").live_allocations,
+        0
+    );
 }
 
 /// Waits by polling the wake word until it changes or the deadline passes.
@@ -151,13 +164,21 @@ fn a_blocked_allocation_is_woken_by_a_free_in_another_participant() {
     std::thread::scope(|scope| {
         let waiter = scope.spawn(|| {
             let view = memory.open();
-            let mut host = PollingHost { deadline: Instant::now() + Duration::from_secs(30), waits: 0 };
-            let got = view.alloc_blocking(4096, AllocOptions::default(), &mut host).expect("woken by the free");
+            let mut host = PollingHost {
+                deadline: Instant::now() + Duration::from_secs(30),
+                waits: 0,
+            };
+            let got = view
+                .alloc_blocking(4096, AllocOptions::default(), &mut host)
+                .expect("woken by the free");
             (got, host.waits)
         });
         let watchdog = Instant::now();
         while heap.waiters() == 0 {
-            assert!(watchdog.elapsed() < Duration::from_secs(30), "waiter never registered");
+            assert!(
+                watchdog.elapsed() < Duration::from_secs(30),
+                "waiter never registered"
+            );
             std::thread::yield_now();
         }
         assert_eq!(heap.free(victim.id), Ok(alloc_core::Wake::Waiters));
@@ -174,7 +195,10 @@ fn a_blocked_allocation_with_nothing_freed_times_out() {
     let memory = TestMemory::new(1 << 20);
     let heap = memory.create();
     let all = fill_up(&heap);
-    let mut host = PollingHost { deadline: Instant::now() + Duration::from_millis(50), waits: 0 };
+    let mut host = PollingHost {
+        deadline: Instant::now() + Duration::from_millis(50),
+        waits: 0,
+    };
     let started = Instant::now();
     let result = heap.alloc_blocking(4096, AllocOptions::default(), &mut host);
     assert_eq!(result, Err(Error::TimedOut { requested: 4096 }));
