@@ -113,8 +113,7 @@ impl<'a> Bitmap<'a> {
                     let taken = word * 64 + (current & mask).trailing_zeros() as u64;
                     for undo in first_word..word {
                         // Nothing was written under these bits; no ordering needed to undo.
-                        self.words[undo as usize]
-                            .fetch_and(!mask_in_word(undo, from, to), Ordering::Relaxed);
+                        self.words[undo as usize].fetch_and(!mask_in_word(undo, from, to), Ordering::Relaxed);
                     }
                     return Err(taken);
                 }

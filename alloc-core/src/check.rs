@@ -53,11 +53,7 @@ pub(crate) fn survey(heap: &Heap<'_>, strict: bool) -> Result<Stats, Error> {
         let here = page_index;
         match heap.info_of(here) {
             PageInfo::Free => {
-                ensure(
-                    !bitmap.is_set(here),
-                    "claimed page belongs to no span or run",
-                    here,
-                )?;
+                ensure(!bitmap.is_set(here), "claimed page belongs to no span or run", here)?;
                 page_index += 1;
             }
             PageInfo::SpanMember { .. } => {
@@ -73,18 +69,14 @@ pub(crate) fn survey(heap: &Heap<'_>, strict: bool) -> Result<Stats, Error> {
                 for member in here..here + SPAN_PAGES {
                     ensure(bitmap.is_set(member), "span page not claimed", member)?;
                     if member > here {
-                        let back = heap.info_of(member) == PageInfo::SpanMember { head: here };
+                        let back = heap.info_of(member) == PageInfo::SpanMember { head: here, class };
                         ensure(back, "span member does not point to its head", member)?;
                     }
                 }
                 let blocks = heap.blocks_of(class);
                 let anchor = span.anchor();
                 ensure(!anchor.retired, "retired span still recorded", here)?;
-                ensure(
-                    anchor.count <= blocks,
-                    "span free count exceeds its blocks",
-                    here,
-                )?;
+                ensure(anchor.count <= blocks, "span free count exceeds its blocks", here)?;
                 if strict {
                     verify_free_list(&span, anchor, here)?;
                 }
@@ -92,19 +84,22 @@ pub(crate) fn survey(heap: &Heap<'_>, strict: bool) -> Result<Stats, Error> {
                 class_stats.spans += 1;
                 class_stats.blocks += blocks;
                 let class_size = CLASS_SIZES[class] as u64;
-                let mut live = 0;
+                let (mut live, mut cached) = (0, 0);
                 for index in 0..blocks {
                     let state = BlockState::decode(span.state(index).load(Ordering::Acquire));
                     if state.live {
                         live += 1;
                         stats.live_bytes += class_size.saturating_sub(state.low);
+                    } else if state.low == BlockState::CACHED {
+                        cached += 1;
                     }
                 }
                 ensure(
-                    live + anchor.count == blocks,
-                    "live blocks plus free count differ from blocks",
+                    live + cached + anchor.count == blocks,
+                    "live, cached and free blocks do not add up to the span's blocks",
                     here,
                 )?;
+                stats.cached_blocks += cached;
                 class_stats.live += live;
                 stats.live_allocations += live;
                 free_bytes += (blocks - live) * class_size;
@@ -122,11 +117,7 @@ pub(crate) fn survey(heap: &Heap<'_>, strict: bool) -> Result<Stats, Error> {
                 let state = BlockState::decode(heap.page_meta(here, page::STATE));
                 let size = heap.page_meta(here, page::LINK);
                 ensure(state.live, "large run recorded but not live", here)?;
-                ensure(
-                    size.div_ceil(geo.page_bytes()) <= pages,
-                    "large size exceeds its pages",
-                    here,
-                )?;
+                ensure(size.div_ceil(geo.page_bytes()) <= pages, "large size exceeds its pages", here)?;
                 for member in here..here + pages {
                     ensure(bitmap.is_set(member), "large run page not claimed", member)?;
                     if member > here {
@@ -153,11 +144,7 @@ pub(crate) fn survey(heap: &Heap<'_>, strict: bool) -> Result<Stats, Error> {
 }
 
 /// Walks a span's free list: `count` distinct in-range non-live blocks, ending in `NULL`.
-fn verify_free_list(
-    span: &crate::span::Span<'_>,
-    anchor: Anchor,
-    head_page: u64,
-) -> Result<(), Error> {
+fn verify_free_list(span: &crate::span::Span<'_>, anchor: Anchor, head_page: u64) -> Result<(), Error> {
     let blocks = span.blocks();
     // One bit per block; spans hold at most `Anchor::MAX_BLOCKS` blocks.
     let mut seen = [0u64; (Anchor::MAX_BLOCKS as usize).div_ceil(64)];
@@ -195,10 +182,7 @@ fn verify_stacks(heap: &Heap<'_>, listed: &[u64; NUM_CLASSES]) -> Result<(), Err
                 return Err(corrupt("class stack has a cycle", head));
             }
             if heap.info_of(head) != (PageInfo::SpanHead { class }) {
-                return Err(corrupt(
-                    "class stack holds a page that is not a span of its class",
-                    head,
-                ));
+                return Err(corrupt("class stack holds a page that is not a span of its class", head));
             }
             let (span, _, _) = heap.span_parts(head, class)?;
             if !span.anchor().listed {

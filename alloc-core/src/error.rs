@@ -62,6 +62,8 @@ pub enum Error {
         /// Bytes asked for.
         requested: u64,
     },
+    /// A cache made for another heap's mapping was passed in.
+    ForeignCache,
     /// Metadata read from the region is inconsistent (a corrupted or hostile region). `page`
     /// is the data page where it was found.
     Corrupt {
@@ -76,35 +78,20 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Error::OutOfMemory { requested } => write!(f, "no free space for {requested} bytes"),
-            Error::TooLarge {
-                requested,
-                capacity,
-            } => {
-                write!(
-                    f,
-                    "{requested} bytes can never fit in a data area of {capacity} bytes"
-                )
+            Error::TooLarge { requested, capacity } => {
+                write!(f, "{requested} bytes can never fit in a data area of {capacity} bytes")
             }
             Error::BadAlignment { align } => {
-                write!(
-                    f,
-                    "alignment {align} is not a power of two no larger than the page size"
-                )
+                write!(f, "alignment {align} is not a power of two no larger than the page size")
             }
             Error::InvalidId { id } => {
                 write!(f, "allocation id {id:#x} does not belong to this pool")
             }
             Error::NotAllocated { id } => {
-                write!(
-                    f,
-                    "allocation {id:#x} is not live (already freed, or a stale id)"
-                )
+                write!(f, "allocation {id:#x} is not live (already freed, or a stale id)")
             }
             Error::RegionTooSmall { bytes } => {
-                write!(
-                    f,
-                    "a region of {bytes} bytes is too small or not 8-byte aligned"
-                )
+                write!(f, "a region of {bytes} bytes is too small or not 8-byte aligned")
             }
             Error::BadMagic => write!(f, "the region is not a shmpool heap (bad magic)"),
             Error::UnsupportedVersion { found } => write!(f, "unsupported layout version {found}"),
@@ -117,6 +104,7 @@ impl fmt::Display for Error {
             Error::TimedOut { requested } => {
                 write!(f, "timed out waiting for {requested} bytes to become free")
             }
+            Error::ForeignCache => write!(f, "the cache belongs to another pool's mapping"),
             Error::Corrupt { what, page } => write!(f, "corrupted heap at page {page}: {what}"),
         }
     }

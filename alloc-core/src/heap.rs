@@ -50,8 +50,8 @@
 use crate::bitmap::Bitmap;
 use crate::error::Error;
 use crate::layout::{
-    class_for, header, page, span_meta_bytes, Anchor, BlockState, Geometry, PageInfo, CLASS_SIZES,
-    DEFAULT_PAGE_SHIFT, GRANULE, HEADER_WORDS, LAYOUT_VERSION, MAGIC, MAX_PAGE_SHIFT,
+    block_index, class_for, header, page, span_meta_bytes, status, Anchor, BlockState, Geometry, PageInfo,
+    CLASS_SIZES, DEFAULT_PAGE_SHIFT, GRANULE, HEADER_WORDS, LAYOUT_VERSION, MAGIC, MAX_PAGE_SHIFT,
     MIN_PAGE_SHIFT, NUM_CLASSES, PAGE_META_WORDS, SPAN_PAGES, STATE_DESTROYED, STATE_INITIALISING,
     STATE_READY,
 };
@@ -98,11 +98,7 @@ pub struct AllocOptions {
 
 impl Default for AllocOptions {
     fn default() -> Self {
-        AllocOptions {
-            align: GRANULE,
-            alloc_type: alloc_type::DATA,
-            owner: Owner::POOL,
-        }
+        AllocOptions { align: GRANULE, alloc_type: alloc_type::DATA, owner: Owner::POOL }
     }
 }
 
@@ -174,6 +170,8 @@ pub struct Stats {
     pub live_bytes: u64,
     /// Pages claimed from the bitmap.
     pub claimed_pages: u64,
+    /// Free blocks held in participants' caches (counted in `free_bytes`).
+    pub cached_blocks: u64,
     /// The longest run of unclaimed pages, in bytes.
     pub largest_free_run: u64,
     /// Per size class.
@@ -181,13 +179,13 @@ pub struct Stats {
 }
 
 /// Where an id's slot lives.
-enum Place<'h> {
+pub(crate) enum Place {
+    /// Block `index` of the span at page `head` of `class`; `base` is the span's byte offset.
     Small {
-        span: Span<'h>,
         head: u64,
         class: usize,
         index: u64,
-        owner: &'h AtomicU32,
+        base: u64,
     },
     Large {
         head: u64,
@@ -202,6 +200,8 @@ pub struct Heap<'a> {
     geo: Geometry,
     /// Blocks per span of each class for this page size (0: the class is not used).
     blocks: [u64; NUM_CLASSES],
+    /// Per class, the byte offset of block 0 from the span's start (after its metadata).
+    first_block: [u64; NUM_CLASSES],
     /// Per class, the span this heap allocated from last (page + 1, 0 = none). Process-local.
     hints: [AtomicU64; NUM_CLASSES],
     /// Where the next bitmap search starts. Process-local.
@@ -216,11 +216,10 @@ impl<'a> Heap<'a> {
         if !(MIN_PAGE_SHIFT..=MAX_PAGE_SHIFT).contains(&page_shift) {
             return Err(Error::BadPageSize { page_shift });
         }
-        let geo = Geometry::compute(region.len(), page_shift).ok_or(Error::RegionTooSmall {
-            bytes: region.len(),
-        })?;
+        let geo = Geometry::compute(region.len(), page_shift)
+            .ok_or(Error::RegionTooSmall { bytes: region.len() })?;
         let w = |index: usize| region.word(index);
-        w(header::STATE).store(STATE_INITIALISING, Ordering::Relaxed);
+        w(header::STATUS).store(STATE_INITIALISING, Ordering::Relaxed);
         w(header::REGION_BYTES).store(geo.region_bytes, Ordering::Relaxed);
         w(header::PAGE_SHIFT).store(page_shift as u64, Ordering::Relaxed);
         w(header::NUM_PAGES).store(geo.num_pages, Ordering::Relaxed);
@@ -228,8 +227,8 @@ impl<'a> Heap<'a> {
         w(header::SLOT_BITS).store(geo.slot_bits as u64, Ordering::Relaxed);
         w(header::VERSION).store(LAYOUT_VERSION, Ordering::Relaxed);
         w(header::MAGIC).store(MAGIC, Ordering::Relaxed);
-        // ORDERING: Release publishes the header fields above to `open`'s Acquire load of STATE.
-        w(header::STATE).store(STATE_READY, Ordering::Release);
+        // ORDERING: Release publishes the header fields above to `open`'s Acquire load of STATUS.
+        w(header::STATUS).store(STATE_READY, Ordering::Release);
         Ok(Heap::with_geometry(region, geo))
     }
 
@@ -241,19 +240,13 @@ impl<'a> Heap<'a> {
     /// Opens a heap another participant created, validating its header against the region.
     pub fn open(region: Region<'a>) -> Result<Heap<'a>, Error> {
         if region.len() < (HEADER_WORDS * 8) as u64 {
-            return Err(Error::RegionTooSmall {
-                bytes: region.len(),
-            });
+            return Err(Error::RegionTooSmall { bytes: region.len() });
         }
         let read = |index: usize| region.word(index).load(Ordering::Relaxed);
         // ORDERING: Acquire pairs with `create`'s Release store of READY: the fields are complete.
-        let state = region.word(header::STATE).load(Ordering::Acquire);
+        let state = region.word(header::STATUS).load(Ordering::Acquire) & status::STATE_MASK;
         if read(header::MAGIC) != MAGIC {
-            return Err(if state == STATE_INITIALISING {
-                Error::NotReady
-            } else {
-                Error::BadMagic
-            });
+            return Err(if state == STATE_INITIALISING { Error::NotReady } else { Error::BadMagic });
         }
         let version = read(header::VERSION);
         if version != LAYOUT_VERSION {
@@ -269,8 +262,7 @@ impl<'a> Heap<'a> {
         if read(header::REGION_BYTES) != region.len() || page_shift > MAX_PAGE_SHIFT as u64 {
             return Err(Error::HeaderMismatch);
         }
-        let geo =
-            Geometry::compute(region.len(), page_shift as u32).ok_or(Error::HeaderMismatch)?;
+        let geo = Geometry::compute(region.len(), page_shift as u32).ok_or(Error::HeaderMismatch)?;
         if read(header::NUM_PAGES) != geo.num_pages
             || read(header::DATA_OFFSET) != geo.data_offset
             || read(header::SLOT_BITS) != geo.slot_bits as u64
@@ -291,6 +283,7 @@ impl<'a> Heap<'a> {
             region,
             geo,
             blocks,
+            first_block: blocks.map(span_meta_bytes),
             hints: core::array::from_fn(|_| AtomicU64::new(0)),
             page_hint: AtomicU64::new(0),
         }
@@ -308,9 +301,7 @@ impl<'a> Heap<'a> {
 
     /// A header word reserved for the host (`index` in `HOST_WORDS_START..HEADER_WORDS`).
     pub fn host_word(&self, index: usize) -> Option<&AtomicU64> {
-        (crate::layout::HOST_WORDS_START..HEADER_WORDS)
-            .contains(&index)
-            .then(|| self.region.word(index))
+        (crate::layout::HOST_WORDS_START..HEADER_WORDS).contains(&index).then(|| self.region.word(index))
     }
 
     /// The futex word blocked allocators wait on (its low 32 bits).
@@ -321,19 +312,29 @@ impl<'a> Heap<'a> {
     /// Marks the pool destroyed: every later call in every process fails with
     /// [`Error::Destroyed`]. Returns whether waiters must be woken so that they see it.
     pub fn mark_destroyed(&self) -> Wake {
-        // ORDERING: Release so a process that sees DESTROYED also sees everything before it.
-        self.region
-            .word(header::STATE)
-            .store(STATE_DESTROYED, Ordering::Release);
-        self.bump_wake_seq()
+        let status = self.region.word(header::STATUS);
+        let mut current = status.load(Ordering::Relaxed);
+        loop {
+            let destroyed = (current & !status::STATE_MASK) | STATE_DESTROYED;
+            // ORDERING: Release so a process that sees DESTROYED also sees everything before it.
+            match status.compare_exchange_weak(current, destroyed, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return self.bump_wake_seq(),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// The status word: state and waiter count (a Relaxed load: destruction and waiters only
+    /// need to be noticed eventually; the ordered paths use their own fences).
+    #[inline]
+    pub(crate) fn status(&self) -> u64 {
+        self.region.word(header::STATUS).load(Ordering::Relaxed)
     }
 
     /// Fails with `Destroyed` once the pool was destroyed.
     #[inline]
-    fn ensure_ready(&self) -> Result<(), Error> {
-        // A Relaxed load suffices: destruction only needs to be noticed eventually, and the
-        // mapping stays valid whatever the state.
-        match self.region.word(header::STATE).load(Ordering::Relaxed) {
+    pub(crate) fn ensure_ready(&self) -> Result<(), Error> {
+        match self.status() & status::STATE_MASK {
             STATE_READY => Ok(()),
             _ => Err(Error::Destroyed),
         }
@@ -355,10 +356,7 @@ impl<'a> Heap<'a> {
 
     fn bitmap(&self) -> Bitmap<'_> {
         let offset = self.geo.bitmap_word as u64 * 8;
-        Bitmap::new(
-            self.region.words_at(offset, self.geo.bitmap_words as u64),
-            self.geo.num_pages,
-        )
+        Bitmap::new(self.region.words_at(offset, self.geo.bitmap_words as u64), self.geo.num_pages)
     }
 
     fn stack(&self, class: usize) -> SpanStack<'_> {
@@ -374,26 +372,40 @@ impl<'a> Heap<'a> {
     }
 
     /// The span whose head is `head`, of `class`. Both must already be range-checked.
+    #[inline]
     fn span(&self, head: u64, class: usize) -> (Span<'_>, &[AtomicU32], u64) {
         let blocks = self.blocks[class];
         let start = self.geo.page_offset(head);
         let states = self.region.words_at(start, blocks);
         let owners = self.region.halves_at(start + blocks * 8, blocks);
-        let first_block = start + span_meta_bytes(blocks);
-        (
-            Span::new(self.page_word(head, page::ANCHOR), states),
-            owners,
-            first_block,
-        )
+        (Span::new(self.page_word(head, page::ANCHOR), states), owners, start + self.first_block[class])
     }
 
+    // The three accessors below are the hot path's direct route to one block's words. `base`
+    // is the byte offset of a range-checked span of `class`; `index` is below its block count.
+
+    /// The state word of block `index` of the span at `base`.
+    #[inline]
+    fn block_state(&self, base: u64, index: u64) -> &AtomicU64 {
+        self.region.word((base / 8 + index) as usize)
+    }
+
+    /// The owner half-word of block `index` of the span at `base`, of `class`.
+    #[inline]
+    pub(crate) fn block_owner(&self, base: u64, class: usize, index: u64) -> &AtomicU32 {
+        self.region.half(((base + self.blocks[class] * 8) / 4 + index) as usize)
+    }
+
+    /// The byte offset of block `index` of the span at `base`, of `class`.
+    #[inline]
+    fn block_offset(&self, base: u64, class: usize, index: u64) -> u64 {
+        base + self.first_block[class] + index * CLASS_SIZES[class] as u64
+    }
+
+    #[inline]
     fn check_span_head(&self, head: u64, class: usize) -> Result<(), Error> {
-        if class >= NUM_CLASSES || self.blocks[class] == 0 || head + SPAN_PAGES > self.geo.num_pages
-        {
-            return Err(Error::Corrupt {
-                what: "span head out of range",
-                page: head,
-            });
+        if class >= NUM_CLASSES || self.blocks[class] == 0 || head + SPAN_PAGES > self.geo.num_pages {
+            return Err(Error::Corrupt { what: "span head out of range", page: head });
         }
         Ok(())
     }
@@ -414,18 +426,12 @@ impl<'a> Heap<'a> {
     pub fn alloc(&self, size: u64, options: AllocOptions) -> Result<Allocation, Error> {
         self.ensure_ready()?;
         if !options.align.is_power_of_two() || options.align > self.geo.page_bytes() {
-            return Err(Error::BadAlignment {
-                align: options.align,
-            });
+            return Err(Error::BadAlignment { align: options.align });
         }
         if size > self.geo.data_bytes() {
-            return Err(Error::TooLarge {
-                requested: size,
-                capacity: self.geo.data_bytes(),
-            });
+            return Err(Error::TooLarge { requested: size, capacity: self.geo.data_bytes() });
         }
-        let class =
-            class_for(size).filter(|&class| options.align <= GRANULE && self.blocks[class] > 0);
+        let class = class_for(size).filter(|&class| options.align <= GRANULE && self.blocks[class] > 0);
         let attempt = || match class {
             Some(class) => self.alloc_small(class, size, options),
             None => self.alloc_large(size, options),
@@ -447,19 +453,35 @@ impl<'a> Heap<'a> {
         size: u64,
         options: AllocOptions,
     ) -> Result<Option<Allocation>, Error> {
+        let mut taken = None;
+        self.take_blocks(class, 1, |head, index| taken = Some((head, index)))?;
+        Ok(taken.map(|(head, index)| self.hand_out(head, class, index, size, options)))
+    }
+
+    /// Takes up to `max` free blocks of `class` (at least one unless the pool has no room),
+    /// from this heap's hint span, else the class stack's top span, else a fresh span. Each
+    /// block is handed to `take` as (span head, index) and belongs to the caller, not yet live.
+    pub(crate) fn take_blocks(
+        &self,
+        class: usize,
+        max: u64,
+        mut take: impl FnMut(u64, u64),
+    ) -> Result<u64, Error> {
         let stack = self.stack(class);
         loop {
             let hint = self.hints[class].load(Ordering::Relaxed);
             if hint != 0 {
-                if let Some(allocation) = self.pop_block(hint - 1, class, size, options)? {
-                    return Ok(Some(allocation));
+                let taken = self.pop_blocks(hint - 1, class, max, &mut take)?;
+                if taken > 0 {
+                    return Ok(taken);
                 }
             }
             while let Some(top) = stack.peek()? {
                 self.check_span_head(top, class)?;
-                if let Some(allocation) = self.pop_block(top, class, size, options)? {
+                let taken = self.pop_blocks(top, class, max, &mut take)?;
+                if taken > 0 {
                     self.hints[class].store(top + 1, Ordering::Relaxed);
-                    return Ok(Some(allocation));
+                    return Ok(taken);
                 }
                 // The top span is full: take it off the stack (lazily, as in Michael's design).
                 // Whatever we pop is unlisted, then listed again if a free raced in.
@@ -471,12 +493,13 @@ impl<'a> Heap<'a> {
                 }
             }
             let Some(head) = self.claim_pages(SPAN_PAGES) else {
-                return Ok(None);
+                return Ok(0);
             };
             self.init_span(head, class);
             self.hints[class].store(head + 1, Ordering::Relaxed);
-            if let Some(allocation) = self.pop_block(head, class, size, options)? {
-                return Ok(Some(allocation));
+            let taken = self.pop_blocks(head, class, max, &mut take)?;
+            if taken > 0 {
+                return Ok(taken);
             }
             // Others emptied the new span first: go round.
         }
@@ -491,42 +514,50 @@ impl<'a> Heap<'a> {
         }
     }
 
-    /// Takes one block from span `head`, if it is still a span of `class` with a free block.
-    fn pop_block(
+    /// Takes up to `max` blocks from span `head`, if it is still a span of `class`.
+    fn pop_blocks(
         &self,
         head: u64,
         class: usize,
+        max: u64,
+        take: &mut impl FnMut(u64, u64),
+    ) -> Result<u64, Error> {
+        let (span, _, _) = self.span(head, class);
+        let still_ours = || self.info(head) == PageInfo::SpanHead { class };
+        if max == 1 {
+            return Ok(span.pop(still_ours)?.map(|index| take(head, index)).map_or(0, |()| 1));
+        }
+        span.pop_batch(max, still_ours, |index| take(head, index))
+    }
+
+    /// Makes block `index` of span `head`, which the caller took, a live allocation.
+    #[inline]
+    pub(crate) fn hand_out(
+        &self,
+        head: u64,
+        class: usize,
+        index: u64,
         size: u64,
         options: AllocOptions,
-    ) -> Result<Option<Allocation>, Error> {
-        let (span, owners, first_block) = self.span(head, class);
-        let still_ours = || self.info(head) == PageInfo::SpanHead { class };
-        let Some(index) = span.pop(still_ours)? else {
-            return Ok(None);
-        };
-        let state = span.state(index);
-        let gen =
-            (BlockState::decode(state.load(Ordering::Relaxed)).gen + 1) & BlockState::GEN_MASK;
+    ) -> Allocation {
+        let base = self.geo.page_offset(head);
+        let state = self.block_state(base, index);
+        let gen = (BlockState::decode(state.load(Ordering::Relaxed)).gen + 1) & BlockState::GEN_MASK;
         let class_size = CLASS_SIZES[class] as u64;
-        owners[index as usize].store(options.owner.0, Ordering::Relaxed);
-        let live = BlockState {
-            live: true,
-            gen,
-            alloc_type: options.alloc_type,
-            low: class_size - size,
-        };
+        self.block_owner(base, class, index).store(options.owner.0, Ordering::Relaxed);
+        let live = BlockState { live: true, gen, alloc_type: options.alloc_type, low: class_size - size };
         // ORDERING: Release publishes the owner (and the allocation as a whole) to lookups,
         // which load this word with Acquire before reading the owner.
         state.store(live.encode(), Ordering::Release);
-        let offset = first_block + index * class_size;
-        Ok(Some(Allocation {
+        let offset = self.block_offset(base, class, index);
+        Allocation {
             id: self.make_id(offset, gen),
             offset,
             size,
             capacity: class_size,
             alloc_type: options.alloc_type,
             owner: options.owner,
-        }))
+        }
     }
 
     fn init_span(&self, head: u64, class: usize) {
@@ -537,11 +568,10 @@ impl<'a> Heap<'a> {
         self.span(head, class).0.init(base);
         for member in head + 1..head + SPAN_PAGES {
             self.page_word(member, page::INFO)
-                .store(PageInfo::SpanMember { head }.encode(), Ordering::Relaxed);
+                .store(PageInfo::SpanMember { head, class }.encode(), Ordering::Relaxed);
         }
         // ORDERING: Release publishes the span (anchor, states, member info) to `info` readers.
-        self.page_word(head, page::INFO)
-            .store(PageInfo::SpanHead { class }.encode(), Ordering::Release);
+        self.page_word(head, page::INFO).store(PageInfo::SpanHead { class }.encode(), Ordering::Release);
         // A fresh span is listed at once, so that others find its free blocks too.
         self.relist(head, class, &self.span(head, class).0);
     }
@@ -551,23 +581,13 @@ impl<'a> Heap<'a> {
         let Some(head) = self.claim_pages(pages) else {
             return Ok(None);
         };
-        let gen =
-            (self.page_word(head, page::EPOCH).load(Ordering::Relaxed) + 1) & BlockState::GEN_MASK;
-        self.page_word(head, page::LINK)
-            .store(size, Ordering::Relaxed);
-        self.page_word(head, page::OWNER)
-            .store(options.owner.0 as u64, Ordering::Relaxed);
-        let live = BlockState {
-            live: true,
-            gen,
-            alloc_type: options.alloc_type,
-            low: 0,
-        };
-        self.page_word(head, page::STATE)
-            .store(live.encode(), Ordering::Relaxed);
+        let gen = (self.page_word(head, page::EPOCH).load(Ordering::Relaxed) + 1) & BlockState::GEN_MASK;
+        self.page_word(head, page::LINK).store(size, Ordering::Relaxed);
+        self.page_word(head, page::OWNER).store(options.owner.0 as u64, Ordering::Relaxed);
+        let live = BlockState { live: true, gen, alloc_type: options.alloc_type, low: 0 };
+        self.page_word(head, page::STATE).store(live.encode(), Ordering::Relaxed);
         // ORDERING: Release publishes size, owner and state to `info` readers (lookups, frees).
-        self.page_word(head, page::INFO)
-            .store(PageInfo::LargeHead { pages }.encode(), Ordering::Release);
+        self.page_word(head, page::INFO).store(PageInfo::LargeHead { pages }.encode(), Ordering::Release);
         let offset = self.geo.page_offset(head);
         Ok(Some(Allocation {
             id: self.make_id(offset, gen),
@@ -580,9 +600,7 @@ impl<'a> Heap<'a> {
     }
 
     fn claim_pages(&self, pages: u64) -> Option<u64> {
-        let start = self
-            .bitmap()
-            .claim(pages, self.page_hint.load(Ordering::Relaxed))?;
+        let start = self.bitmap().claim(pages, self.page_hint.load(Ordering::Relaxed))?;
         self.page_hint.store(start + pages, Ordering::Relaxed);
         Some(start)
     }
@@ -614,10 +632,8 @@ impl<'a> Heap<'a> {
     fn retire_span(&self, head: u64, span: &Span<'_>) {
         let max_gen = span.max_gen();
         for page in head..head + SPAN_PAGES {
-            self.page_word(page, page::EPOCH)
-                .fetch_max(max_gen, Ordering::Relaxed);
-            self.page_word(page, page::INFO)
-                .store(PageInfo::Free.encode(), Ordering::Relaxed);
+            self.page_word(page, page::EPOCH).fetch_max(max_gen, Ordering::Relaxed);
+            self.page_word(page, page::INFO).store(PageInfo::Free.encode(), Ordering::Relaxed);
         }
         self.bitmap().release(head, SPAN_PAGES);
     }
@@ -626,7 +642,8 @@ impl<'a> Heap<'a> {
 
     /// Finds the place of `id`'s slot and its state word. Checks every value read from the
     /// region before using it as an index.
-    fn locate(&self, id: AllocId) -> Result<(Place<'_>, &AtomicU64), Error> {
+    #[inline]
+    pub(crate) fn locate(&self, id: AllocId) -> Result<(Place, &AtomicU64), Error> {
         let slot = id.0 & ((1u64 << self.geo.slot_bits) - 1);
         let relative = slot * GRANULE;
         if relative >= self.geo.data_bytes() {
@@ -639,10 +656,7 @@ impl<'a> Heap<'a> {
             PageInfo::Free => return Err(not_allocated),
             PageInfo::LargeHead { pages } => {
                 if pages == 0 || pages > self.geo.num_pages - page {
-                    return Err(Error::Corrupt {
-                        what: "large run out of range",
-                        page,
-                    });
+                    return Err(Error::Corrupt { what: "large run out of range", page });
                 }
                 if offset != self.geo.page_offset(page) {
                     return Err(not_allocated);
@@ -651,44 +665,30 @@ impl<'a> Heap<'a> {
                 return Ok((Place::Large { head: page, pages }, state));
             }
             PageInfo::SpanHead { class } => (page, class),
-            PageInfo::SpanMember { head } => {
+            PageInfo::SpanMember { head, class } => {
                 if head > page || page - head >= SPAN_PAGES {
-                    return Err(Error::Corrupt {
-                        what: "span member points outside its span",
-                        page,
-                    });
+                    return Err(Error::Corrupt { what: "span member points outside its span", page });
                 }
-                match self.info(head) {
-                    PageInfo::SpanHead { class } => (head, class),
-                    _ => return Err(not_allocated),
-                }
+                (head, class)
             }
         };
         self.check_span_head(head, class)?;
-        let (span, owners, first_block) = self.span(head, class);
-        let class_size = CLASS_SIZES[class] as u64;
-        if offset < first_block || (offset - first_block) % class_size != 0 {
+        let base = self.geo.page_offset(head);
+        let first_block = base + self.first_block[class];
+        if offset < first_block {
             return Err(not_allocated);
         }
-        let index = (offset - first_block) / class_size;
-        if index >= span.blocks() {
+        let distance = offset - first_block;
+        let index = block_index(distance, class);
+        if index >= self.blocks[class] || index * CLASS_SIZES[class] as u64 != distance {
             return Err(not_allocated);
         }
-        let state = span.state(index);
-        Ok((
-            Place::Small {
-                span,
-                head,
-                class,
-                index,
-                owner: &owners[index as usize],
-            },
-            state,
-        ))
+        Ok((Place::Small { head, class, index, base }, self.block_state(base, index)))
     }
 
     /// The state word of `id` if it is live with `id`'s generation.
-    fn live_state(&self, id: AllocId, state: &AtomicU64) -> Result<(u64, BlockState), Error> {
+    #[inline]
+    pub(crate) fn live_state(&self, id: AllocId, state: &AtomicU64) -> Result<(u64, BlockState), Error> {
         // ORDERING: Acquire pairs with the Release store that made the allocation live, so its
         // owner and size are visible.
         let word = state.load(Ordering::Acquire);
@@ -699,47 +699,25 @@ impl<'a> Heap<'a> {
         Ok((word, decoded))
     }
 
-    fn describe(
-        &self,
-        id: AllocId,
-        place: &Place<'_>,
-        state: BlockState,
-    ) -> Result<Allocation, Error> {
+    fn describe(&self, id: AllocId, place: &Place, state: BlockState) -> Result<Allocation, Error> {
         let slot = id.0 & ((1u64 << self.geo.slot_bits) - 1);
         let offset = self.geo.data_offset + slot * GRANULE;
         let (size, capacity, owner) = match *place {
-            Place::Small { class, owner, .. } => {
+            Place::Small { class, index, base, .. } => {
                 let capacity = CLASS_SIZES[class] as u64;
-                (
-                    capacity.saturating_sub(state.low),
-                    capacity,
-                    owner.load(Ordering::Relaxed),
-                )
+                let owner = self.block_owner(base, class, index).load(Ordering::Relaxed);
+                (capacity.saturating_sub(state.low), capacity, owner)
             }
             Place::Large { head, pages } => {
                 let capacity = pages << self.geo.page_shift;
                 let size = self.page_word(head, page::LINK).load(Ordering::Relaxed);
                 if size > capacity {
-                    return Err(Error::Corrupt {
-                        what: "large size exceeds its run",
-                        page: head,
-                    });
+                    return Err(Error::Corrupt { what: "large size exceeds its run", page: head });
                 }
-                (
-                    size,
-                    capacity,
-                    self.page_word(head, page::OWNER).load(Ordering::Relaxed) as u32,
-                )
+                (size, capacity, self.page_word(head, page::OWNER).load(Ordering::Relaxed) as u32)
             }
         };
-        Ok(Allocation {
-            id,
-            offset,
-            size,
-            capacity,
-            alloc_type: state.alloc_type,
-            owner: Owner(owner),
-        })
+        Ok(Allocation { id, offset, size, capacity, alloc_type: state.alloc_type, owner: Owner(owner) })
     }
 
     /// The live allocation with `id`, in O(1).
@@ -767,38 +745,52 @@ impl<'a> Heap<'a> {
         self.ensure_ready()?;
         let (place, state) = self.locate(id)?;
         let (word, decoded) = self.live_state(id, state)?;
-        let dead = BlockState {
-            live: false,
-            low: Anchor::NULL,
-            alloc_type: 0,
-            ..decoded
-        };
+        self.release(id, place, state, word, decoded)
+    }
+
+    /// Frees the located, live allocation `id` (its state word read as `word`) to the shared
+    /// heap, and says whether waiters must be woken.
+    pub(crate) fn release(
+        &self,
+        id: AllocId,
+        place: Place,
+        state: &AtomicU64,
+        word: u64,
+        decoded: BlockState,
+    ) -> Result<Wake, Error> {
+        let dead = BlockState { live: false, low: Anchor::NULL, alloc_type: 0, ..decoded };
         // ORDERING: Acquire on success: we now own the block; Release is provided by the push
         // (small) or the bitmap release (large) that hands it on.
         state
             .compare_exchange(word, dead.encode(), Ordering::Acquire, Ordering::Relaxed)
             .map_err(|_| Error::NotAllocated { id: id.0 })?;
         match place {
-            Place::Small {
-                span,
-                head,
-                class,
-                index,
-                ..
-            } => {
-                if span.push(index, decoded.gen) == Pushed::MustList {
-                    self.stack(class).push(head);
-                }
+            Place::Small { head, class, index, .. } => {
+                let (span, _, _) = self.span(head, class);
+                self.push_block(&span, head, class, index, decoded.gen)
             }
             Place::Large { head, pages } => {
-                self.page_word(head, page::EPOCH)
-                    .fetch_max(decoded.gen, Ordering::Relaxed);
-                self.page_word(head, page::INFO)
-                    .store(PageInfo::Free.encode(), Ordering::Relaxed);
+                self.page_word(head, page::EPOCH).fetch_max(decoded.gen, Ordering::Relaxed);
+                self.page_word(head, page::INFO).store(PageInfo::Free.encode(), Ordering::Relaxed);
                 self.bitmap().release(head, pages);
             }
         }
         Ok(self.wake_if_waiting())
+    }
+
+    /// Puts block `index` of span `head` (owned by the caller, not live) back on its span's
+    /// free list, listing the span if it was unlisted.
+    fn push_block(&self, span: &Span<'_>, head: u64, class: usize, index: u64, gen: u64) {
+        if span.push(index, gen) == Pushed::MustList {
+            self.stack(class).push(head);
+        }
+    }
+
+    /// Gives a cached block (owned by the caller) back to its span.
+    pub(crate) fn give_back(&self, head: u64, class: usize, index: u64) {
+        let (span, _, _) = self.span(head, class);
+        let gen = BlockState::decode(span.state(index).load(Ordering::Relaxed)).gen;
+        self.push_block(&span, head, class, index, gen);
     }
 
     /// Records `owner` as the owner of `id`.
@@ -807,10 +799,12 @@ impl<'a> Heap<'a> {
         let (place, state) = self.locate(id)?;
         let (word, _) = self.live_state(id, state)?;
         match place {
-            Place::Small { owner: cell, .. } => cell.store(owner.0, Ordering::Relaxed),
-            Place::Large { head, .. } => self
-                .page_word(head, page::OWNER)
-                .store(owner.0 as u64, Ordering::Relaxed),
+            Place::Small { class, index, base, .. } => {
+                self.block_owner(base, class, index).store(owner.0, Ordering::Relaxed)
+            }
+            Place::Large { head, .. } => {
+                self.page_word(head, page::OWNER).store(owner.0 as u64, Ordering::Relaxed)
+            }
         }
         // If the allocation died meanwhile, the write went to a free slot's owner word, which
         // the next allocation overwrites; report the free.
@@ -830,10 +824,7 @@ impl<'a> Heap<'a> {
         let current = self.describe(id, &place, decoded)?;
         if new_size <= current.capacity {
             let resized = match place {
-                Place::Small { .. } => BlockState {
-                    low: current.capacity - new_size,
-                    ..decoded
-                },
+                Place::Small { .. } => BlockState { low: current.capacity - new_size, ..decoded },
                 Place::Large { .. } => decoded,
             };
             // ORDERING: AcqRel; the CAS both checks the allocation is still live and publishes
@@ -842,26 +833,15 @@ impl<'a> Heap<'a> {
                 .compare_exchange(word, resized.encode(), Ordering::AcqRel, Ordering::Relaxed)
                 .map_err(|_| Error::NotAllocated { id: id.0 })?;
             if let Place::Large { head, .. } = place {
-                self.page_word(head, page::LINK)
-                    .store(new_size, Ordering::Relaxed);
+                self.page_word(head, page::LINK).store(new_size, Ordering::Relaxed);
             }
-            return Ok(Allocation {
-                size: new_size,
-                ..current
-            });
+            return Ok(Allocation { size: new_size, ..current });
         }
-        let options = AllocOptions {
-            align: GRANULE,
-            alloc_type: current.alloc_type,
-            owner: current.owner,
-        };
+        let options = AllocOptions { align: GRANULE, alloc_type: current.alloc_type, owner: current.owner };
         let moved = self.alloc(new_size, options)?;
         // SAFETY: both allocations are live and belong to the caller, lie in the data area and,
         // being distinct live allocations, do not overlap.
-        unsafe {
-            self.region
-                .copy(current.offset, moved.offset, current.size.min(new_size))
-        };
+        unsafe { self.region.copy(current.offset, moved.offset, current.size.min(new_size)) };
         if let Err(error) = self.free(id) {
             // The original was freed concurrently; undo our half and report it.
             let _ = self.free(moved.id);
@@ -880,14 +860,14 @@ impl<'a> Heap<'a> {
         options: AllocOptions,
         host: &mut impl WaitHost,
     ) -> Result<Allocation, Error> {
-        let waiters = self.region.word(header::WAITERS);
+        let status_word = self.region.word(header::STATUS);
         loop {
             match self.alloc(size, options) {
                 Err(Error::OutOfMemory { .. }) => {}
                 other => return other,
             }
             // Announce ourselves before the last try, so a free that the try misses sees us.
-            waiters.fetch_add(1, Ordering::SeqCst);
+            status_word.fetch_add(status::WAITER, Ordering::SeqCst);
             // ORDERING: SeqCst fence pairs with the fence in `wake_if_waiting` (Dekker): either
             // that free's load sees our count, or our retry below sees its freed space.
             fence(Ordering::SeqCst);
@@ -895,11 +875,11 @@ impl<'a> Heap<'a> {
             let outcome = match self.alloc(size, options) {
                 Err(Error::OutOfMemory { .. }) => host.wait(self.wake_word(), seen),
                 other => {
-                    waiters.fetch_sub(1, Ordering::SeqCst);
+                    status_word.fetch_sub(status::WAITER, Ordering::SeqCst);
                     return other;
                 }
             };
-            waiters.fetch_sub(1, Ordering::SeqCst);
+            status_word.fetch_sub(status::WAITER, Ordering::SeqCst);
             if outcome == Waited::TimedOut {
                 return match self.alloc(size, options) {
                     Err(Error::OutOfMemory { requested }) => Err(Error::TimedOut { requested }),
@@ -910,10 +890,10 @@ impl<'a> Heap<'a> {
     }
 
     /// Called after space became free: bumps the wake word when someone waits.
-    fn wake_if_waiting(&self) -> Wake {
+    pub(crate) fn wake_if_waiting(&self) -> Wake {
         // ORDERING: SeqCst fence pairs with the fence in `alloc_blocking`; see there.
         fence(Ordering::SeqCst);
-        if self.region.word(header::WAITERS).load(Ordering::Relaxed) == 0 {
+        if self.region.word(header::STATUS).load(Ordering::Relaxed) < status::WAITER {
             return Wake::Nobody;
         }
         self.bump_wake_seq()
@@ -927,7 +907,7 @@ impl<'a> Heap<'a> {
 
     /// Number of callers blocked in `alloc_blocking` right now, in all processes.
     pub fn waiters(&self) -> u64 {
-        self.region.word(header::WAITERS).load(Ordering::Relaxed)
+        self.status() >> 32
     }
 
     // ----- walking the heap ------------------------------------------------------------------
@@ -935,11 +915,7 @@ impl<'a> Heap<'a> {
     /// The live allocations, page by page: a snapshot that is consistent for each allocation
     /// but may miss or include allocations made or freed during the walk.
     pub fn iter(&self) -> Allocations<'_, 'a> {
-        Allocations {
-            heap: self,
-            page: 0,
-            block: 0,
-        }
+        Allocations { heap: self, page: 0, block: 0 }
     }
 
     /// Usage figures from one walk of the heap.
@@ -969,11 +945,11 @@ impl<'a> Heap<'a> {
         self.page_word(page, field).load(Ordering::Acquire)
     }
 
-    pub(crate) fn span_parts(
-        &self,
-        head: u64,
-        class: usize,
-    ) -> Result<(Span<'_>, &[AtomicU32], u64), Error> {
+    pub(crate) fn span_parts_unchecked(&self, head: u64, class: usize) -> (Span<'_>, &[AtomicU32], u64) {
+        self.span(head, class)
+    }
+
+    pub(crate) fn span_parts(&self, head: u64, class: usize) -> Result<(Span<'_>, &[AtomicU32], u64), Error> {
         self.check_span_head(head, class)?;
         Ok(self.span(head, class))
     }
@@ -1026,13 +1002,9 @@ impl Iterator for Allocations<'_, '_> {
                 }
                 PageInfo::LargeHead { pages } if pages >= 1 && pages <= geo.num_pages - page => {
                     self.page += pages;
-                    let state = BlockState::decode(
-                        heap.page_word(page, page::STATE).load(Ordering::Acquire),
-                    );
+                    let state = BlockState::decode(heap.page_word(page, page::STATE).load(Ordering::Acquire));
                     if state.live {
-                        if let Ok(allocation) =
-                            heap.lookup(heap.id_for(geo.page_offset(page), state.gen))
-                        {
+                        if let Ok(allocation) = heap.lookup(heap.id_for(geo.page_offset(page), state.gen)) {
                             return Some(allocation);
                         }
                     }

@@ -26,28 +26,38 @@ pub const HEADER_WORDS: usize = 32;
 /// The first header word the core never touches (alloc-shm keeps its own fields there).
 pub const HOST_WORDS_START: usize = 16;
 
-/// Header word indices.
+/// Header word indices. The first cache line (words 0-7) is read on every call and written
+/// almost never (`WAITERS` only by blocked allocators); `WAKE_SEQ` opens the second line, so that
+/// the frees bumping it do not disturb the first.
 pub mod header {
     /// [`super::MAGIC`].
     pub const MAGIC: usize = 0;
     /// [`super::LAYOUT_VERSION`].
     pub const VERSION: usize = 1;
-    /// One of the `STATE_*` values.
-    pub const STATE: usize = 2;
+    /// The pool's state (one of the `STATE_*` values, low byte) and the number of callers
+    /// blocked in `alloc_blocking` in any process (high 32 bits): one word, so that the hot path
+    /// learns both from one load. See [`super::status`].
+    pub const STATUS: usize = 2;
     /// Total bytes of the region, as created.
-    pub const REGION_BYTES: usize = 3;
+    pub const REGION_BYTES: usize = 4;
     /// log2 of the page size.
-    pub const PAGE_SHIFT: usize = 4;
+    pub const PAGE_SHIFT: usize = 5;
     /// Number of data pages.
-    pub const NUM_PAGES: usize = 5;
+    pub const NUM_PAGES: usize = 6;
     /// Byte offset of the first data page from the region start.
-    pub const DATA_OFFSET: usize = 6;
-    /// Bits of an allocation id that name its slot (the rest is its generation).
-    pub const SLOT_BITS: usize = 7;
-    /// Number of callers currently blocked in `alloc_blocking`, in any process.
-    pub const WAITERS: usize = 8;
+    pub const DATA_OFFSET: usize = 7;
     /// Bumped by a free that must wake waiters; the host futex-waits on its low 32 bits.
-    pub const WAKE_SEQ: usize = 9;
+    pub const WAKE_SEQ: usize = 8;
+    /// Bits of an allocation id that name its slot (the rest is its generation).
+    pub const SLOT_BITS: usize = 9;
+}
+
+/// Fields of the `STATUS` header word.
+pub mod status {
+    /// The low byte holds the state.
+    pub const STATE_MASK: u64 = 0xFF;
+    /// One blocked caller, in the high 32 bits.
+    pub const WAITER: u64 = 1 << 32;
 }
 
 /// The region's header is being written; `open` waits or refuses.
@@ -92,8 +102,8 @@ pub mod page {
 /// Size classes: 16-byte steps to 128, then four classes per doubling up to 2048. A request above
 /// the largest class, or one asking for more than 16-byte alignment, is served by a page run.
 pub const CLASS_SIZES: [u32; NUM_CLASSES] = [
-    16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024,
-    1280, 1536, 1792, 2048,
+    16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280,
+    1536, 1792, 2048,
 ];
 /// Number of size classes.
 pub const NUM_CLASSES: usize = 24;
@@ -124,6 +134,29 @@ pub fn class_for(size: u64) -> Option<usize> {
     Some(CLASS_BY_GRANULES[size.div_ceil(GRANULE) as usize] as usize)
 }
 
+/// `RECIPROCALS[class]` is `ceil(2^32 / class size)`: for any byte distance `d < 2^20` inside a
+/// span, `(d * RECIPROCALS[class]) >> 32 == d / class size` (a test checks both ends of every
+/// quotient; the map is monotonic, so that covers every `d`), so
+/// finding a block's index needs no division.
+pub const RECIPROCALS: [u64; NUM_CLASSES] = {
+    let mut table = [0u64; NUM_CLASSES];
+    let mut class = 0;
+    while class < NUM_CLASSES {
+        table[class] = (1u64 << 32).div_ceil(CLASS_SIZES[class] as u64);
+        class += 1;
+    }
+    table
+};
+
+/// Spans are at most this many bytes (16 pages of at most 64 KiB), the range `RECIPROCALS` covers.
+pub const MAX_SPAN_BYTES: u64 = SPAN_PAGES << MAX_PAGE_SHIFT;
+
+/// `distance / CLASS_SIZES[class]` for `distance < MAX_SPAN_BYTES`, without a division.
+#[inline]
+pub fn block_index(distance: u64, class: usize) -> u64 {
+    (distance * RECIPROCALS[class]) >> 32
+}
+
 /// Bytes of in-span metadata for `blocks` blocks: one state word and one owner half-word each,
 /// rounded so that the first block stays 16-byte aligned.
 pub const fn span_meta_bytes(blocks: u64) -> u64 {
@@ -146,7 +179,7 @@ pub const fn blocks_per_span(class_size: u64, span_bytes: u64) -> u64 {
 const _: () = {
     assert!(CLASS_SIZES.len() == NUM_CLASSES);
     assert!(CLASS_SIZES[NUM_CLASSES - 1] as u64 == MAX_CLASS_SIZE);
-    assert!(HOST_WORDS_START > header::WAKE_SEQ && HOST_WORDS_START < HEADER_WORDS);
+    assert!(HOST_WORDS_START > header::SLOT_BITS && HOST_WORDS_START < HEADER_WORDS);
     assert!(page::STATE < PAGE_META_WORDS);
     // Classes are 16-byte multiples, so every block of a span starts 16-byte aligned.
     let mut i = 0;
@@ -210,11 +243,7 @@ impl Geometry {
             if data_offset + num_pages * page <= region_bytes {
                 let slots = (num_pages * page) / GRANULE;
                 let needed = 64 - slots.leading_zeros();
-                let slot_bits = if needed < MIN_SLOT_BITS {
-                    MIN_SLOT_BITS
-                } else {
-                    needed
-                };
+                let slot_bits = if needed < MIN_SLOT_BITS { MIN_SLOT_BITS } else { needed };
                 return Some(Geometry {
                     region_bytes,
                     page_shift,
@@ -273,8 +302,8 @@ pub const MIN_SLOT_BITS: u32 = 64 - BlockState::GEN_BITS;
 
 /// What a data page is part of (the `INFO` word).
 ///
-/// Bits 62–63 hold the kind; the low bits hold the class (span head), the head page (span
-/// member) or the page count (large head). Zero means free: a fresh region needs no writing.
+/// Bits 62–63 hold the kind; the low 40 bits hold the class (span head), the head page (span
+/// member, with its class in bits 40–47) or the page count (large head). Zero means free: a fresh region needs no writing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageInfo {
     /// Not part of any span or run (or an interior page of a large run, which needs no record).
@@ -284,10 +313,13 @@ pub enum PageInfo {
         /// The size class.
         class: usize,
     },
-    /// A later page of the span whose first page is `head`.
+    /// A later page of the span whose first page is `head`, of `class` (recorded here too, so
+    /// that finding a block needs one info read).
     SpanMember {
         /// The span's first page.
         head: u64,
+        /// The span's size class.
+        class: usize,
     },
     /// First page of a large allocation of `pages` pages.
     LargeHead {
@@ -305,7 +337,7 @@ impl PageInfo {
         match self {
             PageInfo::Free => 0,
             PageInfo::SpanHead { class } => (1 << Self::KIND_SHIFT) | class as u64,
-            PageInfo::SpanMember { head } => (2 << Self::KIND_SHIFT) | head,
+            PageInfo::SpanMember { head, class } => (2 << Self::KIND_SHIFT) | (class as u64) << 40 | head,
             PageInfo::LargeHead { pages } => (3 << Self::KIND_SHIFT) | pages,
         }
     }
@@ -316,10 +348,8 @@ impl PageInfo {
         let low = word & Self::LOW_MASK;
         match word >> Self::KIND_SHIFT {
             0 => PageInfo::Free,
-            1 => PageInfo::SpanHead {
-                class: low as usize,
-            },
-            2 => PageInfo::SpanMember { head: low },
+            1 => PageInfo::SpanHead { class: low as usize },
+            2 => PageInfo::SpanMember { head: low, class: ((word >> 40) & 0xFF) as usize },
             _ => PageInfo::LargeHead { pages: low },
         }
     }
@@ -352,7 +382,8 @@ pub struct Anchor {
 impl Anchor {
     /// No block.
     pub const NULL: u64 = 0x1FFF;
-    /// Blocks a span may hold (indices `0..MAX_BLOCKS`, `NULL` excluded).
+    /// Blocks a span may hold: indices `0..MAX_BLOCKS`, so neither `NULL` nor
+    /// `BlockState::CACHED` is ever an index.
     pub const MAX_BLOCKS: u64 = Self::NULL - 1;
     const INDEX_MASK: u64 = 0x1FFF;
     const TAG_SHIFT: u32 = 28;
@@ -379,10 +410,7 @@ impl Anchor {
 
     /// The same anchor with the tag advanced (wrapping within its 36 bits).
     pub const fn bumped(self) -> Anchor {
-        Anchor {
-            tag: (self.tag + 1) & ((1 << (64 - Self::TAG_SHIFT)) - 1),
-            ..self
-        }
+        Anchor { tag: (self.tag + 1) & ((1 << (64 - Self::TAG_SHIFT)) - 1), ..self }
     }
 }
 
@@ -391,7 +419,7 @@ impl Anchor {
 ///
 /// | bits  | field |
 /// |-------|-------|
-/// | 0–12  | live small block: class size minus requested size; free small block: next free index |
+/// | 0–12  | live small block: class size minus requested size; free small block: next free index (`NULL` at the end, `CACHED` when held in a cache) |
 /// | 13–20 | allocation type |
 /// | 21–62 | generation (42 bits), bumped by each allocation of the slot |
 /// | 63    | live |
@@ -412,6 +440,9 @@ impl BlockState {
     pub const GEN_BITS: u32 = 42;
     /// Largest generation value.
     pub const GEN_MASK: u64 = (1 << Self::GEN_BITS) - 1;
+    /// `low` of a block that is free but held in some participant's cache (its owner word
+    /// names that participant). Never a block index: spans hold fewer blocks.
+    pub const CACHED: u64 = Anchor::MAX_BLOCKS;
 
     /// The word stored in the region.
     pub const fn encode(self) -> u64 {
@@ -449,10 +480,7 @@ impl StackHead {
 
     /// Reads a word back.
     pub const fn decode(word: u64) -> StackHead {
-        StackHead {
-            top: word & 0xFFFF_FFFF,
-            tag: word >> 32,
-        }
+        StackHead { top: word & 0xFFFF_FFFF, tag: word >> 32 }
     }
 }
 
@@ -474,46 +502,26 @@ mod tests {
 
     #[test]
     fn packed_words_round_trip() {
-        let anchor = Anchor {
-            head: 17,
-            count: 4000,
-            listed: true,
-            retired: false,
-            tag: (1 << 36) - 1,
-        };
+        let anchor = Anchor { head: 17, count: 4000, listed: true, retired: false, tag: (1 << 36) - 1 };
         assert_eq!(Anchor::decode(anchor.encode()), anchor);
         assert_eq!(anchor.bumped().tag, 0);
-        let state = BlockState {
-            live: true,
-            gen: BlockState::GEN_MASK,
-            alloc_type: 255,
-            low: 0x1FFF,
-        };
+        let state = BlockState { live: true, gen: BlockState::GEN_MASK, alloc_type: 255, low: 0x1FFF };
         assert_eq!(BlockState::decode(state.encode()), state);
         for info in [
             PageInfo::Free,
             PageInfo::SpanHead { class: 23 },
-            PageInfo::SpanMember { head: MAX_PAGES },
+            PageInfo::SpanMember { head: MAX_PAGES, class: 23 },
             PageInfo::LargeHead { pages: MAX_PAGES },
         ] {
             assert_eq!(PageInfo::decode(info.encode()), info);
         }
-        let head = StackHead {
-            top: 0xFFFF_FFFF,
-            tag: 0xFFFF_FFFF,
-        };
+        let head = StackHead { top: 0xFFFF_FFFF, tag: 0xFFFF_FFFF };
         assert_eq!(StackHead::decode(head.encode()), head);
     }
 
     #[test]
     fn geometry_fits_inside_the_region_and_keeps_metadata_small() {
-        for (bytes, shift) in [
-            (1u64 << 20, 12),
-            (64 << 20, 12),
-            (1 << 40, 12),
-            (1 << 17, 6),
-            (3 << 20, 16),
-        ] {
+        for (bytes, shift) in [(1u64 << 20, 12), (64 << 20, 12), (1 << 40, 12), (1 << 17, 6), (3 << 20, 16)] {
             let geo = Geometry::compute(bytes, shift).expect("large enough");
             assert!(geo.data_offset % geo.page_bytes() == 0);
             assert!(geo.data_offset + geo.data_bytes() <= bytes);
@@ -524,16 +532,28 @@ mod tests {
             // Everything but the data area stays within ~2% of a 4 KiB-page region, plus one page.
             if shift == 12 {
                 let overhead = bytes - geo.data_bytes();
-                assert!(
-                    overhead <= bytes / 50 + geo.page_bytes() * 2,
-                    "{overhead} of {bytes}"
-                );
+                assert!(overhead <= bytes / 50 + geo.page_bytes() * 2, "{overhead} of {bytes}");
             }
             assert!(geo.slot_bits >= MIN_SLOT_BITS);
             assert!((geo.data_bytes() / GRANULE) <= 1 << geo.slot_bits);
         }
         assert_eq!(Geometry::compute(4096, 12), None);
         assert_eq!(Geometry::compute(1 << 20, 5), None);
+    }
+
+    #[test]
+    fn block_index_equals_division_across_the_largest_span() {
+        for (class, &size) in CLASS_SIZES.iter().enumerate() {
+            let size = size as u64;
+            // Every multiple is exact, and the values just below and above a multiple too.
+            let mut distance = 0;
+            while distance < MAX_SPAN_BYTES {
+                for probe in [distance, distance + 1, distance + size - 1] {
+                    assert_eq!(block_index(probe, class), probe / size, "class {class} at {probe}");
+                }
+                distance += size;
+            }
+        }
     }
 
     #[test]

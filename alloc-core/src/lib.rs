@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod bitmap;
+mod cache;
 mod check;
 pub mod error;
 pub mod heap;
@@ -18,9 +19,10 @@ pub mod region;
 pub mod span;
 pub mod stack;
 
+pub use cache::{Cache, CACHE_BLOCKS};
 pub use error::Error;
 pub use heap::{
-    alloc_type, AllocId, AllocOptions, Allocation, Allocations, ClassStats, Heap, Owner, Stats,
-    WaitHost, Waited, Wake,
+    alloc_type, AllocId, AllocOptions, Allocation, Allocations, ClassStats, Heap, Owner, Stats, WaitHost,
+    Waited, Wake,
 };
 pub use region::Region;

@@ -47,27 +47,15 @@ impl<'a> Region<'a> {
                 core::slice::from_raw_parts(base.cast::<AtomicU32>(), len / 4),
             )
         };
-        Ok(Region {
-            words,
-            halves,
-            base,
-        })
+        Ok(Region { words, halves, base })
     }
 
     /// A region made of two separate arrays, for loom models. Allocation contents are not
     /// modelled: `realloc` does not copy them.
     #[cfg(all(shmpool_loom, feature = "loom"))]
     pub fn from_parts(words: &'a [AtomicU64], halves: &'a [AtomicU32]) -> Region<'a> {
-        assert_eq!(
-            words.len() * 2,
-            halves.len(),
-            "the two views must cover the same bytes"
-        );
-        Region {
-            words,
-            halves,
-            base: core::ptr::null_mut(),
-        }
+        assert_eq!(words.len() * 2, halves.len(), "the two views must cover the same bytes");
+        Region { words, halves, base: core::ptr::null_mut() }
     }
 
     /// Length in bytes.
@@ -88,6 +76,12 @@ impl<'a> Region<'a> {
         &self.words[index]
     }
 
+    /// The 32-bit word at `index` (counted in 32-bit words from the region start).
+    #[inline]
+    pub(crate) fn half(&self, index: usize) -> &AtomicU32 {
+        &self.halves[index]
+    }
+
     /// `count` 64-bit words starting at byte `offset` (8-aligned).
     #[inline]
     pub(crate) fn words_at(&self, offset: u64, count: u64) -> &[AtomicU64] {
@@ -100,6 +94,12 @@ impl<'a> Region<'a> {
     pub(crate) fn halves_at(&self, offset: u64, count: u64) -> &[AtomicU32] {
         let first = (offset / 4) as usize;
         &self.halves[first..first + count as usize]
+    }
+
+    /// Identifies this mapping within the process (caches are tied to it).
+    #[inline]
+    pub fn key(&self) -> usize {
+        self.words.as_ptr() as usize
     }
 
     /// The mapping's first byte (null for loom's separate views).

@@ -64,28 +64,12 @@ impl<'a> Span<'a> {
     pub fn init(&self, base: u64) {
         let blocks = self.blocks();
         for index in 0..blocks {
-            let next = if index + 1 < blocks {
-                index + 1
-            } else {
-                Anchor::NULL
-            };
-            let state = BlockState {
-                live: false,
-                gen: base,
-                alloc_type: 0,
-                low: next,
-            };
+            let next = if index + 1 < blocks { index + 1 } else { Anchor::NULL };
+            let state = BlockState { live: false, gen: base, alloc_type: 0, low: next };
             self.states[index as usize].store(state.encode(), Ordering::Relaxed);
         }
         let old = Anchor::decode(self.anchor.load(Ordering::Relaxed));
-        let fresh = Anchor {
-            head: 0,
-            count: blocks,
-            listed: false,
-            retired: false,
-            tag: old.tag,
-        }
-        .bumped();
+        let fresh = Anchor { head: 0, count: blocks, listed: false, retired: false, tag: old.tag }.bumped();
         // ORDERING: Release publishes the state words above to any thread that later reads this
         // anchor with Acquire (a stale hint-holder's pop, `check`).
         self.anchor.store(fresh.encode(), Ordering::Release);
@@ -104,19 +88,10 @@ impl<'a> Span<'a> {
                 return Ok(None);
             }
             if anchor.head >= self.blocks() || anchor.count > self.blocks() {
-                return Err(Error::Corrupt {
-                    what: "span anchor out of range",
-                    page: 0,
-                });
+                return Err(Error::Corrupt { what: "span anchor out of range", page: 0 });
             }
-            let next =
-                BlockState::decode(self.states[anchor.head as usize].load(Ordering::Relaxed)).low;
-            let popped = Anchor {
-                head: next,
-                count: anchor.count - 1,
-                ..anchor
-            }
-            .bumped();
+            let next = BlockState::decode(self.states[anchor.head as usize].load(Ordering::Relaxed)).low;
+            let popped = Anchor { head: next, count: anchor.count - 1, ..anchor }.bumped();
             // ORDERING: Acquire on success orders the previous holder's use of this block (made
             // before its Release push) before ours. If the head block was taken and given back
             // meanwhile, the tag differs and this fails (ABA).
@@ -132,26 +107,69 @@ impl<'a> Span<'a> {
         }
     }
 
+    /// Takes up to `max` free blocks off the list with one compare-exchange and hands each index
+    /// to `take`. The links walked before the exchange are trustworthy when it succeeds: any
+    /// pop or push in between would have bumped the tag and made it fail. Returns how many
+    /// blocks were taken (0 when empty, retired or vetoed, as in [`Span::pop`]).
+    pub fn pop_batch(
+        &self,
+        max: u64,
+        still_valid: impl Fn() -> bool,
+        mut take: impl FnMut(u64),
+    ) -> Result<u64, Error> {
+        let blocks = self.blocks();
+        // ORDERING: Acquire, as in `pop`: the links of the whole list were published by the
+        // Release pushes that built it.
+        let mut current = self.anchor.load(Ordering::Acquire);
+        loop {
+            let anchor = Anchor::decode(current);
+            if anchor.retired || anchor.count == 0 || max == 0 || !still_valid() {
+                return Ok(0);
+            }
+            if anchor.count > blocks {
+                return Err(Error::Corrupt { what: "span free count exceeds its blocks", page: 0 });
+            }
+            let taking = anchor.count.min(max);
+            let mut after = anchor.head;
+            for _ in 0..taking {
+                if after >= blocks {
+                    return Err(Error::Corrupt { what: "span free list leaves its span", page: 0 });
+                }
+                after = BlockState::decode(self.states[after as usize].load(Ordering::Relaxed)).low;
+            }
+            let popped = Anchor { head: after, count: anchor.count - taking, ..anchor }.bumped();
+            // ORDERING: Acquire on success, as in `pop`.
+            match self.anchor.compare_exchange_weak(
+                current,
+                popped.encode(),
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    // The taken blocks are ours now; nobody rewrites their links.
+                    let mut index = anchor.head;
+                    for _ in 0..taking {
+                        let next =
+                            BlockState::decode(self.states[index as usize].load(Ordering::Relaxed)).low;
+                        take(index);
+                        index = next;
+                    }
+                    return Ok(taking);
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
     /// Puts block `index` (whose state the caller already turned non-live, keeping `gen`) back
     /// on the list. Lists the span if it was unlisted.
     pub fn push(&self, index: u64, gen: u64) -> Pushed {
         let mut current = self.anchor.load(Ordering::Relaxed);
         loop {
             let anchor = Anchor::decode(current);
-            let freed = BlockState {
-                live: false,
-                gen,
-                alloc_type: 0,
-                low: anchor.head,
-            };
+            let freed = BlockState { live: false, gen, alloc_type: 0, low: anchor.head };
             self.states[index as usize].store(freed.encode(), Ordering::Relaxed);
-            let pushed = Anchor {
-                head: index,
-                count: anchor.count + 1,
-                listed: true,
-                ..anchor
-            }
-            .bumped();
+            let pushed = Anchor { head: index, count: anchor.count + 1, listed: true, ..anchor }.bumped();
             // ORDERING: Release publishes the freer's last use of the block and the link just
             // written to the next pop's Acquire.
             match self.anchor.compare_exchange_weak(
@@ -177,11 +195,7 @@ impl<'a> Span<'a> {
             if anchor.listed || anchor.retired || anchor.count == 0 || !still_valid() {
                 return Pushed::Done;
             }
-            let listed = Anchor {
-                listed: true,
-                ..anchor
-            }
-            .bumped();
+            let listed = Anchor { listed: true, ..anchor }.bumped();
             match self.anchor.compare_exchange_weak(
                 current,
                 listed.encode(),
@@ -198,11 +212,7 @@ impl<'a> Span<'a> {
     pub fn unlist(&self) -> Anchor {
         let mut current = self.anchor.load(Ordering::Relaxed);
         loop {
-            let unlisted = Anchor {
-                listed: false,
-                ..Anchor::decode(current)
-            }
-            .bumped();
+            let unlisted = Anchor { listed: false, ..Anchor::decode(current) }.bumped();
             // ORDERING: Acquire so that the returned count reflects blocks pushed before it.
             match self.anchor.compare_exchange_weak(
                 current,
@@ -226,11 +236,7 @@ impl<'a> Span<'a> {
             if anchor.count != blocks || anchor.listed || anchor.retired {
                 return false;
             }
-            let retired = Anchor {
-                retired: true,
-                ..anchor
-            }
-            .bumped();
+            let retired = Anchor { retired: true, ..anchor }.bumped();
             // ORDERING: Acquire orders every freer's use of its block (Release push) before the
             // span's memory is handed to someone else.
             match self.anchor.compare_exchange_weak(
@@ -260,10 +266,7 @@ mod tests {
     use super::*;
 
     fn span_storage(blocks: usize) -> (AtomicU64, Vec<AtomicU64>) {
-        (
-            AtomicU64::new(0),
-            (0..blocks).map(|_| AtomicU64::new(0)).collect(),
-        )
+        (AtomicU64::new(0), (0..blocks).map(|_| AtomicU64::new(0)).collect())
     }
 
     #[test]
@@ -295,6 +298,20 @@ mod tests {
         assert!(span.try_retire());
         assert_eq!(span.pop(|| true), Ok(None));
         assert_eq!(span.relist(|| true), Pushed::Done);
+    }
+
+    #[test]
+    fn a_batch_pop_takes_blocks_in_list_order_and_leaves_the_rest() {
+        let (anchor, states) = span_storage(5);
+        let span = Span::new(&anchor, &states);
+        span.init(0);
+        let mut taken = Vec::new();
+        assert_eq!(span.pop_batch(3, || true, |index| taken.push(index)), Ok(3));
+        assert_eq!(taken, vec![0, 1, 2]);
+        assert_eq!(span.anchor().count, 2);
+        assert_eq!(span.pop_batch(10, || true, |index| taken.push(index)), Ok(2));
+        assert_eq!(taken, vec![0, 1, 2, 3, 4]);
+        assert_eq!(span.pop(|| true), Ok(None));
     }
 
     #[test]

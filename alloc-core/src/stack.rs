@@ -21,20 +21,8 @@ pub struct SpanStack<'a> {
 impl<'a> SpanStack<'a> {
     /// A stack whose head is `head` and whose links are at `meta[page * stride + link]` for
     /// pages `0..pages`.
-    pub fn new(
-        head: &'a AtomicU64,
-        meta: &'a [AtomicU64],
-        stride: usize,
-        link: usize,
-        pages: u64,
-    ) -> Self {
-        SpanStack {
-            head,
-            meta,
-            stride,
-            link,
-            pages,
-        }
+    pub fn new(head: &'a AtomicU64, meta: &'a [AtomicU64], stride: usize, link: usize, pages: u64) -> Self {
+        SpanStack { head, meta, stride, link, pages }
     }
 
     fn link_of(&self, page: u64) -> &AtomicU64 {
@@ -46,10 +34,7 @@ impl<'a> SpanStack<'a> {
         match stored {
             0 => Ok(None),
             n if n <= self.pages => Ok(Some(n - 1)),
-            n => Err(Error::Corrupt {
-                what: "class stack names a page past the end",
-                page: n,
-            }),
+            n => Err(Error::Corrupt { what: "class stack names a page past the end", page: n }),
         }
     }
 
@@ -58,10 +43,7 @@ impl<'a> SpanStack<'a> {
         let mut head = StackHead::decode(self.head.load(Ordering::Relaxed));
         loop {
             self.link_of(page).store(head.top, Ordering::Relaxed);
-            let new = StackHead {
-                top: page + 1,
-                tag: head.tag.wrapping_add(1),
-            };
+            let new = StackHead { top: page + 1, tag: head.tag.wrapping_add(1) };
             // ORDERING: Release publishes the link just written (and the span's set-up) to the
             // Acquire load in `pop` that sees this head.
             match self.head.compare_exchange_weak(
@@ -86,10 +68,7 @@ impl<'a> SpanStack<'a> {
                 return Ok(None);
             };
             let next = self.link_of(top).load(Ordering::Relaxed);
-            let new = StackHead {
-                top: next & 0xFFFF_FFFF,
-                tag: head.tag.wrapping_add(1),
-            };
+            let new = StackHead { top: next & 0xFFFF_FFFF, tag: head.tag.wrapping_add(1) };
             // ORDERING: Acquire on failure re-reads a head whose link we then read, as above.
             match self.head.compare_exchange_weak(
                 head.encode(),
@@ -113,10 +92,7 @@ impl<'a> SpanStack<'a> {
             if head.top == 0 {
                 return Ok(None);
             }
-            let new = StackHead {
-                top: 0,
-                tag: head.tag.wrapping_add(1),
-            };
+            let new = StackHead { top: 0, tag: head.tag.wrapping_add(1) };
             match self.head.compare_exchange_weak(
                 head.encode(),
                 new.encode(),

@@ -38,16 +38,11 @@ fn every_allocation_is_16_byte_aligned_and_honours_larger_alignment() {
         assert!(a.capacity >= size);
     }
     for align in [32, 64, 256, 4096] {
-        let a = heap
-            .alloc(24, AllocOptions { align, ..opts() })
-            .expect("space");
+        let a = heap.alloc(24, AllocOptions { align, ..opts() }).expect("space");
         assert_eq!(a.offset % align, 0, "align {align}");
     }
     for align in [3, 8192, 0] {
-        assert_eq!(
-            heap.alloc(8, AllocOptions { align, ..opts() }),
-            Err(Error::BadAlignment { align })
-        );
+        assert_eq!(heap.alloc(8, AllocOptions { align, ..opts() }), Err(Error::BadAlignment { align }));
     }
     heap.check().expect("consistent");
 }
@@ -60,10 +55,7 @@ fn sizes_beyond_the_data_area_are_too_large_and_change_nothing() {
     fill(&heap, &keep, 1);
     let before = heap.stats().expect("stats");
     for size in [heap.geometry().data_bytes() + 1, u64::MAX, 1 << 63] {
-        assert!(matches!(
-            heap.alloc(size, opts()),
-            Err(Error::TooLarge { .. })
-        ));
+        assert!(matches!(heap.alloc(size, opts()), Err(Error::TooLarge { .. })));
     }
     assert_eq!(heap.stats().expect("stats"), before);
     assert!(holds(&heap, &keep, 1));
@@ -77,10 +69,7 @@ fn nearly_the_whole_data_area_can_be_one_allocation() {
     let all = heap.geometry().data_bytes();
     let a = heap.alloc(all, opts()).expect("whole data area");
     assert_eq!(a.size, all);
-    assert!(matches!(
-        heap.alloc(0, opts()),
-        Err(Error::OutOfMemory { .. })
-    ));
+    assert!(matches!(heap.alloc(0, opts()), Err(Error::OutOfMemory { .. })));
     heap.check().expect("consistent");
     let _ = heap.free(a.id).expect("live");
     heap.check().expect("consistent");
@@ -94,14 +83,8 @@ fn double_free_and_stale_ids_are_detected_and_change_nothing() {
     let large = heap.alloc(10_000, opts()).expect("space");
     let _ = heap.free(small.id).expect("live");
     let _ = heap.free(large.id).expect("live");
-    assert_eq!(
-        heap.free(small.id),
-        Err(Error::NotAllocated { id: small.id.0 })
-    );
-    assert_eq!(
-        heap.free(large.id),
-        Err(Error::NotAllocated { id: large.id.0 })
-    );
+    assert_eq!(heap.free(small.id), Err(Error::NotAllocated { id: small.id.0 }));
+    assert_eq!(heap.free(large.id), Err(Error::NotAllocated { id: large.id.0 }));
     // The slots are reused; the old ids must not alias the new allocations.
     let again_small = heap.alloc(40, opts()).expect("space");
     // A fresh participant searches the bitmap from the start, so it reuses the same pages.
@@ -111,14 +94,8 @@ fn double_free_and_stale_ids_are_detected_and_change_nothing() {
     assert_ne!(again_small.id, small.id);
     assert_ne!(again_large.id, large.id);
     fill(&heap, &again_small, 7);
-    assert_eq!(
-        heap.free(small.id),
-        Err(Error::NotAllocated { id: small.id.0 })
-    );
-    assert_eq!(
-        heap.lookup(large.id),
-        Err(Error::NotAllocated { id: large.id.0 })
-    );
+    assert_eq!(heap.free(small.id), Err(Error::NotAllocated { id: small.id.0 }));
+    assert_eq!(heap.lookup(large.id), Err(Error::NotAllocated { id: large.id.0 }));
     assert!(heap.contains(again_small.id) && heap.contains(again_large.id));
     assert!(holds(&heap, &again_small, 7));
     heap.check().expect("consistent");
@@ -137,20 +114,11 @@ fn ids_that_are_not_allocation_starts_are_rejected() {
     let inside = AllocId(gen(a.id) << gen_shift | (slot(a.id) + 1));
     let inside_large = AllocId(gen(large.id) << gen_shift | (slot(large.id) + 256));
     assert_eq!(heap.free(inside), Err(Error::NotAllocated { id: inside.0 }));
-    assert_eq!(
-        heap.free(inside_large),
-        Err(Error::NotAllocated { id: inside_large.0 })
-    );
+    assert_eq!(heap.free(inside_large), Err(Error::NotAllocated { id: inside_large.0 }));
     let past_end = AllocId((1 << gen_shift) - 1);
-    assert_eq!(
-        heap.free(past_end),
-        Err(Error::InvalidId { id: past_end.0 })
-    );
+    assert_eq!(heap.free(past_end), Err(Error::InvalidId { id: past_end.0 }));
     let never = AllocId(5 << gen_shift | (slot(a.id) + 4 * 4096 / 16 * 8));
-    assert!(matches!(
-        heap.free(never),
-        Err(Error::NotAllocated { .. }) | Err(Error::InvalidId { .. })
-    ));
+    assert!(matches!(heap.free(never), Err(Error::NotAllocated { .. }) | Err(Error::InvalidId { .. })));
     assert!(heap.contains(a.id) && heap.contains(large.id));
     heap.check().expect("consistent");
 }
@@ -159,40 +127,19 @@ fn ids_that_are_not_allocation_starts_are_rejected() {
 fn lookup_reports_type_owner_and_requested_size() {
     let memory = TestMemory::new(MIB);
     let heap = memory.create();
-    let options = AllocOptions {
-        alloc_type: alloc_type::CHANNEL_BUFFER,
-        owner: Owner(4242),
-        ..opts()
-    };
+    let options = AllocOptions { alloc_type: alloc_type::CHANNEL_BUFFER, owner: Owner(4242), ..opts() };
     let small = heap.alloc(100, options).expect("space");
-    let large = heap
-        .alloc(
-            70_000,
-            AllocOptions {
-                alloc_type: 200,
-                ..options
-            },
-        )
-        .expect("space");
+    let large = heap.alloc(70_000, AllocOptions { alloc_type: 200, ..options }).expect("space");
     let found = heap.lookup(small.id).expect("live");
-    assert_eq!(
-        (found.size, found.capacity, found.alloc_type, found.owner),
-        (100, 112, 2, Owner(4242))
-    );
+    assert_eq!((found.size, found.capacity, found.alloc_type, found.owner), (100, 112, 2, Owner(4242)));
     let found = heap.lookup(large.id).expect("live");
-    assert_eq!(
-        (found.size, found.alloc_type, found.owner),
-        (70_000, 200, Owner(4242))
-    );
+    assert_eq!((found.size, found.alloc_type, found.owner), (70_000, 200, Owner(4242)));
     heap.set_owner(small.id, Owner::POOL).expect("live");
     heap.set_owner(large.id, Owner(7)).expect("live");
     assert_eq!(heap.lookup(small.id).expect("live").owner, Owner::POOL);
     assert_eq!(heap.lookup(large.id).expect("live").owner, Owner(7));
     let _ = heap.free(small.id).expect("live");
-    assert_eq!(
-        heap.set_owner(small.id, Owner(1)),
-        Err(Error::NotAllocated { id: small.id.0 })
-    );
+    assert_eq!(heap.set_owner(small.id, Owner(1)), Err(Error::NotAllocated { id: small.id.0 }));
     heap.check().expect("consistent");
 }
 
@@ -200,18 +147,11 @@ fn lookup_reports_type_owner_and_requested_size() {
 fn iteration_lists_exactly_the_live_allocations() {
     let memory = TestMemory::new(4 * MIB);
     let heap = memory.create();
-    let mut live: Vec<_> = (0..300u64)
-        .map(|i| heap.alloc(i * 37 % 9000, opts()).expect("space"))
-        .collect();
+    let mut live: Vec<_> = (0..300u64).map(|i| heap.alloc(i * 37 % 9000, opts()).expect("space")).collect();
     for victim in live.iter().step_by(3) {
         let _ = heap.free(victim.id).expect("live");
     }
-    live = live
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| i % 3 != 0)
-        .map(|(_, a)| a)
-        .collect();
+    live = live.into_iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, a)| a).collect();
     let mut listed: Vec<_> = heap.iter().collect();
     listed.sort_by_key(|a| a.offset);
     live.sort_by_key(|a| a.offset);
@@ -249,30 +189,18 @@ fn a_failed_realloc_leaves_the_original_valid() {
     fill(&heap, &a, 9);
     let before = heap.stats().expect("stats");
     let too_big = heap.geometry().data_bytes();
-    assert!(matches!(
-        heap.realloc(a.id, too_big),
-        Err(Error::OutOfMemory { .. })
-    ));
-    assert!(matches!(
-        heap.realloc(a.id, u64::MAX),
-        Err(Error::TooLarge { .. })
-    ));
+    assert!(matches!(heap.realloc(a.id, too_big), Err(Error::OutOfMemory { .. })));
+    assert!(matches!(heap.realloc(a.id, u64::MAX), Err(Error::TooLarge { .. })));
     assert_eq!(heap.stats().expect("stats"), before);
     assert!(holds(&heap, &a, 9));
     assert_eq!(heap.lookup(a.id).expect("live").size, 1000);
     let _ = heap.free(a.id).expect("live");
-    assert_eq!(
-        heap.realloc(a.id, 10),
-        Err(Error::NotAllocated { id: a.id.0 })
-    );
+    assert_eq!(heap.realloc(a.id, 10), Err(Error::NotAllocated { id: a.id.0 }));
     heap.check().expect("consistent");
 }
 
 #[test]
-#[cfg_attr(
-    miri,
-    ignore = "too slow under Miri; the model test covers the same path"
-)]
+#[cfg_attr(miri, ignore = "too slow under Miri; the model test covers the same path")]
 fn a_pool_filled_with_tiny_blocks_and_emptied_serves_one_huge_allocation() {
     let memory = TestMemory::new(8 * MIB);
     let heap = memory.create();
@@ -287,9 +215,7 @@ fn a_pool_filled_with_tiny_blocks_and_emptied_serves_one_huge_allocation() {
     }
     heap.check().expect("consistent");
     let most = heap.geometry().data_bytes() * 95 / 100;
-    let big = heap
-        .alloc(most, opts())
-        .expect("spans went back to general use");
+    let big = heap.alloc(most, opts()).expect("spans went back to general use");
     assert_eq!(big.size, most);
     heap.check().expect("consistent");
 }
@@ -321,10 +247,7 @@ fn a_second_participant_sees_the_same_heap() {
     let a = first.alloc(500, opts()).expect("space");
     fill(&first, &a, 5);
     let second = memory.open();
-    assert_eq!(
-        second.lookup(a.id).expect("live"),
-        first.lookup(a.id).expect("live")
-    );
+    assert_eq!(second.lookup(a.id).expect("live"), first.lookup(a.id).expect("live"));
     assert!(holds(&second, &a, 5));
     let b = second.alloc(500, opts()).expect("space");
     let _ = first.free(b.id).expect("freed by the other participant");
@@ -353,36 +276,22 @@ fn opening_rejects_garbage_and_tampered_headers() {
     type Expect = fn(&Error) -> bool;
     let cases: [(usize, u64, Expect); 6] = [
         (header::MAGIC, 0xDEAD, |e| matches!(e, Error::BadMagic)),
-        (header::VERSION, 99, |e| {
-            matches!(e, Error::UnsupportedVersion { found: 99 })
-        }),
-        (header::STATE, 1, |e| matches!(e, Error::NotReady)),
-        (header::REGION_BYTES, 1 << 40, |e| {
-            matches!(e, Error::HeaderMismatch)
-        }),
+        (header::VERSION, 99, |e| matches!(e, Error::UnsupportedVersion { found: 99 })),
+        (header::STATUS, 1, |e| matches!(e, Error::NotReady)),
+        (header::REGION_BYTES, 1 << 40, |e| matches!(e, Error::HeaderMismatch)),
         (header::NUM_PAGES, 3, |e| matches!(e, Error::HeaderMismatch)),
-        (header::PAGE_SHIFT, 200, |e| {
-            matches!(e, Error::HeaderMismatch)
-        }),
+        (header::PAGE_SHIFT, 200, |e| matches!(e, Error::HeaderMismatch)),
     ];
     for (word, value, expected) in cases {
         let saved = memory.word(word);
         memory.set_word(word, value);
-        let error = Heap::open(memory.region())
-            .err()
-            .expect("tampered header refused");
+        let error = Heap::open(memory.region()).err().expect("tampered header refused");
         assert!(expected(&error), "word {word} = {value}: {error:?}");
         memory.set_word(word, saved);
     }
     memory.open().check().expect("restored");
-    assert!(matches!(
-        Heap::create(TestMemory::new(4096).region(), 12),
-        Err(Error::RegionTooSmall { .. })
-    ));
-    assert_eq!(
-        Heap::create(memory.region(), 20).err(),
-        Some(Error::BadPageSize { page_shift: 20 })
-    );
+    assert!(matches!(Heap::create(TestMemory::new(4096).region(), 12), Err(Error::RegionTooSmall { .. })));
+    assert_eq!(Heap::create(memory.region(), 20).err(), Some(Error::BadPageSize { page_shift: 20 }));
 }
 
 #[test]
@@ -395,22 +304,10 @@ fn corrupted_metadata_gives_errors_never_out_of_bounds_access() {
     let large = heap.alloc(9000, opts()).expect("space");
     let geo = *heap.geometry();
     let targets: Vec<usize> = (0..PAGE_META_WORDS)
-        .flat_map(|field| {
-            [
-                geo.page_word(0, field),
-                geo.page_word(1, field),
-                geo.page_word(16, field),
-            ]
-        })
+        .flat_map(|field| [geo.page_word(0, field), geo.page_word(1, field), geo.page_word(16, field)])
         .chain([geo.stacks_word + 3, geo.bitmap_word])
         .collect();
-    let garbage = [
-        u64::MAX,
-        0x5555_5555_5555_5555,
-        1 << 62 | 0xFFFF_FFFF,
-        3 << 62 | 1 << 39,
-        2 << 62 | 7,
-    ];
+    let garbage = [u64::MAX, 0x5555_5555_5555_5555, 1 << 62 | 0xFFFF_FFFF, 3 << 62 | 1 << 39, 2 << 62 | 7];
     for &word in &targets {
         for &value in &garbage {
             let saved = memory.word(word);
@@ -434,10 +331,7 @@ fn corrupted_metadata_gives_errors_never_out_of_bounds_access() {
         memory.set_word(span_states + offset, u64::MAX);
     }
     let view = memory.open();
-    assert!(
-        matches!(view.check(), Err(Error::Corrupt { .. })),
-        "garbage block states go unnoticed"
-    );
+    assert!(matches!(view.check(), Err(Error::Corrupt { .. })), "garbage block states go unnoticed");
     for _ in 0..100 {
         if let Ok(a) = view.alloc(64, opts()) {
             let _ = view.free(a.id);
@@ -486,26 +380,18 @@ fn creating_a_huge_region_touches_only_its_header() {
         let b = heap.alloc(64, opts()).expect("space");
         let _ = heap.free(a.id).expect("live");
         let _ = heap.free(b.id).expect("live");
-        assert!(
-            created < std::time::Duration::from_secs(1),
-            "create took {created:?}"
-        );
+        assert!(created < std::time::Duration::from_secs(1), "create took {created:?}");
         let mut vec = [0u8; 1];
         let mut resident_pages = 0usize;
         // Count resident pages of the metadata area with mincore, in 1 GiB steps of the region.
         for chunk in (0..heap.geometry().data_offset as usize).step_by(4096 * 1024) {
             let len = 4096;
             // SAFETY: querying residency of a page inside our own mapping.
-            let rc = unsafe {
-                libc::mincore(base.cast::<u8>().add(chunk).cast(), len, vec.as_mut_ptr())
-            };
+            let rc = unsafe { libc::mincore(base.cast::<u8>().add(chunk).cast(), len, vec.as_mut_ptr()) };
             assert_eq!(rc, 0);
             resident_pages += (vec[0] & 1) as usize;
         }
-        assert!(
-            resident_pages < 64,
-            "{resident_pages} sampled metadata pages resident"
-        );
+        assert!(resident_pages < 64, "{resident_pages} sampled metadata pages resident");
     }
     // SAFETY: unmapping the mapping made above; nothing refers to it any more.
     unsafe { libc::munmap(base, TIB) };

@@ -14,13 +14,33 @@ use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Alloc { size: u64, alloc_type: u8 },
-    Free { pick: usize },
-    Realloc { pick: usize, size: u64 },
-    Lookup { pick: usize },
-    FreeStale { pick: usize },
+    Alloc {
+        size: u64,
+        alloc_type: u8,
+    },
+    Free {
+        pick: usize,
+    },
+    Realloc {
+        pick: usize,
+        size: u64,
+    },
+    Lookup {
+        pick: usize,
+    },
+    FreeStale {
+        pick: usize,
+    },
     Iterate,
     ReleaseEmptySpans,
+    /// The same operations through a participant's cache.
+    AllocCached {
+        size: u64,
+    },
+    FreeCached {
+        pick: usize,
+    },
+    Flush,
 }
 
 fn size() -> impl Strategy<Value = u64> {
@@ -41,6 +61,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(|pick| Op::FreeStale { pick }),
         1 => Just(Op::Iterate),
         1 => Just(Op::ReleaseEmptySpans),
+        4 => size().prop_map(|size| Op::AllocCached { size }),
+        3 => any::<usize>().prop_map(|pick| Op::FreeCached { pick }),
+        1 => Just(Op::Flush),
     ]
 }
 
@@ -54,19 +77,11 @@ struct Expected {
 fn verify(heap: &Heap<'_>, live: &BTreeMap<AllocId, Expected>) {
     let stats = heap.check().expect("check() after every step");
     assert_eq!(stats.live_allocations, live.len() as u64);
-    assert_eq!(
-        stats.live_bytes,
-        live.values().map(|e| e.allocation.size).sum::<u64>()
-    );
+    assert_eq!(stats.live_bytes, live.values().map(|e| e.allocation.size).sum::<u64>());
     let geo = heap.geometry();
     let mut spans: Vec<(u64, u64)> = live
         .values()
-        .map(|e| {
-            (
-                e.allocation.offset,
-                e.allocation.offset + e.allocation.size.max(1),
-            )
-        })
+        .map(|e| (e.allocation.offset, e.allocation.offset + e.allocation.size.max(1)))
         .collect();
     spans.sort();
     for (start, end) in &spans {
@@ -76,10 +91,7 @@ fn verify(heap: &Heap<'_>, live: &BTreeMap<AllocId, Expected>) {
         assert!(pair[0].1 <= pair[1].0, "allocations overlap: {pair:?}");
     }
     for expected in live.values() {
-        assert!(
-            holds(heap, &expected.allocation, expected.seed),
-            "bytes of {expected:?} changed"
-        );
+        assert!(holds(heap, &expected.allocation, expected.seed), "bytes of {expected:?} changed");
     }
 }
 
@@ -93,22 +105,18 @@ fn run(page_shift: u32, ops: Vec<Op>) {
     let mut live: BTreeMap<AllocId, Expected> = BTreeMap::new();
     let mut freed: Vec<AllocId> = Vec::new();
     let mut seed = 1u64;
+    let mut cache = heap.new_cache(Owner(99));
     for op in ops {
         seed += 1;
         match op {
             Op::Alloc { size, alloc_type } => {
-                let options = AllocOptions {
-                    alloc_type,
-                    owner: Owner(seed as u32),
-                    ..AllocOptions::default()
-                };
+                let options =
+                    AllocOptions { alloc_type, owner: Owner(seed as u32), ..AllocOptions::default() };
                 match heap.alloc(size, options) {
                     Ok(allocation) => {
                         assert_eq!((allocation.size, allocation.alloc_type), (size, alloc_type));
                         fill(&heap, &allocation, seed);
-                        assert!(live
-                            .insert(allocation.id, Expected { allocation, seed })
-                            .is_none());
+                        assert!(live.insert(allocation.id, Expected { allocation, seed }).is_none());
                     }
                     Err(Error::OutOfMemory { .. }) => {}
                     Err(other) => panic!("alloc({size}) failed with {other:?}"),
@@ -127,23 +135,14 @@ fn run(page_shift: u32, ops: Vec<Op>) {
                     match heap.realloc(id, size) {
                         Ok(moved) => {
                             assert_eq!(moved.size, size);
-                            let kept = Allocation {
-                                size: old.allocation.size.min(size),
-                                ..moved
-                            };
+                            let kept = Allocation { size: old.allocation.size.min(size), ..moved };
                             assert!(holds(&heap, &kept, old.seed), "realloc lost bytes");
                             live.remove(&id);
                             if moved.id != id {
                                 freed.push(id);
                             }
                             fill(&heap, &moved, seed);
-                            live.insert(
-                                moved.id,
-                                Expected {
-                                    allocation: moved,
-                                    seed,
-                                },
-                            );
+                            live.insert(moved.id, Expected { allocation: moved, seed });
                         }
                         Err(Error::OutOfMemory { .. }) => {
                             assert_eq!(heap.lookup(id).expect("original intact"), old.allocation);
@@ -165,8 +164,7 @@ fn run(page_shift: u32, ops: Vec<Op>) {
                 }
             }
             Op::Iterate => {
-                let listed: BTreeMap<AllocId, Allocation> =
-                    heap.iter().map(|a| (a.id, a)).collect();
+                let listed: BTreeMap<AllocId, Allocation> = heap.iter().map(|a| (a.id, a)).collect();
                 let expected: BTreeMap<AllocId, Allocation> =
                     live.iter().map(|(id, e)| (*id, e.allocation)).collect();
                 assert_eq!(listed, expected);
@@ -174,20 +172,40 @@ fn run(page_shift: u32, ops: Vec<Op>) {
             Op::ReleaseEmptySpans => {
                 heap.release_empty_spans().expect("consistent");
             }
+            Op::AllocCached { size } => match heap.alloc_with(&mut cache, size, AllocOptions::default()) {
+                Ok(allocation) => {
+                    assert_eq!(allocation.size, size);
+                    fill(&heap, &allocation, seed);
+                    assert!(live.insert(allocation.id, Expected { allocation, seed }).is_none());
+                }
+                Err(Error::OutOfMemory { .. }) => {}
+                Err(other) => panic!("alloc_with({size}) failed with {other:?}"),
+            },
+            Op::FreeCached { pick: index } => {
+                if let Some(id) = pick(&live, index) {
+                    let _ = heap.free_with(&mut cache, id).expect("live allocation frees");
+                    live.remove(&id);
+                    freed.push(id);
+                }
+            }
+            Op::Flush => {
+                let _ = heap.flush(&mut cache).expect("same heap");
+                assert_eq!(cache.held(), 0);
+            }
         }
         verify(&heap, &live);
+        assert_eq!(heap.stats().expect("stats").cached_blocks, cache.held() as u64);
     }
     for id in live.keys() {
         let _ = heap.free(*id).expect("live");
     }
     live.clear();
+    let _ = heap.flush(&mut cache).expect("same heap");
     verify(&heap, &live);
     let stats = heap.stats().expect("stats");
     assert_eq!(stats.live_allocations, 0);
     let most = heap.geometry().data_bytes() * 9 / 10;
-    let big = heap
-        .alloc(most, AllocOptions::default())
-        .expect("an empty heap serves most of its data area");
+    let big = heap.alloc(most, AllocOptions::default()).expect("an empty heap serves most of its data area");
     let _ = heap.free(big.id).expect("live");
     heap.check().expect("consistent");
 }

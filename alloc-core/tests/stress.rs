@@ -9,10 +9,44 @@ use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use alloc_core::{AllocOptions, Allocation, Error, Heap, Owner, WaitHost, Waited};
+use alloc_core::{AllocOptions, Allocation, Cache, Error, Heap, Owner, WaitHost, Waited};
 use common::{fill, holds, TestMemory};
 
 const ROUNDS: u64 = if cfg!(miri) { 50 } else { 20_000 };
+
+/// One participant: its own heap view, with or without a cache.
+struct Participant<'a> {
+    heap: Heap<'a>,
+    cache: Option<Box<Cache>>,
+}
+
+impl<'a> Participant<'a> {
+    fn new(heap: Heap<'a>, cached: bool, owner: u32) -> Participant<'a> {
+        let cache = cached.then(|| Box::new(heap.new_cache(Owner(owner))));
+        Participant { heap, cache }
+    }
+
+    fn alloc(&mut self, size: u64, options: AllocOptions) -> Result<Allocation, Error> {
+        match &mut self.cache {
+            Some(cache) => self.heap.alloc_with(cache, size, options),
+            None => self.heap.alloc(size, options),
+        }
+    }
+
+    fn free(&mut self, id: alloc_core::AllocId) -> Result<(), Error> {
+        match &mut self.cache {
+            Some(cache) => self.heap.free_with(cache, id),
+            None => self.heap.free(id),
+        }
+        .map(|_| ())
+    }
+
+    fn flush(&mut self) {
+        if let Some(cache) = &mut self.cache {
+            let _ = self.heap.flush(cache).expect("same heap");
+        }
+    }
+}
 
 fn sizes(seed: u64) -> u64 {
     match seed % 10 {
@@ -27,28 +61,25 @@ fn threads_pass_allocations_around_and_every_byte_survives() {
     let memory = TestMemory::new(32 << 20);
     let _ = memory.create();
     let threads = 4;
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..threads)
-        .map(|_| mpsc::channel::<(Allocation, u64)>())
-        .unzip();
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..threads).map(|_| mpsc::channel::<(Allocation, u64)>()).unzip();
     std::thread::scope(|scope| {
         for (me, inbox) in receivers.into_iter().enumerate() {
             let outbox = senders[(me + 1) % threads].clone();
             let memory = &memory;
             scope.spawn(move || {
-                let heap = memory.open();
+                // Odd threads go through a cache, even ones straight to the shared spans.
+                let mut me_heap = Participant::new(memory.open(), me % 2 == 1, me as u32 + 1);
                 let mut mine = Vec::new();
                 let mut rng = 0x1234_5678u64 ^ me as u64;
                 for round in 0..ROUNDS {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
-                    let options = AllocOptions {
-                        owner: Owner(me as u32 + 1),
-                        ..AllocOptions::default()
-                    };
-                    match heap.alloc(sizes(rng), options) {
+                    let options = AllocOptions { owner: Owner(me as u32 + 1), ..AllocOptions::default() };
+                    match me_heap.alloc(sizes(rng), options) {
                         Ok(a) => {
-                            fill(&heap, &a, rng);
+                            fill(&me_heap.heap, &a, rng);
                             if round % 3 == 0 {
                                 outbox.send((a, rng)).expect("neighbour alive");
                             } else {
@@ -59,25 +90,26 @@ fn threads_pass_allocations_around_and_every_byte_survives() {
                         Err(other) => panic!("{other:?}"),
                     }
                     while let Ok((a, seed)) = inbox.try_recv() {
-                        assert!(holds(&heap, &a, seed), "bytes changed in transit");
-                        let _ = heap.free(a.id).expect("received allocations are live");
+                        assert!(holds(&me_heap.heap, &a, seed), "bytes changed in transit");
+                        me_heap.free(a.id).expect("received allocations are live");
                     }
                     if mine.len() > 64 || (round % 7 == 0 && !mine.is_empty()) {
                         let (a, seed) = mine.swap_remove((rng % mine.len() as u64) as usize);
-                        assert!(holds(&heap, &a, seed), "bytes changed");
-                        let _ = heap.free(a.id).expect("own allocations are live");
+                        assert!(holds(&me_heap.heap, &a, seed), "bytes changed");
+                        me_heap.free(a.id).expect("own allocations are live");
                     }
                 }
                 for (a, seed) in mine {
-                    assert!(holds(&heap, &a, seed));
-                    let _ = heap.free(a.id).expect("live");
+                    assert!(holds(&me_heap.heap, &a, seed));
+                    me_heap.free(a.id).expect("live");
                 }
                 drop(outbox);
                 // Drain what neighbours still send until all senders are gone.
                 for (a, seed) in inbox {
-                    assert!(holds(&heap, &a, seed));
-                    let _ = heap.free(a.id).expect("live");
+                    assert!(holds(&me_heap.heap, &a, seed));
+                    me_heap.free(a.id).expect("live");
                 }
+                me_heap.flush();
             });
         }
         drop(senders);
@@ -85,12 +117,10 @@ fn threads_pass_allocations_around_and_every_byte_survives() {
     let heap = memory.open();
     let stats = heap.check().expect("consistent after the storm");
     assert_eq!(stats.live_allocations, 0);
+    assert_eq!(stats.cached_blocks, 0, "every cache was flushed");
     heap.release_empty_spans().expect("consistent");
     let most = heap.geometry().data_bytes() * 9 / 10;
-    assert!(
-        heap.alloc(most, AllocOptions::default()).is_ok(),
-        "memory came back to general use"
-    );
+    assert!(heap.alloc(most, AllocOptions::default()).is_ok(), "memory came back to general use");
 }
 
 #[test]
@@ -101,31 +131,28 @@ fn threads_hammering_one_class_never_hand_out_a_block_twice() {
         for me in 0..4u64 {
             let memory = &memory;
             scope.spawn(move || {
-                let heap = memory.open();
+                // Half the threads through caches: both paths hand out the same blocks.
+                let mut me_heap = Participant::new(memory.open(), me % 2 == 0, me as u32 + 1);
                 let mut held = Vec::new();
                 for round in 0..ROUNDS {
-                    let a = heap
-                        .alloc(64, AllocOptions::default())
-                        .expect("plenty of space");
-                    fill(&heap, &a, me << 32 | round);
+                    let a = me_heap.alloc(64, AllocOptions::default()).expect("plenty of space");
+                    fill(&me_heap.heap, &a, me << 32 | round);
                     held.push((a, me << 32 | round));
                     if held.len() == 16 {
                         for (a, seed) in held.drain(..) {
-                            assert!(holds(&heap, &a, seed), "another thread wrote into my block");
-                            let _ = heap.free(a.id).expect("live");
+                            assert!(holds(&me_heap.heap, &a, seed), "another thread wrote into my block");
+                            me_heap.free(a.id).expect("live");
                         }
                     }
                 }
                 for (a, _) in held {
-                    let _ = heap.free(a.id).expect("live");
+                    me_heap.free(a.id).expect("live");
                 }
+                me_heap.flush();
             });
         }
     });
-    assert_eq!(
-        memory.open().check().expect("consistent").live_allocations,
-        0
-    );
+    assert_eq!(memory.open().check().expect("consistent").live_allocations, 0);
 }
 
 /// Waits by polling the wake word until it changes or the deadline passes.
@@ -164,21 +191,14 @@ fn a_blocked_allocation_is_woken_by_a_free_in_another_participant() {
     std::thread::scope(|scope| {
         let waiter = scope.spawn(|| {
             let view = memory.open();
-            let mut host = PollingHost {
-                deadline: Instant::now() + Duration::from_secs(30),
-                waits: 0,
-            };
-            let got = view
-                .alloc_blocking(4096, AllocOptions::default(), &mut host)
-                .expect("woken by the free");
+            let mut host = PollingHost { deadline: Instant::now() + Duration::from_secs(30), waits: 0 };
+            let got =
+                view.alloc_blocking(4096, AllocOptions::default(), &mut host).expect("woken by the free");
             (got, host.waits)
         });
         let watchdog = Instant::now();
         while heap.waiters() == 0 {
-            assert!(
-                watchdog.elapsed() < Duration::from_secs(30),
-                "waiter never registered"
-            );
+            assert!(watchdog.elapsed() < Duration::from_secs(30), "waiter never registered");
             std::thread::yield_now();
         }
         assert_eq!(heap.free(victim.id), Ok(alloc_core::Wake::Waiters));
@@ -195,10 +215,7 @@ fn a_blocked_allocation_with_nothing_freed_times_out() {
     let memory = TestMemory::new(1 << 20);
     let heap = memory.create();
     let all = fill_up(&heap);
-    let mut host = PollingHost {
-        deadline: Instant::now() + Duration::from_millis(50),
-        waits: 0,
-    };
+    let mut host = PollingHost { deadline: Instant::now() + Duration::from_millis(50), waits: 0 };
     let started = Instant::now();
     let result = heap.alloc_blocking(4096, AllocOptions::default(), &mut host);
     assert_eq!(result, Err(Error::TimedOut { requested: 4096 }));

@@ -34,22 +34,13 @@ fn an_id_published_by_one_participant_is_complete_for_another() {
             })
         };
         let heap = Heap::open(memory.region()).expect("valid");
-        let options = AllocOptions {
-            alloc_type: 7,
-            owner: Owner(42),
-            ..AllocOptions::default()
-        };
+        let options = AllocOptions { alloc_type: 7, owner: Owner(42), ..AllocOptions::default() };
         let allocation = heap.alloc(32, options).expect("space");
         mailbox.store(allocation.id.0, Ordering::Release);
         let reader_freed = reader.join().expect("no panic");
         let second = heap.free(allocation.id);
         if reader_freed {
-            assert_eq!(
-                second,
-                Err(Error::NotAllocated {
-                    id: allocation.id.0
-                })
-            );
+            assert_eq!(second, Err(Error::NotAllocated { id: allocation.id.0 }));
         } else {
             assert_eq!(second, Ok(Wake::Nobody));
         }
@@ -111,6 +102,34 @@ fn racing_for_the_last_span_lets_at_least_one_participant_through() {
     });
 }
 
+/// Two participants with caches free the same block concurrently (a double free racing with
+/// itself): exactly one free succeeds, and after both flush the heap is empty and consistent.
+#[test]
+fn cached_frees_of_one_block_by_two_participants_succeed_once() {
+    loom::model(|| {
+        let memory = Arc::new(LoomRegion::new(SMALLEST_HEAP));
+        let heap = Heap::create(memory.region(), PAGE_SHIFT).expect("fits");
+        let block = heap.alloc(48, AllocOptions::default()).expect("space");
+        let other = {
+            let memory = memory.clone();
+            loom::thread::spawn(move || {
+                let heap = Heap::open(memory.region()).expect("valid");
+                let mut cache = heap.new_cache(Owner(2));
+                let freed = heap.free_with(&mut cache, block.id).is_ok();
+                let _ = heap.flush(&mut cache).expect("same heap");
+                freed
+            })
+        };
+        let mut cache = heap.new_cache(Owner(1));
+        let mine = heap.free_with(&mut cache, block.id).is_ok();
+        let theirs = other.join().expect("no panic");
+        assert!(mine ^ theirs, "exactly one free succeeds (mine {mine}, theirs {theirs})");
+        let _ = heap.flush(&mut cache).expect("same heap");
+        let stats = heap.check().expect("consistent");
+        assert_eq!((stats.live_allocations, stats.cached_blocks), (0, 0));
+    });
+}
+
 /// Waits by yielding to loom until the wake word moves. A lost wake-up would spin forever,
 /// which loom reports.
 struct YieldingHost;
@@ -134,15 +153,12 @@ fn a_free_always_wakes_or_is_seen_by_a_blocked_allocator() {
     builder.check(|| {
         let memory = Arc::new(LoomRegion::new(SMALLEST_HEAP));
         let heap = Heap::create(memory.region(), PAGE_SHIFT).expect("fits");
-        let all = heap
-            .alloc(heap.geometry().data_bytes(), AllocOptions::default())
-            .expect("whole area");
+        let all = heap.alloc(heap.geometry().data_bytes(), AllocOptions::default()).expect("whole area");
         let waiter = {
             let memory = memory.clone();
             loom::thread::spawn(move || {
                 let heap = Heap::open(memory.region()).expect("valid");
-                heap.alloc_blocking(64, AllocOptions::default(), &mut YieldingHost)
-                    .expect("woken")
+                heap.alloc_blocking(64, AllocOptions::default(), &mut YieldingHost).expect("woken")
             })
         };
         let _ = heap.free(all.id).expect("live");

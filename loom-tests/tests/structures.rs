@@ -44,11 +44,9 @@ fn span_pop_and_push_never_hand_out_a_block_twice() {
         assert_eq!(end.count, 2);
         let first = end.head;
         let second =
-            alloc_core::layout::BlockState::decode(states[first as usize].load(Ordering::Relaxed))
-                .low;
+            alloc_core::layout::BlockState::decode(states[first as usize].load(Ordering::Relaxed)).low;
         let last =
-            alloc_core::layout::BlockState::decode(states[second as usize].load(Ordering::Relaxed))
-                .low;
+            alloc_core::layout::BlockState::decode(states[second as usize].load(Ordering::Relaxed)).low;
         assert_ne!(first, second);
         assert_eq!(last, Anchor::NULL);
     });
@@ -78,12 +76,41 @@ fn span_tag_defeats_aba_on_the_free_list() {
         held.extend(mine);
         held.sort();
         held.dedup();
-        assert_eq!(
-            held.len(),
-            if mine.is_some() { 2 } else { 1 },
-            "a block was handed out twice"
-        );
+        assert_eq!(held.len(), if mine.is_some() { 2 } else { 1 }, "a block was handed out twice");
         assert_eq!(span.anchor().count, 3 - held.len() as u64);
+    });
+}
+
+/// A batch pop (a cache refill) races with a single pop and a push of another block: no block
+/// is taken twice, and every block is either taken or still on the list.
+#[test]
+fn batch_pop_races_with_pop_and_push_without_losing_blocks() {
+    loom::model(|| {
+        let anchor = Arc::new(AtomicU64::new(0));
+        let states = Arc::new(words(4));
+        let span = Span::new(&anchor, &states);
+        span.init(0);
+        let held = span.pop(|| true).expect("valid").expect("free"); // block 0, pushed back below
+        let other = {
+            let (anchor, states) = (anchor.clone(), states.clone());
+            loom::thread::spawn(move || {
+                let span = Span::new(&anchor, &states);
+                let mut taken = Vec::new();
+                span.pop_batch(2, || true, |index| taken.push(index)).expect("valid");
+                taken
+            })
+        };
+        let _ = span.push(held, 1);
+        let mine = span.pop(|| true).expect("valid");
+        let mut all: Vec<u64> = other.join().expect("no panic");
+        all.extend(mine);
+        let mut rest = Vec::new();
+        while let Some(index) = span.pop(|| true).expect("valid") {
+            rest.push(index);
+        }
+        all.extend(rest);
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3], "every block exactly once");
     });
 }
 
@@ -130,16 +157,10 @@ fn bitmap_claims_never_overlap() {
                 })
             })
             .collect();
-        let claims: Vec<Option<u64>> = handles
-            .into_iter()
-            .map(|h| h.join().expect("no panic"))
-            .collect();
+        let claims: Vec<Option<u64>> = handles.into_iter().map(|h| h.join().expect("no panic")).collect();
         let map = Bitmap::new(&storage, 4);
         let granted: Vec<u64> = claims.iter().flatten().copied().collect();
-        assert!(
-            !granted.is_empty(),
-            "lock-free: at least one claim succeeds"
-        );
+        assert!(!granted.is_empty(), "lock-free: at least one claim succeeds");
         if let [a, b] = granted[..] {
             assert!(a + 2 <= b || b + 2 <= a, "runs {a} and {b} overlap");
         }

@@ -10,16 +10,13 @@ pub struct TestMemory {
 
 impl TestMemory {
     pub fn new(bytes: usize) -> TestMemory {
-        TestMemory {
-            words: vec![0; bytes / 8],
-        }
+        TestMemory { words: vec![0; bytes / 8] }
     }
 
     pub fn region(&self) -> Region<'_> {
         // SAFETY: the vector lives as long as the returned region borrows `self`, is 8-byte
         // aligned, and is only touched through regions and allocation-owned byte writes.
-        unsafe { Region::from_raw(self.words.as_ptr() as *mut u8, self.words.len() * 8) }
-            .expect("aligned")
+        unsafe { Region::from_raw(self.words.as_ptr() as *mut u8, self.words.len() * 8) }.expect("aligned")
     }
 
     /// A fresh heap with 4 KiB pages.
@@ -62,10 +59,7 @@ pub fn holds(heap: &Heap<'_>, allocation: &Allocation, seed: u64) -> bool {
 }
 
 pub fn pattern(seed: u64, i: u64) -> u8 {
-    (seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(i.wrapping_mul(31))
-        >> 24) as u8
+    (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i.wrapping_mul(31)) >> 24) as u8
 }
 
 /// Helpers over allocations in tests.
@@ -74,9 +68,6 @@ pub struct TestAlloc;
 impl TestAlloc {
     /// The first `len` bytes of `allocation`, as an allocation for `holds`.
     pub fn prefix(allocation: &Allocation, len: u64) -> Allocation {
-        Allocation {
-            size: len,
-            ..*allocation
-        }
+        Allocation { size: len, ..*allocation }
     }
 }

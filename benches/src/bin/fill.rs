@@ -1,0 +1,43 @@
+//! Fill efficiency: allocate until the first failure, then report live bytes (the sizes asked
+//! for) over the pool's total bytes, metadata included. Run with
+//! `cargo run --release -p benches --bin fill`.
+
+use alloc_core::AllocOptions;
+use benches::{log_uniform_sizes, SharedMemory};
+
+const POOL_BYTES: usize = 256 << 20;
+
+fn fill(sizes: &[u64]) -> (u64, u64) {
+    let memory = SharedMemory::new(POOL_BYTES);
+    let heap = memory.create_heap();
+    let (mut live, mut count) = (0u64, 0u64);
+    for &size in sizes.iter().cycle() {
+        match heap.alloc(size, AllocOptions::default()) {
+            Ok(_) => {
+                live += size;
+                count += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    heap.check().expect("consistent after filling");
+    (live, count)
+}
+
+fn main() {
+    let patterns: [(&str, Vec<u64>, f64); 3] = [
+        ("64 B blocks", vec![64], 80.0),
+        ("4 KiB blocks", vec![4096], 97.0),
+        ("log-uniform 16 B - 64 KiB", log_uniform_sizes(1 << 16, 16, 65536, 11), 85.0),
+    ];
+    println!("pool: {} MiB (metadata included in the denominator)", POOL_BYTES >> 20);
+    println!("{:<28} {:>12} {:>10} {:>8}", "pattern", "allocations", "fill %", "target");
+    let mut all_met = true;
+    for (name, sizes, target) in patterns {
+        let (live, count) = fill(&sizes);
+        let percent = live as f64 * 100.0 / POOL_BYTES as f64;
+        all_met &= percent >= target;
+        println!("{name:<28} {count:>12} {percent:>9.1}% {:>7}%", target);
+    }
+    println!("{}", if all_met { "all fill targets met" } else { "SOME FILL TARGETS MISSED" });
+}

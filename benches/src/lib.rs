@@ -1,0 +1,220 @@
+//! The allocators the benchmarks compare, behind one small trait, and the workloads they run.
+//! Each thread gets its own `Subject` (a process's view of the pool, for the shared-memory
+//! allocators), as it would in real use.
+
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::ptr::NonNull;
+
+use alloc_core::{AllocId, AllocOptions, Cache, Heap, Owner, Region};
+
+/// One participant's handle on an allocator.
+pub trait Subject {
+    /// What an allocation is known by.
+    type Block: Copy;
+    /// Allocates `size` bytes; panics when the allocator is out of memory (a bench bug).
+    fn alloc(&mut self, size: u64) -> Self::Block;
+    /// Frees a block this subject's allocator handed out.
+    fn free(&mut self, block: Self::Block);
+}
+
+/// Anonymous shared memory (as a pool file would be), unmapped on drop.
+pub struct SharedMemory {
+    base: *mut u8,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is plain memory shared by design; all access goes through `Region`.
+unsafe impl Sync for SharedMemory {}
+// SAFETY: as above; the owner may move between threads.
+unsafe impl Send for SharedMemory {}
+
+impl SharedMemory {
+    /// Maps `bytes` of zeroed shared memory.
+    pub fn new(bytes: usize) -> SharedMemory {
+        // SAFETY: a fresh anonymous mapping; unmapped in `drop`.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED, "mmap of {bytes} bytes failed");
+        SharedMemory { base: base.cast(), bytes }
+    }
+
+    /// The mapping as a region.
+    pub fn region(&self) -> Region<'_> {
+        // SAFETY: the mapping lives as long as `self` and is used only through regions and
+        // allocation-owned byte accesses.
+        unsafe { Region::from_raw(self.base, self.bytes) }.expect("page aligned")
+    }
+
+    /// Creates a heap in it and returns the creator's view.
+    pub fn create_heap(&self) -> Heap<'_> {
+        Heap::create_default(self.region()).expect("large enough")
+    }
+}
+
+impl Drop for SharedMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping; every borrow of it has ended.
+        unsafe { libc::munmap(self.base.cast(), self.bytes) };
+    }
+}
+
+/// shmpool's heap, one view per participant, with its own cache (the fast path a host uses)
+/// or without one (every operation on the shared spans).
+pub struct Shm<'a> {
+    heap: Heap<'a>,
+    cache: Option<Box<Cache>>,
+}
+
+impl<'a> Shm<'a> {
+    /// A participant using a cache.
+    pub fn cached(heap: Heap<'a>) -> Shm<'a> {
+        let cache = Box::new(heap.new_cache(Owner(std::process::id())));
+        Shm { heap, cache: Some(cache) }
+    }
+
+    /// A participant going to the shared spans for every operation.
+    pub fn uncached(heap: Heap<'a>) -> Shm<'a> {
+        Shm { heap, cache: None }
+    }
+}
+
+impl Subject for Shm<'_> {
+    type Block = AllocId;
+    #[inline]
+    fn alloc(&mut self, size: u64) -> AllocId {
+        let options = AllocOptions::default();
+        match &mut self.cache {
+            Some(cache) => self.heap.alloc_with(cache, size, options),
+            None => self.heap.alloc(size, options),
+        }
+        .expect("bench pool large enough")
+        .id
+    }
+    #[inline]
+    fn free(&mut self, block: AllocId) {
+        let _ = match &mut self.cache {
+            Some(cache) => self.heap.free_with(cache, block),
+            None => self.heap.free(block),
+        }
+        .expect("live");
+    }
+}
+
+/// A pointer that may cross threads (each block is used by one thread at a time).
+#[derive(Clone, Copy)]
+pub struct Ptr(pub NonNull<u8>);
+// SAFETY: the benchmark hands each block to one thread at a time.
+unsafe impl Send for Ptr {}
+
+/// glibc `malloc`/`free` (std's `System` allocator on Linux calls exactly these).
+pub struct Glibc;
+
+impl Subject for Glibc {
+    type Block = Ptr;
+    #[inline]
+    fn alloc(&mut self, size: u64) -> Ptr {
+        // SAFETY: plain malloc; the result is checked for null.
+        Ptr(NonNull::new(unsafe { libc::malloc(size as usize) }.cast()).expect("malloc"))
+    }
+    #[inline]
+    fn free(&mut self, block: Ptr) {
+        // SAFETY: `block` came from malloc and is freed once.
+        unsafe { libc::free(block.0.as_ptr().cast()) }
+    }
+}
+
+/// rts-alloc, the lock-free shared-memory allocator from Anza, one worker per participant.
+pub struct Rts(pub rts_alloc::Allocator);
+
+/// The largest request rts-alloc serves.
+pub const RTS_MAX_SIZE: u64 = 4096;
+
+impl Rts {
+    /// Creates an rts-alloc pool of `bytes` in a memfd, for up to `workers` participants.
+    pub fn create(bytes: usize, workers: u32) -> Rts {
+        // SAFETY: memfd_create with a static name; the fd is owned by the File below.
+        let fd = unsafe { libc::memfd_create(c"rts-bench".as_ptr(), 0) };
+        assert!(fd >= 0, "memfd_create failed");
+        // SAFETY: `fd` is a fresh descriptor we own.
+        let file = unsafe { File::from_raw_fd(fd) };
+        // SAFETY: created once for this file; others join it.
+        Rts(unsafe { rts_alloc::Allocator::create(&file, bytes, workers, 1 << 20) }.expect("rts create"))
+    }
+
+    /// Another participant on the same mapping.
+    pub fn join(&self) -> Rts {
+        Rts(rts_alloc::Allocator::join_from_existing(&self.0).expect("a free worker slot"))
+    }
+}
+
+impl Subject for Rts {
+    type Block = Ptr;
+    #[inline]
+    fn alloc(&mut self, size: u64) -> Ptr {
+        Ptr(self.0.allocate(size as u32).expect("rts pool large enough"))
+    }
+    #[inline]
+    fn free(&mut self, block: Ptr) {
+        // SAFETY: `block` came from this pool's allocate and is freed once.
+        unsafe { self.0.free(block.0) }
+    }
+}
+
+/// Sizes log-uniform in `lo..=hi`, from a fixed seed, so every allocator sees the same list.
+pub fn log_uniform_sizes(count: usize, lo: u64, hi: u64, seed: u64) -> Vec<u64> {
+    let mut state = seed | 1;
+    let (ln_lo, ln_hi) = ((lo as f64).ln(), (hi as f64).ln());
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let unit = (state >> 11) as f64 / (1u64 << 53) as f64;
+            ((ln_lo + unit * (ln_hi - ln_lo)).exp() as u64).clamp(lo, hi)
+        })
+        .collect()
+}
+
+/// `iters` alloc+free pairs with nothing else live. `sizes.len()` is a power of two, so that
+/// picking a size costs a mask, not a division.
+#[inline(never)]
+pub fn pairs_without_working_set<S: Subject>(subject: &mut S, sizes: &[u64], iters: u64) {
+    let mask = size_mask(sizes);
+    for i in 0..iters as usize {
+        let block = subject.alloc(sizes[i & mask]);
+        subject.free(std::hint::black_box(block));
+    }
+}
+
+fn size_mask(sizes: &[u64]) -> usize {
+    assert!(sizes.len().is_power_of_two(), "size lists have a power-of-two length");
+    sizes.len() - 1
+}
+
+/// Blocks kept live in the working-set workloads.
+pub const WORKING_SET: usize = 1024;
+
+/// `iters` alloc+free pairs against a ring of `WORKING_SET` live blocks: each pair frees the
+/// oldest block and allocates its replacement.
+#[inline(never)]
+pub fn pairs_with_working_set<S: Subject>(subject: &mut S, sizes: &[u64], iters: u64) {
+    let mask = size_mask(sizes);
+    let mut ring: Vec<S::Block> = (0..WORKING_SET).map(|i| subject.alloc(sizes[i & mask])).collect();
+    for i in 0..iters as usize {
+        let slot = i % WORKING_SET;
+        subject.free(ring[slot]);
+        ring[slot] = subject.alloc(sizes[(i + 7) & mask]);
+    }
+    for block in ring {
+        subject.free(block);
+    }
+}
