@@ -18,7 +18,7 @@
 
 use crate::error::Error;
 use crate::heap::{AllocId, AllocOptions, Allocation, Heap, Owner, Place, Wake};
-use crate::layout::{class_for, status, BlockState, GRANULE, NUM_CLASSES, STATE_READY};
+use crate::layout::{class_for, BlockState, GRANULE, NUM_CLASSES, STATE_READY};
 use crate::primitive::Ordering;
 
 /// Blocks a cache holds per class before it gives half of them back.
@@ -94,13 +94,31 @@ impl<'a> Heap<'a> {
         size: u64,
         options: AllocOptions,
     ) -> Result<Allocation, Error> {
+        // The fast path: a plain request, the right cache, a ready pool, a cached block.
+        if options.align <= GRANULE && cache.key == self.region().key() && self.status() == STATE_READY {
+            if let Some(class) = class_for(size) {
+                // Only classes in use ever get cache entries, so no block-count check here.
+                if let Some((head, index)) = cache.pop(class) {
+                    return Ok(self.hand_out(head, class, index, size, options));
+                }
+            }
+        }
+        self.alloc_with_slow(cache, size, options)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_with_slow(
+        &self,
+        cache: &mut Cache,
+        size: u64,
+        options: AllocOptions,
+    ) -> Result<Allocation, Error> {
         self.check_cache(cache)?;
         self.ensure_ready()?;
         if options.align <= GRANULE {
             if let Some(class) = class_for(size).filter(|&class| self.blocks_of(class) > 0) {
-                if cache.lens[class] == 0 {
-                    self.refill(cache, class)?;
-                }
+                self.refill(cache, class)?;
                 if let Some((head, index)) = cache.pop(class) {
                     return Ok(self.hand_out(head, class, index, size, options));
                 }
@@ -137,21 +155,20 @@ impl<'a> Heap<'a> {
     /// shared heap at once.
     #[inline]
     pub fn free_with(&self, cache: &mut Cache, id: AllocId) -> Result<Wake, Error> {
-        self.check_cache(cache)?;
-        let status = self.status();
-        if status & status::STATE_MASK != STATE_READY {
-            return Err(Error::Destroyed);
+        // Anything but a ready pool without waiters (status exactly READY) takes the slow path:
+        // destroyed pools fail there, and while anyone waits frees go to the shared heap so that
+        // the waiters are woken. A Relaxed look suffices: a waiter that registers just after it
+        // is served by its own retry, by the next free, or by the cache giving blocks back.
+        if cache.key != self.region().key() || self.status() != STATE_READY {
+            return self.free_with_slow(cache, id);
         }
         let (place, state) = self.locate(id)?;
-        let (word, decoded) = self.live_state(id, state)?;
-        // While anyone waits (status above plain READY), free to the shared heap so that they
-        // are woken. A Relaxed look suffices: a waiter that registers just after it is served
-        // by its own retry, by the next free, or by the cache giving blocks back.
         let Place::Small { head, class, index, base } = place else {
-            return self.release(id, place, state, word, decoded);
+            return self.free(id);
         };
-        if status != STATE_READY {
-            return self.release(id, place, state, word, decoded);
+        let (word, decoded) = self.live_state(id, state)?;
+        if cache.lens[class] as usize == CACHE_BLOCKS {
+            return self.free_with_slow(cache, id);
         }
         let cached = BlockState { live: false, low: BlockState::CACHED, alloc_type: 0, ..decoded };
         // ORDERING: Acquire on success: the block is ours, after the last user's accesses.
@@ -159,12 +176,25 @@ impl<'a> Heap<'a> {
             .compare_exchange(word, cached.encode(), Ordering::Acquire, Ordering::Relaxed)
             .map_err(|_| Error::NotAllocated { id: id.0 })?;
         self.block_owner(base, class, index).store(cache.owner.0, Ordering::Relaxed);
-        let mut wake = Wake::Nobody;
-        if cache.lens[class] as usize == CACHE_BLOCKS {
-            wake = self.spill(cache, class, CACHE_BLOCKS / 2);
-        }
         cache.push(class, head, index);
-        Ok(wake)
+        Ok(Wake::Nobody)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn free_with_slow(&self, cache: &mut Cache, id: AllocId) -> Result<Wake, Error> {
+        self.check_cache(cache)?;
+        self.ensure_ready()?;
+        let (place, _) = self.locate(id)?;
+        match place {
+            Place::Small { class, .. } if self.waiters() == 0 => {
+                // The class's cache is full: give half back, then cache this block.
+                let wake = self.spill(cache, class, CACHE_BLOCKS / 2);
+                let _ = self.free_with(cache, id)?;
+                Ok(wake)
+            }
+            _ => self.free(id),
+        }
     }
 
     /// Gives every cached block back to the shared spans (at detach, before waiting, or when
