@@ -143,7 +143,8 @@ impl<'a> Heap<'a> {
             let free = BlockState::decode(state.load(Ordering::Relaxed));
             let cached = BlockState { low: BlockState::CACHED, ..free };
             // The block is ours (taken off the list); nobody else writes these words now.
-            state.store(cached.encode(), Ordering::Relaxed);
+            // ORDERING: Release, like every store to a state word: see `Span::pop_batch`.
+            state.store(cached.encode(), Ordering::Release);
             owners[index as usize].store(owner.0, Ordering::Relaxed);
             cache.push(class, head, index);
         })?;

@@ -66,7 +66,8 @@ impl<'a> Span<'a> {
         for index in 0..blocks {
             let next = if index + 1 < blocks { index + 1 } else { Anchor::NULL };
             let state = BlockState { live: false, gen: base, alloc_type: 0, low: next };
-            self.states[index as usize].store(state.encode(), Ordering::Relaxed);
+            // ORDERING: Release, like every store to a state word: see `pop_batch`.
+            self.states[index as usize].store(state.encode(), Ordering::Release);
         }
         let old = Anchor::decode(self.anchor.load(Ordering::Relaxed));
         let fresh = Anchor { head: 0, count: blocks, listed: false, retired: false, tag: old.tag }.bumped();
@@ -131,11 +132,28 @@ impl<'a> Span<'a> {
             }
             let taking = anchor.count.min(max);
             let mut after = anchor.head;
+            let mut torn = false;
             for _ in 0..taking {
                 if after >= blocks {
+                    torn = true;
+                    break;
+                }
+                // ORDERING: Acquire pairs with the Release of every store to a state word (and the
+                // release sequences their compare-exchanges continue). A block's word changes
+                // only after someone popped it; so if we read a changed word, that pop happens
+                // before the anchor reload below, which then cannot return the old anchor.
+                after = BlockState::decode(self.states[after as usize].load(Ordering::Acquire)).low;
+            }
+            if torn {
+                // The walk is speculative: a block on it may have been taken (and its state word
+                // reused) since the anchor was read. Only a list that is bad under an unchanged
+                // anchor is corrupt.
+                let now = self.anchor.load(Ordering::Acquire);
+                if now == current {
                     return Err(Error::Corrupt { what: "span free list leaves its span", page: 0 });
                 }
-                after = BlockState::decode(self.states[after as usize].load(Ordering::Relaxed)).low;
+                current = now;
+                continue;
             }
             let popped = Anchor { head: after, count: anchor.count - taking, ..anchor }.bumped();
             // ORDERING: Acquire on success, as in `pop`.
@@ -168,7 +186,8 @@ impl<'a> Span<'a> {
         loop {
             let anchor = Anchor::decode(current);
             let freed = BlockState { live: false, gen, alloc_type: 0, low: anchor.head };
-            self.states[index as usize].store(freed.encode(), Ordering::Relaxed);
+            // ORDERING: Release, like every store to a state word: see `pop_batch`.
+            self.states[index as usize].store(freed.encode(), Ordering::Release);
             let pushed = Anchor { head: index, count: anchor.count + 1, listed: true, ..anchor }.bumped();
             // ORDERING: Release publishes the freer's last use of the block and the link just
             // written to the next pop's Acquire.

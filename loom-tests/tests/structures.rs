@@ -3,7 +3,7 @@
 #![cfg(shmpool_loom)]
 
 use alloc_core::bitmap::Bitmap;
-use alloc_core::layout::Anchor;
+use alloc_core::layout::{Anchor, BlockState};
 use alloc_core::primitive::{AtomicU64, Ordering};
 use alloc_core::span::{Pushed, Span};
 use alloc_core::stack::SpanStack;
@@ -102,6 +102,13 @@ fn batch_pop_races_with_pop_and_push_without_losing_blocks() {
         };
         let _ = span.push(held, 1);
         let mine = span.pop(|| true).expect("valid");
+        if let Some(block) = mine {
+            // Make the popped block live, as an allocation would: its state word no longer
+            // holds a link, which a concurrent batch walk may read.
+            let live = BlockState { live: true, gen: 2, alloc_type: 0, low: 0x1FF0 };
+            // ORDERING (test): Release, as `Heap::hand_out` stores it.
+            states[block as usize].store(live.encode(), Ordering::Release);
+        }
         let mut all: Vec<u64> = other.join().expect("no panic");
         all.extend(mine);
         let mut rest = Vec::new();
