@@ -155,6 +155,42 @@ fn threads_hammering_one_class_never_hand_out_a_block_twice() {
     assert_eq!(memory.open().check().expect("consistent").live_allocations, 0);
 }
 
+/// Cached participants allocate bursts (each burst refills the cache from the shared spans
+/// several times) and free them straight to the shared spans, as a consumer process would: so
+/// refills' batch walks keep racing with other participants' pops, pushes and hand-outs on the
+/// same spans. Every block must be handed out once, and the heap must end consistent.
+#[test]
+fn cached_refills_racing_with_other_participants_stay_consistent() {
+    let memory = TestMemory::new(64 << 20);
+    let _ = memory.create();
+    let bursts = if cfg!(miri) { 2 } else { 400 };
+    std::thread::scope(|scope| {
+        for me in 0..4u32 {
+            let memory = &memory;
+            scope.spawn(move || {
+                let heap = memory.open();
+                let mut cache = heap.new_cache(Owner(me + 1));
+                for burst in 0..bursts {
+                    let seed = u64::from(me) << 32 | burst;
+                    let blocks: Vec<Allocation> = (0..300)
+                        .map(|_| heap.alloc_with(&mut cache, 64, AllocOptions::default()).expect("space"))
+                        .collect();
+                    for (i, a) in blocks.iter().enumerate() {
+                        fill(&heap, a, seed + i as u64);
+                    }
+                    for (i, a) in blocks.iter().enumerate() {
+                        assert!(holds(&heap, a, seed + i as u64), "a block was handed out twice");
+                        let _ = heap.free(a.id).expect("live");
+                    }
+                }
+                let _ = heap.flush(&mut cache).expect("same heap");
+            });
+        }
+    });
+    let stats = memory.open().check().expect("consistent");
+    assert_eq!((stats.live_allocations, stats.cached_blocks), (0, 0));
+}
+
 /// Waits by polling the wake word until it changes or the deadline passes.
 struct PollingHost {
     deadline: Instant,
