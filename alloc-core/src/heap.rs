@@ -18,6 +18,10 @@
 //! blocks. So every span with free blocks is in its stack (or about to be pushed there), and
 //! an allocation fails only when no span of its class has a free block and no pages are left.
 //!
+//! On top of this sits each participant's [`crate::Cache`] (the `cache` module): up to 64 free
+//! blocks per class in process-local memory, refilled from a span 32 at a time with one
+//! compare-exchange, so that most allocations and frees touch only the block's own words.
+//!
 //! Spans are not bound to their class for good. When the bitmap has no run left, the heap
 //! detaches every class stack, retires each span whose blocks are all free (giving its pages
 //! back), and pushes the others back; then it tries again. A pool filled with tiny blocks and
@@ -41,6 +45,11 @@
 //! What it may leave behind: claimed pages not yet recorded in page info, a span listed but
 //! not yet pushed, or a detached stack chain in `release_empty_spans`. These leak memory until
 //! recovered, they never corrupt allocations; `check` reports them.
+//!
+//! A free of a *stale* id that races with the retirement of its span may read the block's old
+//! state word after the span's pages were handed to someone else; it then fails (the word no
+//! longer holds the id's live state) unless those bytes happen to equal that exact 64-bit
+//! state word. Frees of live ids cannot meet this: a span with a live block is never retired.
 //!
 //! For the same reason an allocation can fail with `OutOfMemory` while another participant
 //! holds pages it has claimed but not yet published as a span: waiting for it would be a lock.
