@@ -929,12 +929,14 @@ impl<'a> Heap<'a> {
 
     /// Usage figures from one walk of the heap.
     pub fn stats(&self) -> Result<Stats, Error> {
+        self.ensure_ready()?;
         self.survey(false)
     }
 
     /// Walks the whole heap and verifies every invariant; meaningful on a quiescent heap (no
     /// call in progress in any process). Returns the same figures as [`Heap::stats`].
     pub fn check(&self) -> Result<Stats, Error> {
+        self.ensure_ready()?;
         crate::check::check(self)
     }
 

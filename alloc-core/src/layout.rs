@@ -184,7 +184,7 @@ const _: () = {
     // Classes are 16-byte multiples, so every block of a span starts 16-byte aligned.
     let mut i = 0;
     while i < NUM_CLASSES {
-        assert!(CLASS_SIZES[i] as u64 % GRANULE == 0);
+        assert!((CLASS_SIZES[i] as u64).is_multiple_of(GRANULE));
         i += 1;
     }
     // With the default page size every class gets a usable span.
@@ -523,7 +523,7 @@ mod tests {
     fn geometry_fits_inside_the_region_and_keeps_metadata_small() {
         for (bytes, shift) in [(1u64 << 20, 12), (64 << 20, 12), (1 << 40, 12), (1 << 17, 6), (3 << 20, 16)] {
             let geo = Geometry::compute(bytes, shift).expect("large enough");
-            assert!(geo.data_offset % geo.page_bytes() == 0);
+            assert!(geo.data_offset.is_multiple_of(geo.page_bytes()));
             assert!(geo.data_offset + geo.data_bytes() <= bytes);
             assert!(
                 geo.page_meta_word * 8 + geo.num_pages as usize * PAGE_META_WORDS * 8

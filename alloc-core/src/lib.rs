@@ -36,6 +36,7 @@ pub mod error;
 pub mod heap;
 pub mod layout;
 pub mod primitive;
+mod reclaim;
 pub mod region;
 pub mod span;
 pub mod stack;
@@ -46,4 +47,5 @@ pub use heap::{
     alloc_type, AllocId, AllocOptions, Allocation, Allocations, ClassStats, Heap, Owner, Stats, WaitHost,
     Waited, Wake,
 };
+pub use reclaim::Reclaimed;
 pub use region::Region;

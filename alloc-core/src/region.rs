@@ -35,7 +35,7 @@ impl<'a> Region<'a> {
     /// 2. Every other access to that memory during `'a` goes through a `Region` over it, or
     ///    touches only the bytes of allocations the accessor owns.
     pub unsafe fn from_raw(base: *mut u8, len: usize) -> Result<Region<'a>, Error> {
-        if base.is_null() || base.align_offset(8) != 0 || len % 8 != 0 {
+        if base.is_null() || base.align_offset(8) != 0 || !len.is_multiple_of(8) {
             return Err(Error::RegionTooSmall { bytes: len as u64 });
         }
         // SAFETY: (1) the memory is valid for `'a` and 8-byte aligned, as checked above; atomics

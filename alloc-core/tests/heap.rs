@@ -265,6 +265,8 @@ fn destroyed_heaps_refuse_every_operation_and_wake_waiters() {
     assert_eq!(heap.free(a.id), Err(Error::Destroyed));
     assert_eq!(heap.lookup(a.id), Err(Error::Destroyed));
     assert_eq!(heap.realloc(a.id, 5), Err(Error::Destroyed));
+    assert_eq!(heap.stats(), Err(Error::Destroyed));
+    assert_eq!(heap.check(), Err(Error::Destroyed));
     assert!(matches!(Heap::open(memory.region()), Err(Error::Destroyed)));
 }
 

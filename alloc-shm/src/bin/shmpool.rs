@@ -1,0 +1,384 @@
+//! `shmpool`: inspect and manage pools, and run the multi-process demo.
+
+use std::io::{BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use alloc_shm::{current_pid, list_pools, process_alive, AllocId, Owner, Pool, PoolError, PoolOptions};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "shmpool", about = "Lock-free shared-memory pools: inspect, repair, demo")]
+struct Cli {
+    /// Directory holding the pools.
+    #[arg(long, global = true, default_value = alloc_shm::name::DEFAULT_DIR)]
+    dir: PathBuf,
+    #[command(subcommand)]
+    command: Action,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// List pools: size, use, allocations, creator.
+    Ls,
+    /// Usage, size classes and owners of one pool.
+    Info { name: String },
+    /// Verify every invariant of a pool's heap.
+    Check { name: String },
+    /// Free the allocations of processes that no longer exist.
+    Reclaim { name: String },
+    /// Destroy a pool (a file that is not a valid pool is removed too).
+    Rm { name: String },
+    /// Destroy pools whose creator and every attached process are gone.
+    Gc,
+    /// Several processes pass allocations around a ring, verify every byte, report throughput.
+    Demo {
+        /// Worker processes.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Messages each worker sends.
+        #[arg(long, default_value_t = 50_000)]
+        messages: u64,
+        /// Pool size in MiB.
+        #[arg(long, default_value_t = 64)]
+        pool_mib: u64,
+    },
+    /// One demo worker (started by `demo`).
+    #[command(hide = true)]
+    DemoWorker { pool: String, index: u64, messages: u64 },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let options = PoolOptions { dir: cli.dir.clone(), ..PoolOptions::default() };
+    let result = match cli.command {
+        Action::Ls => ls(&options),
+        Action::Info { name } => info(&name, &options),
+        Action::Check { name } => check(&name, &options),
+        Action::Reclaim { name } => reclaim(&name, &options),
+        Action::Rm { name } => rm(&name, &options),
+        Action::Gc => gc(&options),
+        Action::Demo { workers, messages, pool_mib } => demo(workers, messages, pool_mib),
+        Action::DemoWorker { pool, index, messages } => demo_worker(&pool, index, messages),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("shmpool: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Outcome = Result<ExitCode, PoolError>;
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn ls(options: &PoolOptions) -> Outcome {
+    println!("{:<32} {:>12} {:>12} {:>10}  CREATOR", "NAME", "SIZE", "USED", "ALLOCS");
+    for name in list_pools(&options.dir)? {
+        match Pool::attach_by_name_with(&name, options).and_then(|pool| Ok((pool.stats()?, pool))) {
+            Ok((stats, pool)) => {
+                let creator = pool.info().creator_pid;
+                let state = if process_alive(creator) { "live" } else { "dead" };
+                let used = stats.data_bytes - stats.free_bytes;
+                println!(
+                    "{name:<32} {:>12} {:>12} {:>10}  {creator} ({state})",
+                    mib(pool.size()),
+                    mib(used),
+                    stats.live_allocations
+                );
+            }
+            Err(error) => println!("{name:<32} unusable: {error}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(name: &str, options: &PoolOptions) -> Outcome {
+    let pool = Pool::attach_by_name_with(name, options)?;
+    let stats = pool.stats()?;
+    let info = pool.info();
+    println!("pool {name}: {}", pool.path().display());
+    println!(
+        "  size {} ({} of data), free {}",
+        mib(pool.size()),
+        mib(stats.data_bytes),
+        mib(stats.free_bytes)
+    );
+    println!("  live allocations {} ({} bytes asked for)", stats.live_allocations, stats.live_bytes);
+    println!("  largest free run {}, cached blocks {}", mib(stats.largest_free_run), stats.cached_blocks);
+    println!(
+        "  creator pid {} uid {}, created at {} (unix)",
+        info.creator_pid, info.creator_uid, info.created_at
+    );
+    println!("  attached: {:?}{}", info.attached, if info.attach_overflow { " (and more)" } else { "" });
+    println!("  size classes (class: spans, blocks, live):");
+    for (class, figures) in stats.classes.iter().enumerate().filter(|(_, c)| c.spans > 0) {
+        let size = alloc_core::layout::CLASS_SIZES[class];
+        println!(
+            "    {size:>5} B: {} spans, {} blocks, {} live",
+            figures.spans, figures.blocks, figures.live
+        );
+    }
+    let mut owners: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+    for allocation in pool.iter() {
+        let entry = owners.entry(allocation.owner.0).or_default();
+        entry.0 += 1;
+        entry.1 += allocation.size;
+    }
+    println!("  owners (pid: allocations, bytes):");
+    for (owner, (count, bytes)) in owners {
+        let state = match owner {
+            0 => "pool",
+            pid if process_alive(pid) => "live",
+            _ => "dead",
+        };
+        println!("    {owner} ({state}): {count}, {bytes}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(name: &str, options: &PoolOptions) -> Outcome {
+    let pool = Pool::attach_by_name_with(name, options)?;
+    match pool.check() {
+        Ok(stats) => {
+            println!("{name}: ok ({} live allocations, {} bytes)", stats.live_allocations, stats.live_bytes);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            println!("{name}: FAILED: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn reclaim(name: &str, options: &PoolOptions) -> Outcome {
+    let pool = Pool::attach_by_name_with(name, options)?;
+    let report = pool.reclaim_dead()?;
+    let bytes: u64 = report.freed.iter().map(|(_, _, size)| size).sum();
+    println!(
+        "{name}: freed {} allocations ({bytes} bytes) of dead processes, returned {} cached blocks",
+        report.freed.len(),
+        report.cached_blocks
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rm(name: &str, options: &PoolOptions) -> Outcome {
+    alloc_shm::name::validate(name)?;
+    match Pool::attach_by_name_with(name, options) {
+        Ok(pool) => pool.destroy()?,
+        Err(PoolError::NotAPool { .. } | PoolError::NotReady { .. }) => {
+            std::fs::remove_file(alloc_shm::name::path_in(&options.dir, name))
+                .map_err(|source| PoolError::Io { operation: "removing the pool's file", source })?;
+            println!("{name}: not a valid pool; its file was removed");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(other) => return Err(other),
+    }
+    println!("{name}: destroyed");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gc(options: &PoolOptions) -> Outcome {
+    let me = current_pid();
+    for name in list_pools(&options.dir)? {
+        let Ok(pool) = Pool::attach_by_name_with(&name, options) else { continue };
+        let info = pool.info();
+        let others_alive = info.attached.iter().any(|&pid| pid != me && process_alive(pid));
+        if info.attach_overflow || others_alive || (info.creator_pid != me && process_alive(info.creator_pid))
+        {
+            continue;
+        }
+        pool.destroy()?;
+        println!("{name}: destroyed (creator {} and every attached process are gone)", info.creator_pid);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The byte at `at` of the demo message in allocation `id`.
+fn pattern(id: AllocId, at: u64) -> u8 {
+    (id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(at.wrapping_mul(0x2545_F491)) >> 56) as u8
+}
+
+fn demo(workers: usize, messages: u64, pool_mib: u64) -> Outcome {
+    let workers = workers.max(2);
+    let name = format!("demo-{}", current_pid());
+    let pool = Pool::create(&name, pool_mib << 20)?;
+    let outcome = run_demo(&pool, workers, messages);
+    let destroyed = pool.destroy();
+    let code = outcome?;
+    destroyed?;
+    Ok(code)
+}
+
+fn run_demo(pool: &Pool, workers: usize, messages: u64) -> Outcome {
+    let exe =
+        std::env::current_exe().map_err(|source| PoolError::Io { operation: "finding shmpool", source })?;
+    let descriptor = hex(&pool.descriptor()?);
+    println!(
+        "demo: {workers} processes in a ring, {messages} allocations each (64 B - 64 KiB), pool {} ({})",
+        pool.name(),
+        mib(pool.size())
+    );
+    let io_error = |source| PoolError::Io { operation: "starting demo workers", source };
+    let mut pipes = Vec::new();
+    for _ in 0..workers {
+        pipes.push(std::io::pipe().map_err(io_error)?);
+    }
+    let (readers, writers): (Vec<_>, Vec<_>) = pipes.into_iter().unzip();
+    let mut writers: Vec<Option<_>> = writers.into_iter().map(Some).collect();
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for (index, reader) in readers.into_iter().enumerate() {
+        let writer = writers[(index + 1) % workers].take().expect("each writer used once");
+        let child = Command::new(&exe)
+            .args(["demo-worker", &descriptor, &index.to_string(), &messages.to_string()])
+            .stdin(Stdio::from(reader))
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_error)?;
+        children.push(child);
+    }
+    let (mut sent, mut verified, mut bytes, mut failures) = (0u64, 0u64, 0u64, 0u64);
+    for mut child in children {
+        let mut report = String::new();
+        if let Some(stderr) = child.stderr.as_mut() {
+            let _ = stderr.read_to_string(&mut report);
+        }
+        let status = child.wait().map_err(io_error)?;
+        let mut parsed = false;
+        for line in report.lines() {
+            if let Some(fields) = line.strip_prefix("@@ ") {
+                let values: Vec<u64> =
+                    fields.split_whitespace().filter_map(|f| f.split('=').nth(1)?.parse().ok()).collect();
+                if let [s, v, b, f] = values[..] {
+                    (sent, verified, bytes, failures) = (sent + s, verified + v, bytes + b, failures + f);
+                    parsed = true;
+                }
+            } else {
+                eprintln!("worker: {line}");
+            }
+        }
+        if !status.success() || !parsed {
+            failures += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = pool.check();
+    let clean = matches!(&stats, Ok(s) if s.live_allocations == 0);
+    println!(
+        "demo: {sent} allocations sent, {verified} received and verified ({}), in {elapsed:.2} s",
+        mib(bytes)
+    );
+    println!(
+        "demo: {:.0} allocations/s, {:.0} MiB/s verified across processes; pool check: {}",
+        verified as f64 / elapsed,
+        bytes as f64 / elapsed / (1 << 20) as f64,
+        match &stats {
+            Ok(s) => format!("ok, {} live allocations left", s.live_allocations),
+            Err(error) => format!("FAILED: {error}"),
+        }
+    );
+    if failures == 0 && verified == sent && sent == messages * workers as u64 && clean {
+        println!("demo: PASS");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("demo: FAIL ({failures} worker failures)");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn demo_worker(descriptor: &str, index: u64, messages: u64) -> Outcome {
+    let bytes = unhex(descriptor).ok_or(PoolError::InvalidDescriptor("not hex"))?;
+    let pool = Pool::attach(&bytes)?;
+    let receiver = {
+        let pool = pool.clone();
+        std::thread::spawn(move || receive(&pool))
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut rng = 0x2545_F491_4F6C_DD1D ^ (index + 1).wrapping_mul(0x9E37_79B9);
+    let mut sent = 0;
+    let mut failures = 0;
+    for _ in 0..messages {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let size = 64u64 << (rng % 11); // 64 B .. 64 KiB
+        let allocation = match pool.alloc(size) {
+            Ok(allocation) => allocation,
+            Err(PoolError::Full { .. }) => {
+                // Descriptors still in our buffer pin memory the next worker cannot free yet.
+                let _ = out.flush();
+                pool.alloc_blocking(size, Some(Duration::from_secs(20)))?
+            }
+            Err(other) => return Err(other),
+        };
+        let contents: Vec<u8> = (0..size).map(|at| pattern(allocation.id, at)).collect();
+        pool.write(allocation.id, 0, &contents)?;
+        // The receiver frees it; hand ownership over so a crash of ours would not reclaim it.
+        let descriptor = pool.alloc_descriptor(&allocation)?;
+        let framed = out.write_all(&[descriptor.len() as u8]).and_then(|()| out.write_all(&descriptor));
+        if framed.is_err() {
+            failures += 1;
+            break;
+        }
+        sent += 1;
+    }
+    let _ = out.write_all(&[0]).and_then(|()| out.flush());
+    drop(out);
+    let (verified, bytes, receive_failures) = receiver.join().unwrap_or((0, 0, 1));
+    eprintln!("@@ sent={sent} verified={verified} bytes={bytes} failures={}", failures + receive_failures);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads descriptors from stdin until the end marker; verifies and frees each allocation.
+fn receive(pool: &Pool) -> (u64, u64, u64) {
+    let mut input = BufReader::new(std::io::stdin().lock());
+    let (mut verified, mut bytes, mut failures) = (0, 0, 0);
+    let mut buffer = Vec::new();
+    loop {
+        let mut len = [0u8; 1];
+        if input.read_exact(&mut len).is_err() || len[0] == 0 {
+            break;
+        }
+        let mut descriptor = vec![0u8; len[0] as usize];
+        if input.read_exact(&mut descriptor).is_err() {
+            failures += 1;
+            break;
+        }
+        let ok = Pool::attach_alloc(&descriptor).and_then(|(sender_pool, allocation)| {
+            debug_assert!(sender_pool == *pool);
+            pool.set_owner(allocation.id, Owner(current_pid()))?;
+            buffer.resize(allocation.size as usize, 0);
+            pool.read(allocation.id, 0, &mut buffer)?;
+            let intact = buffer.iter().enumerate().all(|(at, &b)| b == pattern(allocation.id, at as u64));
+            pool.free(allocation.id)?;
+            Ok((intact, allocation.size))
+        });
+        match ok {
+            Ok((true, size)) => {
+                verified += 1;
+                bytes += size;
+            }
+            _ => failures += 1,
+        }
+    }
+    (verified, bytes, failures)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}

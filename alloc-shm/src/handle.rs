@@ -1,0 +1,157 @@
+//! Owning handles: an allocation freed when its handle drops, an arena that frees everything it
+//! handed out when it drops (cymem's idea, across processes), and a per-thread cached view of a
+//! pool for hot loops.
+
+use std::sync::Mutex;
+
+use alloc_core::{AllocId, Allocation, Cache, Owner};
+
+use crate::error::{PoolError, Result};
+use crate::pool::Pool;
+use crate::segment::current_pid;
+
+/// An allocation freed when dropped. Keeps its pool mapped.
+#[derive(Debug)]
+pub struct OwnedAlloc {
+    pool: Pool,
+    allocation: Allocation,
+}
+
+impl OwnedAlloc {
+    /// The allocation.
+    pub fn allocation(&self) -> &Allocation {
+        &self.allocation
+    }
+
+    /// Its pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Its descriptor, for another process.
+    pub fn descriptor(&self) -> Result<Vec<u8>> {
+        self.pool.alloc_descriptor(&self.allocation)
+    }
+
+    /// Gives up ownership without freeing (e.g. after handing the allocation to another
+    /// process, which will free it).
+    pub fn into_inner(self) -> Allocation {
+        let allocation = self.allocation;
+        std::mem::forget(self);
+        allocation
+    }
+}
+
+impl Drop for OwnedAlloc {
+    fn drop(&mut self) {
+        // Already freed elsewhere, or the pool destroyed: nothing left to give back.
+        let _ = self.pool.free(self.allocation.id);
+    }
+}
+
+/// Allocations that are all freed when the arena is dropped.
+#[derive(Debug)]
+pub struct Arena {
+    pool: Pool,
+    ids: Mutex<Vec<AllocId>>,
+}
+
+impl Arena {
+    /// Allocates `size` bytes that live as long as the arena.
+    pub fn alloc(&self, size: u64) -> Result<Allocation> {
+        let allocation = self.pool.alloc(size)?;
+        self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(allocation.id);
+        Ok(allocation)
+    }
+
+    /// Number of allocations the arena holds.
+    pub fn len(&self) -> usize {
+        self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+    }
+
+    /// Whether the arena holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The arena's pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        let ids = std::mem::take(self.ids.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        for id in ids {
+            // Freed explicitly meanwhile, or the pool destroyed: nothing to do.
+            let _ = self.pool.free(id);
+        }
+    }
+}
+
+/// A per-thread view of a pool with its own block cache: the fast path for hot loops. Cached
+/// blocks are recorded as held by this process, go back on [`LocalPool::flush`] and on drop,
+/// and are reclaimed by `reclaim_dead` should the process die.
+pub struct LocalPool {
+    pool: Pool,
+    cache: Box<Cache>,
+}
+
+impl LocalPool {
+    /// Allocates `size` bytes owned by this process.
+    pub fn alloc(&mut self, size: u64) -> Result<Allocation> {
+        let options = self.pool.options();
+        let heap = self.pool.mapping().heap();
+        heap.alloc_with(&mut self.cache, size, options)
+            .map_err(|cause| PoolError::from_heap(self.pool.name(), cause))
+    }
+
+    /// Frees `id`.
+    pub fn free(&mut self, id: AllocId) -> Result<()> {
+        let heap = self.pool.mapping().heap();
+        let wake = heap
+            .free_with(&mut self.cache, id)
+            .map_err(|cause| PoolError::from_heap(self.pool.name(), cause))?;
+        self.pool.wake(wake);
+        Ok(())
+    }
+
+    /// Gives every cached block back to the pool.
+    pub fn flush(&mut self) -> Result<()> {
+        let heap = self.pool.mapping().heap();
+        let wake =
+            heap.flush(&mut self.cache).map_err(|cause| PoolError::from_heap(self.pool.name(), cause))?;
+        self.pool.wake(wake);
+        Ok(())
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl Drop for LocalPool {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+impl Pool {
+    /// Allocates `size` bytes freed when the returned handle drops.
+    pub fn alloc_owned(&self, size: u64) -> Result<OwnedAlloc> {
+        Ok(OwnedAlloc { pool: self.clone(), allocation: self.alloc(size)? })
+    }
+
+    /// A new arena over this pool.
+    pub fn arena(&self) -> Arena {
+        Arena { pool: self.clone(), ids: Mutex::new(Vec::new()) }
+    }
+
+    /// A cached view for this thread's hot loops.
+    pub fn local(&self) -> LocalPool {
+        let cache = Box::new(self.mapping().heap().new_cache(Owner(current_pid())));
+        LocalPool { pool: self.clone(), cache }
+    }
+}

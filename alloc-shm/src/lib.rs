@@ -1,0 +1,37 @@
+//! shmpool's shared-memory layer: pools that live in named files under `/dev/shm` (or another
+//! directory), attached by any number of processes, with descriptors to pass allocations
+//! between them, a blocking allocation woken across processes, and recovery of what crashed
+//! processes held.
+//!
+//! ```no_run
+//! use alloc_shm::Pool;
+//!
+//! let pool = Pool::create("example", 64 << 20)?;
+//! let a = pool.alloc(1024)?;
+//! pool.write(a.id, 0, b"hello")?;
+//! let descriptor = pool.alloc_descriptor(&a)?; // ≤ 128 bytes: send it to another process
+//! // ... in the other process:
+//! let (same_pool, same) = Pool::attach_alloc(&descriptor)?;
+//! let mut buffer = [0u8; 5];
+//! same_pool.read(same.id, 0, &mut buffer)?;
+//! same_pool.free(same.id)?;
+//! pool.destroy()?;
+//! # Ok::<(), alloc_shm::PoolError>(())
+//! ```
+//!
+//! Layers: `name` (naming rules), `segment` (files and mappings), `futex` (cross-process
+//! waiting), `descriptor` (bytes for other processes), `pool` (the API), `handle` (RAII).
+
+pub mod descriptor;
+mod error;
+pub mod futex;
+mod handle;
+pub mod name;
+mod pool;
+mod segment;
+
+pub use alloc_core::{alloc_type, AllocId, AllocOptions, Allocation, Owner, Stats};
+pub use error::{PoolError, Result};
+pub use handle::{Arena, LocalPool, OwnedAlloc};
+pub use pool::{list_pools, Pool, PoolInfo, PoolOptions, ReclaimReport};
+pub use segment::{current_pid, process_alive};

@@ -1,0 +1,417 @@
+//! [`Pool`]: a heap in a named shared-memory file, usable from any process that attaches it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloc_core::{AllocId, AllocOptions, Allocation, Allocations, Owner, Stats, Wake};
+
+use crate::descriptor::{self, AllocDescriptor, Location, PoolDescriptor};
+use crate::error::{PoolError, Result};
+use crate::futex::{self, FutexWait};
+use crate::name;
+use crate::segment::{self, current_pid, process_alive, Mapping};
+
+/// How a pool is created or attached.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// Permissions of a new pool's file (before the umask).
+    pub mode: u32,
+    /// Where the pool's file lives (default `/dev/shm`).
+    pub dir: PathBuf,
+    /// The uid that must own the pool on attach (default: this process's effective uid).
+    pub uid: Option<u32>,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions { mode: 0o600, dir: PathBuf::from(name::DEFAULT_DIR), uid: None }
+    }
+}
+
+/// What [`Pool::reclaim_dead`] freed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReclaimReport {
+    /// Each freed allocation: its id, its (dead) owner and its size.
+    pub freed: Vec<(AllocId, Owner, u64)>,
+    /// Free blocks that dead processes' caches held, given back.
+    pub cached_blocks: u64,
+}
+
+/// Who uses a pool, from its header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolInfo {
+    /// The creator's pid.
+    pub creator_pid: u32,
+    /// The creator's uid.
+    pub creator_uid: u32,
+    /// Creation time (seconds since the Unix epoch).
+    pub created_at: u64,
+    /// Processes recorded as attached right now.
+    pub attached: Vec<u32>,
+    /// Whether more processes attached than the table records.
+    pub attach_overflow: bool,
+}
+
+/// A pool attached in this process. Cloning is cheap and shares the mapping; the mapping goes
+/// away when the last clone (and every allocation handle holding one) is dropped.
+#[derive(Clone)]
+pub struct Pool {
+    mapping: Arc<Mapping>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("name", &self.name()).field("path", &self.path()).finish()
+    }
+}
+
+impl PartialEq for Pool {
+    fn eq(&self, other: &Pool) -> bool {
+        Arc::ptr_eq(&self.mapping, &other.mapping)
+    }
+}
+
+impl Eq for Pool {}
+
+impl Pool {
+    /// Creates pool `name` of `size` bytes in `/dev/shm`, mode 0600. An existing name is an
+    /// error ([`PoolError::AlreadyExists`]).
+    pub fn create(name: &str, size: u64) -> Result<Pool> {
+        Pool::create_with(name, size, &PoolOptions::default())
+    }
+
+    /// [`Pool::create`] with options.
+    pub fn create_with(name: &str, size: u64, options: &PoolOptions) -> Result<Pool> {
+        let mapping = segment::create(name, size, &options.dir, options.mode)?;
+        Ok(Pool { mapping })
+    }
+
+    /// Creates the pool, or attaches it if it exists already.
+    pub fn create_or_attach(name: &str, size: u64, options: &PoolOptions) -> Result<Pool> {
+        match Pool::create_with(name, size, options) {
+            Err(PoolError::AlreadyExists { .. }) => Pool::attach_by_name_with(name, options),
+            other => other,
+        }
+    }
+
+    /// Attaches pool `name` in `/dev/shm`.
+    pub fn attach_by_name(name: &str) -> Result<Pool> {
+        Pool::attach_by_name_with(name, &PoolOptions::default())
+    }
+
+    /// [`Pool::attach_by_name`] with options (directory, expected owner).
+    pub fn attach_by_name_with(pool_name: &str, options: &PoolOptions) -> Result<Pool> {
+        name::validate(pool_name)?;
+        let mapping = segment::attach(pool_name, &name::path_in(&options.dir, pool_name), options.uid)?;
+        Ok(Pool { mapping })
+    }
+
+    /// Attaches the pool a pool descriptor names.
+    pub fn attach(descriptor: &[u8]) -> Result<Pool> {
+        Pool::attach_described(&PoolDescriptor::from_bytes(descriptor)?)
+    }
+
+    /// Attaches (if need be) the pool of an allocation descriptor and returns the allocation,
+    /// checked live.
+    pub fn attach_alloc(descriptor: &[u8]) -> Result<(Pool, Allocation)> {
+        let described = AllocDescriptor::from_bytes(descriptor)?;
+        let pool = Pool::attach_described(&described.pool)?;
+        let allocation = pool.lookup(described.id)?;
+        if allocation.offset != described.offset {
+            return Err(PoolError::InvalidDescriptor("offset does not match the allocation's id"));
+        }
+        Ok((pool, allocation))
+    }
+
+    fn attach_described(described: &PoolDescriptor) -> Result<Pool> {
+        let default_dir = Path::new(name::DEFAULT_DIR);
+        let (pool_name, path) = match &described.location {
+            Location::Named(pool_name) => (pool_name.clone(), name::path_in(default_dir, pool_name)),
+            Location::Path(path) => {
+                let file = path.file_name().and_then(|f| f.to_str()).and_then(name::from_file_name);
+                let pool_name = file.ok_or(PoolError::InvalidDescriptor("not a pool file path"))?;
+                (pool_name.to_owned(), path.clone())
+            }
+            Location::ByNonce => find_by_nonce(default_dir, described.nonce)?,
+        };
+        let pool = match segment::attach(&pool_name, &path, None) {
+            Ok(mapping) => Pool { mapping },
+            // The descriptor's pool is gone: say so, rather than "no such file".
+            Err(PoolError::NotFound { name }) => return Err(PoolError::Destroyed { name }),
+            Err(other) => return Err(other),
+        };
+        if pool.mapping.nonce() != described.nonce {
+            return Err(PoolError::Destroyed { name: pool_name });
+        }
+        if pool.mapping.heap().geometry().region_bytes != described.bytes {
+            return Err(PoolError::InvalidDescriptor("pool size does not match"));
+        }
+        Ok(pool)
+    }
+
+    /// This pool's descriptor (at most 128 bytes).
+    pub fn descriptor(&self) -> Result<Vec<u8>> {
+        Ok(self.described(descriptor::POOL_ROOM)?.to_bytes())
+    }
+
+    /// The descriptor of `allocation` (at most 128 bytes), enough for another process to attach
+    /// the pool and find the allocation.
+    pub fn alloc_descriptor(&self, allocation: &Allocation) -> Result<Vec<u8>> {
+        Ok(AllocDescriptor {
+            pool: self.described(descriptor::ALLOC_ROOM)?,
+            id: allocation.id,
+            offset: allocation.offset,
+            size: allocation.size,
+            alloc_type: allocation.alloc_type,
+        }
+        .to_bytes())
+    }
+
+    fn described(&self, room: usize) -> Result<PoolDescriptor> {
+        Ok(PoolDescriptor {
+            location: descriptor::location_for(self.path(), self.name(), room)?,
+            nonce: self.mapping.nonce(),
+            bytes: self.size(),
+        })
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        self.mapping.name()
+    }
+
+    /// The pool's file.
+    pub fn path(&self) -> &Path {
+        self.mapping.path()
+    }
+
+    /// Total bytes of the pool (its file size).
+    pub fn size(&self) -> u64 {
+        self.mapping.len()
+    }
+
+    /// Bytes available to allocations (the data area).
+    pub fn data_bytes(&self) -> u64 {
+        self.mapping.heap().geometry().data_bytes()
+    }
+
+    /// Creator, attached processes and creation time.
+    pub fn info(&self) -> PoolInfo {
+        let (creator_pid, creator_uid) = self.mapping.creator();
+        let (attached, attach_overflow) = self.mapping.attached();
+        PoolInfo {
+            creator_pid,
+            creator_uid,
+            created_at: self.mapping.created_at(),
+            attached,
+            attach_overflow,
+        }
+    }
+
+    fn error(&self, cause: alloc_core::Error) -> PoolError {
+        PoolError::from_heap(self.name(), cause)
+    }
+
+    /// Allocation options with this process as owner and type DATA.
+    pub fn options(&self) -> AllocOptions {
+        AllocOptions { owner: Owner(current_pid()), ..AllocOptions::default() }
+    }
+
+    /// Allocates `size` bytes owned by this process.
+    pub fn alloc(&self, size: u64) -> Result<Allocation> {
+        self.alloc_with(size, self.options())
+    }
+
+    /// Allocates with explicit alignment, type and owner.
+    pub fn alloc_with(&self, size: u64, options: AllocOptions) -> Result<Allocation> {
+        self.mapping.heap().alloc(size, options).map_err(|cause| self.error(cause))
+    }
+
+    /// Allocates, waiting for a free in any process while the pool is full. `None` waits
+    /// forever, `Some(ZERO)` tries once, anything else waits until that much time has passed.
+    pub fn alloc_blocking(&self, size: u64, timeout: Option<Duration>) -> Result<Allocation> {
+        self.alloc_blocking_with(size, self.options(), timeout)
+    }
+
+    /// [`Pool::alloc_blocking`] with explicit options.
+    pub fn alloc_blocking_with(
+        &self,
+        size: u64,
+        options: AllocOptions,
+        timeout: Option<Duration>,
+    ) -> Result<Allocation> {
+        let mut host = FutexWait::new(timeout);
+        self.mapping.heap().alloc_blocking(size, options, &mut host).map_err(|cause| self.error(cause))
+    }
+
+    pub(crate) fn wake(&self, wake: Wake) {
+        if wake == Wake::Waiters {
+            futex::wake_all(self.mapping.heap().wake_word());
+        }
+    }
+
+    /// Frees allocation `id`. A double free, a stale or foreign id is an error and changes nothing.
+    pub fn free(&self, id: AllocId) -> Result<()> {
+        let wake = self.mapping.heap().free(id).map_err(|cause| self.error(cause))?;
+        self.wake(wake);
+        Ok(())
+    }
+
+    /// Resizes `id`, in place when it fits; otherwise allocates, copies and frees. On failure
+    /// the original is untouched.
+    pub fn realloc(&self, id: AllocId, new_size: u64) -> Result<Allocation> {
+        self.mapping.heap().realloc(id, new_size).map_err(|cause| self.error(cause))
+    }
+
+    /// The live allocation `id` (O(1)).
+    pub fn lookup(&self, id: AllocId) -> Result<Allocation> {
+        self.mapping.heap().lookup(id).map_err(|cause| self.error(cause))
+    }
+
+    /// Whether `id` is a live allocation of this pool.
+    pub fn contains(&self, id: AllocId) -> bool {
+        self.mapping.heap().contains(id)
+    }
+
+    /// The live allocations (a snapshot, consistent per allocation).
+    pub fn iter(&self) -> Allocations<'_, 'static> {
+        self.mapping.heap().iter()
+    }
+
+    /// Usage figures.
+    pub fn stats(&self) -> Result<Stats> {
+        self.mapping.heap().stats().map_err(|cause| self.error(cause))
+    }
+
+    /// Verifies every invariant of the heap (meaningful when no process is mid-operation).
+    pub fn check(&self) -> Result<Stats> {
+        self.mapping.heap().check().map_err(|cause| self.error(cause))
+    }
+
+    /// Records `owner` as the owner of `id` (hand-over to a consumer process).
+    pub fn set_owner(&self, id: AllocId, owner: Owner) -> Result<()> {
+        self.mapping.heap().set_owner(id, owner).map_err(|cause| self.error(cause))
+    }
+
+    /// Gives `id` to the pool: it is never reclaimed because a process died.
+    pub fn give_to_pool(&self, id: AllocId) -> Result<()> {
+        self.set_owner(id, Owner::POOL)
+    }
+
+    /// Frees every allocation whose owner process no longer exists, and gives back the blocks
+    /// dead processes' caches held. Reports what it freed.
+    pub fn reclaim_dead(&self) -> Result<ReclaimReport> {
+        let mut verdicts: HashMap<u32, bool> = HashMap::new();
+        let mut report = ReclaimReport::default();
+        let reclaimed = self
+            .mapping
+            .heap()
+            .reclaim_dead(
+                |owner| *verdicts.entry(owner.0).or_insert_with(|| !process_alive(owner.0)),
+                |id, owner, size| report.freed.push((id, owner, size)),
+            )
+            .map_err(|cause| self.error(cause))?;
+        report.cached_blocks = reclaimed.cached_blocks;
+        if reclaimed.wake {
+            futex::wake_all(self.mapping.heap().wake_word());
+        }
+        Ok(report)
+    }
+
+    /// Number of callers blocked in `alloc_blocking`, in all processes.
+    pub fn waiters(&self) -> u64 {
+        self.mapping.heap().waiters()
+    }
+
+    /// Marks the pool destroyed in every process and removes its name. Processes still attached
+    /// keep a valid mapping; their next call fails with [`PoolError::Destroyed`].
+    pub fn destroy(&self) -> Result<()> {
+        let wake = self.mapping.heap().mark_destroyed();
+        self.wake(wake);
+        self.mapping
+            .unlink()
+            .map_err(|source| PoolError::Io { operation: "removing the pool's file", source })
+    }
+
+    /// Whether the pool was destroyed.
+    pub fn is_destroyed(&self) -> bool {
+        self.stats().is_err_and(|error| matches!(error, PoolError::Destroyed { .. }))
+    }
+
+    /// The live allocation `id`'s bytes as a raw pointer and length. Writing through it is the
+    /// caller's business (other processes may use the same bytes); the pointer stays valid while
+    /// this pool handle (or a clone) lives.
+    pub fn bytes_ptr(&self, id: AllocId) -> Result<(*mut u8, usize)> {
+        let allocation = self.lookup(id)?;
+        self.check_range(&allocation, 0, allocation.size)?;
+        // SAFETY: `check_range` proved `offset + size` lies inside the mapping.
+        Ok((unsafe { self.mapping.base().add(allocation.offset as usize) }, allocation.size as usize))
+    }
+
+    fn check_range(&self, allocation: &Allocation, at: u64, len: u64) -> Result<()> {
+        let end = at.checked_add(len).filter(|&end| end <= allocation.size);
+        let in_mapping =
+            allocation.offset.checked_add(allocation.size).is_some_and(|end| end <= self.mapping.len());
+        match end {
+            Some(_) if in_mapping => Ok(()),
+            _ => Err(PoolError::InvalidAllocation {
+                name: self.name().to_owned(),
+                cause: alloc_core::Error::NotAllocated { id: allocation.id.0 },
+            }),
+        }
+    }
+
+    /// Copies `data` into live allocation `id` at byte `at`.
+    pub fn write(&self, id: AllocId, at: u64, data: &[u8]) -> Result<()> {
+        let allocation = self.lookup(id)?;
+        self.check_range(&allocation, at, data.len() as u64)?;
+        // SAFETY: the destination lies inside the live allocation (checked above), which lies
+        // inside the mapping; `data` is a separate Rust slice, so the ranges do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.mapping.base().add((allocation.offset + at) as usize),
+                data.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Copies bytes of live allocation `id` from byte `at` into `buffer`.
+    pub fn read(&self, id: AllocId, at: u64, buffer: &mut [u8]) -> Result<()> {
+        let allocation = self.lookup(id)?;
+        self.check_range(&allocation, at, buffer.len() as u64)?;
+        // SAFETY: as in `write`, with source and destination swapped.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.mapping.base().add((allocation.offset + at) as usize),
+                buffer.as_mut_ptr(),
+                buffer.len(),
+            )
+        };
+        Ok(())
+    }
+
+    pub(crate) fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+}
+
+fn find_by_nonce(dir: &Path, nonce: u64) -> Result<(String, PathBuf)> {
+    let names = segment::list(dir).map_err(|source| PoolError::Io { operation: "listing pools", source })?;
+    names
+        .into_iter()
+        .map(|pool_name| {
+            let path = name::path_in(dir, &pool_name);
+            (pool_name, path)
+        })
+        .find(|(_, path)| segment::read_nonce(path) == Some(nonce))
+        .ok_or(PoolError::Destroyed { name: format!("<pool with nonce {nonce:#x}>") })
+}
+
+/// The names of the pools in `dir`.
+pub fn list_pools(dir: &Path) -> Result<Vec<String>> {
+    segment::list(dir).map_err(|source| PoolError::Io { operation: "listing pools", source })
+}
