@@ -352,7 +352,7 @@ impl<'a> Heap<'a> {
     // ----- metadata access -------------------------------------------------------------------
 
     #[inline]
-    fn page_word(&self, page: u64, field: usize) -> &AtomicU64 {
+    pub(crate) fn page_word(&self, page: u64, field: usize) -> &AtomicU64 {
         self.region.word(self.geo.page_word(page, field))
     }
 
@@ -517,7 +517,7 @@ impl<'a> Heap<'a> {
     /// Lists `span` (head page `head`) if it has free blocks and is unlisted, pushing it on its
     /// class stack. Every path that unlists a span calls this afterwards, so a span with free
     /// blocks is always findable.
-    fn relist(&self, head: u64, class: usize, span: &Span<'_>) {
+    pub(crate) fn relist(&self, head: u64, class: usize, span: &Span<'_>) {
         if span.relist(|| self.info(head) == PageInfo::SpanHead { class }) == Pushed::MustList {
             self.stack(class).push(head);
         }
@@ -638,7 +638,7 @@ impl<'a> Heap<'a> {
     }
 
     /// Hands a retired span's pages back; the caller retired it and holds it alone.
-    fn retire_span(&self, head: u64, span: &Span<'_>) {
+    pub(crate) fn retire_span(&self, head: u64, span: &Span<'_>) {
         let max_gen = span.max_gen();
         for page in head..head + SPAN_PAGES {
             self.page_word(page, page::EPOCH).fetch_max(max_gen, Ordering::Relaxed);

@@ -38,6 +38,7 @@ pub mod layout;
 pub mod primitive;
 mod reclaim;
 pub mod region;
+mod repair;
 pub mod span;
 pub mod stack;
 
@@ -49,3 +50,4 @@ pub use heap::{
 };
 pub use reclaim::Reclaimed;
 pub use region::Region;
+pub use repair::Repaired;

@@ -214,6 +214,31 @@ fn decode(bytes: &[u8]) -> Result<(u8, PoolDescriptor, Option<AllocFields>)> {
     Ok((kind, pool, alloc))
 }
 
+/// Writes `descriptor` to a byte stream (a pipe, a socket) as one length byte and its bytes.
+pub fn write_frame(out: &mut impl std::io::Write, descriptor: &[u8]) -> std::io::Result<()> {
+    debug_assert!(!descriptor.is_empty() && descriptor.len() <= MAX_LEN);
+    out.write_all(&[descriptor.len() as u8])?;
+    out.write_all(descriptor)
+}
+
+/// Ends a stream of frames.
+pub fn write_end(out: &mut impl std::io::Write) -> std::io::Result<()> {
+    out.write_all(&[0])?;
+    out.flush()
+}
+
+/// Reads the next frame's descriptor; `None` at the end of the stream.
+pub fn read_frame(input: &mut impl std::io::Read) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 1];
+    input.read_exact(&mut len)?;
+    if len[0] == 0 {
+        return Ok(None);
+    }
+    let mut descriptor = vec![0u8; len[0] as usize];
+    input.read_exact(&mut descriptor)?;
+    Ok(Some(descriptor))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,8 +29,9 @@ mod handle;
 pub mod name;
 mod pool;
 mod segment;
+pub mod verify;
 
-pub use alloc_core::{alloc_type, AllocId, AllocOptions, Allocation, Owner, Stats};
+pub use alloc_core::{alloc_type, AllocId, AllocOptions, Allocation, Owner, Repaired, Stats};
 pub use error::{PoolError, Result};
 pub use handle::{Arena, LocalPool, OwnedAlloc};
 pub use pool::{list_pools, Pool, PoolInfo, PoolOptions, ReclaimReport};

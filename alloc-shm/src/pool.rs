@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloc_core::{AllocId, AllocOptions, Allocation, Allocations, Owner, Stats, Wake};
+use alloc_core::{AllocId, AllocOptions, Allocation, Allocations, Owner, Repaired, Stats, Wake};
 
 use crate::descriptor::{self, AllocDescriptor, Location, PoolDescriptor};
 use crate::error::{PoolError, Result};
@@ -318,6 +318,15 @@ impl Pool {
             futex::wake_all(self.mapping.heap().wake_word());
         }
         Ok(report)
+    }
+
+    /// Puts right what processes killed in the middle of an operation left behind (blocks
+    /// taken but never recorded, pages claimed but never used, spans missing from their lists,
+    /// releases cut short, dead waiters counted). Call only when no other process is inside an
+    /// operation on this pool, e.g. when every other attached process is dead; call
+    /// [`Pool::reclaim_dead`] first.
+    pub fn repair(&self) -> Result<Repaired> {
+        self.mapping.heap().repair().map_err(|cause| self.error(cause))
     }
 
     /// Number of callers blocked in `alloc_blocking`, in all processes.

@@ -1,11 +1,13 @@
 //! `shmpool`: inspect and manage pools, and run the multi-process demo.
 
 use std::io::{BufReader, Read, Write};
+
+use alloc_shm::descriptor::{read_frame, write_end, write_frame};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use alloc_shm::{current_pid, list_pools, process_alive, AllocId, Owner, Pool, PoolError, PoolOptions};
+use alloc_shm::{current_pid, list_pools, process_alive, verify, Owner, Pool, PoolError, PoolOptions};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -28,6 +30,14 @@ enum Action {
     Check { name: String },
     /// Free the allocations of processes that no longer exist.
     Reclaim { name: String },
+    /// Reclaim what dead processes held, then repair what they left half done. Refused while
+    /// another attached process is alive (it might be mid-operation) unless --force.
+    Repair {
+        name: String,
+        /// Repair even though other attached processes are alive.
+        #[arg(long)]
+        force: bool,
+    },
     /// Destroy a pool (a file that is not a valid pool is removed too).
     Rm { name: String },
     /// Destroy pools whose creator and every attached process are gone.
@@ -57,6 +67,7 @@ fn main() -> ExitCode {
         Action::Info { name } => info(&name, &options),
         Action::Check { name } => check(&name, &options),
         Action::Reclaim { name } => reclaim(&name, &options),
+        Action::Repair { name, force } => repair(&name, force, &options),
         Action::Rm { name } => rm(&name, &options),
         Action::Gc => gc(&options),
         Action::Demo { workers, messages, pool_mib } => demo(workers, messages, pool_mib),
@@ -168,6 +179,21 @@ fn reclaim(name: &str, options: &PoolOptions) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
+fn repair(name: &str, force: bool, options: &PoolOptions) -> Outcome {
+    let pool = Pool::attach_by_name_with(name, options)?;
+    let me = current_pid();
+    let busy: Vec<u32> =
+        pool.info().attached.into_iter().filter(|&pid| pid != me && process_alive(pid)).collect();
+    if !busy.is_empty() && !force {
+        println!("{name}: processes {busy:?} are attached and alive; stop them or pass --force");
+        return Ok(ExitCode::FAILURE);
+    }
+    reclaim(name, options)?;
+    let repaired = pool.repair()?;
+    println!("{name}: {repaired:?}");
+    check(name, options)
+}
+
 fn rm(name: &str, options: &PoolOptions) -> Outcome {
     alloc_shm::name::validate(name)?;
     match Pool::attach_by_name_with(name, options) {
@@ -198,11 +224,6 @@ fn gc(options: &PoolOptions) -> Outcome {
         println!("{name}: destroyed (creator {} and every attached process are gone)", info.creator_pid);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The byte at `at` of the demo message in allocation `id`.
-fn pattern(id: AllocId, at: u64) -> u8 {
-    (id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(at.wrapping_mul(0x2545_F491)) >> 56) as u8
 }
 
 fn demo(workers: usize, messages: u64, pool_mib: u64) -> Outcome {
@@ -319,18 +340,16 @@ fn demo_worker(descriptor: &str, index: u64, messages: u64) -> Outcome {
             }
             Err(other) => return Err(other),
         };
-        let contents: Vec<u8> = (0..size).map(|at| pattern(allocation.id, at)).collect();
-        pool.write(allocation.id, 0, &contents)?;
+        verify::fill(&pool, &allocation)?;
         // The receiver frees it; hand ownership over so a crash of ours would not reclaim it.
         let descriptor = pool.alloc_descriptor(&allocation)?;
-        let framed = out.write_all(&[descriptor.len() as u8]).and_then(|()| out.write_all(&descriptor));
-        if framed.is_err() {
+        if write_frame(&mut out, &descriptor).is_err() {
             failures += 1;
             break;
         }
         sent += 1;
     }
-    let _ = out.write_all(&[0]).and_then(|()| out.flush());
+    let _ = write_end(&mut out);
     drop(out);
     let (verified, bytes, receive_failures) = receiver.join().unwrap_or((0, 0, 1));
     eprintln!("@@ sent={sent} verified={verified} bytes={bytes} failures={}", failures + receive_failures);
@@ -341,23 +360,19 @@ fn demo_worker(descriptor: &str, index: u64, messages: u64) -> Outcome {
 fn receive(pool: &Pool) -> (u64, u64, u64) {
     let mut input = BufReader::new(std::io::stdin().lock());
     let (mut verified, mut bytes, mut failures) = (0, 0, 0);
-    let mut buffer = Vec::new();
     loop {
-        let mut len = [0u8; 1];
-        if input.read_exact(&mut len).is_err() || len[0] == 0 {
-            break;
-        }
-        let mut descriptor = vec![0u8; len[0] as usize];
-        if input.read_exact(&mut descriptor).is_err() {
-            failures += 1;
-            break;
-        }
+        let descriptor = match read_frame(&mut input) {
+            Ok(Some(descriptor)) => descriptor,
+            Ok(None) => break,
+            Err(_) => {
+                failures += 1;
+                break;
+            }
+        };
         let ok = Pool::attach_alloc(&descriptor).and_then(|(sender_pool, allocation)| {
             debug_assert!(sender_pool == *pool);
             pool.set_owner(allocation.id, Owner(current_pid()))?;
-            buffer.resize(allocation.size as usize, 0);
-            pool.read(allocation.id, 0, &mut buffer)?;
-            let intact = buffer.iter().enumerate().all(|(at, &b)| b == pattern(allocation.id, at as u64));
+            let intact = verify::holds(pool, &allocation)?;
             pool.free(allocation.id)?;
             Ok((intact, allocation.size))
         });

@@ -1,0 +1,158 @@
+//! Helper processes for alloc-shm's multi-process tests and benchmarks. Each role attaches the
+//! pool named by a hex pool descriptor and reports on stderr in lines starting with `@@`.
+//!
+//! - `churn POOL SEED`: allocate, fill, verify and free forever (until killed), half of the
+//!   time through a cache; reports `@@ ready` once running.
+//! - `wait POOL SIZE TIMEOUT_MS`: one `alloc_blocking`; reports `@@ ok OFFSET MICROS` or
+//!   `@@ timeout MICROS`.
+//! - `send POOL COUNT`: allocate COUNT allocations, fill them, give them to the pool and write
+//!   their descriptors to stdout, then exit.
+//! - `receive`: read allocation descriptors from stdin, verify and free each; reports
+//!   `@@ verified N failed M`.
+//! - `pingpong POOL ROUNDS`: the far side of the wake-latency benchmark (see benches).
+//! - `create NAME MIB`: create a pool and exit without destroying it (an abandoned pool).
+
+use std::io::{BufReader, BufWriter, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use alloc_shm::descriptor::{read_frame, write_end, write_frame};
+use alloc_shm::{verify, Pool, PoolError};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["churn", pool, seed] => attach(pool).and_then(|pool| churn(&pool, parse(seed)?)),
+        ["wait", pool, size, timeout_ms] => {
+            attach(pool).and_then(|pool| wait(&pool, parse(size)?, parse(timeout_ms)?))
+        }
+        ["send", pool, count] => attach(pool).and_then(|pool| send(&pool, parse(count)?)),
+        ["receive"] => receive(),
+        ["create", name, mib] => parse(mib).and_then(|mib| Pool::create(name, mib << 20)).map(|_| ()),
+        ["pingpong", pool, rounds] => attach(pool).and_then(|pool| pingpong(&pool, parse(rounds)?)),
+        _ => Err(PoolError::InvalidArgument("usage: shmpool-child churn|wait|send|receive|pingpong ...")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("@@ error {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse(text: &str) -> Result<u64, PoolError> {
+    text.parse().map_err(|_| PoolError::InvalidArgument("not a number"))
+}
+
+/// Hex text to bytes.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+fn attach(descriptor: &str) -> Result<Pool, PoolError> {
+    Pool::attach(&unhex(descriptor).ok_or(PoolError::InvalidDescriptor("not hex"))?)
+}
+
+fn churn(pool: &Pool, seed: u64) -> Result<(), PoolError> {
+    let mut local = pool.local();
+    let mut live = Vec::new();
+    let mut rng = seed | 1;
+    eprintln!("@@ ready");
+    loop {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let size = 16 << (rng % 10); // 16 B .. 8 KiB
+        let cached = rng & 1 == 0;
+        let allocation = if cached { local.alloc(size) } else { pool.alloc(size) };
+        match allocation {
+            Ok(allocation) => {
+                verify::fill(pool, &allocation)?;
+                live.push(allocation);
+            }
+            Err(PoolError::Full { .. }) => {}
+            Err(other) => return Err(other),
+        }
+        if live.len() > 64 || (rng >> 8) % 3 == 0 {
+            if let Some(victim) =
+                (!live.is_empty()).then(|| live.swap_remove((rng >> 16) as usize % live.len()))
+            {
+                if !verify::holds(pool, &victim)? {
+                    return Err(PoolError::InvalidArgument("an allocation's bytes changed under its owner"));
+                }
+                if cached {
+                    local.free(victim.id)?
+                } else {
+                    pool.free(victim.id)?
+                }
+            }
+        }
+    }
+}
+
+fn wait(pool: &Pool, size: u64, timeout_ms: u64) -> Result<(), PoolError> {
+    let started = Instant::now();
+    match pool.alloc_blocking(size, Some(Duration::from_millis(timeout_ms))) {
+        Ok(allocation) => {
+            eprintln!("@@ ok {} {}", allocation.offset, started.elapsed().as_micros());
+            pool.free(allocation.id)
+        }
+        Err(PoolError::Timeout { .. }) => {
+            eprintln!("@@ timeout {}", started.elapsed().as_micros());
+            Ok(())
+        }
+        Err(other) => Err(other),
+    }
+}
+
+fn send(pool: &Pool, count: u64) -> Result<(), PoolError> {
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let io = |source| PoolError::Io { operation: "writing descriptors", source };
+    for i in 0..count {
+        let allocation = pool.alloc(64 + i % 5000)?;
+        verify::fill(pool, &allocation)?;
+        // Hand it over before sending: the sender may be gone by the time it is read.
+        pool.give_to_pool(allocation.id)?;
+        write_frame(&mut out, &pool.alloc_descriptor(&allocation)?).map_err(io)?;
+    }
+    write_end(&mut out).map_err(io)
+}
+
+fn receive() -> Result<(), PoolError> {
+    let mut input = BufReader::new(std::io::stdin().lock());
+    let (mut verified, mut failed) = (0, 0);
+    while let Some(descriptor) =
+        read_frame(&mut input).map_err(|source| PoolError::Io { operation: "reading descriptors", source })?
+    {
+        let (pool, allocation) = Pool::attach_alloc(&descriptor)?;
+        if verify::holds(&pool, &allocation)? {
+            verified += 1;
+        } else {
+            failed += 1;
+        }
+        pool.free(allocation.id)?;
+    }
+    eprintln!("@@ verified {verified} failed {failed}");
+    Ok(())
+}
+
+/// Blocks on a full pool `rounds` times; the benchmark frees one block each time and measures
+/// how long this process takes to wake and report on stdout.
+fn pingpong(pool: &Pool, rounds: u64) -> Result<(), PoolError> {
+    let mut out = std::io::stdout().lock();
+    let io = |source| PoolError::Io { operation: "reporting", source };
+    for _ in 0..rounds {
+        let allocation = pool.alloc_blocking(4096, Some(Duration::from_secs(10)))?;
+        out.write_all(&[1]).and_then(|()| out.flush()).map_err(io)?;
+        pool.free(allocation.id)?;
+        // Wait for the benchmark to take the block back before blocking again.
+        let mut go = [0u8; 1];
+        std::io::Read::read_exact(&mut std::io::stdin(), &mut go).map_err(io)?;
+    }
+    Ok(())
+}
