@@ -148,7 +148,7 @@ fn processes_killed_at_random_moments_never_stop_the_others() {
                     assert!(verify::holds(&pool, &a)?, "the parent's bytes changed");
                     pool.free(a.id)?;
                 }
-                if rng % 500 == 0 {
+                if rng.is_multiple_of(500) {
                     pool.reclaim_dead()?;
                 }
                 parent_ops.fetch_add(1, Ordering::Relaxed);
@@ -159,7 +159,7 @@ fn processes_killed_at_random_moments_never_stop_the_others() {
             }
             Ok(())
         });
-        let mut rng = 0xC4A0_5u64;
+        let mut rng = 0x000C_4A05_u64;
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             rng ^= rng << 13;
