@@ -78,7 +78,7 @@ fn churn(pool: &Pool, seed: u64) -> Result<(), PoolError> {
             Err(PoolError::Full { .. }) => {}
             Err(other) => return Err(other),
         }
-        if live.len() > 64 || (rng >> 8) % 3 == 0 {
+        if live.len() > 64 || (rng >> 8).is_multiple_of(3) {
             if let Some(victim) =
                 (!live.is_empty()).then(|| live.swap_remove((rng >> 16) as usize % live.len()))
             {
