@@ -141,6 +141,10 @@ impl<'a> Heap<'a> {
             let (span, owners, _) = self.span_parts_unchecked(head, class);
             let state = span.state(index);
             let free = BlockState::decode(state.load(Ordering::Relaxed));
+            if free.low == BlockState::CACHED {
+                // Taken twice: only a corrupted list that loops does this. Keep one copy.
+                return;
+            }
             let cached = BlockState { low: BlockState::CACHED, ..free };
             // The block is ours (taken off the list); nobody else writes these words now.
             // ORDERING: Release, like every store to a state word: see `Span::pop_batch`.
@@ -188,12 +192,14 @@ impl<'a> Heap<'a> {
         self.ensure_ready()?;
         let (place, _) = self.locate(id)?;
         match place {
-            Place::Small { class, .. } if self.waiters() == 0 => {
-                // The class's cache is full: give half back, then cache this block.
+            // With the pool plainly ready, the only reason to be here is a full class cache:
+            // give half back, then cache this block.
+            Place::Small { class, .. } if self.status() == STATE_READY => {
                 let wake = self.spill(cache, class, CACHE_BLOCKS / 2);
                 let _ = self.free_with(cache, id)?;
                 Ok(wake)
             }
+            // Waiters (or a status word we do not understand): free to the shared heap.
             _ => self.free(id),
         }
     }
@@ -213,10 +219,11 @@ impl<'a> Heap<'a> {
 
     /// Gives the `count` oldest cached blocks of `class` back to their spans.
     fn spill(&self, cache: &mut Cache, class: usize, count: usize) -> Wake {
+        let len = cache.lens[class] as usize;
+        let count = count.min(len);
         if count == 0 {
             return Wake::Nobody;
         }
-        let len = cache.lens[class] as usize;
         for &entry in &cache.entries[class][..count] {
             self.give_back(entry >> 16, class, entry & 0xFFFF);
         }

@@ -485,7 +485,14 @@ impl<'a> Heap<'a> {
                     return Ok(taken);
                 }
             }
+            // Bounded: a stack that keeps handing back full spans (a burst of contention, or a
+            // corrupted link that loops) is abandoned for a fresh span after this many pops.
+            let mut budget = self.geo.num_pages / SPAN_PAGES + 8;
             while let Some(top) = stack.peek()? {
+                if budget == 0 {
+                    break;
+                }
+                budget -= 1;
                 self.check_span_head(top, class)?;
                 let taken = self.pop_blocks(top, class, max, &mut take)?;
                 if taken > 0 {
@@ -621,7 +628,13 @@ impl<'a> Heap<'a> {
         for class in 0..NUM_CLASSES {
             let stack = self.stack(class);
             let mut next = stack.take_all()?;
+            // The detached chain is ours alone; one longer than there are spans loops.
+            let mut budget = self.geo.num_pages / SPAN_PAGES + 1;
             while let Some(head) = next {
+                if budget == 0 {
+                    return Err(Error::Corrupt { what: "class stack loops", page: head });
+                }
+                budget -= 1;
                 next = stack.next_detached(head)?;
                 self.check_span_head(head, class)?;
                 let (span, _, _) = self.span(head, class);

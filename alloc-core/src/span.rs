@@ -37,6 +37,9 @@ pub enum Pushed {
 }
 
 impl<'a> Span<'a> {
+    /// Most blocks one [`Span::pop_batch`] takes.
+    pub const MAX_BATCH: usize = 64;
+
     /// A span whose anchor is `anchor` and whose block states are `states` (one per block).
     pub fn new(anchor: &'a AtomicU64, states: &'a [AtomicU64]) -> Span<'a> {
         Span { anchor, states }
@@ -108,10 +111,11 @@ impl<'a> Span<'a> {
         }
     }
 
-    /// Takes up to `max` free blocks off the list with one compare-exchange and hands each index
-    /// to `take`. The links walked before the exchange are trustworthy when it succeeds: any
-    /// pop or push in between would have bumped the tag and made it fail. Returns how many
-    /// blocks were taken (0 when empty, retired or vetoed, as in [`Span::pop`]).
+    /// Takes up to `max` (at most [`Span::MAX_BATCH`]) free blocks off the list with one
+    /// compare-exchange and hands each index to `take`. The links walked before the exchange
+    /// are trustworthy when it succeeds: any pop or push in between would have bumped the tag
+    /// and made it fail. Returns how many blocks were taken (0 when empty, retired or vetoed,
+    /// as in [`Span::pop`]).
     pub fn pop_batch(
         &self,
         max: u64,
@@ -119,6 +123,7 @@ impl<'a> Span<'a> {
         mut take: impl FnMut(u64),
     ) -> Result<u64, Error> {
         let blocks = self.blocks();
+        let mut taken = [0u16; Self::MAX_BATCH];
         // ORDERING: Acquire, as in `pop`: the links of the whole list were published by the
         // Release pushes that built it.
         let mut current = self.anchor.load(Ordering::Acquire);
@@ -130,14 +135,15 @@ impl<'a> Span<'a> {
             if anchor.count > blocks {
                 return Err(Error::Corrupt { what: "span free count exceeds its blocks", page: 0 });
             }
-            let taking = anchor.count.min(max);
+            let taking = anchor.count.min(max).min(Self::MAX_BATCH as u64) as usize;
             let mut after = anchor.head;
             let mut torn = false;
-            for _ in 0..taking {
+            for slot in taken.iter_mut().take(taking) {
                 if after >= blocks {
                     torn = true;
                     break;
                 }
+                *slot = after as u16;
                 // ORDERING: Acquire pairs with the Release of every store to a state word (and the
                 // release sequences their compare-exchanges continue). A block's word changes
                 // only after someone popped it; so if we read a changed word, that pop happens
@@ -155,7 +161,7 @@ impl<'a> Span<'a> {
                 current = now;
                 continue;
             }
-            let popped = Anchor { head: after, count: anchor.count - taking, ..anchor }.bumped();
+            let popped = Anchor { head: after, count: anchor.count - taking as u64, ..anchor }.bumped();
             // ORDERING: Acquire on success, as in `pop`.
             match self.anchor.compare_exchange_weak(
                 current,
@@ -164,15 +170,12 @@ impl<'a> Span<'a> {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    // The taken blocks are ours now; nobody rewrites their links.
-                    let mut index = anchor.head;
-                    for _ in 0..taking {
-                        let next =
-                            BlockState::decode(self.states[index as usize].load(Ordering::Relaxed)).low;
-                        take(index);
-                        index = next;
+                    // The recorded blocks are ours now (in a corrupted heap whose list loops, an
+                    // index may repeat; the caller sees it twice and must cope).
+                    for &index in &taken[..taking] {
+                        take(index as u64);
                     }
-                    return Ok(taking);
+                    return Ok(taking as u64);
                 }
                 Err(actual) => current = actual,
             }
