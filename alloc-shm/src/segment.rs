@@ -12,7 +12,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alloc_core::layout::{Geometry, DEFAULT_PAGE_SHIFT, HEADER_WORDS};
@@ -43,10 +44,35 @@ const _: () = assert!(host::ATTACH_TABLE + host::ATTACH_SLOTS <= HEADER_WORDS);
 /// How long `attach` waits for a pool whose creator is still initialising it.
 pub const READY_WAIT: Duration = Duration::from_secs(2);
 
-/// This process's id.
+/// This process's id, cached: it is recorded as the owner of every allocation, and `getpid` is a
+/// system call. A `fork` child must not record its parent's id, so the child forgets the cached
+/// value (a `pthread_atfork` hook) and asks again.
 pub fn current_pid() -> u32 {
-    rustix::process::getpid().as_raw_nonzero().get() as u32
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static FORK_HOOK: Once = Once::new();
+    extern "C" fn forget_pid_in_child() {
+        PID.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+    let cached = PID.load(std::sync::atomic::Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    FORK_HOOK.call_once(|| {
+        // SAFETY: registers a handler that only stores to an atomic, which is async-signal
+        // safe as a fork child handler must be. If registration fails the cache is never
+        // filled below, so a stale id is never used.
+        let registered = unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) } == 0;
+        HOOKED.store(registered, std::sync::atomic::Ordering::Relaxed);
+    });
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    if HOOKED.load(std::sync::atomic::Ordering::Relaxed) {
+        PID.store(pid, std::sync::atomic::Ordering::Relaxed);
+    }
+    pid
 }
+
+/// Whether the fork hook of [`current_pid`] is in place (only then is the id cached).
+static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Whether process `pid` exists (EPERM: it exists, but is not ours to signal).
 pub fn process_alive(pid: u32) -> bool {

@@ -274,3 +274,31 @@ fn ownership_can_be_handed_over_or_given_to_the_pool() {
     let report = pool.reclaim_dead().expect("consistent");
     assert!(report.freed.is_empty(), "pool-owned allocations are never reclaimed");
 }
+
+#[test]
+fn a_forked_child_records_its_own_pid_as_owner() {
+    let pool = TestPool::new("fork", 4 * MIB);
+    let parent = pool.alloc(64).expect("space");
+    assert_eq!(parent.owner, Owner(std::process::id()));
+    // SAFETY: the child only allocates, writes to a pipe and exits with `_exit`; the test
+    // harness's other threads are not touched in the child.
+    let (reader, mut writer) = std::io::pipe().expect("pipe");
+    let pid = unsafe { libc_fork() };
+    if pid == 0 {
+        let child = pool.alloc(64).map(|a| a.owner.0 == std::process::id()).unwrap_or(false);
+        let _ = std::io::Write::write_all(&mut writer, &[u8::from(child)]);
+        // SAFETY: leave the forked copy of the test harness without running its destructors.
+        unsafe { libc_exit(0) };
+    }
+    drop(writer);
+    let mut verdict = [0u8; 1];
+    std::io::Read::read_exact(&mut &reader, &mut verdict).expect("child reported");
+    assert_eq!(verdict[0], 1, "the child recorded its own pid, not the parent's");
+}
+
+extern "C" {
+    #[link_name = "fork"]
+    fn libc_fork() -> i32;
+    #[link_name = "_exit"]
+    fn libc_exit(code: i32) -> !;
+}

@@ -9,7 +9,11 @@
 //!   their descriptors to stdout, then exit.
 //! - `receive`: read allocation descriptors from stdin, verify and free each; reports
 //!   `@@ verified N failed M`.
-//! - `pingpong POOL ROUNDS`: the far side of the wake-latency benchmark (see benches).
+//! - `pingpong POOL ROUNDS`: the far side of the wake-latency benchmark: blocks in
+//!   `alloc_blocking` on a full pool, writes the monotonic time it woke (8 bytes) to stdout,
+//!   frees, and waits for a byte on stdin before blocking again.
+//! - `pairs POOL PAIRS`: builds a working set of 1024 blocks, reports `@@ ready`, waits for a
+//!   byte on stdin, runs PAIRS cached 64 B alloc+free pairs, reports `@@ nanos N`.
 //! - `create NAME MIB`: create a pool and exit without destroying it (an abandoned pool).
 
 use std::io::{BufReader, BufWriter, Write};
@@ -30,6 +34,7 @@ fn main() -> ExitCode {
         ["send", pool, count] => attach(pool).and_then(|pool| send(&pool, parse(count)?)),
         ["receive"] => receive(),
         ["create", name, mib] => parse(mib).and_then(|mib| Pool::create(name, mib << 20)).map(|_| ()),
+        ["pairs", pool, count] => attach(pool).and_then(|pool| run_pairs(&pool, parse(count)?)),
         ["pingpong", pool, rounds] => attach(pool).and_then(|pool| pingpong(&pool, parse(rounds)?)),
         _ => Err(PoolError::InvalidArgument("usage: shmpool-child churn|wait|send|receive|pingpong ...")),
     };
@@ -141,18 +146,48 @@ fn receive() -> Result<(), PoolError> {
     Ok(())
 }
 
-/// Blocks on a full pool `rounds` times; the benchmark frees one block each time and measures
-/// how long this process takes to wake and report on stdout.
+/// Nanoseconds on the system-wide monotonic clock (comparable across processes).
+fn monotonic_nanos() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Blocks on a full pool `rounds` times; reports when each wait ended (see the module docs).
 fn pingpong(pool: &Pool, rounds: u64) -> Result<(), PoolError> {
     let mut out = std::io::stdout().lock();
-    let io = |source| PoolError::Io { operation: "reporting", source };
+    let mut input = std::io::stdin().lock();
+    let io = |source| PoolError::Io { operation: "talking to the benchmark", source };
     for _ in 0..rounds {
         let allocation = pool.alloc_blocking(4096, Some(Duration::from_secs(10)))?;
-        out.write_all(&[1]).and_then(|()| out.flush()).map_err(io)?;
+        let woke = monotonic_nanos();
+        out.write_all(&woke.to_le_bytes()).and_then(|()| out.flush()).map_err(io)?;
         pool.free(allocation.id)?;
-        // Wait for the benchmark to take the block back before blocking again.
         let mut go = [0u8; 1];
-        std::io::Read::read_exact(&mut std::io::stdin(), &mut go).map_err(io)?;
+        std::io::Read::read_exact(&mut input, &mut go).map_err(io)?;
     }
+    Ok(())
+}
+
+fn run_pairs(pool: &Pool, pairs: u64) -> Result<(), PoolError> {
+    let mut local = pool.local();
+    let mut ring = Vec::with_capacity(1024);
+    for _ in 0..1024 {
+        ring.push(local.alloc(64)?.id);
+    }
+    eprintln!("@@ ready");
+    let mut go = [0u8; 1];
+    std::io::Read::read_exact(&mut std::io::stdin(), &mut go)
+        .map_err(|source| PoolError::Io { operation: "waiting for the start", source })?;
+    let started = Instant::now();
+    for i in 0..pairs as usize {
+        let slot = i % ring.len();
+        local.free(ring[slot])?;
+        ring[slot] = local.alloc(64)?.id;
+    }
+    let nanos = started.elapsed().as_nanos();
+    for id in ring {
+        local.free(id)?;
+    }
+    eprintln!("@@ nanos {nanos}");
     Ok(())
 }
