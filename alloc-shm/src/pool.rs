@@ -334,6 +334,10 @@ impl Pool {
         self.mapping.heap().waiters()
     }
 
+    /// Lets go of this handle. The mapping goes away when the last handle of this process
+    /// (including allocation handles and arenas) is gone; the pool itself stays.
+    pub fn detach(self) {}
+
     /// Marks the pool destroyed in every process and removes its name. Processes still attached
     /// keep a valid mapping; their next call fails with [`PoolError::Destroyed`].
     pub fn destroy(&self) -> Result<()> {

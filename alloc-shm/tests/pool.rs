@@ -280,25 +280,56 @@ fn a_forked_child_records_its_own_pid_as_owner() {
     let pool = TestPool::new("fork", 4 * MIB);
     let parent = pool.alloc(64).expect("space");
     assert_eq!(parent.owner, Owner(std::process::id()));
-    // SAFETY: the child only allocates, writes to a pipe and exits with `_exit`; the test
-    // harness's other threads are not touched in the child.
     let (reader, mut writer) = std::io::pipe().expect("pipe");
-    let pid = unsafe { libc_fork() };
+    // SAFETY: the child only allocates, writes to a pipe and leaves with `_exit`; it touches
+    // no lock another thread of the test harness could have held at the fork.
+    let pid = unsafe { libc::fork() };
     if pid == 0 {
         let child = pool.alloc(64).map(|a| a.owner.0 == std::process::id()).unwrap_or(false);
         let _ = std::io::Write::write_all(&mut writer, &[u8::from(child)]);
-        // SAFETY: leave the forked copy of the test harness without running its destructors.
-        unsafe { libc_exit(0) };
+        // SAFETY: leaves the forked copy of the test harness without running its destructors.
+        unsafe { libc::_exit(0) };
     }
+    assert!(pid > 0, "fork failed");
     drop(writer);
     let mut verdict = [0u8; 1];
     std::io::Read::read_exact(&mut &reader, &mut verdict).expect("child reported");
     assert_eq!(verdict[0], 1, "the child recorded its own pid, not the parent's");
 }
 
-extern "C" {
-    #[link_name = "fork"]
-    fn libc_fork() -> i32;
-    #[link_name = "_exit"]
-    fn libc_exit(code: i32) -> !;
+
+#[test]
+fn attach_waits_for_a_pool_that_is_still_being_created() {
+    // A private directory keeps this test's files apart from /dev/shm's other pools.
+    let dir = std::path::PathBuf::from(format!("/dev/shm/shmpool-test-dir-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let options = PoolOptions { dir: dir.clone(), ..PoolOptions::default() };
+    let finished = Pool::create_with("finished", 4 * MIB, &options).expect("create");
+    let image = std::fs::read(finished.path()).expect("read");
+    finished.destroy().expect("destroy");
+    // Another "creator" has just opened the file, empty, and finishes it 200 ms later.
+    let path = alloc_shm::name::path_in(&dir, "slow");
+    std::fs::write(&path, b"").expect("empty file");
+    let writer = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            std::thread::sleep(Duration::from_millis(200));
+            std::fs::write(&path, image).expect("finish the pool");
+        }
+    });
+    let started = Instant::now();
+    let attached = Pool::attach_by_name_with("slow", &options);
+    writer.join().expect("writer");
+    assert!(started.elapsed() >= Duration::from_millis(150), "attach did not wait");
+    let pool = attached.expect("attached once the creator finished");
+    pool.check().expect("a valid pool");
+    // A file that never gets finished is reported as not ready, after a bounded wait.
+    let stuck = alloc_shm::name::path_in(&dir, "stuck");
+    std::fs::write(&stuck, b"").expect("empty file");
+    let started = Instant::now();
+    let result = Pool::attach_by_name_with("stuck", &options);
+    assert!(matches!(result, Err(PoolError::NotReady { .. })), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    pool.detach();
+    std::fs::remove_dir_all(&dir).expect("cleanup");
 }
