@@ -263,7 +263,8 @@ impl<'a> Heap<'a> {
         }
         match state {
             STATE_READY => {}
-            STATE_INITIALISING => return Err(Error::NotReady),
+            // 0: the magic is visible but the creator's first state store is not yet.
+            0 | STATE_INITIALISING => return Err(Error::NotReady),
             STATE_DESTROYED => return Err(Error::Destroyed),
             _ => return Err(Error::HeaderMismatch),
         }

@@ -297,7 +297,6 @@ fn a_forked_child_records_its_own_pid_as_owner() {
     assert_eq!(verdict[0], 1, "the child recorded its own pid, not the parent's");
 }
 
-
 #[test]
 fn attach_waits_for_a_pool_that_is_still_being_created() {
     // A private directory keeps this test's files apart from /dev/shm's other pools.
@@ -307,14 +306,22 @@ fn attach_waits_for_a_pool_that_is_still_being_created() {
     let finished = Pool::create_with("finished", 4 * MIB, &options).expect("create");
     let image = std::fs::read(finished.path()).expect("read");
     finished.destroy().expect("destroy");
-    // Another "creator" has just opened the file, empty, and finishes it 200 ms later.
+    // Another "creator" has just opened the file, empty, and finishes it 200 ms later the way
+    // `Pool::create` does: size the file, write everything, the state word last.
     let path = alloc_shm::name::path_in(&dir, "slow");
     std::fs::write(&path, b"").expect("empty file");
     let writer = std::thread::spawn({
         let path = path.clone();
         move || {
+            use std::os::unix::fs::FileExt;
             std::thread::sleep(Duration::from_millis(200));
-            std::fs::write(&path, image).expect("finish the pool");
+            let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+            file.set_len(image.len() as u64).expect("size");
+            let status_at = 8 * alloc_core::layout::header::STATUS;
+            let mut without_status = image.clone();
+            without_status[status_at..status_at + 8].fill(0);
+            file.write_all_at(&without_status, 0).expect("contents");
+            file.write_all_at(&image[status_at..status_at + 8], status_at as u64).expect("ready");
         }
     });
     let started = Instant::now();
