@@ -214,6 +214,19 @@ fn decode(bytes: &[u8]) -> Result<(u8, PoolDescriptor, Option<AllocFields>)> {
     Ok((kind, pool, alloc))
 }
 
+/// A descriptor as lowercase hex text (for command lines and environment variables).
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hex text back to bytes, or `None` if it is not hex.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
 /// Writes `descriptor` to a byte stream (a pipe, a socket) as one length byte and its bytes.
 pub fn write_frame(out: &mut impl std::io::Write, descriptor: &[u8]) -> std::io::Result<()> {
     debug_assert!(!descriptor.is_empty() && descriptor.len() <= MAX_LEN);
@@ -295,6 +308,15 @@ mod tests {
             assert!(matches!(AllocDescriptor::from_bytes(&bytes), Err(PoolError::InvalidDescriptor(_))));
         }
         assert!(matches!(PoolDescriptor::from_bytes(&good), Err(PoolError::InvalidDescriptor(_))));
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_non_hex() {
+        let bytes = sample().to_bytes();
+        assert_eq!(from_hex(&to_hex(&bytes)), Some(bytes));
+        for bad in ["a", "zz", "0g"] {
+            assert_eq!(from_hex(bad), None);
+        }
     }
 
     #[test]

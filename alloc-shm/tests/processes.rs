@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use alloc_shm::descriptor::to_hex;
 use alloc_shm::{verify, Pool, PoolError};
 use common::{unique_name, TestPool};
 
@@ -15,12 +16,8 @@ const CHILD: &str = env!("CARGO_BIN_EXE_shmpool-child");
 const TOOL: &str = env!("CARGO_BIN_EXE_shmpool");
 const MIB: u64 = 1 << 20;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn pool_arg(pool: &Pool) -> String {
-    hex(&pool.descriptor().expect("descriptor fits"))
+    to_hex(&pool.descriptor().expect("descriptor fits"))
 }
 
 /// The child's `@@` report lines (after it exited).

@@ -20,7 +20,7 @@ use std::io::{BufReader, BufWriter, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use alloc_shm::descriptor::{read_frame, write_end, write_frame};
+use alloc_shm::descriptor::{from_hex, read_frame, write_end, write_frame};
 use alloc_shm::{verify, Pool, PoolError};
 
 fn main() -> ExitCode {
@@ -51,16 +51,8 @@ fn parse(text: &str) -> Result<u64, PoolError> {
     text.parse().map_err(|_| PoolError::InvalidArgument("not a number"))
 }
 
-/// Hex text to bytes.
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
-}
-
 fn attach(descriptor: &str) -> Result<Pool, PoolError> {
-    Pool::attach(&unhex(descriptor).ok_or(PoolError::InvalidDescriptor("not hex"))?)
+    Pool::attach(&from_hex(descriptor).ok_or(PoolError::InvalidDescriptor("not hex"))?)
 }
 
 fn churn(pool: &Pool, seed: u64) -> Result<(), PoolError> {

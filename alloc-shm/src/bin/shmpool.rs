@@ -2,7 +2,7 @@
 
 use std::io::{BufReader, Read, Write};
 
-use alloc_shm::descriptor::{read_frame, write_end, write_frame};
+use alloc_shm::descriptor::{from_hex, read_frame, to_hex, write_end, write_frame};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -240,7 +240,7 @@ fn demo(workers: usize, messages: u64, pool_mib: u64) -> Outcome {
 fn run_demo(pool: &Pool, workers: usize, messages: u64) -> Outcome {
     let exe =
         std::env::current_exe().map_err(|source| PoolError::Io { operation: "finding shmpool", source })?;
-    let descriptor = hex(&pool.descriptor()?);
+    let descriptor = to_hex(&pool.descriptor()?);
     println!(
         "demo: {workers} processes in a ring, {messages} allocations each (64 B - 64 KiB), pool {} ({})",
         pool.name(),
@@ -316,7 +316,7 @@ fn run_demo(pool: &Pool, workers: usize, messages: u64) -> Outcome {
 }
 
 fn demo_worker(descriptor: &str, index: u64, messages: u64) -> Outcome {
-    let bytes = unhex(descriptor).ok_or(PoolError::InvalidDescriptor("not hex"))?;
+    let bytes = from_hex(descriptor).ok_or(PoolError::InvalidDescriptor("not hex"))?;
     let pool = Pool::attach(&bytes)?;
     let receiver = {
         let pool = pool.clone();
@@ -385,15 +385,4 @@ fn receive(pool: &Pool) -> (u64, u64, u64) {
         }
     }
     (verified, bytes, failures)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }

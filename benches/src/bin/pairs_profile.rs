@@ -1,6 +1,6 @@
 //! A fixed workload for instruction-level profiling (`valgrind --tool=callgrind`): 64-byte
-//! alloc+free pairs against a working set, through a cache. Prints instructions nothing; run
-//! `scripts/bench --profile` to get the annotated counts.
+//! alloc+free pairs against a working set, through a cache. It prints nothing;
+//! `scripts/bench --profile` runs it under callgrind and reports instructions per pair.
 
 use benches::{pairs_with_working_set, SharedMemory, Shm};
 

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use alloc_shm::descriptor::to_hex;
 use alloc_shm::Pool;
 
 fn child_exe() -> PathBuf {
@@ -19,10 +20,6 @@ fn child_exe() -> PathBuf {
     let child = exe.with_file_name("shmpool-child");
     assert!(child.exists(), "build the helper first: cargo build --release -p alloc-shm --bins");
     child
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn bench_pool(label: &str, size: u64) -> Pool {
@@ -44,7 +41,7 @@ fn await_line(stderr: &mut BufReader<std::process::ChildStderr>, word: &str) -> 
 /// Aggregate ns per pair with `processes` processes doing `pairs` pairs each.
 fn throughput(processes: usize, pairs: u64) -> f64 {
     let pool = bench_pool("pairs", 256 << 20);
-    let descriptor = hex(&pool.descriptor().expect("fits"));
+    let descriptor = to_hex(&pool.descriptor().expect("fits"));
     let mut children: Vec<(Child, BufReader<_>)> = (0..processes)
         .map(|_| {
             let mut child = Command::new(child_exe())
@@ -89,7 +86,7 @@ fn wake_latency(rounds: usize) -> (f64, f64) {
         held.push(a);
     }
     let mut child = Command::new(child_exe())
-        .args(["pingpong", &hex(&pool.descriptor().expect("fits")), &rounds.to_string()])
+        .args(["pingpong", &to_hex(&pool.descriptor().expect("fits")), &rounds.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
