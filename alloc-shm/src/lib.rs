@@ -31,6 +31,7 @@ mod pool;
 mod segment;
 pub mod verify;
 
+pub use alloc_core::layout::CLASS_SIZES;
 pub use alloc_core::{alloc_type, AllocId, AllocOptions, Allocation, Owner, Repaired, Stats};
 pub use error::{PoolError, Result};
 pub use handle::{Arena, LocalPool, OwnedAlloc};

@@ -1,0 +1,113 @@
+"""shmpool: lock-free shared-memory pools.
+
+Allocate in one process, hand the allocation to another (by pickling it, or by its
+`serialize()`d bytes), and both see the same bytes without a copy::
+
+    import numpy, shmpool
+    with shmpool.MemoryPool(64 * 2**20, "demo") as pool:
+        a = pool.alloc(8 * 1024)
+        array = numpy.frombuffer(a, dtype=numpy.float64)   # zero-copy, writable
+        array[:] = 1.0
+        # pickle.dumps(a) / a.serialize() travel to another process
+
+The API follows Dragon's ``dragon.managed_memory``; ``shmpool.dragon`` offers Dragon's names.
+"""
+
+from enum import IntEnum
+
+from ._exceptions import (
+    InvalidAllocationError,
+    InvalidDescriptorError,
+    InvalidNameError,
+    PoolAttachError,
+    PoolCorruptError,
+    PoolCreateError,
+    PoolDestroyedError,
+    PoolDetachedError,
+    PoolError,
+    PoolExistsError,
+    PoolFullError,
+    PoolNotFoundError,
+    PoolPermissionError,
+    PoolTimeoutError,
+)
+from ._shmpool import MemoryAlloc, MemoryAllocations, MemoryPool
+
+
+class AllocType(IntEnum):
+    """Allocation types with a meaning fixed by Dragon; values 4-255 are free for users."""
+
+    DATA = 0
+    CHANNEL = 1
+    CHANNEL_BUFFER = 2
+    BOOTSTRAP = 3
+
+
+class Arena:
+    """Allocations that are all freed together when the arena exits or is collected
+    (cymem's ``Pool``, over shared memory). Make one with ``pool.arena()``."""
+
+    def __init__(self, pool):
+        self._pool = pool
+        self._allocations = []
+
+    def alloc(self, size, alloc_type=AllocType.DATA):
+        """Allocate ``size`` bytes that live as long as the arena."""
+        allocation = self._pool.alloc(size, int(alloc_type))
+        self._allocations.append(allocation)
+        return allocation
+
+    def __len__(self):
+        return len(self._allocations)
+
+    def free_all(self):
+        """Free everything the arena handed out (already freed ones are skipped). Raises
+        ``BufferError`` for allocations whose memoryviews are still alive, after freeing the rest."""
+        busy = []
+        while self._allocations:
+            allocation = self._allocations.pop()
+            try:
+                allocation.free()
+            except BufferError:
+                busy.append(allocation)
+            except (InvalidAllocationError, PoolDestroyedError, PoolDetachedError):
+                pass
+        if busy:
+            self._allocations = busy
+            raise BufferError(f"{len(busy)} arena allocation(s) still have live memoryviews")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.free_all()
+        return False
+
+    def __del__(self):
+        try:
+            self.free_all()
+        except Exception:
+            pass
+
+
+__all__ = [
+    "AllocType",
+    "Arena",
+    "InvalidAllocationError",
+    "InvalidDescriptorError",
+    "InvalidNameError",
+    "MemoryAlloc",
+    "MemoryAllocations",
+    "MemoryPool",
+    "PoolAttachError",
+    "PoolCorruptError",
+    "PoolCreateError",
+    "PoolDestroyedError",
+    "PoolDetachedError",
+    "PoolError",
+    "PoolExistsError",
+    "PoolFullError",
+    "PoolNotFoundError",
+    "PoolPermissionError",
+    "PoolTimeoutError",
+]

@@ -1,0 +1,136 @@
+"""Type stubs for the compiled part of shmpool (see the docstrings at runtime for details)."""
+
+from typing import Any, Iterator, Optional, Union
+
+from . import Arena
+
+_Buffer = Union[bytes, bytearray, memoryview]
+
+class MemoryPool:
+    """A pool of shared memory that any process can attach."""
+
+    def __init__(
+        self,
+        size: int,
+        fname: str,
+        uid: Optional[int] = None,
+        *,
+        min_block_size: Optional[int] = None,
+        max_allocations: Optional[int] = None,
+        mode: int = 0o600,
+    ) -> None: ...
+    @staticmethod
+    def attach(serialized: _Buffer) -> MemoryPool:
+        """Attach the pool a serialize()d descriptor names."""
+    @staticmethod
+    def attach_by_name(fname: str) -> MemoryPool:
+        """Attach pool `fname` in /dev/shm."""
+    def serialize(self) -> bytes:
+        """The pool's descriptor (at most 128 bytes)."""
+    def detach(self) -> None:
+        """Let go of this handle; refused while buffer views are alive."""
+    def destroy(self) -> None:
+        """Destroy the pool in every process and remove its name."""
+    def __enter__(self) -> MemoryPool: ...
+    def __exit__(self, *exc: Any) -> bool: ...
+    def alloc(self, size: int, alloc_type: int = 0) -> MemoryAlloc:
+        """Allocate `size` bytes."""
+    def alloc_blocking(self, size: int, timeout: Optional[float] = None, alloc_type: int = 0) -> MemoryAlloc:
+        """Allocate, waiting (GIL released, Ctrl-C honoured) while the pool is full."""
+    def free(self, alloc: MemoryAlloc) -> None:
+        """Free `alloc`."""
+    def realloc(self, alloc: MemoryAlloc, size: int) -> MemoryAlloc:
+        """Resize `alloc`; on failure the original is untouched."""
+    def get_allocations(self, alloc_type: Optional[int] = None) -> MemoryAllocations:
+        """A snapshot of the live allocations."""
+    def allocation_exists(self, *args: int) -> bool:
+        """allocation_exists(id) or allocation_exists(alloc_type, id)."""
+    def alloc_from_id(self, id: int) -> MemoryAlloc:
+        """The live allocation with this id."""
+    def get_alloc_by_id(self, alloc_type: int, id: int) -> MemoryAlloc:
+        """Dragon's lookup by type and id."""
+    @property
+    def size(self) -> int:
+        """Total bytes of the pool."""
+    @property
+    def free_space(self) -> int:
+        """Bytes not used by allocations."""
+    @property
+    def utilization(self) -> float:
+        """Percentage of the data area in use."""
+    @property
+    def current_allocations(self) -> int:
+        """Live allocations."""
+    @property
+    def max_allocations(self) -> int:
+        """The most allocations the pool could hold."""
+    @property
+    def free_blocks(self) -> dict[int, int]:
+        """Free blocks per size class (key 0: the largest free run of pages, in bytes)."""
+    @property
+    def uid(self) -> int:
+        """The creator's uid."""
+    @property
+    def muid(self) -> int:
+        """A number unique to this pool."""
+    @property
+    def name(self) -> str:
+        """The pool's name."""
+    def reclaim_dead(self) -> list[tuple[int, int, int]]:
+        """Free the allocations of dead processes; [(id, owner_pid, size)]."""
+    def check(self) -> dict[str, int]:
+        """Verify every invariant; usage figures."""
+    def arena(self) -> Arena:
+        """An arena whose allocations are freed together."""
+
+class MemoryAlloc:
+    """One allocation; supports the buffer protocol (zero-copy, writable)."""
+
+    @property
+    def size(self) -> int:
+        """Bytes (of this window, after clone)."""
+    @property
+    def id(self) -> int:
+        """The allocation's id."""
+    @property
+    def alloc_type(self) -> int:
+        """The allocation's type."""
+    @property
+    def offset(self) -> int:
+        """Byte offset in the pool."""
+    @property
+    def pool(self) -> MemoryPool:
+        """The allocation's pool."""
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int) -> memoryview: ...
+    def serialize(self) -> bytes:
+        """The allocation's descriptor (at most 128 bytes)."""
+    @staticmethod
+    def attach(serialized: _Buffer) -> MemoryAlloc:
+        """The allocation a descriptor names (attaching its pool on demand)."""
+    def detach(self) -> None:
+        """Let go of this handle without freeing; refused while views are alive."""
+    def free(self) -> None:
+        """Free the allocation; BufferError while views are alive."""
+    def get_memview(self) -> memoryview:
+        """A writable memoryview of the bytes."""
+    def clone(self, offset: int = 0, length: Optional[int] = None) -> MemoryAlloc:
+        """A handle on part of the allocation (no copy)."""
+    def copy(self, pool: Optional[MemoryPool] = None, timeout: Optional[float] = None) -> MemoryAlloc:
+        """A new allocation holding a copy of the bytes."""
+    def clear(self, start: int = 0, stop: Optional[int] = None) -> None:
+        """Zero bytes start..stop."""
+
+class MemoryAllocations:
+    """A snapshot of a pool's live allocations."""
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[int]: ...
+    def __getitem__(self, index: int) -> int: ...
+    @property
+    def num_allocs(self) -> int:
+        """Number of allocations."""
+    def alloc_type(self, index: int) -> int:
+        """The type of allocation `index`."""
+    def alloc_id(self, index: int) -> int:
+        """The id of allocation `index`."""

@@ -1,0 +1,325 @@
+//! `MemoryAlloc`: one allocation (or a window of one, after `clone`), exposing its bytes through
+//! the buffer protocol without copying.
+//!
+//! Views are counted: while any `memoryview` (or numpy array) of the memory is alive, `free()`
+//! and the pool's `detach()` raise `BufferError` instead of leaving a dangling view. A view
+//! holds a reference to its `MemoryAlloc`, which holds the pool mapping, so the memory stays
+//! mapped for as long as the view lives, whatever happens to the handles.
+
+use std::os::raw::c_int;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use alloc_shm::{Allocation, Pool};
+use pyo3::exceptions::{PyBufferError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors::{exported, raise, size_arg, timeout_arg, IntoPy};
+use crate::pool::MemoryPool;
+
+/// One allocation in a pool. Supports the buffer protocol (`memoryview(a)`,
+/// `numpy.frombuffer(a, ...)`): writable and zero-copy.
+#[pyclass(frozen, module = "shmpool")]
+pub struct MemoryAlloc {
+    pool_object: Py<MemoryPool>,
+    pool: Pool,
+    allocation: Allocation,
+    /// The window of the allocation this object shows: `start..start + length`.
+    start: u64,
+    length: u64,
+    /// Freed or detached through this object: no further use.
+    done: AtomicBool,
+    exports: AtomicUsize,
+}
+
+impl MemoryAlloc {
+    pub(crate) fn new(pool_object: Py<MemoryPool>, pool: Pool, allocation: Allocation) -> MemoryAlloc {
+        MemoryAlloc {
+            pool_object,
+            pool,
+            allocation,
+            start: 0,
+            length: allocation.size,
+            done: AtomicBool::new(false),
+            exports: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn alloc_type(&self) -> u8 {
+        self.allocation.alloc_type
+    }
+
+    /// Fails unless this object may still be used and its allocation is live.
+    fn ensure_live(&self, py: Python<'_>) -> PyResult<()> {
+        if self.done.load(Ordering::Acquire) {
+            return Err(raise(
+                py,
+                "InvalidAllocationError",
+                format!("allocation {} was freed or detached", self.allocation.id.0),
+            ));
+        }
+        let live = self.pool.lookup(self.allocation.id).py_err(py)?;
+        if live.offset != self.allocation.offset {
+            return Err(raise(py, "InvalidAllocationError", "allocation moved".to_owned()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn free(&self, py: Python<'_>) -> PyResult<()> {
+        let views = self.exports.load(Ordering::Acquire);
+        if views > 0 {
+            return Err(exported("free the allocation", views));
+        }
+        if self.done.swap(true, Ordering::AcqRel) {
+            return Err(raise(
+                py,
+                "InvalidAllocationError",
+                format!("allocation {} was already freed or detached", self.allocation.id.0),
+            ));
+        }
+        let pool = self.pool.clone();
+        let id = self.allocation.id;
+        py.detach(|| pool.free(id)).py_err(py)
+    }
+
+    pub(crate) fn realloc(
+        &self,
+        py: Python<'_>,
+        pool_object: Py<MemoryPool>,
+        size: u64,
+    ) -> PyResult<MemoryAlloc> {
+        let views = self.exports.load(Ordering::Acquire);
+        if views > 0 {
+            return Err(exported("resize the allocation", views));
+        }
+        self.ensure_live(py)?;
+        let resized = self.pool.realloc(self.allocation.id, size).py_err(py)?;
+        if resized.id != self.allocation.id {
+            self.done.store(true, Ordering::Release);
+        }
+        Ok(MemoryAlloc::new(pool_object, self.pool.clone(), resized))
+    }
+
+    fn window(&self, py: Python<'_>, start: u64, stop: Option<u64>) -> PyResult<(u64, u64)> {
+        let stop = stop.unwrap_or(self.length);
+        if start > stop || stop > self.length {
+            return Err(PyValueError::new_err(format!(
+                "range {start}..{stop} is outside 0..{}",
+                self.length
+            )));
+        }
+        let _ = py;
+        Ok((start, stop))
+    }
+}
+
+#[pymethods]
+impl MemoryAlloc {
+    /// Bytes of the allocation (of this window, after `clone`).
+    #[getter]
+    fn size(&self) -> u64 {
+        self.length
+    }
+
+    fn __len__(&self) -> usize {
+        self.length as usize
+    }
+
+    /// The allocation's id, unique over the pool's life.
+    #[getter]
+    fn id(&self) -> u64 {
+        self.allocation.id.0
+    }
+
+    /// The allocation's type (see `shmpool.AllocType`).
+    #[getter(alloc_type)]
+    fn py_alloc_type(&self) -> u8 {
+        self.allocation.alloc_type
+    }
+
+    /// Byte offset of (this window of) the allocation in its pool.
+    #[getter]
+    fn offset(&self) -> u64 {
+        self.allocation.offset + self.start
+    }
+
+    /// The pool the allocation belongs to.
+    #[getter]
+    fn pool(&self, py: Python<'_>) -> Py<MemoryPool> {
+        self.pool_object.clone_ref(py)
+    }
+
+    /// The allocation's descriptor (bytes, at most 128): `MemoryAlloc.attach` in any process.
+    fn serialize<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let descriptor = self.pool.alloc_descriptor(&self.allocation).py_err(py)?;
+        Ok(PyBytes::new(py, &descriptor))
+    }
+
+    /// The allocation a descriptor names, attaching its pool if this process has not yet.
+    #[staticmethod]
+    fn attach(py: Python<'_>, serialized: &[u8]) -> PyResult<MemoryAlloc> {
+        let (pool, allocation) = alloc_shm::Pool::attach_alloc(serialized).py_err(py)?;
+        let pool_object = Py::new(py, MemoryPool::wrap(pool.clone(), false))?;
+        Ok(MemoryAlloc::new(pool_object, pool, allocation))
+    }
+
+    /// Lets go of this handle without freeing the allocation. Refused while views are alive.
+    fn detach(&self) -> PyResult<()> {
+        let views = self.exports.load(Ordering::Acquire);
+        if views > 0 {
+            return Err(exported("detach the allocation", views));
+        }
+        self.done.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Frees the allocation. Refused (BufferError) while views of it are alive.
+    #[pyo3(name = "free")]
+    fn py_free(&self, py: Python<'_>) -> PyResult<()> {
+        self.free(py)
+    }
+
+    /// A writable memoryview of the bytes (no copy); it keeps the memory mapped.
+    fn get_memview<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.py().import("builtins")?.getattr("memoryview")?.call1((slf,))
+    }
+
+    /// A handle on bytes `offset..offset + length` of this allocation (no copy; freeing it
+    /// frees the whole allocation).
+    #[pyo3(signature = (offset=0, length=None))]
+    fn clone(&self, py: Python<'_>, offset: i128, length: Option<i128>) -> PyResult<MemoryAlloc> {
+        self.ensure_live(py)?;
+        let offset = size_arg(py, offset)?;
+        let stop = match length {
+            None => None,
+            Some(length) => Some(
+                offset
+                    .checked_add(size_arg(py, length)?)
+                    .ok_or_else(|| PyValueError::new_err("range overflows"))?,
+            ),
+        };
+        let (start, stop) = self.window(py, offset, stop)?;
+        Ok(MemoryAlloc {
+            pool_object: self.pool_object.clone_ref(py),
+            pool: self.pool.clone(),
+            allocation: self.allocation,
+            start: self.start + start,
+            length: stop - start,
+            done: AtomicBool::new(false),
+            exports: AtomicUsize::new(0),
+        })
+    }
+
+    /// A new allocation holding a copy of these bytes, in `pool` (default: the same pool),
+    /// waiting up to `timeout` seconds for room (default: not at all).
+    #[pyo3(signature = (pool=None, timeout=None))]
+    fn copy(
+        &self,
+        py: Python<'_>,
+        pool: Option<Bound<'_, MemoryPool>>,
+        timeout: Option<f64>,
+    ) -> PyResult<MemoryAlloc> {
+        self.ensure_live(py)?;
+        let target = match pool {
+            Some(pool) => pool.unbind(),
+            None => self.pool_object.clone_ref(py),
+        };
+        let target_pool = target.get().pool(py)?;
+        let mut bytes = vec![0u8; self.length as usize];
+        self.pool.read(self.allocation.id, self.start, &mut bytes).py_err(py)?;
+        let options =
+            alloc_shm::AllocOptions { alloc_type: self.allocation.alloc_type, ..target_pool.options() };
+        let copy = match timeout_arg(timeout)? {
+            None if timeout.is_none() => target_pool.alloc_with(self.length, options),
+            wait => py.detach(|| target_pool.alloc_blocking_with(self.length, options, wait)),
+        }
+        .py_err(py)?;
+        target_pool.write(copy.id, 0, &bytes).py_err(py)?;
+        Ok(MemoryAlloc::new(target, target_pool, copy))
+    }
+
+    /// Sets bytes `start..stop` (default: all) to zero.
+    #[pyo3(signature = (start=0, stop=None))]
+    fn clear(&self, py: Python<'_>, start: i128, stop: Option<i128>) -> PyResult<()> {
+        self.ensure_live(py)?;
+        let start = size_arg(py, start)?;
+        let stop = stop.map(|stop| size_arg(py, stop)).transpose()?;
+        let (start, stop) = self.window(py, start, stop)?;
+        let zeros = vec![0u8; (stop - start) as usize];
+        self.pool.write(self.allocation.id, self.start + start, &zeros).py_err(py)
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.cast::<MemoryAlloc>().is_ok_and(|other| {
+            let other = other.get();
+            other.pool.path() == self.pool.path() && other.allocation.id == self.allocation.id
+        })
+    }
+
+    fn __hash__(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.pool.path().hash(&mut hasher);
+        self.allocation.id.0.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+        let py = slf.py();
+        let attach = py.get_type::<MemoryAlloc>().getattr("attach")?;
+        Ok((attach, (slf.get().serialize(py)?,)))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<shmpool.MemoryAlloc id={} size={} type={} in {:?}>",
+            self.allocation.id.0,
+            self.length,
+            self.allocation.alloc_type,
+            self.pool.name()
+        )
+    }
+
+    /// Exports the bytes as a writable, C-contiguous buffer of unsigned bytes.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.ensure_live(py)?;
+        let (base, len) = this.pool.bytes_ptr(this.allocation.id).py_err(py)?;
+        if (this.start + this.length) as usize > len {
+            return Err(PyBufferError::new_err("window outside the allocation"));
+        }
+        // Count first, so a concurrent free() sees the view before it exists.
+        this.exports.fetch_add(1, Ordering::AcqRel);
+        this.pool_object.get().exports.fetch_add(1, Ordering::AcqRel);
+        // SAFETY: (1) `view` is the buffer struct CPython passes to bf_getbuffer; (2) the
+        // memory `base + start .. + length` lies inside the live allocation (checked above),
+        // which stays mapped while the view holds `slf` (FillInfo takes a new reference);
+        // (3) the view is writable by design: the bytes belong to the allocation.
+        let filled = unsafe {
+            pyo3::ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                base.add(this.start as usize).cast(),
+                this.length as isize,
+                0,
+                flags,
+            )
+        };
+        if filled != 0 {
+            this.exports.fetch_sub(1, Ordering::AcqRel);
+            this.pool_object.get().exports.fetch_sub(1, Ordering::AcqRel);
+            return Err(PyErr::fetch(py));
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {
+        self.exports.fetch_sub(1, Ordering::AcqRel);
+        self.pool_object.get().exports.fetch_sub(1, Ordering::AcqRel);
+    }
+}

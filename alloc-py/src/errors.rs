@@ -1,0 +1,82 @@
+//! All error mapping of the binding: every `PoolError` variant to one exception class of
+//! `shmpool._exceptions` (defined in Python so that, say, `PoolFullError` can also be a
+//! `MemoryError`), plus the argument checks that raise builtins.
+
+use alloc_shm::PoolError;
+use pyo3::exceptions::{PyBufferError, PyValueError};
+use pyo3::prelude::*;
+
+/// The exception class `name` of `shmpool._exceptions`.
+fn class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    py.import("shmpool._exceptions")?.getattr(name)
+}
+
+/// A `shmpool._exceptions.{name}` error carrying `message`.
+pub fn raise(py: Python<'_>, name: &str, message: String) -> PyErr {
+    match class(py, name) {
+        Ok(cls) => PyErr::from_type(cls.cast_into().expect("exception classes are types"), message),
+        Err(error) => error,
+    }
+}
+
+/// Maps a pool error to its Python exception.
+pub fn to_py(py: Python<'_>, error: PoolError) -> PyErr {
+    let name = match &error {
+        PoolError::InvalidName { .. } => "InvalidNameError",
+        PoolError::AlreadyExists { .. } => "PoolExistsError",
+        PoolError::NotFound { .. } => "PoolNotFoundError",
+        PoolError::PermissionDenied { .. } | PoolError::WrongOwner { .. } => "PoolPermissionError",
+        PoolError::InvalidSize { .. } | PoolError::Create { .. } => "PoolCreateError",
+        PoolError::Attach { .. } | PoolError::NotAPool { .. } | PoolError::NotReady { .. } => {
+            "PoolAttachError"
+        }
+        PoolError::Destroyed { .. } => "PoolDestroyedError",
+        PoolError::Full { .. } | PoolError::TooLarge { .. } => "PoolFullError",
+        PoolError::Timeout { .. } => "PoolTimeoutError",
+        PoolError::InvalidAllocation { .. } => "InvalidAllocationError",
+        PoolError::InvalidDescriptor(_) => "InvalidDescriptorError",
+        PoolError::InvalidArgument(reason) => return PyValueError::new_err(*reason),
+        PoolError::Corrupt { .. } => "PoolCorruptError",
+        PoolError::Io { .. } => "PoolError",
+    };
+    raise(py, name, error.to_string())
+}
+
+/// Extension for `Result<T, PoolError>`: map to a Python exception.
+pub trait IntoPy<T> {
+    /// The value, or the pool error as a Python exception.
+    fn py_err(self, py: Python<'_>) -> PyResult<T>;
+}
+
+impl<T> IntoPy<T> for Result<T, PoolError> {
+    fn py_err(self, py: Python<'_>) -> PyResult<T> {
+        self.map_err(|error| to_py(py, error))
+    }
+}
+
+/// A size argument: negative is a `ValueError`; beyond `u64` can never fit (`PoolFullError`).
+pub fn size_arg(py: Python<'_>, size: i128) -> PyResult<u64> {
+    if size < 0 {
+        return Err(PyValueError::new_err(format!("size must not be negative, got {size}")));
+    }
+    u64::try_from(size)
+        .map_err(|_| raise(py, "PoolFullError", format!("{size} bytes can never fit in a pool")))
+}
+
+/// A timeout argument in seconds: `None` or infinity wait forever; negative or NaN is a
+/// `ValueError`.
+pub fn timeout_arg(timeout: Option<f64>) -> PyResult<Option<std::time::Duration>> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t.is_nan() || t < 0.0 => {
+            Err(PyValueError::new_err(format!("timeout must be None or a number >= 0, got {t}")))
+        }
+        Some(t) if t.is_infinite() => Ok(None),
+        Some(t) => Ok(Some(std::time::Duration::from_secs_f64(t))),
+    }
+}
+
+/// The error for freeing or detaching while memoryviews of the memory are alive.
+pub fn exported(what: &str, views: usize) -> PyErr {
+    PyBufferError::new_err(format!("cannot {what}: {views} buffer view(s) of its memory are still alive"))
+}

@@ -1,0 +1,25 @@
+//! The Python package `shmpool`, compiled part: `MemoryPool`, `MemoryAlloc` and
+//! `MemoryAllocations` over alloc-shm. Thin on purpose: argument conversion, the buffer
+//! protocol, pickling and exceptions; every allocator decision is alloc-shm's. The pure-Python
+//! parts (exceptions, `AllocType`, `Arena`, `shmpool.dragon`) live in `python/shmpool/`.
+
+mod alloc;
+mod errors;
+mod pool;
+
+use pyo3::prelude::*;
+
+/// The extension module `shmpool._shmpool`.
+#[pymodule]
+mod _shmpool {
+    #[pymodule_export]
+    use super::alloc::MemoryAlloc;
+    #[pymodule_export]
+    use super::pool::{MemoryAllocations, MemoryPool};
+}
+
+pub use alloc::MemoryAlloc;
+pub use pool::MemoryPool;
+
+/// Keeps `PyResult` in scope for the docs of the submodules.
+pub type Result<T> = PyResult<T>;

@@ -1,0 +1,402 @@
+//! `MemoryPool` and `MemoryAllocations`: Dragon's managed-memory pool API over alloc-shm.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use alloc_shm::{AllocId, AllocOptions, Owner, Pool, PoolError, PoolOptions};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+
+use crate::alloc::MemoryAlloc;
+use crate::errors::{exported, raise, size_arg, timeout_arg, IntoPy};
+
+/// A pool of shared memory that any process can attach. Create one with
+/// `MemoryPool(size, fname)`; attach one with `MemoryPool.attach(serialized)` or
+/// `MemoryPool.attach_by_name(fname)`. As a context manager, the handle that created the pool
+/// destroys it on exit and an attached handle detaches.
+#[pyclass(frozen, module = "shmpool")]
+pub struct MemoryPool {
+    handle: Mutex<Option<Pool>>,
+    creator: bool,
+    name: String,
+    /// Live buffer views of allocations made through this handle.
+    pub(crate) exports: AtomicUsize,
+}
+
+impl MemoryPool {
+    pub(crate) fn wrap(pool: Pool, creator: bool) -> MemoryPool {
+        MemoryPool {
+            name: pool.name().to_owned(),
+            handle: Mutex::new(Some(pool)),
+            creator,
+            exports: AtomicUsize::new(0),
+        }
+    }
+
+    /// The pool, or `PoolDetachedError` after `detach()`/`destroy()`.
+    pub(crate) fn pool(&self, py: Python<'_>) -> PyResult<Pool> {
+        let handle = self.handle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        handle.clone().ok_or_else(|| {
+            raise(py, "PoolDetachedError", format!("pool {:?}: this handle was detached", self.name))
+        })
+    }
+
+    fn options(py: Python<'_>, pool: &Pool, alloc_type: u8) -> PyResult<AllocOptions> {
+        let _ = py;
+        Ok(AllocOptions { alloc_type, ..pool.options() })
+    }
+}
+
+fn positive(name: &str, value: Option<i128>) -> PyResult<()> {
+    match value {
+        Some(v) if v <= 0 => Err(pyo3::exceptions::PyValueError::new_err(format!("{name} must be positive"))),
+        _ => Ok(()),
+    }
+}
+
+#[pymethods]
+impl MemoryPool {
+    /// Creates pool `fname` of `size` bytes (rounded up to pages), file mode `mode`.
+    /// `min_block_size` and `max_allocations` are accepted for Dragon compatibility: blocks
+    /// come in fixed size classes and the number of allocations is bounded only by space.
+    #[new]
+    #[pyo3(signature = (size, fname, uid=None, *, min_block_size=None, max_allocations=None, mode=0o600))]
+    fn new(
+        py: Python<'_>,
+        size: i128,
+        fname: &str,
+        uid: Option<u32>,
+        min_block_size: Option<i128>,
+        max_allocations: Option<i128>,
+        mode: u32,
+    ) -> PyResult<MemoryPool> {
+        let size = size_arg(py, size)?;
+        positive("min_block_size", min_block_size)?;
+        positive("max_allocations", max_allocations)?;
+        let options = PoolOptions { mode, uid, ..PoolOptions::default() };
+        let pool = py.detach(|| Pool::create_with(fname, size, &options)).py_err(py)?;
+        Ok(MemoryPool::wrap(pool, true))
+    }
+
+    /// Attaches the pool a `serialize()`d descriptor names.
+    #[staticmethod]
+    fn attach(py: Python<'_>, serialized: &[u8]) -> PyResult<MemoryPool> {
+        let pool = Pool::attach(serialized).py_err(py)?;
+        Ok(MemoryPool::wrap(pool, false))
+    }
+
+    /// Attaches pool `fname` in /dev/shm.
+    #[staticmethod]
+    fn attach_by_name(py: Python<'_>, fname: &str) -> PyResult<MemoryPool> {
+        let pool = Pool::attach_by_name(fname).py_err(py)?;
+        Ok(MemoryPool::wrap(pool, false))
+    }
+
+    /// The pool's descriptor (bytes, at most 128), for `MemoryPool.attach` in any process.
+    fn serialize<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let descriptor = self.pool(py)?.descriptor().py_err(py)?;
+        Ok(PyBytes::new(py, &descriptor))
+    }
+
+    /// Lets go of this handle (the pool stays). Refused while buffer views are alive.
+    fn detach(&self) -> PyResult<()> {
+        let views = self.exports.load(Ordering::Acquire);
+        if views > 0 {
+            return Err(exported("detach the pool", views));
+        }
+        self.handle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        Ok(())
+    }
+
+    /// Destroys the pool in every process and removes its name. Other handles get
+    /// `PoolDestroyedError` on their next call.
+    fn destroy(&self, py: Python<'_>) -> PyResult<()> {
+        let pool = self.pool(py)?;
+        py.detach(|| pool.destroy()).py_err(py)?;
+        self.handle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        Ok(())
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        if self.handle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_none() {
+            return Ok(false);
+        }
+        if self.creator {
+            self.destroy(py)?;
+        } else {
+            self.detach()?;
+        }
+        Ok(false)
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+        let py = slf.py();
+        let attach = py.get_type::<MemoryPool>().getattr("attach")?;
+        Ok((attach, (slf.get().serialize(py)?,)))
+    }
+
+    /// Allocates `size` bytes (0 gives a distinct valid allocation).
+    #[pyo3(signature = (size, alloc_type=0))]
+    fn alloc(slf: &Bound<'_, Self>, size: i128, alloc_type: u8) -> PyResult<MemoryAlloc> {
+        let py = slf.py();
+        let size = size_arg(py, size)?;
+        let pool = slf.get().pool(py)?;
+        let options = MemoryPool::options(py, &pool, alloc_type)?;
+        let allocation = pool.alloc_with(size, options).py_err(py)?;
+        Ok(MemoryAlloc::new(slf.clone().unbind(), pool, allocation))
+    }
+
+    /// Allocates, waiting (without the GIL) for a free in any process while the pool is
+    /// full. `timeout` is in seconds: None (or infinity) waits forever, 0 tries once.
+    /// Ctrl-C interrupts the wait.
+    #[pyo3(signature = (size, timeout=None, alloc_type=0))]
+    fn alloc_blocking(
+        slf: &Bound<'_, Self>,
+        size: i128,
+        timeout: Option<f64>,
+        alloc_type: u8,
+    ) -> PyResult<MemoryAlloc> {
+        let py = slf.py();
+        let size = size_arg(py, size)?;
+        let timeout = timeout_arg(timeout)?;
+        let pool = slf.get().pool(py)?;
+        let options = MemoryPool::options(py, &pool, alloc_type)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        const SLICE: Duration = Duration::from_millis(50);
+        loop {
+            let slice = match deadline {
+                None => SLICE,
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(SLICE),
+            };
+            match py.detach(|| pool.alloc_blocking_with(size, options, Some(slice))) {
+                Ok(allocation) => return Ok(MemoryAlloc::new(slf.clone().unbind(), pool, allocation)),
+                Err(PoolError::Timeout { .. }) if deadline.is_none_or(|d| Instant::now() < d) => {
+                    py.check_signals()?;
+                }
+                Err(error) => return Err(crate::errors::to_py(py, error)),
+            }
+        }
+    }
+
+    /// Frees `alloc` (as `alloc.free()`).
+    fn free(&self, alloc: &Bound<'_, MemoryAlloc>) -> PyResult<()> {
+        alloc.get().free(alloc.py())
+    }
+
+    /// Resizes `alloc` to `size` bytes: in place when it fits, else moved (the old handle
+    /// then refers to freed memory). On failure the original is untouched.
+    fn realloc(slf: &Bound<'_, Self>, alloc: &Bound<'_, MemoryAlloc>, size: i128) -> PyResult<MemoryAlloc> {
+        let py = slf.py();
+        let size = size_arg(py, size)?;
+        alloc.get().realloc(py, slf.clone().unbind(), size)
+    }
+
+    /// A snapshot of the live allocations, optionally of one type.
+    #[pyo3(signature = (alloc_type=None))]
+    fn get_allocations(&self, py: Python<'_>, alloc_type: Option<u8>) -> PyResult<MemoryAllocations> {
+        let pool = self.pool(py)?;
+        let entries = pool
+            .iter()
+            .filter(|a| alloc_type.is_none_or(|t| a.alloc_type == t))
+            .map(|a| (a.alloc_type, a.id.0))
+            .collect();
+        Ok(MemoryAllocations { entries })
+    }
+
+    /// `allocation_exists(id)` or Dragon's `allocation_exists(alloc_type, id)`.
+    #[pyo3(signature = (*args))]
+    fn allocation_exists(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        let pool = self.pool(py)?;
+        let (alloc_type, id) = type_and_id(args)?;
+        Ok(pool.lookup(AllocId(id)).is_ok_and(|a| alloc_type.is_none_or(|t| a.alloc_type == t)))
+    }
+
+    /// The live allocation with this id (InvalidAllocationError if there is none).
+    fn alloc_from_id(slf: &Bound<'_, Self>, id: u64) -> PyResult<MemoryAlloc> {
+        let py = slf.py();
+        let pool = slf.get().pool(py)?;
+        let allocation = pool.lookup(AllocId(id)).py_err(py)?;
+        Ok(MemoryAlloc::new(slf.clone().unbind(), pool, allocation))
+    }
+
+    /// Dragon's `get_alloc_by_id(alloc_type, id)`.
+    fn get_alloc_by_id(slf: &Bound<'_, Self>, alloc_type: u8, id: u64) -> PyResult<MemoryAlloc> {
+        let alloc = MemoryPool::alloc_from_id(slf, id)?;
+        if alloc.alloc_type() != alloc_type {
+            return Err(raise(
+                slf.py(),
+                "InvalidAllocationError",
+                format!("allocation {id} is not of type {alloc_type}"),
+            ));
+        }
+        Ok(alloc)
+    }
+
+    /// Total bytes of the pool.
+    #[getter]
+    fn size(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(self.pool(py)?.size())
+    }
+
+    /// Bytes not used by allocations.
+    #[getter]
+    fn free_space(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(self.pool(py)?.stats().py_err(py)?.free_bytes)
+    }
+
+    /// Percentage of the data area in use.
+    #[getter]
+    fn utilization(&self, py: Python<'_>) -> PyResult<f64> {
+        let stats = self.pool(py)?.stats().py_err(py)?;
+        Ok(100.0 * (stats.data_bytes - stats.free_bytes) as f64 / stats.data_bytes as f64)
+    }
+
+    /// Live allocations.
+    #[getter]
+    fn current_allocations(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(self.pool(py)?.stats().py_err(py)?.live_allocations)
+    }
+
+    /// The most allocations the pool could hold (all of the smallest size).
+    #[getter]
+    fn max_allocations(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(self.pool(py)?.data_bytes() / 16)
+    }
+
+    /// Free blocks per size class, `{block_size: count}`, plus the largest free run of pages
+    /// under the key 0.
+    #[getter]
+    fn free_blocks(&self, py: Python<'_>) -> PyResult<BTreeMap<u64, u64>> {
+        let stats = self.pool(py)?.stats().py_err(py)?;
+        let mut blocks: BTreeMap<u64, u64> = stats
+            .classes
+            .iter()
+            .zip(alloc_shm::CLASS_SIZES.iter())
+            .filter(|(c, _)| c.blocks > 0)
+            .map(|(c, &size)| (size as u64, c.blocks - c.live))
+            .collect();
+        blocks.insert(0, stats.largest_free_run);
+        Ok(blocks)
+    }
+
+    /// The uid of the pool's creator.
+    #[getter]
+    fn uid(&self, py: Python<'_>) -> PyResult<u32> {
+        Ok(self.pool(py)?.info().creator_uid)
+    }
+
+    /// A number unique to this pool (its nonce), as Dragon's `muid`.
+    #[getter]
+    fn muid(&self, py: Python<'_>) -> PyResult<u64> {
+        let descriptor = self.pool(py)?.descriptor().py_err(py)?;
+        let described = alloc_shm::descriptor::PoolDescriptor::from_bytes(&descriptor).py_err(py)?;
+        Ok(described.nonce)
+    }
+
+    /// The pool's name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Frees the allocations of processes that no longer exist; returns
+    /// `[(id, owner_pid, size), ...]`.
+    fn reclaim_dead(&self, py: Python<'_>) -> PyResult<Vec<(u64, u32, u64)>> {
+        let pool = self.pool(py)?;
+        let report = py.detach(|| pool.reclaim_dead()).py_err(py)?;
+        Ok(report.freed.into_iter().map(|(id, Owner(owner), size)| (id.0, owner, size)).collect())
+    }
+
+    /// Verifies every invariant of the pool's heap; returns usage figures as a dict.
+    fn check<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let pool = self.pool(py)?;
+        let stats = py.detach(|| pool.check()).py_err(py)?;
+        let dict = PyDict::new(py);
+        dict.set_item("data_bytes", stats.data_bytes)?;
+        dict.set_item("free_bytes", stats.free_bytes)?;
+        dict.set_item("live_allocations", stats.live_allocations)?;
+        dict.set_item("live_bytes", stats.live_bytes)?;
+        Ok(dict)
+    }
+
+    /// An arena: allocations made through it are all freed when it exits or is collected.
+    fn arena<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.py().import("shmpool")?.getattr("Arena")?.call1((slf,))
+    }
+
+    fn __repr__(&self) -> String {
+        let state = if self.handle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some() {
+            "attached"
+        } else {
+            "detached"
+        };
+        format!("<shmpool.MemoryPool {:?} ({state})>", self.name)
+    }
+}
+
+/// `(id)` or `(alloc_type, id)`.
+fn type_and_id(args: &Bound<'_, PyTuple>) -> PyResult<(Option<u8>, u64)> {
+    match args.len() {
+        1 => Ok((None, args.get_item(0)?.extract()?)),
+        2 => Ok((Some(args.get_item(0)?.extract()?), args.get_item(1)?.extract()?)),
+        n => Err(PyTypeError::new_err(format!("expected (id) or (alloc_type, id), got {n} arguments"))),
+    }
+}
+
+/// A snapshot of a pool's live allocations: their types and ids.
+#[pyclass(frozen, module = "shmpool")]
+pub struct MemoryAllocations {
+    entries: Vec<(u8, u64)>,
+}
+
+#[pymethods]
+impl MemoryAllocations {
+    fn __len__(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The ids, in pool order.
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let ids: Vec<u64> = self.entries.iter().map(|&(_, id)| id).collect();
+        ids.into_pyobject(py)?.try_iter().map(Bound::into_any)
+    }
+
+    fn __getitem__(&self, index: isize) -> PyResult<u64> {
+        Ok(self.entry(index)?.1)
+    }
+
+    /// Number of allocations.
+    #[getter]
+    fn num_allocs(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The type of allocation `index`.
+    fn alloc_type(&self, index: isize) -> PyResult<u8> {
+        Ok(self.entry(index)?.0)
+    }
+
+    /// The id of allocation `index`.
+    fn alloc_id(&self, index: isize) -> PyResult<u64> {
+        Ok(self.entry(index)?.1)
+    }
+}
+
+impl MemoryAllocations {
+    fn entry(&self, index: isize) -> PyResult<(u8, u64)> {
+        let len = self.entries.len() as isize;
+        let at = if index < 0 { index + len } else { index };
+        if !(0..len).contains(&at) {
+            return Err(pyo3::exceptions::PyIndexError::new_err("allocation index out of range"));
+        }
+        Ok(self.entries[at as usize])
+    }
+}

@@ -1,0 +1,35 @@
+"""Functions run in child processes by test_processes.py (importable under spawn)."""
+
+import os
+import time
+
+import shmpool
+
+
+def fill_pickled(allocation, value):
+    """Receives an allocation by pickle, fills it with ``value``."""
+    view = memoryview(allocation)
+    view[:] = bytes([value]) * len(view)
+    del view
+
+
+def fill_from_descriptor(descriptor, value):
+    """Receives an allocation's descriptor bytes, attaches, fills it with ``value``."""
+    allocation = shmpool.MemoryAlloc.attach(descriptor)
+    view = memoryview(allocation)
+    view[:] = bytes([value]) * len(view)
+    del view
+
+
+def free_from_descriptor(descriptor, delay):
+    """Frees the allocation a descriptor names, after ``delay`` seconds."""
+    time.sleep(delay)
+    shmpool.MemoryAlloc.attach(descriptor).free()
+
+
+def allocate_and_hang(pool_descriptor, count, ready):
+    """Allocates ``count`` blocks (owned by this process), reports, then waits to be killed."""
+    pool = shmpool.MemoryPool.attach(pool_descriptor)
+    held = [pool.alloc(1000) for _ in range(count)]
+    ready.put((os.getpid(), [a.id for a in held]))
+    time.sleep(60)
