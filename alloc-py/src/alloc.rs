@@ -77,9 +77,12 @@ impl MemoryAlloc {
                 format!("allocation {} was already freed or detached", self.allocation.id.0),
             ));
         }
-        let pool = self.pool.clone();
-        let id = self.allocation.id;
-        py.detach(|| pool.free(id)).py_err(py)
+        // Through the pool handle's cache while it is attached, else straight to the pool. A
+        // free never waits, so the GIL is kept (releasing it costs more than the free).
+        match self.pool_object.get().free_cached(self.allocation.id) {
+            Some(result) => result.py_err(py),
+            None => self.pool.free(self.allocation.id).py_err(py),
+        }
     }
 
     pub(crate) fn realloc(

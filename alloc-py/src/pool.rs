@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use alloc_shm::{AllocId, AllocOptions, Owner, Pool, PoolError, PoolOptions};
+use alloc_shm::{AllocId, AllocOptions, LocalPool, Owner, Pool, PoolError, PoolOptions};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
@@ -19,7 +19,9 @@ use crate::errors::{exported, raise, size_arg, timeout_arg, IntoPy};
 /// destroys it on exit and an attached handle detaches.
 #[pyclass(frozen, module = "shmpool")]
 pub struct MemoryPool {
-    handle: Mutex<Option<Pool>>,
+    /// This handle's view of the pool, with a block cache for the fast path (`None` once
+    /// detached). The GIL serialises Python threads anyway, so the lock is uncontended.
+    handle: Mutex<Option<LocalPool>>,
     creator: bool,
     name: String,
     /// Live buffer views of allocations made through this handle.
@@ -30,23 +32,34 @@ impl MemoryPool {
     pub(crate) fn wrap(pool: Pool, creator: bool) -> MemoryPool {
         MemoryPool {
             name: pool.name().to_owned(),
-            handle: Mutex::new(Some(pool)),
+            handle: Mutex::new(Some(pool.local())),
             creator,
             exports: AtomicUsize::new(0),
         }
     }
 
-    /// The pool, or `PoolDetachedError` after `detach()`/`destroy()`.
-    pub(crate) fn pool(&self, py: Python<'_>) -> PyResult<Pool> {
-        let handle = self.handle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        handle.clone().ok_or_else(|| {
-            raise(py, "PoolDetachedError", format!("pool {:?}: this handle was detached", self.name))
-        })
+    fn detached_error(&self, py: Python<'_>) -> PyErr {
+        raise(py, "PoolDetachedError", format!("pool {:?}: this handle was detached", self.name))
     }
 
-    fn options(py: Python<'_>, pool: &Pool, alloc_type: u8) -> PyResult<AllocOptions> {
-        let _ = py;
-        Ok(AllocOptions { alloc_type, ..pool.options() })
+    /// Runs `f` on this handle's cached view, or fails with `PoolDetachedError`.
+    pub(crate) fn with_local<R>(&self, py: Python<'_>, f: impl FnOnce(&mut LocalPool) -> R) -> PyResult<R> {
+        let mut handle = self.handle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match handle.as_mut() {
+            Some(local) => Ok(f(local)),
+            None => Err(self.detached_error(py)),
+        }
+    }
+
+    /// Frees `id` through this handle's cache; `None` if the handle was detached.
+    pub(crate) fn free_cached(&self, id: AllocId) -> Option<Result<(), PoolError>> {
+        let mut handle = self.handle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        handle.as_mut().map(|local| local.free(id))
+    }
+
+    /// The pool, or `PoolDetachedError` after `detach()`/`destroy()`.
+    pub(crate) fn pool(&self, py: Python<'_>) -> PyResult<Pool> {
+        self.with_local(py, |local| local.pool().clone())
     }
 }
 
@@ -148,9 +161,13 @@ impl MemoryPool {
     fn alloc(slf: &Bound<'_, Self>, size: i128, alloc_type: u8) -> PyResult<MemoryAlloc> {
         let py = slf.py();
         let size = size_arg(py, size)?;
-        let pool = slf.get().pool(py)?;
-        let options = MemoryPool::options(py, &pool, alloc_type)?;
-        let allocation = pool.alloc_with(size, options).py_err(py)?;
+        let (pool, allocation) = slf
+            .get()
+            .with_local(py, |local| {
+                let options = AllocOptions { alloc_type, ..local.pool().options() };
+                local.alloc_with(size, options).map(|allocation| (local.pool().clone(), allocation))
+            })?
+            .py_err(py)?;
         Ok(MemoryAlloc::new(slf.clone().unbind(), pool, allocation))
     }
 
@@ -168,7 +185,7 @@ impl MemoryPool {
         let size = size_arg(py, size)?;
         let timeout = timeout_arg(timeout)?;
         let pool = slf.get().pool(py)?;
-        let options = MemoryPool::options(py, &pool, alloc_type)?;
+        let options = AllocOptions { alloc_type, ..pool.options() };
         let deadline = timeout.map(|t| Instant::now() + t);
         const SLICE: Duration = Duration::from_millis(50);
         loop {

@@ -102,6 +102,11 @@ impl LocalPool {
     /// Allocates `size` bytes owned by this process.
     pub fn alloc(&mut self, size: u64) -> Result<Allocation> {
         let options = self.pool.options();
+        self.alloc_with(size, options)
+    }
+
+    /// Allocates with explicit alignment, type and owner.
+    pub fn alloc_with(&mut self, size: u64, options: alloc_core::AllocOptions) -> Result<Allocation> {
         let heap = self.pool.mapping().heap();
         heap.alloc_with(&mut self.cache, size, options)
             .map_err(|cause| PoolError::from_heap(self.pool.name(), cause))
