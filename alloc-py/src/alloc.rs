@@ -77,6 +77,7 @@ impl MemoryAlloc {
                 format!("allocation {} was already freed or detached", self.allocation.id.0),
             ));
         }
+        crate::trace::freeing(py, &self.pool, &self.allocation);
         // Through the pool handle's cache while it is attached, else straight to the pool. A
         // free never waits, so the GIL is kept (releasing it costs more than the free).
         match self.pool_object.get().free_cached(self.allocation.id) {
@@ -96,7 +97,16 @@ impl MemoryAlloc {
             return Err(exported("resize the allocation", views));
         }
         self.ensure_live(py)?;
-        let resized = self.pool.realloc(self.allocation.id, size).py_err(py)?;
+        crate::trace::freeing(py, &self.pool, &self.allocation);
+        let resized = self.pool.realloc(self.allocation.id, size);
+        let resized = match resized {
+            Ok(resized) => resized,
+            Err(error) => {
+                crate::trace::allocated(py, &self.pool, &self.allocation);
+                return Err(crate::errors::to_py(py, error));
+            }
+        };
+        crate::trace::allocated(py, &self.pool, &resized);
         if resized.id != self.allocation.id {
             self.done.store(true, Ordering::Release);
         }
@@ -238,6 +248,7 @@ impl MemoryAlloc {
         }
         .py_err(py)?;
         target_pool.write(copy.id, 0, &bytes).py_err(py)?;
+        crate::trace::allocated(py, &target_pool, &copy);
         Ok(MemoryAlloc::new(target, target_pool, copy))
     }
 

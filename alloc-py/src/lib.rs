@@ -6,6 +6,7 @@
 mod alloc;
 mod errors;
 mod pool;
+mod trace;
 
 use pyo3::prelude::*;
 
@@ -16,6 +17,10 @@ mod _shmpool {
     use super::alloc::MemoryAlloc;
     #[pymodule_export]
     use super::pool::{MemoryAllocations, MemoryPool};
+    #[pymodule_export]
+    use super::trace::trace_allocations;
+    #[pymodule_export]
+    const TRACEMALLOC_DOMAIN: u32 = super::trace::DOMAIN;
 }
 
 pub use alloc::MemoryAlloc;

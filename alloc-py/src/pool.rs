@@ -168,6 +168,7 @@ impl MemoryPool {
                 local.alloc_with(size, options).map(|allocation| (local.pool().clone(), allocation))
             })?
             .py_err(py)?;
+        crate::trace::allocated(py, &pool, &allocation);
         Ok(MemoryAlloc::new(slf.clone().unbind(), pool, allocation))
     }
 
@@ -194,7 +195,10 @@ impl MemoryPool {
                 Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(SLICE),
             };
             match py.detach(|| pool.alloc_blocking_with(size, options, Some(slice))) {
-                Ok(allocation) => return Ok(MemoryAlloc::new(slf.clone().unbind(), pool, allocation)),
+                Ok(allocation) => {
+                    crate::trace::allocated(py, &pool, &allocation);
+                    return Ok(MemoryAlloc::new(slf.clone().unbind(), pool, allocation));
+                }
                 Err(PoolError::Timeout { .. }) if deadline.is_none_or(|d| Instant::now() < d) => {
                     py.check_signals()?;
                 }

@@ -121,3 +121,29 @@ def test_realloc_keeps_the_bytes(pool):
     with pytest.raises(shmpool.PoolFullError):
         pool.realloc(bigger, 2**40)
     assert pool.allocation_exists(bigger.id), "a failed realloc keeps the original"
+
+
+def test_tracemalloc_accounts_pool_allocations_when_enabled(pool):
+    import tracemalloc
+
+    def traced():
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.DomainFilter(inclusive=True, domain=shmpool.TRACEMALLOC_DOMAIN)]
+        )
+        return sum(trace.size for trace in snapshot.traces)
+
+    tracemalloc.start()
+    try:
+        untraced = pool.alloc(777)
+        shmpool.trace_allocations(True)
+        a = pool.alloc(12_345)
+        b = pool.alloc(100)
+        assert traced() == 12_445
+        a.free()
+        assert traced() == 100
+        b.free()
+        assert traced() == 0
+        untraced.free()
+    finally:
+        shmpool.trace_allocations(False)
+        tracemalloc.stop()

@@ -31,7 +31,7 @@ from ._exceptions import (
     PoolPermissionError,
     PoolTimeoutError,
 )
-from ._shmpool import MemoryAlloc, MemoryAllocations, MemoryPool
+from ._shmpool import TRACEMALLOC_DOMAIN, MemoryAlloc, MemoryAllocations, MemoryPool, trace_allocations
 
 
 class AllocType(IntEnum):
@@ -110,4 +110,6 @@ __all__ = [
     "PoolNotFoundError",
     "PoolPermissionError",
     "PoolTimeoutError",
+    "TRACEMALLOC_DOMAIN",
+    "trace_allocations",
 ]

@@ -6,6 +6,12 @@ from . import Arena
 
 _Buffer = Union[bytes, bytearray, memoryview]
 
+TRACEMALLOC_DOMAIN: int
+"""The tracemalloc domain of pool allocations."""
+
+def trace_allocations(enabled: bool) -> None:
+    """Report allocations (and frees) made through this process to tracemalloc."""
+
 class MemoryPool:
     """A pool of shared memory that any process can attach."""
 
