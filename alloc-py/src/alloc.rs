@@ -113,7 +113,7 @@ impl MemoryAlloc {
         Ok(MemoryAlloc::new(pool_object, self.pool.clone(), resized))
     }
 
-    fn window(&self, py: Python<'_>, start: u64, stop: Option<u64>) -> PyResult<(u64, u64)> {
+    fn window(&self, start: u64, stop: Option<u64>) -> PyResult<(u64, u64)> {
         let stop = stop.unwrap_or(self.length);
         if start > stop || stop > self.length {
             return Err(PyValueError::new_err(format!(
@@ -121,7 +121,6 @@ impl MemoryAlloc {
                 self.length
             )));
         }
-        let _ = py;
         Ok((start, stop))
     }
 }
@@ -211,7 +210,7 @@ impl MemoryAlloc {
                     .ok_or_else(|| PyValueError::new_err("range overflows"))?,
             ),
         };
-        let (start, stop) = self.window(py, offset, stop)?;
+        let (start, stop) = self.window(offset, stop)?;
         Ok(MemoryAlloc {
             pool_object: self.pool_object.clone_ref(py),
             pool: self.pool.clone(),
@@ -258,7 +257,7 @@ impl MemoryAlloc {
         self.ensure_live(py)?;
         let start = size_arg(py, start)?;
         let stop = stop.map(|stop| size_arg(py, stop)).transpose()?;
-        let (start, stop) = self.window(py, start, stop)?;
+        let (start, stop) = self.window(start, stop)?;
         let zeros = vec![0u8; (stop - start) as usize];
         self.pool.write(self.allocation.id, self.start + start, &zeros).py_err(py)
     }

@@ -22,9 +22,3 @@ mod _shmpool {
     #[pymodule_export]
     const TRACEMALLOC_DOMAIN: u32 = super::trace::DOMAIN;
 }
-
-pub use alloc::MemoryAlloc;
-pub use pool::MemoryPool;
-
-/// Keeps `PyResult` in scope for the docs of the submodules.
-pub type Result<T> = PyResult<T>;
