@@ -86,6 +86,8 @@ pub(crate) fn survey(heap: &Heap<'_>, strict: bool) -> Result<Stats, Error> {
                 let class_size = CLASS_SIZES[class] as u64;
                 let (mut live, mut cached) = (0, 0);
                 for index in 0..blocks {
+                    // ORDERING: Acquire pairs with the Release store (or release sequence) that last wrote this
+                    // state word, so the block's owner and size are those of the state seen.
                     let state = BlockState::decode(span.state(index).load(Ordering::Acquire));
                     if state.live {
                         live += 1;
@@ -158,6 +160,8 @@ fn verify_free_list(span: &crate::span::Span<'_>, anchor: Anchor, head_page: u64
             return Err(corrupt("free list has a cycle", head_page));
         }
         seen[word] |= 1 << bit;
+        // ORDERING: Acquire pairs with the Release store (or release sequence) that last wrote this
+        // state word, so the block's owner and size are those of the state seen.
         let state = BlockState::decode(span.state(index).load(Ordering::Acquire));
         if state.live {
             return Err(corrupt("live block on the free list", head_page));

@@ -751,6 +751,8 @@ impl<'a> Heap<'a> {
         let allocation = self.describe(id, &place, decoded)?;
         // The owner and size were read after the state; if the state changed meanwhile the
         // allocation was freed (or resized) under us and the snapshot may mix two lives.
+        // ORDERING: Acquire, as the first load of this word: an unchanged word means the fields
+        // read in between belong to it.
         if state.load(Ordering::Acquire) != word {
             return Err(Error::NotAllocated { id: id.0 });
         }
@@ -831,6 +833,8 @@ impl<'a> Heap<'a> {
         }
         // If the allocation died meanwhile, the write went to a free slot's owner word, which
         // the next allocation overwrites; report the free.
+        // ORDERING: Acquire, as the first load of this word: an unchanged word means the fields
+        // read in between belong to it.
         if state.load(Ordering::Acquire) != word {
             return Err(Error::NotAllocated { id: id.0 });
         }
@@ -890,6 +894,7 @@ impl<'a> Heap<'a> {
                 other => return other,
             }
             // Announce ourselves before the last try, so a free that the try misses sees us.
+            // ORDERING: SeqCst, part of the Dekker pair with `wake_if_waiting` (fence below).
             status_word.fetch_add(status::WAITER, Ordering::SeqCst);
             // ORDERING: SeqCst fence pairs with the fence in `wake_if_waiting` (Dekker): either
             // that free's load sees our count, or our retry below sees its freed space.
@@ -898,10 +903,12 @@ impl<'a> Heap<'a> {
             let outcome = match self.alloc(size, options) {
                 Err(Error::OutOfMemory { .. }) => host.wait(self.wake_word(), seen),
                 other => {
+                    // ORDERING: SeqCst, the waiter count's order everywhere; no other data depends on it.
                     status_word.fetch_sub(status::WAITER, Ordering::SeqCst);
                     return other;
                 }
             };
+            // ORDERING: SeqCst, the waiter count's order everywhere; no other data depends on it.
             status_word.fetch_sub(status::WAITER, Ordering::SeqCst);
             if outcome == Waited::TimedOut {
                 return match self.alloc(size, options) {
@@ -967,6 +974,7 @@ impl<'a> Heap<'a> {
     }
 
     pub(crate) fn page_meta(&self, page: u64, field: usize) -> u64 {
+        // ORDERING: Acquire pairs with the Release that published the span or run (info store).
         self.page_word(page, field).load(Ordering::Acquire)
     }
 
@@ -1014,6 +1022,8 @@ impl Iterator for Allocations<'_, '_> {
                     while self.block < span.blocks() {
                         let index = self.block;
                         self.block += 1;
+                        // ORDERING: Acquire pairs with the Release store (or release sequence) that last wrote this
+                        // state word, so the block's owner and size are those of the state seen.
                         let state = BlockState::decode(span.state(index).load(Ordering::Acquire));
                         if state.live {
                             let id = heap.id_for(first_block + index * class_size, state.gen);
@@ -1027,6 +1037,7 @@ impl Iterator for Allocations<'_, '_> {
                 }
                 PageInfo::LargeHead { pages } if pages >= 1 && pages <= geo.num_pages - page => {
                     self.page += pages;
+                    // ORDERING: Acquire pairs with the Release info store that published the run.
                     let state = BlockState::decode(heap.page_word(page, page::STATE).load(Ordering::Acquire));
                     if state.live {
                         if let Ok(allocation) = heap.lookup(heap.id_for(geo.page_offset(page), state.gen)) {

@@ -76,6 +76,8 @@ impl Heap<'_> {
         let mut given_back = 0;
         for index in 0..span.blocks() {
             let state = span.state(index);
+            // ORDERING: Acquire pairs with the Release store (or release sequence) that last wrote this
+            // state word, so the block's owner and size are those of the state seen.
             let word = state.load(Ordering::Acquire);
             let decoded = BlockState::decode(word);
             if decoded.live || decoded.low != BlockState::CACHED {

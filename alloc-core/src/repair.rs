@@ -115,9 +115,12 @@ impl Heap<'_> {
                 break;
             }
             on_list[(index / 64) as usize] |= 1 << (index % 64);
+            // ORDERING: Acquire, as in `Span::pop_batch` (the list's links were published by pushes).
             index = BlockState::decode(span.state(index).load(Ordering::Acquire)).low;
         }
         for index in 0..blocks {
+            // ORDERING: Acquire pairs with the Release store (or release sequence) that last wrote this
+            // state word, so the block's owner and size are those of the state seen.
             let state = BlockState::decode(span.state(index).load(Ordering::Acquire));
             let listed = on_list[(index / 64) as usize] & (1 << (index % 64)) != 0;
             if !state.live && state.low != BlockState::CACHED && !listed {

@@ -154,6 +154,7 @@ impl<'a> Span<'a> {
                 // The walk is speculative: a block on it may have been taken (and its state word
                 // reused) since the anchor was read. Only a list that is bad under an unchanged
                 // anchor is corrupt.
+                // ORDERING: Acquire, after the Acquire reads of the walk (see above).
                 let now = self.anchor.load(Ordering::Acquire);
                 if now == current {
                     return Err(Error::Corrupt { what: "span free list leaves its span", page: 0 });

@@ -92,6 +92,7 @@ impl<'a> SpanStack<'a> {
             if head.top == 0 {
                 return Ok(None);
             }
+            // ORDERING (below): Acquire on success and failure, as for the load above.
             let new = StackHead { top: 0, tag: head.tag.wrapping_add(1) };
             match self.head.compare_exchange_weak(
                 head.encode(),
@@ -112,6 +113,7 @@ impl<'a> SpanStack<'a> {
 
     /// The top span (a snapshot).
     pub fn peek(&self) -> Result<Option<u64>, Error> {
+        // ORDERING: Acquire pairs with the Release push that made this head, as in `pop`.
         self.page_ref(StackHead::decode(self.head.load(Ordering::Acquire)).top)
     }
 }

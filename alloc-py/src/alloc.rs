@@ -45,13 +45,29 @@ impl MemoryAlloc {
         }
     }
 
+    fn uncount_view(&self) {
+        // ORDERING: SeqCst, the counter's order everywhere (see `free`).
+        self.exports.fetch_sub(1, Ordering::SeqCst);
+        self.pool_object.get().exports.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Refuses with `BufferError` while views are alive (`what` names the refused action).
+    fn no_views(&self, what: &str) -> PyResult<()> {
+        // ORDERING: SeqCst, the counter's order everywhere (see `free`).
+        match self.exports.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            views => Err(exported(what, views)),
+        }
+    }
+
     pub(crate) fn alloc_type(&self) -> u8 {
         self.allocation.alloc_type
     }
 
     /// Fails unless this object may still be used and its allocation is live.
     fn ensure_live(&self, py: Python<'_>) -> PyResult<()> {
-        if self.done.load(Ordering::Acquire) {
+        // ORDERING: SeqCst, the handle flag's order everywhere (see `free`).
+        if self.done.load(Ordering::SeqCst) {
             return Err(raise(
                 py,
                 "InvalidAllocationError",
@@ -66,16 +82,20 @@ impl MemoryAlloc {
     }
 
     pub(crate) fn free(&self, py: Python<'_>) -> PyResult<()> {
-        let views = self.exports.load(Ordering::Acquire);
-        if views > 0 {
-            return Err(exported("free the allocation", views));
-        }
-        if self.done.swap(true, Ordering::AcqRel) {
+        // Claim the handle, then look for views; `__getbuffer__` counts its view, then looks at
+        // the claim. ORDERING: SeqCst on all four (Dekker): either the free sees the view and
+        // backs out, or the new view sees the claim and refuses, even in free-threaded Python.
+        if self.done.swap(true, Ordering::SeqCst) {
             return Err(raise(
                 py,
                 "InvalidAllocationError",
                 format!("allocation {} was already freed or detached", self.allocation.id.0),
             ));
+        }
+        let views = self.exports.load(Ordering::SeqCst);
+        if views > 0 {
+            self.done.store(false, Ordering::SeqCst);
+            return Err(exported("free the allocation", views));
         }
         crate::trace::freeing(py, &self.pool, &self.allocation);
         // Through the pool handle's cache while it is attached, else straight to the pool. A
@@ -92,10 +112,7 @@ impl MemoryAlloc {
         pool_object: Py<MemoryPool>,
         size: u64,
     ) -> PyResult<MemoryAlloc> {
-        let views = self.exports.load(Ordering::Acquire);
-        if views > 0 {
-            return Err(exported("resize the allocation", views));
-        }
+        self.no_views("resize the allocation")?;
         self.ensure_live(py)?;
         crate::trace::freeing(py, &self.pool, &self.allocation);
         let resized = self.pool.realloc(self.allocation.id, size);
@@ -108,7 +125,8 @@ impl MemoryAlloc {
         };
         crate::trace::allocated(py, &self.pool, &resized);
         if resized.id != self.allocation.id {
-            self.done.store(true, Ordering::Release);
+            // ORDERING: SeqCst, the handle flag's order everywhere (see `free`).
+            self.done.store(true, Ordering::SeqCst);
         }
         Ok(MemoryAlloc::new(pool_object, self.pool.clone(), resized))
     }
@@ -177,11 +195,9 @@ impl MemoryAlloc {
 
     /// Lets go of this handle without freeing the allocation. Refused while views are alive.
     fn detach(&self) -> PyResult<()> {
-        let views = self.exports.load(Ordering::Acquire);
-        if views > 0 {
-            return Err(exported("detach the allocation", views));
-        }
-        self.done.store(true, Ordering::Release);
+        self.no_views("detach the allocation")?;
+        // ORDERING: SeqCst, the handle flag's order everywhere (see `free`).
+        self.done.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -301,14 +317,24 @@ impl MemoryAlloc {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        this.ensure_live(py)?;
-        let (base, len) = this.pool.bytes_ptr(this.allocation.id).py_err(py)?;
-        if (this.start + this.length) as usize > len {
-            return Err(PyBufferError::new_err("window outside the allocation"));
-        }
-        // Count first, so a concurrent free() sees the view before it exists.
-        this.exports.fetch_add(1, Ordering::AcqRel);
-        this.pool_object.get().exports.fetch_add(1, Ordering::AcqRel);
+        // Count the view before checking the handle is live, so that a concurrent `free()`
+        // either sees it or is seen. ORDERING: SeqCst pairs with `free` (see there).
+        this.exports.fetch_add(1, Ordering::SeqCst);
+        this.pool_object.get().exports.fetch_add(1, Ordering::SeqCst);
+        let checked = this.ensure_live(py).and_then(|()| {
+            let (base, len) = this.pool.bytes_ptr(this.allocation.id).py_err(py)?;
+            if (this.start + this.length) as usize > len {
+                return Err(PyBufferError::new_err("window outside the allocation"));
+            }
+            Ok(base)
+        });
+        let base = match checked {
+            Ok(base) => base,
+            Err(error) => {
+                this.uncount_view();
+                return Err(error);
+            }
+        };
         // SAFETY: (1) `view` is the buffer struct CPython passes to bf_getbuffer; (2) the
         // memory `base + start .. + length` lies inside the live allocation (checked above),
         // which stays mapped while the view holds `slf` (FillInfo takes a new reference);
@@ -324,15 +350,13 @@ impl MemoryAlloc {
             )
         };
         if filled != 0 {
-            this.exports.fetch_sub(1, Ordering::AcqRel);
-            this.pool_object.get().exports.fetch_sub(1, Ordering::AcqRel);
+            this.uncount_view();
             return Err(PyErr::fetch(py));
         }
         Ok(())
     }
 
     unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {
-        self.exports.fetch_sub(1, Ordering::AcqRel);
-        self.pool_object.get().exports.fetch_sub(1, Ordering::AcqRel);
+        self.uncount_view();
     }
 }

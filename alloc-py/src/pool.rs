@@ -116,7 +116,8 @@ impl MemoryPool {
 
     /// Lets go of this handle (the pool stays). Refused while buffer views are alive.
     fn detach(&self) -> PyResult<()> {
-        let views = self.exports.load(Ordering::Acquire);
+        // ORDERING: SeqCst, the order of the view counters everywhere (see MemoryAlloc::free).
+        let views = self.exports.load(Ordering::SeqCst);
         if views > 0 {
             return Err(exported("detach the pool", views));
         }
