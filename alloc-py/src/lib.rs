@@ -10,8 +10,10 @@ mod trace;
 
 use pyo3::prelude::*;
 
-/// The extension module `shmpool._shmpool`.
-#[pymodule]
+/// The extension module `shmpool._shmpool`. It does not need the GIL: the classes are frozen
+/// and keep their mutable state in atomics or a mutex, so free-threaded CPython may run it
+/// without re-enabling the GIL.
+#[pymodule(gil_used = false)]
 mod _shmpool {
     #[pymodule_export]
     use super::alloc::MemoryAlloc;
