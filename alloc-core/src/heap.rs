@@ -40,11 +40,13 @@
 //!
 //! # Lock-freedom and crashes
 //!
-//! Every shared change is one compare-exchange on one word, retried only when another
-//! participant's change succeeded. A participant that stops at any instruction blocks nobody.
-//! What it may leave behind: claimed pages not yet recorded in page info, a span listed but
-//! not yet pushed, or a detached stack chain in `release_empty_spans`. These leak memory until
-//! recovered, they never corrupt allocations; `check` reports them.
+//! Every shared change is one atomic read-modify-write of one word; a compare-exchange is
+//! retried only when another participant's change succeeded. A participant that stops at any
+//! instruction blocks nobody. What it may leave behind: a block taken but not yet recorded,
+//! claimed pages not yet recorded in page info, a span listed but not yet pushed, a detached
+//! stack chain in `release_empty_spans`. These hold memory, they never corrupt allocations;
+//! `check` reports them, `reclaim_dead` gives back what dead participants' caches and
+//! allocations held, and `repair` (run while nobody is mid-operation) puts the rest right.
 //!
 //! A free of a *stale* id that races with the retirement of its span may read the block's old
 //! state word after the span's pages were handed to someone else; it then fails (the word no
