@@ -60,6 +60,11 @@ impl MemoryAlloc {
         }
     }
 
+    /// The pool this allocation belongs to.
+    pub(crate) fn pool_handle(&self) -> &Pool {
+        &self.pool
+    }
+
     pub(crate) fn alloc_type(&self) -> u8 {
         self.allocation.alloc_type
     }

@@ -57,6 +57,18 @@ impl MemoryPool {
         handle.as_mut().map(|local| local.free(id))
     }
 
+    /// Refuses an allocation of another pool (a foreign free).
+    fn ensure_own(&self, py: Python<'_>, alloc: &Bound<'_, MemoryAlloc>) -> PyResult<()> {
+        if alloc.get().pool_handle() != &self.pool(py)? {
+            return Err(raise(
+                py,
+                "InvalidAllocationError",
+                format!("the allocation belongs to another pool than {:?}", self.name),
+            ));
+        }
+        Ok(())
+    }
+
     /// The pool, or `PoolDetachedError` after `detach()`/`destroy()`.
     pub(crate) fn pool(&self, py: Python<'_>) -> PyResult<Pool> {
         self.with_local(py, |local| local.pool().clone())
@@ -208,9 +220,11 @@ impl MemoryPool {
         }
     }
 
-    /// Frees `alloc` (as `alloc.free()`).
+    /// Frees `alloc` (as `alloc.free()`); an allocation of another pool is refused.
     fn free(&self, alloc: &Bound<'_, MemoryAlloc>) -> PyResult<()> {
-        alloc.get().free(alloc.py())
+        let py = alloc.py();
+        self.ensure_own(py, alloc)?;
+        alloc.get().free(py)
     }
 
     /// Resizes `alloc` to `size` bytes: in place when it fits, else moved (the old handle
@@ -218,6 +232,7 @@ impl MemoryPool {
     fn realloc(slf: &Bound<'_, Self>, alloc: &Bound<'_, MemoryAlloc>, size: i128) -> PyResult<MemoryAlloc> {
         let py = slf.py();
         let size = size_arg(py, size)?;
+        slf.get().ensure_own(py, alloc)?;
         alloc.get().realloc(py, slf.clone().unbind(), size)
     }
 

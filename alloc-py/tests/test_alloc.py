@@ -147,3 +147,15 @@ def test_tracemalloc_accounts_pool_allocations_when_enabled(pool):
     finally:
         shmpool.trace_allocations(False)
         tracemalloc.stop()
+
+
+def test_freeing_through_another_pool_is_refused(pool, pool_name):
+    a = pool.alloc(10)
+    with shmpool.MemoryPool(4 * 2**20, pool_name + "-foreign") as other:
+        with pytest.raises(shmpool.InvalidAllocationError):
+            other.free(a)
+        with pytest.raises(shmpool.InvalidAllocationError):
+            other.realloc(a, 20)
+    assert pool.allocation_exists(a.id)
+    pool.free(a)
+    assert not pool.allocation_exists(a.id)
