@@ -32,3 +32,13 @@ def pool_name(request):
 def pool(pool_name):
     with shmpool.MemoryPool(16 * 2**20, pool_name) as created:
         yield created
+
+
+def fill(pool, size=2**20):
+    """Allocates blocks of ``size`` until the pool is full; returns them."""
+    held = []
+    while True:
+        try:
+            held.append(pool.alloc(size))
+        except shmpool.PoolFullError:
+            return held

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import shmpool
+from conftest import fill
 from shmpool import AllocType
 
 
@@ -128,12 +129,7 @@ def test_bad_timeouts_raise_value_error(pool, timeout):
 
 
 def test_alloc_blocking_times_out_on_time_and_tries_once_with_zero(pool):
-    held = []
-    while True:
-        try:
-            held.append(pool.alloc(2**20))
-        except shmpool.PoolFullError:
-            break
+    held = fill(pool)
     with pytest.raises(shmpool.PoolTimeoutError) as caught:
         pool.alloc_blocking(2**20, timeout=0)
     assert isinstance(caught.value, TimeoutError)
@@ -144,12 +140,7 @@ def test_alloc_blocking_times_out_on_time_and_tries_once_with_zero(pool):
 
 
 def test_alloc_blocking_releases_the_gil_and_is_woken_by_a_free(pool):
-    held = []
-    while True:
-        try:
-            held.append(pool.alloc(2**20))
-        except shmpool.PoolFullError:
-            break
+    held = fill(pool)
     victim = held.pop()
     ticks = []
 
@@ -168,12 +159,7 @@ def test_alloc_blocking_releases_the_gil_and_is_woken_by_a_free(pool):
 
 
 def test_ctrl_c_interrupts_alloc_blocking(pool):
-    held = []
-    while True:
-        try:
-            held.append(pool.alloc(2**20))
-        except shmpool.PoolFullError:
-            break
+    held = fill(pool)
     timer = threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     started = time.monotonic()

@@ -10,6 +10,7 @@ import pytest
 
 import mp_workers
 import shmpool
+from conftest import fill
 
 METHODS = ["spawn", "fork"]
 
@@ -40,12 +41,7 @@ def test_children_write_allocations_received_as_descriptor_bytes(pool, method):
 
 
 def test_a_blocking_allocation_is_woken_by_a_free_in_a_child(pool):
-    held = []
-    while True:
-        try:
-            held.append(pool.alloc(2**20))
-        except shmpool.PoolFullError:
-            break
+    held = fill(pool)
     victim = held.pop()
     child = multiprocessing.get_context("spawn").Process(
         target=mp_workers.free_from_descriptor, args=(victim.serialize(), 0.3)
