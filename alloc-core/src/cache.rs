@@ -138,7 +138,7 @@ impl<'a> Heap<'a> {
     fn refill(&self, cache: &mut Cache, class: usize) -> Result<(), Error> {
         let owner = cache.owner;
         self.take_blocks(class, REFILL_BLOCKS, |head, index| {
-            let (span, owners, _) = self.span_parts_unchecked(head, class);
+            let (span, owners, _) = self.span(head, class);
             let state = span.state(index);
             let free = BlockState::decode(state.load(Ordering::Relaxed));
             if free.low == BlockState::CACHED {

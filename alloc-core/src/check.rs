@@ -30,7 +30,7 @@ pub(crate) fn check(heap: &Heap<'_>) -> Result<Stats, Error> {
 
 pub(crate) fn survey(heap: &Heap<'_>, strict: bool) -> Result<Stats, Error> {
     let geo = *heap.geometry();
-    let bitmap = heap.bitmap_view();
+    let bitmap = heap.bitmap();
     let mut stats = Stats {
         data_bytes: geo.data_bytes(),
         claimed_pages: bitmap.count_set(),
@@ -51,7 +51,7 @@ pub(crate) fn survey(heap: &Heap<'_>, strict: bool) -> Result<Stats, Error> {
     let mut page_index = 0;
     while page_index < geo.num_pages {
         let here = page_index;
-        match heap.info_of(here) {
+        match heap.info(here) {
             PageInfo::Free => {
                 ensure(!bitmap.is_set(here), "claimed page belongs to no span or run", here)?;
                 page_index += 1;
@@ -69,7 +69,7 @@ pub(crate) fn survey(heap: &Heap<'_>, strict: bool) -> Result<Stats, Error> {
                 for member in here..here + SPAN_PAGES {
                     ensure(bitmap.is_set(member), "span page not claimed", member)?;
                     if member > here {
-                        let back = heap.info_of(member) == PageInfo::SpanMember { head: here, class };
+                        let back = heap.info(member) == PageInfo::SpanMember { head: here, class };
                         ensure(back, "span member does not point to its head", member)?;
                     }
                 }
@@ -124,7 +124,7 @@ pub(crate) fn survey(heap: &Heap<'_>, strict: bool) -> Result<Stats, Error> {
                     ensure(bitmap.is_set(member), "large run page not claimed", member)?;
                     if member > here {
                         ensure(
-                            heap.info_of(member) == PageInfo::Free,
+                            heap.info(member) == PageInfo::Free,
                             "large run interior page has info",
                             member,
                         )?;
@@ -177,7 +177,7 @@ fn verify_free_list(span: &crate::span::Span<'_>, anchor: Anchor, head_page: u64
 fn verify_stacks(heap: &Heap<'_>, listed: &[u64; NUM_CLASSES]) -> Result<(), Error> {
     let max_spans = heap.geometry().num_pages / SPAN_PAGES;
     for (class, &expected) in listed.iter().enumerate() {
-        let stack = heap.stack_of(class);
+        let stack = heap.stack(class);
         let mut entries = 0;
         let mut next = stack.peek()?;
         while let Some(head) = next {
@@ -185,7 +185,7 @@ fn verify_stacks(heap: &Heap<'_>, listed: &[u64; NUM_CLASSES]) -> Result<(), Err
             if entries > max_spans {
                 return Err(corrupt("class stack has a cycle", head));
             }
-            if heap.info_of(head) != (PageInfo::SpanHead { class }) {
+            if heap.info(head) != (PageInfo::SpanHead { class }) {
                 return Err(corrupt("class stack holds a page that is not a span of its class", head));
             }
             let (span, _, _) = heap.span_parts(head, class)?;

@@ -336,6 +336,11 @@ impl<'a> Heap<'a> {
         }
     }
 
+    /// Whether the pool was destroyed (one load of the status word).
+    pub fn is_destroyed(&self) -> bool {
+        self.ensure_ready().is_err()
+    }
+
     /// The status word: state and waiter count (a Relaxed load: destruction and waiters only
     /// need to be noticed eventually; the ordered paths use their own fences).
     #[inline]
@@ -360,18 +365,18 @@ impl<'a> Heap<'a> {
     }
 
     #[inline]
-    fn info(&self, page: u64) -> PageInfo {
+    pub(crate) fn info(&self, page: u64) -> PageInfo {
         // ORDERING: Acquire pairs with the Release store that published the span or run, so its
         // anchor, states and owner are visible to whoever acts on this info.
         PageInfo::decode(self.page_word(page, page::INFO).load(Ordering::Acquire))
     }
 
-    fn bitmap(&self) -> Bitmap<'_> {
+    pub(crate) fn bitmap(&self) -> Bitmap<'_> {
         let offset = self.geo.bitmap_word as u64 * 8;
         Bitmap::new(self.region.words_at(offset, self.geo.bitmap_words as u64), self.geo.num_pages)
     }
 
-    fn stack(&self, class: usize) -> SpanStack<'_> {
+    pub(crate) fn stack(&self, class: usize) -> SpanStack<'_> {
         let meta_offset = self.geo.page_meta_word as u64 * 8;
         let meta_words = self.geo.num_pages * PAGE_META_WORDS as u64;
         SpanStack::new(
@@ -385,7 +390,7 @@ impl<'a> Heap<'a> {
 
     /// The span whose head is `head`, of `class`. Both must already be range-checked.
     #[inline]
-    fn span(&self, head: u64, class: usize) -> (Span<'_>, &[AtomicU32], u64) {
+    pub(crate) fn span(&self, head: u64, class: usize) -> (Span<'_>, &[AtomicU32], u64) {
         let blocks = self.blocks[class];
         let start = self.geo.page_offset(head);
         let states = self.region.words_at(start, blocks);
@@ -422,7 +427,9 @@ impl<'a> Heap<'a> {
         Ok(())
     }
 
-    fn make_id(&self, offset: u64, gen: u64) -> AllocId {
+    /// The id of the allocation at `offset` with generation `gen`; the shift drops generation
+    /// bits the id cannot hold.
+    pub(crate) fn make_id(&self, offset: u64, gen: u64) -> AllocId {
         let slot = (offset - self.geo.data_offset) / GRANULE;
         AllocId((gen << self.geo.slot_bits) | slot)
     }
@@ -953,7 +960,7 @@ impl<'a> Heap<'a> {
     /// Usage figures from one walk of the heap.
     pub fn stats(&self) -> Result<Stats, Error> {
         self.ensure_ready()?;
-        self.survey(false)
+        crate::check::survey(self, false)
     }
 
     /// Walks the whole heap and verifies every invariant; meaningful on a quiescent heap (no
@@ -963,16 +970,8 @@ impl<'a> Heap<'a> {
         crate::check::check(self)
     }
 
-    pub(crate) fn survey(&self, strict: bool) -> Result<Stats, Error> {
-        crate::check::survey(self, strict)
-    }
-
     pub(crate) fn blocks_of(&self, class: usize) -> u64 {
         self.blocks[class]
-    }
-
-    pub(crate) fn info_of(&self, page: u64) -> PageInfo {
-        self.info(page)
     }
 
     pub(crate) fn page_meta(&self, page: u64, field: usize) -> u64 {
@@ -980,25 +979,9 @@ impl<'a> Heap<'a> {
         self.page_word(page, field).load(Ordering::Acquire)
     }
 
-    pub(crate) fn span_parts_unchecked(&self, head: u64, class: usize) -> (Span<'_>, &[AtomicU32], u64) {
-        self.span(head, class)
-    }
-
     pub(crate) fn span_parts(&self, head: u64, class: usize) -> Result<(Span<'_>, &[AtomicU32], u64), Error> {
         self.check_span_head(head, class)?;
         Ok(self.span(head, class))
-    }
-
-    pub(crate) fn bitmap_view(&self) -> Bitmap<'_> {
-        self.bitmap()
-    }
-
-    pub(crate) fn stack_of(&self, class: usize) -> SpanStack<'_> {
-        self.stack(class)
-    }
-
-    pub(crate) fn id_for(&self, offset: u64, gen: u64) -> AllocId {
-        self.make_id(offset, gen & self.id_gen_mask())
     }
 }
 
@@ -1028,7 +1011,7 @@ impl Iterator for Allocations<'_, '_> {
                         // state word, so the block's owner and size are those of the state seen.
                         let state = BlockState::decode(span.state(index).load(Ordering::Acquire));
                         if state.live {
-                            let id = heap.id_for(first_block + index * class_size, state.gen);
+                            let id = heap.make_id(first_block + index * class_size, state.gen);
                             if let Ok(allocation) = heap.lookup(id) {
                                 return Some(allocation);
                             }
@@ -1042,7 +1025,7 @@ impl Iterator for Allocations<'_, '_> {
                     // ORDERING: Acquire pairs with the Release info store that published the run.
                     let state = BlockState::decode(heap.page_word(page, page::STATE).load(Ordering::Acquire));
                     if state.live {
-                        if let Ok(allocation) = heap.lookup(heap.id_for(geo.page_offset(page), state.gen)) {
+                        if let Ok(allocation) = heap.lookup(heap.make_id(geo.page_offset(page), state.gen)) {
                             return Some(allocation);
                         }
                     }

@@ -56,7 +56,7 @@ impl Heap<'_> {
         let geo = *self.geometry();
         let mut page = 0;
         while page < geo.num_pages {
-            match self.info_of(page) {
+            match self.info(page) {
                 PageInfo::SpanHead { class } if self.span_parts(page, class).is_ok() => {
                     reclaimed.cached_blocks += self.reclaim_cached_in_span(page, class, &mut dead);
                     page += SPAN_PAGES;
@@ -72,7 +72,7 @@ impl Heap<'_> {
     }
 
     fn reclaim_cached_in_span(&self, head: u64, class: usize, dead: &mut impl FnMut(Owner) -> bool) -> u64 {
-        let (span, owners, _) = self.span_parts_unchecked(head, class);
+        let (span, owners, _) = self.span(head, class);
         let mut given_back = 0;
         for index in 0..span.blocks() {
             let state = span.state(index);

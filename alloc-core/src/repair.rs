@@ -49,7 +49,7 @@ impl Heap<'_> {
         let geo = *self.geometry();
         let mut detached = 0;
         for class in 0..NUM_CLASSES {
-            let stack = self.stack_of(class);
+            let stack = self.stack(class);
             let mut next = stack.take_all()?;
             while let Some(head) = next {
                 detached += 1;
@@ -57,10 +57,10 @@ impl Heap<'_> {
             }
         }
         let mut listed = 0;
-        let bitmap = self.bitmap_view();
+        let bitmap = self.bitmap();
         let mut here = 0;
         while here < geo.num_pages {
-            match self.info_of(here) {
+            match self.info(here) {
                 PageInfo::SpanHead { class } if self.span_parts(here, class).is_ok() => {
                     listed += u64::from(self.repair_span(here, class, &mut repaired));
                     here += SPAN_PAGES;
@@ -98,7 +98,7 @@ impl Heap<'_> {
 
     /// Repairs one span; returns whether it ends up listed.
     fn repair_span(&self, head: u64, class: usize, repaired: &mut Repaired) -> bool {
-        let (span, _, _) = self.span_parts_unchecked(head, class);
+        let (span, _, _) = self.span(head, class);
         if span.anchor().retired {
             self.retire_span(head, &span);
             repaired.unfinished_releases += 1;
@@ -138,7 +138,7 @@ impl Heap<'_> {
         let epoch = self.page_word(head, page::EPOCH);
         epoch.fetch_max(gen, Ordering::Relaxed);
         self.clear_info(head);
-        self.bitmap_view().release(head, pages);
+        self.bitmap().release(head, pages);
     }
 
     fn clear_info(&self, at: u64) {
@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn pages_claimed_but_never_recorded_are_released() {
-        repairs(|heap| assert!(heap.bitmap_view().claim(3, 40).is_some()), |r| r.orphan_pages == 3);
+        repairs(|heap| assert!(heap.bitmap().claim(3, 40).is_some()), |r| r.orphan_pages == 3);
     }
 
     #[test]
@@ -199,7 +199,7 @@ mod tests {
         repairs(
             |heap| {
                 let class = class_for(100).expect("small");
-                let _ = heap.stack_of(class).take_all().expect("valid");
+                let _ = heap.stack(class).take_all().expect("valid");
             },
             |r| r.relisted_spans == 1,
         );
@@ -226,7 +226,7 @@ mod tests {
                 let class = class_for(512).expect("small");
                 let a = heap.alloc(512, AllocOptions::default()).expect("space");
                 let _ = heap.free(a.id).expect("live");
-                let head = heap.stack_of(class).pop().expect("valid").expect("listed");
+                let head = heap.stack(class).pop().expect("valid").expect("listed");
                 let (span, _, _) = heap.span_parts(head, class).expect("span");
                 span.unlist();
                 assert!(span.try_retire());

@@ -69,8 +69,8 @@ impl MemoryAlloc {
         self.allocation.alloc_type
     }
 
-    /// Fails unless this object may still be used and its allocation is live.
-    fn ensure_live(&self, py: Python<'_>) -> PyResult<()> {
+    /// Fails once this handle was freed or detached.
+    fn ensure_handle(&self, py: Python<'_>) -> PyResult<()> {
         // ORDERING: SeqCst, the handle flag's order everywhere (see `free`).
         if self.done.load(Ordering::SeqCst) {
             return Err(raise(
@@ -79,11 +79,14 @@ impl MemoryAlloc {
                 format!("allocation {} was freed or detached", self.allocation.id.0),
             ));
         }
-        let live = self.pool.lookup(self.allocation.id).py_err(py)?;
-        if live.offset != self.allocation.offset {
-            return Err(raise(py, "InvalidAllocationError", "allocation moved".to_owned()));
-        }
         Ok(())
+    }
+
+    /// Fails unless this handle may be used and its allocation is live (the id names the
+    /// place, so a live id is always at the offset this handle knows).
+    fn ensure_live(&self, py: Python<'_>) -> PyResult<()> {
+        self.ensure_handle(py)?;
+        self.pool.lookup(self.allocation.id).py_err(py).map(|_| ())
     }
 
     pub(crate) fn free(&self, py: Python<'_>) -> PyResult<()> {
@@ -326,7 +329,7 @@ impl MemoryAlloc {
         // either sees it or is seen. ORDERING: SeqCst pairs with `free` (see there).
         this.exports.fetch_add(1, Ordering::SeqCst);
         this.pool_object.get().exports.fetch_add(1, Ordering::SeqCst);
-        let checked = this.ensure_live(py).and_then(|()| {
+        let checked = this.ensure_handle(py).and_then(|()| {
             let (base, len) = this.pool.bytes_ptr(this.allocation.id).py_err(py)?;
             if (this.start + this.length) as usize > len {
                 return Err(PyBufferError::new_err("window outside the allocation"));

@@ -333,9 +333,7 @@ impl MemoryPool {
     /// A number unique to this pool (its nonce), as Dragon's `muid`.
     #[getter]
     fn muid(&self, py: Python<'_>) -> PyResult<u64> {
-        let descriptor = self.pool(py)?.descriptor().py_err(py)?;
-        let described = alloc_shm::descriptor::PoolDescriptor::from_bytes(&descriptor).py_err(py)?;
-        Ok(described.nonce)
+        Ok(self.pool(py)?.nonce())
     }
 
     /// The pool's name.

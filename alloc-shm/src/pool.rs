@@ -142,7 +142,7 @@ impl Pool {
             Err(PoolError::NotFound { name }) => return Err(PoolError::Destroyed { name }),
             Err(other) => return Err(other),
         };
-        if pool.mapping.nonce() != described.nonce {
+        if pool.nonce() != described.nonce {
             return Err(PoolError::Destroyed { name: pool_name });
         }
         if pool.mapping.heap().geometry().region_bytes != described.bytes {
@@ -172,7 +172,7 @@ impl Pool {
     fn described(&self, room: usize) -> Result<PoolDescriptor> {
         Ok(PoolDescriptor {
             location: descriptor::location_for(self.path(), self.name(), room)?,
-            nonce: self.mapping.nonce(),
+            nonce: self.nonce(),
             bytes: self.size(),
         })
     }
@@ -350,7 +350,13 @@ impl Pool {
 
     /// Whether the pool was destroyed.
     pub fn is_destroyed(&self) -> bool {
-        self.stats().is_err_and(|error| matches!(error, PoolError::Destroyed { .. }))
+        self.mapping.heap().is_destroyed()
+    }
+
+    /// A number unique to this pool (fixed at creation): tells it from a later pool of the
+    /// same name.
+    pub fn nonce(&self) -> u64 {
+        self.mapping.nonce()
     }
 
     /// The live allocation `id`'s bytes as a raw pointer and length. Writing through it is the
