@@ -1,85 +1,122 @@
-//! The page bitmap: one bit per data page, 1 = claimed. Runs of pages are claimed lock-free.
+//! The page bitmap: two bits per data page, *claimed* and *head*, 32 pages per word. A run of
+//! pages (a span or a large allocation) is a head bit on its first page and claimed bits on all
+//! of its pages, so the bits alone say where runs begin.
 //!
-//! A claim first finds a run of zero bits in a snapshot, then sets the run's bits word by word
-//! in ascending order, each word with one compare-exchange that expects the run's bits to be 0.
-//! If a bit turned 1 meanwhile, the words already set are cleared again and the search goes on
-//! past that bit. A claim never waits for another: it only skips bits others hold. Because every
-//! claimer sets words in ascending order, the claimer whose next word is the highest is never
-//! undone by a claim in progress, so some claim always completes (lock-freedom).
+//! A claim first finds a run of unclaimed pages in a snapshot, then sets the run's bits word by
+//! word in *ascending* order, each word with one compare-exchange that expects the run's bits to
+//! be 0; the first word also sets the head bit. If a bit turned 1 meanwhile, the words already
+//! set are cleared again in *descending* order and the search goes on past that bit. Releases
+//! clear words in descending order too. So at every instant the bits a claimer or releaser holds
+//! are a *prefix* of its run that starts with its head bit: if it is killed, the prefix is
+//! recognisable ([`PageBits::held_prefix`]) and can be given back.
 //!
-//! A process that dies in the middle of a claim leaves the bits it set so far claimed; no page
-//! info points at them, and `Heap::check` reports them as orphaned.
+//! A claim never waits for another: it only skips bits others hold. Because every claimer sets
+//! words in ascending order, the claimer whose next word is the highest is never undone by a
+//! claim in progress, so some claim always completes (lock-freedom).
 
+use crate::layout::SPAN_PAGES;
 use crate::primitive::{AtomicU64, Ordering};
 
-/// A view of the bitmap words of one region.
+/// Pages per bitmap word.
+pub const PAGES_PER_WORD: u64 = 32;
+const CLAIMED_BITS: u64 = 0x5555_5555_5555_5555;
+
+/// A view of the page-bitmap words of one region.
 #[derive(Clone, Copy)]
-pub struct Bitmap<'a> {
+pub struct PageBits<'a> {
     words: &'a [AtomicU64],
-    bits: u64,
+    pages: u64,
 }
 
-/// The mask of bits `from..to` within word `word`.
+/// The claimed bits of `word`, one bit per page.
 #[inline]
-fn mask_in_word(word: u64, from: u64, to: u64) -> u64 {
-    let lo = from.max(word * 64) - word * 64;
-    let hi = to.min(word * 64 + 64) - word * 64;
-    let upper = if hi == 64 { u64::MAX } else { (1u64 << hi) - 1 };
-    upper & !((1u64 << lo) - 1)
+fn claimed_of(word: u64) -> u64 {
+    let mut x = word & CLAIMED_BITS;
+    x = (x | (x >> 1)) & 0x3333_3333_3333_3333;
+    x = (x | (x >> 2)) & 0x0F0F_0F0F_0F0F_0F0F;
+    x = (x | (x >> 4)) & 0x00FF_00FF_00FF_00FF;
+    x = (x | (x >> 8)) & 0x0000_FFFF_0000_FFFF;
+    (x | (x >> 16)) & 0x0000_0000_FFFF_FFFF
 }
 
-impl<'a> Bitmap<'a> {
-    /// A bitmap of `bits` bits held in `words`.
-    pub fn new(words: &'a [AtomicU64], bits: u64) -> Bitmap<'a> {
-        debug_assert!(words.len() as u64 * 64 >= bits);
-        Bitmap { words, bits }
+/// Both bits of pages `from..to` that fall in word `word`.
+#[inline]
+fn pair_mask(word: u64, from: u64, to: u64) -> u64 {
+    let lo = from.max(word * PAGES_PER_WORD) - word * PAGES_PER_WORD;
+    let hi = to.min((word + 1) * PAGES_PER_WORD) - word * PAGES_PER_WORD;
+    let upper = if hi == PAGES_PER_WORD { u64::MAX } else { (1u64 << (2 * hi)) - 1 };
+    upper & !((1u64 << (2 * lo)) - 1)
+}
+
+#[inline]
+fn head_bit(page: u64) -> u64 {
+    2 << (2 * (page % PAGES_PER_WORD))
+}
+
+#[inline]
+fn claimed_bit(page: u64) -> u64 {
+    1 << (2 * (page % PAGES_PER_WORD))
+}
+
+impl<'a> PageBits<'a> {
+    /// A bitmap of `pages` pages held in `words`.
+    pub fn new(words: &'a [AtomicU64], pages: u64) -> PageBits<'a> {
+        debug_assert!(words.len() as u64 * PAGES_PER_WORD >= pages);
+        PageBits { words, pages }
     }
 
-    /// Number of bits.
-    pub fn len(&self) -> u64 {
-        self.bits
+    /// Number of pages.
+    pub fn pages(&self) -> u64 {
+        self.pages
     }
 
-    /// True when there are no bits.
-    pub fn is_empty(&self) -> bool {
-        self.bits == 0
+    fn word(&self, page: u64) -> u64 {
+        self.words[(page / PAGES_PER_WORD) as usize].load(Ordering::Relaxed)
     }
 
-    /// Whether `bit` is claimed (a snapshot).
-    pub fn is_set(&self, bit: u64) -> bool {
-        self.words[(bit / 64) as usize].load(Ordering::Relaxed) & (1 << (bit % 64)) != 0
+    /// Whether `page` is claimed (a snapshot).
+    pub fn is_claimed(&self, page: u64) -> bool {
+        self.word(page) & claimed_bit(page) != 0
     }
 
-    /// The first bit at or after `from` and before `to` whose value is `value`, or `to`.
+    /// Whether `page` carries a head bit (a snapshot).
+    pub fn is_head(&self, page: u64) -> bool {
+        self.word(page) & head_bit(page) != 0
+    }
+
+    /// The first page at or after `from` and before `to` whose claimed bit is `value`, or `to`.
     fn next_with(&self, from: u64, to: u64, value: bool) -> u64 {
         let mut pos = from;
         while pos < to {
-            let word = pos / 64;
-            let mut bits = self.words[word as usize].load(Ordering::Relaxed);
+            let word = pos / PAGES_PER_WORD;
+            let mut bits = claimed_of(self.words[word as usize].load(Ordering::Relaxed));
             if !value {
-                bits = !bits;
+                bits = !bits & 0xFFFF_FFFF;
             }
-            bits &= mask_in_word(word, pos, to);
+            let lo = pos - word * PAGES_PER_WORD;
+            bits &= u64::MAX << lo;
+            let hi = (to - word * PAGES_PER_WORD).min(PAGES_PER_WORD);
+            if hi < 64 {
+                bits &= (1u64 << hi) - 1;
+            }
             if bits != 0 {
-                return word * 64 + bits.trailing_zeros() as u64;
+                return word * PAGES_PER_WORD + bits.trailing_zeros() as u64;
             }
-            pos = (word + 1) * 64;
+            pos = (word + 1) * PAGES_PER_WORD;
         }
         to
     }
 
-    /// Claims `len` consecutive free bits, searching from `hint` to the end and then from the
-    /// start. Returns the first bit of the run, or `None` if no free run was found.
-    pub fn claim(&self, len: u64, hint: u64) -> Option<u64> {
-        if len == 0 || len > self.bits {
+    /// A run of `len` unclaimed pages at or after `hint` (then from the start), in a snapshot.
+    pub fn find_run(&self, len: u64, hint: u64) -> Option<u64> {
+        if len == 0 || len > self.pages {
             return None;
         }
-        let hint = if hint + len > self.bits { 0 } else { hint };
-        self.claim_between(len, hint, self.bits)
-            .or_else(|| self.claim_between(len, 0, (hint + len - 1).min(self.bits)))
+        let hint = if hint + len > self.pages { 0 } else { hint };
+        self.find_between(len, hint, self.pages).or_else(|| self.find_between(len, 0, (hint + len - 1).min(self.pages)))
     }
 
-    fn claim_between(&self, len: u64, from: u64, to: u64) -> Option<u64> {
+    fn find_between(&self, len: u64, from: u64, to: u64) -> Option<u64> {
         let mut pos = from;
         while pos + len <= to {
             let start = self.next_with(pos, to, false);
@@ -87,44 +124,47 @@ impl<'a> Bitmap<'a> {
                 return None;
             }
             let end = self.next_with(start, start + len, true);
-            if end < start + len {
-                pos = end + 1;
-                continue;
+            if end == start + len {
+                return Some(start);
             }
-            match self.try_set(start, start + len) {
-                Ok(()) => return Some(start),
-                Err(taken) => pos = taken + 1,
-            }
+            pos = end + 1;
         }
         None
     }
 
-    /// Sets bits `from..to`, all of which must be 0; on a conflict clears what it set and
-    /// returns the first bit found taken.
-    fn try_set(&self, from: u64, to: u64) -> Result<(), u64> {
-        let first_word = from / 64;
-        let last_word = (to - 1) / 64;
+    /// An unclaimed aligned span slot (`SPAN_PAGES` pages starting at a multiple of it) at or
+    /// after slot `hint`, then from the start, in a snapshot; `slots` bounds the search.
+    pub fn find_slot(&self, hint: u64, slots: u64) -> Option<u64> {
+        const _: () = assert!(SPAN_PAGES * 2 == PAGES_PER_WORD);
+        let hint = if hint >= slots { 0 } else { hint };
+        (hint..slots).chain(0..hint).find(|&slot| {
+            let word = self.words[(slot / 2) as usize].load(Ordering::Relaxed);
+            let half = if slot % 2 == 0 { word & 0xFFFF_FFFF } else { word >> 32 };
+            half == 0
+        })
+    }
+
+    /// Sets the bits of pages `from..to` (all of which must be unclaimed), the head bit of `from`
+    /// included; on a conflict clears what it set (descending) and returns the first page found
+    /// taken.
+    pub fn try_claim(&self, from: u64, to: u64) -> Result<(), u64> {
+        let first_word = from / PAGES_PER_WORD;
+        let last_word = (to - 1) / PAGES_PER_WORD;
         for word in first_word..=last_word {
-            let mask = mask_in_word(word, from, to);
+            let range = pair_mask(word, from, to);
+            let set = (range & CLAIMED_BITS) | if word == first_word { head_bit(from) } else { 0 };
             let cell = &self.words[word as usize];
             let mut current = cell.load(Ordering::Relaxed);
             loop {
-                if current & mask != 0 {
-                    let taken = word * 64 + (current & mask).trailing_zeros() as u64;
-                    for undo in first_word..word {
-                        // Nothing was written under these bits; no ordering needed to undo.
-                        self.words[undo as usize].fetch_and(!mask_in_word(undo, from, to), Ordering::Relaxed);
-                    }
+                if current & range != 0 {
+                    let taken = word * PAGES_PER_WORD + (current & range).trailing_zeros() as u64 / 2;
+                    self.clear_words(first_word, word, from, to);
                     return Err(taken);
                 }
-                // ORDERING: Acquire pairs with the Release in `release`, so everything the last
-                // owner of these pages wrote (page info, epochs, its data) happens-before our use.
-                match cell.compare_exchange_weak(
-                    current,
-                    current | mask,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                ) {
+                // ORDERING: Acquire pairs with the Release in `release`/`clear_words`, so
+                // everything the last holder of these pages wrote (page info, epochs, in-span
+                // metadata, its data) happens-before our use.
+                match cell.compare_exchange_weak(current, current | set, Ordering::Acquire, Ordering::Relaxed) {
                     Ok(_) => break,
                     Err(actual) => current = actual,
                 }
@@ -133,37 +173,57 @@ impl<'a> Bitmap<'a> {
         Ok(())
     }
 
-    /// Clears bits `from..from + len`, which the caller holds.
+    /// Clears both bits of pages `from..to` in words `first_word..end_word`, highest word first.
+    fn clear_words(&self, first_word: u64, end_word: u64, from: u64, to: u64) {
+        for word in (first_word..end_word).rev() {
+            // ORDERING: Release publishes every write the holder made to these pages (page info,
+            // epochs, in-span metadata) to the next claimer's Acquire in `try_claim`.
+            self.words[word as usize].fetch_and(!pair_mask(word, from, to), Ordering::Release);
+        }
+    }
+
+    /// Clears the bits of pages `from..from + len`, which the caller holds, highest word first
+    /// (so that what is still held is always a prefix starting with the head bit).
     pub fn release(&self, from: u64, len: u64) {
         let to = from + len;
-        for word in from / 64..=(to - 1) / 64 {
-            // ORDERING: Release publishes every write the holder made to these pages (page info,
-            // epochs, in-span metadata) to the next claimer's Acquire in `try_set`.
-            self.words[word as usize].fetch_and(!mask_in_word(word, from, to), Ordering::Release);
-        }
+        self.clear_words(from / PAGES_PER_WORD, (to - 1) / PAGES_PER_WORD + 1, from, to);
     }
 
-    /// Number of claimed bits (a snapshot).
-    pub fn count_set(&self) -> u64 {
-        let mut count = 0;
-        for (index, cell) in self.words.iter().enumerate() {
-            let valid = mask_in_word(index as u64, 0, self.bits);
-            count += (cell.load(Ordering::Relaxed) & valid).count_ones() as u64;
+    /// The end of the prefix of pages a claimer or releaser of a run starting at `head` still
+    /// holds: `head` itself if it carries no head bit (nothing held), else the first page after
+    /// `head` that is unclaimed or is another run's head (bounded by `limit`).
+    pub fn held_prefix(&self, head: u64, limit: u64) -> u64 {
+        if !self.is_head(head) {
+            return head;
         }
-        count
+        let mut end = head + 1;
+        while end < limit && self.is_claimed(end) && !self.is_head(end) {
+            end += 1;
+        }
+        end
     }
 
-    /// The longest run of free bits (a snapshot).
+    /// Number of claimed pages (a snapshot).
+    pub fn count_claimed(&self) -> u64 {
+        self.words.iter().map(|cell| claimed_of(cell.load(Ordering::Relaxed)).count_ones() as u64).sum()
+    }
+
+    /// The longest run of unclaimed pages (a snapshot).
     pub fn largest_free_run(&self) -> u64 {
         let mut best = 0;
         let mut pos = 0;
-        while pos < self.bits {
-            let start = self.next_with(pos, self.bits, false);
-            let end = self.next_with(start, self.bits, true);
+        while pos < self.pages {
+            let start = self.next_with(pos, self.pages, false);
+            let end = self.next_with(start, self.pages, true);
             best = best.max(end - start);
             pos = end + 1;
         }
         best
+    }
+
+    /// The first claimed page at or after `from` (or `pages`): lets walks skip unclaimed space.
+    pub fn next_claimed(&self, from: u64) -> u64 {
+        self.next_with(from, self.pages, true)
     }
 }
 
@@ -176,48 +236,55 @@ mod tests {
     }
 
     #[test]
-    fn claims_runs_across_word_boundaries_and_releases_them() {
-        let storage = words(3);
-        let map = Bitmap::new(&storage, 150);
-        assert_eq!(map.claim(60, 0), Some(0));
-        assert_eq!(map.claim(10, 0), Some(60));
-        assert_eq!(map.claim(80, 0), Some(70));
-        assert_eq!(map.claim(1, 0), None);
-        assert_eq!(map.count_set(), 150);
+    fn claims_runs_across_word_boundaries_with_head_bits_and_releases_them() {
+        let storage = words(5);
+        let map = PageBits::new(&storage, 150);
+        assert_eq!(map.find_run(60, 0), Some(0));
+        assert_eq!(map.try_claim(0, 60), Ok(()));
+        assert!(map.is_head(0) && !map.is_head(1) && map.is_claimed(59) && !map.is_claimed(60));
+        assert_eq!(map.find_run(10, 0), Some(60));
+        assert_eq!(map.try_claim(60, 70), Ok(()));
+        assert_eq!(map.try_claim(70, 150), Ok(()));
+        assert_eq!(map.find_run(1, 0), None);
+        assert_eq!(map.count_claimed(), 150);
+        assert_eq!(map.held_prefix(60, 150), 70, "stops at the next run's head");
         map.release(60, 10);
         assert_eq!(map.largest_free_run(), 10);
-        assert_eq!(map.claim(11, 0), None);
-        assert_eq!(map.claim(10, 100), Some(60));
+        assert_eq!(map.find_run(11, 0), None);
+        assert_eq!(map.find_run(10, 100), Some(60));
+        assert_eq!(map.held_prefix(60, 150), 60, "no head bit: nothing held");
     }
 
     #[test]
-    fn claim_skips_a_taken_bit_in_the_middle_of_a_candidate_run() {
-        let storage = words(2);
-        let map = Bitmap::new(&storage, 128);
-        storage[1].store(1 << 3, Ordering::Relaxed); // bit 67 taken
-        assert_eq!(map.claim(70, 0), None);
-        assert_eq!(map.claim(60, 0), Some(0));
-        assert_eq!(map.claim(60, 0), Some(68));
-        assert_eq!(map.count_set(), 121);
+    fn a_conflicting_claim_undoes_what_it_set() {
+        let storage = words(4);
+        let map = PageBits::new(&storage, 128);
+        assert_eq!(map.try_claim(70, 71), Ok(()));
+        assert_eq!(map.try_claim(10, 100), Err(70));
+        assert_eq!(map.count_claimed(), 1);
+        assert!(!map.is_head(10));
     }
 
     #[test]
-    fn try_set_undoes_partial_claims() {
-        let storage = words(2);
-        let map = Bitmap::new(&storage, 128);
-        storage[1].store(1 << 10, Ordering::Relaxed);
-        assert_eq!(map.try_set(32, 100), Err(74));
-        assert_eq!(storage[0].load(Ordering::Relaxed), 0);
+    fn aligned_slots_are_found_in_free_halves() {
+        let storage = words(4);
+        let map = PageBits::new(&storage, 128);
+        assert_eq!(map.try_claim(3, 4), Ok(()));
+        assert_eq!(map.find_slot(0, 8), Some(1));
+        assert_eq!(map.try_claim(16, 32), Ok(()));
+        assert_eq!(map.find_slot(0, 8), Some(2));
+        assert_eq!(map.find_slot(7, 8), Some(7));
     }
 
     #[test]
-    fn hint_wraps_around() {
-        let storage = words(1);
-        let map = Bitmap::new(&storage, 64);
-        assert_eq!(map.claim(8, 60), Some(0));
-        assert_eq!(map.claim(8, 40), Some(40));
-        assert_eq!(map.claim(8, 40), Some(48));
-        assert_eq!(map.claim(8, 40), Some(56));
-        assert_eq!(map.claim(8, 40), Some(8));
+    fn a_prefix_left_by_an_interrupted_claim_is_recognisable() {
+        let storage = words(4);
+        let map = PageBits::new(&storage, 128);
+        // A claim of 20..90 stopped after its first two words: pages 20..64 set, head at 20.
+        storage[0].fetch_or(pair_mask(0, 20, 32) & CLAIMED_BITS | head_bit(20), Ordering::Relaxed);
+        storage[1].fetch_or(pair_mask(1, 32, 64) & CLAIMED_BITS, Ordering::Relaxed);
+        assert_eq!(map.held_prefix(20, 128), 64);
+        map.release(20, 64 - 20);
+        assert_eq!(map.count_claimed(), 0);
     }
 }

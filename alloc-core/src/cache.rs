@@ -2,44 +2,56 @@
 //!
 //! Like glibc's tcache, a [`Cache`] keeps up to [`CACHE_BLOCKS`] free blocks per class in
 //! process-local memory, so that most allocations and frees touch no shared list. Unlike a
-//! tcache, every block still says in shared memory what it is:
-//! - a cached block's state word is not live and holds `BlockState::CACHED`, so a stale id or
-//!   a double free of it fails exactly as for any free block; its owner word names the cache's
-//!   owner, so that the host can give back the cache of a process that died;
-//! - a free through the cache is still one compare-exchange on the block's own state word, so
-//!   two participants freeing the same id at once cannot both succeed.
+//! tcache, every block still says in shared memory what it is: a cached block's state word is
+//! `CACHED` and names the holding process, in the same word and the same compare-exchange that
+//! took it from its last owner. So a stale id or a double free of a cached block fails exactly as
+//! for any free block, two participants freeing one id at once cannot both succeed, and
+//! `reclaim_dead` can return the blocks a dead process's caches held without ever mistaking a
+//! block that is being cached right now for one.
 //!
 //! Cached blocks are free but unavailable to other participants until the cache gives them
-//! back: half at a time when a class's cache is full, all of them on [`Heap::flush`], and
-//! before reporting `OutOfMemory`. While anyone waits in `alloc_blocking`, frees bypass the
-//! cache so that the waiters are woken.
+//! back: half at a time when a class's cache is full, all of them on [`Heap::flush`], and before
+//! reporting `OutOfMemory`. While anyone waits in `alloc_blocking`, frees bypass the cache so that
+//! the waiters are woken; allocations keep using it.
 //!
-//! A cache is tied to the mapping it was made for; using it with another heap is an error.
+//! A cache is tied to one participant (its [`Session`]) of one mapping. After `fork`, the child
+//! must not use a cache it inherited: its blocks belong to the parent (the host drops it).
 
+use crate::crash::step;
 use crate::error::Error;
-use crate::heap::{AllocId, AllocOptions, Allocation, Heap, Owner, Place, Wake};
-use crate::layout::{class_for, BlockState, GRANULE, NUM_CLASSES, STATE_READY};
+use crate::heap::{AllocId, AllocOptions, Allocation, Heap, Place, Wake};
+use crate::layout::{class_for, status, BlockState, GRANULE, NUM_CLASSES, SPAN_PAGES, STATE_READY};
+use crate::participant::Session;
 use crate::primitive::Ordering;
 
 /// Blocks a cache holds per class before it gives half of them back.
 pub const CACHE_BLOCKS: usize = 64;
-/// Blocks a cache takes from the shared spans at once.
-const REFILL_BLOCKS: u64 = CACHE_BLOCKS as u64 / 2;
+/// Blocks a cache takes from the shared spans at once (fewer when that would overfill it).
+const REFILL_BLOCKS: usize = CACHE_BLOCKS / 2;
 
-/// One participant's (one thread's) cache of free blocks; see the module docs.
+/// One participant's cache of free blocks; see the module docs.
 pub struct Cache {
-    /// Identity of the mapping the cache belongs to.
-    key: usize,
-    owner: Owner,
+    session: Session,
     lens: [u8; NUM_CLASSES],
     /// Per class, `(span head page << 16) | block index`.
     entries: [[u64; CACHE_BLOCKS]; NUM_CLASSES],
 }
 
 impl Cache {
-    /// The participant recorded as owner of the blocks this cache holds.
-    pub fn owner(&self) -> Owner {
-        self.owner
+    /// A new, empty cache for `session`'s participant.
+    pub fn new(session: Session) -> Cache {
+        Cache { session, lens: [0; NUM_CLASSES], entries: [[0; CACHE_BLOCKS]; NUM_CLASSES] }
+    }
+
+    /// The participant's session (for the uncached operations).
+    pub fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// Gives the session back, dropping the cache's entries without touching shared memory:
+    /// for a caller that flushed it, or a `fork` child whose inherited blocks are its parent's.
+    pub fn into_session(self) -> Session {
+        self.session
     }
 
     /// Blocks held, over all classes.
@@ -59,47 +71,35 @@ impl Cache {
     }
 
     #[inline]
+    fn is_full(&self, class: usize) -> bool {
+        self.lens[class] as usize == CACHE_BLOCKS
+    }
+
+    #[inline]
     fn push(&mut self, class: usize, head: u64, index: u64) {
         let len = self.lens[class] as usize;
-        self.entries[class][len] = head << 16 | index;
-        self.lens[class] += 1;
+        debug_assert!(len < CACHE_BLOCKS, "callers check `is_full` first");
+        if let Some(entry) = self.entries[class].get_mut(len) {
+            *entry = head << 16 | index;
+            self.lens[class] += 1;
+        }
     }
 }
 
 impl<'a> Heap<'a> {
-    /// A new, empty cache for this heap's mapping, whose blocks are recorded as held by `owner`.
-    pub fn new_cache(&self, owner: Owner) -> Cache {
-        Cache {
-            key: self.region().key(),
-            owner,
-            lens: [0; NUM_CLASSES],
-            entries: [[0; CACHE_BLOCKS]; NUM_CLASSES],
-        }
-    }
-
-    #[inline]
-    fn check_cache(&self, cache: &Cache) -> Result<(), Error> {
-        if cache.key != self.region().key() {
-            return Err(Error::ForeignCache);
-        }
-        Ok(())
-    }
-
     /// [`Heap::alloc`] through `cache`: small requests are served from the cache, which is
     /// refilled from the shared spans in batches.
     #[inline]
-    pub fn alloc_with(
-        &self,
-        cache: &mut Cache,
-        size: u64,
-        options: AllocOptions,
-    ) -> Result<Allocation, Error> {
-        // The fast path: a plain request, the right cache, a ready pool, a cached block.
-        if options.align <= GRANULE && cache.key == self.region().key() && self.status() == STATE_READY {
+    pub fn alloc_with(&self, cache: &mut Cache, size: u64, options: AllocOptions) -> Result<Allocation, Error> {
+        // The fast path: a plain request, the right mapping, a ready pool, a cached block.
+        if options.align <= GRANULE
+            && cache.session.key == self.region().key()
+            && self.status() & status::STATE_MASK == STATE_READY
+        {
             if let Some(class) = class_for(size) {
                 // Only classes in use ever get cache entries, so no block-count check here.
                 if let Some((head, index)) = cache.pop(class) {
-                    return Ok(self.hand_out(head, class, index, size, options));
+                    return Ok(self.hand_out(&cache.session, head, class, index, size, options));
                 }
             }
         }
@@ -108,49 +108,52 @@ impl<'a> Heap<'a> {
 
     #[cold]
     #[inline(never)]
-    fn alloc_with_slow(
-        &self,
-        cache: &mut Cache,
-        size: u64,
-        options: AllocOptions,
-    ) -> Result<Allocation, Error> {
-        self.check_cache(cache)?;
+    fn alloc_with_slow(&self, cache: &mut Cache, size: u64, options: AllocOptions) -> Result<Allocation, Error> {
+        self.check_session(&cache.session)?;
         self.ensure_ready()?;
         if options.align <= GRANULE {
             if let Some(class) = class_for(size).filter(|&class| self.blocks_of(class) > 0) {
-                self.refill(cache, class)?;
+                if cache.lens[class] == 0 {
+                    self.refill(cache, class)?;
+                }
                 if let Some((head, index)) = cache.pop(class) {
-                    return Ok(self.hand_out(head, class, index, size, options));
+                    return Ok(self.hand_out(&cache.session, head, class, index, size, options));
                 }
             }
         }
-        match self.alloc(size, options) {
+        match self.alloc(&mut cache.session, size, options) {
             Err(Error::OutOfMemory { .. }) if cache.held() > 0 => {
                 // Our cached blocks may be what keeps spans from going back to general use.
                 // Any waiters notice the given-back blocks within their wait slice.
                 let _ = self.flush(cache)?;
-                self.alloc(size, options)
+                self.alloc(&mut cache.session, size, options)
             }
             other => other,
         }
     }
 
+    /// Takes up to a batch of free blocks of `class` into the cache (never more than it holds).
     fn refill(&self, cache: &mut Cache, class: usize) -> Result<(), Error> {
-        let owner = cache.owner;
-        self.take_blocks(class, REFILL_BLOCKS, |head, index| {
-            let (span, owners, _) = self.span(head, class);
+        let room = (CACHE_BLOCKS - cache.lens[class] as usize).min(REFILL_BLOCKS) as u64;
+        let holder = cache.session.process;
+        let Cache { session, lens, entries } = cache;
+        self.take_blocks(session, class, room, |heap, _, head, index| {
+            let (span, _) = heap.span_block(head, class, index);
             let state = span.state(index);
-            let free = BlockState::decode(state.load(Ordering::Relaxed));
-            if free.low == BlockState::CACHED {
+            let word = state.load(Ordering::Relaxed);
+            let tag = word >> 28;
+            let len = lens[class] as usize;
+            if len == CACHE_BLOCKS || BlockState::decode(word).is_some_and(|s| s.kind != crate::layout::Kind::Free) {
                 // Taken twice: only a corrupted list that loops does this. Keep one copy.
                 return;
             }
-            let cached = BlockState { low: BlockState::CACHED, ..free };
-            // The block is ours (taken off the list); nobody else writes these words now.
-            // ORDERING: Release, like every store to a state word: see `Span::pop_batch`.
-            state.store(cached.encode(), Ordering::Release);
-            owners[index as usize].store(owner.0, Ordering::Relaxed);
-            cache.push(class, head, index);
+            // The block is ours (taken off the list, our hazard on its span); the store records
+            // in the same word that it is free and which process's cache holds it.
+            // ORDERING: Release, like every store to a state word: see `Span::pop`.
+            state.store(BlockState::cached(holder, tag).encode(), Ordering::Release);
+            step!("refill/cached");
+            entries[class][len] = head << 16 | index;
+            lens[class] += 1;
         })?;
         Ok(())
     }
@@ -164,79 +167,129 @@ impl<'a> Heap<'a> {
         // destroyed pools fail there, and while anyone waits frees go to the shared heap so that
         // the waiters are woken. A Relaxed look suffices: a waiter that registers just after it
         // is served by its own retry, by the next free, or by the cache giving blocks back.
-        if cache.key != self.region().key() || self.status() != STATE_READY {
+        if cache.session.key != self.region().key() || self.status() != STATE_READY {
             return self.free_with_slow(cache, id);
         }
-        let (place, state) = self.locate(id)?;
-        let Place::Small { head, class, index, base } = place else {
-            return self.free(id);
+        let page = self.page_of(id)?;
+        self.publish_hazard(&cache.session, page);
+        let outcome = self.cache_block(cache, id, page);
+        self.clear_hazard(&cache.session);
+        match outcome {
+            Ok(true) => Ok(Wake::Nobody),
+            Ok(false) => self.free_with_slow(cache, id),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Under the hazard on `page`: moves live small block `id` into the cache (`true`), or says
+    /// it is not one for the cache (`false`: large, or the class's cache is full).
+    #[inline]
+    fn cache_block(&self, cache: &mut Cache, id: AllocId, page: u64) -> Result<bool, Error> {
+        let (place, state) = self.locate(id, page)?;
+        let Place::Small { head, class, index, .. } = place else {
+            return Ok(false);
         };
-        let (word, decoded) = self.live_state(id, state)?;
-        if cache.lens[class] as usize == CACHE_BLOCKS {
-            return self.free_with_slow(cache, id);
+        if cache.is_full(class) {
+            return Ok(false);
         }
-        let cached = BlockState { live: false, low: BlockState::CACHED, alloc_type: 0, ..decoded };
+        let (word, decoded, _) = self.live_state(id, place, state)?;
+        let cached = BlockState::cached(cache.session.process, decoded.tag);
         // ORDERING: Acquire on success: the block is ours, after the last user's accesses.
         state
             .compare_exchange(word, cached.encode(), Ordering::Acquire, Ordering::Relaxed)
             .map_err(|_| Error::NotAllocated { id: id.0 })?;
-        self.block_owner(base, class, index).store(cache.owner.0, Ordering::Relaxed);
+        step!("cache-free/cached");
         cache.push(class, head, index);
-        Ok(Wake::Nobody)
+        Ok(true)
     }
 
     #[cold]
     #[inline(never)]
     fn free_with_slow(&self, cache: &mut Cache, id: AllocId) -> Result<Wake, Error> {
-        self.check_cache(cache)?;
+        self.check_session(&cache.session)?;
         self.ensure_ready()?;
-        let (place, _) = self.locate(id)?;
-        match place {
-            // With the pool plainly ready, the only reason to be here is a full class cache:
-            // give half back, then cache this block.
-            Place::Small { class, .. } if self.status() == STATE_READY => {
+        if self.status() == STATE_READY {
+            // With the pool plainly ready, the only reasons to be here are a full class cache
+            // (give half back, then cache this block) or a large allocation.
+            let page = self.page_of(id)?;
+            self.publish_hazard(&cache.session, page);
+            let class = match self.locate(id, page) {
+                Ok((Place::Small { class, .. }, _)) => Some(class),
+                _ => None,
+            };
+            self.clear_hazard(&cache.session);
+            if let Some(class) = class.filter(|&class| cache.is_full(class)) {
                 let wake = self.spill(cache, class, CACHE_BLOCKS / 2);
-                let _ = self.free_with(cache, id)?;
-                Ok(wake)
+                self.publish_hazard(&cache.session, page);
+                let outcome = self.cache_block(cache, id, page);
+                self.clear_hazard(&cache.session);
+                return match outcome {
+                    Ok(true) => Ok(wake),
+                    Ok(false) => Ok(wake.or(self.free(&mut cache.session, id)?)),
+                    Err(error) => Err(error),
+                };
             }
-            // Waiters (or a status word we do not understand): free to the shared heap.
-            _ => self.free(id),
         }
+        // A large allocation, or waiters: free to the shared heap.
+        self.free(&mut cache.session, id)
     }
 
     /// Gives every cached block back to the shared spans (at detach, before waiting, or when
     /// the host wants the memory visible to others).
     pub fn flush(&self, cache: &mut Cache) -> Result<Wake, Error> {
-        self.check_cache(cache)?;
+        self.check_session(&cache.session)?;
         let mut wake = Wake::Nobody;
         for class in 0..NUM_CLASSES {
-            if self.spill(cache, class, cache.lens[class] as usize) == Wake::Waiters {
-                wake = Wake::Waiters;
-            }
+            wake = wake.or(self.spill(cache, class, cache.lens[class] as usize));
         }
         Ok(wake)
     }
 
-    /// Gives the `count` oldest cached blocks of `class` back to their spans.
+    /// Gives the `count` oldest cached blocks of `class` back to their spans, a chain per run
+    /// of blocks of the same span.
     fn spill(&self, cache: &mut Cache, class: usize, count: usize) -> Wake {
         let len = cache.lens[class] as usize;
         let count = count.min(len);
         if count == 0 {
             return Wake::Nobody;
         }
-        for &entry in &cache.entries[class][..count] {
-            self.give_back(entry >> 16, class, entry & 0xFFFF);
+        let mut start = 0;
+        while start < count {
+            let head = cache.entries[class][start] >> 16;
+            let mut end = start + 1;
+            while end < count && cache.entries[class][end] >> 16 == head && end - start < SPAN_PAGES as usize * 4 {
+                end += 1;
+            }
+            let mut indices = [0u16; SPAN_PAGES as usize * 4];
+            let mut tags = [0u64; SPAN_PAGES as usize * 4];
+            self.publish_hazard(&cache.session, head);
+            for (at, &entry) in cache.entries[class][start..end].iter().enumerate() {
+                let index = entry & 0xFFFF;
+                indices[at] = index as u16;
+                tags[at] = self.span_block(head, class, index).0.state(index).load(Ordering::Relaxed) >> 28;
+            }
+            self.push_blocks(&cache.session, head, class, &indices[..end - start], &tags[..end - start]);
+            self.clear_hazard(&cache.session);
+            step!("spill/given-back");
+            start = end;
         }
         cache.entries[class].copy_within(count..len, 0);
         cache.lens[class] = (len - count) as u8;
         self.wake_if_waiting()
+    }
+
+    /// The span of a block the caller holds (its head and class are trusted: they came from
+    /// this process's own records of blocks it took).
+    #[inline]
+    pub(crate) fn span_block(&self, head: u64, class: usize, _index: u64) -> (crate::span::Span<'_>, u64) {
+        (self.span(head, class), head)
     }
 }
 
 #[cfg(all(test, not(all(shmpool_loom, feature = "loom"))))]
 mod tests {
     use super::*;
-    use crate::Region;
+    use crate::{Owner, ProcessIdentity, Region};
 
     fn memory(bytes: usize) -> Vec<u64> {
         vec![0; bytes / 8]
@@ -244,45 +297,50 @@ mod tests {
 
     fn heap(words: &mut [u64]) -> Heap<'_> {
         // SAFETY: the vector outlives the heap and is only used through it.
-        let region =
-            unsafe { Region::from_raw(words.as_mut_ptr().cast(), words.len() * 8) }.expect("aligned");
+        let region = unsafe { Region::from_raw(words.as_mut_ptr().cast(), words.len() * 8) }.expect("aligned");
         Heap::create_default(region).expect("fits")
+    }
+
+    fn cache_of(heap: &Heap<'_>, pid: u32) -> Cache {
+        let owner = heap.register_process(ProcessIdentity { pid, start_time: 1, namespace: 1 }).expect("room");
+        Cache::new(heap.register_participant(owner).expect("room"))
     }
 
     #[test]
     fn cached_frees_are_reused_and_double_frees_still_fail() {
         let mut words = memory(1 << 20);
         let heap = heap(&mut words);
-        let mut cache = heap.new_cache(Owner(77));
+        let mut cache = cache_of(&heap, 77);
         let a = heap.alloc_with(&mut cache, 64, AllocOptions::default()).expect("space");
-        assert_eq!(cache.held(), REFILL_BLOCKS as usize - 1);
+        assert_eq!(cache.held(), REFILL_BLOCKS - 1);
         assert_eq!(heap.free_with(&mut cache, a.id), Ok(Wake::Nobody));
         assert_eq!(heap.free_with(&mut cache, a.id), Err(Error::NotAllocated { id: a.id.0 }));
-        assert_eq!(heap.free(a.id), Err(Error::NotAllocated { id: a.id.0 }));
-        assert_eq!(heap.lookup(a.id), Err(Error::NotAllocated { id: a.id.0 }));
+        assert_eq!(heap.free(cache.session(), a.id), Err(Error::NotAllocated { id: a.id.0 }));
+        assert_eq!(heap.lookup(cache.session(), a.id), Err(Error::NotAllocated { id: a.id.0 }));
         let b = heap.alloc_with(&mut cache, 64, AllocOptions::default()).expect("space");
         assert_eq!(b.offset, a.offset, "the most recently freed block comes back first");
         assert_ne!(b.id, a.id);
-        let stats = heap.check().expect("cached blocks are accounted for");
+        let stats = heap.check(cache.session()).expect("cached blocks are accounted for");
         assert_eq!(stats.cached_blocks, cache.held() as u64);
         let _ = heap.free_with(&mut cache, b.id).expect("live");
         let _ = heap.flush(&mut cache).expect("same heap");
         assert_eq!(cache.held(), 0);
-        assert_eq!(heap.check().expect("consistent").cached_blocks, 0);
+        assert_eq!(heap.check(cache.session()).expect("consistent").cached_blocks, 0);
     }
 
     #[test]
     fn a_full_class_cache_gives_half_back() {
         let mut words = memory(1 << 20);
         let heap = heap(&mut words);
-        let mut cache = heap.new_cache(Owner(1));
-        let blocks: Vec<_> =
-            (0..CACHE_BLOCKS * 2).map(|_| heap.alloc(32, AllocOptions::default()).expect("space")).collect();
+        let mut cache = cache_of(&heap, 1);
+        let blocks: Vec<_> = (0..CACHE_BLOCKS * 2)
+            .map(|_| heap.alloc(cache.session(), 32, AllocOptions::default()).expect("space"))
+            .collect();
         for block in &blocks {
             let _ = heap.free_with(&mut cache, block.id).expect("live");
             assert!(cache.held() <= CACHE_BLOCKS);
         }
-        let stats = heap.check().expect("consistent");
+        let stats = heap.check(cache.session()).expect("consistent");
         assert_eq!(stats.cached_blocks, cache.held() as u64);
         assert_eq!(stats.live_allocations, 0);
     }
@@ -293,16 +351,16 @@ mod tests {
         let mut second = memory(1 << 20);
         let one = heap(&mut first);
         let other = heap(&mut second);
-        let mut cache = one.new_cache(Owner(1));
-        assert_eq!(other.alloc_with(&mut cache, 8, AllocOptions::default()), Err(Error::ForeignCache));
-        assert_eq!(other.flush(&mut cache), Err(Error::ForeignCache));
+        let mut cache = cache_of(&one, 1);
+        assert_eq!(other.alloc_with(&mut cache, 8, AllocOptions::default()), Err(Error::ForeignSession));
+        assert_eq!(other.flush(&mut cache), Err(Error::ForeignSession));
     }
 
     #[test]
     fn running_out_flushes_the_cache_so_spans_can_go_back() {
         let mut words = memory(1 << 20);
         let heap = heap(&mut words);
-        let mut cache = heap.new_cache(Owner(1));
+        let mut cache = cache_of(&heap, 1);
         let mut small = Vec::new();
         while let Ok(a) = heap.alloc_with(&mut cache, 16, AllocOptions::default()) {
             small.push(a.id);
@@ -313,6 +371,7 @@ mod tests {
         let most = heap.geometry().data_bytes() * 9 / 10;
         assert!(heap.alloc_with(&mut cache, most, AllocOptions::default()).is_ok());
         assert_eq!(cache.held(), 0);
-        heap.check().expect("consistent");
+        heap.check(cache.session()).expect("consistent");
+        let _ = Owner::POOL;
     }
 }

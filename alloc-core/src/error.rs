@@ -26,13 +26,13 @@ pub enum Error {
     /// The id names no slot of this heap (it was made up, or belongs to another pool).
     InvalidId {
         /// The id.
-        id: u64,
+        id: u128,
     },
     /// The id names a slot, but no live allocation with that id is there: it was freed already
     /// (a double free), or the slot has been reused since (a stale id).
     NotAllocated {
         /// The id.
-        id: u64,
+        id: u128,
     },
     /// The region is smaller than one span, or its length or address is not 8-byte aligned.
     RegionTooSmall {
@@ -48,7 +48,7 @@ pub enum Error {
     },
     /// The header's geometry does not match the region it sits in.
     HeaderMismatch,
-    /// The page size is not a power of two between 64 bytes and 64 KiB.
+    /// The page size is not a power of two between 64 bytes and 8 KiB.
     BadPageSize {
         /// log2 of the page size asked for.
         page_shift: u32,
@@ -64,6 +64,23 @@ pub enum Error {
     },
     /// A cache made for another heap's mapping was passed in.
     ForeignCache,
+    /// A session made for another heap's mapping was passed in.
+    ForeignSession,
+    /// The process or participant table is full.
+    TableFull {
+        /// Which table.
+        what: &'static str,
+        /// Its capacity.
+        capacity: u64,
+    },
+    /// The owner named is not a process attached to this pool.
+    InvalidOwner {
+        /// The owner's index.
+        owner: u16,
+    },
+    /// The operation needs a process-wide memory barrier this process cannot issue (the pool
+    /// was created by a process that could).
+    NoHeavyFence,
     /// Metadata read from the region is inconsistent (a corrupted or hostile region). `page`
     /// is the data page where it was found.
     Corrupt {
@@ -97,7 +114,7 @@ impl fmt::Display for Error {
             Error::UnsupportedVersion { found } => write!(f, "unsupported layout version {found}"),
             Error::HeaderMismatch => write!(f, "the header's geometry does not match the region"),
             Error::BadPageSize { page_shift } => {
-                write!(f, "page size 2^{page_shift} is outside 64 B..64 KiB")
+                write!(f, "page size 2^{page_shift} is outside 64 B..8 KiB")
             }
             Error::NotReady => write!(f, "the pool is still being initialised"),
             Error::Destroyed => write!(f, "the pool has been destroyed"),
@@ -105,6 +122,15 @@ impl fmt::Display for Error {
                 write!(f, "timed out waiting for {requested} bytes to become free")
             }
             Error::ForeignCache => write!(f, "the cache belongs to another pool's mapping"),
+            Error::ForeignSession => write!(f, "the session belongs to another pool's mapping"),
+            Error::TableFull { what, capacity } => {
+                write!(f, "the pool's {what} table is full ({capacity} entries); reclaim dead processes or detach some")
+            }
+            Error::InvalidOwner { owner } => write!(f, "owner {owner} is not a process attached to this pool"),
+            Error::NoHeavyFence => write!(
+                f,
+                "this process cannot issue the process-wide memory barrier (membarrier) the pool requires for this operation"
+            ),
             Error::Corrupt { what, page } => write!(f, "corrupted heap at page {page}: {what}"),
         }
     }

@@ -1,75 +1,91 @@
-//! The heap: allocation, free, lookup and the blocking protocol over one region.
+//! The heap: allocation, free, lookup, ownership and the blocking protocol over one region.
 //!
 //! # Design
 //!
-//! The data area is cut into pages (4 KiB by default). A lock-free bitmap ([`crate::bitmap`])
-//! hands out runs of pages. A request of at most 2048 bytes (and at most 16-byte alignment) is
-//! served from a *span*: 16 pages carved into blocks of one size class, with a Michael-style
+//! The data area is cut into pages (4 KiB by default). A page bitmap ([`crate::bitmap`]) hands
+//! out runs of pages. A request of at most 2048 bytes (and at most 16-byte alignment) is served
+//! from a *span*: 16 aligned pages carved into blocks of one size class, with a Michael-style
 //! anchor ([`crate::span`]). Larger or more strictly aligned requests get a run of whole pages
 //! of their own (a *large* allocation), recorded in its first page's metadata.
 //!
-//! Spans of a class with free blocks are found through the class's Treiber stack
-//! ([`crate::stack`]) and, first, through this heap's *hint*: the span it allocated from last.
-//! Each process (each `Heap` value) has its own hints, so in the steady state a process frees
-//! into and allocates from its own spans and does not contend on one anchor. A span is in the
-//! stack while its `listed` flag is set. Spans are removed lazily (Michael's design): an
-//! allocator that finds the top span full pops it off. A fresh span is listed at once, a free
-//! into an unlisted span lists it, and whoever unlists a span lists it again if it has free
-//! blocks. So every span with free blocks is in its stack (or about to be pushed there), and
-//! an allocation fails only when no span of its class has a free block and no pages are left.
+//! Spans of a class that may have free blocks are found through the class's hierarchical bitmap
+//! ([`crate::hier`]), and first through this process's *hint*: the span it allocated from last.
+//! A span's bit is set by the free that gives it its first free block (and by the carver of a
+//! fresh span); searchers clear the bit of a span they find full, then look again at the span
+//! and set it back if a free raced in. Spans are not bound to their class for good: when a claim
+//! of pages fails, entirely free spans (found through the *empty set*, a second hierarchical
+//! bitmap) are retired one at a time, their pages given back, and the claim retried. A pool
+//! filled with tiny blocks and emptied again thus serves one allocation of most of its data area.
 //!
-//! On top of this sits each participant's [`crate::Cache`] (the `cache` module): up to 64 free
-//! blocks per class in process-local memory, refilled from a span 32 at a time with one
-//! compare-exchange, so that most allocations and frees touch only the block's own words.
+//! On top sits each participant's [`crate::Cache`] (the `cache` module): up to 64 free blocks
+//! per class in process-local memory, refilled from a span with one compare-exchange, so that
+//! most allocations and frees touch only the block's own words.
 //!
-//! Spans are not bound to their class for good. When the bitmap has no run left, the heap
-//! detaches every class stack, retires each span whose blocks are all free (giving its pages
-//! back), and pushes the others back; then it tries again. A pool filled with tiny blocks and
-//! emptied again thus serves one allocation of most of its data area.
+//! # Participants
 //!
-//! # Ids
+//! Every user of the heap is a *participant* with a record in the region, belonging to a
+//! *process* record ([`crate::participant`]): operations take the participant's [`Session`].
+//! Every registration an operation makes in shared memory is a word of its participant record:
+//! its *hazard* (the span it may be touching), its *pending* claim, release or retirement, a
+//! hand-over in progress; and waiter slots name their process. So `reclaim_dead` (the `reclaim`
+//! module) can finish or undo whatever a dead participant left half done.
 //!
-//! An allocation's id is `generation << slot_bits | slot`, where the slot is the allocation's
-//! offset in the data area divided by 16. Lookup by id is therefore O(1): the slot gives the
-//! place, the place's state word gives the live generation, and an id whose generation differs
-//! is stale. Each allocation of a slot takes the next generation. Generations survive the
-//! reuse of memory for another class or a large run: every page keeps an *epoch*, at least the
-//! largest generation issued to a slot inside it, raised when a span or run is released and
-//! read when the next one is set up. An id can therefore only repeat after one slot has been
-//! allocated `2^(64 - slot_bits)` times (2^38 for a 1 GiB pool, 2^28 for 1 TiB).
+//! # What holds
 //!
-//! # Lock-freedom and crashes
+//! - **No stale or racing operation reaches user memory.** Page metadata, anchors, class lists
+//!   and records are out of band: they never become user memory. The only in-band metadata are
+//!   a span's state words `S` and extra words `X`; they are touched only under a *hazard*:
+//!   the participant stores the page it is about to touch in its `HAZARD` word, fences, and
+//!   only then reads the page's info and acts on what it says. A span is retired only after it
+//!   is marked retiring (anchor and page info), a *heavy* fence, and a scan that finds no other
+//!   participant's hazard on it; otherwise the retirement backs out. So any `S`/`X` word read
+//!   under a hazard is metadata of the span the page info named, for the whole operation. With
+//!   `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` the hazard side is a compiler fence and the
+//!   retirement side the system call (asymmetric fences, as in folly's hazard pointers and
+//!   liburcu); without it both are full fences.
+//! - **Every change of an allocation is one compare-exchange of one word**: its state word
+//!   holds its kind (free, live, cached), its owner (or the cache holding it, or the next free
+//!   block), its slack (so its size) and the low 36 bits of its generation. Free, set_owner,
+//!   realloc in place and reclaim each compare the whole word they read (under the hazard) and
+//!   change it in one step; nothing is "checked, then stored".
+//! - **Ids never repeat in practice.** An id is `(slot, generation)` in a `u128`; a slot is the
+//!   allocation's offset over 16. Generations have 60 bits (36 in the state word, 24 in the
+//!   extra word, both compared by every validation), are bumped by every allocation of the
+//!   slot, and survive reuse of the memory: every page keeps an *epoch* (at least every
+//!   generation issued in it), raised before the page is given back and read when a span or run
+//!   is set up there. An id can repeat only after 2^60 allocations of one slot.
+//! - **Bounded interference.** No operation waits for another. A participant stopped forever
+//!   holds at most: one span (its hazard: the span cannot be retired, and if it stopped in the
+//!   middle of a pop or push, the blocks in transit), or one run it was claiming or releasing
+//!   (its pending page), or one retiring span, plus the blocks its cache holds and the
+//!   allocation it was making. Class lists never hide more than the span a stalled participant
+//!   was listing or unlisting ([`crate::hier`]). Nothing else is unavailable to the others.
+//! - **Recovery.** `reclaim_dead` (online, while others work) marks dead processes, finishes or
+//!   undoes each dead participant's pending claim/release/retirement, heals the span its hazard
+//!   names (blocks popped or pushed half way go back on the list: `reclaim`), clears its waiter
+//!   slots, frees the allocations dead processes owned and returns the blocks their caches held.
+//!   Afterwards `check` passes and the whole data area is allocatable again.
+//! - **Fork.** The core keeps nothing per process; the host gives a fork child new records and
+//!   drops (without giving back) the caches it inherited: those blocks are its parent's.
 //!
-//! Every shared change is one atomic read-modify-write of one word; a compare-exchange is
-//! retried only when another participant's change succeeded. A participant that stops at any
-//! instruction blocks nobody. What it may leave behind: a block taken but not yet recorded,
-//! claimed pages not yet recorded in page info, a span listed but not yet pushed, a detached
-//! stack chain in `release_empty_spans`. These hold memory, they never corrupt allocations;
-//! `check` reports them, `reclaim_dead` gives back what dead participants' caches and
-//! allocations held, and `repair` (run while nobody is mid-operation) puts the rest right.
-//!
-//! A free of a *stale* id that races with the retirement of its span may read the block's old
-//! state word after the span's pages were handed to someone else; it then fails (the word no
-//! longer holds the id's live state) unless those bytes happen to equal that exact 64-bit
-//! state word. Frees of live ids cannot meet this: a span with a live block is never retired.
-//!
-//! For the same reason an allocation can fail with `OutOfMemory` while another participant
-//! holds pages it has claimed but not yet published as a span: waiting for it would be a lock.
-//! This happens only when the bitmap is exhausted; a host that waits (`alloc_blocking`) should
-//! wait in bounded slices so that it tries again.
+//! An allocation can still fail with `OutOfMemory` while another participant holds the last
+//! free memory in transit (a span it is carving, blocks it is moving): waiting for it would be a
+//! lock. A host that waits (`alloc_blocking`) waits in bounded slices so that it tries again.
 
-use crate::bitmap::Bitmap;
+use crate::bitmap::PageBits;
+use crate::crash::step;
 use crate::error::Error;
+use crate::hier::Hier;
 use crate::layout::{
-    block_index, class_for, header, page, span_meta_bytes, status, Anchor, BlockState, Geometry, PageInfo,
-    CLASS_SIZES, DEFAULT_PAGE_SHIFT, GRANULE, HEADER_WORDS, LAYOUT_VERSION, MAGIC, MAX_PAGE_SHIFT,
-    MIN_PAGE_SHIFT, NUM_CLASSES, PAGE_META_WORDS, SPAN_PAGES, STATE_DESTROYED, STATE_INITIALISING,
-    STATE_READY,
+    block_index, class_for, gen, header, page, participant, span_meta_bytes, status, BlockState, Extra,
+    Geometry, Kind, PageInfo, CLASS_SIZES, DEFAULT_PAGE_SHIFT, FENCES_ASYMMETRIC, FENCES_SYMMETRIC, GRANULE,
+    HEADER_WORDS, LAYOUT_VERSION, MAGIC, MAX_PAGE_SHIFT, MIN_PAGE_SHIFT, NUM_CLASSES, SPAN_PAGES,
+    STATE_DESTROYED, STATE_INITIALISING, STATE_READY,
 };
-use crate::primitive::{fence, AtomicU32, AtomicU64, Ordering};
+use crate::participant::Session;
+use crate::primitive::{compiler_fence, fence, AtomicU32, AtomicU64, Ordering};
 use crate::region::Region;
-use crate::span::{Pushed, Span};
-use crate::stack::SpanStack;
+use crate::span::Span;
 
 /// Allocation types with a meaning fixed by Dragon's managed memory; others are free for users.
 pub mod alloc_type {
@@ -83,13 +99,32 @@ pub mod alloc_type {
     pub const BOOTSTRAP: u8 = 3;
 }
 
-/// An allocation's id: unique over the pool's life (see the module docs for the bound).
+/// An allocation's id: its slot (offset / 16) in the low 64 bits and its generation in the high
+/// 64 (60 used). Unique over the pool's life until one slot has been allocated 2^60 times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AllocId(pub u64);
+pub struct AllocId(pub u128);
 
-/// Who owns an allocation: a process id, or the pool itself ([`Owner::POOL`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Owner(pub u32);
+impl AllocId {
+    /// The id of generation `generation` of `slot`.
+    pub const fn new(slot: u64, generation: u64) -> AllocId {
+        AllocId((generation as u128) << 64 | slot as u128)
+    }
+
+    /// The slot: the allocation's offset from the data area's start, over 16.
+    pub const fn slot(self) -> u64 {
+        self.0 as u64
+    }
+
+    /// The generation.
+    pub const fn generation(self) -> u64 {
+        (self.0 >> 64) as u64
+    }
+}
+
+/// Who owns an allocation: a process record of this heap ([`Heap::register_process`]), or the
+/// pool itself ([`Owner::POOL`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Owner(pub u16);
 
 impl Owner {
     /// Owned by the pool: never reclaimed because a process died.
@@ -103,13 +138,13 @@ pub struct AllocOptions {
     pub align: u64,
     /// The allocation's type ([`alloc_type`]).
     pub alloc_type: u8,
-    /// The owner recorded with the allocation.
-    pub owner: Owner,
+    /// The owner recorded with the allocation; `None`: the calling participant's process.
+    pub owner: Option<Owner>,
 }
 
 impl Default for AllocOptions {
     fn default() -> Self {
-        AllocOptions { align: GRANULE, alloc_type: alloc_type::DATA, owner: Owner::POOL }
+        AllocOptions { align: GRANULE, alloc_type: alloc_type::DATA, owner: None }
     }
 }
 
@@ -141,20 +176,42 @@ pub enum Wake {
     Waiters,
 }
 
-/// The outcome of one wait in [`Heap::alloc_blocking`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Waited {
-    /// The word changed or the wait ended early: try again.
-    Woken,
-    /// The host's deadline passed.
-    TimedOut,
+impl Wake {
+    /// `Waiters` if either says so.
+    pub fn or(self, other: Wake) -> Wake {
+        if self == Wake::Waiters || other == Wake::Waiters {
+            Wake::Waiters
+        } else {
+            Wake::Nobody
+        }
+    }
 }
 
-/// How a host blocks. alloc-shm implements it with a shared (not private) futex with a timeout.
-pub trait WaitHost {
-    /// Blocks while `word` still holds `seen` (in its low 32 bits), until woken or the host's
-    /// deadline passes. Spurious returns are fine.
-    fn wait(&mut self, word: &AtomicU64, seen: u64) -> Waited;
+/// What the host can do for the core.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Platform {
+    /// A memory barrier on every CPU running a thread of a process that uses the pool
+    /// (`membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`), if this process can issue one. Pools
+    /// created by a process that can are *asymmetric*: hazards are published with a compiler
+    /// fence only, and retirement and healing issue this barrier.
+    pub heavy_fence: Option<fn()>,
+}
+
+impl Platform {
+    /// No process-wide barrier: every fence is a full fence.
+    pub const SYMMETRIC: Platform = Platform { heavy_fence: None };
+}
+
+/// How this process fences hazards in this heap.
+#[derive(Clone, Copy, Debug)]
+enum Fences {
+    /// Full fences on both sides.
+    Symmetric,
+    /// Compiler fence on the hazard side, the host's barrier on the retirement side.
+    Asymmetric(fn()),
+    /// The pool is asymmetric but this process cannot issue the barrier: it fences its own
+    /// hazards fully and cannot retire or heal.
+    LightOnly,
 }
 
 /// Per-class figures in [`Stats`].
@@ -190,22 +247,16 @@ pub struct Stats {
 }
 
 /// Where an id's slot lives.
+#[derive(Clone, Copy, Debug)]
 pub(crate) enum Place {
     /// Block `index` of the span at page `head` of `class`; `base` is the span's byte offset.
-    Small {
-        head: u64,
-        class: usize,
-        index: u64,
-        base: u64,
-    },
-    Large {
-        head: u64,
-        pages: u64,
-    },
+    Small { head: u64, class: usize, index: u64, base: u64 },
+    /// The large run at page `head` of `pages` pages.
+    Large { head: u64, pages: u64 },
 }
 
-/// A heap over one region. Each process (or each thread standing in for one) opens its own
-/// `Heap` over the shared region; the value itself only adds process-local hints.
+/// A heap over one region. Each process opens its own `Heap` over the shared region; the value
+/// itself only adds process-local hints and this process's fences.
 pub struct Heap<'a> {
     region: Region<'a>,
     geo: Geometry,
@@ -213,43 +264,50 @@ pub struct Heap<'a> {
     blocks: [u64; NUM_CLASSES],
     /// Per class, the byte offset of block 0 from the span's start (after its metadata).
     first_block: [u64; NUM_CLASSES],
-    /// Per class, the span this heap allocated from last (page + 1, 0 = none). Process-local.
-    hints: [AtomicU64; NUM_CLASSES],
-    /// Where the next bitmap search starts. Process-local.
-    page_hint: AtomicU64,
+    /// Per class, the span slot this process allocated from last (+ 1, 0 = none).
+    pub(crate) hints: [AtomicU64; NUM_CLASSES],
+    /// Where the next search for a free span slot starts. Process-local.
+    pub(crate) slot_hint: AtomicU64,
+    /// Where the next search for a free page run starts. Process-local.
+    pub(crate) page_hint: AtomicU64,
+    /// Where the next search for a span to retire starts. Process-local.
+    pub(crate) empty_hint: AtomicU64,
+    fences: Fences,
 }
 
 impl<'a> Heap<'a> {
     /// Lays out a new heap over `region` with pages of `1 << page_shift` bytes and marks it
     /// ready. Writes only the header: everything past it must be zero (a fresh file or
     /// mapping), which means "all free".
-    pub fn create(region: Region<'a>, page_shift: u32) -> Result<Heap<'a>, Error> {
+    pub fn create(region: Region<'a>, page_shift: u32, platform: Platform) -> Result<Heap<'a>, Error> {
         if !(MIN_PAGE_SHIFT..=MAX_PAGE_SHIFT).contains(&page_shift) {
             return Err(Error::BadPageSize { page_shift });
         }
         let geo = Geometry::compute(region.len(), page_shift)
             .ok_or(Error::RegionTooSmall { bytes: region.len() })?;
         let w = |index: usize| region.word(index);
+        let fences = if platform.heavy_fence.is_some() { FENCES_ASYMMETRIC } else { FENCES_SYMMETRIC };
         w(header::STATUS).store(STATE_INITIALISING, Ordering::Relaxed);
         w(header::REGION_BYTES).store(geo.region_bytes, Ordering::Relaxed);
         w(header::PAGE_SHIFT).store(page_shift as u64, Ordering::Relaxed);
         w(header::NUM_PAGES).store(geo.num_pages, Ordering::Relaxed);
         w(header::DATA_OFFSET).store(geo.data_offset, Ordering::Relaxed);
-        w(header::SLOT_BITS).store(geo.slot_bits as u64, Ordering::Relaxed);
+        w(header::TABLE_SIZE).store(geo.table_size, Ordering::Relaxed);
+        w(header::FENCES).store(fences, Ordering::Relaxed);
         w(header::VERSION).store(LAYOUT_VERSION, Ordering::Relaxed);
         w(header::MAGIC).store(MAGIC, Ordering::Relaxed);
         // ORDERING: Release publishes the header fields above to `open`'s Acquire load of STATUS.
         w(header::STATUS).store(STATE_READY, Ordering::Release);
-        Ok(Heap::with_geometry(region, geo))
+        Ok(Heap::with_geometry(region, geo, Heap::fences_for(fences, platform)))
     }
 
-    /// Lays out a new heap with the default page size (4 KiB).
+    /// Lays out a new heap with the default page size (4 KiB) and symmetric fences.
     pub fn create_default(region: Region<'a>) -> Result<Heap<'a>, Error> {
-        Heap::create(region, DEFAULT_PAGE_SHIFT)
+        Heap::create(region, DEFAULT_PAGE_SHIFT, Platform::SYMMETRIC)
     }
 
     /// Opens a heap another participant created, validating its header against the region.
-    pub fn open(region: Region<'a>) -> Result<Heap<'a>, Error> {
+    pub fn open(region: Region<'a>, platform: Platform) -> Result<Heap<'a>, Error> {
         if region.len() < (HEADER_WORDS * 8) as u64 {
             return Err(Error::RegionTooSmall { bytes: region.len() });
         }
@@ -275,16 +333,31 @@ impl<'a> Heap<'a> {
             return Err(Error::HeaderMismatch);
         }
         let geo = Geometry::compute(region.len(), page_shift as u32).ok_or(Error::HeaderMismatch)?;
+        let fences = read(header::FENCES);
         if read(header::NUM_PAGES) != geo.num_pages
             || read(header::DATA_OFFSET) != geo.data_offset
-            || read(header::SLOT_BITS) != geo.slot_bits as u64
+            || read(header::TABLE_SIZE) != geo.table_size
+            || !(fences == FENCES_SYMMETRIC || fences == FENCES_ASYMMETRIC)
         {
             return Err(Error::HeaderMismatch);
         }
-        Ok(Heap::with_geometry(region, geo))
+        Ok(Heap::with_geometry(region, geo, Heap::fences_for(fences, platform)))
     }
 
-    fn with_geometry(region: Region<'a>, geo: Geometry) -> Heap<'a> {
+    /// Opens a heap with symmetric fences (tests, tools).
+    pub fn open_default(region: Region<'a>) -> Result<Heap<'a>, Error> {
+        Heap::open(region, Platform::SYMMETRIC)
+    }
+
+    fn fences_for(mode: u64, platform: Platform) -> Fences {
+        match (mode, platform.heavy_fence) {
+            (FENCES_ASYMMETRIC, Some(heavy)) => Fences::Asymmetric(heavy),
+            (FENCES_ASYMMETRIC, None) => Fences::LightOnly,
+            _ => Fences::Symmetric,
+        }
+    }
+
+    fn with_geometry(region: Region<'a>, geo: Geometry, fences: Fences) -> Heap<'a> {
         let mut blocks = [0; NUM_CLASSES];
         for (class, slot) in blocks.iter_mut().enumerate() {
             let count = crate::layout::blocks_per_span(CLASS_SIZES[class] as u64, geo.span_bytes());
@@ -297,7 +370,10 @@ impl<'a> Heap<'a> {
             blocks,
             first_block: blocks.map(span_meta_bytes),
             hints: core::array::from_fn(|_| AtomicU64::new(0)),
+            slot_hint: AtomicU64::new(0),
             page_hint: AtomicU64::new(0),
+            empty_hint: AtomicU64::new(0),
+            fences,
         }
     }
 
@@ -309,6 +385,11 @@ impl<'a> Heap<'a> {
     /// The region this heap lives in.
     pub fn region(&self) -> &Region<'a> {
         &self.region
+    }
+
+    /// Whether this pool publishes hazards with asymmetric fences.
+    pub fn is_asymmetric(&self) -> bool {
+        !matches!(self.fences, Fences::Symmetric)
     }
 
     /// A header word reserved for the host (`index` in `HOST_WORDS_START..HEADER_WORDS`).
@@ -341,7 +422,7 @@ impl<'a> Heap<'a> {
         self.ensure_ready().is_err()
     }
 
-    /// The status word: state and waiter count (a Relaxed load: destruction and waiters only
+    /// The status word: state and waiter slots (a Relaxed load: destruction and waiters only
     /// need to be noticed eventually; the ordered paths use their own fences).
     #[inline]
     pub(crate) fn status(&self) -> u64 {
@@ -357,6 +438,92 @@ impl<'a> Heap<'a> {
         }
     }
 
+    // ----- fences and hazards ----------------------------------------------------------------
+
+    /// The hazard side's fence, after publishing a hazard and before reading page info.
+    #[inline]
+    fn light_fence(&self) {
+        match self.fences {
+            // ORDERING: with the heavy fence on the other side, a compiler fence is enough: the
+            // barrier makes every CPU running a participant execute a full fence at some point,
+            // so either our hazard store is visible to the scan that follows it, or our page-info
+            // read comes after the retirer's marks (see the module docs).
+            Fences::Asymmetric(_) => compiler_fence(),
+            // ORDERING: SeqCst fence pairs with the retirer's SeqCst fence (Dekker): either its
+            // scan sees our hazard, or our page-info read sees its retiring marks.
+            Fences::Symmetric | Fences::LightOnly => fence(Ordering::SeqCst),
+        }
+    }
+
+    /// The retirement side's fence, after marking a span retiring and before scanning hazards.
+    pub(crate) fn heavy_fence(&self) -> Result<(), Error> {
+        match self.fences {
+            Fences::Asymmetric(heavy) => {
+                heavy();
+                Ok(())
+            }
+            Fences::Symmetric => {
+                // ORDERING: SeqCst fence pairs with the light fences (see `light_fence`).
+                fence(Ordering::SeqCst);
+                Ok(())
+            }
+            Fences::LightOnly => Err(Error::NoHeavyFence),
+        }
+    }
+
+    /// Whether this process can retire spans and heal them.
+    pub(crate) fn can_heavy_fence(&self) -> bool {
+        !matches!(self.fences, Fences::LightOnly)
+    }
+
+    /// Announces that the session is about to touch the span (if any) that `page` belongs to.
+    #[inline]
+    pub(crate) fn publish_hazard(&self, session: &Session, page: u64) {
+        self.participant_word(session.participant, participant::HAZARD).store(page + 1, Ordering::Relaxed);
+        self.light_fence();
+    }
+
+    /// The session touches no span any more.
+    #[inline]
+    pub(crate) fn clear_hazard(&self, session: &Session) {
+        // ORDERING: Release: our accesses to the span happen before a retirer that reads 0 here.
+        self.participant_word(session.participant, participant::HAZARD).store(0, Ordering::Release);
+    }
+
+    /// Records the first page of a claim, release or retirement the session now owns.
+    pub(crate) fn set_pending(&self, session: &Session, page: u64) {
+        // ORDERING: SeqCst: a reclaimer that finds the page marked by us must find this too
+        // (our marking CAS comes after this store).
+        self.participant_word(session.participant, participant::PENDING).store(page + 1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn clear_pending(&self, session: &Session) {
+        // ORDERING: Release: the claim or release is complete before the record says so.
+        self.participant_word(session.participant, participant::PENDING).store(0, Ordering::Release);
+    }
+
+    /// Whether a participant other than `me` (and other than participants of dead processes, if
+    /// `skip_dead`) has a hazard on a page of `first..first + pages`. Call after the heavy fence.
+    pub(crate) fn hazard_on(&self, me: u64, first: u64, pages: u64, skip_dead: bool) -> bool {
+        (1..self.participant_hwm()).filter(|&index| index != me).any(|index| {
+            // ORDERING: Acquire pairs with the Release that cleared a hazard, so the holder's
+            // accesses to the span happen before whatever we do once we see it clear.
+            let hazard = self.participant_word(index, participant::HAZARD).load(Ordering::Acquire);
+            hazard != 0
+                && (first..first + pages).contains(&(hazard - 1))
+                && !(skip_dead && self.participant_is_dead(index))
+        })
+    }
+
+    /// Whether `index`'s process record says its process is dead.
+    pub(crate) fn participant_is_dead(&self, index: u64) -> bool {
+        let state = self.participant_state(index);
+        state.state == crate::layout::RecordState::Active
+            && self
+                .process_record(Owner(state.process as u16))
+                .is_none_or(|record| record.state != crate::layout::RecordState::Active)
+    }
+
     // ----- metadata access -------------------------------------------------------------------
 
     #[inline]
@@ -364,328 +531,110 @@ impl<'a> Heap<'a> {
         self.region.word(self.geo.page_word(page, field))
     }
 
+    /// What `page` is part of (an error for a word no version writes).
     #[inline]
-    pub(crate) fn info(&self, page: u64) -> PageInfo {
+    pub(crate) fn info(&self, page: u64) -> Result<PageInfo, Error> {
         // ORDERING: Acquire pairs with the Release store that published the span or run, so its
-        // anchor, states and owner are visible to whoever acts on this info.
+        // anchor, states and state word are visible to whoever acts on this info.
         PageInfo::decode(self.page_word(page, page::INFO).load(Ordering::Acquire))
+            .ok_or(Error::Corrupt { what: "unknown page info", page })
     }
 
-    pub(crate) fn bitmap(&self) -> Bitmap<'_> {
+    pub(crate) fn set_info(&self, page: u64, info: PageInfo) {
+        // ORDERING: Release publishes everything set up before it (see `info`).
+        self.page_word(page, page::INFO).store(info.encode(), Ordering::Release);
+    }
+
+    pub(crate) fn page_bits(&self) -> PageBits<'_> {
         let offset = self.geo.bitmap_word as u64 * 8;
-        Bitmap::new(self.region.words_at(offset, self.geo.bitmap_words as u64), self.geo.num_pages)
+        PageBits::new(self.region.words_at(offset, self.geo.bitmap_words as u64), self.geo.num_pages)
     }
 
-    pub(crate) fn stack(&self, class: usize) -> SpanStack<'_> {
-        let meta_offset = self.geo.page_meta_word as u64 * 8;
-        let meta_words = self.geo.num_pages * PAGE_META_WORDS as u64;
-        SpanStack::new(
-            self.region.word(self.geo.stacks_word + class),
-            self.region.words_at(meta_offset, meta_words),
-            PAGE_META_WORDS,
-            page::LINK,
-            self.geo.num_pages,
-        )
+    pub(crate) fn class_list(&self, class: usize) -> Hier<'_> {
+        let offset = self.geo.class_list_word(class) as u64 * 8;
+        Hier::new(self.region.words_at(offset, self.geo.hier.total_words() as u64), self.geo.hier)
+    }
+
+    pub(crate) fn empty_set(&self) -> Hier<'_> {
+        let offset = self.geo.empty_word as u64 * 8;
+        Hier::new(self.region.words_at(offset, self.geo.hier.total_words() as u64), self.geo.hier)
     }
 
     /// The span whose head is `head`, of `class`. Both must already be range-checked.
     #[inline]
-    pub(crate) fn span(&self, head: u64, class: usize) -> (Span<'_>, &[AtomicU32], u64) {
+    pub(crate) fn span(&self, head: u64, class: usize) -> Span<'_> {
         let blocks = self.blocks[class];
         let start = self.geo.page_offset(head);
-        let states = self.region.words_at(start, blocks);
-        let owners = self.region.halves_at(start + blocks * 8, blocks);
-        (Span::new(self.page_word(head, page::ANCHOR), states), owners, start + self.first_block[class])
+        Span::new(
+            self.page_word(head, page::WORD),
+            self.region.words_at(start, blocks),
+            self.region.halves_at(start + blocks * 8, blocks),
+        )
     }
 
-    // The three accessors below are the hot path's direct route to one block's words. `base`
-    // is the byte offset of a range-checked span of `class`; `index` is below its block count.
+    pub(crate) fn blocks_of(&self, class: usize) -> u64 {
+        self.blocks[class]
+    }
 
-    /// The state word of block `index` of the span at `base`.
+    /// The state word of block `index` of the span starting at byte `base`.
     #[inline]
     fn block_state(&self, base: u64, index: u64) -> &AtomicU64 {
         self.region.word((base / 8 + index) as usize)
     }
 
-    /// The owner half-word of block `index` of the span at `base`, of `class`.
+    /// The extra word of block `index` of the span at `base`, of `class`.
     #[inline]
-    pub(crate) fn block_owner(&self, base: u64, class: usize, index: u64) -> &AtomicU32 {
+    pub(crate) fn block_extra(&self, base: u64, class: usize, index: u64) -> &AtomicU32 {
         self.region.half(((base + self.blocks[class] * 8) / 4 + index) as usize)
     }
 
     /// The byte offset of block `index` of the span at `base`, of `class`.
     #[inline]
-    fn block_offset(&self, base: u64, class: usize, index: u64) -> u64 {
+    pub(crate) fn block_offset(&self, base: u64, class: usize, index: u64) -> u64 {
         base + self.first_block[class] + index * CLASS_SIZES[class] as u64
     }
 
+    /// Checks a span head read from the region: aligned, inside the slots, a used class.
     #[inline]
-    fn check_span_head(&self, head: u64, class: usize) -> Result<(), Error> {
-        if class >= NUM_CLASSES || self.blocks[class] == 0 || head + SPAN_PAGES > self.geo.num_pages {
+    pub(crate) fn check_span_head(&self, head: u64, class: usize) -> Result<(), Error> {
+        if class >= NUM_CLASSES
+            || self.blocks[class] == 0
+            || !head.is_multiple_of(SPAN_PAGES)
+            || head / SPAN_PAGES >= self.geo.num_slots
+        {
             return Err(Error::Corrupt { what: "span head out of range", page: head });
         }
         Ok(())
     }
 
-    /// The id of the allocation at `offset` with generation `gen`; the shift drops generation
-    /// bits the id cannot hold.
-    pub(crate) fn make_id(&self, offset: u64, gen: u64) -> AllocId {
-        let slot = (offset - self.geo.data_offset) / GRANULE;
-        AllocId((gen << self.geo.slot_bits) | slot)
+    /// The id of the allocation at `offset` with generation `generation`.
+    pub(crate) fn make_id(&self, offset: u64, generation: u64) -> AllocId {
+        AllocId::new((offset - self.geo.data_offset) / GRANULE, generation)
     }
 
-    /// The generation bits an id of this heap can hold.
-    fn id_gen_mask(&self) -> u64 {
-        u64::MAX >> self.geo.slot_bits
-    }
-
-    // ----- allocation ------------------------------------------------------------------------
-
-    /// Allocates `size` bytes (0 is allowed and gives a distinct allocation).
-    pub fn alloc(&self, size: u64, options: AllocOptions) -> Result<Allocation, Error> {
-        self.ensure_ready()?;
-        if !options.align.is_power_of_two() || options.align > self.geo.page_bytes() {
-            return Err(Error::BadAlignment { align: options.align });
-        }
-        if size > self.geo.data_bytes() {
-            return Err(Error::TooLarge { requested: size, capacity: self.geo.data_bytes() });
-        }
-        let class = class_for(size).filter(|&class| options.align <= GRANULE && self.blocks[class] > 0);
-        let attempt = || match class {
-            Some(class) => self.alloc_small(class, size, options),
-            None => self.alloc_large(size, options),
-        };
-        if let Some(allocation) = attempt()? {
-            return Ok(allocation);
-        }
-        if self.release_empty_spans()? > 0 {
-            if let Some(allocation) = attempt()? {
-                return Ok(allocation);
-            }
-        }
-        Err(Error::OutOfMemory { requested: size })
-    }
-
-    fn alloc_small(
-        &self,
-        class: usize,
-        size: u64,
-        options: AllocOptions,
-    ) -> Result<Option<Allocation>, Error> {
-        let mut taken = None;
-        self.take_blocks(class, 1, |head, index| taken = Some((head, index)))?;
-        Ok(taken.map(|(head, index)| self.hand_out(head, class, index, size, options)))
-    }
-
-    /// Takes up to `max` free blocks of `class` (at least one unless the pool has no room),
-    /// from this heap's hint span, else the class stack's top span, else a fresh span. Each
-    /// block is handed to `take` as (span head, index) and belongs to the caller, not yet live.
-    pub(crate) fn take_blocks(
-        &self,
-        class: usize,
-        max: u64,
-        mut take: impl FnMut(u64, u64),
-    ) -> Result<u64, Error> {
-        let stack = self.stack(class);
-        loop {
-            let hint = self.hints[class].load(Ordering::Relaxed);
-            if hint != 0 {
-                let taken = self.pop_blocks(hint - 1, class, max, &mut take)?;
-                if taken > 0 {
-                    return Ok(taken);
-                }
-            }
-            // Bounded: a stack that keeps handing back full spans (a burst of contention, or a
-            // corrupted link that loops) is abandoned for a fresh span after this many pops.
-            let mut budget = self.geo.num_pages / SPAN_PAGES + 8;
-            while let Some(top) = stack.peek()? {
-                if budget == 0 {
-                    break;
-                }
-                budget -= 1;
-                self.check_span_head(top, class)?;
-                let taken = self.pop_blocks(top, class, max, &mut take)?;
-                if taken > 0 {
-                    self.hints[class].store(top + 1, Ordering::Relaxed);
-                    return Ok(taken);
-                }
-                // The top span is full: take it off the stack (lazily, as in Michael's design).
-                // Whatever we pop is unlisted, then listed again if a free raced in.
-                if let Some(popped) = stack.pop()? {
-                    self.check_span_head(popped, class)?;
-                    let (span, _, _) = self.span(popped, class);
-                    span.unlist();
-                    self.relist(popped, class, &span);
-                }
-            }
-            let Some(head) = self.claim_pages(SPAN_PAGES) else {
-                return Ok(0);
-            };
-            self.init_span(head, class);
-            self.hints[class].store(head + 1, Ordering::Relaxed);
-            let taken = self.pop_blocks(head, class, max, &mut take)?;
-            if taken > 0 {
-                return Ok(taken);
-            }
-            // Others emptied the new span first: go round.
-        }
-    }
-
-    /// Lists `span` (head page `head`) if it has free blocks and is unlisted, pushing it on its
-    /// class stack. Every path that unlists a span calls this afterwards, so a span with free
-    /// blocks is always findable.
-    pub(crate) fn relist(&self, head: u64, class: usize, span: &Span<'_>) {
-        if span.relist(|| self.info(head) == PageInfo::SpanHead { class }) == Pushed::MustList {
-            self.stack(class).push(head);
-        }
-    }
-
-    /// Takes up to `max` blocks from span `head`, if it is still a span of `class`.
-    fn pop_blocks(
-        &self,
-        head: u64,
-        class: usize,
-        max: u64,
-        take: &mut impl FnMut(u64, u64),
-    ) -> Result<u64, Error> {
-        let (span, _, _) = self.span(head, class);
-        let still_ours = || self.info(head) == PageInfo::SpanHead { class };
-        if max == 1 {
-            return Ok(span.pop(still_ours)?.map(|index| take(head, index)).map_or(0, |()| 1));
-        }
-        span.pop_batch(max, still_ours, |index| take(head, index))
-    }
-
-    /// Makes block `index` of span `head`, which the caller took, a live allocation.
+    /// The page holding `id`'s slot, or `InvalidId`.
     #[inline]
-    pub(crate) fn hand_out(
-        &self,
-        head: u64,
-        class: usize,
-        index: u64,
-        size: u64,
-        options: AllocOptions,
-    ) -> Allocation {
-        let base = self.geo.page_offset(head);
-        let state = self.block_state(base, index);
-        let gen = (BlockState::decode(state.load(Ordering::Relaxed)).gen + 1) & BlockState::GEN_MASK;
-        let class_size = CLASS_SIZES[class] as u64;
-        self.block_owner(base, class, index).store(options.owner.0, Ordering::Relaxed);
-        let live = BlockState { live: true, gen, alloc_type: options.alloc_type, low: class_size - size };
-        // ORDERING: Release publishes the owner (and the allocation as a whole) to lookups,
-        // which load this word with Acquire before reading the owner.
-        state.store(live.encode(), Ordering::Release);
-        let offset = self.block_offset(base, class, index);
-        Allocation {
-            id: self.make_id(offset, gen),
-            offset,
-            size,
-            capacity: class_size,
-            alloc_type: options.alloc_type,
-            owner: options.owner,
+    pub(crate) fn page_of(&self, id: AllocId) -> Result<u64, Error> {
+        let relative = id.slot().checked_mul(GRANULE).filter(|&r| r < self.geo.data_bytes());
+        match relative {
+            Some(relative) => Ok(relative >> self.geo.page_shift),
+            None => Err(Error::InvalidId { id: id.0 }),
         }
-    }
-
-    fn init_span(&self, head: u64, class: usize) {
-        let base = (head..head + SPAN_PAGES)
-            .map(|page| self.page_word(page, page::EPOCH).load(Ordering::Relaxed))
-            .max()
-            .unwrap_or(0);
-        self.span(head, class).0.init(base);
-        for member in head + 1..head + SPAN_PAGES {
-            self.page_word(member, page::INFO)
-                .store(PageInfo::SpanMember { head, class }.encode(), Ordering::Relaxed);
-        }
-        // ORDERING: Release publishes the span (anchor, states, member info) to `info` readers.
-        self.page_word(head, page::INFO).store(PageInfo::SpanHead { class }.encode(), Ordering::Release);
-        // A fresh span is listed at once, so that others find its free blocks too.
-        self.relist(head, class, &self.span(head, class).0);
-    }
-
-    fn alloc_large(&self, size: u64, options: AllocOptions) -> Result<Option<Allocation>, Error> {
-        let pages = size.div_ceil(self.geo.page_bytes()).max(1);
-        let Some(head) = self.claim_pages(pages) else {
-            return Ok(None);
-        };
-        let gen = (self.page_word(head, page::EPOCH).load(Ordering::Relaxed) + 1) & BlockState::GEN_MASK;
-        self.page_word(head, page::LINK).store(size, Ordering::Relaxed);
-        self.page_word(head, page::OWNER).store(options.owner.0 as u64, Ordering::Relaxed);
-        let live = BlockState { live: true, gen, alloc_type: options.alloc_type, low: 0 };
-        self.page_word(head, page::STATE).store(live.encode(), Ordering::Relaxed);
-        // ORDERING: Release publishes size, owner and state to `info` readers (lookups, frees).
-        self.page_word(head, page::INFO).store(PageInfo::LargeHead { pages }.encode(), Ordering::Release);
-        let offset = self.geo.page_offset(head);
-        Ok(Some(Allocation {
-            id: self.make_id(offset, gen),
-            offset,
-            size,
-            capacity: pages * self.geo.page_bytes(),
-            alloc_type: options.alloc_type,
-            owner: options.owner,
-        }))
-    }
-
-    fn claim_pages(&self, pages: u64) -> Option<u64> {
-        let start = self.bitmap().claim(pages, self.page_hint.load(Ordering::Relaxed))?;
-        self.page_hint.store(start + pages, Ordering::Relaxed);
-        Some(start)
-    }
-
-    /// Gives back the pages of every span whose blocks are all free. Returns how many spans
-    /// were released. Spans in use by a concurrent `alloc` are left alone.
-    pub fn release_empty_spans(&self) -> Result<u64, Error> {
-        let mut released = 0;
-        for class in 0..NUM_CLASSES {
-            let stack = self.stack(class);
-            let mut next = stack.take_all()?;
-            // The detached chain is ours alone; one longer than there are spans loops.
-            let mut budget = self.geo.num_pages / SPAN_PAGES + 1;
-            while let Some(head) = next {
-                if budget == 0 {
-                    return Err(Error::Corrupt { what: "class stack loops", page: head });
-                }
-                budget -= 1;
-                next = stack.next_detached(head)?;
-                self.check_span_head(head, class)?;
-                let (span, _, _) = self.span(head, class);
-                span.unlist();
-                if span.try_retire() {
-                    self.retire_span(head, &span);
-                    released += 1;
-                } else {
-                    self.relist(head, class, &span);
-                }
-            }
-        }
-        Ok(released)
-    }
-
-    /// Hands a retired span's pages back; the caller retired it and holds it alone.
-    pub(crate) fn retire_span(&self, head: u64, span: &Span<'_>) {
-        let max_gen = span.max_gen();
-        for page in head..head + SPAN_PAGES {
-            self.page_word(page, page::EPOCH).fetch_max(max_gen, Ordering::Relaxed);
-            self.page_word(page, page::INFO).store(PageInfo::Free.encode(), Ordering::Relaxed);
-        }
-        self.bitmap().release(head, SPAN_PAGES);
     }
 
     // ----- finding an allocation -------------------------------------------------------------
 
-    /// Finds the place of `id`'s slot and its state word. Checks every value read from the
-    /// region before using it as an index.
+    /// Finds the place of `id`'s slot and its state word; the caller holds a hazard on `page`
+    /// (from [`Heap::page_of`]). Checks every value read from the region before using it.
     #[inline]
-    pub(crate) fn locate(&self, id: AllocId) -> Result<(Place, &AtomicU64), Error> {
-        let slot = id.0 & ((1u64 << self.geo.slot_bits) - 1);
-        let relative = slot * GRANULE;
-        if relative >= self.geo.data_bytes() {
-            return Err(Error::InvalidId { id: id.0 });
-        }
-        let offset = self.geo.data_offset + relative;
-        let page = relative >> self.geo.page_shift;
+    pub(crate) fn locate(&self, id: AllocId, page: u64) -> Result<(Place, &AtomicU64), Error> {
+        let offset = self.geo.data_offset + id.slot() * GRANULE;
         let not_allocated = Error::NotAllocated { id: id.0 };
-        let (head, class) = match self.info(page) {
-            PageInfo::Free => return Err(not_allocated),
+        let (head, class) = match self.info(page)? {
+            PageInfo::Free | PageInfo::Transient { .. } => return Err(not_allocated),
+            PageInfo::SpanHead { retiring: true, .. } | PageInfo::SpanMember { retiring: true, .. } => {
+                return Err(not_allocated)
+            }
             PageInfo::LargeHead { pages } => {
                 if pages == 0 || pages > self.geo.num_pages - page {
                     return Err(Error::Corrupt { what: "large run out of range", page });
@@ -693,11 +642,10 @@ impl<'a> Heap<'a> {
                 if offset != self.geo.page_offset(page) {
                     return Err(not_allocated);
                 }
-                let state = self.page_word(page, page::STATE);
-                return Ok((Place::Large { head: page, pages }, state));
+                return Ok((Place::Large { head: page, pages }, self.page_word(page, page::WORD)));
             }
-            PageInfo::SpanHead { class } => (page, class),
-            PageInfo::SpanMember { head, class } => {
+            PageInfo::SpanHead { class, .. } => (page, class),
+            PageInfo::SpanMember { head, class, .. } => {
                 if head > page || page - head >= SPAN_PAGES {
                     return Err(Error::Corrupt { what: "span member points outside its span", page });
                 }
@@ -718,321 +666,346 @@ impl<'a> Heap<'a> {
         Ok((Place::Small { head, class, index, base }, self.block_state(base, index)))
     }
 
-    /// The state word of `id` if it is live with `id`'s generation.
+    /// The extra word of the allocation at `place`.
     #[inline]
-    pub(crate) fn live_state(&self, id: AllocId, state: &AtomicU64) -> Result<(u64, BlockState), Error> {
-        // ORDERING: Acquire pairs with the Release store that made the allocation live, so its
-        // owner and size are visible.
-        let word = state.load(Ordering::Acquire);
-        let decoded = BlockState::decode(word);
-        if !decoded.live || decoded.gen & self.id_gen_mask() != id.0 >> self.geo.slot_bits {
-            return Err(Error::NotAllocated { id: id.0 });
+    pub(crate) fn extra_of(&self, place: Place) -> Extra {
+        match place {
+            Place::Small { class, index, base, .. } => {
+                Extra::decode(self.block_extra(base, class, index).load(Ordering::Relaxed))
+            }
+            Place::Large { head, .. } => {
+                Extra::decode(self.page_word(head, page::GEN).load(Ordering::Relaxed) as u32)
+            }
         }
-        Ok((word, decoded))
     }
 
-    fn describe(&self, id: AllocId, place: &Place, state: BlockState) -> Result<Allocation, Error> {
-        let slot = id.0 & ((1u64 << self.geo.slot_bits) - 1);
-        let offset = self.geo.data_offset + slot * GRANULE;
-        let (size, capacity, owner) = match *place {
-            Place::Small { class, index, base, .. } => {
-                let capacity = CLASS_SIZES[class] as u64;
-                let owner = self.block_owner(base, class, index).load(Ordering::Relaxed);
-                (capacity.saturating_sub(state.low), capacity, owner)
-            }
-            Place::Large { head, pages } => {
-                let capacity = pages << self.geo.page_shift;
-                let size = self.page_word(head, page::LINK).load(Ordering::Relaxed);
-                if size > capacity {
-                    return Err(Error::Corrupt { what: "large size exceeds its run", page: head });
-                }
-                (size, capacity, self.page_word(head, page::OWNER).load(Ordering::Relaxed) as u32)
-            }
-        };
-        Ok(Allocation { id, offset, size, capacity, alloc_type: state.alloc_type, owner: Owner(owner) })
+    /// The state word of `id` (read as `word`) if it is live with `id`'s whole generation.
+    #[inline]
+    pub(crate) fn live_state(
+        &self,
+        id: AllocId,
+        place: Place,
+        state: &AtomicU64,
+    ) -> Result<(u64, BlockState, Extra), Error> {
+        // ORDERING: Acquire pairs with the Release store that made the allocation live, so its
+        // extra word (written before) is visible.
+        let word = state.load(Ordering::Acquire);
+        let not_allocated = Error::NotAllocated { id: id.0 };
+        let decoded = BlockState::decode(word).ok_or(not_allocated)?;
+        let generation = id.generation();
+        if decoded.kind != Kind::Live || decoded.tag != gen::tag(generation) {
+            return Err(not_allocated);
+        }
+        let extra = self.extra_of(place);
+        if extra.gen_high != gen::high(generation) {
+            return Err(not_allocated);
+        }
+        Ok((word, decoded, extra))
+    }
+
+    /// Capacity of the allocation at `place`.
+    pub(crate) fn capacity_of(&self, place: Place) -> u64 {
+        match place {
+            Place::Small { class, .. } => CLASS_SIZES[class] as u64,
+            Place::Large { pages, .. } => pages << self.geo.page_shift,
+        }
+    }
+
+    fn describe(&self, id: AllocId, place: Place, state: BlockState, extra: Extra) -> Result<Allocation, Error> {
+        let capacity = self.capacity_of(place);
+        let size = capacity
+            .checked_sub(state.aux)
+            .ok_or(Error::Corrupt { what: "slack exceeds capacity", page: self.geo.num_pages })?;
+        Ok(Allocation {
+            id,
+            offset: self.geo.data_offset + id.slot() * GRANULE,
+            size,
+            capacity,
+            alloc_type: extra.alloc_type,
+            owner: Owner(state.link as u16),
+        })
+    }
+
+    /// Runs `body` with the session's hazard on `id`'s page, clearing it afterwards.
+    #[inline]
+    pub(crate) fn under_hazard<T>(
+        &self,
+        session: &mut Session,
+        id: AllocId,
+        body: impl FnOnce(&Self, &mut Session, u64) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.check_session(session)?;
+        self.ensure_ready()?;
+        let page = self.page_of(id)?;
+        self.publish_hazard(session, page);
+        let result = body(self, session, page);
+        self.clear_hazard(session);
+        result
     }
 
     /// The live allocation with `id`, in O(1).
-    pub fn lookup(&self, id: AllocId) -> Result<Allocation, Error> {
-        self.ensure_ready()?;
-        let (place, state) = self.locate(id)?;
-        let (word, decoded) = self.live_state(id, state)?;
-        let allocation = self.describe(id, &place, decoded)?;
-        // The owner and size were read after the state; if the state changed meanwhile the
-        // allocation was freed (or resized) under us and the snapshot may mix two lives.
-        // ORDERING: Acquire, as the first load of this word: an unchanged word means the fields
-        // read in between belong to it.
-        if state.load(Ordering::Acquire) != word {
-            return Err(Error::NotAllocated { id: id.0 });
-        }
-        Ok(allocation)
+    pub fn lookup(&self, session: &mut Session, id: AllocId) -> Result<Allocation, Error> {
+        self.under_hazard(session, id, |heap, _, page| {
+            let (place, state) = heap.locate(id, page)?;
+            let (word, decoded, extra) = heap.live_state(id, place, state)?;
+            let allocation = heap.describe(id, place, decoded, extra)?;
+            // The type was read from the extra word after the state word; if the state changed
+            // meanwhile the allocation was freed under us and the type may be another's.
+            // ORDERING: Acquire fence orders the extra-word read before the re-read below, so an
+            // unchanged state word means the extra word belonged to this allocation.
+            fence(Ordering::Acquire);
+            if state.load(Ordering::Relaxed) != word {
+                return Err(Error::NotAllocated { id: id.0 });
+            }
+            Ok(allocation)
+        })
     }
 
     /// Whether `id` names a live allocation.
-    pub fn contains(&self, id: AllocId) -> bool {
-        self.lookup(id).is_ok()
+    pub fn contains(&self, session: &mut Session, id: AllocId) -> bool {
+        self.lookup(session, id).is_ok()
     }
 
     /// Frees the allocation `id`. A double free, a stale id or an id that is not an allocation
     /// start is an error and changes nothing.
-    pub fn free(&self, id: AllocId) -> Result<Wake, Error> {
-        self.ensure_ready()?;
-        let (place, state) = self.locate(id)?;
-        let (word, decoded) = self.live_state(id, state)?;
-        self.release(id, place, state, word, decoded)
+    pub fn free(&self, session: &mut Session, id: AllocId) -> Result<Wake, Error> {
+        self.under_hazard(session, id, |heap, session, page| {
+            let (place, state) = heap.locate(id, page)?;
+            let (word, decoded, extra) = heap.live_state(id, place, state)?;
+            heap.release(session, id, place, state, word, decoded, extra)
+        })
     }
 
-    /// Frees the located, live allocation `id` (its state word read as `word`) to the shared
-    /// heap, and says whether waiters must be woken.
+    /// Frees the located allocation `id` whose state word reads `word`: one compare-exchange
+    /// decides it (exactly one of any number of racing frees succeeds); then the block goes
+    /// back on its span's list, or the run's pages back to the bitmap. Under the hazard.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn release(
         &self,
+        session: &Session,
         id: AllocId,
         place: Place,
         state: &AtomicU64,
         word: u64,
         decoded: BlockState,
+        extra: Extra,
     ) -> Result<Wake, Error> {
-        let dead = BlockState { live: false, low: Anchor::NULL, alloc_type: 0, ..decoded };
-        // ORDERING: Acquire on success: we now own the block; Release is provided by the push
-        // (small) or the bitmap release (large) that hands it on.
+        let freed = BlockState::free(BlockState::NULL, session.participant, decoded.tag);
+        // ORDERING: Acquire on success: we now own the block after the last user's accesses;
+        // Release is provided by the push (small) or the bitmap release (large) that hands it on.
         state
-            .compare_exchange(word, dead.encode(), Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(word, freed.encode(), Ordering::Acquire, Ordering::Relaxed)
             .map_err(|_| Error::NotAllocated { id: id.0 })?;
+        step!("free/state-freed");
         match place {
-            Place::Small { head, class, index, .. } => {
-                let (span, _, _) = self.span(head, class);
-                self.push_block(&span, head, class, index, decoded.gen)
-            }
+            Place::Small { head, class, index, .. } => self.push_blocks(session, head, class, &[index as u16], &[decoded.tag]),
             Place::Large { head, pages } => {
-                self.page_word(head, page::EPOCH).fetch_max(decoded.gen, Ordering::Relaxed);
-                self.page_word(head, page::INFO).store(PageInfo::Free.encode(), Ordering::Relaxed);
-                self.bitmap().release(head, pages);
+                self.finish_large_release(session, head, pages, gen::join(extra.gen_high, decoded.tag))
             }
         }
         Ok(self.wake_if_waiting())
     }
 
-    /// Puts block `index` of span `head` (owned by the caller, not live) back on its span's
-    /// free list, listing the span if it was unlisted.
-    fn push_block(&self, span: &Span<'_>, head: u64, class: usize, index: u64, gen: u64) {
-        if span.push(index, gen) == Pushed::MustList {
-            self.stack(class).push(head);
+    /// Puts blocks of span `head` (held by the caller, not live) back on its list, and lists
+    /// the span (class list, empty set) as the new count requires. Under the hazard.
+    pub(crate) fn push_blocks(&self, session: &Session, head: u64, class: usize, indices: &[u16], tags: &[u64]) {
+        let pushed = self.span(head, class).push_chain(indices, tags, session.participant);
+        step!("push/pushed");
+        let slot = head / SPAN_PAGES;
+        if pushed.before == 0 {
+            self.class_list(class).set(slot);
+            step!("push/listed");
+        }
+        if pushed.after == self.blocks[class] {
+            self.empty_set().set(slot);
+            step!("push/marked-empty");
         }
     }
 
-    /// Gives a cached block (owned by the caller) back to its span.
-    pub(crate) fn give_back(&self, head: u64, class: usize, index: u64) {
-        let (span, _, _) = self.span(head, class);
-        let gen = BlockState::decode(span.state(index).load(Ordering::Relaxed)).gen;
-        self.push_block(&span, head, class, index, gen);
-    }
-
-    /// Records `owner` as the owner of `id`.
-    pub fn set_owner(&self, id: AllocId, owner: Owner) -> Result<(), Error> {
-        self.ensure_ready()?;
-        let (place, state) = self.locate(id)?;
-        let (word, _) = self.live_state(id, state)?;
-        match place {
-            Place::Small { class, index, base, .. } => {
-                self.block_owner(base, class, index).store(owner.0, Ordering::Relaxed)
+    /// Records `owner` as the owner of `id`, in one compare-exchange of its state word. Handing
+    /// an allocation to another process fails if that process is not attached; should it die
+    /// during the hand-over, the allocation is freed as `reclaim_dead` would have.
+    pub fn set_owner(&self, session: &mut Session, id: AllocId, owner: Owner) -> Result<(), Error> {
+        let target = if owner == Owner::POOL || owner == session.owner() {
+            None
+        } else {
+            let record = self
+                .process_record(owner)
+                .filter(|record| record.state == crate::layout::RecordState::Active)
+                .ok_or(Error::InvalidOwner { owner: owner.0 })?;
+            Some(record)
+        };
+        self.under_hazard(session, id, |heap, session, page| {
+            let (place, state) = heap.locate(id, page)?;
+            let (word, decoded, extra) = heap.live_state(id, place, state)?;
+            if let Some(record) = target {
+                heap.begin_handover(session, id, record);
             }
-            Place::Large { head, .. } => {
-                self.page_word(head, page::OWNER).store(owner.0 as u64, Ordering::Relaxed)
-            }
-        }
-        // If the allocation died meanwhile, the write went to a free slot's owner word, which
-        // the next allocation overwrites; report the free.
-        // ORDERING: Acquire, as the first load of this word: an unchanged word means the fields
-        // read in between belong to it.
-        if state.load(Ordering::Acquire) != word {
-            return Err(Error::NotAllocated { id: id.0 });
-        }
-        Ok(())
-    }
-
-    /// Resizes `id`: in place when the new size fits its block or run, otherwise by allocating,
-    /// copying and freeing. On failure the original is untouched and still valid. The returned
-    /// allocation keeps the id when resized in place.
-    pub fn realloc(&self, id: AllocId, new_size: u64) -> Result<Allocation, Error> {
-        self.ensure_ready()?;
-        let (place, state) = self.locate(id)?;
-        let (word, decoded) = self.live_state(id, state)?;
-        let current = self.describe(id, &place, decoded)?;
-        if new_size <= current.capacity {
-            let resized = match place {
-                Place::Small { .. } => BlockState { low: current.capacity - new_size, ..decoded },
-                Place::Large { .. } => decoded,
+            let owned = BlockState { link: owner.0 as u64, ..decoded };
+            // ORDERING: AcqRel: validates that the allocation is still this one and publishes the
+            // new owner to lookups and reclaimers in one step.
+            let changed = state.compare_exchange(word, owned.encode(), Ordering::AcqRel, Ordering::Relaxed);
+            step!("set-owner/changed");
+            let result = match (changed, target) {
+                (Err(_), _) => Err(Error::NotAllocated { id: id.0 }),
+                (Ok(_), None) => Ok(()),
+                (Ok(_), Some(record)) => heap.finish_handover(session, id, place, state, record, extra),
             };
+            heap.end_handover(session);
+            result
+        })
+    }
+
+    /// Resizes `id`: in place (one compare-exchange of its state word, keeping the id) when the
+    /// new size fits its block or run, otherwise by allocating, copying and freeing. On failure
+    /// the original is untouched and still valid.
+    pub fn realloc(&self, session: &mut Session, id: AllocId, new_size: u64) -> Result<Allocation, Error> {
+        let current = self.under_hazard(session, id, |heap, _, page| {
+            let (place, state) = heap.locate(id, page)?;
+            let (word, decoded, extra) = heap.live_state(id, place, state)?;
+            let current = heap.describe(id, place, decoded, extra)?;
+            let fits = match place {
+                Place::Small { .. } => new_size <= current.capacity,
+                Place::Large { pages, .. } => new_size.div_ceil(heap.geo.page_bytes()).max(1) == pages,
+            };
+            if !fits {
+                return Ok(Err(current));
+            }
+            let resized = BlockState { aux: current.capacity - new_size, ..decoded };
             // ORDERING: AcqRel; the CAS both checks the allocation is still live and publishes
             // the new size to lookups.
             state
                 .compare_exchange(word, resized.encode(), Ordering::AcqRel, Ordering::Relaxed)
                 .map_err(|_| Error::NotAllocated { id: id.0 })?;
-            if let Place::Large { head, .. } = place {
-                self.page_word(head, page::LINK).store(new_size, Ordering::Relaxed);
-            }
-            return Ok(Allocation { size: new_size, ..current });
-        }
-        let options = AllocOptions { align: GRANULE, alloc_type: current.alloc_type, owner: current.owner };
-        let moved = self.alloc(new_size, options)?;
-        // SAFETY: both allocations are live and belong to the caller, lie in the data area and,
-        // being distinct live allocations, do not overlap.
+            Ok(Ok(Allocation { size: new_size, ..current }))
+        })?;
+        let current = match current {
+            Ok(resized) => return Ok(resized),
+            Err(current) => current,
+        };
+        let options = AllocOptions { align: GRANULE, alloc_type: current.alloc_type, owner: Some(current.owner) };
+        let moved = self.alloc(session, new_size, options)?;
+        // SAFETY: the new allocation is ours and lies in the data area; the old one lies in the
+        // data area and does not overlap it (both were live at once). Its bytes may change under
+        // us only if another participant frees or writes it concurrently (a race of the user's
+        // making); the copy then reads whatever is there and the free below fails.
         unsafe { self.region.copy(current.offset, moved.offset, current.size.min(new_size)) };
-        if let Err(error) = self.free(id) {
+        if let Err(error) = self.free(session, id) {
             // The original was freed concurrently; undo our half and report it.
-            let _ = self.free(moved.id);
+            let _ = self.free(session, moved.id);
             return Err(error);
         }
         Ok(moved)
     }
 
-    // ----- blocking --------------------------------------------------------------------------
+    // ----- allocation ------------------------------------------------------------------------
 
-    /// Like [`Heap::alloc`], but when the pool is full waits through `host` for a free in any
-    /// process. The host's deadline ends the wait with [`Error::TimedOut`].
-    pub fn alloc_blocking(
-        &self,
-        size: u64,
-        options: AllocOptions,
-        host: &mut impl WaitHost,
-    ) -> Result<Allocation, Error> {
-        let status_word = self.region.word(header::STATUS);
-        loop {
-            match self.alloc(size, options) {
-                Err(Error::OutOfMemory { .. }) => {}
-                other => return other,
+    /// Allocates `size` bytes (0 is allowed and gives a distinct allocation).
+    pub fn alloc(&self, session: &mut Session, size: u64, options: AllocOptions) -> Result<Allocation, Error> {
+        self.check_session(session)?;
+        self.ensure_ready()?;
+        if !options.align.is_power_of_two() || options.align > self.geo.page_bytes() {
+            return Err(Error::BadAlignment { align: options.align });
+        }
+        if size > self.geo.data_bytes() {
+            return Err(Error::TooLarge { requested: size, capacity: self.geo.data_bytes() });
+        }
+        if let Some(owner) = options.owner {
+            if owner != Owner::POOL && owner != session.owner() && self.process_record(owner).is_none() {
+                return Err(Error::InvalidOwner { owner: owner.0 });
             }
-            // Announce ourselves before the last try, so a free that the try misses sees us.
-            // ORDERING: SeqCst, part of the Dekker pair with `wake_if_waiting` (fence below).
-            status_word.fetch_add(status::WAITER, Ordering::SeqCst);
-            // ORDERING: SeqCst fence pairs with the fence in `wake_if_waiting` (Dekker): either
-            // that free's load sees our count, or our retry below sees its freed space.
-            fence(Ordering::SeqCst);
-            let seen = self.wake_word().load(Ordering::SeqCst);
-            let outcome = match self.alloc(size, options) {
-                Err(Error::OutOfMemory { .. }) => host.wait(self.wake_word(), seen),
-                other => {
-                    // ORDERING: SeqCst, the waiter count's order everywhere; no other data depends on it.
-                    status_word.fetch_sub(status::WAITER, Ordering::SeqCst);
-                    return other;
-                }
+        }
+        let class = class_for(size).filter(|&class| options.align <= GRANULE && self.blocks[class] > 0);
+        loop {
+            let attempt = match class {
+                Some(class) => self.alloc_small(session, class, size, options)?,
+                None => self.alloc_large(session, size, options)?,
             };
-            // ORDERING: SeqCst, the waiter count's order everywhere; no other data depends on it.
-            status_word.fetch_sub(status::WAITER, Ordering::SeqCst);
-            if outcome == Waited::TimedOut {
-                return match self.alloc(size, options) {
-                    Err(Error::OutOfMemory { requested }) => Err(Error::TimedOut { requested }),
-                    other => other,
-                };
+            if let Some(allocation) = attempt {
+                return Ok(allocation);
+            }
+            // Out of pages: give an entirely free span back and try again.
+            if !self.retire_one(session)? {
+                return Err(Error::OutOfMemory { requested: size });
             }
         }
     }
+
+    fn alloc_small(
+        &self,
+        session: &mut Session,
+        class: usize,
+        size: u64,
+        options: AllocOptions,
+    ) -> Result<Option<Allocation>, Error> {
+        let mut taken = None;
+        self.take_blocks(session, class, 1, |heap, session, head, index| {
+            taken = Some(heap.hand_out(session, head, class, index, size, options));
+        })?;
+        Ok(taken)
+    }
+
+    /// Makes block `index` of span `head`, which the caller holds (taken off the list, or
+    /// cached by this session's process), a live allocation: a new generation, the type, then
+    /// the state word (Release).
+    #[inline]
+    pub(crate) fn hand_out(
+        &self,
+        session: &Session,
+        head: u64,
+        class: usize,
+        index: u64,
+        size: u64,
+        options: AllocOptions,
+    ) -> Allocation {
+        let base = self.geo.page_offset(head);
+        let state = self.block_state(base, index);
+        let extra_word = self.block_extra(base, class, index);
+        let tag = state.load(Ordering::Relaxed) >> 28;
+        let extra = Extra::decode(extra_word.load(Ordering::Relaxed));
+        let generation = gen::next(gen::join(extra.gen_high, tag));
+        let fresh = Extra { alloc_type: options.alloc_type, gen_high: gen::high(generation) };
+        if fresh != extra {
+            extra_word.store(fresh.encode(), Ordering::Relaxed);
+        }
+        let class_size = CLASS_SIZES[class] as u64;
+        let owner = options.owner.unwrap_or(session.owner());
+        let live = BlockState::live(owner.0 as u64, class_size - size, gen::tag(generation));
+        // ORDERING: Release publishes the extra word (and the allocation as a whole) to lookups,
+        // which load this word with Acquire before reading the extra word.
+        state.store(live.encode(), Ordering::Release);
+        let offset = self.block_offset(base, class, index);
+        Allocation {
+            id: self.make_id(offset, generation),
+            offset,
+            size,
+            capacity: class_size,
+            alloc_type: options.alloc_type,
+            owner,
+        }
+    }
+
+    // ----- blocking --------------------------------------------------------------------------
 
     /// Called after space became free: bumps the wake word when someone waits.
     pub(crate) fn wake_if_waiting(&self) -> Wake {
         // ORDERING: SeqCst fence pairs with the fence in `alloc_blocking`; see there.
         fence(Ordering::SeqCst);
-        if self.region.word(header::STATUS).load(Ordering::Relaxed) < status::WAITER {
+        if self.region.word(header::STATUS).load(Ordering::Relaxed) >> status::WAITER_SHIFT == 0 {
             return Wake::Nobody;
         }
         self.bump_wake_seq()
     }
 
-    fn bump_wake_seq(&self) -> Wake {
+    pub(crate) fn bump_wake_seq(&self) -> Wake {
         // ORDERING: SeqCst so a waiter that reads the new value also sees the free before it.
         self.wake_word().fetch_add(1, Ordering::SeqCst);
         Wake::Waiters
     }
 
-    /// Number of callers blocked in `alloc_blocking` right now, in all processes.
+    /// Number of callers blocked in `alloc_blocking` right now (holding a waiter slot), in all
+    /// processes.
     pub fn waiters(&self) -> u64 {
-        self.status() >> 32
-    }
-
-    // ----- walking the heap ------------------------------------------------------------------
-
-    /// The live allocations, page by page: a snapshot that is consistent for each allocation
-    /// but may miss or include allocations made or freed during the walk.
-    pub fn iter(&self) -> Allocations<'_, 'a> {
-        Allocations { heap: self, page: 0, block: 0 }
-    }
-
-    /// Usage figures from one walk of the heap.
-    pub fn stats(&self) -> Result<Stats, Error> {
-        self.ensure_ready()?;
-        crate::check::survey(self, false)
-    }
-
-    /// Walks the whole heap and verifies every invariant; meaningful on a quiescent heap (no
-    /// call in progress in any process). Returns the same figures as [`Heap::stats`].
-    pub fn check(&self) -> Result<Stats, Error> {
-        self.ensure_ready()?;
-        crate::check::check(self)
-    }
-
-    pub(crate) fn blocks_of(&self, class: usize) -> u64 {
-        self.blocks[class]
-    }
-
-    pub(crate) fn page_meta(&self, page: u64, field: usize) -> u64 {
-        // ORDERING: Acquire pairs with the Release that published the span or run (info store).
-        self.page_word(page, field).load(Ordering::Acquire)
-    }
-
-    pub(crate) fn span_parts(&self, head: u64, class: usize) -> Result<(Span<'_>, &[AtomicU32], u64), Error> {
-        self.check_span_head(head, class)?;
-        Ok(self.span(head, class))
-    }
-}
-
-/// Iterator over live allocations; see [`Heap::iter`].
-pub struct Allocations<'h, 'a> {
-    heap: &'h Heap<'a>,
-    page: u64,
-    block: u64,
-}
-
-impl Iterator for Allocations<'_, '_> {
-    type Item = Allocation;
-
-    fn next(&mut self) -> Option<Allocation> {
-        let heap = self.heap;
-        let geo = heap.geo;
-        while self.page < geo.num_pages {
-            let page = self.page;
-            match heap.info(page) {
-                PageInfo::SpanHead { class } if heap.check_span_head(page, class).is_ok() => {
-                    let (span, _, first_block) = heap.span(page, class);
-                    let class_size = CLASS_SIZES[class] as u64;
-                    while self.block < span.blocks() {
-                        let index = self.block;
-                        self.block += 1;
-                        // ORDERING: Acquire pairs with the Release store (or release sequence) that last wrote this
-                        // state word, so the block's owner and size are those of the state seen.
-                        let state = BlockState::decode(span.state(index).load(Ordering::Acquire));
-                        if state.live {
-                            let id = heap.make_id(first_block + index * class_size, state.gen);
-                            if let Ok(allocation) = heap.lookup(id) {
-                                return Some(allocation);
-                            }
-                        }
-                    }
-                    self.block = 0;
-                    self.page += SPAN_PAGES;
-                }
-                PageInfo::LargeHead { pages } if pages >= 1 && pages <= geo.num_pages - page => {
-                    self.page += pages;
-                    // ORDERING: Acquire pairs with the Release info store that published the run.
-                    let state = BlockState::decode(heap.page_word(page, page::STATE).load(Ordering::Acquire));
-                    if state.live {
-                        if let Ok(allocation) = heap.lookup(heap.make_id(geo.page_offset(page), state.gen)) {
-                            return Some(allocation);
-                        }
-                    }
-                }
-                _ => self.page += 1,
-            }
-        }
-        None
+        (self.status() >> status::WAITER_SHIFT).count_ones() as u64
     }
 }

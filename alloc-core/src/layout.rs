@@ -1,25 +1,35 @@
-//! Where everything sits inside a region, and the size classes.
+//! Where everything sits inside a region, the size classes, and the format of every shared word.
 //!
 //! A region is an array of 64-bit words. Its layout, front to back:
 //!
-//! | part        | words                         | holds                                          |
-//! |-------------|-------------------------------|------------------------------------------------|
-//! | header      | `HEADER_WORDS`                | magic, version, state, geometry, wait words    |
-//! | class heads | `NUM_CLASSES`                 | one tagged stack head per size class           |
-//! | bitmap      | `ceil(num_pages / 64)`        | one bit per data page, 1 = claimed             |
-//! | page meta   | `num_pages * PAGE_META_WORDS` | per data page: info, anchor, link, epoch, owner, state |
-//! | (padding)   |                               | up to the next page boundary                   |
-//! | data        | `num_pages * page_size` bytes | spans of small blocks and large runs           |
+//! | part          | words                              | holds                                      |
+//! |---------------|------------------------------------|--------------------------------------------|
+//! | header        | `HEADER_WORDS`                     | magic, version, state, geometry, wait words|
+//! | waiter owners | `WAITER_SLOTS` (padded to 64)      | the process holding each waiter slot       |
+//! | processes     | `table_size * PROCESS_WORDS`       | one record per attached process            |
+//! | participants  | `table_size * PARTICIPANT_WORDS`   | one record (one cache line) per participant|
+//! | page bitmap   | `ceil(num_pages / 32)`             | two bits per data page: claimed, head      |
+//! | class lists   | `NUM_CLASSES * hier_words`         | per class: spans that may have free blocks |
+//! | empty set     | `hier_words`                       | spans that may be entirely free            |
+//! | page meta     | `num_pages * PAGE_META_WORDS`      | per page: info, anchor or state, gen, epoch|
+//! | (padding)     |                                    | up to the next page boundary               |
+//! | data          | `num_pages * page_size` bytes      | spans of small blocks and large runs       |
 //!
 //! Every part but the header is all zero in a fresh region, and all-zero means "free": no page
-//! claimed, every class stack empty, every page's info "free", every epoch 0. Creating a pool
-//! therefore writes only the header, whatever its size. Only offsets and indices are stored,
+//! claimed, no span listed, no participant, every page's info "free", every epoch 0. Creating a
+//! pool therefore writes only the header, whatever its size. Only offsets and indices are stored,
 //! never pointers, so each process may map the region anywhere.
+//!
+//! Everything outside the data area is *out of band*: it never becomes user memory. Inside the
+//! data area, a span starts with its blocks' state words (`S`, one 64-bit word per block) and
+//! extra words (`X`, one 32-bit word per block); they are the only metadata that is ever user
+//! memory at another time (before the span was carved, or after it was retired), which is why
+//! they are touched only under a hazard (see the `heap` module).
 
 /// `b"SHMPOOL\0"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPOOL\0");
 /// Bumped whenever the meaning of any word in the region changes.
-pub const LAYOUT_VERSION: u64 = 1;
+pub const LAYOUT_VERSION: u64 = 2;
 
 /// Words reserved for the header; words `HOST_WORDS_START..HEADER_WORDS` belong to the host.
 pub const HEADER_WORDS: usize = 32;
@@ -27,17 +37,20 @@ pub const HEADER_WORDS: usize = 32;
 pub const HOST_WORDS_START: usize = 16;
 
 /// Header word indices. The first cache line (words 0-7) is read on every call and written
-/// almost never (`WAITERS` only by blocked allocators); `WAKE_SEQ` opens the second line, so that
-/// the frees bumping it do not disturb the first.
+/// almost never (`STATUS` only by blocked allocators registering); `WAKE_SEQ` opens the second
+/// line, so that the frees bumping it do not disturb the first.
 pub mod header {
     /// [`super::MAGIC`].
     pub const MAGIC: usize = 0;
     /// [`super::LAYOUT_VERSION`].
     pub const VERSION: usize = 1;
-    /// The pool's state (one of the `STATE_*` values, low byte) and the number of callers
-    /// blocked in `alloc_blocking` in any process (high 32 bits): one word, so that the hot path
-    /// learns both from one load. See [`super::status`].
+    /// The pool's state (one of the `STATE_*` values, low byte) and one bit per waiter slot
+    /// (bits 8-63): one word, so that the hot path learns both from one load. See
+    /// [`super::status`].
     pub const STATUS: usize = 2;
+    /// How hazards are fenced in this pool ([`super::FENCES_SYMMETRIC`] or
+    /// [`super::FENCES_ASYMMETRIC`]), fixed at creation.
+    pub const FENCES: usize = 3;
     /// Total bytes of the region, as created.
     pub const REGION_BYTES: usize = 4;
     /// log2 of the page size.
@@ -48,17 +61,24 @@ pub mod header {
     pub const DATA_OFFSET: usize = 7;
     /// Bumped by a free that must wake waiters; the host futex-waits on its low 32 bits.
     pub const WAKE_SEQ: usize = 8;
-    /// Bits of an allocation id that name its slot (the rest is its generation).
-    pub const SLOT_BITS: usize = 9;
+    /// Entries in the process table and in the participant table.
+    pub const TABLE_SIZE: usize = 9;
+    /// One past the highest participant index ever handed out (hazard scans stop there).
+    pub const PARTICIPANT_HWM: usize = 10;
+    /// One past the highest process index ever handed out.
+    pub const PROCESS_HWM: usize = 11;
 }
 
 /// Fields of the `STATUS` header word.
 pub mod status {
     /// The low byte holds the state.
     pub const STATE_MASK: u64 = 0xFF;
-    /// One blocked caller, in the high 32 bits.
-    pub const WAITER: u64 = 1 << 32;
+    /// Waiter slots: bits 8..64.
+    pub const WAITER_SHIFT: u32 = 8;
 }
+
+/// Number of waiter slots (bits of the `STATUS` word above the state byte).
+pub const WAITER_SLOTS: usize = 56;
 
 /// The region's header is being written; `open` waits or refuses.
 pub const STATE_INITIALISING: u64 = 1;
@@ -67,36 +87,75 @@ pub const STATE_READY: u64 = 2;
 /// The pool was destroyed; every operation fails with `Error::Destroyed`.
 pub const STATE_DESTROYED: u64 = 3;
 
+/// Hazards are published with a full fence in every process, and retirement fences likewise.
+pub const FENCES_SYMMETRIC: u64 = 1;
+/// Processes that can issue a process-wide heavy fence (membarrier) publish hazards with a
+/// compiler fence only; retirement and healing issue the heavy fence.
+pub const FENCES_ASYMMETRIC: u64 = 2;
+
 /// Every allocation's offset and size are multiples of this, and so is its alignment.
 pub const GRANULE: u64 = 16;
-/// Pages in one span of small blocks.
+/// Pages in one span of small blocks. Spans sit at page indices that are multiples of this.
 pub const SPAN_PAGES: u64 = 16;
 /// Smallest and largest page sizes a region may be created with.
 pub const MIN_PAGE_SHIFT: u32 = 6;
-/// See [`MIN_PAGE_SHIFT`].
-pub const MAX_PAGE_SHIFT: u32 = 16;
+/// See [`MIN_PAGE_SHIFT`]. A large run's slack (its pages minus its size) must fit a state word.
+pub const MAX_PAGE_SHIFT: u32 = 13;
 /// The page size used unless the host asks for another.
 pub const DEFAULT_PAGE_SHIFT: u32 = 12;
-/// Page indices travel in 32-bit fields (stack heads, member back-links).
+/// Page indices travel in 40-bit fields of page info.
 pub const MAX_PAGES: u64 = (1 << 32) - 2;
 
+/// Words of a process record, and what each holds.
+pub const PROCESS_WORDS: usize = 4;
+/// Process record word indices.
+pub mod process {
+    /// [`super::ProcessState`].
+    pub const STATE: usize = 0;
+    /// The process's start time as the host measures it (0 = not yet recorded).
+    pub const START_TIME: usize = 1;
+    /// The host's identity of the process's pid namespace (0 = not recorded).
+    pub const NAMESPACE: usize = 2;
+}
+
+/// Words of a participant record (one cache line), and what each holds.
+pub const PARTICIPANT_WORDS: usize = 8;
+/// Participant record word indices.
+pub mod participant {
+    /// [`super::ParticipantState`].
+    pub const STATE: usize = 0;
+    /// Page + 1 of the page whose span this participant may be touching (0 = none).
+    pub const HAZARD: usize = 1;
+    /// Page + 1 of a claim, release or retirement this participant owns (0 = none).
+    pub const PENDING: usize = 2;
+    /// A hand-over in progress: the allocation's slot (0 = none, else slot + 1).
+    pub const HANDOVER_SLOT: usize = 3;
+    /// A hand-over in progress: the allocation's generation.
+    pub const HANDOVER_GEN: usize = 4;
+    /// A hand-over in progress: the receiving process's record state as read before the change.
+    pub const HANDOVER_TARGET: usize = 5;
+}
+
+/// Largest number of processes (and of participants) a pool can record.
+pub const MAX_TABLE: u64 = (1 << 12) - 1;
+/// Smallest table: even a tiny pool serves a few participants.
+pub const MIN_TABLE: u64 = 4;
+/// Region bytes per table entry: pools of 128 MiB and more record `MAX_TABLE` participants.
+pub const BYTES_PER_TABLE_ENTRY: u64 = 32 << 10;
+
 /// Words of metadata per data page, and what each holds.
-pub const PAGE_META_WORDS: usize = 6;
+pub const PAGE_META_WORDS: usize = 4;
 /// Per-page metadata word indices.
 pub mod page {
     /// [`super::PageInfo`]: what the page is part of.
     pub const INFO: usize = 0;
-    /// Span head: the span's [`super::Anchor`]. Only ever an anchor, so its tag keeps growing
-    /// across the span's incarnations.
-    pub const ANCHOR: usize = 1;
-    /// Span head: next span in its class stack (page + 1, 0 = end). Large head: requested bytes.
-    pub const LINK: usize = 2;
-    /// Every generation ever issued to a slot inside this page is at most this value.
+    /// Span head: the span's [`super::Anchor`]. Large head: the allocation's
+    /// [`super::BlockState`].
+    pub const WORD: usize = 1;
+    /// Large head: the allocation's [`super::Extra`] (type and high generation bits).
+    pub const GEN: usize = 2;
+    /// Every generation ever issued to a slot starting inside this page is at most this value.
     pub const EPOCH: usize = 3;
-    /// Large head: the owner of the allocation (low 32 bits).
-    pub const OWNER: usize = 4;
-    /// Large head: the allocation's [`super::BlockState`].
-    pub const STATE: usize = 5;
 }
 
 /// Size classes: 16-byte steps to 128, then four classes per doubling up to 2048. A request above
@@ -136,8 +195,8 @@ pub fn class_for(size: u64) -> Option<usize> {
 
 /// `RECIPROCALS[class]` is `ceil(2^32 / class size)`: for any byte distance `d < 2^20` inside a
 /// span, `(d * RECIPROCALS[class]) >> 32 == d / class size` (a test checks both ends of every
-/// quotient; the map is monotonic, so that covers every `d`), so
-/// finding a block's index needs no division.
+/// quotient; the map is monotonic, so that covers every `d`), so finding a block's index needs
+/// no division.
 pub const RECIPROCALS: [u64; NUM_CLASSES] = {
     let mut table = [0u64; NUM_CLASSES];
     let mut class = 0;
@@ -148,7 +207,7 @@ pub const RECIPROCALS: [u64; NUM_CLASSES] = {
     table
 };
 
-/// Spans are at most this many bytes (16 pages of at most 64 KiB), the range `RECIPROCALS` covers.
+/// Spans are at most this many bytes (16 pages of at most 8 KiB), the range `RECIPROCALS` covers.
 pub const MAX_SPAN_BYTES: u64 = SPAN_PAGES << MAX_PAGE_SHIFT;
 
 /// `distance / CLASS_SIZES[class]` for `distance < MAX_SPAN_BYTES`, without a division.
@@ -157,13 +216,14 @@ pub fn block_index(distance: u64, class: usize) -> u64 {
     (distance * RECIPROCALS[class]) >> 32
 }
 
-/// Bytes of in-span metadata for `blocks` blocks: one state word and one owner half-word each,
+/// Bytes of in-span metadata for `blocks` blocks: one state word and one extra word each,
 /// rounded so that the first block stays 16-byte aligned.
 pub const fn span_meta_bytes(blocks: u64) -> u64 {
     (blocks * 12).div_ceil(GRANULE) * GRANULE
 }
 
-/// How many blocks of `class_size` fit in a span of `span_bytes`, metadata included.
+/// How many blocks of `class_size` fit in a span of `span_bytes`, metadata included (at most
+/// [`Anchor::MAX_BLOCKS`]).
 pub const fn blocks_per_span(class_size: u64, span_bytes: u64) -> u64 {
     let mut blocks = span_bytes / (class_size + 12);
     while blocks > 0 && span_meta_bytes(blocks) + blocks * class_size > span_bytes {
@@ -176,11 +236,57 @@ pub const fn blocks_per_span(class_size: u64, span_bytes: u64) -> u64 {
     }
 }
 
+/// The shape of one hierarchical bitmap (see `crate::hier`): level 0 holds one bit per leaf in
+/// 64-bit words; every level above holds 32 summary bits per word (one per word below) and a
+/// 32-bit version; the top level is one word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HierShape {
+    /// Number of levels (1 when one word holds every leaf).
+    pub levels: usize,
+    /// Word offset of each level from the bitmap's first word.
+    pub offsets: [usize; HierShape::MAX_LEVELS],
+    /// Words in each level.
+    pub words: [usize; HierShape::MAX_LEVELS],
+    /// Leaf bits.
+    pub leaves: u64,
+}
+
+impl HierShape {
+    /// Deep enough for 2^(6 + 5 * 7) leaves.
+    pub const MAX_LEVELS: usize = 8;
+
+    /// The shape for `leaves` leaf bits.
+    pub const fn new(leaves: u64) -> HierShape {
+        let mut shape =
+            HierShape { levels: 0, offsets: [0; Self::MAX_LEVELS], words: [0; Self::MAX_LEVELS], leaves };
+        let mut words = if leaves == 0 { 1 } else { leaves.div_ceil(64) as usize };
+        let mut offset = 0;
+        loop {
+            shape.offsets[shape.levels] = offset;
+            shape.words[shape.levels] = words;
+            shape.levels += 1;
+            offset += words;
+            if words == 1 {
+                return shape;
+            }
+            words = words.div_ceil(32);
+        }
+    }
+
+    /// Words in all levels.
+    pub const fn total_words(&self) -> usize {
+        self.offsets[self.levels - 1] + 1
+    }
+}
+
 const _: () = {
     assert!(CLASS_SIZES.len() == NUM_CLASSES);
     assert!(CLASS_SIZES[NUM_CLASSES - 1] as u64 == MAX_CLASS_SIZE);
-    assert!(HOST_WORDS_START > header::SLOT_BITS && HOST_WORDS_START < HEADER_WORDS);
-    assert!(page::STATE < PAGE_META_WORDS);
+    assert!(HOST_WORDS_START > header::PROCESS_HWM && HOST_WORDS_START < HEADER_WORDS);
+    assert!(page::EPOCH < PAGE_META_WORDS);
+    assert!(participant::HANDOVER_TARGET < PARTICIPANT_WORDS);
+    assert!(process::NAMESPACE < PROCESS_WORDS);
+    assert!(WAITER_SLOTS + status::WAITER_SHIFT as usize == 64);
     // Classes are 16-byte multiples, so every block of a span starts 16-byte aligned.
     let mut i = 0;
     while i < NUM_CLASSES {
@@ -189,6 +295,14 @@ const _: () = {
     }
     // With the default page size every class gets a usable span.
     assert!(blocks_per_span(MAX_CLASS_SIZE, SPAN_PAGES << DEFAULT_PAGE_SHIFT) >= 8);
+    // A large run's slack (at most one page) fits the 14-bit aux field of its state word.
+    assert!((1u64 << MAX_PAGE_SHIFT) <= BlockState::AUX_MASK);
+    // A span's block indices fit the 12-bit link field.
+    assert!(Anchor::MAX_BLOCKS < BlockState::NULL);
+    // A participant index fits the aux field of a free block and of page info.
+    assert!(MAX_TABLE <= BlockState::AUX_MASK);
+    // Geometry words stay small enough for `usize` arithmetic on 64-bit hosts.
+    assert!(HierShape::new(MAX_PAGES / SPAN_PAGES).levels <= HierShape::MAX_LEVELS);
 };
 
 /// The geometry of one region, derived from its size and page size. Stored in the header at
@@ -201,18 +315,30 @@ pub struct Geometry {
     pub page_shift: u32,
     /// Number of data pages.
     pub num_pages: u64,
-    /// Word index of the first class stack head.
-    pub stacks_word: usize,
-    /// Word index of the first bitmap word.
+    /// Number of span slots (aligned groups of `SPAN_PAGES` pages).
+    pub num_slots: u64,
+    /// Entries in the process table and in the participant table.
+    pub table_size: u64,
+    /// Word index of the first waiter-owner word.
+    pub waiter_word: usize,
+    /// Word index of the first process record.
+    pub process_word: usize,
+    /// Word index of the first participant record.
+    pub participant_word: usize,
+    /// Word index of the first page-bitmap word.
     pub bitmap_word: usize,
-    /// Number of bitmap words.
+    /// Number of page-bitmap words.
     pub bitmap_words: usize,
+    /// Shape of each class list and of the empty set.
+    pub hier: HierShape,
+    /// Word index of the first class list (class `c` starts `c * hier.total_words()` later).
+    pub class_word: usize,
+    /// Word index of the empty set.
+    pub empty_word: usize,
     /// Word index of page 0's metadata.
     pub page_meta_word: usize,
     /// Byte offset of data page 0.
     pub data_offset: u64,
-    /// Bits of an id that name the slot.
-    pub slot_bits: u32,
 }
 
 impl Geometry {
@@ -223,11 +349,20 @@ impl Geometry {
             return None;
         }
         let page = 1u64 << page_shift;
-        let stacks_word = HEADER_WORDS;
-        let bitmap_word = stacks_word + NUM_CLASSES;
-        // Each page costs its own bytes, its metadata and one bitmap bit; start from that
-        // estimate and step down until the padded layout fits.
-        let per_page_bits = (page + PAGE_META_WORDS as u64 * 8) * 8 + 1;
+        let mut table_size = region_bytes / BYTES_PER_TABLE_ENTRY;
+        if table_size < MIN_TABLE {
+            table_size = MIN_TABLE;
+        }
+        if table_size > MAX_TABLE {
+            table_size = MAX_TABLE;
+        }
+        let waiter_word = HEADER_WORDS;
+        let process_word = waiter_word + 64;
+        let participant_word = process_word + table_size as usize * PROCESS_WORDS;
+        let bitmap_word = participant_word + table_size as usize * PARTICIPANT_WORDS;
+        // Each page costs its own bytes, its metadata, two bitmap bits and its share of the
+        // class lists; start from that estimate and step down until the padded layout fits.
+        let per_page_bits = (page + PAGE_META_WORDS as u64 * 8) * 8 + 2 + 2;
         let mut num_pages = region_bytes.saturating_mul(8) / per_page_bits;
         if num_pages > MAX_PAGES {
             num_pages = MAX_PAGES;
@@ -236,27 +371,36 @@ impl Geometry {
             if num_pages < SPAN_PAGES {
                 return None;
             }
-            let bitmap_words = num_pages.div_ceil(64) as usize;
-            let page_meta_word = bitmap_word + bitmap_words;
+            let num_slots = num_pages / SPAN_PAGES;
+            let bitmap_words = num_pages.div_ceil(32) as usize;
+            let hier = HierShape::new(num_slots);
+            let class_word = bitmap_word + bitmap_words;
+            let empty_word = class_word + NUM_CLASSES * hier.total_words();
+            let page_meta_word = empty_word + hier.total_words();
             let meta_end = (page_meta_word as u64 + num_pages * PAGE_META_WORDS as u64) * 8;
             let data_offset = meta_end.div_ceil(page) * page;
             if data_offset + num_pages * page <= region_bytes {
-                let slots = (num_pages * page) / GRANULE;
-                let needed = 64 - slots.leading_zeros();
-                let slot_bits = if needed < MIN_SLOT_BITS { MIN_SLOT_BITS } else { needed };
                 return Some(Geometry {
                     region_bytes,
                     page_shift,
                     num_pages,
-                    stacks_word,
+                    num_slots,
+                    table_size,
+                    waiter_word,
+                    process_word,
+                    participant_word,
                     bitmap_word,
                     bitmap_words,
+                    hier,
+                    class_word,
+                    empty_word,
                     page_meta_word,
                     data_offset,
-                    slot_bits,
                 });
             }
-            num_pages -= 1;
+            // Step down by the shortfall's worth of pages (at least one).
+            let over = (data_offset + num_pages * page - region_bytes).div_ceil(page);
+            num_pages -= if over == 0 { 1 } else { over };
         }
     }
 
@@ -290,20 +434,47 @@ impl Geometry {
         self.data_offset + (page << self.page_shift)
     }
 
+    /// Word index of word `field` of participant `index`.
+    #[inline]
+    pub const fn participant_field(&self, index: u64, field: usize) -> usize {
+        self.participant_word + index as usize * PARTICIPANT_WORDS + field
+    }
+
+    /// Word index of word `field` of process `index`.
+    #[inline]
+    pub const fn process_field(&self, index: u64, field: usize) -> usize {
+        self.process_word + index as usize * PROCESS_WORDS + field
+    }
+
+    /// Word index of the first word of class `class`'s list.
+    #[inline]
+    pub const fn class_list_word(&self, class: usize) -> usize {
+        self.class_word + class * self.hier.total_words()
+    }
+
     /// Total words the region is made of.
     #[inline]
     pub const fn total_words(&self) -> usize {
         (self.region_bytes / 8) as usize
     }
-}
 
-/// Ids keep at least this many slot bits, so the stored 42-bit generation always fits.
-pub const MIN_SLOT_BITS: u32 = 64 - BlockState::GEN_BITS;
+    /// Bits an id's slot needs (`data_bytes / GRANULE` slots).
+    #[inline]
+    pub const fn slots(&self) -> u64 {
+        self.data_bytes() / GRANULE
+    }
+}
 
 /// What a data page is part of (the `INFO` word).
 ///
-/// Bits 62–63 hold the kind; the low 40 bits hold the class (span head), the head page (span
-/// member, with its class in bits 40–47) or the page count (large head). Zero means free: a fresh region needs no writing.
+/// | bits  | field |
+/// |-------|-------|
+/// | 60–63 | kind: 0 free, 1 span head, 2 span member, 3 large head, 4 transient |
+/// | 59    | retiring (span head and members): the span is being given back |
+/// | 40–47 | class (span head and members) |
+/// | 0–39  | head page (member), page count (large head), participant (transient) |
+///
+/// Zero means free: a fresh region needs no writing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageInfo {
     /// Not part of any span or run (or an interior page of a large run, which needs no record).
@@ -312,6 +483,8 @@ pub enum PageInfo {
     SpanHead {
         /// The size class.
         class: usize,
+        /// The span is being retired: every id in it is stale.
+        retiring: bool,
     },
     /// A later page of the span whose first page is `head`, of `class` (recorded here too, so
     /// that finding a block needs one info read).
@@ -320,167 +493,340 @@ pub enum PageInfo {
         head: u64,
         /// The span's size class.
         class: usize,
+        /// As for the head.
+        retiring: bool,
     },
     /// First page of a large allocation of `pages` pages.
     LargeHead {
         /// Pages in the run.
         pages: u64,
     },
+    /// First page of a run being claimed or released by `participant`: the run's page bits are
+    /// that participant's (a prefix of the run, starting with a head bit at this page, if any).
+    Transient {
+        /// The participant doing it.
+        participant: u64,
+    },
 }
 
 impl PageInfo {
-    const KIND_SHIFT: u32 = 62;
+    const KIND_SHIFT: u32 = 60;
+    const RETIRING: u64 = 1 << 59;
     const LOW_MASK: u64 = (1 << 40) - 1;
 
     /// The word stored in the region.
     pub const fn encode(self) -> u64 {
         match self {
             PageInfo::Free => 0,
-            PageInfo::SpanHead { class } => (1 << Self::KIND_SHIFT) | class as u64,
-            PageInfo::SpanMember { head, class } => (2 << Self::KIND_SHIFT) | (class as u64) << 40 | head,
-            PageInfo::LargeHead { pages } => (3 << Self::KIND_SHIFT) | pages,
+            PageInfo::SpanHead { class, retiring } => {
+                (1 << Self::KIND_SHIFT) | ((retiring as u64) * Self::RETIRING) | (class as u64) << 40
+            }
+            PageInfo::SpanMember { head, class, retiring } => {
+                (2 << Self::KIND_SHIFT) | ((retiring as u64) * Self::RETIRING) | (class as u64) << 40 | (head & Self::LOW_MASK)
+            }
+            PageInfo::LargeHead { pages } => (3 << Self::KIND_SHIFT) | (pages & Self::LOW_MASK),
+            PageInfo::Transient { participant } => (4 << Self::KIND_SHIFT) | (participant & Self::LOW_MASK),
         }
     }
 
-    /// Reads a word back. Values are not range-checked here; callers check them against the
-    /// geometry before use.
-    pub const fn decode(word: u64) -> PageInfo {
+    /// Reads a word back; `None` for a kind no version ever wrote (a corrupted region). Values
+    /// are not range-checked here; callers check them against the geometry before use.
+    pub const fn decode(word: u64) -> Option<PageInfo> {
         let low = word & Self::LOW_MASK;
-        match word >> Self::KIND_SHIFT {
+        let class = ((word >> 40) & 0xFF) as usize;
+        let retiring = word & Self::RETIRING != 0;
+        Some(match word >> Self::KIND_SHIFT {
             0 => PageInfo::Free,
-            1 => PageInfo::SpanHead { class: low as usize },
-            2 => PageInfo::SpanMember { head: low, class: ((word >> 40) & 0xFF) as usize },
-            _ => PageInfo::LargeHead { pages: low },
-        }
+            1 => PageInfo::SpanHead { class, retiring },
+            2 => PageInfo::SpanMember { head: low, class, retiring },
+            3 => PageInfo::LargeHead { pages: low },
+            4 => PageInfo::Transient { participant: low },
+            _ => return None,
+        })
     }
 }
 
-/// A span's anchor word (Michael 2004): the head of its free-block list, how many blocks are
-/// free, whether it sits in its class stack, whether it was retired, and an ABA tag.
+/// A span's anchor word (after Michael 2004): the head of its free-block list, how many blocks
+/// are free, whether it is being retired, and an ABA tag.
 ///
 /// | bits  | field   |
 /// |-------|---------|
-/// | 0–12  | head: index of the first free block, `NULL` if none |
-/// | 13–25 | count: free blocks |
-/// | 26    | listed: the span is in (or being pushed onto) its class stack |
-/// | 27    | retired: the span was given back to the bitmap |
-/// | 28–63 | tag: bumped by every change, so a stale compare-exchange fails (36 bits) |
+/// | 0–11  | head: index of the first free block, `NULL` if none |
+/// | 12–23 | count: free blocks on the list |
+/// | 24–25 | state: 0 normal, 1 retiring |
+/// | 26–63 | tag: bumped by every change, so a stale compare-exchange fails (38 bits) |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Anchor {
     /// Index of the first free block, or [`Anchor::NULL`].
     pub head: u64,
-    /// Number of free blocks.
+    /// Number of free blocks on the list.
     pub count: u64,
-    /// In its class stack.
-    pub listed: bool,
-    /// Given back to general use.
-    pub retired: bool,
+    /// The span is being retired: pops fail, its pages are about to be given back.
+    pub retiring: bool,
     /// ABA tag.
     pub tag: u64,
 }
 
 impl Anchor {
     /// No block.
-    pub const NULL: u64 = 0x1FFF;
-    /// Blocks a span may hold: indices `0..MAX_BLOCKS`, so neither `NULL` nor
-    /// `BlockState::CACHED` is ever an index.
-    pub const MAX_BLOCKS: u64 = Self::NULL - 1;
-    const INDEX_MASK: u64 = 0x1FFF;
-    const TAG_SHIFT: u32 = 28;
+    pub const NULL: u64 = BlockState::NULL;
+    /// Blocks a span may hold: indices `0..MAX_BLOCKS`, so `NULL` is never an index.
+    pub const MAX_BLOCKS: u64 = 4094;
+    const FIELD_MASK: u64 = 0xFFF;
+    const TAG_SHIFT: u32 = 26;
+    const TAG_MASK: u64 = (1 << (64 - Self::TAG_SHIFT)) - 1;
 
     /// The word stored in the region.
     pub const fn encode(self) -> u64 {
-        (self.head & Self::INDEX_MASK)
-            | (self.count & Self::INDEX_MASK) << 13
-            | (self.listed as u64) << 26
-            | (self.retired as u64) << 27
-            | self.tag << Self::TAG_SHIFT
+        (self.head & Self::FIELD_MASK)
+            | (self.count & Self::FIELD_MASK) << 12
+            | (self.retiring as u64) << 24
+            | (self.tag & Self::TAG_MASK) << Self::TAG_SHIFT
     }
 
     /// Reads a word back.
     pub const fn decode(word: u64) -> Anchor {
         Anchor {
-            head: word & Self::INDEX_MASK,
-            count: (word >> 13) & Self::INDEX_MASK,
-            listed: (word >> 26) & 1 == 1,
-            retired: (word >> 27) & 1 == 1,
+            head: word & Self::FIELD_MASK,
+            count: (word >> 12) & Self::FIELD_MASK,
+            retiring: (word >> 24) & 1 == 1,
             tag: word >> Self::TAG_SHIFT,
         }
     }
 
-    /// The same anchor with the tag advanced (wrapping within its 36 bits).
+    /// The same anchor with the tag advanced (wrapping within its 38 bits).
     pub const fn bumped(self) -> Anchor {
-        Anchor { tag: (self.tag + 1) & ((1 << (64 - Self::TAG_SHIFT)) - 1), ..self }
+        Anchor { tag: (self.tag + 1) & Self::TAG_MASK, ..self }
     }
 }
 
-/// The state word of one allocation slot: a small block's entry in its span's state array, or
-/// a large run's `ANCHOR` word.
+/// What a block (or a large run) is: the kind field of its [`BlockState`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Free: on its span's list, or held by a participant in the middle of a push or pop.
+    Free,
+    /// An allocation.
+    Live,
+    /// Free and held in the cache of the process named by `link`.
+    Cached,
+}
+
+/// The state word `S` of one block (in-span), or of one large run (`page::WORD` of its head).
 ///
 /// | bits  | field |
 /// |-------|-------|
-/// | 0–12  | live small block: class size minus requested size; free small block: next free index (`NULL` at the end, `CACHED` when held in a cache) |
-/// | 13–20 | allocation type |
-/// | 21–62 | generation (42 bits), bumped by each allocation of the slot |
-/// | 63    | live |
+/// | 0–11  | link: live → owner process (0 = the pool); cached → holder process; free → next free block (`NULL` at the end) |
+/// | 12–13 | kind: 0 free, 1 live, 2 cached |
+/// | 14–27 | aux: live → slack (capacity minus requested size); free → the participant that last pushed it (0 = none) |
+/// | 28–63 | tag: the low 36 bits of the generation of the slot's current (or last) allocation |
+///
+/// Owner, size and state are one word, so that every change of an allocation (free, owner,
+/// resize) is one compare-exchange that validates all of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockState {
-    /// An allocation occupies the slot.
-    pub live: bool,
-    /// The generation of the current (or last) allocation.
-    pub gen: u64,
-    /// The allocation type (`DATA` = 0, ...).
-    pub alloc_type: u8,
-    /// Slack (live) or next free index (free).
-    pub low: u64,
+    /// What the block is.
+    pub kind: Kind,
+    /// Owner, holder or next free block, by kind.
+    pub link: u64,
+    /// Slack or last pusher, by kind.
+    pub aux: u64,
+    /// Low bits of the generation.
+    pub tag: u64,
 }
 
 impl BlockState {
-    /// Bits of the stored generation.
-    pub const GEN_BITS: u32 = 42;
-    /// Largest generation value.
-    pub const GEN_MASK: u64 = (1 << Self::GEN_BITS) - 1;
-    /// `low` of a block that is free but held in some participant's cache (its owner word
-    /// names that participant). Never a block index: spans hold fewer blocks.
-    pub const CACHED: u64 = Anchor::MAX_BLOCKS;
+    /// No next block.
+    pub const NULL: u64 = 0xFFF;
+    /// Largest `link` value.
+    pub const LINK_MASK: u64 = 0xFFF;
+    /// Largest `aux` value.
+    pub const AUX_MASK: u64 = (1 << 14) - 1;
+    /// Bits of the generation kept in the state word.
+    pub const TAG_BITS: u32 = 36;
+    /// Largest `tag` value.
+    pub const TAG_MASK: u64 = (1 << Self::TAG_BITS) - 1;
 
     /// The word stored in the region.
     pub const fn encode(self) -> u64 {
-        (self.low & 0x1FFF)
-            | (self.alloc_type as u64) << 13
-            | (self.gen & Self::GEN_MASK) << 21
-            | (self.live as u64) << 63
+        let kind = match self.kind {
+            Kind::Free => 0,
+            Kind::Live => 1,
+            Kind::Cached => 2,
+        };
+        (self.link & Self::LINK_MASK)
+            | kind << 12
+            | (self.aux & Self::AUX_MASK) << 14
+            | (self.tag & Self::TAG_MASK) << 28
+    }
+
+    /// Reads a word back; `None` for the kind no version writes (a corrupted region).
+    pub const fn decode(word: u64) -> Option<BlockState> {
+        let kind = match (word >> 12) & 3 {
+            0 => Kind::Free,
+            1 => Kind::Live,
+            2 => Kind::Cached,
+            _ => return None,
+        };
+        Some(BlockState { kind, link: word & Self::LINK_MASK, aux: (word >> 14) & Self::AUX_MASK, tag: word >> 28 })
+    }
+
+    /// A free block whose next free block is `next`, last pushed by `pusher`.
+    pub const fn free(next: u64, pusher: u64, tag: u64) -> BlockState {
+        BlockState { kind: Kind::Free, link: next, aux: pusher, tag }
+    }
+
+    /// A live allocation.
+    pub const fn live(owner: u64, slack: u64, tag: u64) -> BlockState {
+        BlockState { kind: Kind::Live, link: owner, aux: slack, tag }
+    }
+
+    /// A block held in `holder`'s cache.
+    pub const fn cached(holder: u64, tag: u64) -> BlockState {
+        BlockState { kind: Kind::Cached, link: holder, aux: 0, tag }
+    }
+}
+
+/// Generations: 60 bits, split between the state word's tag (low 36) and the extra word (high 24).
+pub mod gen {
+    /// Bits of a generation.
+    pub const BITS: u32 = 60;
+    /// Largest generation.
+    pub const MASK: u64 = (1 << BITS) - 1;
+
+    /// The generation after `gen` (wrapping after 2^60 allocations of one slot).
+    #[inline]
+    pub const fn next(gen: u64) -> u64 {
+        (gen + 1) & MASK
+    }
+
+    /// The low bits kept in a state word.
+    #[inline]
+    pub const fn tag(gen: u64) -> u64 {
+        gen & super::BlockState::TAG_MASK
+    }
+
+    /// The high bits kept in an extra word.
+    #[inline]
+    pub const fn high(gen: u64) -> u64 {
+        gen >> super::BlockState::TAG_BITS
+    }
+
+    /// A generation from its two halves.
+    #[inline]
+    pub const fn join(high: u64, tag: u64) -> u64 {
+        (high << super::BlockState::TAG_BITS) | tag
+    }
+}
+
+/// The extra word `X` of a block (in-span, 32 bits) or of a large run (`page::GEN`, low 32 bits):
+/// written only while the block or run is held exclusively, read after its state word.
+///
+/// | bits | field |
+/// |------|-------|
+/// | 0–7  | allocation type |
+/// | 8–31 | high 24 bits of the generation |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extra {
+    /// The allocation's type.
+    pub alloc_type: u8,
+    /// The generation's high bits.
+    pub gen_high: u64,
+}
+
+impl Extra {
+    /// The word stored in the region.
+    pub const fn encode(self) -> u32 {
+        self.alloc_type as u32 | ((self.gen_high as u32) << 8)
     }
 
     /// Reads a word back.
-    pub const fn decode(word: u64) -> BlockState {
-        BlockState {
-            low: word & 0x1FFF,
-            alloc_type: (word >> 13) as u8,
-            gen: (word >> 21) & Self::GEN_MASK,
-            live: word >> 63 == 1,
+    pub const fn decode(word: u32) -> Extra {
+        Extra { alloc_type: word as u8, gen_high: (word >> 8) as u64 }
+    }
+}
+
+/// Life of a process or participant record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordState {
+    /// Unused.
+    Free,
+    /// In use by a process that is (as far as anyone knows) alive.
+    Active,
+    /// Its process was found dead; what it held is being reclaimed.
+    Dead,
+}
+
+impl RecordState {
+    const fn bits(self) -> u64 {
+        match self {
+            RecordState::Free => 0,
+            RecordState::Active => 1,
+            RecordState::Dead => 2,
+        }
+    }
+
+    const fn from_bits(bits: u64) -> RecordState {
+        match bits {
+            1 => RecordState::Active,
+            2 => RecordState::Dead,
+            _ => RecordState::Free,
         }
     }
 }
 
-/// A class stack head: the top span (page + 1, 0 when empty) and a 32-bit ABA tag.
+/// A process record's state word.
+///
+/// | bits  | field |
+/// |-------|-------|
+/// | 0–31  | pid |
+/// | 32–61 | incarnation: bumped each time the record is taken |
+/// | 62–63 | state |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StackHead {
-    /// Top span's page + 1, or 0.
-    pub top: u64,
-    /// ABA tag, bumped by every push and pop.
-    pub tag: u64,
+pub struct ProcessState {
+    /// Free, active or dead.
+    pub state: RecordState,
+    /// Bumped each time the record is taken, so a re-read tells a new process from the old.
+    pub incarnation: u64,
+    /// The process id.
+    pub pid: u32,
 }
 
-impl StackHead {
+impl ProcessState {
+    const INC_MASK: u64 = (1 << 30) - 1;
+
     /// The word stored in the region.
     pub const fn encode(self) -> u64 {
-        (self.top & 0xFFFF_FFFF) | (self.tag & 0xFFFF_FFFF) << 32
+        self.pid as u64 | (self.incarnation & Self::INC_MASK) << 32 | self.state.bits() << 62
     }
 
     /// Reads a word back.
-    pub const fn decode(word: u64) -> StackHead {
-        StackHead { top: word & 0xFFFF_FFFF, tag: word >> 32 }
+    pub const fn decode(word: u64) -> ProcessState {
+        ProcessState {
+            state: RecordState::from_bits(word >> 62),
+            incarnation: (word >> 32) & Self::INC_MASK,
+            pid: word as u32,
+        }
+    }
+}
+
+/// A participant record's state word: | 0–11 process | 62–63 state |.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParticipantState {
+    /// Free, active or dead.
+    pub state: RecordState,
+    /// The process it belongs to.
+    pub process: u64,
+}
+
+impl ParticipantState {
+    /// The word stored in the region.
+    pub const fn encode(self) -> u64 {
+        (self.process & 0xFFF) | self.state.bits() << 62
+    }
+
+    /// Reads a word back.
+    pub const fn decode(word: u64) -> ParticipantState {
+        ParticipantState { state: RecordState::from_bits(word >> 62), process: word & 0xFFF }
     }
 }
 
@@ -502,50 +848,81 @@ mod tests {
 
     #[test]
     fn packed_words_round_trip() {
-        let anchor = Anchor { head: 17, count: 4000, listed: true, retired: false, tag: (1 << 36) - 1 };
+        let anchor = Anchor { head: 17, count: 4000, retiring: true, tag: (1 << 38) - 1 };
         assert_eq!(Anchor::decode(anchor.encode()), anchor);
         assert_eq!(anchor.bumped().tag, 0);
-        let state = BlockState { live: true, gen: BlockState::GEN_MASK, alloc_type: 255, low: 0x1FFF };
-        assert_eq!(BlockState::decode(state.encode()), state);
+        for state in [
+            BlockState::live(4095, BlockState::AUX_MASK, BlockState::TAG_MASK),
+            BlockState::free(BlockState::NULL, 4095, 0),
+            BlockState::cached(1, 12345),
+        ] {
+            assert_eq!(BlockState::decode(state.encode()), Some(state));
+        }
+        assert_eq!(BlockState::decode(3 << 12), None);
+        let extra = Extra { alloc_type: 255, gen_high: (1 << 24) - 1 };
+        assert_eq!(Extra::decode(extra.encode()), extra);
         for info in [
             PageInfo::Free,
-            PageInfo::SpanHead { class: 23 },
-            PageInfo::SpanMember { head: MAX_PAGES, class: 23 },
+            PageInfo::SpanHead { class: 23, retiring: true },
+            PageInfo::SpanMember { head: MAX_PAGES, class: 23, retiring: false },
             PageInfo::LargeHead { pages: MAX_PAGES },
+            PageInfo::Transient { participant: MAX_TABLE },
         ] {
-            assert_eq!(PageInfo::decode(info.encode()), info);
+            assert_eq!(PageInfo::decode(info.encode()), Some(info));
         }
-        let head = StackHead { top: 0xFFFF_FFFF, tag: 0xFFFF_FFFF };
-        assert_eq!(StackHead::decode(head.encode()), head);
+        assert_eq!(PageInfo::decode(15 << 60), None);
+        let process = ProcessState { state: RecordState::Dead, incarnation: (1 << 30) - 1, pid: u32::MAX };
+        assert_eq!(ProcessState::decode(process.encode()), process);
+        let participant = ParticipantState { state: RecordState::Active, process: 4095 };
+        assert_eq!(ParticipantState::decode(participant.encode()), participant);
+    }
+
+    #[test]
+    fn generations_split_across_the_two_words() {
+        for g in [0, 1, BlockState::TAG_MASK, BlockState::TAG_MASK + 1, gen::MASK] {
+            assert_eq!(gen::join(gen::high(g), gen::tag(g)), g);
+            assert!(gen::high(g) < 1 << 24);
+        }
+        assert_eq!(gen::next(gen::MASK), 0);
     }
 
     #[test]
     fn geometry_fits_inside_the_region_and_keeps_metadata_small() {
-        for (bytes, shift) in [(1u64 << 20, 12), (64 << 20, 12), (1 << 40, 12), (1 << 17, 6), (3 << 20, 16)] {
+        for (bytes, shift) in [(1u64 << 20, 12), (64 << 20, 12), (1 << 40, 12), (1 << 17, 6), (3 << 20, 13)] {
             let geo = Geometry::compute(bytes, shift).expect("large enough");
             assert!(geo.data_offset.is_multiple_of(geo.page_bytes()));
             assert!(geo.data_offset + geo.data_bytes() <= bytes);
-            assert!(
-                geo.page_meta_word * 8 + geo.num_pages as usize * PAGE_META_WORDS * 8
-                    <= geo.data_offset as usize
-            );
-            // Everything but the data area stays within ~2% of a 4 KiB-page region, plus one page.
-            if shift == 12 {
+            assert!(geo.page_word(geo.num_pages, 0) * 8 <= geo.data_offset as usize);
+            assert!(geo.num_slots * SPAN_PAGES <= geo.num_pages);
+            // Everything but the data area stays within ~2% of a 4 KiB-page region, plus a page.
+            if shift == 12 && bytes >= 64 << 20 {
                 let overhead = bytes - geo.data_bytes();
                 assert!(overhead <= bytes / 50 + geo.page_bytes() * 2, "{overhead} of {bytes}");
             }
-            assert!(geo.slot_bits >= MIN_SLOT_BITS);
-            assert!((geo.data_bytes() / GRANULE) <= 1 << geo.slot_bits);
+            assert!(geo.table_size >= MIN_TABLE && geo.table_size <= MAX_TABLE);
         }
+        assert!(Geometry::compute(1 << 30, 12).expect("fits").table_size >= 1024);
         assert_eq!(Geometry::compute(4096, 12), None);
         assert_eq!(Geometry::compute(1 << 20, 5), None);
+        assert_eq!(Geometry::compute(1 << 20, 14), None);
+    }
+
+    #[test]
+    fn hierarchical_shapes_end_in_one_word() {
+        for leaves in [0, 1, 64, 65, 2048, 2049, 1 << 20, MAX_PAGES / SPAN_PAGES] {
+            let shape = HierShape::new(leaves);
+            assert_eq!(shape.words[shape.levels - 1], 1, "{leaves}");
+            assert!(shape.words[0] as u64 * 64 >= leaves);
+            for level in 1..shape.levels {
+                assert!(shape.words[level] * 32 >= shape.words[level - 1]);
+            }
+        }
     }
 
     #[test]
     fn block_index_equals_division_across_the_largest_span() {
         for (class, &size) in CLASS_SIZES.iter().enumerate() {
             let size = size as u64;
-            // Every multiple is exact, and the values just below and above a multiple too.
             let mut distance = 0;
             while distance < MAX_SPAN_BYTES {
                 for probe in [distance, distance + 1, distance + size - 1] {

@@ -2,26 +2,30 @@
 //! every process mapping the region can allocate, free and look up allocations.
 //!
 //! `no_std`, no allocation, no system calls: the host (alloc-shm) maps the region, implements
-//! waiting ([`WaitHost`]) and wakes waiters when a free says so ([`Wake`]). All shared state is
+//! waiting ([`WaitHost`]), says which processes are dead, provides the process-wide memory
+//! barrier ([`Platform`]) and wakes waiters when a free says so ([`Wake`]). All shared state is
 //! reached through the atomics of [`primitive`], which loom replaces in the models.
 //!
-//! Start at [`Heap`]; the design and its invariants are described in the `heap` module.
+//! Start at [`Heap`]; the design and what holds under stalls, crashes and fork is described in
+//! the `heap` module.
 //!
 //! ```
-//! use alloc_core::{AllocOptions, Heap, Owner, Region};
+//! use alloc_core::{AllocOptions, Cache, Heap, ProcessIdentity, Region};
 //!
 //! let mut memory = vec![0u64; (8 << 20) / 8]; // any zeroed, 8-byte aligned memory
 //! // SAFETY: the memory outlives the region and is only used through it.
 //! let region = unsafe { Region::from_raw(memory.as_mut_ptr().cast(), 8 << 20) }?;
 //! let heap = Heap::create_default(region)?; // O(1): writes only the header
-//! let a = heap.alloc(64, AllocOptions::default())?; // a.offset: bytes from the region start
-//! assert_eq!(heap.lookup(a.id)?.size, 64); // O(1) lookup by 64-bit id
-//! let _wake = heap.free(a.id)?;
-//! assert!(heap.free(a.id).is_err()); // a double free is an error, and changes nothing
-//! heap.check()?; // verifies every invariant
+//! let me = heap.register_process(ProcessIdentity { pid: std::process::id(), start_time: 1, namespace: 0 })?;
+//! let mut session = heap.register_participant(me)?; // one per thread
+//! let a = heap.alloc(&mut session, 64, AllocOptions::default())?; // a.offset: from the region start
+//! assert_eq!(heap.lookup(&mut session, a.id)?.size, 64); // O(1) lookup by id
+//! let _wake = heap.free(&mut session, a.id)?;
+//! assert!(heap.free(&mut session, a.id).is_err()); // a double free is an error, and changes nothing
+//! heap.check(&mut session)?; // verifies every invariant
 //!
-//! // The fast path: one cache per thread; cached blocks stay recorded in shared memory.
-//! let mut cache = heap.new_cache(Owner(std::process::id()));
+//! // The fast path: a cache per thread; cached blocks stay recorded in shared memory.
+//! let mut cache = Cache::new(heap.register_participant(me)?);
 //! let b = heap.alloc_with(&mut cache, 64, AllocOptions::default())?;
 //! let _wake = heap.free_with(&mut cache, b.id)?;
 //! let _wake = heap.flush(&mut cache)?; // give cached blocks back (e.g. at exit)
@@ -32,22 +36,28 @@
 pub mod bitmap;
 mod cache;
 mod check;
+mod crash;
 pub mod error;
 pub mod heap;
+pub mod hier;
 pub mod layout;
+mod pages;
+pub mod participant;
 pub mod primitive;
 mod reclaim;
 pub mod region;
 mod repair;
 pub mod span;
-pub mod stack;
+mod wait;
 
+#[cfg(feature = "crash-points")]
+pub use crash::{clear_hook, set_hook};
 pub use cache::{Cache, CACHE_BLOCKS};
 pub use error::Error;
-pub use heap::{
-    alloc_type, AllocId, AllocOptions, Allocation, Allocations, ClassStats, Heap, Owner, Stats, WaitHost,
-    Waited, Wake,
-};
+pub use heap::{alloc_type, AllocId, AllocOptions, Allocation, ClassStats, Heap, Owner, Platform, Stats, Wake};
+pub use layout::RecordState;
+pub use participant::{ProcessIdentity, ProcessRecord, Session};
 pub use reclaim::Reclaimed;
 pub use region::Region;
 pub use repair::Repaired;
+pub use wait::{WaitHost, Waited};

@@ -7,6 +7,17 @@ pub use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 #[cfg(not(all(shmpool_loom, feature = "loom")))]
 pub use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
+/// A fence for the compiler only: keeps the compiler from moving memory accesses across it.
+/// Under loom (which models no compiler) it is a full fence, since loom's models always use
+/// symmetric fences.
+#[inline]
+pub fn compiler_fence() {
+    #[cfg(all(shmpool_loom, feature = "loom"))]
+    fence(Ordering::SeqCst);
+    #[cfg(not(all(shmpool_loom, feature = "loom")))]
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+}
+
 /// Tells a spinning CAS loop that another participant won; loom needs to be told to switch
 /// threads, the hardware only needs the pause hint.
 #[inline]

@@ -1,48 +1,52 @@
 //! One span of small blocks and its anchor (after Michael, PLDI 2004).
 //!
 //! A span is `SPAN_PAGES` pages holding `n` blocks of one class. At its start sit two in-span
-//! arrays: one state word per block ([`BlockState`]) and one owner half-word per block; the
-//! blocks follow. Free blocks form a list threaded through their state words (never through
-//! user bytes, so a late write into a freed block cannot corrupt the list), and the anchor word
-//! holds the list head, the free count, the listed/retired flags and a 36-bit tag.
+//! arrays: one state word `S` per block ([`BlockState`]) and one extra word `X` per block
+//! ([`Extra`]); the blocks follow. Free blocks form a list threaded through their state words
+//! (never through user bytes, so a late write into a freed block cannot corrupt the list), and
+//! the anchor word (out of band, in page metadata) holds the list head, the free count, the
+//! retiring state and a 38-bit tag.
+//!
+//! Every caller holds a hazard on the span (see `heap`), so the span cannot be retired and its
+//! in-span words are metadata for the whole call.
 //!
 //! Invariants (checked by `Heap::check` on a quiescent heap):
-//! - `count` equals the length of the free list; every block on it has a non-live state word;
-//!   every block off it is live.
-//! - A retired span has `count == n`, is not listed, and its pages are no longer claimed.
-//! - A listed span is in its class stack (or is being pushed there by whoever set the flag).
+//! - `count` equals the length of the free list; every block on it is free; every block off it
+//!   is live or cached, or is held by a participant in the middle of a push or pop.
+//! - A retiring span has `count == n`.
 //!
 //! Every anchor change bumps the tag, and `init` carries the tag over from the previous
 //! incarnation, so a compare-exchange prepared against an older anchor never succeeds.
 
 use crate::error::Error;
-use crate::layout::{Anchor, BlockState};
-use crate::primitive::{AtomicU64, Ordering};
+use crate::layout::{gen, Anchor, BlockState, Extra, Kind};
+use crate::primitive::{AtomicU32, AtomicU64, Ordering};
 
-/// The anchor and state array of one span.
+/// The anchor, state words and extra words of one span.
 #[derive(Clone, Copy)]
 pub struct Span<'a> {
     anchor: &'a AtomicU64,
     states: &'a [AtomicU64],
+    extras: &'a [AtomicU32],
 }
 
-/// What a push did to the span's listed flag.
+/// What a push did to the free count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[must_use]
-pub enum Pushed {
-    /// The span was already listed (or retired): nothing more to do.
-    Done,
-    /// The span was unlisted and this push listed it: the caller must push it on its class stack.
-    MustList,
+pub struct Pushed {
+    /// Free blocks on the list before the push.
+    pub before: u64,
+    /// Free blocks on the list after it.
+    pub after: u64,
 }
 
 impl<'a> Span<'a> {
-    /// Most blocks one [`Span::pop_batch`] takes.
+    /// Most blocks one [`Span::pop`] takes.
     pub const MAX_BATCH: usize = 64;
 
-    /// A span whose anchor is `anchor` and whose block states are `states` (one per block).
-    pub fn new(anchor: &'a AtomicU64, states: &'a [AtomicU64]) -> Span<'a> {
-        Span { anchor, states }
+    /// A span whose anchor is `anchor` and whose blocks' words are `states` and `extras`.
+    pub fn new(anchor: &'a AtomicU64, states: &'a [AtomicU64], extras: &'a [AtomicU32]) -> Span<'a> {
+        debug_assert_eq!(states.len(), extras.len());
+        Span { anchor, states, extras }
     }
 
     /// Number of blocks.
@@ -57,79 +61,59 @@ impl<'a> Span<'a> {
         Anchor::decode(self.anchor.load(Ordering::Acquire))
     }
 
+    /// The anchor word itself.
+    pub(crate) fn anchor_word(&self) -> &'a AtomicU64 {
+        self.anchor
+    }
+
     /// The state word of block `index`.
     pub fn state(&self, index: u64) -> &'a AtomicU64 {
         &self.states[index as usize]
     }
 
-    /// Sets up a span the caller holds exclusively: every block free with generation `base`,
-    /// chained in index order, unlisted. The caller publishes it afterwards (page info).
-    pub fn init(&self, base: u64) {
-        let blocks = self.blocks();
-        for index in 0..blocks {
-            let next = if index + 1 < blocks { index + 1 } else { Anchor::NULL };
-            let state = BlockState { live: false, gen: base, alloc_type: 0, low: next };
-            // ORDERING: Release, like every store to a state word: see `pop_batch`.
-            self.states[index as usize].store(state.encode(), Ordering::Release);
-        }
-        let old = Anchor::decode(self.anchor.load(Ordering::Relaxed));
-        let fresh = Anchor { head: 0, count: blocks, listed: false, retired: false, tag: old.tag }.bumped();
-        // ORDERING: Release publishes the state words above to any thread that later reads this
-        // anchor with Acquire (a stale hint-holder's pop, `check`).
-        self.anchor.store(fresh.encode(), Ordering::Release);
+    /// The extra word of block `index`.
+    pub fn extra(&self, index: u64) -> &'a AtomicU32 {
+        &self.extras[index as usize]
     }
 
-    /// Takes a free block off the list. `still_valid` is asked after each anchor load and may
-    /// veto the pop (the span was reused for another class). Returns the block index, or `None`
-    /// when the span has no free block, is retired, or was vetoed.
-    pub fn pop(&self, still_valid: impl Fn() -> bool) -> Result<Option<u64>, Error> {
-        // ORDERING: Acquire pairs with the Release of the push (or init) that built the list, so
-        // the next link in the head block's state word is the one that push wrote.
-        let mut current = self.anchor.load(Ordering::Acquire);
-        loop {
-            let anchor = Anchor::decode(current);
-            if anchor.retired || anchor.count == 0 || !still_valid() {
-                return Ok(None);
-            }
-            if anchor.head >= self.blocks() || anchor.count > self.blocks() {
-                return Err(Error::Corrupt { what: "span anchor out of range", page: 0 });
-            }
-            let next = BlockState::decode(self.states[anchor.head as usize].load(Ordering::Relaxed)).low;
-            let popped = Anchor { head: next, count: anchor.count - 1, ..anchor }.bumped();
-            // ORDERING: Acquire on success orders the previous holder's use of this block (made
-            // before its Release push) before ours. If the head block was taken and given back
-            // meanwhile, the tag differs and this fails (ABA).
-            match self.anchor.compare_exchange_weak(
-                current,
-                popped.encode(),
-                Ordering::Acquire,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(Some(anchor.head)),
-                Err(actual) => current = actual,
-            }
+    /// The generation of block `index`, as its words say now (for a block the caller holds).
+    pub fn generation(&self, index: u64) -> Option<u64> {
+        let state = BlockState::decode(self.state(index).load(Ordering::Acquire))?;
+        let extra = Extra::decode(self.extra(index).load(Ordering::Relaxed));
+        Some(gen::join(extra.gen_high, state.tag))
+    }
+
+    /// Sets up a span the caller holds exclusively: every block free with generation `base`,
+    /// chained in index order, anchor normal. The caller publishes it afterwards (page info).
+    pub fn init(&self, base: u64) {
+        let blocks = self.blocks();
+        let extra = Extra { alloc_type: 0, gen_high: gen::high(base) }.encode();
+        for index in 0..blocks {
+            let next = if index + 1 < blocks { index + 1 } else { Anchor::NULL };
+            // ORDERING: Release, like every store to a state word: see `pop`.
+            self.states[index as usize].store(BlockState::free(next, 0, gen::tag(base)).encode(), Ordering::Release);
+            self.extras[index as usize].store(extra, Ordering::Relaxed);
         }
+        let old = Anchor::decode(self.anchor.load(Ordering::Relaxed));
+        let fresh = Anchor { head: 0, count: blocks, retiring: false, tag: old.tag }.bumped();
+        // ORDERING: Release publishes the state words above to any thread that later reads this
+        // anchor with Acquire.
+        self.anchor.store(fresh.encode(), Ordering::Release);
     }
 
     /// Takes up to `max` (at most [`Span::MAX_BATCH`]) free blocks off the list with one
     /// compare-exchange and hands each index to `take`. The links walked before the exchange
     /// are trustworthy when it succeeds: any pop or push in between would have bumped the tag
-    /// and made it fail. Returns how many blocks were taken (0 when empty, retired or vetoed,
-    /// as in [`Span::pop`]).
-    pub fn pop_batch(
-        &self,
-        max: u64,
-        still_valid: impl Fn() -> bool,
-        mut take: impl FnMut(u64),
-    ) -> Result<u64, Error> {
+    /// and made it fail. Returns how many blocks were taken (0 when empty or retiring).
+    pub fn pop(&self, max: u64, mut take: impl FnMut(u64)) -> Result<u64, Error> {
         let blocks = self.blocks();
         let mut taken = [0u16; Self::MAX_BATCH];
-        // ORDERING: Acquire, as in `pop`: the links of the whole list were published by the
+        // ORDERING: Acquire, as in `anchor`: the links of the whole list were published by the
         // Release pushes that built it.
         let mut current = self.anchor.load(Ordering::Acquire);
         loop {
             let anchor = Anchor::decode(current);
-            if anchor.retired || anchor.count == 0 || max == 0 || !still_valid() {
+            if anchor.retiring || anchor.count == 0 || max == 0 {
                 return Ok(0);
             }
             if anchor.count > blocks {
@@ -144,11 +128,17 @@ impl<'a> Span<'a> {
                     break;
                 }
                 *slot = after as u16;
-                // ORDERING: Acquire pairs with the Release of every store to a state word (and the
-                // release sequences their compare-exchanges continue). A block's word changes
+                // ORDERING: Acquire pairs with the Release of every store to a state word (and
+                // the release sequences their compare-exchanges continue). A block's word changes
                 // only after someone popped it; so if we read a changed word, that pop happens
                 // before the anchor reload below, which then cannot return the old anchor.
-                after = BlockState::decode(self.states[after as usize].load(Ordering::Acquire)).low;
+                match BlockState::decode(self.states[after as usize].load(Ordering::Acquire)) {
+                    Some(state) if state.kind == Kind::Free => after = state.link,
+                    _ => {
+                        torn = true;
+                        break;
+                    }
+                }
             }
             if torn {
                 // The walk is speculative: a block on it may have been taken (and its state word
@@ -157,19 +147,16 @@ impl<'a> Span<'a> {
                 // ORDERING: Acquire, after the Acquire reads of the walk (see above).
                 let now = self.anchor.load(Ordering::Acquire);
                 if now == current {
-                    return Err(Error::Corrupt { what: "span free list leaves its span", page: 0 });
+                    return Err(Error::Corrupt { what: "span free list is broken", page: 0 });
                 }
                 current = now;
                 continue;
             }
             let popped = Anchor { head: after, count: anchor.count - taking as u64, ..anchor }.bumped();
-            // ORDERING: Acquire on success, as in `pop`.
-            match self.anchor.compare_exchange_weak(
-                current,
-                popped.encode(),
-                Ordering::Acquire,
-                Ordering::Acquire,
-            ) {
+            // ORDERING: Acquire on success orders the previous holders' use of these blocks
+            // (made before their Release pushes) before ours. If a block was taken and given back
+            // meanwhile, the tag differs and this fails (ABA).
+            match self.anchor.compare_exchange_weak(current, popped.encode(), Ordering::Acquire, Ordering::Acquire) {
                 Ok(_) => {
                     // The recorded blocks are ours now (in a corrupted heap whose list loops, an
                     // index may repeat; the caller sees it twice and must cope).
@@ -183,91 +170,69 @@ impl<'a> Span<'a> {
         }
     }
 
-    /// Puts block `index` (whose state the caller already turned non-live, keeping `gen`) back
-    /// on the list. Lists the span if it was unlisted.
-    pub fn push(&self, index: u64, gen: u64) -> Pushed {
+    /// Puts the chain `indices` (blocks the caller holds, not live, with tags `tags`) on the
+    /// list with one compare-exchange, marking each as pushed by `pusher`.
+    pub fn push_chain(&self, indices: &[u16], tags: &[u64], pusher: u64) -> Pushed {
+        debug_assert!(!indices.is_empty() && indices.len() == tags.len());
+        let last = indices.len() - 1;
+        for (at, (&index, &tag)) in indices.iter().zip(tags).enumerate().take(last) {
+            let linked = BlockState::free(indices[at + 1] as u64, pusher, tag);
+            // ORDERING: Release, like every store to a state word: see `pop`.
+            self.states[index as usize].store(linked.encode(), Ordering::Release);
+        }
         let mut current = self.anchor.load(Ordering::Relaxed);
         loop {
             let anchor = Anchor::decode(current);
-            let freed = BlockState { live: false, gen, alloc_type: 0, low: anchor.head };
-            // ORDERING: Release, like every store to a state word: see `pop_batch`.
-            self.states[index as usize].store(freed.encode(), Ordering::Release);
-            let pushed = Anchor { head: index, count: anchor.count + 1, listed: true, ..anchor }.bumped();
-            // ORDERING: Release publishes the freer's last use of the block and the link just
-            // written to the next pop's Acquire.
-            match self.anchor.compare_exchange_weak(
-                current,
-                pushed.encode(),
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) if anchor.listed || anchor.retired => return Pushed::Done,
-                Ok(_) => return Pushed::MustList,
+            let tail = BlockState::free(anchor.head, pusher, tags[last]);
+            // ORDERING: Release, like every store to a state word: see `pop`.
+            self.states[indices[last] as usize].store(tail.encode(), Ordering::Release);
+            let pushed =
+                Anchor { head: indices[0] as u64, count: anchor.count + indices.len() as u64, ..anchor }.bumped();
+            // ORDERING: Release publishes the pusher's last use of the blocks and the links just
+            // written to the next pop's Acquire; Acquire reads the count others pushed.
+            match self.anchor.compare_exchange_weak(current, pushed.encode(), Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Pushed { before: anchor.count, after: pushed.count },
                 Err(actual) => current = actual,
             }
         }
     }
 
-    /// Lists the span if it has free blocks and is neither listed nor retired. `still_valid` is
-    /// asked after each anchor load, as in [`Span::pop`]. Returns `MustList` when the caller
-    /// must now push it on its class stack.
-    pub fn relist(&self, still_valid: impl Fn() -> bool) -> Pushed {
-        let mut current = self.anchor.load(Ordering::Relaxed);
-        loop {
-            let anchor = Anchor::decode(current);
-            if anchor.listed || anchor.retired || anchor.count == 0 || !still_valid() {
-                return Pushed::Done;
-            }
-            let listed = Anchor { listed: true, ..anchor }.bumped();
-            match self.anchor.compare_exchange_weak(
-                current,
-                listed.encode(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Pushed::MustList,
-                Err(actual) => current = actual,
-            }
-        }
+    /// Puts one block back; see [`Span::push_chain`].
+    pub fn push(&self, index: u64, tag: u64, pusher: u64) -> Pushed {
+        self.push_chain(&[index as u16], &[tag], pusher)
     }
 
-    /// Clears the listed flag of a span just popped off its class stack; returns the new anchor.
-    pub fn unlist(&self) -> Anchor {
-        let mut current = self.anchor.load(Ordering::Relaxed);
-        loop {
-            let unlisted = Anchor { listed: false, ..Anchor::decode(current) }.bumped();
-            // ORDERING: Acquire so that the returned count reflects blocks pushed before it.
-            match self.anchor.compare_exchange_weak(
-                current,
-                unlisted.encode(),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return unlisted,
-                Err(actual) => current = actual,
-            }
-        }
-    }
-
-    /// Retires an unlisted span whose blocks are all free. On `true` the caller holds the span
-    /// exclusively and gives its pages back.
+    /// Marks an entirely free span as retiring. On `true` the caller holds the span alone: no
+    /// pop can succeed, and no push can happen (no block is outside the list).
     pub fn try_retire(&self) -> bool {
         let blocks = self.blocks();
         let mut current = self.anchor.load(Ordering::Relaxed);
         loop {
             let anchor = Anchor::decode(current);
-            if anchor.count != blocks || anchor.listed || anchor.retired {
+            if anchor.count != blocks || anchor.retiring {
                 return false;
             }
-            let retired = Anchor { retired: true, ..anchor }.bumped();
+            let retiring = Anchor { retiring: true, ..anchor }.bumped();
             // ORDERING: Acquire orders every freer's use of its block (Release push) before the
             // span's memory is handed to someone else.
-            match self.anchor.compare_exchange_weak(
-                current,
-                retired.encode(),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
+            match self.anchor.compare_exchange_weak(current, retiring.encode(), Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Takes back a retirement (the span stays in use). Returns whether this call did it.
+    pub fn back_out_retire(&self) -> bool {
+        let mut current = self.anchor.load(Ordering::Relaxed);
+        loop {
+            let anchor = Anchor::decode(current);
+            if !anchor.retiring {
+                return false;
+            }
+            let normal = Anchor { retiring: false, ..anchor }.bumped();
+            // ORDERING: Release: pops that see the normal anchor again see the span as it was.
+            match self.anchor.compare_exchange_weak(current, normal.encode(), Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => return true,
                 Err(actual) => current = actual,
             }
@@ -276,11 +241,7 @@ impl<'a> Span<'a> {
 
     /// The highest generation any block of the span has reached (span held exclusively).
     pub fn max_gen(&self) -> u64 {
-        self.states
-            .iter()
-            .map(|state| BlockState::decode(state.load(Ordering::Relaxed)).gen)
-            .max()
-            .unwrap_or(0)
+        (0..self.blocks()).filter_map(|index| self.generation(index)).max().unwrap_or(0)
     }
 }
 
@@ -288,68 +249,88 @@ impl<'a> Span<'a> {
 mod tests {
     use super::*;
 
-    fn span_storage(blocks: usize) -> (AtomicU64, Vec<AtomicU64>) {
-        (AtomicU64::new(0), (0..blocks).map(|_| AtomicU64::new(0)).collect())
+    struct Storage {
+        anchor: AtomicU64,
+        states: Vec<AtomicU64>,
+        extras: Vec<AtomicU32>,
+    }
+
+    fn storage(blocks: usize) -> Storage {
+        Storage {
+            anchor: AtomicU64::new(0),
+            states: (0..blocks).map(|_| AtomicU64::new(0)).collect(),
+            extras: (0..blocks).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    impl Storage {
+        fn span(&self) -> Span<'_> {
+            Span::new(&self.anchor, &self.states, &self.extras)
+        }
     }
 
     #[test]
     fn pops_every_block_once_then_reports_empty() {
-        let (anchor, states) = span_storage(5);
-        let span = Span::new(&anchor, &states);
+        let memory = storage(5);
+        let span = memory.span();
         span.init(7);
         let mut seen = Vec::new();
-        while let Some(index) = span.pop(|| true).expect("valid") {
-            seen.push(index);
-        }
+        while span.pop(1, |index| seen.push(index)).expect("valid") == 1 {}
         seen.sort();
         assert_eq!(seen, vec![0, 1, 2, 3, 4]);
         assert_eq!(span.anchor().count, 0);
-    }
-
-    #[test]
-    fn first_push_into_an_unlisted_span_asks_to_list_it() {
-        let (anchor, states) = span_storage(3);
-        let span = Span::new(&anchor, &states);
-        span.init(0);
-        let a = span.pop(|| true).expect("valid").expect("free block");
-        let b = span.pop(|| true).expect("valid").expect("free block");
-        assert_eq!(span.push(a, 1), Pushed::MustList);
-        assert_eq!(span.push(b, 1), Pushed::Done);
-        assert!(!span.try_retire(), "listed spans are not retired");
-        let unlisted = span.unlist();
-        assert_eq!(unlisted.count, 3);
-        assert!(span.try_retire());
-        assert_eq!(span.pop(|| true), Ok(None));
-        assert_eq!(span.relist(|| true), Pushed::Done);
+        assert_eq!(span.generation(3), Some(7));
     }
 
     #[test]
     fn a_batch_pop_takes_blocks_in_list_order_and_leaves_the_rest() {
-        let (anchor, states) = span_storage(5);
-        let span = Span::new(&anchor, &states);
+        let memory = storage(5);
+        let span = memory.span();
         span.init(0);
         let mut taken = Vec::new();
-        assert_eq!(span.pop_batch(3, || true, |index| taken.push(index)), Ok(3));
+        assert_eq!(span.pop(3, |index| taken.push(index)), Ok(3));
         assert_eq!(taken, vec![0, 1, 2]);
         assert_eq!(span.anchor().count, 2);
-        assert_eq!(span.pop_batch(10, || true, |index| taken.push(index)), Ok(2));
+        assert_eq!(span.pop(10, |index| taken.push(index)), Ok(2));
         assert_eq!(taken, vec![0, 1, 2, 3, 4]);
-        assert_eq!(span.pop(|| true), Ok(None));
+        assert_eq!(span.pop(1, |_| {}), Ok(0));
     }
 
     #[test]
-    fn a_vetoed_pop_takes_nothing() {
-        let (anchor, states) = span_storage(2);
-        let span = Span::new(&anchor, &states);
+    fn chains_go_back_with_one_exchange_and_report_the_counts() {
+        let memory = storage(4);
+        let span = memory.span();
         span.init(0);
-        assert_eq!(span.pop(|| false), Ok(None));
-        assert_eq!(span.anchor().count, 2);
+        let mut taken = Vec::new();
+        span.pop(4, |index| taken.push(index as u16)).expect("valid");
+        let pushed = span.push_chain(&taken[..3], &[1, 1, 1], 9);
+        assert_eq!(pushed, Pushed { before: 0, after: 3 });
+        assert_eq!(span.push(taken[3] as u64, 1, 9), Pushed { before: 3, after: 4 });
+        let mut again = Vec::new();
+        span.pop(4, |index| again.push(index as u16)).expect("valid");
+        assert_eq!(again.len(), 4);
+        assert_eq!(BlockState::decode(span.state(0).load(Ordering::Relaxed)).map(|s| s.aux), Some(9));
+    }
+
+    #[test]
+    fn only_an_entirely_free_span_retires_and_a_retiring_span_gives_nothing() {
+        let memory = storage(3);
+        let span = memory.span();
+        span.init(0);
+        let mut held = 0;
+        span.pop(1, |index| held = index).expect("valid");
+        assert!(!span.try_retire());
+        span.push(held, 1, 1);
+        assert!(span.try_retire());
+        assert_eq!(span.pop(1, |_| {}), Ok(0));
+        assert!(span.back_out_retire());
+        assert_eq!(span.pop(1, |_| {}), Ok(1));
     }
 
     #[test]
     fn init_carries_the_tag_over() {
-        let (anchor, states) = span_storage(2);
-        let span = Span::new(&anchor, &states);
+        let memory = storage(2);
+        let span = memory.span();
         span.init(0);
         let first = span.anchor().tag;
         span.init(0);

@@ -4,8 +4,8 @@
 mod common;
 
 use alloc_core::layout::{header, page, GRANULE, PAGE_META_WORDS};
-use alloc_core::{alloc_type, AllocId, AllocOptions, Error, Heap, Owner, Wake};
-use common::{fill, holds, TestMemory};
+use alloc_core::{alloc_type, AllocId, AllocOptions, Error, Heap, Owner, Platform, Wake};
+use common::{fill, holds, Participant, TestMemory};
 
 const MIB: usize = 1 << 20;
 
@@ -17,146 +17,157 @@ fn opts() -> AllocOptions {
 fn zero_byte_allocations_are_distinct_and_valid() {
     let memory = TestMemory::new(MIB);
     let heap = memory.create();
-    let a = heap.alloc(0, opts()).expect("space");
-    let b = heap.alloc(0, opts()).expect("space");
+    let mut p = Participant::new(&heap, 1);
+    let a = p.alloc(0, opts()).expect("space");
+    let b = p.alloc(0, opts()).expect("space");
     assert_ne!(a.offset, b.offset);
     assert_ne!(a.id, b.id);
-    assert_eq!(heap.lookup(a.id).expect("live").size, 0);
-    heap.check().expect("consistent");
-    assert_eq!(heap.free(a.id), Ok(Wake::Nobody));
-    assert_eq!(heap.free(b.id), Ok(Wake::Nobody));
-    heap.check().expect("consistent");
+    assert_eq!(p.lookup(a.id).expect("live").size, 0);
+    p.check().expect("consistent");
+    assert_eq!(p.free(a.id), Ok(Wake::Nobody));
+    assert_eq!(p.free(b.id), Ok(Wake::Nobody));
+    p.check().expect("consistent");
 }
 
 #[test]
 fn every_allocation_is_16_byte_aligned_and_honours_larger_alignment() {
     let memory = TestMemory::new(4 * MIB);
     let heap = memory.create();
+    let mut p = Participant::new(&heap, 1);
     for size in [1, 15, 16, 17, 100, 2048, 2049, 5000] {
-        let a = heap.alloc(size, opts()).expect("space");
+        let a = p.alloc(size, opts()).expect("space");
         assert_eq!(a.offset % GRANULE, 0, "size {size}");
         assert!(a.capacity >= size);
     }
     for align in [32, 64, 256, 4096] {
-        let a = heap.alloc(24, AllocOptions { align, ..opts() }).expect("space");
+        let a = p.alloc(24, AllocOptions { align, ..opts() }).expect("space");
         assert_eq!(a.offset % align, 0, "align {align}");
     }
     for align in [3, 8192, 0] {
-        assert_eq!(heap.alloc(8, AllocOptions { align, ..opts() }), Err(Error::BadAlignment { align }));
+        assert_eq!(p.alloc(8, AllocOptions { align, ..opts() }), Err(Error::BadAlignment { align }));
     }
-    heap.check().expect("consistent");
+    p.check().expect("consistent");
 }
 
 #[test]
 fn sizes_beyond_the_data_area_are_too_large_and_change_nothing() {
     let memory = TestMemory::new(MIB);
     let heap = memory.create();
-    let keep = heap.alloc(64, opts()).expect("space");
+    let mut p = Participant::new(&heap, 1);
+    let keep = p.alloc(64, opts()).expect("space");
     fill(&heap, &keep, 1);
-    let before = heap.stats().expect("stats");
+    let before = p.stats().expect("stats");
     for size in [heap.geometry().data_bytes() + 1, u64::MAX, 1 << 63] {
-        assert!(matches!(heap.alloc(size, opts()), Err(Error::TooLarge { .. })));
+        assert!(matches!(p.alloc(size, opts()), Err(Error::TooLarge { .. })));
     }
-    assert_eq!(heap.stats().expect("stats"), before);
+    assert_eq!(p.stats().expect("stats"), before);
     assert!(holds(&heap, &keep, 1));
-    heap.check().expect("consistent");
+    p.check().expect("consistent");
 }
 
 #[test]
 fn nearly_the_whole_data_area_can_be_one_allocation() {
     let memory = TestMemory::new(8 * MIB);
     let heap = memory.create();
+    let mut p = Participant::new(&heap, 1);
     let all = heap.geometry().data_bytes();
-    let a = heap.alloc(all, opts()).expect("whole data area");
+    let a = p.alloc(all, opts()).expect("whole data area");
     assert_eq!(a.size, all);
-    assert!(matches!(heap.alloc(0, opts()), Err(Error::OutOfMemory { .. })));
-    heap.check().expect("consistent");
-    let _ = heap.free(a.id).expect("live");
-    heap.check().expect("consistent");
+    assert!(matches!(p.alloc(0, opts()), Err(Error::OutOfMemory { .. })));
+    p.check().expect("consistent");
+    let _ = p.free(a.id).expect("live");
+    p.check().expect("consistent");
 }
 
 #[test]
 fn double_free_and_stale_ids_are_detected_and_change_nothing() {
     let memory = TestMemory::new(MIB);
     let heap = memory.create();
-    let small = heap.alloc(40, opts()).expect("space");
-    let large = heap.alloc(10_000, opts()).expect("space");
-    let _ = heap.free(small.id).expect("live");
-    let _ = heap.free(large.id).expect("live");
-    assert_eq!(heap.free(small.id), Err(Error::NotAllocated { id: small.id.0 }));
-    assert_eq!(heap.free(large.id), Err(Error::NotAllocated { id: large.id.0 }));
+    let mut p = Participant::new(&heap, 1);
+    let small = p.alloc(40, opts()).expect("space");
+    let large = p.alloc(10_000, opts()).expect("space");
+    let _ = p.free(small.id).expect("live");
+    let _ = p.free(large.id).expect("live");
+    assert_eq!(p.free(small.id), Err(Error::NotAllocated { id: small.id.0 }));
+    assert_eq!(p.free(large.id), Err(Error::NotAllocated { id: large.id.0 }));
     // The slots are reused; the old ids must not alias the new allocations.
-    let again_small = heap.alloc(40, opts()).expect("space");
-    // A fresh participant searches the bitmap from the start, so it reuses the same pages.
-    let again_large = memory.open().alloc(10_000, opts()).expect("space");
+    let again_small = p.alloc(40, opts()).expect("space");
+    // Another process searches the bitmap from the start, so it reuses the same pages.
+    let other = memory.open();
+    let again_large = Participant::new(&other, 2).alloc(10_000, opts()).expect("space");
     assert_eq!(again_small.offset, small.offset);
     assert_eq!(again_large.offset, large.offset);
     assert_ne!(again_small.id, small.id);
     assert_ne!(again_large.id, large.id);
     fill(&heap, &again_small, 7);
-    assert_eq!(heap.free(small.id), Err(Error::NotAllocated { id: small.id.0 }));
-    assert_eq!(heap.lookup(large.id), Err(Error::NotAllocated { id: large.id.0 }));
-    assert!(heap.contains(again_small.id) && heap.contains(again_large.id));
+    assert_eq!(p.free(small.id), Err(Error::NotAllocated { id: small.id.0 }));
+    assert_eq!(p.lookup(large.id), Err(Error::NotAllocated { id: large.id.0 }));
+    assert!(p.contains(again_small.id) && p.contains(again_large.id));
     assert!(holds(&heap, &again_small, 7));
-    heap.check().expect("consistent");
+    p.check().expect("consistent");
 }
 
 #[test]
 fn ids_that_are_not_allocation_starts_are_rejected() {
     let memory = TestMemory::new(MIB);
     let heap = memory.create();
-    let a = heap.alloc(64, opts()).expect("space");
-    let large = heap.alloc(3 * 4096, opts()).expect("space");
-    let gen_shift = heap.geometry().slot_bits;
-    let slot = |id: AllocId| id.0 & ((1 << gen_shift) - 1);
-    let gen = |id: AllocId| id.0 >> gen_shift;
+    let mut p = Participant::new(&heap, 1);
+    let a = p.alloc(64, opts()).expect("space");
+    let large = p.alloc(3 * 4096, opts()).expect("space");
     // One granule into the block, one granule into the large run, a made-up slot.
-    let inside = AllocId(gen(a.id) << gen_shift | (slot(a.id) + 1));
-    let inside_large = AllocId(gen(large.id) << gen_shift | (slot(large.id) + 256));
-    assert_eq!(heap.free(inside), Err(Error::NotAllocated { id: inside.0 }));
-    assert_eq!(heap.free(inside_large), Err(Error::NotAllocated { id: inside_large.0 }));
-    let past_end = AllocId((1 << gen_shift) - 1);
-    assert_eq!(heap.free(past_end), Err(Error::InvalidId { id: past_end.0 }));
-    let never = AllocId(5 << gen_shift | (slot(a.id) + 4 * 4096 / 16 * 8));
-    assert!(matches!(heap.free(never), Err(Error::NotAllocated { .. }) | Err(Error::InvalidId { .. })));
-    assert!(heap.contains(a.id) && heap.contains(large.id));
-    heap.check().expect("consistent");
+    let inside = AllocId::new(a.id.slot() + 1, a.id.generation());
+    let inside_large = AllocId::new(large.id.slot() + 256, large.id.generation());
+    assert_eq!(p.free(inside), Err(Error::NotAllocated { id: inside.0 }));
+    assert_eq!(p.free(inside_large), Err(Error::NotAllocated { id: inside_large.0 }));
+    let past_end = AllocId::new(heap.geometry().slots(), 1);
+    assert_eq!(p.free(past_end), Err(Error::InvalidId { id: past_end.0 }));
+    assert!(matches!(p.free(AllocId(u128::MAX)), Err(Error::InvalidId { .. })));
+    let never = AllocId::new(a.id.slot() + 4 * 4096 / 16 * 8, 5);
+    assert!(matches!(p.free(never), Err(Error::NotAllocated { .. }) | Err(Error::InvalidId { .. })));
+    assert!(p.contains(a.id) && p.contains(large.id));
+    p.check().expect("consistent");
 }
 
 #[test]
 fn lookup_reports_type_owner_and_requested_size() {
     let memory = TestMemory::new(MIB);
     let heap = memory.create();
-    let options = AllocOptions { alloc_type: alloc_type::CHANNEL_BUFFER, owner: Owner(4242), ..opts() };
-    let small = heap.alloc(100, options).expect("space");
-    let large = heap.alloc(70_000, AllocOptions { alloc_type: 200, ..options }).expect("space");
-    let found = heap.lookup(small.id).expect("live");
-    assert_eq!((found.size, found.capacity, found.alloc_type, found.owner), (100, 112, 2, Owner(4242)));
-    let found = heap.lookup(large.id).expect("live");
-    assert_eq!((found.size, found.alloc_type, found.owner), (70_000, 200, Owner(4242)));
-    heap.set_owner(small.id, Owner::POOL).expect("live");
-    heap.set_owner(large.id, Owner(7)).expect("live");
-    assert_eq!(heap.lookup(small.id).expect("live").owner, Owner::POOL);
-    assert_eq!(heap.lookup(large.id).expect("live").owner, Owner(7));
-    let _ = heap.free(small.id).expect("live");
-    assert_eq!(heap.set_owner(small.id, Owner(1)), Err(Error::NotAllocated { id: small.id.0 }));
-    heap.check().expect("consistent");
+    let mut p = Participant::new(&heap, 1);
+    let other = Participant::new(&heap, 4242).owner();
+    let options = AllocOptions { alloc_type: alloc_type::CHANNEL_BUFFER, owner: Some(other), ..opts() };
+    let small = p.alloc(100, options).expect("space");
+    let large = p.alloc(70_000, AllocOptions { alloc_type: 200, ..options }).expect("space");
+    let found = p.lookup(small.id).expect("live");
+    assert_eq!((found.size, found.capacity, found.alloc_type, found.owner), (100, 112, 2, other));
+    let found = p.lookup(large.id).expect("live");
+    assert_eq!((found.size, found.alloc_type, found.owner), (70_000, 200, other));
+    p.set_owner(small.id, Owner::POOL).expect("live");
+    let seven = Participant::new(&heap, 7).owner();
+    p.set_owner(large.id, seven).expect("live");
+    assert_eq!(p.lookup(small.id).expect("live").owner, Owner::POOL);
+    assert_eq!(p.lookup(large.id).expect("live").owner, seven);
+    assert_eq!(p.set_owner(large.id, Owner(999)), Err(Error::InvalidOwner { owner: 999 }));
+    assert_eq!(p.lookup(large.id).expect("live").owner, seven);
+    let _ = p.free(small.id).expect("live");
+    assert_eq!(p.set_owner(small.id, seven), Err(Error::NotAllocated { id: small.id.0 }));
+    p.check().expect("consistent");
 }
 
 #[test]
 fn iteration_lists_exactly_the_live_allocations() {
     let memory = TestMemory::new(4 * MIB);
     let heap = memory.create();
-    let mut live: Vec<_> = (0..300u64).map(|i| heap.alloc(i * 37 % 9000, opts()).expect("space")).collect();
+    let mut p = Participant::new(&heap, 1);
+    let mut live: Vec<_> = (0..300u64).map(|i| p.alloc(i * 37 % 9000, opts()).expect("space")).collect();
     for victim in live.iter().step_by(3) {
-        let _ = heap.free(victim.id).expect("live");
+        let _ = p.free(victim.id).expect("live");
     }
     live = live.into_iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, a)| a).collect();
-    let mut listed: Vec<_> = heap.iter().collect();
+    let mut listed = p.live();
     listed.sort_by_key(|a| a.offset);
     live.sort_by_key(|a| a.offset);
     assert_eq!(listed, live);
-    let stats = heap.check().expect("consistent");
+    let stats = p.check().expect("consistent");
     assert_eq!(stats.live_allocations, live.len() as u64);
     assert_eq!(stats.live_bytes, live.iter().map(|a| a.size).sum::<u64>());
 }
@@ -165,38 +176,40 @@ fn iteration_lists_exactly_the_live_allocations() {
 fn realloc_in_place_keeps_the_id_and_moving_keeps_the_bytes() {
     let memory = TestMemory::new(4 * MIB);
     let heap = memory.create();
-    let a = heap.alloc(100, opts()).expect("space");
+    let mut p = Participant::new(&heap, 1);
+    let a = p.alloc(100, opts()).expect("space");
     fill(&heap, &a, 3);
-    let grown = heap.realloc(a.id, 110).expect("fits its block");
+    let grown = p.realloc(a.id, 110).expect("fits its block");
     assert_eq!((grown.id, grown.offset, grown.size), (a.id, a.offset, 110));
-    let shrunk = heap.realloc(a.id, 50).expect("fits");
+    let shrunk = p.realloc(a.id, 50).expect("fits");
     assert_eq!(shrunk.id, a.id);
-    let moved = heap.realloc(a.id, 5000).expect("space");
+    let moved = p.realloc(a.id, 5000).expect("space");
     assert_ne!(moved.id, a.id);
-    assert!(holds(&heap, &common::TestAlloc::prefix(&moved, 50), 3));
-    assert_eq!(heap.lookup(a.id), Err(Error::NotAllocated { id: a.id.0 }));
-    let large_in_place = heap.realloc(moved.id, 8000).expect("fits its pages");
+    assert!(holds(&heap, &common::prefix(&moved, 50), 3));
+    assert_eq!(p.lookup(a.id), Err(Error::NotAllocated { id: a.id.0 }));
+    let large_in_place = p.realloc(moved.id, 8000).expect("fits its pages");
     assert_eq!(large_in_place.id, moved.id);
-    assert_eq!(heap.lookup(moved.id).expect("live").size, 8000);
-    heap.check().expect("consistent");
+    assert_eq!(p.lookup(moved.id).expect("live").size, 8000);
+    p.check().expect("consistent");
 }
 
 #[test]
 fn a_failed_realloc_leaves_the_original_valid() {
     let memory = TestMemory::new(MIB);
     let heap = memory.create();
-    let a = heap.alloc(1000, opts()).expect("space");
+    let mut p = Participant::new(&heap, 1);
+    let a = p.alloc(1000, opts()).expect("space");
     fill(&heap, &a, 9);
-    let before = heap.stats().expect("stats");
+    let before = p.stats().expect("stats");
     let too_big = heap.geometry().data_bytes();
-    assert!(matches!(heap.realloc(a.id, too_big), Err(Error::OutOfMemory { .. })));
-    assert!(matches!(heap.realloc(a.id, u64::MAX), Err(Error::TooLarge { .. })));
-    assert_eq!(heap.stats().expect("stats"), before);
+    assert!(matches!(p.realloc(a.id, too_big), Err(Error::OutOfMemory { .. })));
+    assert!(matches!(p.realloc(a.id, u64::MAX), Err(Error::TooLarge { .. })));
+    assert_eq!(p.stats().expect("stats"), before);
     assert!(holds(&heap, &a, 9));
-    assert_eq!(heap.lookup(a.id).expect("live").size, 1000);
-    let _ = heap.free(a.id).expect("live");
-    assert_eq!(heap.realloc(a.id, 10), Err(Error::NotAllocated { id: a.id.0 }));
-    heap.check().expect("consistent");
+    assert_eq!(p.lookup(a.id).expect("live").size, 1000);
+    let _ = p.free(a.id).expect("live");
+    assert_eq!(p.realloc(a.id, 10), Err(Error::NotAllocated { id: a.id.0 }));
+    p.check().expect("consistent");
 }
 
 #[test]
@@ -204,39 +217,40 @@ fn a_failed_realloc_leaves_the_original_valid() {
 fn a_pool_filled_with_tiny_blocks_and_emptied_serves_one_huge_allocation() {
     let memory = TestMemory::new(8 * MIB);
     let heap = memory.create();
+    let mut p = Participant::new(&heap, 1);
     let mut ids = Vec::new();
-    while let Ok(a) = heap.alloc(16, opts()) {
+    while let Ok(a) = p.alloc(16, opts()) {
         ids.push(a.id);
     }
     assert!(ids.len() > 100_000, "only {} tiny blocks fit", ids.len());
-    heap.check().expect("consistent");
+    p.check().expect("consistent");
     for id in ids {
-        let _ = heap.free(id).expect("live");
+        let _ = p.free(id).expect("live");
     }
-    heap.check().expect("consistent");
+    p.check().expect("consistent");
     let most = heap.geometry().data_bytes() * 95 / 100;
-    let big = heap.alloc(most, opts()).expect("spans went back to general use");
+    let big = p.alloc(most, opts()).expect("spans went back to general use");
     assert_eq!(big.size, most);
-    heap.check().expect("consistent");
+    p.check().expect("consistent");
 }
 
 #[test]
 fn ids_stay_unique_when_memory_moves_between_classes_and_runs() {
     let memory = TestMemory::new(MIB);
     let heap = memory.create();
+    let mut p = Participant::new(&heap, 1);
     let mut seen = std::collections::HashSet::new();
     for round in 0..20u64 {
         let size = [16, 2048, 8192, 48][round as usize % 4];
         let mut ids = Vec::new();
-        while let Ok(a) = heap.alloc(size, opts()) {
+        while let Ok(a) = p.alloc(size, opts()) {
             assert!(seen.insert(a.id), "id {:#x} issued twice", a.id.0);
             ids.push(a.id);
         }
         for id in ids {
-            let _ = heap.free(id).expect("live");
+            let _ = p.free(id).expect("live");
         }
-        heap.release_empty_spans().expect("consistent");
-        heap.check().expect("consistent");
+        p.check().expect("consistent");
     }
 }
 
@@ -244,56 +258,64 @@ fn ids_stay_unique_when_memory_moves_between_classes_and_runs() {
 fn a_second_participant_sees_the_same_heap() {
     let memory = TestMemory::new(MIB);
     let first = memory.create();
-    let a = first.alloc(500, opts()).expect("space");
+    let mut p = Participant::new(&first, 1);
+    let a = p.alloc(500, opts()).expect("space");
     fill(&first, &a, 5);
     let second = memory.open();
-    assert_eq!(second.lookup(a.id).expect("live"), first.lookup(a.id).expect("live"));
+    let mut q = Participant::new(&second, 2);
+    assert_eq!(q.lookup(a.id).expect("live"), p.lookup(a.id).expect("live"));
     assert!(holds(&second, &a, 5));
-    let b = second.alloc(500, opts()).expect("space");
-    let _ = first.free(b.id).expect("freed by the other participant");
-    let _ = second.free(a.id).expect("freed by the other participant");
-    first.check().expect("consistent");
+    let b = q.alloc(500, opts()).expect("space");
+    let _ = p.free(b.id).expect("freed by the other participant");
+    let _ = q.free(a.id).expect("freed by the other participant");
+    p.check().expect("consistent");
 }
 
 #[test]
 fn destroyed_heaps_refuse_every_operation_and_wake_waiters() {
     let memory = TestMemory::new(MIB);
     let heap = memory.create();
-    let a = heap.alloc(10, opts()).expect("space");
+    let mut p = Participant::new(&heap, 1);
+    let a = p.alloc(10, opts()).expect("space");
     assert_eq!(heap.mark_destroyed(), Wake::Waiters);
-    assert_eq!(heap.alloc(10, opts()), Err(Error::Destroyed));
-    assert_eq!(heap.free(a.id), Err(Error::Destroyed));
-    assert_eq!(heap.lookup(a.id), Err(Error::Destroyed));
-    assert_eq!(heap.realloc(a.id, 5), Err(Error::Destroyed));
-    assert_eq!(heap.stats(), Err(Error::Destroyed));
-    assert_eq!(heap.check(), Err(Error::Destroyed));
-    assert!(matches!(Heap::open(memory.region()), Err(Error::Destroyed)));
+    assert_eq!(p.alloc(10, opts()), Err(Error::Destroyed));
+    assert_eq!(p.free(a.id), Err(Error::Destroyed));
+    assert_eq!(p.lookup(a.id), Err(Error::Destroyed));
+    assert_eq!(p.realloc(a.id, 5), Err(Error::Destroyed));
+    assert_eq!(p.stats(), Err(Error::Destroyed));
+    assert_eq!(p.check(), Err(Error::Destroyed));
+    assert_eq!(heap.register_participant(p.owner()).err(), Some(Error::Destroyed));
+    assert!(matches!(Heap::open_default(memory.region()), Err(Error::Destroyed)));
 }
 
 #[test]
 fn opening_rejects_garbage_and_tampered_headers() {
     let memory = TestMemory::new(MIB);
-    assert!(matches!(Heap::open(memory.region()), Err(Error::BadMagic)));
+    assert!(matches!(Heap::open_default(memory.region()), Err(Error::BadMagic)));
     let _ = memory.create();
     type Expect = fn(&Error) -> bool;
-    let cases: [(usize, u64, Expect); 6] = [
+    let cases: [(usize, u64, Expect); 8] = [
         (header::MAGIC, 0xDEAD, |e| matches!(e, Error::BadMagic)),
         (header::VERSION, 99, |e| matches!(e, Error::UnsupportedVersion { found: 99 })),
         (header::STATUS, 1, |e| matches!(e, Error::NotReady)),
         (header::REGION_BYTES, 1 << 40, |e| matches!(e, Error::HeaderMismatch)),
         (header::NUM_PAGES, 3, |e| matches!(e, Error::HeaderMismatch)),
         (header::PAGE_SHIFT, 200, |e| matches!(e, Error::HeaderMismatch)),
+        (header::TABLE_SIZE, 5, |e| matches!(e, Error::HeaderMismatch)),
+        (header::FENCES, 7, |e| matches!(e, Error::HeaderMismatch)),
     ];
     for (word, value, expected) in cases {
         let saved = memory.word(word);
         memory.set_word(word, value);
-        let error = Heap::open(memory.region()).err().expect("tampered header refused");
+        let error = Heap::open_default(memory.region()).err().expect("tampered header refused");
         assert!(expected(&error), "word {word} = {value}: {error:?}");
         memory.set_word(word, saved);
     }
-    memory.open().check().expect("restored");
-    assert!(matches!(Heap::create(TestMemory::new(4096).region(), 12), Err(Error::RegionTooSmall { .. })));
-    assert_eq!(Heap::create(memory.region(), 20).err(), Some(Error::BadPageSize { page_shift: 20 }));
+    let heap = memory.open();
+    Participant::new(&heap, 1).check().expect("restored");
+    let tiny = TestMemory::new(4096);
+    assert!(matches!(Heap::create(tiny.region(), 12, Platform::SYMMETRIC), Err(Error::RegionTooSmall { .. })));
+    assert_eq!(Heap::create(memory.region(), 20, Platform::SYMMETRIC).err(), Some(Error::BadPageSize { page_shift: 20 }));
 }
 
 #[test]
@@ -302,28 +324,31 @@ fn corrupted_metadata_gives_errors_never_out_of_bounds_access() {
     // head); every operation must return, and any failure must be an error value.
     let memory = TestMemory::new(MIB);
     let heap = memory.create();
-    let small = heap.alloc(64, opts()).expect("space");
-    let large = heap.alloc(9000, opts()).expect("space");
+    let mut p = Participant::new(&heap, 1);
+    let small = p.alloc(64, opts()).expect("space");
+    let large = p.alloc(9000, opts()).expect("space");
     let geo = *heap.geometry();
     let targets: Vec<usize> = (0..PAGE_META_WORDS)
         .flat_map(|field| [geo.page_word(0, field), geo.page_word(1, field), geo.page_word(16, field)])
-        .chain([geo.stacks_word + 3, geo.bitmap_word])
+        .chain([geo.class_list_word(3), geo.empty_word, geo.bitmap_word, geo.participant_field(1, 1)])
         .collect();
     let garbage = [u64::MAX, 0x5555_5555_5555_5555, 1 << 62 | 0xFFFF_FFFF, 3 << 62 | 1 << 39, 2 << 62 | 7];
+    let view = memory.open();
+    let mut v = Participant::new(&view, 2);
     for &word in &targets {
         for &value in &garbage {
             let saved = memory.word(word);
             memory.set_word(word, value);
-            let view = memory.open();
-            let _ = view.lookup(small.id);
-            let _ = view.lookup(large.id);
-            let _ = view.iter().count();
-            let _ = view.stats();
-            let _ = view.check();
-            if let Ok(a) = view.alloc(64, opts()) {
-                let _ = view.free(a.id);
+            let _ = v.lookup(small.id);
+            let _ = v.lookup(large.id);
+            let _ = v.live();
+            let _ = v.stats();
+            let _ = v.check();
+            if let Ok(a) = v.alloc(64, opts()) {
+                let _ = v.free(a.id);
             }
-            let _ = view.alloc(3 * 4096, opts()).map(|a| view.free(a.id));
+            let _ = v.alloc(3 * 4096, opts()).map(|a| v.free(a.id));
+            let _ = v.reclaim(&[1]);
             memory.set_word(word, saved);
         }
     }
@@ -332,11 +357,10 @@ fn corrupted_metadata_gives_errors_never_out_of_bounds_access() {
     for offset in 0..8 {
         memory.set_word(span_states + offset, u64::MAX);
     }
-    let view = memory.open();
-    assert!(matches!(view.check(), Err(Error::Corrupt { .. })), "garbage block states go unnoticed");
+    assert!(matches!(v.check(), Err(Error::Corrupt { .. })), "garbage block states go unnoticed");
     for _ in 0..100 {
-        if let Ok(a) = view.alloc(64, opts()) {
-            let _ = view.free(a.id);
+        if let Ok(a) = v.alloc(64, opts()) {
+            let _ = v.free(a.id);
         }
     }
 }
@@ -345,14 +369,15 @@ fn corrupted_metadata_gives_errors_never_out_of_bounds_access() {
 fn check_reports_a_corrupted_free_count() {
     let memory = TestMemory::new(MIB);
     let heap = memory.create();
-    let _a = heap.alloc(64, opts()).expect("space");
-    heap.check().expect("consistent");
-    let anchor = heap.geometry().page_word(0, page::ANCHOR);
+    let mut p = Participant::new(&heap, 1);
+    let _a = p.alloc(64, opts()).expect("space");
+    p.check().expect("consistent");
+    let anchor = heap.geometry().page_word(0, page::WORD);
     let saved = memory.word(anchor);
-    memory.set_word(anchor, saved + (1 << 13)); // one more free block than there is
-    assert!(matches!(heap.check(), Err(Error::Corrupt { .. })));
+    memory.set_word(anchor, saved + (1 << 12)); // one more free block than there is
+    assert!(matches!(p.check(), Err(Error::Corrupt { .. })));
     memory.set_word(anchor, saved);
-    heap.check().expect("restored");
+    p.check().expect("restored");
 }
 
 #[test]
@@ -378,10 +403,11 @@ fn creating_a_huge_region_touches_only_its_header() {
         let started = std::time::Instant::now();
         let heap = Heap::create_default(region).expect("fits");
         let created = started.elapsed();
-        let a = heap.alloc(1 << 30, opts()).expect("space");
-        let b = heap.alloc(64, opts()).expect("space");
-        let _ = heap.free(a.id).expect("live");
-        let _ = heap.free(b.id).expect("live");
+        let mut p = Participant::new(&heap, 1);
+        let a = p.alloc(1 << 30, opts()).expect("space");
+        let b = p.alloc(64, opts()).expect("space");
+        let _ = p.free(a.id).expect("live");
+        let _ = p.free(b.id).expect("live");
         assert!(created < std::time::Duration::from_secs(1), "create took {created:?}");
         let mut vec = [0u8; 1];
         let mut resident_pages = 0usize;

@@ -1,15 +1,17 @@
 //! Model test: random sequences of alloc / free / realloc / lookup / iterate against a plain
 //! map of what should be live. After every step: `check()` holds, live allocations lie inside
 //! the data area and never overlap, every allocation still holds the bytes written into it, and
-//! the heap's figures agree with the model. At the end, freeing everything empties the heap and
-//! one allocation of most of the data area succeeds.
+//! the heap's figures agree with the model. A second process allocates too and is killed at
+//! random moments (its cache full of blocks); `reclaim_dead` must give back exactly what it
+//! owned and held. At the end, freeing everything empties the heap and one allocation of most of
+//! the data area succeeds.
 
 mod common;
 
 use std::collections::BTreeMap;
 
-use alloc_core::{AllocId, AllocOptions, Allocation, Error, Heap, Owner};
-use common::{fill, holds, TestMemory};
+use alloc_core::{AllocId, AllocOptions, Allocation, Cache, Error, Heap, Owner, Platform};
+use common::{fill, holds, Participant, TestMemory};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -32,7 +34,12 @@ enum Op {
         pick: usize,
     },
     Iterate,
-    ReleaseEmptySpans,
+    /// The other process allocates (through its cache), to be lost when it dies.
+    AllocOther {
+        size: u64,
+    },
+    /// The other process dies; `reclaim_dead` runs.
+    KillOther,
     /// The same operations through a participant's cache.
     AllocCached {
         size: u64,
@@ -60,7 +67,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<usize>().prop_map(|pick| Op::Lookup { pick }),
         1 => any::<usize>().prop_map(|pick| Op::FreeStale { pick }),
         1 => Just(Op::Iterate),
-        1 => Just(Op::ReleaseEmptySpans),
+        2 => size().prop_map(|size| Op::AllocOther { size }),
+        1 => Just(Op::KillOther),
         4 => size().prop_map(|size| Op::AllocCached { size }),
         3 => any::<usize>().prop_map(|pick| Op::FreeCached { pick }),
         1 => Just(Op::Flush),
@@ -74,14 +82,18 @@ struct Expected {
     seed: u64,
 }
 
-fn verify(heap: &Heap<'_>, live: &BTreeMap<AllocId, Expected>) {
-    let stats = heap.check().expect("check() after every step");
-    assert_eq!(stats.live_allocations, live.len() as u64);
-    assert_eq!(stats.live_bytes, live.values().map(|e| e.allocation.size).sum::<u64>());
+fn verify(p: &mut Participant<'_, '_>, live: &BTreeMap<AllocId, Expected>, others: &BTreeMap<AllocId, Allocation>) {
+    let heap = p.heap;
+    let stats = p.check().expect("check() after every step");
+    assert_eq!(stats.live_allocations, (live.len() + others.len()) as u64);
+    let bytes = live.values().map(|e| e.allocation.size).sum::<u64>() + others.values().map(|a| a.size).sum::<u64>();
+    assert_eq!(stats.live_bytes, bytes);
     let geo = heap.geometry();
     let mut spans: Vec<(u64, u64)> = live
         .values()
-        .map(|e| (e.allocation.offset, e.allocation.offset + e.allocation.size.max(1)))
+        .map(|e| &e.allocation)
+        .chain(others.values())
+        .map(|a| (a.offset, a.offset + a.size.max(1)))
         .collect();
     spans.sort();
     for (start, end) in &spans {
@@ -101,18 +113,25 @@ fn pick<K: Copy, V>(map: &BTreeMap<K, V>, pick: usize) -> Option<K> {
 
 fn run(page_shift: u32, ops: Vec<Op>) {
     let memory = TestMemory::new(2 << 20);
-    let heap = Heap::create(memory.region(), page_shift).expect("fits");
+    let heap = Heap::create(memory.region(), page_shift, Platform::SYMMETRIC).expect("fits");
+    let mut p = Participant::new(&heap, 1);
+    let owners: Vec<Owner> = (0..3).map(|i| Participant::new(&heap, 100 + i).owner()).chain([Owner::POOL]).collect();
     let mut live: BTreeMap<AllocId, Expected> = BTreeMap::new();
     let mut freed: Vec<AllocId> = Vec::new();
     let mut seed = 1u64;
-    let mut cache = heap.new_cache(Owner(99));
+    let mut cache = p.cache();
+    // The other process: its own heap view, a cache, and what it owns.
+    let other_view = memory.open();
+    let mut other_pid = 1000;
+    let mut other: Cache = Participant::new(&other_view, other_pid).cache();
+    let mut others: BTreeMap<AllocId, Allocation> = BTreeMap::new();
     for op in ops {
         seed += 1;
         match op {
             Op::Alloc { size, alloc_type } => {
-                let options =
-                    AllocOptions { alloc_type, owner: Owner(seed as u32), ..AllocOptions::default() };
-                match heap.alloc(size, options) {
+                let owner = owners[seed as usize % owners.len()];
+                let options = AllocOptions { alloc_type, owner: Some(owner), ..AllocOptions::default() };
+                match p.alloc(size, options) {
                     Ok(allocation) => {
                         assert_eq!((allocation.size, allocation.alloc_type), (size, alloc_type));
                         fill(&heap, &allocation, seed);
@@ -124,7 +143,7 @@ fn run(page_shift: u32, ops: Vec<Op>) {
             }
             Op::Free { pick: index } => {
                 if let Some(id) = pick(&live, index) {
-                    let _ = heap.free(id).expect("live allocation frees");
+                    let _ = p.free(id).expect("live allocation frees");
                     live.remove(&id);
                     freed.push(id);
                 }
@@ -132,7 +151,7 @@ fn run(page_shift: u32, ops: Vec<Op>) {
             Op::Realloc { pick: index, size } => {
                 if let Some(id) = pick(&live, index) {
                     let old = live[&id];
-                    match heap.realloc(id, size) {
+                    match p.realloc(id, size) {
                         Ok(moved) => {
                             assert_eq!(moved.size, size);
                             let kept = Allocation { size: old.allocation.size.min(size), ..moved };
@@ -145,7 +164,7 @@ fn run(page_shift: u32, ops: Vec<Op>) {
                             live.insert(moved.id, Expected { allocation: moved, seed });
                         }
                         Err(Error::OutOfMemory { .. }) => {
-                            assert_eq!(heap.lookup(id).expect("original intact"), old.allocation);
+                            assert_eq!(p.lookup(id).expect("original intact"), old.allocation);
                         }
                         Err(other) => panic!("realloc failed with {other:?}"),
                     }
@@ -153,24 +172,42 @@ fn run(page_shift: u32, ops: Vec<Op>) {
             }
             Op::Lookup { pick: index } => {
                 if let Some(id) = pick(&live, index) {
-                    assert_eq!(heap.lookup(id).expect("live"), live[&id].allocation);
+                    assert_eq!(p.lookup(id).expect("live"), live[&id].allocation);
                 }
             }
             Op::FreeStale { pick: index } => {
                 if !freed.is_empty() {
                     let id = freed[index % freed.len()];
-                    assert_eq!(heap.free(id), Err(Error::NotAllocated { id: id.0 }));
-                    assert_eq!(heap.lookup(id), Err(Error::NotAllocated { id: id.0 }));
+                    assert_eq!(p.free(id), Err(Error::NotAllocated { id: id.0 }));
+                    assert_eq!(p.lookup(id), Err(Error::NotAllocated { id: id.0 }));
                 }
             }
             Op::Iterate => {
-                let listed: BTreeMap<AllocId, Allocation> = heap.iter().map(|a| (a.id, a)).collect();
-                let expected: BTreeMap<AllocId, Allocation> =
+                let listed: BTreeMap<AllocId, Allocation> = p.live().into_iter().map(|a| (a.id, a)).collect();
+                let mut expected: BTreeMap<AllocId, Allocation> =
                     live.iter().map(|(id, e)| (*id, e.allocation)).collect();
+                expected.extend(others.iter().map(|(id, a)| (*id, *a)));
                 assert_eq!(listed, expected);
             }
-            Op::ReleaseEmptySpans => {
-                heap.release_empty_spans().expect("consistent");
+            Op::AllocOther { size } => match other_view.alloc_with(&mut other, size, AllocOptions::default()) {
+                Ok(allocation) => {
+                    assert!(others.insert(allocation.id, allocation).is_none());
+                }
+                Err(Error::OutOfMemory { .. }) => {}
+                Err(error) => panic!("the other process's alloc({size}) failed with {error:?}"),
+            },
+            Op::KillOther => {
+                // It dies with whatever its cache holds; reclaim must give back all of it.
+                let reclaimed = p.reclaim(&[other_pid]).expect("reclaimable");
+                assert_eq!(reclaimed.allocations, others.len() as u64);
+                assert_eq!(reclaimed.cached_blocks, other.held() as u64);
+                for id in others.keys() {
+                    assert_eq!(p.lookup(*id), Err(Error::NotAllocated { id: id.0 }));
+                    freed.push(*id);
+                }
+                others.clear();
+                other_pid += 1;
+                other = Participant::new(&other_view, other_pid).cache();
             }
             Op::AllocCached { size } => match heap.alloc_with(&mut cache, size, AllocOptions::default()) {
                 Ok(allocation) => {
@@ -193,21 +230,23 @@ fn run(page_shift: u32, ops: Vec<Op>) {
                 assert_eq!(cache.held(), 0);
             }
         }
-        verify(&heap, &live);
-        assert_eq!(heap.stats().expect("stats").cached_blocks, cache.held() as u64);
+        verify(&mut p, &live, &others);
+        assert_eq!(p.stats().expect("stats").cached_blocks, (cache.held() + other.held()) as u64);
     }
-    for id in live.keys() {
-        let _ = heap.free(*id).expect("live");
+    for id in live.keys().chain(others.keys()) {
+        let _ = p.free(*id).expect("live");
     }
     live.clear();
+    others.clear();
     let _ = heap.flush(&mut cache).expect("same heap");
-    verify(&heap, &live);
-    let stats = heap.stats().expect("stats");
+    let _ = other_view.flush(&mut other).expect("same heap");
+    verify(&mut p, &live, &others);
+    let stats = p.stats().expect("stats");
     assert_eq!(stats.live_allocations, 0);
     let most = heap.geometry().data_bytes() * 9 / 10;
-    let big = heap.alloc(most, AllocOptions::default()).expect("an empty heap serves most of its data area");
-    let _ = heap.free(big.id).expect("live");
-    heap.check().expect("consistent");
+    let big = p.alloc(most, AllocOptions::default()).expect("an empty heap serves most of its data area");
+    let _ = p.free(big.id).expect("live");
+    p.check().expect("consistent");
 }
 
 proptest! {

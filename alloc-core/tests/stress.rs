@@ -9,36 +9,50 @@ use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use alloc_core::{AllocOptions, Allocation, Cache, Error, Heap, Owner, WaitHost, Waited};
-use common::{fill, holds, TestMemory};
+use alloc_core::{AllocOptions, Allocation, Cache, Error, Heap, Session, WaitHost, Waited};
+use common::{fill, holds, identity, TestMemory};
 
 const ROUNDS: u64 = if cfg!(miri) { 50 } else { 20_000 };
 
-/// One participant: its own heap view, with or without a cache.
+/// One participant (a thread standing in for a process): its own heap view, its session,
+/// with or without a cache.
 struct Participant<'a> {
     heap: Heap<'a>,
+    session: Option<Session>,
     cache: Option<Box<Cache>>,
 }
 
 impl<'a> Participant<'a> {
-    fn new(heap: Heap<'a>, cached: bool, owner: u32) -> Participant<'a> {
-        let cache = cached.then(|| Box::new(heap.new_cache(Owner(owner))));
-        Participant { heap, cache }
+    fn new(heap: Heap<'a>, cached: bool, pid: u32) -> Participant<'a> {
+        let owner = heap.register_process(identity(pid)).expect("room");
+        let session = heap.register_participant(owner).expect("room");
+        let (session, cache) = if cached { (None, Some(Box::new(Cache::new(session)))) } else { (Some(session), None) };
+        Participant { heap, session, cache }
     }
 
     fn alloc(&mut self, size: u64, options: AllocOptions) -> Result<Allocation, Error> {
         match &mut self.cache {
             Some(cache) => self.heap.alloc_with(cache, size, options),
-            None => self.heap.alloc(size, options),
+            None => self.heap.alloc(self.session.as_mut().expect("uncached"), size, options),
         }
     }
 
     fn free(&mut self, id: alloc_core::AllocId) -> Result<(), Error> {
         match &mut self.cache {
             Some(cache) => self.heap.free_with(cache, id),
-            None => self.heap.free(id),
+            None => self.heap.free(self.session.as_mut().expect("uncached"), id),
         }
         .map(|_| ())
+    }
+
+    fn check(&mut self) -> Result<alloc_core::Stats, Error> {
+        let Participant { heap, session, cache } = self;
+        let session = match (session, cache) {
+            (Some(session), _) => session,
+            (None, Some(cache)) => cache.session(),
+            (None, None) => unreachable!("a participant has a session or a cache"),
+        };
+        heap.check(session)
     }
 
     fn flush(&mut self) {
@@ -76,7 +90,7 @@ fn threads_pass_allocations_around_and_every_byte_survives() {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
-                    let options = AllocOptions { owner: Owner(me as u32 + 1), ..AllocOptions::default() };
+                    let options = AllocOptions::default();
                     match me_heap.alloc(sizes(rng), options) {
                         Ok(a) => {
                             fill(&me_heap.heap, &a, rng);
@@ -114,13 +128,12 @@ fn threads_pass_allocations_around_and_every_byte_survives() {
         }
         drop(senders);
     });
-    let heap = memory.open();
-    let stats = heap.check().expect("consistent after the storm");
+    let mut checker = Participant::new(memory.open(), false, 99);
+    let stats = checker.check().expect("consistent after the storm");
     assert_eq!(stats.live_allocations, 0);
     assert_eq!(stats.cached_blocks, 0, "every cache was flushed");
-    heap.release_empty_spans().expect("consistent");
-    let most = heap.geometry().data_bytes() * 9 / 10;
-    assert!(heap.alloc(most, AllocOptions::default()).is_ok(), "memory came back to general use");
+    let most = checker.heap.geometry().data_bytes() * 9 / 10;
+    assert!(checker.alloc(most, AllocOptions::default()).is_ok(), "memory came back to general use");
 }
 
 #[test]
@@ -152,7 +165,8 @@ fn threads_hammering_one_class_never_hand_out_a_block_twice() {
             });
         }
     });
-    assert_eq!(memory.open().check().expect("consistent").live_allocations, 0);
+    let mut checker = Participant::new(memory.open(), false, 99);
+    assert_eq!(checker.check().expect("consistent").live_allocations, 0);
 }
 
 /// Cached participants allocate bursts (each burst refills the cache from the shared spans
@@ -168,26 +182,30 @@ fn cached_refills_racing_with_other_participants_stay_consistent() {
         for me in 0..4u32 {
             let memory = &memory;
             scope.spawn(move || {
-                let heap = memory.open();
-                let mut cache = heap.new_cache(Owner(me + 1));
+                let mut me_heap = Participant::new(memory.open(), false, me + 1);
+                let heap = &me_heap.heap;
+                let owner = heap.register_process(identity(me + 1)).expect("registered");
+                let mut cache = Cache::new(heap.register_participant(owner).expect("room"));
                 for burst in 0..bursts {
                     let seed = u64::from(me) << 32 | burst;
                     let blocks: Vec<Allocation> = (0..300)
                         .map(|_| heap.alloc_with(&mut cache, 64, AllocOptions::default()).expect("space"))
                         .collect();
                     for (i, a) in blocks.iter().enumerate() {
-                        fill(&heap, a, seed + i as u64);
+                        fill(heap, a, seed + i as u64);
                     }
                     for (i, a) in blocks.iter().enumerate() {
-                        assert!(holds(&heap, a, seed + i as u64), "a block was handed out twice");
-                        let _ = heap.free(a.id).expect("live");
+                        assert!(holds(heap, a, seed + i as u64), "a block was handed out twice");
+                        let _ = heap.free(cache.session(), a.id).expect("live");
                     }
                 }
                 let _ = heap.flush(&mut cache).expect("same heap");
+                let _ = &mut me_heap;
             });
         }
     });
-    let stats = memory.open().check().expect("consistent");
+    let mut checker = Participant::new(memory.open(), false, 99);
+    let stats = checker.check().expect("consistent");
     assert_eq!((stats.live_allocations, stats.cached_blocks), (0, 0));
 }
 
@@ -198,7 +216,7 @@ struct PollingHost {
 }
 
 impl WaitHost for PollingHost {
-    fn wait(&mut self, word: &AtomicU64, seen: u64) -> Waited {
+    fn wait(&mut self, word: &AtomicU64, seen: u64, _registered: bool) -> Waited {
         self.waits += 1;
         while word.load(std::sync::atomic::Ordering::SeqCst) as u32 == seen as u32 {
             if Instant::now() >= self.deadline {
@@ -210,9 +228,9 @@ impl WaitHost for PollingHost {
     }
 }
 
-fn fill_up(heap: &Heap<'_>) -> Vec<Allocation> {
+fn fill_up(p: &mut Participant<'_>) -> Vec<Allocation> {
     let mut all = Vec::new();
-    while let Ok(a) = heap.alloc(4096, AllocOptions::default()) {
+    while let Ok(a) = p.alloc(4096, AllocOptions::default()) {
         all.push(a);
     }
     all
@@ -221,43 +239,46 @@ fn fill_up(heap: &Heap<'_>) -> Vec<Allocation> {
 #[test]
 fn a_blocked_allocation_is_woken_by_a_free_in_another_participant() {
     let memory = TestMemory::new(1 << 20);
-    let heap = memory.create();
-    let all = fill_up(&heap);
+    let _ = memory.create();
+    let mut p = Participant::new(memory.open(), false, 1);
+    let all = fill_up(&mut p);
     let victim = all[all.len() / 2];
     std::thread::scope(|scope| {
         let waiter = scope.spawn(|| {
-            let view = memory.open();
+            let mut view = Participant::new(memory.open(), false, 2);
             let mut host = PollingHost { deadline: Instant::now() + Duration::from_secs(30), waits: 0 };
-            let got =
-                view.alloc_blocking(4096, AllocOptions::default(), &mut host).expect("woken by the free");
+            let session = view.session.as_mut().expect("uncached");
+            let got = view.heap.alloc_blocking(session, 4096, AllocOptions::default(), &mut host).expect("woken by the free");
             (got, host.waits)
         });
         let watchdog = Instant::now();
-        while heap.waiters() == 0 {
+        while p.heap.waiters() == 0 {
             assert!(watchdog.elapsed() < Duration::from_secs(30), "waiter never registered");
             std::thread::yield_now();
         }
-        assert_eq!(heap.free(victim.id), Ok(alloc_core::Wake::Waiters));
+        assert_eq!(p.heap.free(p.session.as_mut().expect("uncached"), victim.id), Ok(alloc_core::Wake::Waiters));
         let (got, waits) = waiter.join().expect("waiter finished");
         assert_eq!(got.offset, victim.offset);
         assert!(waits >= 1);
     });
-    assert_eq!(heap.waiters(), 0);
-    heap.check().expect("consistent");
+    assert_eq!(p.heap.waiters(), 0);
+    p.heap.check(p.session.as_mut().expect("uncached")).expect("consistent");
 }
 
 #[test]
 fn a_blocked_allocation_with_nothing_freed_times_out() {
     let memory = TestMemory::new(1 << 20);
-    let heap = memory.create();
-    let all = fill_up(&heap);
+    let _ = memory.create();
+    let mut p = Participant::new(memory.open(), false, 1);
+    let all = fill_up(&mut p);
     let mut host = PollingHost { deadline: Instant::now() + Duration::from_millis(50), waits: 0 };
     let started = Instant::now();
-    let result = heap.alloc_blocking(4096, AllocOptions::default(), &mut host);
+    let session = p.session.as_mut().expect("uncached");
+    let result = p.heap.alloc_blocking(session, 4096, AllocOptions::default(), &mut host);
     assert_eq!(result, Err(Error::TimedOut { requested: 4096 }));
     assert!(started.elapsed() >= Duration::from_millis(50));
-    assert_eq!(heap.waiters(), 0);
+    assert_eq!(p.heap.waiters(), 0);
     // A free with nobody waiting needs no wake-up.
-    assert_eq!(heap.free(all[0].id), Ok(alloc_core::Wake::Nobody));
-    heap.check().expect("consistent");
+    assert_eq!(p.heap.free(session, all[0].id), Ok(alloc_core::Wake::Nobody));
+    p.heap.check(session).expect("consistent");
 }

@@ -1,7 +1,11 @@
-//! Test regions: zeroed, 8-byte aligned memory owned by the test, viewed as a `Region`.
+//! Test regions: zeroed, 8-byte aligned memory owned by the test, viewed as a `Region`, and a
+//! participant that bundles a heap with its session.
 #![allow(dead_code)]
 
-use alloc_core::{Allocation, Heap, Region};
+use alloc_core::{
+    AllocId, AllocOptions, Allocation, Cache, Error, Heap, Owner, ProcessIdentity, Reclaimed, Region, Session, Stats,
+    Wake,
+};
 
 /// Zeroed memory for one region; lives as long as the test holds it.
 pub struct TestMemory {
@@ -24,9 +28,9 @@ impl TestMemory {
         Heap::create_default(self.region()).expect("region large enough")
     }
 
-    /// Another participant's view of the same heap.
+    /// Another view of the same heap (as another process would open it).
     pub fn open(&self) -> Heap<'_> {
-        Heap::open(self.region()).expect("valid heap")
+        Heap::open_default(self.region()).expect("valid heap")
     }
 
     pub fn word(&self, index: usize) -> u64 {
@@ -37,6 +41,77 @@ impl TestMemory {
     pub fn set_word(&self, index: usize, value: u64) {
         // SAFETY: test-only corruption of an in-bounds word while nothing runs concurrently.
         unsafe { std::ptr::write_volatile(self.words.as_ptr().add(index) as *mut u64, value) }
+    }
+}
+
+/// A process identity for tests: `pid` with a fixed start time.
+pub fn identity(pid: u32) -> ProcessIdentity {
+    ProcessIdentity { pid, start_time: 1000 + pid as u64, namespace: 1 }
+}
+
+/// A heap and one participant of a (fake) process: what a thread of a process would hold.
+pub struct Participant<'h, 'a> {
+    pub heap: &'h Heap<'a>,
+    pub session: Session,
+}
+
+impl<'h, 'a> Participant<'h, 'a> {
+    /// A participant of the process `pid` (registered if it is not yet).
+    pub fn new(heap: &'h Heap<'a>, pid: u32) -> Participant<'h, 'a> {
+        let owner = heap.register_process(identity(pid)).expect("room for a process");
+        Participant { heap, session: heap.register_participant(owner).expect("room for a participant") }
+    }
+
+    pub fn owner(&self) -> Owner {
+        self.session.owner()
+    }
+
+    pub fn alloc(&mut self, size: u64, options: AllocOptions) -> Result<Allocation, Error> {
+        self.heap.alloc(&mut self.session, size, options)
+    }
+
+    pub fn free(&mut self, id: AllocId) -> Result<Wake, Error> {
+        self.heap.free(&mut self.session, id)
+    }
+
+    pub fn lookup(&mut self, id: AllocId) -> Result<Allocation, Error> {
+        self.heap.lookup(&mut self.session, id)
+    }
+
+    pub fn contains(&mut self, id: AllocId) -> bool {
+        self.heap.contains(&mut self.session, id)
+    }
+
+    pub fn realloc(&mut self, id: AllocId, size: u64) -> Result<Allocation, Error> {
+        self.heap.realloc(&mut self.session, id, size)
+    }
+
+    pub fn set_owner(&mut self, id: AllocId, owner: Owner) -> Result<(), Error> {
+        self.heap.set_owner(&mut self.session, id, owner)
+    }
+
+    pub fn check(&mut self) -> Result<Stats, Error> {
+        self.heap.check(&mut self.session)
+    }
+
+    pub fn stats(&mut self) -> Result<Stats, Error> {
+        self.heap.stats(&mut self.session)
+    }
+
+    pub fn live(&mut self) -> Vec<Allocation> {
+        let mut all = Vec::new();
+        self.heap.for_each_allocation(&mut self.session, |a| all.push(a)).expect("walkable");
+        all
+    }
+
+    /// Reclaims the processes whose pids are in `dead`.
+    pub fn reclaim(&mut self, dead: &[u32]) -> Result<Reclaimed, Error> {
+        self.heap.reclaim_dead(&mut self.session, |record| dead.contains(&record.identity.pid), |_, _, _| {})
+    }
+
+    /// A cache for another thread of the same process.
+    pub fn cache(&self) -> Cache {
+        Cache::new(self.heap.register_participant(self.owner()).expect("room for a participant"))
     }
 }
 
@@ -62,12 +137,7 @@ pub fn pattern(seed: u64, i: u64) -> u8 {
     (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i.wrapping_mul(31)) >> 24) as u8
 }
 
-/// Helpers over allocations in tests.
-pub struct TestAlloc;
-
-impl TestAlloc {
-    /// The first `len` bytes of `allocation`, as an allocation for `holds`.
-    pub fn prefix(allocation: &Allocation, len: u64) -> Allocation {
-        Allocation { size: len, ..*allocation }
-    }
+/// The first `len` bytes of `allocation`, as an allocation for `holds`.
+pub fn prefix(allocation: &Allocation, len: u64) -> Allocation {
+    Allocation { size: len, ..*allocation }
 }
