@@ -14,13 +14,18 @@
 //! reporting `OutOfMemory`. While anyone waits in `alloc_blocking`, frees bypass the cache so that
 //! the waiters are woken; allocations keep using it.
 //!
+//! A cache holds blocks of one span per class at a time (the span it last refilled from; a free
+//! of another span's block goes to that span, unless the class's cache is empty, in which case
+//! the cache moves to the block's span). So a participant that stops forever keeps at most one
+//! span per class from being retired, besides the span its hazard names.
+//!
 //! A cache is tied to one participant (its [`Session`]) of one mapping. After `fork`, the child
 //! must not use a cache it inherited: its blocks belong to the parent (the host drops it).
 
 use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{AllocId, AllocOptions, Allocation, Heap, Place, Wake};
-use crate::layout::{class_for, status, BlockState, GRANULE, NUM_CLASSES, SPAN_PAGES, STATE_READY};
+use crate::layout::{class_for, status, BlockState, Kind, GRANULE, NUM_CLASSES, STATE_READY};
 use crate::participant::Session;
 use crate::primitive::Ordering;
 
@@ -33,6 +38,8 @@ const REFILL_BLOCKS: usize = CACHE_BLOCKS / 2;
 pub struct Cache {
     session: Session,
     lens: [u8; NUM_CLASSES],
+    /// Per class, the span head page every cached block of the class belongs to.
+    spans: [u64; NUM_CLASSES],
     /// Per class, `(span head page << 16) | block index`.
     entries: [[u64; CACHE_BLOCKS]; NUM_CLASSES],
 }
@@ -40,7 +47,7 @@ pub struct Cache {
 impl Cache {
     /// A new, empty cache for `session`'s participant.
     pub fn new(session: Session) -> Cache {
-        Cache { session, lens: [0; NUM_CLASSES], entries: [[0; CACHE_BLOCKS]; NUM_CLASSES] }
+        Cache { session, lens: [0; NUM_CLASSES], spans: [0; NUM_CLASSES], entries: [[0; CACHE_BLOCKS]; NUM_CLASSES] }
     }
 
     /// The participant's session (for the uncached operations).
@@ -70,6 +77,16 @@ impl Cache {
         Some((entry >> 16, entry & 0xFFFF))
     }
 
+    /// Whether a freed block of span `head` may go into the class's cache.
+    #[inline]
+    fn takes(&self, class: usize, head: u64) -> bool {
+        match self.lens[class] as usize {
+            0 => true,
+            CACHE_BLOCKS => false,
+            _ => self.spans[class] == head,
+        }
+    }
+
     #[inline]
     fn is_full(&self, class: usize) -> bool {
         self.lens[class] as usize == CACHE_BLOCKS
@@ -82,6 +99,7 @@ impl Cache {
         if let Some(entry) = self.entries[class].get_mut(len) {
             *entry = head << 16 | index;
             self.lens[class] += 1;
+            self.spans[class] = head;
         }
     }
 }
@@ -135,25 +153,24 @@ impl<'a> Heap<'a> {
     /// Takes up to a batch of free blocks of `class` into the cache (never more than it holds).
     fn refill(&self, cache: &mut Cache, class: usize) -> Result<(), Error> {
         let room = (CACHE_BLOCKS - cache.lens[class] as usize).min(REFILL_BLOCKS) as u64;
-        let holder = cache.session.process;
-        let Cache { session, lens, entries } = cache;
+        let (holder, incarnation) = (cache.session.process, cache.session.incarnation);
+        let Cache { session, lens, spans, entries } = cache;
         self.take_blocks(session, class, room, |heap, _, head, index| {
-            let (span, _) = heap.span_block(head, class, index);
-            let state = span.state(index);
+            let state = heap.span(head, class).state(index);
             let word = state.load(Ordering::Relaxed);
-            let tag = word >> 28;
             let len = lens[class] as usize;
-            if len == CACHE_BLOCKS || BlockState::decode(word).is_some_and(|s| s.kind != crate::layout::Kind::Free) {
+            if len == CACHE_BLOCKS || BlockState::decode(word).is_some_and(|s| s.kind != Kind::Free) {
                 // Taken twice: only a corrupted list that loops does this. Keep one copy.
                 return;
             }
             // The block is ours (taken off the list, our hazard on its span); the store records
             // in the same word that it is free and which process's cache holds it.
             // ORDERING: Release, like every store to a state word: see `Span::pop`.
-            state.store(BlockState::cached(holder, tag).encode(), Ordering::Release);
+            state.store(BlockState::cached(holder, incarnation, word >> 28).encode(), Ordering::Release);
             step!("refill/cached");
             entries[class][len] = head << 16 | index;
             lens[class] += 1;
+            spans[class] = head;
         })?;
         Ok(())
     }
@@ -182,18 +199,19 @@ impl<'a> Heap<'a> {
     }
 
     /// Under the hazard on `page`: moves live small block `id` into the cache (`true`), or says
-    /// it is not one for the cache (`false`: large, or the class's cache is full).
+    /// it is not one for the cache (`false`: large, of another span, or the class's cache is
+    /// full).
     #[inline]
     fn cache_block(&self, cache: &mut Cache, id: AllocId, page: u64) -> Result<bool, Error> {
         let (place, state) = self.locate(id, page)?;
         let Place::Small { head, class, index, .. } = place else {
             return Ok(false);
         };
-        if cache.is_full(class) {
+        if !cache.takes(class, head) {
             return Ok(false);
         }
         let (word, decoded, _) = self.live_state(id, place, state)?;
-        let cached = BlockState::cached(cache.session.process, decoded.tag);
+        let cached = BlockState::cached(cache.session.process, cache.session.incarnation, decoded.tag);
         // ORDERING: Acquire on success: the block is ours, after the last user's accesses.
         state
             .compare_exchange(word, cached.encode(), Ordering::Acquire, Ordering::Relaxed)
@@ -214,7 +232,7 @@ impl<'a> Heap<'a> {
             let page = self.page_of(id)?;
             self.publish_hazard(&cache.session, page);
             let class = match self.locate(id, page) {
-                Ok((Place::Small { class, .. }, _)) => Some(class),
+                Ok((Place::Small { class, head, .. }, _)) if cache.spans[class] == head => Some(class),
                 _ => None,
             };
             self.clear_hazard(&cache.session);
@@ -230,7 +248,7 @@ impl<'a> Heap<'a> {
                 };
             }
         }
-        // A large allocation, or waiters: free to the shared heap.
+        // A large allocation, a block of another span, or waiters: free to the shared heap.
         self.free(&mut cache.session, id)
     }
 
@@ -257,16 +275,17 @@ impl<'a> Heap<'a> {
         while start < count {
             let head = cache.entries[class][start] >> 16;
             let mut end = start + 1;
-            while end < count && cache.entries[class][end] >> 16 == head && end - start < SPAN_PAGES as usize * 4 {
+            while end < count && cache.entries[class][end] >> 16 == head {
                 end += 1;
             }
-            let mut indices = [0u16; SPAN_PAGES as usize * 4];
-            let mut tags = [0u64; SPAN_PAGES as usize * 4];
+            let mut indices = [0u16; CACHE_BLOCKS];
+            let mut tags = [0u64; CACHE_BLOCKS];
             self.publish_hazard(&cache.session, head);
+            let span = self.span(head, class);
             for (at, &entry) in cache.entries[class][start..end].iter().enumerate() {
                 let index = entry & 0xFFFF;
                 indices[at] = index as u16;
-                tags[at] = self.span_block(head, class, index).0.state(index).load(Ordering::Relaxed) >> 28;
+                tags[at] = span.state(index).load(Ordering::Relaxed) >> 28;
             }
             self.push_blocks(&cache.session, head, class, &indices[..end - start], &tags[..end - start]);
             self.clear_hazard(&cache.session);
@@ -276,13 +295,6 @@ impl<'a> Heap<'a> {
         cache.entries[class].copy_within(count..len, 0);
         cache.lens[class] = (len - count) as u8;
         self.wake_if_waiting()
-    }
-
-    /// The span of a block the caller holds (its head and class are trusted: they came from
-    /// this process's own records of blocks it took).
-    #[inline]
-    pub(crate) fn span_block(&self, head: u64, class: usize, _index: u64) -> (crate::span::Span<'_>, u64) {
-        (self.span(head, class), head)
     }
 }
 
@@ -368,8 +380,9 @@ mod tests {
         for id in small {
             let _ = heap.free_with(&mut cache, id).expect("live");
         }
-        let most = heap.geometry().data_bytes() * 9 / 10;
-        assert!(heap.alloc_with(&mut cache, most, AllocOptions::default()).is_ok());
+        // The whole data area: only possible once the cache gave its span back too.
+        let all = heap.geometry().data_bytes();
+        assert!(heap.alloc_with(&mut cache, all, AllocOptions::default()).is_ok());
         assert_eq!(cache.held(), 0);
         heap.check(cache.session()).expect("consistent");
         let _ = Owner::POOL;

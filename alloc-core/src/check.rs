@@ -74,10 +74,10 @@ impl Heap<'_> {
             }
             match self.info(here) {
                 Ok(PageInfo::SpanHead { class, retiring }) if self.check_span_head(here, class).is_ok() => {
-                    ensure(!retiring, "span left retiring", here)?;
+                    ensure(retiring == 0, "span left retiring", here)?;
                     for member in here + 1..here + SPAN_PAGES {
                         ensure(bits.is_claimed(member) && !bits.is_head(member), "span page not claimed as part of it", member)?;
-                        let back = self.info(member) == Ok(PageInfo::SpanMember { head: here, class, retiring });
+                        let back = self.info(member) == Ok(PageInfo::SpanMember { head: here, class, retiring: false });
                         ensure(back, "span member does not point to its head", member)?;
                     }
                     self.publish_hazard(session, here);
@@ -94,7 +94,7 @@ impl Heap<'_> {
                         }
                     }
                     let capacity = pages << geo.page_shift;
-                    let word = self.page_word(here, page::WORD).load(Ordering::Acquire);
+                    let word = self.page_word(here, page::STATE).load(Ordering::Acquire);
                     let state = BlockState::decode(word);
                     match state {
                         Some(state) if state.kind == Kind::Live && state.aux <= capacity => {
@@ -150,7 +150,7 @@ impl Heap<'_> {
     ) -> Result<(), Error> {
         let ensure = |ok: bool, what: &'static str| if ok || !strict { Ok(()) } else { Err(corrupt(what, head)) };
         // Re-check under the hazard: the span may have been retired since the bits were read.
-        if !matches!(self.info(head), Ok(PageInfo::SpanHead { class: found, retiring: false }) if found == class) {
+        if !matches!(self.info(head), Ok(PageInfo::SpanHead { class: found, retiring: 0 }) if found == class) {
             return ensure(false, "span changed during a strict check");
         }
         let span = self.span(head, class);
@@ -212,6 +212,9 @@ impl Heap<'_> {
             if self.participant_is_dead(index) {
                 return Err(corrupt("a dead process's participant was not reclaimed", 0));
             }
+            if state.state != RecordState::Active {
+                return Err(corrupt("a participant record in an unknown state", 0));
+            }
             for (field, what) in [
                 (participant::HAZARD, "a participant holds a hazard on a quiescent heap"),
                 (participant::PENDING, "a participant has a claim or release in progress"),
@@ -224,6 +227,9 @@ impl Heap<'_> {
         }
         if self.processes().any(|record| record.state == RecordState::Dead) {
             return Err(corrupt("a dead process was not reclaimed", 0));
+        }
+        if self.processes().any(|record| record.state == RecordState::Registering) {
+            return Err(corrupt("a process record was left half registered", 0));
         }
         let status = self.region().word(header::STATUS).load(Ordering::Acquire);
         if status >> status::WAITER_SHIFT != 0 {

@@ -78,9 +78,9 @@ use crate::error::Error;
 use crate::hier::Hier;
 use crate::layout::{
     block_index, class_for, gen, header, page, participant, span_meta_bytes, status, BlockState, Extra,
-    Geometry, Kind, PageInfo, CLASS_SIZES, DEFAULT_PAGE_SHIFT, FENCES_ASYMMETRIC, FENCES_SYMMETRIC, GRANULE,
-    HEADER_WORDS, LAYOUT_VERSION, MAGIC, MAX_PAGE_SHIFT, MIN_PAGE_SHIFT, NUM_CLASSES, SPAN_PAGES,
-    STATE_DESTROYED, STATE_INITIALISING, STATE_READY,
+    Geometry, Kind, PageInfo, RecordState, CLASS_SIZES, DEFAULT_PAGE_SHIFT, FENCES_ASYMMETRIC,
+    FENCES_SYMMETRIC, GRANULE, HEADER_WORDS, HEALER, LAYOUT_VERSION, MAGIC, MAX_PAGE_SHIFT, MIN_PAGE_SHIFT,
+    NUM_CLASSES, SPAN_PAGES, STATE_DESTROYED, STATE_INITIALISING, STATE_READY,
 };
 use crate::participant::Session;
 use crate::primitive::{compiler_fence, fence, AtomicU32, AtomicU64, Ordering};
@@ -191,10 +191,11 @@ impl Wake {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Platform {
     /// A memory barrier on every CPU running a thread of a process that uses the pool
-    /// (`membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`), if this process can issue one. Pools
-    /// created by a process that can are *asymmetric*: hazards are published with a compiler
-    /// fence only, and retirement and healing issue this barrier.
-    pub heavy_fence: Option<fn()>,
+    /// (`membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`), if this process can issue one; it
+    /// returns whether the barrier was issued. Pools created by a process that can are
+    /// *asymmetric*: hazards are published with a compiler fence only, and retirement and
+    /// healing issue this barrier (and back out if it fails).
+    pub heavy_fence: Option<fn() -> bool>,
 }
 
 impl Platform {
@@ -208,7 +209,7 @@ enum Fences {
     /// Full fences on both sides.
     Symmetric,
     /// Compiler fence on the hazard side, the host's barrier on the retirement side.
-    Asymmetric(fn()),
+    Asymmetric(fn() -> bool),
     /// The pool is asymmetric but this process cannot issue the barrier: it fences its own
     /// hazards fully and cannot retire or heal.
     LightOnly,
@@ -459,8 +460,11 @@ impl<'a> Heap<'a> {
     pub(crate) fn heavy_fence(&self) -> Result<(), Error> {
         match self.fences {
             Fences::Asymmetric(heavy) => {
-                heavy();
-                Ok(())
+                if heavy() {
+                    Ok(())
+                } else {
+                    Err(Error::NoHeavyFence)
+                }
             }
             Fences::Symmetric => {
                 // ORDERING: SeqCst fence pairs with the light fences (see `light_fence`).
@@ -483,6 +487,12 @@ impl<'a> Heap<'a> {
         self.light_fence();
     }
 
+    /// As [`Heap::publish_hazard`], marked as a healer's (other healers ignore it).
+    pub(crate) fn publish_healer_hazard(&self, session: &Session, page: u64) {
+        self.participant_word(session.participant, participant::HAZARD).store((page + 1) | HEALER, Ordering::Relaxed);
+        self.light_fence();
+    }
+
     /// The session touches no span any more.
     #[inline]
     pub(crate) fn clear_hazard(&self, session: &Session) {
@@ -502,26 +512,36 @@ impl<'a> Heap<'a> {
         self.participant_word(session.participant, participant::PENDING).store(0, Ordering::Release);
     }
 
-    /// Whether a participant other than `me` (and other than participants of dead processes, if
-    /// `skip_dead`) has a hazard on a page of `first..first + pages`. Call after the heavy fence.
-    pub(crate) fn hazard_on(&self, me: u64, first: u64, pages: u64, skip_dead: bool) -> bool {
+    /// Whether a participant other than `me` has a hazard on a page of `first..first + pages`.
+    /// `for_heal`: ignore healers' hazards and those of participants whose process is dead
+    /// (retirement counts every hazard). Call after the heavy fence.
+    pub(crate) fn hazard_on(&self, me: u64, first: u64, pages: u64, for_heal: bool) -> bool {
         (1..self.participant_hwm()).filter(|&index| index != me).any(|index| {
             // ORDERING: Acquire pairs with the Release that cleared a hazard, so the holder's
             // accesses to the span happen before whatever we do once we see it clear.
             let hazard = self.participant_word(index, participant::HAZARD).load(Ordering::Acquire);
+            let page = (hazard & !HEALER).wrapping_sub(1);
             hazard != 0
-                && (first..first + pages).contains(&(hazard - 1))
-                && !(skip_dead && self.participant_is_dead(index))
+                && (first..first + pages).contains(&page)
+                && !(for_heal && (hazard & HEALER != 0 || self.participant_is_dead(index)))
         })
     }
 
-    /// Whether `index`'s process record says its process is dead.
+    /// Whether participant `index` belongs to a process that is gone (or is itself being
+    /// resolved after its process died).
     pub(crate) fn participant_is_dead(&self, index: u64) -> bool {
         let state = self.participant_state(index);
-        state.state == crate::layout::RecordState::Active
-            && self
-                .process_record(Owner(state.process as u16))
-                .is_none_or(|record| record.state != crate::layout::RecordState::Active)
+        match state.state {
+            RecordState::Active => !self.process_alive(Owner(state.process as u16)),
+            RecordState::Dead => true,
+            RecordState::Free | RecordState::Registering => false,
+        }
+    }
+
+    /// Whether `owner`'s record says its process is (as far as anyone knows) alive.
+    pub(crate) fn process_alive(&self, owner: Owner) -> bool {
+        self.process_record(owner)
+            .is_some_and(|record| matches!(record.state, RecordState::Active | RecordState::Registering))
     }
 
     // ----- metadata access -------------------------------------------------------------------
@@ -566,7 +586,7 @@ impl<'a> Heap<'a> {
         let blocks = self.blocks[class];
         let start = self.geo.page_offset(head);
         Span::new(
-            self.page_word(head, page::WORD),
+            self.page_word(head, page::ANCHOR),
             self.region.words_at(start, blocks),
             self.region.halves_at(start + blocks * 8, blocks),
         )
@@ -632,9 +652,8 @@ impl<'a> Heap<'a> {
         let not_allocated = Error::NotAllocated { id: id.0 };
         let (head, class) = match self.info(page)? {
             PageInfo::Free | PageInfo::Transient { .. } => return Err(not_allocated),
-            PageInfo::SpanHead { retiring: true, .. } | PageInfo::SpanMember { retiring: true, .. } => {
-                return Err(not_allocated)
-            }
+            PageInfo::SpanHead { retiring, .. } if retiring != 0 => return Err(not_allocated),
+            PageInfo::SpanMember { retiring: true, .. } => return Err(not_allocated),
             PageInfo::LargeHead { pages } => {
                 if pages == 0 || pages > self.geo.num_pages - page {
                     return Err(Error::Corrupt { what: "large run out of range", page });
@@ -642,7 +661,7 @@ impl<'a> Heap<'a> {
                 if offset != self.geo.page_offset(page) {
                     return Err(not_allocated);
                 }
-                return Ok((Place::Large { head: page, pages }, self.page_word(page, page::WORD)));
+                return Ok((Place::Large { head: page, pages }, self.page_word(page, page::STATE)));
             }
             PageInfo::SpanHead { class, .. } => (page, class),
             PageInfo::SpanMember { head, class, .. } => {
@@ -790,17 +809,29 @@ impl<'a> Heap<'a> {
         decoded: BlockState,
         extra: Extra,
     ) -> Result<Wake, Error> {
-        let freed = BlockState::free(BlockState::NULL, session.participant, decoded.tag);
-        // ORDERING: Acquire on success: we now own the block after the last user's accesses;
-        // Release is provided by the push (small) or the bitmap release (large) that hands it on.
-        state
-            .compare_exchange(word, freed.encode(), Ordering::Acquire, Ordering::Relaxed)
-            .map_err(|_| Error::NotAllocated { id: id.0 })?;
-        step!("free/state-freed");
         match place {
-            Place::Small { head, class, index, .. } => self.push_blocks(session, head, class, &[index as u16], &[decoded.tag]),
+            Place::Small { head, class, index, .. } => {
+                let freed = BlockState::free(BlockState::NULL, session.participant, decoded.tag);
+                // ORDERING: Acquire on success: we now own the block after the last user's
+                // accesses; Release is provided by the push that hands it on.
+                state
+                    .compare_exchange(word, freed.encode(), Ordering::Acquire, Ordering::Relaxed)
+                    .map_err(|_| Error::NotAllocated { id: id.0 })?;
+                step!("free/state-freed");
+                self.push_blocks(session, head, class, &[index as u16], &[decoded.tag]);
+            }
             Place::Large { head, pages } => {
-                self.finish_large_release(session, head, pages, gen::join(extra.gen_high, decoded.tag))
+                // The run becomes ours to release (only one freer gets it); a reclaimer finishes
+                // the release for us, through PENDING, should we die.
+                self.set_pending(session, head);
+                let releasing = BlockState::releasing(session.participant, decoded.tag);
+                // ORDERING: Acquire on success, as above; the bitmap release hands it on.
+                if state.compare_exchange(word, releasing.encode(), Ordering::Acquire, Ordering::Relaxed).is_err() {
+                    self.clear_pending(session);
+                    return Err(Error::NotAllocated { id: id.0 });
+                }
+                step!("free/large-releasing");
+                self.finish_large_release(session, head, pages, gen::join(extra.gen_high, decoded.tag));
             }
         }
         Ok(self.wake_if_waiting())
@@ -831,7 +862,7 @@ impl<'a> Heap<'a> {
         } else {
             let record = self
                 .process_record(owner)
-                .filter(|record| record.state == crate::layout::RecordState::Active)
+                .filter(|record| record.state == RecordState::Active)
                 .ok_or(Error::InvalidOwner { owner: owner.0 })?;
             Some(record)
         };
@@ -877,6 +908,7 @@ impl<'a> Heap<'a> {
             state
                 .compare_exchange(word, resized.encode(), Ordering::AcqRel, Ordering::Relaxed)
                 .map_err(|_| Error::NotAllocated { id: id.0 })?;
+            step!("realloc/resized");
             Ok(Ok(Allocation { size: new_size, ..current }))
         })?;
         let current = match current {
@@ -911,7 +943,7 @@ impl<'a> Heap<'a> {
             return Err(Error::TooLarge { requested: size, capacity: self.geo.data_bytes() });
         }
         if let Some(owner) = options.owner {
-            if owner != Owner::POOL && owner != session.owner() && self.process_record(owner).is_none() {
+            if owner != Owner::POOL && owner != session.owner() && !self.process_alive(owner) {
                 return Err(Error::InvalidOwner { owner: owner.0 });
             }
         }
@@ -922,12 +954,34 @@ impl<'a> Heap<'a> {
                 None => self.alloc_large(session, size, options)?,
             };
             if let Some(allocation) = attempt {
-                return Ok(allocation);
+                return self.give_to_requested_owner(session, allocation, options);
             }
             // Out of pages: give an entirely free span back and try again.
             if !self.retire_one(session)? {
                 return Err(Error::OutOfMemory { requested: size });
             }
+        }
+    }
+
+    /// Every allocation is made owned by the caller's process (so that one whose maker dies
+    /// before returning it is reclaimed with the maker); one asked for on behalf of another
+    /// owner is then handed over as `set_owner` would.
+    #[inline]
+    pub(crate) fn give_to_requested_owner(
+        &self,
+        session: &mut Session,
+        allocation: Allocation,
+        options: AllocOptions,
+    ) -> Result<Allocation, Error> {
+        match options.owner {
+            Some(owner) if owner != allocation.owner => {
+                if let Err(error) = self.set_owner(session, allocation.id, owner) {
+                    let _ = self.free(session, allocation.id);
+                    return Err(error);
+                }
+                Ok(Allocation { owner, ..allocation })
+            }
+            _ => Ok(allocation),
         }
     }
 
@@ -969,11 +1023,12 @@ impl<'a> Heap<'a> {
             extra_word.store(fresh.encode(), Ordering::Relaxed);
         }
         let class_size = CLASS_SIZES[class] as u64;
-        let owner = options.owner.unwrap_or(session.owner());
+        let owner = session.owner();
         let live = BlockState::live(owner.0 as u64, class_size - size, gen::tag(generation));
         // ORDERING: Release publishes the extra word (and the allocation as a whole) to lookups,
         // which load this word with Acquire before reading the extra word.
         state.store(live.encode(), Ordering::Release);
+        step!("alloc/handed-out");
         let offset = self.block_offset(base, class, index);
         Allocation {
             id: self.make_id(offset, generation),
@@ -987,13 +1042,18 @@ impl<'a> Heap<'a> {
 
     // ----- blocking --------------------------------------------------------------------------
 
-    /// Called after space became free: bumps the wake word when someone waits.
+    /// Called after space became free: when someone waits, takes their waiter bits down (each
+    /// waiter sets its bit again before it waits again, so a waiter that stopped or died costs
+    /// the frees nothing after this) and bumps the wake word.
     pub(crate) fn wake_if_waiting(&self) -> Wake {
         // ORDERING: SeqCst fence pairs with the fence in `alloc_blocking`; see there.
         fence(Ordering::SeqCst);
-        if self.region.word(header::STATUS).load(Ordering::Relaxed) >> status::WAITER_SHIFT == 0 {
+        let status_word = self.region.word(header::STATUS);
+        if status_word.load(Ordering::Relaxed) >> status::WAITER_SHIFT == 0 {
             return Wake::Nobody;
         }
+        // ORDERING: SeqCst, the order of the waiter bits everywhere.
+        status_word.fetch_and(status::STATE_MASK, Ordering::SeqCst);
         self.bump_wake_seq()
     }
 
@@ -1006,6 +1066,8 @@ impl<'a> Heap<'a> {
     /// Number of callers blocked in `alloc_blocking` right now (holding a waiter slot), in all
     /// processes.
     pub fn waiters(&self) -> u64 {
-        (self.status() >> status::WAITER_SHIFT).count_ones() as u64
+        (0..crate::layout::WAITER_SLOTS)
+            .filter(|&slot| self.region.word(self.geo.waiter_word + slot).load(Ordering::Relaxed) != 0)
+            .count() as u64
     }
 }

@@ -2,7 +2,9 @@
 //! and the empty set ("this span may be entirely free").
 //!
 //! Level 0 holds one bit per leaf (span slot) in 64-bit words. Every level above holds, per
-//! word, 32 *summary* bits (bit `j`: child word `j` may be non-zero) and a 32-bit *version*.
+//! word, 16 *summary* bits (bit `j`: child word `j` may be non-zero) and a 48-bit *version*
+//! (so that a clearer stalled between reading a version and its compare-exchange cannot see the
+//! version come round again: 2^48 sets under one word).
 //! The top level is one word, so a search starts from one load.
 //!
 //! Membership is a bit: setting or clearing it is idempotent, so a participant killed between
@@ -19,7 +21,9 @@
 //! first is seen by the clearer's re-read of the child (the setter's summary CAS is Release and
 //! the clearer's parent load Acquire, and the leaf update precedes the summary CAS). So a leaf
 //! can be hidden (set, with a summary bit above it clear) only while the participant that set it
-//! has not finished its `set`: a stalled setter hides its own leaf and nothing else.
+//! has not finished its `set`: a stalled setter hides its own leaf and nothing else. As a second
+//! guard, a clearer looks at the child once more after clearing and sets the bit back if it is
+//! no longer empty.
 //!
 //! Summary bits may be stale-set (their child became empty and the clearer stopped); searches
 //! that meet one clear it with the same protocol and go on.
@@ -34,8 +38,8 @@ pub struct Hier<'a> {
     shape: HierShape,
 }
 
-const SUMMARY_BITS: u64 = 32;
-const VERSION_ONE: u64 = 1 << 32;
+const SUMMARY_BITS: u64 = HierShape::FAN_OUT as u64;
+const VERSION_ONE: u64 = 1 << SUMMARY_BITS;
 const SUMMARY_MASK: u64 = VERSION_ONE - 1;
 
 impl<'a> Hier<'a> {
@@ -83,8 +87,13 @@ impl<'a> Hier<'a> {
         // ORDERING: Release publishes the caller's preceding work (e.g. the span's anchor) to a
         // searcher that finds the bit with Acquire.
         self.word(0, leaf / 64).fetch_or(1 << (leaf % 64), Ordering::Release);
-        let mut child = leaf / 64;
-        for level in 1..self.shape.levels {
+        self.set_summaries(1, leaf / 64);
+    }
+
+    /// Sets the summary bits for word `child` of level `from - 1`, at `from` and every level
+    /// above, bumping each version.
+    fn set_summaries(&self, from: usize, mut child: u64) {
+        for level in from..self.shape.levels {
             let parent = self.word(level, child / SUMMARY_BITS);
             let bit = 1 << (child % SUMMARY_BITS);
             let mut current = parent.load(Ordering::Relaxed);
@@ -130,8 +139,18 @@ impl<'a> Hier<'a> {
                 let cleared = (current & !bit).wrapping_add(VERSION_ONE);
                 // ORDERING: AcqRel on success (the next level reads on); Acquire on failure.
                 match parent.compare_exchange_weak(current, cleared, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) if cleared & SUMMARY_MASK == 0 => break,
-                    Ok(_) => return,
+                    Ok(_) => {
+                        // ORDERING: Acquire, as above. A child that filled up again after our
+                        // check gets its bit back (its setter bumps too; this is the second guard).
+                        if Self::bits(level - 1, self.word(level - 1, child).load(Ordering::Acquire)) != 0 {
+                            self.set_summaries(level, child);
+                            return;
+                        }
+                        if cleared & SUMMARY_MASK == 0 {
+                            break;
+                        }
+                        return;
+                    }
                     Err(actual) => current = actual,
                 }
             }

@@ -124,7 +124,8 @@ pub const PARTICIPANT_WORDS: usize = 8;
 pub mod participant {
     /// [`super::ParticipantState`].
     pub const STATE: usize = 0;
-    /// Page + 1 of the page whose span this participant may be touching (0 = none).
+    /// Page + 1 of the page whose span this participant may be touching (0 = none), with
+    /// [`super::HEALER`] set while the participant is healing that span.
     pub const HAZARD: usize = 1;
     /// Page + 1 of a claim, release or retirement this participant owns (0 = none).
     pub const PENDING: usize = 2;
@@ -132,9 +133,16 @@ pub mod participant {
     pub const HANDOVER_SLOT: usize = 3;
     /// A hand-over in progress: the allocation's generation.
     pub const HANDOVER_GEN: usize = 4;
-    /// A hand-over in progress: the receiving process's record state as read before the change.
+    /// A hand-over in progress: the receiving process's index and incarnation.
     pub const HANDOVER_TARGET: usize = 5;
+    /// A retirement in progress: the span's anchor before it was marked retiring (its free-list
+    /// head, which the retiring anchor replaces by the retirer's index).
+    pub const RETIRE_ANCHOR: usize = 6;
 }
+
+/// Set in a hazard word while its participant heals the span: other healers ignore it (healers
+/// are safe against each other), retirement does not.
+pub const HEALER: u64 = 1 << 63;
 
 /// Largest number of processes (and of participants) a pool can record.
 pub const MAX_TABLE: u64 = (1 << 12) - 1;
@@ -144,18 +152,22 @@ pub const MIN_TABLE: u64 = 4;
 pub const BYTES_PER_TABLE_ENTRY: u64 = 32 << 10;
 
 /// Words of metadata per data page, and what each holds.
-pub const PAGE_META_WORDS: usize = 4;
-/// Per-page metadata word indices.
+pub const PAGE_META_WORDS: usize = 5;
+/// Per-page metadata word indices. A word never changes meaning: a span's anchor and a large
+/// run's state are separate words, so a stale compare-exchange prepared for one can never match
+/// the other.
 pub mod page {
     /// [`super::PageInfo`]: what the page is part of.
     pub const INFO: usize = 0;
-    /// Span head: the span's [`super::Anchor`]. Large head: the allocation's
-    /// [`super::BlockState`].
-    pub const WORD: usize = 1;
+    /// Span head: the span's [`super::Anchor`] (only ever an anchor: its tag keeps growing
+    /// across the span incarnations that start at this page).
+    pub const ANCHOR: usize = 1;
+    /// Large head: the allocation's [`super::BlockState`].
+    pub const STATE: usize = 2;
     /// Large head: the allocation's [`super::Extra`] (type and high generation bits).
-    pub const GEN: usize = 2;
+    pub const GEN: usize = 3;
     /// Every generation ever issued to a slot starting inside this page is at most this value.
-    pub const EPOCH: usize = 3;
+    pub const EPOCH: usize = 4;
 }
 
 /// Size classes: 16-byte steps to 128, then four classes per doubling up to 2048. A request above
@@ -237,8 +249,8 @@ pub const fn blocks_per_span(class_size: u64, span_bytes: u64) -> u64 {
 }
 
 /// The shape of one hierarchical bitmap (see `crate::hier`): level 0 holds one bit per leaf in
-/// 64-bit words; every level above holds 32 summary bits per word (one per word below) and a
-/// 32-bit version; the top level is one word.
+/// 64-bit words; every level above holds 16 summary bits per word (one per word below) and a
+/// 48-bit version; the top level is one word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HierShape {
     /// Number of levels (1 when one word holds every leaf).
@@ -252,8 +264,10 @@ pub struct HierShape {
 }
 
 impl HierShape {
-    /// Deep enough for 2^(6 + 5 * 7) leaves.
+    /// Deep enough for 2^(6 + 4 * 7) leaves.
     pub const MAX_LEVELS: usize = 8;
+    /// Summary bits per word above level 0.
+    pub const FAN_OUT: usize = 16;
 
     /// The shape for `leaves` leaf bits.
     pub const fn new(leaves: u64) -> HierShape {
@@ -269,7 +283,7 @@ impl HierShape {
             if words == 1 {
                 return shape;
             }
-            words = words.div_ceil(32);
+            words = words.div_ceil(Self::FAN_OUT);
         }
     }
 
@@ -284,7 +298,7 @@ const _: () = {
     assert!(CLASS_SIZES[NUM_CLASSES - 1] as u64 == MAX_CLASS_SIZE);
     assert!(HOST_WORDS_START > header::PROCESS_HWM && HOST_WORDS_START < HEADER_WORDS);
     assert!(page::EPOCH < PAGE_META_WORDS);
-    assert!(participant::HANDOVER_TARGET < PARTICIPANT_WORDS);
+    assert!(participant::RETIRE_ANCHOR < PARTICIPANT_WORDS);
     assert!(process::NAMESPACE < PROCESS_WORDS);
     assert!(WAITER_SLOTS + status::WAITER_SHIFT as usize == 64);
     // Classes are 16-byte multiples, so every block of a span starts 16-byte aligned.
@@ -470,9 +484,9 @@ impl Geometry {
 /// | bits  | field |
 /// |-------|-------|
 /// | 60–63 | kind: 0 free, 1 span head, 2 span member, 3 large head, 4 transient |
-/// | 59    | retiring (span head and members): the span is being given back |
+/// | 59    | retiring (span members): the span is being given back |
 /// | 40–47 | class (span head and members) |
-/// | 0–39  | head page (member), page count (large head), participant (transient) |
+/// | 0–39  | head page (member), page count (large head), participant (transient), participant retiring the span (span head, 0 = none) |
 ///
 /// Zero means free: a fresh region needs no writing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -483,8 +497,9 @@ pub enum PageInfo {
     SpanHead {
         /// The size class.
         class: usize,
-        /// The span is being retired: every id in it is stale.
-        retiring: bool,
+        /// The participant retiring the span (0 = none): while it is set, every id in the span
+        /// is stale.
+        retiring: u64,
     },
     /// A later page of the span whose first page is `head`, of `class` (recorded here too, so
     /// that finding a block needs one info read).
@@ -519,7 +534,7 @@ impl PageInfo {
         match self {
             PageInfo::Free => 0,
             PageInfo::SpanHead { class, retiring } => {
-                (1 << Self::KIND_SHIFT) | ((retiring as u64) * Self::RETIRING) | (class as u64) << 40
+                (1 << Self::KIND_SHIFT) | (class as u64) << 40 | (retiring & Self::LOW_MASK)
             }
             PageInfo::SpanMember { head, class, retiring } => {
                 (2 << Self::KIND_SHIFT) | ((retiring as u64) * Self::RETIRING) | (class as u64) << 40 | (head & Self::LOW_MASK)
@@ -537,7 +552,7 @@ impl PageInfo {
         let retiring = word & Self::RETIRING != 0;
         Some(match word >> Self::KIND_SHIFT {
             0 => PageInfo::Free,
-            1 => PageInfo::SpanHead { class, retiring },
+            1 => PageInfo::SpanHead { class, retiring: low },
             2 => PageInfo::SpanMember { head: low, class, retiring },
             3 => PageInfo::LargeHead { pages: low },
             4 => PageInfo::Transient { participant: low },
@@ -551,7 +566,7 @@ impl PageInfo {
 ///
 /// | bits  | field   |
 /// |-------|---------|
-/// | 0–11  | head: index of the first free block, `NULL` if none |
+/// | 0–11  | head: index of the first free block, `NULL` if none; while retiring, the retiring participant |
 /// | 12–23 | count: free blocks on the list |
 /// | 24–25 | state: 0 normal, 1 retiring |
 /// | 26–63 | tag: bumped by every change, so a stale compare-exchange fails (38 bits) |
@@ -609,15 +624,17 @@ pub enum Kind {
     Live,
     /// Free and held in the cache of the process named by `link`.
     Cached,
+    /// A large run being given back by the participant named by `link` (large runs only).
+    Releasing,
 }
 
 /// The state word `S` of one block (in-span), or of one large run (`page::WORD` of its head).
 ///
 /// | bits  | field |
 /// |-------|-------|
-/// | 0–11  | link: live → owner process (0 = the pool); cached → holder process; free → next free block (`NULL` at the end) |
-/// | 12–13 | kind: 0 free, 1 live, 2 cached |
-/// | 14–27 | aux: live → slack (capacity minus requested size); free → the participant that last pushed it (0 = none) |
+/// | 0–11  | link: live → owner process (0 = the pool); cached → holder process; free → next free block (`NULL` at the end); releasing → the releasing participant |
+/// | 12–13 | kind: 0 free, 1 live, 2 cached, 3 releasing (large runs) |
+/// | 14–27 | aux: live → slack (capacity minus requested size); free → the participant that last pushed it (0 = none); cached → low bits of the holder's process incarnation |
 /// | 28–63 | tag: the low 36 bits of the generation of the slot's current (or last) allocation |
 ///
 /// Owner, size and state are one word, so that every change of an allocation (free, owner,
@@ -652,6 +669,7 @@ impl BlockState {
             Kind::Free => 0,
             Kind::Live => 1,
             Kind::Cached => 2,
+            Kind::Releasing => 3,
         };
         (self.link & Self::LINK_MASK)
             | kind << 12
@@ -659,13 +677,13 @@ impl BlockState {
             | (self.tag & Self::TAG_MASK) << 28
     }
 
-    /// Reads a word back; `None` for the kind no version writes (a corrupted region).
+    /// Reads a word back (`Option` for symmetry with the other formats: every word decodes).
     pub const fn decode(word: u64) -> Option<BlockState> {
         let kind = match (word >> 12) & 3 {
             0 => Kind::Free,
             1 => Kind::Live,
             2 => Kind::Cached,
-            _ => return None,
+            _ => Kind::Releasing,
         };
         Some(BlockState { kind, link: word & Self::LINK_MASK, aux: (word >> 14) & Self::AUX_MASK, tag: word >> 28 })
     }
@@ -680,9 +698,15 @@ impl BlockState {
         BlockState { kind: Kind::Live, link: owner, aux: slack, tag }
     }
 
-    /// A block held in `holder`'s cache.
-    pub const fn cached(holder: u64, tag: u64) -> BlockState {
-        BlockState { kind: Kind::Cached, link: holder, aux: 0, tag }
+    /// A block held in the cache of process `holder` of incarnation `incarnation`: the
+    /// incarnation tells a block cached by a later process with the same index from this one.
+    pub const fn cached(holder: u64, incarnation: u64, tag: u64) -> BlockState {
+        BlockState { kind: Kind::Cached, link: holder, aux: incarnation & Self::AUX_MASK, tag }
+    }
+
+    /// A large run being released by participant `releaser`.
+    pub const fn releasing(releaser: u64, tag: u64) -> BlockState {
+        BlockState { kind: Kind::Releasing, link: releaser, aux: 0, tag }
     }
 }
 
@@ -745,7 +769,8 @@ impl Extra {
     }
 }
 
-/// Life of a process or participant record.
+/// Life of a process record (and, `Free`/`Active`/`Dead` only, of a participant record, where
+/// `Dead` means "being resolved by its adopter").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordState {
     /// Unused.
@@ -754,6 +779,8 @@ pub enum RecordState {
     Active,
     /// Its process was found dead; what it held is being reclaimed.
     Dead,
+    /// Taken by a process that is still writing its identity (judged by its pid alone).
+    Registering,
 }
 
 impl RecordState {
@@ -762,13 +789,15 @@ impl RecordState {
             RecordState::Free => 0,
             RecordState::Active => 1,
             RecordState::Dead => 2,
+            RecordState::Registering => 3,
         }
     }
 
     const fn from_bits(bits: u64) -> RecordState {
-        match bits {
+        match bits & 3 {
             1 => RecordState::Active,
             2 => RecordState::Dead,
+            3 => RecordState::Registering,
             _ => RecordState::Free,
         }
     }
@@ -809,24 +838,30 @@ impl ProcessState {
     }
 }
 
-/// A participant record's state word: | 0–11 process | 62–63 state |.
+/// A participant record's state word: | 0–11 process | 16–27 adopter | 62–63 state |.
+///
+/// `Active`: in use by its process. `Dead`: its process died and participant `adopter` is
+/// finishing or undoing what it left (only the adopter writes the record's other words; if the
+/// adopter dies too, another participant adopts it in turn). `Free`: unused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParticipantState {
     /// Free, active or dead.
     pub state: RecordState,
     /// The process it belongs to.
     pub process: u64,
+    /// When dead: the participant resolving it.
+    pub adopter: u64,
 }
 
 impl ParticipantState {
     /// The word stored in the region.
     pub const fn encode(self) -> u64 {
-        (self.process & 0xFFF) | self.state.bits() << 62
+        (self.process & 0xFFF) | (self.adopter & 0xFFF) << 16 | self.state.bits() << 62
     }
 
     /// Reads a word back.
     pub const fn decode(word: u64) -> ParticipantState {
-        ParticipantState { state: RecordState::from_bits(word >> 62), process: word & 0xFFF }
+        ParticipantState { state: RecordState::from_bits(word >> 62), process: word & 0xFFF, adopter: (word >> 16) & 0xFFF }
     }
 }
 
@@ -854,16 +889,16 @@ mod tests {
         for state in [
             BlockState::live(4095, BlockState::AUX_MASK, BlockState::TAG_MASK),
             BlockState::free(BlockState::NULL, 4095, 0),
-            BlockState::cached(1, 12345),
+            BlockState::cached(1, 77, 12345),
+            BlockState::releasing(4094, 3),
         ] {
             assert_eq!(BlockState::decode(state.encode()), Some(state));
         }
-        assert_eq!(BlockState::decode(3 << 12), None);
         let extra = Extra { alloc_type: 255, gen_high: (1 << 24) - 1 };
         assert_eq!(Extra::decode(extra.encode()), extra);
         for info in [
             PageInfo::Free,
-            PageInfo::SpanHead { class: 23, retiring: true },
+            PageInfo::SpanHead { class: 23, retiring: MAX_TABLE },
             PageInfo::SpanMember { head: MAX_PAGES, class: 23, retiring: false },
             PageInfo::LargeHead { pages: MAX_PAGES },
             PageInfo::Transient { participant: MAX_TABLE },
@@ -873,7 +908,7 @@ mod tests {
         assert_eq!(PageInfo::decode(15 << 60), None);
         let process = ProcessState { state: RecordState::Dead, incarnation: (1 << 30) - 1, pid: u32::MAX };
         assert_eq!(ProcessState::decode(process.encode()), process);
-        let participant = ParticipantState { state: RecordState::Active, process: 4095 };
+        let participant = ParticipantState { state: RecordState::Dead, process: 4095, adopter: 17 };
         assert_eq!(ParticipantState::decode(participant.encode()), participant);
     }
 
@@ -914,7 +949,7 @@ mod tests {
             assert_eq!(shape.words[shape.levels - 1], 1, "{leaves}");
             assert!(shape.words[0] as u64 * 64 >= leaves);
             for level in 1..shape.levels {
-                assert!(shape.words[level] * 32 >= shape.words[level - 1]);
+                assert!(shape.words[level] * HierShape::FAN_OUT >= shape.words[level - 1]);
             }
         }
     }

@@ -5,26 +5,46 @@
 //! leaves something `reclaim_dead` recognises and undoes:
 //! - claim `[s, s + n)`: `PENDING := s`; `INFO[s]`: `Free → Transient(me)` (only one claimer can
 //!   start a run at `s`); set the page bits ascending (head bit at `s`); set the run up;
-//!   publish `INFO[s]` as a span head or large head; `PENDING := 0`.
-//! - release `[s, s + n)`: raise the pages' epochs; `PENDING := s`; `INFO[s]`: head `→
-//!   Transient(me)` (only one releaser); clear the page bits descending; `INFO[s] := Free`;
+//!   publish `INFO[s]` as a span head or large head (a span's member pages after its head);
+//!   `PENDING := 0`.
+//! - release `[s, s + n)`: raise the pages' epochs; `PENDING := s`; take the release (a large run:
+//!   its state word `Live → Releasing(me)`; a span: its retirement, below); `INFO[s] →
+//!   Transient(me)`; clear the page bits descending; `INFO[s]`: `Transient(me) → Free`;
 //!   `PENDING := 0`.
 //!
 //! While `INFO[s]` is `Transient(p)`, the page bits p holds are a prefix of the run starting
-//! with a head bit at `s` (or nothing, if it has no head bit): reclaim clears exactly that.
+//! with a head bit at `s` (or nothing, if it has no head bit): reclaim clears exactly that. Every
+//! write that takes a `Transient` marker away is a compare-exchange from the writer's own marker,
+//! so it never overwrites page info that someone else wrote meanwhile.
+//!
+//! Retiring a span `X` (one at a time, on demand, when a claim fails):
+//! 1. `PENDING := X`; anchor: entirely free and normal `→ retiring` (no pop can succeed any
+//!    more, no push can happen: no block is outside the list); re-read `INFO[X]` (the anchor
+//!    may belong to a newer span than the one we looked at): else back out.
+//! 2. `INFO[X] := SpanHead { retiring: me }`, member pages flagged: from now on every hazard
+//!    holder that reads them backs out.
+//! 3. Heavy fence; if any other participant has a hazard on a page of `X`: back out.
+//! 4. Raise the 16 pages' epochs to the span's highest generation; `INFO[X]`:
+//!    `SpanHead { retiring: me } → Transient(me)`; member info `→ Free`; clear its list bits;
+//!    release its page bits; `INFO[X] → Free`; `PENDING := 0`.
+//!
+//! Backing out (the retirer, or the reclaimer that adopted a dead one) clears the member flags,
+//! then `INFO[X]: SpanHead { retiring: me } → SpanHead`, then the anchor `retiring → normal`,
+//! and lists the span again.
 
 use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{AllocOptions, Allocation, Heap};
-use crate::layout::{gen, page, BlockState, Extra, PageInfo, SPAN_PAGES};
+use crate::layout::{gen, page, participant, BlockState, Extra, PageInfo, SPAN_PAGES};
 use crate::participant::Session;
 use crate::primitive::Ordering;
 
 impl Heap<'_> {
     /// Takes up to `max` free blocks of `class` (at least one unless the pool has no room): from
-    /// this process's hint span, else a span of the class list, else a freshly carved span. Each
-    /// block is handed to `take` as (span head, index) while the session's hazard is on its
-    /// span; it belongs to the caller and is not yet live or cached: `take` must mark it.
+    /// this process's hint span, else a span of the class list, else a freshly carved span. The
+    /// blocks all come from one span; each is handed to `take` as (span head, index) while the
+    /// session's hazard is on its span; it belongs to the caller and is not yet live or cached:
+    /// `take` must mark it.
     pub(crate) fn take_blocks(
         &self,
         session: &mut Session,
@@ -54,7 +74,7 @@ impl Heap<'_> {
                 self.hints[class].store(slot + 1, Ordering::Relaxed);
                 return Ok(taken);
             }
-            self.unlist(session, slot, class)?;
+            self.unlist(session, slot, class);
             from = slot + 1;
         }
         loop {
@@ -62,13 +82,14 @@ impl Heap<'_> {
                 return Ok(0);
             };
             // The session's hazard is on the new span; take from it, then list what is left.
-            let taken = self.pop_marked(session, head, class, max, &mut take)?;
+            let taken = self.pop_marked(session, head, class, max, &mut take);
             if self.span(head, class).anchor().count > 0 {
                 self.class_list(class).set(head / SPAN_PAGES);
                 step!("carve/listed");
             }
             self.clear_hazard(session);
             self.hints[class].store(head / SPAN_PAGES + 1, Ordering::Relaxed);
+            let taken = taken?;
             if taken > 0 {
                 return Ok(taken);
             }
@@ -87,7 +108,7 @@ impl Heap<'_> {
     ) -> Result<u64, Error> {
         self.publish_hazard(session, head);
         let taken = match self.info(head) {
-            Ok(PageInfo::SpanHead { class: found, retiring: false }) if found == class => {
+            Ok(PageInfo::SpanHead { class: found, retiring: 0 }) if found == class => {
                 self.check_span_head(head, class).and_then(|()| self.pop_marked(session, head, class, max, take))
             }
             Ok(_) => Ok(0),
@@ -125,23 +146,23 @@ impl Heap<'_> {
 
     /// Clears span `slot`'s bit in `class`'s list (it was found full, or is no longer a span
     /// of the class), then looks again and sets it back if the span has free blocks after all.
-    fn unlist(&self, session: &mut Session, slot: u64, class: usize) -> Result<(), Error> {
+    /// Under a hazard on the span, so that a participant stopped in between is healed.
+    fn unlist(&self, session: &mut Session, slot: u64, class: usize) {
         let head = slot * SPAN_PAGES;
         self.publish_hazard(session, head);
         let list = self.class_list(class);
         list.clear(slot);
         step!("unlist/cleared");
-        let relist = match self.info(head) {
-            Ok(PageInfo::SpanHead { class: found, retiring: false }) if found == class => {
-                self.check_span_head(head, class).is_ok() && self.span(head, class).anchor().count > 0
-            }
-            _ => false,
-        };
-        if relist {
+        if self.span_of_class(head, class) && self.span(head, class).anchor().count > 0 {
             list.set(slot);
         }
         self.clear_hazard(session);
-        Ok(())
+    }
+
+    /// Whether `head` is a span of `class` that is not being retired.
+    fn span_of_class(&self, head: u64, class: usize) -> bool {
+        matches!(self.info(head), Ok(PageInfo::SpanHead { class: found, retiring: 0 }) if found == class)
+            && self.check_span_head(head, class).is_ok()
     }
 
     /// Claims a free span slot and sets it up as a span of `class` with every block free.
@@ -167,34 +188,48 @@ impl Heap<'_> {
                 .max()
                 .unwrap_or(0);
             self.span(head, class).init(base);
-            for member in head + 1..head + SPAN_PAGES {
-                self.page_word(member, page::INFO)
-                    .store(PageInfo::SpanMember { head, class, retiring: false }.encode(), Ordering::Relaxed);
-            }
             step!("carve/initialised");
-            self.set_info(head, PageInfo::SpanHead { class, retiring: false });
+            // The head first: a reader that finds member info knows the span was published, so
+            // the span can only go away through retirement (which looks for hazards).
+            self.set_info(head, PageInfo::SpanHead { class, retiring: 0 });
             self.clear_pending(session);
             step!("carve/published");
+            self.write_members(head, class);
+            step!("carve/members");
             return Ok(Some(head));
         }
         Ok(None)
+    }
+
+    /// Writes the member info of the span at `head` (pages we hold as part of it; a stale
+    /// transient marker of a claimer that lost these pages to us is overwritten, and its own
+    /// compare-exchange back to free then fails).
+    pub(crate) fn write_members(&self, head: u64, class: usize) {
+        for member in head + 1..head + SPAN_PAGES {
+            let info = PageInfo::SpanMember { head, class, retiring: false };
+            // ORDERING: Release, as `set_info`: a reader of the member info sees the span.
+            self.page_word(member, page::INFO).store(info.encode(), Ordering::Release);
+        }
     }
 
     /// Claims pages `head..head + pages` for the session: marks `INFO[head]` transient, then
     /// sets the page bits. On `false` nothing is held.
     fn claim_run(&self, session: &Session, head: u64, pages: u64) -> bool {
         self.set_pending(session, head);
-        let info = self.page_word(head, page::INFO);
-        let transient = PageInfo::Transient { participant: session.participant }.encode();
+        let transient = PageInfo::Transient { participant: session.participant };
         // ORDERING: Acquire pairs with the Release that last freed this page's info.
-        if info.compare_exchange(PageInfo::Free.encode(), transient, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        if self
+            .page_word(head, page::INFO)
+            .compare_exchange(PageInfo::Free.encode(), transient.encode(), Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             self.clear_pending(session);
             return false;
         }
         step!("claim/marked");
         if self.page_bits().try_claim(head, head + pages).is_err() {
             step!("claim/conflict");
-            self.set_info(head, PageInfo::Free);
+            self.unmark(head, transient);
             self.clear_pending(session);
             return false;
         }
@@ -202,7 +237,19 @@ impl Heap<'_> {
         true
     }
 
-    /// Allocates a run of whole pages for `size` bytes; `None` if no run is free.
+    /// Takes our transient marker off `INFO[head]` (if nobody overwrote it).
+    pub(crate) fn unmark(&self, head: u64, transient: PageInfo) {
+        // ORDERING: Release publishes what we did under the marker.
+        let _ = self.page_word(head, page::INFO).compare_exchange(
+            transient.encode(),
+            PageInfo::Free.encode(),
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Allocates a run of whole pages for `size` bytes, owned by the caller; `None` if no run
+    /// is free.
     pub(crate) fn alloc_large(
         &self,
         session: &mut Session,
@@ -226,9 +273,9 @@ impl Heap<'_> {
             let extra = Extra { alloc_type: options.alloc_type, gen_high: gen::high(generation) };
             self.page_word(head, page::GEN).store(extra.encode() as u64, Ordering::Relaxed);
             let capacity = pages << geo.page_shift;
-            let owner = options.owner.unwrap_or(session.owner());
+            let owner = session.owner();
             let live = BlockState::live(owner.0 as u64, capacity - size, gen::tag(generation));
-            self.page_word(head, page::WORD).store(live.encode(), Ordering::Relaxed);
+            self.page_word(head, page::STATE).store(live.encode(), Ordering::Relaxed);
             step!("large/initialised");
             self.set_info(head, PageInfo::LargeHead { pages });
             self.clear_pending(session);
@@ -246,35 +293,31 @@ impl Heap<'_> {
         Ok(None)
     }
 
-    /// Gives back the pages of the large run at `head`, whose state word is already free (its
-    /// last generation `generation`). Anyone may do it (the freer, or a reclaimer helping a
-    /// dead freer); only one does.
+    /// Gives back the pages of the large run at `head`, whose state word the session made
+    /// `Releasing(me)` (its last generation `generation`), `PENDING` already naming `head`.
     pub(crate) fn finish_large_release(&self, session: &Session, head: u64, pages: u64, generation: u64) {
         // The epoch first: every generation issued in this page must be below the next one.
         self.page_word(head, page::EPOCH).fetch_max(generation, Ordering::Relaxed);
-        self.release_run(session, head, PageInfo::LargeHead { pages }, pages);
+        step!("release/epoch");
+        let transient = PageInfo::Transient { participant: session.participant };
+        // ORDERING: AcqRel: acquires the run from whoever published it, releases our marking.
+        // Only the participant that made the state `Releasing` releases (no ABA on the info).
+        let _ = self.page_word(head, page::INFO).compare_exchange(
+            PageInfo::LargeHead { pages }.encode(),
+            transient.encode(),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        self.release_marked(session, head, pages);
     }
 
-    /// Releases the run at `head` whose info reads `expected`: marks it transient (only one
-    /// participant can), clears its bits, frees its info. Epochs must already be raised.
-    pub(crate) fn release_run(&self, session: &Session, head: u64, expected: PageInfo, pages: u64) -> bool {
-        self.set_pending(session, head);
-        let transient = PageInfo::Transient { participant: session.participant }.encode();
-        // ORDERING: AcqRel: acquires the run from whoever published it, releases our marking.
-        if self
-            .page_word(head, page::INFO)
-            .compare_exchange(expected.encode(), transient, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            self.clear_pending(session);
-            return false;
-        }
+    /// Clears the page bits of the run at `head` (marked `Transient(me)`), then its marker.
+    pub(crate) fn release_marked(&self, session: &Session, head: u64, pages: u64) {
         step!("release/marked");
         self.page_bits().release(head, pages);
         step!("release/cleared");
-        self.set_info(head, PageInfo::Free);
+        self.unmark(head, PageInfo::Transient { participant: session.participant });
         self.clear_pending(session);
-        true
     }
 
     /// Retires one entirely free span, giving its pages back; `false` if none could be.
@@ -293,9 +336,9 @@ impl Heap<'_> {
             from = slot + 1;
             let head = slot * SPAN_PAGES;
             let class = match self.info(head) {
-                Ok(PageInfo::SpanHead { class, retiring: false }) if self.check_span_head(head, class).is_ok() => class,
+                Ok(PageInfo::SpanHead { class, retiring: 0 }) if self.check_span_head(head, class).is_ok() => class,
                 _ => {
-                    self.unmark_empty(slot);
+                    self.unmark_empty(session, slot);
                     continue;
                 }
             };
@@ -308,12 +351,15 @@ impl Heap<'_> {
     }
 
     /// Clears `slot`'s bit in the empty set, then sets it back if the slot holds an entirely free
-    /// span after all (a free that emptied it may have raced with us).
-    fn unmark_empty(&self, slot: u64) {
+    /// span after all (a free that emptied it may have raced with us). Under a hazard, so that
+    /// a participant stopped in between is healed.
+    fn unmark_empty(&self, session: &mut Session, slot: u64) {
+        let head = slot * SPAN_PAGES;
+        self.publish_hazard(session, head);
         let empty = self.empty_set();
         empty.clear(slot);
-        let head = slot * SPAN_PAGES;
-        if let Ok(PageInfo::SpanHead { class, retiring: false }) = self.info(head) {
+        step!("unmark-empty/cleared");
+        if let Ok(PageInfo::SpanHead { class, retiring: 0 }) = self.info(head) {
             if self.check_span_head(head, class).is_ok() {
                 let span = self.span(head, class);
                 if span.anchor().count == span.blocks() {
@@ -321,28 +367,50 @@ impl Heap<'_> {
                 }
             }
         }
+        self.clear_hazard(session);
     }
 
     /// Retires the span at `head` if it is entirely free and nobody has a hazard on it.
     fn try_retire(&self, session: &mut Session, head: u64, class: usize) -> Result<bool, Error> {
         let span = self.span(head, class);
         let slot = head / SPAN_PAGES;
+        let me = session.participant;
         self.set_pending(session, head);
-        if !span.try_retire() {
+        let stash = self.participant_word(me, participant::RETIRE_ANCHOR);
+        // ORDERING: SeqCst, as PENDING: the anchor to put back is recorded before it is replaced.
+        if !span.try_retire(me, |before| stash.store(before, Ordering::SeqCst)) {
             self.clear_pending(session);
-            self.unmark_empty(slot);
+            self.unmark_empty(session, slot);
             return Ok(false);
         }
         step!("retire/anchor-retiring");
-        self.mark_retiring(head, class, true);
+        // The anchor may belong to a span carved here since we read the info: take the
+        // geometry from the info as it is now, under the retiring anchor (nobody changes it).
+        let flagged = PageInfo::SpanHead { class, retiring: me };
+        // ORDERING: AcqRel: acquires the span as published; releases the flag to hazard holders.
+        if self
+            .page_word(head, page::INFO)
+            .compare_exchange(
+                PageInfo::SpanHead { class, retiring: 0 }.encode(),
+                flagged.encode(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            span.back_out_retire(me, stash.load(Ordering::Relaxed));
+            self.clear_pending(session);
+            return Ok(false);
+        }
+        self.flag_members(head, class, true);
         step!("retire/info-retiring");
         if let Err(error) = self.heavy_fence() {
-            self.back_out_retirement(session, head, class);
+            self.back_out_retirement(session, head, class, me);
             return Err(error);
         }
-        if self.hazard_on(session.participant, head, SPAN_PAGES, false) {
+        if self.hazard_on(me, head, SPAN_PAGES, false) {
             step!("retire/hazard-found");
-            self.back_out_retirement(session, head, class);
+            self.back_out_retirement(session, head, class, me);
             return Ok(false);
         }
         step!("retire/no-hazard");
@@ -352,46 +420,65 @@ impl Heap<'_> {
             self.page_word(page, page::EPOCH).fetch_max(max_gen, Ordering::Relaxed);
         }
         step!("retire/epochs-raised");
-        let retiring = PageInfo::SpanHead { class, retiring: true };
-        let transient = PageInfo::Transient { participant: session.participant }.encode();
-        // ORDERING: AcqRel, as in `release_run`. Only we change a retiring span's info.
+        let transient = PageInfo::Transient { participant: me };
+        // ORDERING: AcqRel, as in `finish_large_release`. Only we change our flagged info.
         if self
             .page_word(head, page::INFO)
-            .compare_exchange(retiring.encode(), transient, Ordering::AcqRel, Ordering::Relaxed)
+            .compare_exchange(flagged.encode(), transient.encode(), Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
-            // A reclaimer took our retirement for a dead one's and backed it out.
-            self.clear_pending(session);
-            return Ok(false);
+            return Err(Error::Corrupt { what: "a retiring span's info changed under its retirer", page: head });
         }
         step!("retire/marked");
-        for member in head + 1..head + SPAN_PAGES {
-            self.page_word(member, page::INFO).store(PageInfo::Free.encode(), Ordering::Relaxed);
-        }
+        self.clear_members(head);
         self.class_list(class).clear(slot);
         self.empty_set().clear(slot);
         step!("retire/unlisted");
-        self.page_bits().release(head, SPAN_PAGES);
-        step!("retire/released");
-        self.set_info(head, PageInfo::Free);
-        self.clear_pending(session);
+        self.release_marked(session, head, SPAN_PAGES);
         Ok(true)
     }
 
-    /// Sets or clears the `retiring` flag in the info of every page of the span at `head`.
-    pub(crate) fn mark_retiring(&self, head: u64, class: usize, retiring: bool) {
-        self.page_word(head, page::INFO).store(PageInfo::SpanHead { class, retiring }.encode(), Ordering::Release);
+    /// Sets or clears the `retiring` flag in the info of the member pages of the span at `head`
+    /// (pages of a span we hold retiring: only we write them).
+    pub(crate) fn flag_members(&self, head: u64, class: usize, retiring: bool) {
         for member in head + 1..head + SPAN_PAGES {
             let info = PageInfo::SpanMember { head, class, retiring };
+            // ORDERING: Release, as `set_info`.
             self.page_word(member, page::INFO).store(info.encode(), Ordering::Release);
         }
     }
 
-    /// Takes back a retirement that cannot go on: the span stays, entirely free and listed.
-    pub(crate) fn back_out_retirement(&self, session: &Session, head: u64, class: usize) {
-        self.mark_retiring(head, class, false);
-        step!("back-out/info-cleared");
-        self.span(head, class).back_out_retire();
+    /// Frees the member info of the span at `head` where it still names that span (a page the
+    /// span no longer holds may carry someone else's info by now).
+    pub(crate) fn clear_members(&self, head: u64) {
+        for member in head + 1..(head + SPAN_PAGES).min(self.geometry().num_pages) {
+            let word = self.page_word(member, page::INFO);
+            let current = word.load(Ordering::Acquire);
+            if matches!(PageInfo::decode(current), Some(PageInfo::SpanMember { head: h, .. }) if h == head) {
+                // ORDERING: Release, as `set_info`.
+                let _ = word.compare_exchange(current, PageInfo::Free.encode(), Ordering::Release, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes back a retirement by `retirer` that cannot go on: the span stays, entirely free
+    /// and listed. By the retirer itself, or by the reclaimer that adopted it (it is dead).
+    pub(crate) fn back_out_retirement(&self, session: &Session, head: u64, class: usize, retirer: u64) {
+        let flagged = PageInfo::SpanHead { class, retiring: retirer };
+        if self.info(head) == Ok(flagged) {
+            self.flag_members(head, class, false);
+            step!("back-out/members");
+            // ORDERING: Release: hazard holders that see the unflagged info see the span as it was.
+            let _ = self.page_word(head, page::INFO).compare_exchange(
+                flagged.encode(),
+                PageInfo::SpanHead { class, retiring: 0 }.encode(),
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
+            step!("back-out/head");
+        }
+        let before = self.participant_word(retirer, participant::RETIRE_ANCHOR).load(Ordering::Acquire);
+        self.span(head, class).back_out_retire(retirer, before);
         step!("back-out/anchor-normal");
         self.class_list(class).set(head / SPAN_PAGES);
         self.empty_set().set(head / SPAN_PAGES);

@@ -2,10 +2,12 @@
 //!
 //! A *process record* stands for one attached process: its pid, its start time and its pid
 //! namespace as the host measures them (so a reused pid is not mistaken for it), and a state:
-//! free, active, or dead (being reclaimed). It is the unit of ownership: a live allocation's
-//! owner and a cached block's holder are process indices ([`Owner`]). Its index is never reused
-//! while anything could still name it: only `reclaim_dead` frees a record, after the process
-//! died and everything it owned or held was given back.
+//! free, registering (identity being written), active, or dead (being reclaimed). It is the
+//! unit of ownership: a live allocation's owner and a cached block's holder are process indices
+//! ([`Owner`]); a cached block also carries the holder's incarnation. Only `reclaim_dead` frees
+//! a record, after the process died and everything it owned or held was given back; a slow
+//! reclaimer acts only after re-reading the record, so a new process at the same index is never
+//! mistaken for the dead one.
 //!
 //! A *participant record* stands for one user of the heap at a time (one thread, or one
 //! [`crate::Cache`]); a [`Session`] is the handle on it. It belongs to a process and holds, in
@@ -15,7 +17,10 @@
 //! - `HANDOVER_*`: an ownership hand-over to another process in progress.
 //!
 //! Every registration a participant makes in shared memory is one of these words, so
-//! `reclaim_dead` can finish or undo all of it when the participant's process is dead.
+//! `reclaim_dead` can finish or undo all of it when the participant's process is dead. A dead
+//! participant's record is *adopted* by one reclaimer (a compare-exchange of its state word to
+//! `Dead { adopter }`), and only the adopter touches its other words until it frees the record;
+//! so no slow reclaimer ever writes into a record that was reused meanwhile.
 
 use crate::error::Error;
 use crate::heap::{Heap, Owner};
@@ -53,6 +58,8 @@ pub struct Session {
     pub(crate) key: usize,
     pub(crate) participant: u64,
     pub(crate) process: u64,
+    /// The process record's incarnation (low bits go into the state of blocks it caches).
+    pub(crate) incarnation: u64,
 }
 
 impl Session {
@@ -94,23 +101,34 @@ impl<'a> Heap<'a> {
             if current.state != RecordState::Free {
                 continue;
             }
-            let taken = ProcessState {
-                state: RecordState::Active,
+            // Registering first: until the identity is complete, a reclaimer judges the record
+            // by its pid alone (a stale start time must not make a live process look dead).
+            let registering = ProcessState {
+                state: RecordState::Registering,
                 incarnation: current.incarnation + 1,
                 pid: identity.pid,
             };
             // ORDERING: Acquire on success: whatever the record's last user wrote is ours to
-            // overwrite; the Release stores below publish the identity.
+            // overwrite; the Release exchange below publishes the identity.
             if state
-                .compare_exchange(current.encode(), taken.encode(), Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange(current.encode(), registering.encode(), Ordering::Acquire, Ordering::Relaxed)
                 .is_err()
             {
                 continue;
             }
-            self.process_word(index, process::START_TIME).store(identity.start_time, Ordering::Release);
-            self.process_word(index, process::NAMESPACE).store(identity.namespace, Ordering::Release);
             // ORDERING: Release so that a reader of the high-water mark sees the record taken.
             self.region().word(header::PROCESS_HWM).fetch_max(index + 1, Ordering::Release);
+            self.process_word(index, process::START_TIME).store(identity.start_time, Ordering::Relaxed);
+            self.process_word(index, process::NAMESPACE).store(identity.namespace, Ordering::Relaxed);
+            let active = ProcessState { state: RecordState::Active, ..registering };
+            // ORDERING: Release publishes the identity to whoever reads the record Active. A
+            // reclaimer may have found us dead meanwhile (our pid gone): then we are not registered.
+            if state
+                .compare_exchange(registering.encode(), active.encode(), Ordering::Release, Ordering::Relaxed)
+                .is_err()
+            {
+                return Err(Error::InvalidOwner { owner: index as u16 });
+            }
             return Ok(Owner(index as u16));
         }
         Err(Error::TableFull { what: "processes", capacity: size - 1 })
@@ -136,7 +154,7 @@ impl<'a> Heap<'a> {
         })
     }
 
-    /// Every process record in use (active or dead), lowest index first.
+    /// Every process record in use (registering, active or dead), lowest index first.
     pub fn processes(&self) -> impl Iterator<Item = ProcessRecord> + '_ {
         let hwm = self.region().word(header::PROCESS_HWM).load(Ordering::Acquire).min(self.geometry().table_size);
         (1..hwm).filter_map(|index| self.process_record(Owner(index as u16))).filter(|r| r.state != RecordState::Free)
@@ -152,20 +170,26 @@ impl<'a> Heap<'a> {
         self.ensure_ready()?;
         let size = self.geometry().table_size;
         let process = owner.0 as u64;
-        if owner == Owner::POOL || process >= size {
+        let record = self.process_record(owner).filter(|record| record.state == RecordState::Active);
+        let Some(record) = record else {
             return Err(Error::InvalidOwner { owner: owner.0 });
-        }
+        };
         for index in 1..size {
             let state = self.participant_word(index, participant::STATE);
-            let free = ParticipantState { state: RecordState::Free, process: 0 }.encode();
-            let taken = ParticipantState { state: RecordState::Active, process }.encode();
+            let free = ParticipantState { state: RecordState::Free, process: 0, adopter: 0 }.encode();
+            let taken = ParticipantState { state: RecordState::Active, process, adopter: 0 }.encode();
             // ORDERING: Acquire on success orders the previous user's last writes (its hazard
             // cleared) before ours.
             if state.compare_exchange(free, taken, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                 // ORDERING: SeqCst: a scanner that reads the mark after its fence must see every
                 // participant that may publish a hazard after its own fence (see `heap`).
                 self.region().word(header::PARTICIPANT_HWM).fetch_max(index + 1, Ordering::SeqCst);
-                return Ok(Session { key: self.region().key(), participant: index, process });
+                return Ok(Session {
+                    key: self.region().key(),
+                    participant: index,
+                    process,
+                    incarnation: record.incarnation,
+                });
             }
         }
         Err(Error::TableFull { what: "participants", capacity: size - 1 })
@@ -176,17 +200,11 @@ impl<'a> Heap<'a> {
     pub fn release_participant(&self, session: Session) -> Result<(), Error> {
         self.check_session(&session)?;
         let state = self.participant_word(session.participant, participant::STATE);
-        let taken = ParticipantState { state: RecordState::Active, process: session.process }.encode();
-        let free = ParticipantState { state: RecordState::Free, process: 0 }.encode();
+        let taken = ParticipantState { state: RecordState::Active, process: session.process, adopter: 0 }.encode();
+        let free = ParticipantState { state: RecordState::Free, process: 0, adopter: 0 }.encode();
         // ORDERING: Release publishes our last writes (hazard cleared) to the next user.
         let _ = state.compare_exchange(taken, free, Ordering::Release, Ordering::Relaxed);
         Ok(())
-    }
-
-    /// Forgets a session without touching its record: for a `fork` child, whose inherited
-    /// sessions are its parent's (the parent keeps using them).
-    pub fn forget_session(&self, session: Session) {
-        let _ = session;
     }
 
     pub(crate) fn check_session(&self, session: &Session) -> Result<(), Error> {

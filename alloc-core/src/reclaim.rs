@@ -2,49 +2,57 @@
 //!
 //! The host says which processes are dead (alloc-shm asks the kernel about each record's pid and
 //! start time); the core does the rest, in this order:
-//! 1. Mark each dead process's record `Dead` (so no hand-over to it succeeds any more).
-//! 2. For each participant of a dead process: finish or undo its *pending* claim, release or
-//!    retirement; *heal* the span its *hazard* names (blocks it was popping or pushing go back
-//!    on the list); redo the check of a *hand-over* it was making; release its record.
-//! 3. Clear the waiter slots dead processes held.
+//! 1. Mark each dead process's record `Dead` (a compare-exchange from the very record that was
+//!    judged), then a full fence (so no hand-over to it can slip past the walk below).
+//! 2. *Adopt* each participant record of a dead process (a compare-exchange to
+//!    `Dead { adopter: me }`; a record whose adopter died is adopted again), and as its only
+//!    writer: finish or undo its *pending* claim, release or retirement; *heal* the span its
+//!    *hazard* names (blocks it was popping or pushing go back on the list); redo the check of a
+//!    *hand-over* it was making; re-adopt the records it had adopted; free the record.
+//! 3. Give back the waiter slots dead processes held.
 //! 4. Walk the heap (claimed pages only, one span at a time under our own hazard): free every
-//!    live allocation whose owner is not an active process, return every cached block a dead
-//!    process's cache held, and finish large releases left half done.
-//! 5. Release the records of dead processes none of whose participants is left.
+//!    live allocation whose owner's record is not alive, return every cached block whose holder
+//!    (index and incarnation) is gone, and put every span's list bits right.
+//! 5. Free the records of dead processes none of whose participants is left.
 //!
-//! Every step is a compare-exchange that validates what it changes, so several reclaimers may
-//! run at once, and alongside normal traffic. A step that cannot be done safely yet (a span a
-//! live participant has a hazard on) is *deferred*: the dead participant's record stays, and the
-//! next `reclaim_dead` tries again.
+//! Every step validates what it changes in the same compare-exchange, re-reading the owner's
+//! record after the block's state, so any number of reclaimers may run at once, alongside normal
+//! traffic, and a slow one never mistakes a new process at a reused index for the dead one. A
+//! step that cannot be done safely yet (a span a live participant has a hazard on) is
+//! *deferred*: the dead participant's record stays adopted-but-unresolved, and the next
+//! `reclaim_dead` tries again.
 //!
-//! Healing a span `X` (for a dead participant whose hazard named it): with our own hazard on
-//! `X`, after the heavy fence, and only if no live participant has a hazard on `X`: read the
-//! anchor `A`, walk its list, and collect the free blocks that are on no list ("orphans"),
-//! skipping any whose last pusher is live with a hazard on `X` (a push in progress). Link the
-//! orphans into a chain (each by a compare-exchange from the value read) ending at `A`'s head,
-//! and swing the anchor from `A` to the chain. Any pop or push that completes meanwhile changes
-//! the anchor and fails the swing; blocks popped before `A` was read were popped by a
-//! participant whose hazard the scan saw (it publishes it first and keeps it until the blocks
-//! are marked), so they are never taken for orphans.
+//! Healing a span `X` (for a dead participant whose hazard named it), with our own (healer's)
+//! hazard on `X`, after the heavy fence, and only if no live participant other than healers has a
+//! hazard on `X`: read the anchor `A`, walk its list, and collect the free blocks that are on no
+//! list ("orphans"), noting any whose last pusher is live with a hazard on `X` (a push in
+//! progress). Re-read the anchor: if it changed, start again before writing anything (a push that
+//! finished meanwhile changed it). If a block was skipped, the heal is deferred. Otherwise link
+//! the orphans into a chain (each by a compare-exchange from the value read) ending at `A`'s head,
+//! and swing the anchor from `A` to the chain. Blocks popped before `A` was read were popped by a
+//! participant whose hazard the scan saw (it publishes it first and keeps it until the blocks are
+//! marked), so they are never taken for orphans.
 
 use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{AllocId, Heap, Owner, Place, Wake};
 use crate::layout::{
-    gen, header, page, participant, status, Anchor, BlockState, Extra, Kind, PageInfo, ParticipantState, ProcessState,
-    RecordState, SPAN_PAGES, WAITER_SLOTS,
+    gen, header, page, participant, process, Anchor, BlockState, Extra, Kind, PageInfo, ParticipantState,
+    ProcessState, RecordState, HEALER, SPAN_PAGES, WAITER_SLOTS,
 };
 use crate::participant::{ProcessRecord, Session};
-use crate::primitive::{fence, Ordering};
+use crate::primitive::{fence, AtomicU64, Ordering};
+use crate::span::Span;
+use crate::wait::{clearing_word, slot_bit, waiter_owner_word};
 
 /// What [`Heap::reclaim_dead`] gave back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reclaimed {
     /// Processes found dead (now, or by an earlier pass that did not finish).
     pub dead_processes: u64,
-    /// Process records released.
+    /// Process records freed.
     pub released_processes: u64,
-    /// Participant records of dead processes resolved and released.
+    /// Participant records of dead processes resolved and freed.
     pub participants: u64,
     /// Live allocations of dead owners that were freed.
     pub allocations: u64,
@@ -56,7 +64,7 @@ pub struct Reclaimed {
     pub orphan_blocks: u64,
     /// Claims, releases and retirements left half done by the dead that were finished or undone.
     pub pending: u64,
-    /// Waiter slots dead processes held, cleared.
+    /// Waiter slots dead processes held, given back.
     pub waiter_slots: u64,
     /// Work that could not be done yet (a live participant was using the span): call again.
     pub deferred: u64,
@@ -74,7 +82,8 @@ pub(crate) enum Resolved {
 impl Heap<'_> {
     /// Gives back everything the processes `is_dead` says are gone held or left half done (see
     /// the module docs). [`Owner::POOL`]'s allocations are never touched. `report` sees each
-    /// freed allocation's id, owner and size.
+    /// freed allocation's id, owner and size. `is_dead` is asked about registering and active
+    /// records (a registering one has no start time yet: judge it by its pid alone).
     pub fn reclaim_dead(
         &self,
         session: &mut Session,
@@ -85,25 +94,26 @@ impl Heap<'_> {
         self.ensure_ready()?;
         let mut reclaimed = Reclaimed::default();
         // 1. Mark the dead.
-        let mut dead_any = false;
         for record in self.processes() {
-            if record.owner == session.owner() {
-                continue;
-            }
-            if record.state == RecordState::Active && is_dead(&record) {
+            if record.owner != session.owner()
+                && matches!(record.state, RecordState::Active | RecordState::Registering)
+                && is_dead(&record)
+            {
                 self.mark_dead(&record);
             }
-            if self.process_record(record.owner).is_some_and(|r| r.state == RecordState::Dead) {
-                reclaimed.dead_processes += 1;
-                dead_any = true;
-            }
         }
-        if !dead_any {
+        // ORDERING: SeqCst fence pairs with the one in `finish_handover` (Dekker): a hand-over to
+        // a process we just marked either sees the mark, or is seen by the walk below.
+        fence(Ordering::SeqCst);
+        reclaimed.dead_processes = self.processes().filter(|record| record.state == RecordState::Dead).count() as u64;
+        let any_dead_participant = (1..self.participant_hwm())
+            .any(|index| index != session.participant && self.participant_is_dead(index));
+        if reclaimed.dead_processes == 0 && !any_dead_participant {
             return Ok(reclaimed);
         }
         // 2. Their participants.
         for index in 1..self.participant_hwm() {
-            if index == session.participant || !self.participant_is_dead(index) {
+            if index == session.participant || !self.adopt(session, index) {
                 continue;
             }
             match self.resolve_participant(session, index, &mut reclaimed)? {
@@ -112,7 +122,7 @@ impl Heap<'_> {
             }
         }
         // 3. Their waiter slots.
-        reclaimed.waiter_slots = self.clear_dead_waiters();
+        reclaimed.waiter_slots = self.clear_dead_waiters(session);
         // 4. What they owned and held.
         self.walk_for_dead(session, &mut reclaimed, &mut report)?;
         // 5. Their records.
@@ -122,7 +132,7 @@ impl Heap<'_> {
                 let free = ProcessState { state: RecordState::Free, ..dead };
                 // ORDERING: Release: everything we gave back happens before the record's reuse.
                 if self
-                    .process_word(record.owner.0 as u64, crate::layout::process::STATE)
+                    .process_word(record.owner.0 as u64, process::STATE)
                     .compare_exchange(dead.encode(), free.encode(), Ordering::Release, Ordering::Relaxed)
                     .is_ok()
                 {
@@ -139,13 +149,12 @@ impl Heap<'_> {
     }
 
     fn mark_dead(&self, record: &ProcessRecord) {
-        let active = ProcessState { state: RecordState::Active, incarnation: record.incarnation, pid: record.identity.pid };
-        let dead = ProcessState { state: RecordState::Dead, ..active };
-        // ORDERING: SeqCst: a hand-over that re-reads this record after its own change (SeqCst
-        // fence) either sees it dead or is seen by the walk below.
+        let judged = ProcessState { state: record.state, incarnation: record.incarnation, pid: record.identity.pid };
+        let dead = ProcessState { state: RecordState::Dead, ..judged };
+        // ORDERING: SeqCst, with the fence after the marking (see `reclaim_dead`).
         let _ = self
-            .process_word(record.owner.0 as u64, crate::layout::process::STATE)
-            .compare_exchange(active.encode(), dead.encode(), Ordering::SeqCst, Ordering::Relaxed);
+            .process_word(record.owner.0 as u64, process::STATE)
+            .compare_exchange(judged.encode(), dead.encode(), Ordering::SeqCst, Ordering::Relaxed);
     }
 
     fn has_participants(&self, owner: Owner) -> bool {
@@ -155,13 +164,53 @@ impl Heap<'_> {
         })
     }
 
-    /// Finishes or undoes what dead participant `index` left, then releases its record.
+    /// Makes the session the only one resolving participant `index`, if it is a dead one nobody
+    /// (alive) resolves yet. Returns whether the session now holds it.
+    fn adopt(&self, session: &Session, index: u64) -> bool {
+        let word = self.participant_word(index, participant::STATE);
+        // ORDERING: Acquire: the dead participant's (or dead adopter's) last writes happen
+        // before we act on its record.
+        let current = ParticipantState::decode(word.load(Ordering::Acquire));
+        let adoptable = match current.state {
+            RecordState::Active => !self.process_alive(Owner(current.process as u16)),
+            RecordState::Dead => current.adopter == session.participant || self.participant_is_gone(current.adopter),
+            RecordState::Free | RecordState::Registering => false,
+        };
+        if !adoptable {
+            return false;
+        }
+        let adopted = ParticipantState { state: RecordState::Dead, process: current.process, adopter: session.participant };
+        word.compare_exchange(current.encode(), adopted.encode(), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    /// Whether the participant `index` (an adopter) can no longer act: its process is gone, or
+    /// its record was itself adopted.
+    fn participant_is_gone(&self, index: u64) -> bool {
+        index == 0 || index >= self.geometry().table_size || self.participant_is_dead(index)
+    }
+
+    /// Finishes or undoes what dead participant `index` (adopted by us) left, then frees its
+    /// record.
     fn resolve_participant(&self, session: &mut Session, index: u64, reclaimed: &mut Reclaimed) -> Result<Resolved, Error> {
+        // Records it had adopted itself become ours, so that none is left with a gone adopter.
+        for other in 1..self.participant_hwm() {
+            let state = self.participant_state(other);
+            if other != index && state.state == RecordState::Dead && state.adopter == index {
+                let _ = self.adopt(session, other);
+            }
+        }
         if self.resolve_work(session, index, reclaimed, false)? == Resolved::Deferred {
             return Ok(Resolved::Deferred);
         }
+        // Waiter slots it was clearing when it died.
+        for slot in 0..WAITER_SLOTS {
+            let owner = self.waiter_owner(slot);
+            if owner.load(Ordering::Acquire) == clearing_word(index) {
+                self.finish_clearing(slot, clearing_word(index));
+            }
+        }
         let state = self.participant_state(index);
-        let free = ParticipantState { state: RecordState::Free, process: 0 };
+        let free = ParticipantState { state: RecordState::Free, process: 0, adopter: 0 };
         // ORDERING: Release: what we did for it happens before the record's reuse.
         let _ = self.participant_word(index, participant::STATE).compare_exchange(
             state.encode(),
@@ -173,8 +222,9 @@ impl Heap<'_> {
     }
 
     /// Finishes or undoes the pending claim/release/retirement, the span in transit and the
-    /// hand-over participant `index` (which does nothing any more) left, clearing each word
-    /// once it is dealt with.
+    /// hand-over participant `index` (which does nothing any more, and whose record we hold)
+    /// left, clearing each word once it is dealt with. `offline`: nobody else is inside an
+    /// operation (repair).
     pub(crate) fn resolve_work(
         &self,
         session: &mut Session,
@@ -184,9 +234,7 @@ impl Heap<'_> {
     ) -> Result<Resolved, Error> {
         let pending = self.participant_word(index, participant::PENDING).load(Ordering::Acquire);
         if pending != 0 {
-            if self.resolve_pending(session, index, pending - 1)? == Resolved::Deferred {
-                return Ok(Resolved::Deferred);
-            }
+            self.resolve_pending(session, index, pending - 1)?;
             reclaimed.pending += 1;
             self.participant_word(index, participant::PENDING).store(0, Ordering::Release);
         }
@@ -194,7 +242,7 @@ impl Heap<'_> {
         // back if the span cannot be healed yet.
         let hazard = self.participant_word(index, participant::HAZARD).swap(0, Ordering::AcqRel);
         if hazard != 0 {
-            match self.heal_page(session, hazard - 1, offline)? {
+            match self.heal_page(session, (hazard & !HEALER) - 1, offline)? {
                 None => {
                     self.participant_word(index, participant::HAZARD).store(hazard, Ordering::Release);
                     return Ok(Resolved::Deferred);
@@ -215,16 +263,17 @@ impl Heap<'_> {
         Ok(Resolved::Done)
     }
 
-    /// Finishes or undoes the claim, release or retirement a dead participant `dead` owned at
-    /// page `first`.
-    fn resolve_pending(&self, session: &mut Session, dead: u64, first: u64) -> Result<Resolved, Error> {
+    /// Finishes or undoes the claim, release or retirement dead participant `dead` owned at
+    /// page `first`. Each case is recognised by a marker that names `dead` (whose record we
+    /// hold, so the name cannot be a newer participant's).
+    fn resolve_pending(&self, session: &mut Session, dead: u64, first: u64) -> Result<(), Error> {
         if first >= self.geometry().num_pages {
             return Err(Error::Corrupt { what: "pending page out of range", page: first });
         }
         match self.info(first)? {
             PageInfo::Transient { participant } if participant == dead => {
-                // Take the run over (only one reclaimer does), then release the prefix of page
-                // bits the dead one held. Its epochs were raised before it was marked.
+                // Adopt the marker, then release the prefix of page bits it held. Epochs were
+                // raised before any release was marked; a claim never issued a generation.
                 self.set_pending(session, first);
                 let mine = PageInfo::Transient { participant: session.participant };
                 // ORDERING: AcqRel: acquires the dead one's work on the run, releases ours.
@@ -236,45 +285,50 @@ impl Heap<'_> {
                         Ordering::AcqRel,
                         Ordering::Relaxed,
                     )
-                    .is_ok()
+                    .is_err()
                 {
-                    let bits = self.page_bits();
-                    let end = bits.held_prefix(first, self.geometry().num_pages);
-                    if end > first {
-                        bits.release(first, end - first);
-                    }
-                    for member in first + 1..end.min(first + SPAN_PAGES) {
-                        // A span being set up or given back may have member info already.
-                        if matches!(self.info(member)?, PageInfo::SpanMember { head, .. } if head == first) {
-                            self.page_word(member, page::INFO).store(PageInfo::Free.encode(), Ordering::Relaxed);
-                        }
-                    }
-                    self.set_info(first, PageInfo::Free);
-                    step!("reclaim/transient-released");
+                    self.clear_pending(session);
+                    return Ok(());
                 }
-                self.clear_pending(session);
-                Ok(Resolved::Done)
+                step!("reclaim/transient-adopted");
+                let bits = self.page_bits();
+                let end = bits.held_prefix(first, self.geometry().num_pages);
+                // A retirement cut short may have left member info naming this span.
+                if first.is_multiple_of(SPAN_PAGES) && end > first {
+                    self.clear_members(first);
+                }
+                self.release_marked(session, first, end - first);
+                Ok(())
             }
-            PageInfo::SpanHead { class, retiring: true } => {
-                // A retirement the dead one started and never finished (it had not yet taken
-                // the pages): the span stays.
+            PageInfo::SpanHead { class, retiring } if retiring == dead || (retiring == 0 && self.check_span_head(first, class).is_ok() && self.span(first, class).retiring_by(dead)) => {
+                // A retirement it started and never took the pages of: the span stays.
                 self.check_span_head(first, class)?;
-                self.back_out_retirement(session, first, class);
-                Ok(Resolved::Done)
+                self.set_pending(session, first);
+                self.back_out_retirement(session, first, class, dead);
+                Ok(())
             }
             PageInfo::LargeHead { pages } => {
-                let state = self.page_word(first, page::WORD).load(Ordering::Acquire);
-                if let Some(decoded) = BlockState::decode(state).filter(|s| s.kind == Kind::Free) {
-                    if pages == 0 || pages > self.geometry().num_pages - first {
-                        return Err(Error::Corrupt { what: "large run out of range", page: first });
-                    }
-                    let extra = Extra::decode(self.page_word(first, page::GEN).load(Ordering::Relaxed) as u32);
-                    self.finish_large_release(session, first, pages, gen::join(extra.gen_high, decoded.tag));
+                let state = self.page_word(first, page::STATE);
+                let word = state.load(Ordering::Acquire);
+                let Some(decoded) = BlockState::decode(word).filter(|s| s.kind == Kind::Releasing && s.link == dead) else {
+                    return Ok(());
+                };
+                if pages == 0 || pages > self.geometry().num_pages - first {
+                    return Err(Error::Corrupt { what: "large run out of range", page: first });
                 }
-                Ok(Resolved::Done)
+                self.set_pending(session, first);
+                let mine = BlockState::releasing(session.participant, decoded.tag);
+                // ORDERING: AcqRel, as for the transient marker above.
+                if state.compare_exchange(word, mine.encode(), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                    self.clear_pending(session);
+                    return Ok(());
+                }
+                let extra = Extra::decode(self.page_word(first, page::GEN).load(Ordering::Relaxed) as u32);
+                self.finish_large_release(session, first, pages, gen::join(extra.gen_high, decoded.tag));
+                Ok(())
             }
-            // The claim or release completed (and the page may be in use again).
-            _ => Ok(Resolved::Done),
+            // The claim, release or retirement completed (and the page may be in use again).
+            _ => Ok(()),
         }
     }
 
@@ -287,6 +341,7 @@ impl Heap<'_> {
         let head = match self.info(page)? {
             PageInfo::SpanHead { .. } => page,
             PageInfo::SpanMember { head, .. } => head,
+            _ if !page.is_multiple_of(SPAN_PAGES) => page - page % SPAN_PAGES,
             _ => return Ok(Some(0)),
         };
         self.heal_span(session, head, offline)
@@ -295,7 +350,7 @@ impl Heap<'_> {
     /// Heals the span at `head` (see the module docs); `None` if it must wait. `offline`: nobody
     /// else is inside an operation (repair), so other participants' hazards guard nothing.
     pub(crate) fn heal_span(&self, session: &mut Session, head: u64, offline: bool) -> Result<Option<u64>, Error> {
-        self.publish_hazard(session, head);
+        self.publish_healer_hazard(session, head);
         let outcome = self.heal_span_hazarded(session, head, offline);
         self.clear_hazard(session);
         outcome
@@ -303,9 +358,9 @@ impl Heap<'_> {
 
     fn heal_span_hazarded(&self, session: &Session, head: u64, offline: bool) -> Result<Option<u64>, Error> {
         let class = match self.info(head)? {
-            PageInfo::SpanHead { class, retiring: false } => class,
-            // A retiring span is its retirer's (or, if it died, its pending's) business.
-            PageInfo::SpanHead { retiring: true, .. } => return Ok(None),
+            PageInfo::SpanHead { class, retiring: 0 } => class,
+            // A retiring span is its retirer's (or, if it died, its adopter's) business.
+            PageInfo::SpanHead { .. } => return Ok(None),
             _ => return Ok(Some(0)),
         };
         self.check_span_head(head, class)?;
@@ -315,23 +370,23 @@ impl Heap<'_> {
                 return Ok(None);
             }
         }
+        // A carver stopped after publishing the head may not have written the members.
+        self.fill_members(head, class);
         let span = self.span(head, class);
-        let blocks = span.blocks();
         for _attempt in 0..8 {
             let current = span.anchor_word().load(Ordering::Acquire);
             let anchor = Anchor::decode(current);
             if anchor.retiring {
                 return Ok(None);
             }
-            let Some(on_list) = self.listed_blocks(&span, anchor) else {
-                // The list changed under the walk; look again.
-                continue;
+            let Some(on_list) = listed_blocks(&span, anchor) else {
+                continue; // the list changed under the walk: look again
             };
-            // Collect the orphans: free, on no list, and not a live participant's push.
             let mut orphans = [0u16; Anchor::MAX_BLOCKS as usize];
             let mut words = [0u64; Anchor::MAX_BLOCKS as usize];
             let mut count = 0;
-            for index in 0..blocks {
+            let mut skipped = false;
+            for index in 0..span.blocks() {
                 if on_list[(index / 64) as usize] & (1 << (index % 64)) != 0 {
                     continue;
                 }
@@ -342,11 +397,21 @@ impl Heap<'_> {
                     continue;
                 };
                 if !offline && state.aux != 0 && state.aux != session.participant && self.pushing_into(state.aux, head) {
+                    skipped = true;
                     continue;
                 }
                 orphans[count] = index as u16;
                 words[count] = word;
                 count += 1;
+            }
+            // ORDERING: Acquire fence: the state and hazard reads above happen before this
+            // re-read, so a push that finished (its hazard gone) shows here as a changed anchor.
+            fence(Ordering::Acquire);
+            if span.anchor_word().load(Ordering::Relaxed) != current {
+                continue;
+            }
+            if skipped {
+                return Ok(None);
             }
             if count == 0 {
                 self.relist_span(head, class, anchor);
@@ -355,14 +420,12 @@ impl Heap<'_> {
             // Chain them (each by a CAS from the value read), ending at the list's head.
             for at in 0..count {
                 let next = if at + 1 < count { orphans[at + 1] as u64 } else { anchor.head };
-                let tag = words[at] >> 28;
-                let linked = BlockState::free(next, session.participant, tag).encode();
+                let linked = BlockState::free(next, session.participant, words[at] >> 28).encode();
                 // ORDERING: Release, like every store to a state word (see `Span::pop`).
                 if span.state(orphans[at] as u64).compare_exchange(words[at], linked, Ordering::Release, Ordering::Relaxed).is_err() {
-                    // A live participant took it: it was not an orphan after all.
+                    // Another healer took it first.
                     return Ok(None);
                 }
-                words[at] = linked;
             }
             step!("heal/chained");
             let healed = Anchor { head: orphans[0] as u64, count: anchor.count + count as u64, ..anchor }.bumped();
@@ -377,35 +440,31 @@ impl Heap<'_> {
         Ok(None)
     }
 
-    /// Which blocks are on the list of `anchor` (one bit each); `None` if the walk met a block
-    /// that is not free or left the span (the list changed under it).
-    fn listed_blocks(&self, span: &crate::span::Span<'_>, anchor: Anchor) -> Option<[u64; 64]> {
-        let blocks = span.blocks();
-        let mut on_list = [0u64; 64];
-        let mut index = anchor.head;
-        for _ in 0..anchor.count {
-            if index >= blocks || on_list[(index / 64) as usize] & (1 << (index % 64)) != 0 {
-                return None;
-            }
-            on_list[(index / 64) as usize] |= 1 << (index % 64);
-            // ORDERING: Acquire, as in `Span::pop` (the list's links were published by pushes).
-            let state = BlockState::decode(span.state(index).load(Ordering::Acquire)).filter(|s| s.kind == Kind::Free)?;
-            index = state.link;
+    /// Writes member info the span's carver did not get to (only where the page has none).
+    fn fill_members(&self, head: u64, class: usize) {
+        for member in head + 1..head + SPAN_PAGES {
+            let info = PageInfo::SpanMember { head, class, retiring: false }.encode();
+            // ORDERING: Release, as `set_info`.
+            let _ = self.page_word(member, page::INFO).compare_exchange(
+                PageInfo::Free.encode(),
+                info,
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
         }
-        Some(on_list)
     }
 
-    /// Whether participant `pusher` is alive and has a hazard on the span at `head`.
+    /// Whether participant `pusher` is alive and has a (non-healer) hazard on the span at `head`.
     fn pushing_into(&self, pusher: u64, head: u64) -> bool {
-        if pusher >= self.geometry().table_size || self.participant_is_dead(pusher) {
+        if pusher >= self.geometry().table_size || self.participant_state(pusher).state != RecordState::Active {
             return false;
         }
-        if self.participant_state(pusher).state != RecordState::Active {
+        if self.participant_is_dead(pusher) {
             return false;
         }
         // ORDERING: Acquire, as in `hazard_on`.
         let hazard = self.participant_word(pusher, participant::HAZARD).load(Ordering::Acquire);
-        hazard != 0 && (head..head + SPAN_PAGES).contains(&(hazard - 1))
+        hazard != 0 && hazard & HEALER == 0 && (head..head + SPAN_PAGES).contains(&(hazard - 1))
     }
 
     /// Makes the span's list memberships match its anchor (idempotent).
@@ -419,28 +478,44 @@ impl Heap<'_> {
         }
     }
 
-    /// Clears the waiter slots of processes that are not active; returns how many.
-    fn clear_dead_waiters(&self) -> u64 {
+    /// Gives back the waiter slots of processes that are gone; returns how many.
+    fn clear_dead_waiters(&self, session: &Session) -> u64 {
         let mut cleared = 0;
         for slot in 0..WAITER_SLOTS {
-            let owner_word = self.region().word(self.geometry().waiter_word + slot);
+            let owner_word = self.waiter_owner(slot);
             let owner = owner_word.load(Ordering::Acquire);
-            if owner == 0 || self.process_record(Owner(owner as u16)).is_some_and(|r| r.state == RecordState::Active) {
+            if owner == 0 || owner & (1 << 63) != 0 {
                 continue;
             }
-            // The bit first: the slot stays ours (its dead owner's) until the owner word is
-            // cleared, so nobody else sets this bit meanwhile.
-            // ORDERING: SeqCst, the order of the status word's waiter bits everywhere.
-            self.region().word(header::STATUS).fetch_and(!(1 << (slot as u32 + status::WAITER_SHIFT)), Ordering::SeqCst);
-            if owner_word.compare_exchange(owner, 0, Ordering::Release, Ordering::Relaxed).is_ok() {
+            let (process, incarnation) = (owner & 0xFFFF, owner >> 16);
+            let alive = self
+                .process_record(Owner(process as u16))
+                .is_some_and(|r| r.state != RecordState::Dead && r.state != RecordState::Free && r.incarnation == incarnation);
+            if alive || waiter_owner_word(process, incarnation) != owner {
+                continue;
+            }
+            // The slot becomes ours to clear: then its bit, then the slot (a slot a newer waiter
+            // took meanwhile has another owner word, so this fails).
+            let clearing = clearing_word(session.participant);
+            // ORDERING: AcqRel: takes the slot over from its dead owner.
+            if owner_word.compare_exchange(owner, clearing, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                self.finish_clearing(slot, clearing);
                 cleared += 1;
             }
         }
         cleared
     }
 
-    /// Frees live allocations whose owner is not an active process, returns blocks held by
-    /// caches of processes that are not active, and finishes large releases left half done.
+    /// Clears the bit of waiter slot `slot`, held as `clearing`, then gives the slot back.
+    fn finish_clearing(&self, slot: usize, clearing: u64) {
+        // ORDERING: SeqCst, the order of the waiter bits everywhere.
+        self.region().word(header::STATUS).fetch_and(!slot_bit(slot), Ordering::SeqCst);
+        // ORDERING: Release: the bit is clear before the slot can be taken again.
+        let _ = self.waiter_owner(slot).compare_exchange(clearing, 0, Ordering::Release, Ordering::Relaxed);
+    }
+
+    /// Frees live allocations whose owner is gone, returns blocks held by caches of processes
+    /// that are gone, and makes every span's list bits match its anchor.
     fn walk_for_dead(
         &self,
         session: &mut Session,
@@ -456,7 +531,7 @@ impl Heap<'_> {
                 continue;
             }
             match self.info(page)? {
-                PageInfo::SpanHead { class, retiring: false } if self.check_span_head(page, class).is_ok() => {
+                PageInfo::SpanHead { class, retiring: 0 } if self.check_span_head(page, class).is_ok() => {
                     self.publish_hazard(session, page);
                     let outcome = self.reclaim_in_span(session, page, class, reclaimed, report);
                     self.clear_hazard(session);
@@ -473,8 +548,21 @@ impl Heap<'_> {
         Ok(())
     }
 
-    fn owner_gone(&self, owner: u64) -> bool {
-        owner != 0 && self.process_record(Owner(owner as u16)).is_none_or(|r| r.state != RecordState::Active)
+    /// Whether the owner (or holder) of a block in state `state` is gone: its record is free or
+    /// dead, or (for a cached block) the record belongs to a later incarnation.
+    fn holder_gone(&self, state: &BlockState) -> bool {
+        if state.link == 0 {
+            return false;
+        }
+        match self.process_record(Owner(state.link as u16)) {
+            None => true,
+            Some(record) => match record.state {
+                RecordState::Free | RecordState::Dead => true,
+                RecordState::Active | RecordState::Registering => {
+                    state.kind == Kind::Cached && record.incarnation & BlockState::AUX_MASK != state.aux
+                }
+            },
+        }
     }
 
     fn reclaim_in_span(
@@ -486,21 +574,18 @@ impl Heap<'_> {
         report: &mut impl FnMut(AllocId, Owner, u64),
     ) -> Result<(), Error> {
         // Re-check under the hazard: the span may have been retired since the walk saw it.
-        if self.info(head)? != (PageInfo::SpanHead { class, retiring: false }) {
+        if self.info(head)? != (PageInfo::SpanHead { class, retiring: 0 }) {
             return Ok(());
         }
         let span = self.span(head, class);
         let base = self.geometry().page_offset(head);
         for index in 0..span.blocks() {
             let state = span.state(index);
-            // ORDERING: Acquire pairs with the Release store that made the block what it is.
+            // ORDERING: Acquire pairs with the Release store that made the block what it is, so
+            // the owner's record as read below is at least as new as the block's state.
             let word = state.load(Ordering::Acquire);
             let Some(decoded) = BlockState::decode(word) else { continue };
-            let give_back = match decoded.kind {
-                Kind::Live | Kind::Cached => self.owner_gone(decoded.link),
-                Kind::Free => false,
-            };
-            if !give_back {
+            if !matches!(decoded.kind, Kind::Live | Kind::Cached) || !self.holder_gone(&decoded) {
                 continue;
             }
             let freed = BlockState::free(BlockState::NULL, session.participant, decoded.tag);
@@ -521,6 +606,8 @@ impl Heap<'_> {
                 reclaimed.cached_blocks += 1;
             }
         }
+        // Put the span's list bits right (a setter or clearer killed half way loses nothing).
+        self.relist_span(head, class, span.anchor());
         Ok(())
     }
 
@@ -532,32 +619,28 @@ impl Heap<'_> {
         reclaimed: &mut Reclaimed,
         report: &mut impl FnMut(AllocId, Owner, u64),
     ) -> Result<(), Error> {
-        let state = self.page_word(head, page::WORD);
+        let state = self.page_word(head, page::STATE);
         let word = state.load(Ordering::Acquire);
         let Some(decoded) = BlockState::decode(word) else { return Ok(()) };
+        if decoded.kind != Kind::Live || !self.holder_gone(&decoded) {
+            // A run being released is its releaser's (or its adopter's) business.
+            return Ok(());
+        }
+        self.set_pending(session, head);
+        let releasing = BlockState::releasing(session.participant, decoded.tag);
+        // ORDERING: Acquire: the run is ours after its last user's accesses.
+        if state.compare_exchange(word, releasing.encode(), Ordering::Acquire, Ordering::Relaxed).is_err() {
+            self.clear_pending(session);
+            return Ok(());
+        }
+        step!("reclaim/large-taken");
         let extra = Extra::decode(self.page_word(head, page::GEN).load(Ordering::Relaxed) as u32);
         let generation = gen::join(extra.gen_high, decoded.tag);
-        match decoded.kind {
-            Kind::Live if self.owner_gone(decoded.link) => {
-                let freed = BlockState::free(0, session.participant, decoded.tag);
-                // ORDERING: Acquire: the run is ours after its last user's accesses.
-                if state.compare_exchange(word, freed.encode(), Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                    step!("reclaim/large-taken");
-                    self.finish_large_release(session, head, pages, generation);
-                    let size = (pages << self.geometry().page_shift).saturating_sub(decoded.aux);
-                    reclaimed.allocations += 1;
-                    reclaimed.bytes += size;
-                    report(self.make_id(self.geometry().page_offset(head), generation), Owner(decoded.link as u16), size);
-                }
-            }
-            // A free whose release was not finished (its freer died, or is slow: only one of us
-            // does it).
-            Kind::Free if self.info(head)? == (PageInfo::LargeHead { pages }) => {
-                self.finish_large_release(session, head, pages, generation);
-                reclaimed.pending += 1;
-            }
-            _ => {}
-        }
+        self.finish_large_release(session, head, pages, generation);
+        let size = (pages << self.geometry().page_shift).saturating_sub(decoded.aux);
+        reclaimed.allocations += 1;
+        reclaimed.bytes += size;
+        report(self.make_id(self.geometry().page_offset(head), generation), Owner(decoded.link as u16), size);
         Ok(())
     }
 
@@ -568,8 +651,8 @@ impl Heap<'_> {
         let word = target.owner.0 as u64 | target.incarnation << 16;
         self.participant_word(session.participant, participant::HANDOVER_TARGET).store(word, Ordering::Relaxed);
         self.participant_word(session.participant, participant::HANDOVER_GEN).store(id.generation(), Ordering::Relaxed);
-        // ORDERING: SeqCst: the record is complete before the owner changes (a reclaimer that
-        // sees the new owner and not the target alive finds this).
+        // ORDERING: SeqCst: the record is complete (the slot word last: it says "valid") before
+        // the owner changes.
         self.participant_word(session.participant, participant::HANDOVER_SLOT).store(id.slot() + 1, Ordering::SeqCst);
     }
 
@@ -590,11 +673,11 @@ impl Heap<'_> {
         session: &Session,
         id: AllocId,
         place: Place,
-        state: &crate::primitive::AtomicU64,
+        state: &AtomicU64,
         target: ProcessRecord,
         extra: Extra,
     ) -> Result<(), Error> {
-        // ORDERING: SeqCst fence pairs with `mark_dead`'s SeqCst exchange (Dekker): either the
+        // ORDERING: SeqCst fence pairs with the fence after `mark_dead` (Dekker): either the
         // reclaimer's walk (after its mark) sees the new owner, or we see the record changed.
         fence(Ordering::SeqCst);
         if self.still_active(target.owner, target.incarnation) {
@@ -605,15 +688,7 @@ impl Heap<'_> {
     }
 
     /// Frees `id` if it is still live and owned by process `owner`; whether it did.
-    fn free_if_owned(
-        &self,
-        session: &Session,
-        id: AllocId,
-        place: Place,
-        state: &crate::primitive::AtomicU64,
-        owner: u64,
-        extra: Extra,
-    ) -> bool {
+    fn free_if_owned(&self, session: &Session, id: AllocId, place: Place, state: &AtomicU64, owner: u64, extra: Extra) -> bool {
         let word = state.load(Ordering::Acquire);
         match BlockState::decode(word) {
             Some(decoded)
@@ -634,13 +709,32 @@ impl Heap<'_> {
         }
         let Ok(page) = self.page_of(id) else { return Ok(false) };
         self.publish_hazard(session, page);
-        let freed = match self.locate(id, page).and_then(|(place, state)| {
-            self.live_state(id, place, state).map(|(_, _, extra)| (place, state, extra))
-        }) {
+        let freed = match self
+            .locate(id, page)
+            .and_then(|(place, state)| self.live_state(id, place, state).map(|(_, _, extra)| (place, state, extra)))
+        {
             Ok((place, state, extra)) => self.free_if_owned(session, id, place, state, owner.0 as u64, extra),
             Err(_) => false,
         };
         self.clear_hazard(session);
         Ok(freed)
     }
+}
+
+/// Which blocks are on the list of `anchor` (one bit each); `None` if the walk met a block that
+/// is not free or left the span (the list changed under it).
+fn listed_blocks(span: &Span<'_>, anchor: Anchor) -> Option<[u64; 64]> {
+    let blocks = span.blocks();
+    let mut on_list = [0u64; 64];
+    let mut index = anchor.head;
+    for _ in 0..anchor.count {
+        if index >= blocks || on_list[(index / 64) as usize] & (1 << (index % 64)) != 0 {
+            return None;
+        }
+        on_list[(index / 64) as usize] |= 1 << (index % 64);
+        // ORDERING: Acquire, as in `Span::pop` (the list's links were published by pushes).
+        let state = BlockState::decode(span.state(index).load(Ordering::Acquire)).filter(|s| s.kind == Kind::Free)?;
+        index = state.link;
+    }
+    Some(on_list)
 }

@@ -92,8 +92,8 @@ impl Heap<'_> {
                     here + 1
                 }
                 PageInfo::SpanHead { class, retiring } if self.check_span_head(here, class).is_ok() => {
-                    if retiring {
-                        self.back_out_retirement(session, here, class);
+                    if retiring != 0 {
+                        self.back_out_retirement(session, here, class, retiring);
                         repaired.unfinished += 1;
                     }
                     let healed = self.heal_span(session, here, true)?.unwrap_or(0);
@@ -108,12 +108,13 @@ impl Heap<'_> {
                     here + SPAN_PAGES
                 }
                 PageInfo::LargeHead { pages } if pages >= 1 && pages <= geo.num_pages - here => {
-                    let word = self.page_word(here, page::WORD).load(Ordering::Acquire);
+                    let word = self.page_word(here, page::STATE).load(Ordering::Acquire);
                     match BlockState::decode(word) {
                         Some(state) if state.kind == Kind::Live => {}
                         state => {
                             let extra = Extra::decode(self.page_word(here, page::GEN).load(Ordering::Relaxed) as u32);
                             let tag = state.map_or(0, |s| s.tag);
+                            self.set_pending(session, here);
                             self.finish_large_release(session, here, pages, gen::join(extra.gen_high, tag));
                             repaired.unfinished += 1;
                         }
@@ -123,6 +124,9 @@ impl Heap<'_> {
                 _ => {
                     // Transient, or garbage: give back the prefix of bits starting here.
                     let end = bits.held_prefix(here, geo.num_pages).max(here + 1);
+                    if here.is_multiple_of(SPAN_PAGES) {
+                        self.clear_members(here);
+                    }
                     bits.release(here, end - here);
                     self.set_info(here, PageInfo::Free);
                     repaired.unfinished += 1;

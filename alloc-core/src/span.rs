@@ -202,9 +202,12 @@ impl<'a> Span<'a> {
         self.push_chain(&[index as u16], &[tag], pusher)
     }
 
-    /// Marks an entirely free span as retiring. On `true` the caller holds the span alone: no
-    /// pop can succeed, and no push can happen (no block is outside the list).
-    pub fn try_retire(&self) -> bool {
+    /// Marks an entirely free span as retiring by `retirer`: the retiring anchor holds the
+    /// retirer's index where the list head was. `stash` is told each anchor about to be
+    /// replaced, before the exchange (so that whoever backs the retirement out can restore the
+    /// head). On `true` the caller holds the span alone: no pop can succeed, and no push can
+    /// happen (no block is outside the list).
+    pub fn try_retire(&self, retirer: u64, mut stash: impl FnMut(u64)) -> bool {
         let blocks = self.blocks();
         let mut current = self.anchor.load(Ordering::Relaxed);
         loop {
@@ -212,7 +215,8 @@ impl<'a> Span<'a> {
             if anchor.count != blocks || anchor.retiring {
                 return false;
             }
-            let retiring = Anchor { retiring: true, ..anchor }.bumped();
+            stash(current);
+            let retiring = Anchor { head: retirer, retiring: true, ..anchor }.bumped();
             // ORDERING: Acquire orders every freer's use of its block (Release push) before the
             // span's memory is handed to someone else.
             match self.anchor.compare_exchange_weak(current, retiring.encode(), Ordering::Acquire, Ordering::Relaxed) {
@@ -222,15 +226,22 @@ impl<'a> Span<'a> {
         }
     }
 
-    /// Takes back a retirement (the span stays in use). Returns whether this call did it.
-    pub fn back_out_retire(&self) -> bool {
+    /// Whether the span is being retired by `retirer`.
+    pub fn retiring_by(&self, retirer: u64) -> bool {
+        let anchor = self.anchor();
+        anchor.retiring && anchor.head == retirer
+    }
+
+    /// Takes back a retirement by `retirer` (the span stays in use), putting back the list head
+    /// of `before`, the anchor it replaced. Returns whether this call did it.
+    pub fn back_out_retire(&self, retirer: u64, before: u64) -> bool {
         let mut current = self.anchor.load(Ordering::Relaxed);
         loop {
             let anchor = Anchor::decode(current);
-            if !anchor.retiring {
+            if !anchor.retiring || anchor.head != retirer {
                 return false;
             }
-            let normal = Anchor { retiring: false, ..anchor }.bumped();
+            let normal = Anchor { head: Anchor::decode(before).head, retiring: false, ..anchor }.bumped();
             // ORDERING: Release: pops that see the normal anchor again see the span as it was.
             match self.anchor.compare_exchange_weak(current, normal.encode(), Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => return true,
@@ -319,11 +330,15 @@ mod tests {
         span.init(0);
         let mut held = 0;
         span.pop(1, |index| held = index).expect("valid");
-        assert!(!span.try_retire());
+        assert!(!span.try_retire(5, |_| {}));
         span.push(held, 1, 1);
-        assert!(span.try_retire());
+        let mut before = 0;
+        assert!(span.try_retire(5, |anchor| before = anchor));
+        assert!(span.retiring_by(5) && !span.retiring_by(6));
         assert_eq!(span.pop(1, |_| {}), Ok(0));
-        assert!(span.back_out_retire());
+        assert!(!span.back_out_retire(6, before), "only the retirer's retirement is taken back");
+        assert!(span.back_out_retire(5, before));
+        assert_eq!(span.anchor().head, held);
         assert_eq!(span.pop(1, |_| {}), Ok(1));
     }
 

@@ -2,17 +2,19 @@
 //!
 //! A blocked allocator registers in a *waiter slot*: one of 56 bits of the `STATUS` header word
 //! (so the free path learns "somebody waits" from the load it makes anyway), owned through a
-//! word of the waiter-owner table that names the waiter's process. The owner word is taken
-//! first (compare-exchange from 0) and given back last, the bit is set after it and cleared
-//! before it; so a waiter killed at any point leaves a slot whose owner is a dead process, and
-//! `reclaim_dead` clears the bit, then the owner word. Nothing counts waiters that nobody can
-//! take back.
+//! word of the waiter-owner table that names the waiter's process and its incarnation. The
+//! owner word is taken first (compare-exchange from 0) and given back last; the bit is set after
+//! it, before every wait. A free that finds bits set takes *all* of them down as it wakes the
+//! waiters, and each waiter sets its bit again before it waits again: so a waiter that stopped
+//! or died costs the frees one wake-up, not one per free. `reclaim_dead` gives the slots of
+//! dead processes back (see `reclaim`). Nothing counts waiters that nobody can take back.
 //!
 //! The Dekker pair with `wake_if_waiting`: the waiter sets its bit, fences (SeqCst), reads the
 //! wake word and tries again; a freer makes room, fences, and reads the status word. Either the
 //! freer sees the bit and bumps the wake word (the waiter's futex wait returns at once), or the
 //! waiter's retry sees the room. When all 56 slots are taken, a waiter polls in short slices.
 
+use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{AllocOptions, Allocation, Heap};
 use crate::layout::{header, status, WAITER_SLOTS};
@@ -53,9 +55,11 @@ impl Heap<'_> {
             }
             // Announce ourselves before the last try, so a free that the try misses sees us.
             let slot = self.claim_waiter_slot(session);
+            step!("wait/slot-claimed");
             if let Some(slot) = slot {
                 // ORDERING: SeqCst, part of the Dekker pair with `wake_if_waiting` (fence below).
                 self.status_word().fetch_or(slot_bit(slot), Ordering::SeqCst);
+                step!("wait/registered");
             }
             // ORDERING: SeqCst fence pairs with the fence in `wake_if_waiting` (Dekker): either
             // that free's load sees our bit, or our retry below sees its freed space.
@@ -82,18 +86,17 @@ impl Heap<'_> {
         self.region().word(header::STATUS)
     }
 
-    fn waiter_owner(&self, slot: usize) -> &AtomicU64 {
+    pub(crate) fn waiter_owner(&self, slot: usize) -> &AtomicU64 {
         self.region().word(self.geometry().waiter_word + slot)
     }
 
     /// Takes a free waiter slot for the session's process, if one is free.
     fn claim_waiter_slot(&self, session: &Session) -> Option<usize> {
+        let owner = waiter_owner_word(session.process, session.incarnation);
         (0..WAITER_SLOTS).find(|&slot| {
             // ORDERING: Acquire on success: the slot's last holder cleared its bit before it
             // gave the slot back (Release).
-            self.waiter_owner(slot)
-                .compare_exchange(0, session.process, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
+            self.waiter_owner(slot).compare_exchange(0, owner, Ordering::Acquire, Ordering::Relaxed).is_ok()
         })
     }
 
@@ -101,12 +104,23 @@ impl Heap<'_> {
         if let Some(slot) = slot {
             // ORDERING: SeqCst, the order of the waiter bits everywhere.
             self.status_word().fetch_and(!slot_bit(slot), Ordering::SeqCst);
+            step!("wait/unregistered");
             // ORDERING: Release: the bit is clear before the slot can be taken again.
             self.waiter_owner(slot).store(0, Ordering::Release);
         }
     }
 }
 
-fn slot_bit(slot: usize) -> u64 {
+pub(crate) fn slot_bit(slot: usize) -> u64 {
     1 << (slot as u32 + status::WAITER_SHIFT)
+}
+
+/// The waiter-owner word of a slot held by process `process` of incarnation `incarnation`.
+pub(crate) fn waiter_owner_word(process: u64, incarnation: u64) -> u64 {
+    process | incarnation << 16
+}
+
+/// A waiter-owner word held by participant `participant` while it clears a dead waiter's slot.
+pub(crate) fn clearing_word(participant: u64) -> u64 {
+    1 << 63 | participant
 }

@@ -372,7 +372,7 @@ fn check_reports_a_corrupted_free_count() {
     let mut p = Participant::new(&heap, 1);
     let _a = p.alloc(64, opts()).expect("space");
     p.check().expect("consistent");
-    let anchor = heap.geometry().page_word(0, page::WORD);
+    let anchor = heap.geometry().page_word(0, page::ANCHOR);
     let saved = memory.word(anchor);
     memory.set_word(anchor, saved + (1 << 12)); // one more free block than there is
     assert!(matches!(p.check(), Err(Error::Corrupt { .. })));
