@@ -207,6 +207,22 @@ impl<'a> Heap<'a> {
         Ok(())
     }
 
+    /// Gives back every participant record of process `owner`: for a process detaching a pool
+    /// while none of its threads is inside an operation on it.
+    pub fn release_participants_of(&self, owner: Owner) {
+        let active = ParticipantState { state: RecordState::Active, process: owner.0 as u64, adopter: 0 }.encode();
+        let free = ParticipantState { state: RecordState::Free, process: 0, adopter: 0 }.encode();
+        for index in 1..self.participant_hwm() {
+            // ORDERING: Release publishes our last writes (hazards cleared) to the next user.
+            let _ = self.participant_word(index, participant::STATE).compare_exchange(
+                active,
+                free,
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     pub(crate) fn check_session(&self, session: &Session) -> Result<(), Error> {
         if session.key != self.region().key() {
             return Err(Error::ForeignSession);

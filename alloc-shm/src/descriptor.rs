@@ -6,13 +6,13 @@
 //! | bytes | field |
 //! |-------|-------|
 //! | 0–3   | magic `SHMD` |
-//! | 4     | version (1) |
+//! | 4     | version (2: 128-bit allocation ids) |
 //! | 5     | kind: 1 pool, 2 allocation |
 //! | 6     | where: 0 pool name in `/dev/shm`, 1 full path of the pool file, 2 not recorded (find by nonce) |
 //! | 7     | length `L` of the location |
 //! | 8–15  | the pool's nonce (tells it from a later pool of the same name) |
 //! | 16–23 | the pool's file size |
-//! | allocation only: 24–31 id, 32–39 offset, 40–47 size, 48 type |
+//! | allocation only: 24–39 id (slot, then generation), 40–47 offset, 48–55 size, 56 type |
 //! | then  | `L` bytes of location, then 4 bytes CRC-32 |
 //!
 //! A name or path too long to fit is left out (where = 2); attaching then looks for the nonce
@@ -28,11 +28,11 @@ use crate::name;
 /// Longest descriptor.
 pub const MAX_LEN: usize = 128;
 const MAGIC: &[u8; 4] = b"SHMD";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const KIND_POOL: u8 = 1;
 const KIND_ALLOC: u8 = 2;
 const POOL_FIXED: usize = 24;
-const ALLOC_FIXED: usize = 49;
+const ALLOC_FIXED: usize = 57;
 const CRC_LEN: usize = 4;
 
 /// Where a descriptor says its pool lives.
@@ -108,7 +108,7 @@ fn encode(kind: u8, pool: &PoolDescriptor, alloc: Option<(&AllocId, u64, u64, u8
     bytes.extend_from_slice(&pool.nonce.to_le_bytes());
     bytes.extend_from_slice(&pool.bytes.to_le_bytes());
     if let Some((id, offset, size, alloc_type)) = alloc {
-        bytes.extend_from_slice(&id.0.to_le_bytes());
+        bytes.extend_from_slice(&id.0.to_le_bytes()); // 16 bytes: slot (low half), generation
         bytes.extend_from_slice(&offset.to_le_bytes());
         bytes.extend_from_slice(&size.to_le_bytes());
         bytes.push(alloc_type);
@@ -209,8 +209,10 @@ fn decode(bytes: &[u8]) -> Result<(u8, PoolDescriptor, Option<AllocFields>)> {
         _ => return Err(invalid("unknown location kind")),
     };
     let pool = PoolDescriptor { location, nonce: u64_at(body, 8), bytes: u64_at(body, 16) };
-    let alloc = (kind == KIND_ALLOC)
-        .then(|| (AllocId(u64_at(body, 24)), u64_at(body, 32), u64_at(body, 40), body[48]));
+    let alloc = (kind == KIND_ALLOC).then(|| {
+        let id = AllocId(u128::from(u64_at(body, 24)) | u128::from(u64_at(body, 32)) << 64);
+        (id, u64_at(body, 40), u64_at(body, 48), body[56])
+    });
     Ok((kind, pool, alloc))
 }
 
@@ -264,7 +266,7 @@ mod tests {
                 nonce: 0xABCD,
                 bytes: 1 << 30,
             },
-            id: AllocId(0x1234_5678_9ABC),
+            id: AllocId::new(0x1234_5678_9ABC, 0xDEF0_1234_5678),
             offset: 123_456,
             size: 64,
             alloc_type: 3,
@@ -295,12 +297,12 @@ mod tests {
             vec![0xFF; 200],
             {
                 let mut v = good.clone();
-                v[4] = 2; // another version
+                v[4] = 1; // another (the first) version
                 v
             },
             {
                 let mut v = good.clone();
-                v[30] ^= 1; // tampered id
+                v[36] ^= 1; // tampered id (its generation)
                 v
             },
         ];

@@ -132,6 +132,33 @@ pub enum PoolError {
     /// An argument is out of its range (an alignment, a timeout...).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+    /// The pool's process or participant table is full (each attached process takes one
+    /// record, each thread or cache using the pool one participant).
+    #[error("pool {name:?}: its {what} table is full ({capacity} entries); reclaim dead processes, or use fewer threads or caches")]
+    TableFull {
+        /// The pool's name.
+        name: String,
+        /// Which table.
+        what: &'static str,
+        /// Its capacity.
+        capacity: u64,
+    },
+    /// No process with this pid is attached to the pool.
+    #[error("pool {name:?}: no attached process has pid {pid}")]
+    NoSuchProcess {
+        /// The pool's name.
+        name: String,
+        /// The pid asked for.
+        pid: u32,
+    },
+    /// This process cannot do what the pool needs (e.g. the process-wide memory barrier).
+    #[error("pool {name:?}: not possible in this process: {what}")]
+    Unsupported {
+        /// The pool's name.
+        name: String,
+        /// What is missing.
+        what: &'static str,
+    },
     /// The pool's metadata is inconsistent.
     #[error("pool {name:?} is corrupted: {cause}")]
     Corrupt {
@@ -165,6 +192,14 @@ impl PoolError {
                 PoolError::InvalidArgument("alignment must be a power of two no larger than the page size")
             }
             HeapError::ForeignCache => PoolError::InvalidArgument("cache belongs to another pool"),
+            HeapError::ForeignSession => PoolError::InvalidArgument("session belongs to another pool"),
+            HeapError::TableFull { what, capacity } => PoolError::TableFull { name, what, capacity },
+            HeapError::InvalidOwner { .. } => {
+                PoolError::InvalidArgument("the new owner is not a process attached to the pool (or it died)")
+            }
+            HeapError::NoHeavyFence => {
+                PoolError::Unsupported { name, what: "this process cannot issue the membarrier the pool needs" }
+            }
             HeapError::InvalidId { .. } | HeapError::NotAllocated { .. } => {
                 PoolError::InvalidAllocation { name, cause }
             }

@@ -48,16 +48,20 @@ impl FutexWait {
     }
 }
 
+/// How long a waiter that found no waiter slot sleeps before it looks again (nobody wakes it).
+pub const POLL_SLICE: Duration = Duration::from_millis(1);
+
 impl WaitHost for FutexWait {
-    fn wait(&mut self, word: &AtomicU64, seen: u64) -> Waited {
+    fn wait(&mut self, word: &AtomicU64, seen: u64, registered: bool) -> Waited {
+        let longest = if registered { MAX_SLICE } else { POLL_SLICE };
         let slice = match self.deadline {
-            None => MAX_SLICE,
+            None => longest,
             Some(deadline) => {
                 let now = Instant::now();
                 if now >= deadline {
                     return Waited::TimedOut;
                 }
-                (deadline - now).min(MAX_SLICE)
+                (deadline - now).min(longest)
             }
         };
         let timeout =

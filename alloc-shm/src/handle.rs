@@ -4,11 +4,11 @@
 
 use std::sync::Mutex;
 
-use alloc_core::{AllocId, Allocation, Cache, Owner};
+use alloc_core::{AllocId, Allocation, Cache};
 
 use crate::error::{PoolError, Result};
 use crate::pool::Pool;
-use crate::segment::current_pid;
+use crate::process::current_pid;
 
 /// An allocation freed when dropped. Keeps its pool mapped.
 #[derive(Debug)]
@@ -93,12 +93,40 @@ impl Drop for Arena {
 /// A per-thread view of a pool with its own block cache: the fast path for hot loops. Cached
 /// blocks are recorded as held by this process, go back on [`LocalPool::flush`] and on drop,
 /// and are reclaimed by `reclaim_dead` should the process die.
+///
+/// Fork-safe: a `LocalPool` copied into a fork child (directly, or inside any object holding
+/// one) never uses or gives back its parent's cache; on its first use in the child it starts a
+/// new, empty one, and dropping it in the child touches nothing of the parent's.
 pub struct LocalPool {
     pool: Pool,
-    cache: Box<Cache>,
+    /// The process the cache was made in (its blocks are that process's).
+    pid: u32,
+    cache: Option<Box<Cache>>,
 }
 
 impl LocalPool {
+    /// The cache, made anew on first use and in a fork child (the inherited one is the
+    /// parent's: forgotten, never touched).
+    #[inline]
+    fn cache(&mut self) -> Result<&mut Cache> {
+        let pid = current_pid();
+        if self.pid != pid || self.cache.is_none() {
+            self.renew(pid)?;
+        }
+        Ok(self.cache.as_deref_mut().expect("made above"))
+    }
+
+    #[cold]
+    fn renew(&mut self, pid: u32) -> Result<()> {
+        if self.pid != pid {
+            // A fork child: the blocks in the inherited cache are the parent's.
+            self.cache = None;
+        }
+        self.cache = Some(Box::new(Cache::new(self.pool.mapping().new_session()?)));
+        self.pid = pid;
+        Ok(())
+    }
+
     /// Allocates `size` bytes owned by this process.
     pub fn alloc(&mut self, size: u64) -> Result<Allocation> {
         let options = self.pool.options();
@@ -106,28 +134,32 @@ impl LocalPool {
     }
 
     /// Allocates with explicit alignment, type and owner.
+    #[inline]
     pub fn alloc_with(&mut self, size: u64, options: alloc_core::AllocOptions) -> Result<Allocation> {
-        let heap = self.pool.mapping().heap();
-        heap.alloc_with(&mut self.cache, size, options)
-            .map_err(|cause| PoolError::from_heap(self.pool.name(), cause))
+        let pool = self.pool.clone();
+        let heap = pool.mapping().heap();
+        heap.alloc_with(self.cache()?, size, options).map_err(|cause| PoolError::from_heap(pool.name(), cause))
     }
 
     /// Frees `id`.
+    #[inline]
     pub fn free(&mut self, id: AllocId) -> Result<()> {
-        let heap = self.pool.mapping().heap();
-        let wake = heap
-            .free_with(&mut self.cache, id)
-            .map_err(|cause| PoolError::from_heap(self.pool.name(), cause))?;
-        self.pool.wake(wake);
+        let pool = self.pool.clone();
+        let heap = pool.mapping().heap();
+        let wake = heap.free_with(self.cache()?, id).map_err(|cause| PoolError::from_heap(pool.name(), cause))?;
+        pool.wake(wake);
         Ok(())
     }
 
     /// Gives every cached block back to the pool.
     pub fn flush(&mut self) -> Result<()> {
-        let heap = self.pool.mapping().heap();
-        let wake =
-            heap.flush(&mut self.cache).map_err(|cause| PoolError::from_heap(self.pool.name(), cause))?;
-        self.pool.wake(wake);
+        if self.pid != current_pid() || self.cache.is_none() {
+            return Ok(());
+        }
+        let pool = self.pool.clone();
+        let heap = pool.mapping().heap();
+        let wake = heap.flush(self.cache()?).map_err(|cause| PoolError::from_heap(pool.name(), cause))?;
+        pool.wake(wake);
         Ok(())
     }
 
@@ -139,7 +171,14 @@ impl LocalPool {
 
 impl Drop for LocalPool {
     fn drop(&mut self) {
+        // In a fork child the cache (and its participant) are the parent's: leave them alone.
+        if self.pid != current_pid() {
+            return;
+        }
         let _ = self.flush();
+        if let Some(cache) = self.cache.take() {
+            self.pool.mapping().end_session(cache.into_session(), self.pid);
+        }
     }
 }
 
@@ -154,9 +193,8 @@ impl Pool {
         Arena { pool: self.clone(), ids: Mutex::new(Vec::new()) }
     }
 
-    /// A cached view for this thread's hot loops.
+    /// A cached view for this thread's hot loops (its participant is registered on first use).
     pub fn local(&self) -> LocalPool {
-        let cache = Box::new(self.mapping().heap().new_cache(Owner(current_pid())));
-        LocalPool { pool: self.clone(), cache }
+        LocalPool { pool: self.clone(), pid: current_pid(), cache: None }
     }
 }

@@ -1,7 +1,7 @@
 //! shmpool's shared-memory layer: pools that live in named files under `/dev/shm` (or another
 //! directory), attached by any number of processes, with descriptors to pass allocations
 //! between them, a blocking allocation woken across processes, and recovery of what crashed
-//! processes held.
+//! processes held or left half done.
 //!
 //! ```no_run
 //! use alloc_shm::Pool;
@@ -19,8 +19,10 @@
 //! # Ok::<(), alloc_shm::PoolError>(())
 //! ```
 //!
-//! Layers: `name` (naming rules), `segment` (files and mappings), `futex` (cross-process
-//! waiting), `descriptor` (bytes for other processes), `pool` (the API), `handle` (RAII).
+//! Layers: `name` (naming rules), `process` (this process: fork-safe pid, identity, liveness,
+//! the process-wide barrier), `segment` (files, mappings, per-thread participants), `futex`
+//! (cross-process waiting), `descriptor` (bytes for other processes), `pool` (the API),
+//! `handle` (RAII and the cached per-thread view).
 
 pub mod descriptor;
 mod error;
@@ -28,12 +30,13 @@ pub mod futex;
 mod handle;
 pub mod name;
 mod pool;
+pub mod process;
 mod segment;
 pub mod verify;
 
 pub use alloc_core::layout::CLASS_SIZES;
-pub use alloc_core::{alloc_type, AllocId, AllocOptions, Allocation, Owner, Repaired, Stats};
+pub use alloc_core::{alloc_type, AllocId, AllocOptions, Allocation, Owner, Reclaimed, Repaired, Stats};
 pub use error::{PoolError, Result};
 pub use handle::{Arena, LocalPool, OwnedAlloc};
 pub use pool::{list_pools, Pool, PoolInfo, PoolOptions, ReclaimReport};
-pub use segment::{current_pid, process_alive};
+pub use process::{current_pid, process_alive};

@@ -1,17 +1,17 @@
 //! [`Pool`]: a heap in a named shared-memory file, usable from any process that attaches it.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloc_core::{AllocId, AllocOptions, Allocation, Allocations, Owner, Repaired, Stats, Wake};
+use alloc_core::{AllocId, AllocOptions, Allocation, Heap, Owner, RecordState, Repaired, Session, Stats, Wake};
 
 use crate::descriptor::{self, AllocDescriptor, Location, PoolDescriptor};
 use crate::error::{PoolError, Result};
 use crate::futex::{self, FutexWait};
 use crate::name;
-use crate::segment::{self, current_pid, process_alive, Mapping};
+use crate::process::record_is_dead;
+use crate::segment::{self, Mapping};
 
 /// How a pool is created or attached.
 #[derive(Clone, Debug)]
@@ -30,16 +30,24 @@ impl Default for PoolOptions {
     }
 }
 
-/// What [`Pool::reclaim_dead`] freed.
+/// What [`Pool::reclaim_dead`] gave back.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReclaimReport {
-    /// Each freed allocation: its id, its (dead) owner and its size.
-    pub freed: Vec<(AllocId, Owner, u64)>,
-    /// Free blocks that dead processes' caches held, given back.
-    pub cached_blocks: u64,
+    /// Each freed allocation: its id, its (dead) owner's pid and its size.
+    pub freed: Vec<(AllocId, u32, u64)>,
+    /// The core's figures: cached blocks returned, blocks in transit healed, half-done claims
+    /// and releases finished or undone, waiter slots and records given back, work deferred.
+    pub reclaimed: alloc_core::Reclaimed,
 }
 
-/// Who uses a pool, from its header.
+impl ReclaimReport {
+    /// Free blocks that dead processes' caches held, given back.
+    pub fn cached_blocks(&self) -> u64 {
+        self.reclaimed.cached_blocks
+    }
+}
+
+/// Who uses a pool, from its header and its process table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolInfo {
     /// The creator's pid.
@@ -48,10 +56,10 @@ pub struct PoolInfo {
     pub creator_uid: u32,
     /// Creation time (seconds since the Unix epoch).
     pub created_at: u64,
-    /// Processes recorded as attached right now.
+    /// Processes recorded in the pool as attached (and not yet found dead).
     pub attached: Vec<u32>,
-    /// Whether more processes attached than the table records.
-    pub attach_overflow: bool,
+    /// Processes found dead whose holdings are not reclaimed yet.
+    pub dead: Vec<u32>,
 }
 
 /// A pool attached in this process. Cloning is cheap and shares the mapping; the mapping goes
@@ -200,23 +208,50 @@ impl Pool {
     /// Creator, attached processes and creation time.
     pub fn info(&self) -> PoolInfo {
         let (creator_pid, creator_uid) = self.mapping.creator();
-        let (attached, attach_overflow) = self.mapping.attached();
-        PoolInfo {
-            creator_pid,
-            creator_uid,
-            created_at: self.mapping.created_at(),
-            attached,
-            attach_overflow,
-        }
+        let heap = self.mapping.heap();
+        let pids = |state: RecordState| -> Vec<u32> {
+            heap.processes().filter(|record| record.state == state).map(|record| record.identity.pid).collect()
+        };
+        let mut attached = pids(RecordState::Active);
+        attached.extend(pids(RecordState::Registering));
+        PoolInfo { creator_pid, creator_uid, created_at: self.mapping.created_at(), attached, dead: pids(RecordState::Dead) }
     }
 
     fn error(&self, cause: alloc_core::Error) -> PoolError {
         PoolError::from_heap(self.name(), cause)
     }
 
-    /// Allocation options with this process as owner and type DATA.
+    /// Runs a core operation with this thread's participant.
+    fn run<R>(&self, body: impl FnOnce(&Heap<'static>, &mut Session) -> std::result::Result<R, alloc_core::Error>) -> Result<R> {
+        self.mapping.with_session(body)?.map_err(|cause| self.error(cause))
+    }
+
+    /// Allocation options: type DATA, owned by this process.
     pub fn options(&self) -> AllocOptions {
-        AllocOptions { owner: Owner(current_pid()), ..AllocOptions::default() }
+        AllocOptions::default()
+    }
+
+    /// This process's record in the pool (what its allocations name as their owner).
+    pub fn me(&self) -> Result<Owner> {
+        self.mapping.process()
+    }
+
+    /// The record of the attached process `pid`, to hand allocations over to it.
+    pub fn owner_of(&self, pid: u32) -> Result<Owner> {
+        self.mapping
+            .heap()
+            .find_process(pid)
+            .map(|record| record.owner)
+            .ok_or(PoolError::NoSuchProcess { name: self.name().to_owned(), pid })
+    }
+
+    /// The pid of owner `owner` (`None` for the pool itself, or a record no longer in use).
+    pub fn pid_of(&self, owner: Owner) -> Option<u32> {
+        self.mapping
+            .heap()
+            .process_record(owner)
+            .filter(|record| record.state != RecordState::Free)
+            .map(|record| record.identity.pid)
     }
 
     /// Allocates `size` bytes owned by this process.
@@ -226,7 +261,7 @@ impl Pool {
 
     /// Allocates with explicit alignment, type and owner.
     pub fn alloc_with(&self, size: u64, options: AllocOptions) -> Result<Allocation> {
-        self.mapping.heap().alloc(size, options).map_err(|cause| self.error(cause))
+        self.run(|heap, session| heap.alloc(session, size, options))
     }
 
     /// Allocates, waiting for a free in any process while the pool is full. `None` waits
@@ -243,7 +278,7 @@ impl Pool {
         timeout: Option<Duration>,
     ) -> Result<Allocation> {
         let mut host = FutexWait::new(timeout);
-        self.mapping.heap().alloc_blocking(size, options, &mut host).map_err(|cause| self.error(cause))
+        self.run(|heap, session| heap.alloc_blocking(session, size, options, &mut host))
     }
 
     pub(crate) fn wake(&self, wake: Wake) {
@@ -254,7 +289,7 @@ impl Pool {
 
     /// Frees allocation `id`. A double free, a stale or foreign id is an error and changes nothing.
     pub fn free(&self, id: AllocId) -> Result<()> {
-        let wake = self.mapping.heap().free(id).map_err(|cause| self.error(cause))?;
+        let wake = self.run(|heap, session| heap.free(session, id))?;
         self.wake(wake);
         Ok(())
     }
@@ -262,37 +297,46 @@ impl Pool {
     /// Resizes `id`, in place when it fits; otherwise allocates, copies and frees. On failure
     /// the original is untouched.
     pub fn realloc(&self, id: AllocId, new_size: u64) -> Result<Allocation> {
-        self.mapping.heap().realloc(id, new_size).map_err(|cause| self.error(cause))
+        self.run(|heap, session| heap.realloc(session, id, new_size))
     }
 
     /// The live allocation `id` (O(1)).
     pub fn lookup(&self, id: AllocId) -> Result<Allocation> {
-        self.mapping.heap().lookup(id).map_err(|cause| self.error(cause))
+        self.run(|heap, session| heap.lookup(session, id))
     }
 
     /// Whether `id` is a live allocation of this pool.
     pub fn contains(&self, id: AllocId) -> bool {
-        self.mapping.heap().contains(id)
+        self.lookup(id).is_ok()
     }
 
     /// The live allocations (a snapshot, consistent per allocation).
-    pub fn iter(&self) -> Allocations<'_, 'static> {
-        self.mapping.heap().iter()
+    pub fn iter(&self) -> std::vec::IntoIter<Allocation> {
+        let mut all = Vec::new();
+        let _ = self.run(|heap, session| heap.for_each_allocation(session, |allocation| all.push(allocation)));
+        all.into_iter()
     }
 
     /// Usage figures.
     pub fn stats(&self) -> Result<Stats> {
-        self.mapping.heap().stats().map_err(|cause| self.error(cause))
+        self.run(|heap, session| heap.stats(session))
     }
 
     /// Verifies every invariant of the heap (meaningful when no process is mid-operation).
     pub fn check(&self) -> Result<Stats> {
-        self.mapping.heap().check().map_err(|cause| self.error(cause))
+        self.run(|heap, session| heap.check(session))
     }
 
-    /// Records `owner` as the owner of `id` (hand-over to a consumer process).
+    /// Records `owner` as the owner of `id` (hand-over to a consumer process, or adoption by
+    /// this one), in one atomic step that fails if the allocation is no longer live.
     pub fn set_owner(&self, id: AllocId, owner: Owner) -> Result<()> {
-        self.mapping.heap().set_owner(id, owner).map_err(|cause| self.error(cause))
+        self.run(|heap, session| heap.set_owner(session, id, owner))
+    }
+
+    /// Makes this process the owner of `id` (as a receiver adopts what it was handed).
+    pub fn adopt(&self, id: AllocId) -> Result<()> {
+        let me = self.me()?;
+        self.set_owner(id, me)
     }
 
     /// Gives `id` to the pool: it is never reclaimed because a process died.
@@ -300,33 +344,32 @@ impl Pool {
         self.set_owner(id, Owner::POOL)
     }
 
-    /// Frees every allocation whose owner process no longer exists, and gives back the blocks
-    /// dead processes' caches held. Reports what it freed.
+    /// Gives back everything processes that no longer exist held or left half done: their
+    /// allocations, the blocks their caches held, claims and releases of pages they were in the
+    /// middle of, blocks they were moving, their waiter slots and records. Runs online, while
+    /// other processes keep working. Reports the allocations it freed.
     pub fn reclaim_dead(&self) -> Result<ReclaimReport> {
-        let mut verdicts: HashMap<u32, bool> = HashMap::new();
         let mut report = ReclaimReport::default();
-        let reclaimed = self
-            .mapping
-            .heap()
-            .reclaim_dead(
-                |owner| *verdicts.entry(owner.0).or_insert_with(|| !process_alive(owner.0)),
-                |id, owner, size| report.freed.push((id, owner, size)),
-            )
-            .map_err(|cause| self.error(cause))?;
-        report.cached_blocks = reclaimed.cached_blocks;
+        let mut freed = Vec::new();
+        let reclaimed =
+            self.run(|heap, session| heap.reclaim_dead(session, record_is_dead, |id, owner, size| freed.push((id, owner, size))))?;
+        report.freed = freed
+            .into_iter()
+            .map(|(id, owner, size)| (id, self.mapping.heap().process_record(owner).map_or(0, |r| r.identity.pid), size))
+            .collect();
+        report.reclaimed = reclaimed;
         if reclaimed.wake {
             futex::wake_all(self.mapping.heap().wake_word());
         }
         Ok(report)
     }
 
-    /// Puts right what processes killed in the middle of an operation left behind (blocks
-    /// taken but never recorded, pages claimed but never used, spans missing from their lists,
-    /// releases cut short, dead waiters counted). Call only when no other process is inside an
-    /// operation on this pool, e.g. when every other attached process is dead; call
-    /// [`Pool::reclaim_dead`] first.
+    /// An fsck for a pool whose metadata was damaged: rebuilds what the metadata allows (runs
+    /// cut short released, blocks on no list put back, lists made to match the spans). Crashes
+    /// do not need it ([`Pool::reclaim_dead`] recovers from those online). Call only when no
+    /// other process is inside an operation on this pool.
     pub fn repair(&self) -> Result<Repaired> {
-        self.mapping.heap().repair().map_err(|cause| self.error(cause))
+        self.run(|heap, session| heap.repair(session))
     }
 
     /// Number of callers blocked in `alloc_blocking`, in all processes.

@@ -6,23 +6,28 @@
 //!
 //! The header's host words (see `alloc_core::layout::HOST_WORDS_START`) hold what this layer
 //! keeps in the pool: a random nonce telling this pool from a later one with the same name, the
-//! creator's pid and uid, the creation time, and a table of attached processes for `gc`.
+//! creator's pid and uid, and the creation time. Who is attached is the heap's process table.
+//!
+//! A mapping also knows this process's record in the pool (registered on first use, and anew in
+//! a fork child), and hands each thread its own participant (a [`Session`], kept in
+//! thread-local storage and given back when the thread ends); see [`Mapping::with_session`].
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Mutex, Once, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alloc_core::layout::{Geometry, DEFAULT_PAGE_SHIFT, HEADER_WORDS};
 use alloc_core::primitive::{AtomicU64, Ordering};
-use alloc_core::{Error as HeapError, Heap, Region};
+use alloc_core::{Error as HeapError, Heap, Owner, Platform, Region, Session};
 use memmap2::MmapMut;
 
 use crate::error::{PoolError, Result};
 use crate::name;
+use crate::process::{barrier, current_identity, current_pid};
 
 /// Header words this layer keeps (all within the core's host range).
 pub(crate) mod host {
@@ -32,56 +37,11 @@ pub(crate) mod host {
     pub const CREATOR: usize = 17;
     /// Creation time, seconds since the Unix epoch.
     pub const CREATED_AT: usize = 18;
-    /// Attachments that found no free slot (then `gc` never removes the pool).
-    pub const ATTACH_OVERFLOW: usize = 19;
-    /// First of `ATTACH_SLOTS` words, each the pid of an attached process or 0.
-    pub const ATTACH_TABLE: usize = 20;
-    /// Attached processes tracked.
-    pub const ATTACH_SLOTS: usize = 12;
 }
-const _: () = assert!(host::ATTACH_TABLE + host::ATTACH_SLOTS <= HEADER_WORDS);
+const _: () = assert!(host::CREATED_AT < HEADER_WORDS);
 
 /// How long `attach` waits for a pool whose creator is still initialising it.
 pub const READY_WAIT: Duration = Duration::from_secs(2);
-
-/// This process's id, cached: it is recorded as the owner of every allocation, and `getpid` is a
-/// system call. A `fork` child must not record its parent's id, so the child forgets the cached
-/// value (a `pthread_atfork` hook) and asks again.
-pub fn current_pid() -> u32 {
-    static PID: AtomicU32 = AtomicU32::new(0);
-    static FORK_HOOK: Once = Once::new();
-    extern "C" fn forget_pid_in_child() {
-        PID.store(0, std::sync::atomic::Ordering::Relaxed);
-    }
-    let cached = PID.load(std::sync::atomic::Ordering::Relaxed);
-    if cached != 0 {
-        return cached;
-    }
-    FORK_HOOK.call_once(|| {
-        // SAFETY: registers a handler that only stores to an atomic, which is async-signal
-        // safe as a fork child handler must be. If registration fails the cache is never
-        // filled below, so a stale id is never used.
-        let registered = unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) } == 0;
-        HOOKED.store(registered, std::sync::atomic::Ordering::Relaxed);
-    });
-    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
-    if HOOKED.load(std::sync::atomic::Ordering::Relaxed) {
-        PID.store(pid, std::sync::atomic::Ordering::Relaxed);
-    }
-    pid
-}
-
-/// Whether the fork hook of [`current_pid`] is in place (only then is the id cached).
-static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether process `pid` exists (EPERM: it exists, but is not ours to signal).
-pub fn process_alive(pid: u32) -> bool {
-    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else { return false };
-    match rustix::process::test_kill_process(pid) {
-        Ok(()) => true,
-        Err(errno) => errno != rustix::io::Errno::SRCH,
-    }
-}
 
 /// One process's mapping of one pool.
 pub(crate) struct Mapping {
@@ -92,7 +52,9 @@ pub(crate) struct Mapping {
     path: PathBuf,
     device: u64,
     inode: u64,
-    attach_slot: Option<usize>,
+    /// This process's record: `pid << 32 | owner index` (0: none yet). A value with another pid
+    /// was made by the parent of this fork child.
+    process: std::sync::atomic::AtomicU64,
 }
 
 /// Every live mapping of this process, so that a pool is mapped once.
@@ -145,6 +107,102 @@ impl Mapping {
         }
     }
 
+    /// This process's record in the pool, registered on first use (again in a fork child).
+    pub(crate) fn process(&self) -> Result<Owner> {
+        let pid = current_pid();
+        let known = self.process.load(std::sync::atomic::Ordering::Acquire);
+        if known != 0 && known >> 32 == pid as u64 {
+            return Ok(Owner(known as u16));
+        }
+        // A new process (or a fork child): receive barriers before publishing any hazard.
+        if self.heap.is_asymmetric() && barrier().is_none() {
+            return Err(PoolError::Unsupported { name: self.name.clone(), what: "membarrier registration failed" });
+        }
+        let owner = match self.heap.register_process(current_identity()) {
+            Err(HeapError::TableFull { .. }) => {
+                // Dead processes may hold records: give them back and try once more.
+                self.reclaim_quietly();
+                self.heap.register_process(current_identity())
+            }
+            other => other,
+        }
+        .map_err(|cause| PoolError::from_heap(&self.name, cause))?;
+        self.process.store((pid as u64) << 32 | owner.0 as u64, std::sync::atomic::Ordering::Release);
+        Ok(owner)
+    }
+
+    /// A new participant of this process (for a thread or a cache).
+    pub(crate) fn new_session(&self) -> Result<Session> {
+        let owner = self.process()?;
+        match self.heap.register_participant(owner) {
+            Err(HeapError::TableFull { .. }) => {
+                self.reclaim_quietly();
+                self.heap.register_participant(owner)
+            }
+            other => other,
+        }
+        .map_err(|cause| PoolError::from_heap(&self.name, cause))
+    }
+
+    /// Gives a participant back (its thread or cache is done), unless it is a fork parent's.
+    pub(crate) fn end_session(&self, session: Session, pid: u32) {
+        if pid == current_pid() {
+            let _ = self.heap.release_participant(session);
+        }
+    }
+
+    /// Runs `body` with this thread's participant of this pool (registered on first use; a
+    /// session inherited from a fork parent is never used).
+    pub(crate) fn with_session<R>(self: &Arc<Self>, body: impl FnOnce(&Heap<'static>, &mut Session) -> R) -> Result<R> {
+        let pid = current_pid();
+        let key = Arc::as_ptr(self) as usize;
+        let mut body = Some(body);
+        let mut outcome = None;
+        let in_thread = SESSIONS.try_with(|sessions| -> Result<()> {
+            let mut sessions = sessions.borrow_mut();
+            let found = sessions.iter().position(|s| s.key == key && s.pid == pid && s.mapping.strong_count() > 0);
+            let at = match found {
+                Some(at) => at,
+                None => {
+                    let session = self.new_session()?;
+                    sessions.retain(|s| s.mapping.strong_count() > 0);
+                    sessions.push(ThreadSession { key, pid, mapping: Arc::downgrade(self), session: Some(session) });
+                    sessions.len() - 1
+                }
+            };
+            let session = sessions[at].session.as_mut().expect("a thread session holds its session");
+            outcome = body.take().map(|body| body(&self.heap, session));
+            Ok(())
+        });
+        match in_thread {
+            Ok(result) => result.map(|()| outcome.expect("ran")),
+            // Thread-local storage is being torn down: a session for this call only.
+            Err(_) => {
+                let mut session = self.new_session()?;
+                let result = body.take().map(|body| body(&self.heap, &mut session)).expect("not run yet");
+                self.end_session(session, pid);
+                Ok(result)
+            }
+        }
+    }
+
+    fn reclaim_quietly(&self) {
+        let Ok(mut session) = self.new_session_unchecked() else { return };
+        let _ = self.heap.reclaim_dead(&mut session, crate::process::record_is_dead, |_, _, _| {});
+        let _ = self.heap.release_participant(session);
+    }
+
+    /// A participant without the table-full retry (for reclaiming when the table is full).
+    fn new_session_unchecked(&self) -> std::result::Result<Session, HeapError> {
+        let known = self.process.load(std::sync::atomic::Ordering::Acquire);
+        let owner = if known != 0 && known >> 32 == current_pid() as u64 {
+            Owner(known as u16)
+        } else {
+            self.heap.register_process(current_identity())?
+        };
+        self.heap.register_participant(owner)
+    }
+
     fn new(file: &File, map: MmapMut, name: &str, path: PathBuf, heap_of: HeapOf) -> Result<Mapping> {
         let meta = file.metadata().map_err(|source| PoolError::Attach { name: name.to_owned(), source })?;
         // SAFETY: (1) the mapping is `map.len()` readable and writable bytes, page aligned, and
@@ -154,49 +212,18 @@ impl Mapping {
         // goes through the heap or through allocations their owners hand out.
         let region = unsafe { Region::from_raw(map.as_ptr() as *mut u8, map.len()) }
             .map_err(|cause| PoolError::NotAPool { name: name.to_owned(), cause })?;
-        let heap = heap_of(region).map_err(|cause| PoolError::from_heap(name, cause))?;
-        let mut mapping = Mapping {
+        let platform = Platform { heavy_fence: barrier() };
+        let heap = heap_of(region, platform).map_err(|cause| PoolError::from_heap(name, cause))?;
+        let mapping = Mapping {
             heap,
             map,
             name: name.to_owned(),
             path,
             device: meta.dev(),
             inode: meta.ino(),
-            attach_slot: None,
+            process: std::sync::atomic::AtomicU64::new(0),
         };
-        mapping.attach_slot = mapping.register();
         Ok(mapping)
-    }
-
-    /// Records this process in the attach table (reusing a dead process's slot if full).
-    fn register(&self) -> Option<usize> {
-        let pid = current_pid() as u64;
-        let slot_word = |slot: usize| self.host(host::ATTACH_TABLE + slot);
-        for slot in 0..host::ATTACH_SLOTS {
-            if slot_word(slot).compare_exchange(0, pid, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-                return Some(slot);
-            }
-        }
-        for slot in 0..host::ATTACH_SLOTS {
-            let holder = slot_word(slot).load(Ordering::Relaxed);
-            if holder != 0
-                && !process_alive(holder as u32)
-                && slot_word(slot).compare_exchange(holder, pid, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-            {
-                return Some(slot);
-            }
-        }
-        self.host(host::ATTACH_OVERFLOW).fetch_add(1, Ordering::Relaxed);
-        None
-    }
-
-    /// The pids of the processes recorded as attached, and whether some went unrecorded.
-    pub(crate) fn attached(&self) -> (Vec<u32>, bool) {
-        let pids = (0..host::ATTACH_SLOTS)
-            .map(|slot| self.host(host::ATTACH_TABLE + slot).load(Ordering::Relaxed) as u32)
-            .filter(|&pid| pid != 0)
-            .collect();
-        (pids, self.host(host::ATTACH_OVERFLOW).load(Ordering::Relaxed) > 0)
     }
 
     /// The creator's pid and uid.
@@ -212,15 +239,37 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        if let Some(slot) = self.attach_slot {
-            let pid = current_pid() as u64;
-            let word = self.host(host::ATTACH_TABLE + slot);
-            let _ = word.compare_exchange(pid, 0, Ordering::Relaxed, Ordering::Relaxed);
+        // Nobody in this process can be inside an operation (each holds the mapping): give back
+        // every participant of our process, the threads' included. Our process record stays: it
+        // owns our allocations until we die (then `reclaim_dead` frees it).
+        let known = self.process.load(std::sync::atomic::Ordering::Acquire);
+        if known != 0 && known >> 32 == current_pid() as u64 {
+            self.heap.release_participants_of(Owner(known as u16));
         }
     }
 }
 
-type HeapOf = fn(Region<'static>) -> std::result::Result<Heap<'static>, HeapError>;
+/// A thread's participant of one mapping.
+struct ThreadSession {
+    key: usize,
+    pid: u32,
+    mapping: Weak<Mapping>,
+    session: Option<Session>,
+}
+
+impl Drop for ThreadSession {
+    fn drop(&mut self) {
+        if let (Some(mapping), Some(session)) = (self.mapping.upgrade(), self.session.take()) {
+            mapping.end_session(session, self.pid);
+        }
+    }
+}
+
+thread_local! {
+    static SESSIONS: RefCell<Vec<ThreadSession>> = const { RefCell::new(Vec::new()) };
+}
+
+type HeapOf = fn(Region<'static>, Platform) -> std::result::Result<Heap<'static>, HeapError>;
 
 fn open_error(name: &str, error: io::Error, creating: bool) -> PoolError {
     let name = name.to_owned();
@@ -279,7 +328,9 @@ pub(crate) fn create(name: &str, size: u64, dir: &Path, mode: u32) -> Result<Arc
         let map = unsafe { MmapMut::map_mut(&file) }
             .map_err(|source| PoolError::Create { name: name.to_owned(), source })?;
         write_host_words(&map);
-        Mapping::new(&file, map, name, path.clone(), |region| Heap::create(region, DEFAULT_PAGE_SHIFT))
+        Mapping::new(&file, map, name, path.clone(), |region, platform| {
+            Heap::create(region, DEFAULT_PAGE_SHIFT, platform)
+        })
     })();
     match built {
         Ok(mapping) => Ok(remember(mapping)),

@@ -9,7 +9,8 @@ use crate::pool::Pool;
 
 /// The byte at `at` of the pattern of allocation `id`.
 pub fn pattern_byte(id: AllocId, at: u64) -> u8 {
-    (id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(at.wrapping_mul(0x2545_F491)) >> 56) as u8
+    let seed = id.slot() ^ id.generation().rotate_left(29);
+    (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(at.wrapping_mul(0x2545_F491)) >> 56) as u8
 }
 
 /// Writes `allocation`'s pattern into it.

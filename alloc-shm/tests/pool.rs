@@ -179,7 +179,7 @@ fn bad_frees_and_reads_are_errors_and_change_nothing() {
     pool.free(gone.id).expect("live");
     let before = pool.stats().expect("stats");
     assert!(matches!(pool.free(gone.id), Err(PoolError::InvalidAllocation { .. })));
-    assert!(matches!(pool.free(AllocId(u64::MAX)), Err(PoolError::InvalidAllocation { .. })));
+    assert!(matches!(pool.free(AllocId(u128::MAX)), Err(PoolError::InvalidAllocation { .. })));
     assert!(matches!(pool.free(AllocId(keep.id.0 + 1)), Err(PoolError::InvalidAllocation { .. })));
     assert!(matches!(pool.write(keep.id, 60, &[0; 8]), Err(PoolError::InvalidAllocation { .. })));
     assert!(matches!(pool.read(keep.id, u64::MAX, &mut [0; 2]), Err(PoolError::InvalidAllocation { .. })));
@@ -266,26 +266,32 @@ fn local_pools_cache_blocks_and_give_them_back_on_drop() {
 fn ownership_can_be_handed_over_or_given_to_the_pool() {
     let pool = TestPool::new("owner", 4 * MIB);
     let a = pool.alloc(64).expect("space");
-    assert_eq!(a.owner, Owner(std::process::id()));
-    pool.set_owner(a.id, Owner(42)).expect("live");
-    assert_eq!(pool.lookup(a.id).expect("live").owner, Owner(42));
+    let me = pool.me().expect("registered");
+    assert_eq!(a.owner, me);
+    assert_eq!(pool.pid_of(me), Some(std::process::id()));
     pool.give_to_pool(a.id).expect("live");
     assert_eq!(pool.lookup(a.id).expect("live").owner, Owner::POOL);
+    assert_eq!(pool.pid_of(Owner::POOL), None);
     let report = pool.reclaim_dead().expect("consistent");
     assert!(report.freed.is_empty(), "pool-owned allocations are never reclaimed");
+    pool.adopt(a.id).expect("live");
+    assert_eq!(pool.lookup(a.id).expect("live").owner, me);
+    assert!(matches!(pool.owner_of(999_999_999), Err(PoolError::NoSuchProcess { .. })));
+    assert!(matches!(pool.set_owner(a.id, Owner(4000)), Err(PoolError::InvalidArgument(_))));
+    assert_eq!(pool.lookup(a.id).expect("live").owner, me, "a refused hand-over changes nothing");
 }
 
 #[test]
 fn a_forked_child_records_its_own_pid_as_owner() {
     let pool = TestPool::new("fork", 4 * MIB);
     let parent = pool.alloc(64).expect("space");
-    assert_eq!(parent.owner, Owner(std::process::id()));
+    assert_eq!(pool.pid_of(parent.owner), Some(std::process::id()));
     let (reader, mut writer) = std::io::pipe().expect("pipe");
     // SAFETY: the child only allocates, writes to a pipe and leaves with `_exit`; it touches
     // no lock another thread of the test harness could have held at the fork.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        let child = pool.alloc(64).map(|a| a.owner.0 == std::process::id()).unwrap_or(false);
+        let child = pool.alloc(64).is_ok_and(|a| pool.pid_of(a.owner) == Some(std::process::id()));
         let _ = std::io::Write::write_all(&mut writer, &[u8::from(child)]);
         // SAFETY: leaves the forked copy of the test harness without running its destructors.
         unsafe { libc::_exit(0) };

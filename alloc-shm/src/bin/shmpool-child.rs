@@ -15,6 +15,8 @@
 //! - `pairs POOL PAIRS`: builds a working set of 1024 blocks, reports `@@ ready`, waits for a
 //!   byte on stdin, runs PAIRS cached 64 B alloc+free pairs, reports `@@ nanos N`.
 //! - `create NAME MIB`: create a pool and exit without destroying it (an abandoned pool).
+//! - `own POOL COUNT SIZE`: allocate COUNT allocations of SIZE bytes (owned by this process),
+//!   report `@@ owned`, and exit without freeing them.
 
 use std::io::{BufReader, BufWriter, Write};
 use std::process::ExitCode;
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         ["send", pool, count] => attach(pool).and_then(|pool| send(&pool, parse(count)?)),
         ["receive"] => receive(),
         ["create", name, mib] => parse(mib).and_then(|mib| Pool::create(name, mib << 20)).map(|_| ()),
+        ["own", pool, count, size] => attach(pool).and_then(|pool| own(&pool, parse(count)?, parse(size)?)),
         ["pairs", pool, count] => attach(pool).and_then(|pool| run_pairs(&pool, parse(count)?)),
         ["pingpong", pool, rounds] => attach(pool).and_then(|pool| pingpong(&pool, parse(rounds)?)),
         _ => Err(PoolError::InvalidArgument("usage: shmpool-child churn|wait|send|receive|pingpong ...")),
@@ -90,6 +93,14 @@ fn churn(pool: &Pool, seed: u64) -> Result<(), PoolError> {
             }
         }
     }
+}
+
+fn own(pool: &Pool, count: u64, size: u64) -> Result<(), PoolError> {
+    for _ in 0..count {
+        pool.alloc(size)?;
+    }
+    eprintln!("@@ owned");
+    Ok(())
 }
 
 fn wait(pool: &Pool, size: u64, timeout_ms: u64) -> Result<(), PoolError> {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use alloc_shm::{current_pid, list_pools, process_alive, verify, Owner, Pool, PoolError, PoolOptions};
+use alloc_shm::{current_pid, list_pools, process_alive, verify, Pool, PoolError, PoolOptions};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -28,10 +28,12 @@ enum Action {
     Info { name: String },
     /// Verify every invariant of a pool's heap.
     Check { name: String },
-    /// Free the allocations of processes that no longer exist.
+    /// Give back what processes that no longer exist held or left half done (online: other
+    /// processes may keep working).
     Reclaim { name: String },
-    /// Reclaim what dead processes held, then repair what they left half done. Refused while
-    /// another attached process is alive (it might be mid-operation) unless --force.
+    /// An fsck for a pool whose metadata was damaged: reclaim, then rebuild what the metadata
+    /// allows. Refused while another attached process is alive (it might be mid-operation)
+    /// unless --force.
     Repair {
         name: String,
         /// Repair even though other attached processes are alive.
@@ -126,7 +128,10 @@ fn info(name: &str, options: &PoolOptions) -> Outcome {
         "  creator pid {} uid {}, created at {} (unix)",
         info.creator_pid, info.creator_uid, info.created_at
     );
-    println!("  attached: {:?}{}", info.attached, if info.attach_overflow { " (and more)" } else { "" });
+    println!("  attached: {:?}", info.attached);
+    if !info.dead.is_empty() {
+        println!("  dead, not yet reclaimed: {:?}", info.dead);
+    }
     println!("  size classes (class: spans, blocks, live):");
     for (class, figures) in stats.classes.iter().enumerate().filter(|(_, c)| c.spans > 0) {
         let size = alloc_core::layout::CLASS_SIZES[class];
@@ -135,20 +140,21 @@ fn info(name: &str, options: &PoolOptions) -> Outcome {
             figures.spans, figures.blocks, figures.live
         );
     }
-    let mut owners: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+    let mut owners: std::collections::BTreeMap<Option<u32>, (u64, u64)> = Default::default();
     for allocation in pool.iter() {
-        let entry = owners.entry(allocation.owner.0).or_default();
+        let entry = owners.entry(pool.pid_of(allocation.owner)).or_default();
         entry.0 += 1;
         entry.1 += allocation.size;
     }
     println!("  owners (pid: allocations, bytes):");
     for (owner, (count, bytes)) in owners {
-        let state = match owner {
-            0 => "pool",
-            pid if process_alive(pid) => "live",
-            _ => "dead",
-        };
-        println!("    {owner} ({state}): {count}, {bytes}");
+        match owner {
+            None => println!("    pool: {count}, {bytes}"),
+            Some(pid) => {
+                let state = if process_alive(pid) { "live" } else { "dead" };
+                println!("    {pid} ({state}): {count}, {bytes}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -171,10 +177,17 @@ fn reclaim(name: &str, options: &PoolOptions) -> Outcome {
     let pool = Pool::attach_by_name_with(name, options)?;
     let report = pool.reclaim_dead()?;
     let bytes: u64 = report.freed.iter().map(|(_, _, size)| size).sum();
+    let done = report.reclaimed;
     println!(
-        "{name}: freed {} allocations ({bytes} bytes) of dead processes, returned {} cached blocks",
+        "{name}: {} dead processes: freed {} allocations ({bytes} bytes), returned {} cached blocks, healed {} \
+         blocks in transit, finished {} half-done claims/releases, gave back {} waiter slots{}",
+        done.dead_processes,
         report.freed.len(),
-        report.cached_blocks
+        done.cached_blocks,
+        done.orphan_blocks,
+        done.pending,
+        done.waiter_slots,
+        if done.deferred > 0 { " (some work deferred: spans in use; run again)" } else { "" }
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -216,8 +229,7 @@ fn gc(options: &PoolOptions) -> Outcome {
         let Ok(pool) = Pool::attach_by_name_with(&name, options) else { continue };
         let info = pool.info();
         let others_alive = info.attached.iter().any(|&pid| pid != me && process_alive(pid));
-        if info.attach_overflow || others_alive || (info.creator_pid != me && process_alive(info.creator_pid))
-        {
+        if others_alive || (info.creator_pid != me && process_alive(info.creator_pid)) {
             continue;
         }
         pool.destroy()?;
@@ -371,7 +383,7 @@ fn receive(pool: &Pool) -> (u64, u64, u64) {
         };
         let ok = Pool::attach_alloc(&descriptor).and_then(|(sender_pool, allocation)| {
             debug_assert!(sender_pool == *pool);
-            pool.set_owner(allocation.id, Owner(current_pid()))?;
+            pool.adopt(allocation.id)?;
             let intact = verify::holds(pool, &allocation)?;
             pool.free(allocation.id)?;
             Ok((intact, allocation.size))

@@ -1,0 +1,187 @@
+//! This process as the pools see it: its pid (fork-safe), its identity (pid, start time, pid
+//! namespace), whether another process is alive, and the process-wide memory barrier.
+//!
+//! **Fork.** Everything this layer keeps per process (the pid, each mapping's process record,
+//! sessions, caches) is tagged with the pid it was made under; [`current_pid`] is read on every
+//! entry point, destructors included, and state tagged with another pid belongs to the parent:
+//! a fork child forgets it without touching shared memory and registers anew. The pid lives in a
+//! page marked `MADV_WIPEONFORK`, which the kernel zeroes in every child however it was made
+//! (`fork`, `vfork`+no exec, raw `clone`); a `pthread_atfork` hook does the same where the
+//! advice is not supported.
+//!
+//! **Liveness.** A process is dead when its pid no longer exists, or exists with another start
+//! time (a reused pid). A process recorded in another pid namespace than ours cannot be judged
+//! from here (its pid means something else here): it is never declared dead.
+//!
+//! **Barrier.** Pools are created *asymmetric* when this process can register for and issue
+//! `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`: hazards are then published with a compiler
+//! fence only, and the rare retirements issue the barrier. Registration is per process (redone
+//! in fork children before their first operation).
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::Once;
+
+use alloc_core::{ProcessIdentity, ProcessRecord, RecordState};
+
+/// The word holding this process's pid (0: not known yet, e.g. in a new fork child).
+fn pid_word() -> &'static AtomicU32 {
+    static WORD: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
+    static FALLBACK: AtomicU32 = AtomicU32::new(0);
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        extern "C" fn forget_in_child() {
+            FALLBACK.store(0, Ordering::Relaxed);
+            let word = WORD.load(Ordering::Relaxed);
+            if !word.is_null() {
+                // SAFETY: a non-null WORD points into the page mapped below, never unmapped.
+                unsafe { &*word }.store(0, Ordering::Relaxed);
+            }
+        }
+        // SAFETY: registers a handler that only stores to atomics (async-signal safe, as a fork
+        // child handler must be).
+        unsafe { libc::pthread_atfork(None, None, Some(forget_in_child)) };
+        // SAFETY: an anonymous private page, never unmapped; the advice only affects children.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if page != libc::MAP_FAILED {
+            // SAFETY: advising our own page; on failure the atfork hook still covers `fork`.
+            unsafe { libc::madvise(page, 4096, libc::MADV_WIPEONFORK) };
+            WORD.store(page.cast(), Ordering::Release);
+        }
+    });
+    let word = WORD.load(Ordering::Acquire);
+    if word.is_null() {
+        &FALLBACK
+    } else {
+        // SAFETY: the page is mapped for the life of the process and zero-initialised; an
+        // `AtomicU32` is valid for any bit pattern.
+        unsafe { &*word }
+    }
+}
+
+/// This process's id. Fork-safe: a child never sees its parent's pid here.
+#[inline]
+pub fn current_pid() -> u32 {
+    let word = pid_word();
+    let cached = word.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    word.store(pid, Ordering::Relaxed);
+    pid
+}
+
+/// This process's identity, as recorded in the pools it uses.
+pub fn current_identity() -> ProcessIdentity {
+    let pid = current_pid();
+    ProcessIdentity { pid, start_time: start_time(pid).unwrap_or(0), namespace: pid_namespace("self").unwrap_or(0) }
+}
+
+/// The start time (clock ticks after boot) of process `pid`, from `/proc/<pid>/stat`.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 2 (comm) is in parentheses and may hold spaces: count fields after the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The inode of the pid namespace of process `pid` ("self" for ours).
+fn pid_namespace(pid: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok().map(|meta| meta.ino())
+}
+
+/// Whether process `pid` exists (EPERM: it exists, but is not ours to signal).
+pub fn process_alive(pid: u32) -> bool {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else { return false };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(errno) => errno != rustix::io::Errno::SRCH,
+    }
+}
+
+/// Whether the process a pool records is dead, as far as this process can tell: its pid is
+/// gone, or belongs to a process that started at another time. Records of another pid
+/// namespace, and records whose identity is still being written, are judged by what can be
+/// known from here (never dead, and pid existence only).
+pub fn record_is_dead(record: &ProcessRecord) -> bool {
+    let identity = record.identity;
+    let ours = pid_namespace("self").unwrap_or(0);
+    if identity.namespace != 0 && ours != 0 && identity.namespace != ours {
+        return false;
+    }
+    if !process_alive(identity.pid) {
+        return true;
+    }
+    if record.state == RecordState::Registering || identity.start_time == 0 {
+        return false;
+    }
+    start_time(identity.pid).is_some_and(|started| started != identity.start_time)
+}
+
+const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
+
+fn membarrier(command: libc::c_int) -> libc::c_long {
+    // SAFETY: membarrier takes (cmd, flags, cpu_id) and touches no memory of ours.
+    unsafe { libc::syscall(libc::SYS_membarrier, command, 0, 0) }
+}
+
+/// The process-wide barrier handed to the core: a memory barrier on every CPU running a thread
+/// of a registered process.
+fn heavy_fence() -> bool {
+    membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0
+}
+
+/// Registers this process (again, after a fork) to receive global expedited barriers. Returns
+/// the barrier for the core if this process can both receive and issue it.
+pub fn barrier() -> Option<fn() -> bool> {
+    static SUPPORTED: AtomicBool = AtomicBool::new(false);
+    static QUERIED: Once = Once::new();
+    static REGISTERED_PID: AtomicU32 = AtomicU32::new(0);
+    QUERIED.call_once(|| {
+        let commands = membarrier(MEMBARRIER_CMD_QUERY);
+        let wanted = (MEMBARRIER_CMD_GLOBAL_EXPEDITED | MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) as libc::c_long;
+        SUPPORTED.store(commands >= 0 && commands & wanted == wanted, Ordering::Relaxed);
+    });
+    if !SUPPORTED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let pid = current_pid();
+    if REGISTERED_PID.load(Ordering::Acquire) != pid {
+        if membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) != 0 {
+            return None;
+        }
+        REGISTERED_PID.store(pid, Ordering::Release);
+    }
+    Some(heavy_fence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_with_its_start_time_and_a_made_up_one_is_not() {
+        let me = current_identity();
+        assert_eq!(me.pid, std::process::id());
+        assert!(me.start_time > 0);
+        let record = |identity, state| ProcessRecord { owner: alloc_core::Owner(1), state, incarnation: 1, identity };
+        assert!(!record_is_dead(&record(me, RecordState::Active)));
+        let reused = ProcessIdentity { start_time: me.start_time + 1, ..me };
+        assert!(record_is_dead(&record(reused, RecordState::Active)), "same pid, another start: dead");
+        assert!(!record_is_dead(&record(reused, RecordState::Registering)), "registering: pid only");
+        let elsewhere = ProcessIdentity { namespace: me.namespace.wrapping_add(1), ..reused };
+        assert!(!record_is_dead(&record(elsewhere, RecordState::Active)), "another namespace: unknown");
+    }
+}
