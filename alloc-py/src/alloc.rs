@@ -163,9 +163,10 @@ impl MemoryAlloc {
         self.length as usize
     }
 
-    /// The allocation's id, unique over the pool's life.
+    /// The allocation's id, unique over the pool's life (a 128-bit integer: the slot in the
+    /// low 64 bits, the generation above).
     #[getter]
-    fn id(&self) -> u64 {
+    fn id(&self) -> u128 {
         self.allocation.id.0
     }
 

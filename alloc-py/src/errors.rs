@@ -37,7 +37,9 @@ pub fn to_py(py: Python<'_>, error: PoolError) -> PyErr {
         PoolError::InvalidDescriptor(_) => "InvalidDescriptorError",
         PoolError::InvalidArgument(reason) => return PyValueError::new_err(*reason),
         PoolError::Corrupt { .. } => "PoolCorruptError",
-        PoolError::Io { .. } => "PoolError",
+        PoolError::TableFull { .. } => "PoolAttachError",
+        PoolError::NoSuchProcess { .. } => return PyValueError::new_err(error.to_string()),
+        PoolError::Unsupported { .. } | PoolError::Io { .. } => "PoolError",
     };
     raise(py, name, error.to_string())
 }
@@ -63,16 +65,16 @@ pub fn size_arg(py: Python<'_>, size: i128) -> PyResult<u64> {
         .map_err(|_| raise(py, "PoolFullError", format!("{size} bytes can never fit in a pool")))
 }
 
-/// A timeout argument in seconds: `None` or infinity wait forever; negative or NaN is a
-/// `ValueError`.
+/// A timeout argument in seconds: `None`, infinity, or more seconds than a `Duration` holds
+/// wait forever; negative or NaN is a `ValueError`.
 pub fn timeout_arg(timeout: Option<f64>) -> PyResult<Option<std::time::Duration>> {
     match timeout {
         None => Ok(None),
         Some(t) if t.is_nan() || t < 0.0 => {
             Err(PyValueError::new_err(format!("timeout must be None or a number >= 0, got {t}")))
         }
-        Some(t) if t.is_infinite() => Ok(None),
-        Some(t) => Ok(Some(std::time::Duration::from_secs_f64(t))),
+        // Beyond ~5.8e11 years: as good as forever (and no overflow).
+        Some(t) => Ok(std::time::Duration::try_from_secs_f64(t).ok()),
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use alloc_shm::{AllocId, AllocOptions, LocalPool, Owner, Pool, PoolError, PoolOptions};
+use alloc_shm::{AllocId, AllocOptions, LocalPool, Pool, PoolError, PoolOptions};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
@@ -257,7 +257,7 @@ impl MemoryPool {
     }
 
     /// The live allocation with this id (InvalidAllocationError if there is none).
-    fn alloc_from_id(slf: &Bound<'_, Self>, id: u64) -> PyResult<MemoryAlloc> {
+    fn alloc_from_id(slf: &Bound<'_, Self>, id: u128) -> PyResult<MemoryAlloc> {
         let py = slf.py();
         let pool = slf.get().pool(py)?;
         let allocation = pool.lookup(AllocId(id)).py_err(py)?;
@@ -265,7 +265,7 @@ impl MemoryPool {
     }
 
     /// Dragon's `get_alloc_by_id(alloc_type, id)`.
-    fn get_alloc_by_id(slf: &Bound<'_, Self>, alloc_type: u8, id: u64) -> PyResult<MemoryAlloc> {
+    fn get_alloc_by_id(slf: &Bound<'_, Self>, alloc_type: u8, id: u128) -> PyResult<MemoryAlloc> {
         let alloc = MemoryPool::alloc_from_id(slf, id)?;
         if alloc.alloc_type() != alloc_type {
             return Err(raise(
@@ -336,18 +336,25 @@ impl MemoryPool {
         Ok(self.pool(py)?.nonce())
     }
 
+    /// Callers blocked in `alloc_blocking` right now, in all processes.
+    #[getter]
+    fn waiters(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(self.pool(py)?.waiters())
+    }
+
     /// The pool's name.
     #[getter]
     fn name(&self) -> &str {
         &self.name
     }
 
-    /// Frees the allocations of processes that no longer exist; returns
-    /// `[(id, owner_pid, size), ...]`.
-    fn reclaim_dead(&self, py: Python<'_>) -> PyResult<Vec<(u64, u32, u64)>> {
+    /// Gives back everything processes that no longer exist held or left half done (their
+    /// allocations, cached blocks, half-done operations, waiter slots), online; returns the
+    /// allocations it freed as `[(id, owner_pid, size), ...]`.
+    fn reclaim_dead(&self, py: Python<'_>) -> PyResult<Vec<(u128, u32, u64)>> {
         let pool = self.pool(py)?;
         let report = py.detach(|| pool.reclaim_dead()).py_err(py)?;
-        Ok(report.freed.into_iter().map(|(id, Owner(owner), size)| (id.0, owner, size)).collect())
+        Ok(report.freed.into_iter().map(|(id, pid, size)| (id.0, pid, size)).collect())
     }
 
     /// Verifies every invariant of the pool's heap; returns usage figures as a dict.
@@ -378,7 +385,7 @@ impl MemoryPool {
 }
 
 /// `(id)` or `(alloc_type, id)`.
-fn type_and_id(args: &Bound<'_, PyTuple>) -> PyResult<(Option<u8>, u64)> {
+fn type_and_id(args: &Bound<'_, PyTuple>) -> PyResult<(Option<u8>, u128)> {
     match args.len() {
         1 => Ok((None, args.get_item(0)?.extract()?)),
         2 => Ok((Some(args.get_item(0)?.extract()?), args.get_item(1)?.extract()?)),
@@ -389,7 +396,7 @@ fn type_and_id(args: &Bound<'_, PyTuple>) -> PyResult<(Option<u8>, u64)> {
 /// A snapshot of a pool's live allocations: their types and ids.
 #[pyclass(frozen, module = "shmpool")]
 pub struct MemoryAllocations {
-    entries: Vec<(u8, u64)>,
+    entries: Vec<(u8, u128)>,
 }
 
 #[pymethods]
@@ -400,11 +407,11 @@ impl MemoryAllocations {
 
     /// The ids, in pool order.
     fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let ids: Vec<u64> = self.entries.iter().map(|&(_, id)| id).collect();
+        let ids: Vec<u128> = self.entries.iter().map(|&(_, id)| id).collect();
         ids.into_pyobject(py)?.try_iter().map(Bound::into_any)
     }
 
-    fn __getitem__(&self, index: isize) -> PyResult<u64> {
+    fn __getitem__(&self, index: isize) -> PyResult<u128> {
         Ok(self.entry(index)?.1)
     }
 
@@ -420,13 +427,13 @@ impl MemoryAllocations {
     }
 
     /// The id of allocation `index`.
-    fn alloc_id(&self, index: isize) -> PyResult<u64> {
+    fn alloc_id(&self, index: isize) -> PyResult<u128> {
         Ok(self.entry(index)?.1)
     }
 }
 
 impl MemoryAllocations {
-    fn entry(&self, index: isize) -> PyResult<(u8, u64)> {
+    fn entry(&self, index: isize) -> PyResult<(u8, u128)> {
         let len = self.entries.len() as isize;
         let at = if index < 0 { index + len } else { index };
         if !(0..len).contains(&at) {

@@ -33,3 +33,22 @@ def allocate_and_hang(pool_descriptor, count, ready):
     held = [pool.alloc(1000) for _ in range(count)]
     ready.put((os.getpid(), [a.id for a in held]))
     time.sleep(60)
+
+
+def churn(pool_descriptor, seed, ready):
+    """Allocates, fills, checks and frees allocations of mixed sizes until killed."""
+    import random
+
+    pool = shmpool.MemoryPool.attach(pool_descriptor)
+    rng = random.Random(seed)
+    live = []
+    ready.put(os.getpid())
+    while True:
+        try:
+            a = pool.alloc(rng.choice([16, 48, 100, 700, 2000, 5000, 40_000, 300_000]))
+            memoryview(a)[:1] = b"x"
+            live.append(a)
+        except shmpool.PoolFullError:
+            pass
+        if len(live) > 40 or (live and rng.random() < 0.4):
+            live.pop(rng.randrange(len(live))).free()

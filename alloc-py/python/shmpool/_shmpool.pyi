@@ -82,6 +82,9 @@ class MemoryPool:
     @property
     def name(self) -> str:
         """The pool's name."""
+    @property
+    def waiters(self) -> int:
+        """Callers blocked in `alloc_blocking` right now, in all processes."""
     def reclaim_dead(self) -> list[tuple[int, int, int]]:
         """Free the allocations of dead processes; [(id, owner_pid, size)]."""
     def check(self) -> dict[str, int]:
