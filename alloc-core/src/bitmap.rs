@@ -113,7 +113,8 @@ impl<'a> PageBits<'a> {
             return None;
         }
         let hint = if hint + len > self.pages { 0 } else { hint };
-        self.find_between(len, hint, self.pages).or_else(|| self.find_between(len, 0, (hint + len - 1).min(self.pages)))
+        self.find_between(len, hint, self.pages)
+            .or_else(|| self.find_between(len, 0, (hint + len - 1).min(self.pages)))
     }
 
     fn find_between(&self, len: u64, from: u64, to: u64) -> Option<u64> {
@@ -164,7 +165,8 @@ impl<'a> PageBits<'a> {
                 // ORDERING: Acquire pairs with the Release in `release`/`clear_words`, so
                 // everything the last holder of these pages wrote (page info, epochs, in-span
                 // metadata, its data) happens-before our use.
-                match cell.compare_exchange_weak(current, current | set, Ordering::Acquire, Ordering::Relaxed) {
+                match cell.compare_exchange_weak(current, current | set, Ordering::Acquire, Ordering::Relaxed)
+                {
                     Ok(_) => break,
                     Err(actual) => current = actual,
                 }
@@ -185,6 +187,9 @@ impl<'a> PageBits<'a> {
     /// Clears the bits of pages `from..from + len`, which the caller holds, highest word first
     /// (so that what is still held is always a prefix starting with the head bit).
     pub fn release(&self, from: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
         let to = from + len;
         self.clear_words(from / PAGES_PER_WORD, (to - 1) / PAGES_PER_WORD + 1, from, to);
     }
@@ -285,6 +290,10 @@ mod tests {
         storage[1].fetch_or(pair_mask(1, 32, 64) & CLAIMED_BITS, Ordering::Relaxed);
         assert_eq!(map.held_prefix(20, 128), 64);
         map.release(20, 64 - 20);
+        assert_eq!(map.count_claimed(), 0);
+        // A releaser that cleared everything before it stopped holds nothing, even at page 0.
+        assert_eq!(map.held_prefix(0, 128), 0);
+        map.release(0, 0);
         assert_eq!(map.count_claimed(), 0);
     }
 }

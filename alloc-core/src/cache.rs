@@ -47,7 +47,12 @@ pub struct Cache {
 impl Cache {
     /// A new, empty cache for `session`'s participant.
     pub fn new(session: Session) -> Cache {
-        Cache { session, lens: [0; NUM_CLASSES], spans: [0; NUM_CLASSES], entries: [[0; CACHE_BLOCKS]; NUM_CLASSES] }
+        Cache {
+            session,
+            lens: [0; NUM_CLASSES],
+            spans: [0; NUM_CLASSES],
+            entries: [[0; CACHE_BLOCKS]; NUM_CLASSES],
+        }
     }
 
     /// The participant's session (for the uncached operations).
@@ -108,7 +113,12 @@ impl<'a> Heap<'a> {
     /// [`Heap::alloc`] through `cache`: small requests are served from the cache, which is
     /// refilled from the shared spans in batches.
     #[inline]
-    pub fn alloc_with(&self, cache: &mut Cache, size: u64, options: AllocOptions) -> Result<Allocation, Error> {
+    pub fn alloc_with(
+        &self,
+        cache: &mut Cache,
+        size: u64,
+        options: AllocOptions,
+    ) -> Result<Allocation, Error> {
         // The fast path: a plain request, the right mapping, a ready pool, a cached block.
         if options.align <= GRANULE
             && cache.session.key == self.region().key()
@@ -126,7 +136,12 @@ impl<'a> Heap<'a> {
 
     #[cold]
     #[inline(never)]
-    fn alloc_with_slow(&self, cache: &mut Cache, size: u64, options: AllocOptions) -> Result<Allocation, Error> {
+    fn alloc_with_slow(
+        &self,
+        cache: &mut Cache,
+        size: u64,
+        options: AllocOptions,
+    ) -> Result<Allocation, Error> {
         self.check_session(&cache.session)?;
         self.ensure_ready()?;
         if options.align <= GRANULE {
@@ -309,12 +324,14 @@ mod tests {
 
     fn heap(words: &mut [u64]) -> Heap<'_> {
         // SAFETY: the vector outlives the heap and is only used through it.
-        let region = unsafe { Region::from_raw(words.as_mut_ptr().cast(), words.len() * 8) }.expect("aligned");
+        let region =
+            unsafe { Region::from_raw(words.as_mut_ptr().cast(), words.len() * 8) }.expect("aligned");
         Heap::create_default(region).expect("fits")
     }
 
     fn cache_of(heap: &Heap<'_>, pid: u32) -> Cache {
-        let owner = heap.register_process(ProcessIdentity { pid, start_time: 1, namespace: 1 }).expect("room");
+        let owner =
+            heap.register_process(ProcessIdentity { pid, start_time: 1, namespace: 1 }).expect("room");
         Cache::new(heap.register_participant(owner).expect("room"))
     }
 

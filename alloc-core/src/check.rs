@@ -17,8 +17,8 @@
 use crate::error::Error;
 use crate::heap::{Allocation, ClassStats, Heap, Owner, Stats};
 use crate::layout::{
-    gen, header, page, participant, status, Anchor, BlockState, Extra, Kind, PageInfo, RecordState, CLASS_SIZES,
-    NUM_CLASSES, SPAN_PAGES, WAITER_SLOTS,
+    gen, header, page, participant, status, Anchor, BlockState, Extra, Kind, PageInfo, RecordState,
+    CLASS_SIZES, NUM_CLASSES, SPAN_PAGES, WAITER_SLOTS,
 };
 use crate::participant::Session;
 use crate::primitive::Ordering;
@@ -47,13 +47,22 @@ impl Heap<'_> {
 
     /// Calls `visit` with every live allocation, page by page: a snapshot that is consistent for
     /// each allocation but may miss or include allocations made or freed during the walk.
-    pub fn for_each_allocation(&self, session: &mut Session, mut visit: impl FnMut(Allocation)) -> Result<(), Error> {
+    pub fn for_each_allocation(
+        &self,
+        session: &mut Session,
+        mut visit: impl FnMut(Allocation),
+    ) -> Result<(), Error> {
         self.check_session(session)?;
         self.ensure_ready()?;
         self.survey(session, false, &mut visit).map(|_| ())
     }
 
-    fn survey(&self, session: &mut Session, strict: bool, visit: &mut dyn FnMut(Allocation)) -> Result<Stats, Error> {
+    fn survey(
+        &self,
+        session: &mut Session,
+        strict: bool,
+        visit: &mut dyn FnMut(Allocation),
+    ) -> Result<Stats, Error> {
         let geo = *self.geometry();
         let bits = self.page_bits();
         let mut stats = Stats {
@@ -64,7 +73,13 @@ impl Heap<'_> {
             ..Stats::default()
         };
         let mut free_bytes = (geo.num_pages - stats.claimed_pages) << geo.page_shift;
-        let ensure = |ok: bool, what: &'static str, page: u64| if ok || !strict { Ok(()) } else { Err(corrupt(what, page)) };
+        let ensure = |ok: bool, what: &'static str, page: u64| {
+            if ok || !strict {
+                Ok(())
+            } else {
+                Err(corrupt(what, page))
+            }
+        };
         let mut here = bits.next_claimed(0);
         while here < geo.num_pages {
             if !bits.is_head(here) {
@@ -76,8 +91,13 @@ impl Heap<'_> {
                 Ok(PageInfo::SpanHead { class, retiring }) if self.check_span_head(here, class).is_ok() => {
                     ensure(retiring == 0, "span left retiring", here)?;
                     for member in here + 1..here + SPAN_PAGES {
-                        ensure(bits.is_claimed(member) && !bits.is_head(member), "span page not claimed as part of it", member)?;
-                        let back = self.info(member) == Ok(PageInfo::SpanMember { head: here, class, retiring: false });
+                        ensure(
+                            bits.is_claimed(member) && !bits.is_head(member),
+                            "span page not claimed as part of it",
+                            member,
+                        )?;
+                        let back = self.info(member)
+                            == Ok(PageInfo::SpanMember { head: here, class, retiring: false });
                         ensure(back, "span member does not point to its head", member)?;
                     }
                     self.publish_hazard(session, here);
@@ -88,9 +108,17 @@ impl Heap<'_> {
                 }
                 Ok(PageInfo::LargeHead { pages }) if pages >= 1 && pages <= geo.num_pages - here => {
                     for member in here + 1..here + pages {
-                        ensure(bits.is_claimed(member) && !bits.is_head(member), "large run page not claimed as part of it", member)?;
+                        ensure(
+                            bits.is_claimed(member) && !bits.is_head(member),
+                            "large run page not claimed as part of it",
+                            member,
+                        )?;
                         if strict {
-                            ensure(self.info(member) == Ok(PageInfo::Free), "large run interior page has info", member)?;
+                            ensure(
+                                self.info(member) == Ok(PageInfo::Free),
+                                "large run interior page has info",
+                                member,
+                            )?;
                         }
                     }
                     let capacity = pages << geo.page_shift;
@@ -98,7 +126,8 @@ impl Heap<'_> {
                     let state = BlockState::decode(word);
                     match state {
                         Some(state) if state.kind == Kind::Live && state.aux <= capacity => {
-                            let extra = Extra::decode(self.page_word(here, page::GEN).load(Ordering::Relaxed) as u32);
+                            let extra =
+                                Extra::decode(self.page_word(here, page::GEN).load(Ordering::Relaxed) as u32);
                             let size = capacity - state.aux;
                             stats.live_allocations += 1;
                             stats.live_bytes = stats.live_bytes.saturating_add(size);
@@ -148,9 +177,11 @@ impl Heap<'_> {
         free_bytes: &mut u64,
         visit: &mut dyn FnMut(Allocation),
     ) -> Result<(), Error> {
-        let ensure = |ok: bool, what: &'static str| if ok || !strict { Ok(()) } else { Err(corrupt(what, head)) };
+        let ensure =
+            |ok: bool, what: &'static str| if ok || !strict { Ok(()) } else { Err(corrupt(what, head)) };
         // Re-check under the hazard: the span may have been retired since the bits were read.
-        if !matches!(self.info(head), Ok(PageInfo::SpanHead { class: found, retiring: 0 }) if found == class) {
+        if !matches!(self.info(head), Ok(PageInfo::SpanHead { class: found, retiring: 0 }) if found == class)
+        {
             return ensure(false, "span changed during a strict check");
         }
         let span = self.span(head, class);
@@ -190,8 +221,14 @@ impl Heap<'_> {
         }
         ensure(live + cached + anchor.count == blocks, "free blocks on no list (in transit)")?;
         let slot = head / SPAN_PAGES;
-        ensure(anchor.count == 0 || self.class_list(class).is_set(slot), "span with free blocks missing from its class list")?;
-        ensure(anchor.count < blocks || self.empty_set().is_set(slot), "entirely free span missing from the empty set")?;
+        ensure(
+            anchor.count == 0 || self.class_list(class).is_set(slot),
+            "span with free blocks missing from its class list",
+        )?;
+        ensure(
+            anchor.count < blocks || self.empty_set().is_set(slot),
+            "entirely free span missing from the empty set",
+        )?;
         let class_stats = &mut stats.classes[class];
         class_stats.spans += 1;
         class_stats.blocks += blocks;
@@ -235,7 +272,9 @@ impl Heap<'_> {
         if status >> status::WAITER_SHIFT != 0 {
             return Err(corrupt("a waiter slot is taken on a quiescent heap", 0));
         }
-        if (0..WAITER_SLOTS).any(|slot| self.region().word(self.geometry().waiter_word + slot).load(Ordering::Acquire) != 0) {
+        if (0..WAITER_SLOTS)
+            .any(|slot| self.region().word(self.geometry().waiter_word + slot).load(Ordering::Acquire) != 0)
+        {
             return Err(corrupt("a waiter slot has an owner on a quiescent heap", 0));
         }
         Ok(())

@@ -489,7 +489,8 @@ impl<'a> Heap<'a> {
 
     /// As [`Heap::publish_hazard`], marked as a healer's (other healers ignore it).
     pub(crate) fn publish_healer_hazard(&self, session: &Session, page: u64) {
-        self.participant_word(session.participant, participant::HAZARD).store((page + 1) | HEALER, Ordering::Relaxed);
+        self.participant_word(session.participant, participant::HAZARD)
+            .store((page + 1) | HEALER, Ordering::Relaxed);
         self.light_fence();
     }
 
@@ -730,7 +731,13 @@ impl<'a> Heap<'a> {
         }
     }
 
-    fn describe(&self, id: AllocId, place: Place, state: BlockState, extra: Extra) -> Result<Allocation, Error> {
+    fn describe(
+        &self,
+        id: AllocId,
+        place: Place,
+        state: BlockState,
+        extra: Extra,
+    ) -> Result<Allocation, Error> {
         let capacity = self.capacity_of(place);
         let size = capacity
             .checked_sub(state.aux)
@@ -826,7 +833,10 @@ impl<'a> Heap<'a> {
                 self.set_pending(session, head);
                 let releasing = BlockState::releasing(session.participant, decoded.tag);
                 // ORDERING: Acquire on success, as above; the bitmap release hands it on.
-                if state.compare_exchange(word, releasing.encode(), Ordering::Acquire, Ordering::Relaxed).is_err() {
+                if state
+                    .compare_exchange(word, releasing.encode(), Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
                     self.clear_pending(session);
                     return Err(Error::NotAllocated { id: id.0 });
                 }
@@ -839,7 +849,14 @@ impl<'a> Heap<'a> {
 
     /// Puts blocks of span `head` (held by the caller, not live) back on its list, and lists
     /// the span (class list, empty set) as the new count requires. Under the hazard.
-    pub(crate) fn push_blocks(&self, session: &Session, head: u64, class: usize, indices: &[u16], tags: &[u64]) {
+    pub(crate) fn push_blocks(
+        &self,
+        session: &Session,
+        head: u64,
+        class: usize,
+        indices: &[u16],
+        tags: &[u64],
+    ) {
         let pushed = self.span(head, class).push_chain(indices, tags, session.participant);
         step!("push/pushed");
         let slot = head / SPAN_PAGES;
@@ -915,7 +932,8 @@ impl<'a> Heap<'a> {
             Ok(resized) => return Ok(resized),
             Err(current) => current,
         };
-        let options = AllocOptions { align: GRANULE, alloc_type: current.alloc_type, owner: Some(current.owner) };
+        let options =
+            AllocOptions { align: GRANULE, alloc_type: current.alloc_type, owner: Some(current.owner) };
         let moved = self.alloc(session, new_size, options)?;
         // SAFETY: the new allocation is ours and lies in the data area; the old one lies in the
         // data area and does not overlap it (both were live at once). Its bytes may change under
@@ -933,7 +951,12 @@ impl<'a> Heap<'a> {
     // ----- allocation ------------------------------------------------------------------------
 
     /// Allocates `size` bytes (0 is allowed and gives a distinct allocation).
-    pub fn alloc(&self, session: &mut Session, size: u64, options: AllocOptions) -> Result<Allocation, Error> {
+    pub fn alloc(
+        &self,
+        session: &mut Session,
+        size: u64,
+        options: AllocOptions,
+    ) -> Result<Allocation, Error> {
         self.check_session(session)?;
         self.ensure_ready()?;
         if !options.align.is_power_of_two() || options.align > self.geo.page_bytes() {

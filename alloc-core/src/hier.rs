@@ -163,7 +163,13 @@ impl<'a> Hier<'a> {
     /// when no leaf is set. Stale summary bits met on the way are cleared.
     pub fn find_from(&self, from: u64) -> Option<u64> {
         let from = if from >= self.shape.leaves { 0 } else { from };
-        self.find_between(from).or_else(|| if from > 0 { self.find_between(0).filter(|&l| l < from) } else { None })
+        self.find_between(from).or_else(|| {
+            if from > 0 {
+                self.find_between(0).filter(|&l| l < from)
+            } else {
+                None
+            }
+        })
     }
 
     /// The first set leaf at or after `from`.

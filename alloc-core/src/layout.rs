@@ -537,7 +537,10 @@ impl PageInfo {
                 (1 << Self::KIND_SHIFT) | (class as u64) << 40 | (retiring & Self::LOW_MASK)
             }
             PageInfo::SpanMember { head, class, retiring } => {
-                (2 << Self::KIND_SHIFT) | ((retiring as u64) * Self::RETIRING) | (class as u64) << 40 | (head & Self::LOW_MASK)
+                (2 << Self::KIND_SHIFT)
+                    | ((retiring as u64) * Self::RETIRING)
+                    | (class as u64) << 40
+                    | (head & Self::LOW_MASK)
             }
             PageInfo::LargeHead { pages } => (3 << Self::KIND_SHIFT) | (pages & Self::LOW_MASK),
             PageInfo::Transient { participant } => (4 << Self::KIND_SHIFT) | (participant & Self::LOW_MASK),
@@ -685,7 +688,12 @@ impl BlockState {
             2 => Kind::Cached,
             _ => Kind::Releasing,
         };
-        Some(BlockState { kind, link: word & Self::LINK_MASK, aux: (word >> 14) & Self::AUX_MASK, tag: word >> 28 })
+        Some(BlockState {
+            kind,
+            link: word & Self::LINK_MASK,
+            aux: (word >> 14) & Self::AUX_MASK,
+            tag: word >> 28,
+        })
     }
 
     /// A free block whose next free block is `next`, last pushed by `pusher`.
@@ -861,7 +869,11 @@ impl ParticipantState {
 
     /// Reads a word back.
     pub const fn decode(word: u64) -> ParticipantState {
-        ParticipantState { state: RecordState::from_bits(word >> 62), process: word & 0xFFF, adopter: (word >> 16) & 0xFFF }
+        ParticipantState {
+            state: RecordState::from_bits(word >> 62),
+            process: word & 0xFFF,
+            adopter: (word >> 16) & 0xFFF,
+        }
     }
 }
 

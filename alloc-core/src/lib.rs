@@ -50,11 +50,13 @@ mod repair;
 pub mod span;
 mod wait;
 
+pub use cache::{Cache, CACHE_BLOCKS};
 #[cfg(feature = "crash-points")]
 pub use crash::{clear_hook, set_hook};
-pub use cache::{Cache, CACHE_BLOCKS};
 pub use error::Error;
-pub use heap::{alloc_type, AllocId, AllocOptions, Allocation, ClassStats, Heap, Owner, Platform, Stats, Wake};
+pub use heap::{
+    alloc_type, AllocId, AllocOptions, Allocation, ClassStats, Heap, Owner, Platform, Stats, Wake,
+};
 pub use layout::RecordState;
 pub use participant::{ProcessIdentity, ProcessRecord, Session};
 pub use reclaim::Reclaimed;

@@ -108,9 +108,9 @@ impl Heap<'_> {
     ) -> Result<u64, Error> {
         self.publish_hazard(session, head);
         let taken = match self.info(head) {
-            Ok(PageInfo::SpanHead { class: found, retiring: 0 }) if found == class => {
-                self.check_span_head(head, class).and_then(|()| self.pop_marked(session, head, class, max, take))
-            }
+            Ok(PageInfo::SpanHead { class: found, retiring: 0 }) if found == class => self
+                .check_span_head(head, class)
+                .and_then(|()| self.pop_marked(session, head, class, max, take)),
             Ok(_) => Ok(0),
             Err(error) => Err(error),
         };
@@ -220,7 +220,12 @@ impl Heap<'_> {
         // ORDERING: Acquire pairs with the Release that last freed this page's info.
         if self
             .page_word(head, page::INFO)
-            .compare_exchange(PageInfo::Free.encode(), transient.encode(), Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(
+                PageInfo::Free.encode(),
+                transient.encode(),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
             .is_err()
         {
             self.clear_pending(session);
@@ -336,7 +341,11 @@ impl Heap<'_> {
             from = slot + 1;
             let head = slot * SPAN_PAGES;
             let class = match self.info(head) {
-                Ok(PageInfo::SpanHead { class, retiring: 0 }) if self.check_span_head(head, class).is_ok() => class,
+                Ok(PageInfo::SpanHead { class, retiring: 0 })
+                    if self.check_span_head(head, class).is_ok() =>
+                {
+                    class
+                }
                 _ => {
                     self.unmark_empty(session, slot);
                     continue;
@@ -427,7 +436,10 @@ impl Heap<'_> {
             .compare_exchange(flagged.encode(), transient.encode(), Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
-            return Err(Error::Corrupt { what: "a retiring span's info changed under its retirer", page: head });
+            return Err(Error::Corrupt {
+                what: "a retiring span's info changed under its retirer",
+                page: head,
+            });
         }
         step!("retire/marked");
         self.clear_members(head);
@@ -456,7 +468,12 @@ impl Heap<'_> {
             let current = word.load(Ordering::Acquire);
             if matches!(PageInfo::decode(current), Some(PageInfo::SpanMember { head: h, .. }) if h == head) {
                 // ORDERING: Release, as `set_info`.
-                let _ = word.compare_exchange(current, PageInfo::Free.encode(), Ordering::Release, Ordering::Relaxed);
+                let _ = word.compare_exchange(
+                    current,
+                    PageInfo::Free.encode(),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                );
             }
         }
     }

@@ -111,7 +111,12 @@ impl<'a> Heap<'a> {
             // ORDERING: Acquire on success: whatever the record's last user wrote is ours to
             // overwrite; the Release exchange below publishes the identity.
             if state
-                .compare_exchange(current.encode(), registering.encode(), Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange(
+                    current.encode(),
+                    registering.encode(),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
                 .is_err()
             {
                 continue;
@@ -156,13 +161,18 @@ impl<'a> Heap<'a> {
 
     /// Every process record in use (registering, active or dead), lowest index first.
     pub fn processes(&self) -> impl Iterator<Item = ProcessRecord> + '_ {
-        let hwm = self.region().word(header::PROCESS_HWM).load(Ordering::Acquire).min(self.geometry().table_size);
-        (1..hwm).filter_map(|index| self.process_record(Owner(index as u16))).filter(|r| r.state != RecordState::Free)
+        let hwm =
+            self.region().word(header::PROCESS_HWM).load(Ordering::Acquire).min(self.geometry().table_size);
+        (1..hwm)
+            .filter_map(|index| self.process_record(Owner(index as u16)))
+            .filter(|r| r.state != RecordState::Free)
     }
 
     /// An active process record whose pid is `pid` (the newest, if several).
     pub fn find_process(&self, pid: u32) -> Option<ProcessRecord> {
-        self.processes().filter(|record| record.state == RecordState::Active && record.identity.pid == pid).last()
+        self.processes()
+            .filter(|record| record.state == RecordState::Active && record.identity.pid == pid)
+            .last()
     }
 
     /// A new participant of process `owner`: the handle every operation needs.
@@ -200,7 +210,8 @@ impl<'a> Heap<'a> {
     pub fn release_participant(&self, session: Session) -> Result<(), Error> {
         self.check_session(&session)?;
         let state = self.participant_word(session.participant, participant::STATE);
-        let taken = ParticipantState { state: RecordState::Active, process: session.process, adopter: 0 }.encode();
+        let taken =
+            ParticipantState { state: RecordState::Active, process: session.process, adopter: 0 }.encode();
         let free = ParticipantState { state: RecordState::Free, process: 0, adopter: 0 }.encode();
         // ORDERING: Release publishes our last writes (hazard cleared) to the next user.
         let _ = state.compare_exchange(taken, free, Ordering::Release, Ordering::Relaxed);
@@ -210,7 +221,8 @@ impl<'a> Heap<'a> {
     /// Gives back every participant record of process `owner`: for a process detaching a pool
     /// while none of its threads is inside an operation on it.
     pub fn release_participants_of(&self, owner: Owner) {
-        let active = ParticipantState { state: RecordState::Active, process: owner.0 as u64, adopter: 0 }.encode();
+        let active =
+            ParticipantState { state: RecordState::Active, process: owner.0 as u64, adopter: 0 }.encode();
         let free = ParticipantState { state: RecordState::Free, process: 0, adopter: 0 }.encode();
         for index in 1..self.participant_hwm() {
             // ORDERING: Release publishes our last writes (hazards cleared) to the next user.

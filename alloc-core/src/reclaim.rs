@@ -105,7 +105,8 @@ impl Heap<'_> {
         // ORDERING: SeqCst fence pairs with the one in `finish_handover` (Dekker): a hand-over to
         // a process we just marked either sees the mark, or is seen by the walk below.
         fence(Ordering::SeqCst);
-        reclaimed.dead_processes = self.processes().filter(|record| record.state == RecordState::Dead).count() as u64;
+        reclaimed.dead_processes =
+            self.processes().filter(|record| record.state == RecordState::Dead).count() as u64;
         let any_dead_participant = (1..self.participant_hwm())
             .any(|index| index != session.participant && self.participant_is_dead(index));
         if reclaimed.dead_processes == 0 && !any_dead_participant {
@@ -128,7 +129,11 @@ impl Heap<'_> {
         // 5. Their records.
         for record in self.processes() {
             if record.state == RecordState::Dead && !self.has_participants(record.owner) {
-                let dead = ProcessState { state: RecordState::Dead, incarnation: record.incarnation, pid: record.identity.pid };
+                let dead = ProcessState {
+                    state: RecordState::Dead,
+                    incarnation: record.incarnation,
+                    pid: record.identity.pid,
+                };
                 let free = ProcessState { state: RecordState::Free, ..dead };
                 // ORDERING: Release: everything we gave back happens before the record's reuse.
                 if self
@@ -149,12 +154,16 @@ impl Heap<'_> {
     }
 
     fn mark_dead(&self, record: &ProcessRecord) {
-        let judged = ProcessState { state: record.state, incarnation: record.incarnation, pid: record.identity.pid };
+        let judged =
+            ProcessState { state: record.state, incarnation: record.incarnation, pid: record.identity.pid };
         let dead = ProcessState { state: RecordState::Dead, ..judged };
         // ORDERING: SeqCst, with the fence after the marking (see `reclaim_dead`).
-        let _ = self
-            .process_word(record.owner.0 as u64, process::STATE)
-            .compare_exchange(judged.encode(), dead.encode(), Ordering::SeqCst, Ordering::Relaxed);
+        let _ = self.process_word(record.owner.0 as u64, process::STATE).compare_exchange(
+            judged.encode(),
+            dead.encode(),
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        );
     }
 
     fn has_participants(&self, owner: Owner) -> bool {
@@ -173,13 +182,19 @@ impl Heap<'_> {
         let current = ParticipantState::decode(word.load(Ordering::Acquire));
         let adoptable = match current.state {
             RecordState::Active => !self.process_alive(Owner(current.process as u16)),
-            RecordState::Dead => current.adopter == session.participant || self.participant_is_gone(current.adopter),
+            RecordState::Dead => {
+                current.adopter == session.participant || self.participant_is_gone(current.adopter)
+            }
             RecordState::Free | RecordState::Registering => false,
         };
         if !adoptable {
             return false;
         }
-        let adopted = ParticipantState { state: RecordState::Dead, process: current.process, adopter: session.participant };
+        let adopted = ParticipantState {
+            state: RecordState::Dead,
+            process: current.process,
+            adopter: session.participant,
+        };
         word.compare_exchange(current.encode(), adopted.encode(), Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
@@ -191,7 +206,12 @@ impl Heap<'_> {
 
     /// Finishes or undoes what dead participant `index` (adopted by us) left, then frees its
     /// record.
-    fn resolve_participant(&self, session: &mut Session, index: u64, reclaimed: &mut Reclaimed) -> Result<Resolved, Error> {
+    fn resolve_participant(
+        &self,
+        session: &mut Session,
+        index: u64,
+        reclaimed: &mut Reclaimed,
+    ) -> Result<Resolved, Error> {
         // Records it had adopted itself become ours, so that none is left with a gone adopter.
         for other in 1..self.participant_hwm() {
             let state = self.participant_state(other);
@@ -300,7 +320,12 @@ impl Heap<'_> {
                 self.release_marked(session, first, end - first);
                 Ok(())
             }
-            PageInfo::SpanHead { class, retiring } if retiring == dead || (retiring == 0 && self.check_span_head(first, class).is_ok() && self.span(first, class).retiring_by(dead)) => {
+            PageInfo::SpanHead { class, retiring }
+                if retiring == dead
+                    || (retiring == 0
+                        && self.check_span_head(first, class).is_ok()
+                        && self.span(first, class).retiring_by(dead)) =>
+            {
                 // A retirement it started and never took the pages of: the span stays.
                 self.check_span_head(first, class)?;
                 self.set_pending(session, first);
@@ -310,7 +335,9 @@ impl Heap<'_> {
             PageInfo::LargeHead { pages } => {
                 let state = self.page_word(first, page::STATE);
                 let word = state.load(Ordering::Acquire);
-                let Some(decoded) = BlockState::decode(word).filter(|s| s.kind == Kind::Releasing && s.link == dead) else {
+                let Some(decoded) =
+                    BlockState::decode(word).filter(|s| s.kind == Kind::Releasing && s.link == dead)
+                else {
                     return Ok(());
                 };
                 if pages == 0 || pages > self.geometry().num_pages - first {
@@ -349,7 +376,12 @@ impl Heap<'_> {
 
     /// Heals the span at `head` (see the module docs); `None` if it must wait. `offline`: nobody
     /// else is inside an operation (repair), so other participants' hazards guard nothing.
-    pub(crate) fn heal_span(&self, session: &mut Session, head: u64, offline: bool) -> Result<Option<u64>, Error> {
+    pub(crate) fn heal_span(
+        &self,
+        session: &mut Session,
+        head: u64,
+        offline: bool,
+    ) -> Result<Option<u64>, Error> {
         self.publish_healer_hazard(session, head);
         let outcome = self.heal_span_hazarded(session, head, offline);
         self.clear_hazard(session);
@@ -396,7 +428,11 @@ impl Heap<'_> {
                 let Some(state) = BlockState::decode(word).filter(|s| s.kind == Kind::Free) else {
                     continue;
                 };
-                if !offline && state.aux != 0 && state.aux != session.participant && self.pushing_into(state.aux, head) {
+                if !offline
+                    && state.aux != 0
+                    && state.aux != session.participant
+                    && self.pushing_into(state.aux, head)
+                {
                     skipped = true;
                     continue;
                 }
@@ -422,16 +458,25 @@ impl Heap<'_> {
                 let next = if at + 1 < count { orphans[at + 1] as u64 } else { anchor.head };
                 let linked = BlockState::free(next, session.participant, words[at] >> 28).encode();
                 // ORDERING: Release, like every store to a state word (see `Span::pop`).
-                if span.state(orphans[at] as u64).compare_exchange(words[at], linked, Ordering::Release, Ordering::Relaxed).is_err() {
+                if span
+                    .state(orphans[at] as u64)
+                    .compare_exchange(words[at], linked, Ordering::Release, Ordering::Relaxed)
+                    .is_err()
+                {
                     // Another healer took it first.
                     return Ok(None);
                 }
             }
             step!("heal/chained");
-            let healed = Anchor { head: orphans[0] as u64, count: anchor.count + count as u64, ..anchor }.bumped();
+            let healed =
+                Anchor { head: orphans[0] as u64, count: anchor.count + count as u64, ..anchor }.bumped();
             // ORDERING: AcqRel: publishes the chain's links (as a push does) and acquires the
             // anchor's history.
-            if span.anchor_word().compare_exchange(current, healed.encode(), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if span
+                .anchor_word()
+                .compare_exchange(current, healed.encode(), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 step!("heal/swung");
                 self.relist_span(head, class, healed);
                 return Ok(Some(count as u64));
@@ -456,7 +501,8 @@ impl Heap<'_> {
 
     /// Whether participant `pusher` is alive and has a (non-healer) hazard on the span at `head`.
     fn pushing_into(&self, pusher: u64, head: u64) -> bool {
-        if pusher >= self.geometry().table_size || self.participant_state(pusher).state != RecordState::Active {
+        if pusher >= self.geometry().table_size || self.participant_state(pusher).state != RecordState::Active
+        {
             return false;
         }
         if self.participant_is_dead(pusher) {
@@ -488,9 +534,9 @@ impl Heap<'_> {
                 continue;
             }
             let (process, incarnation) = (owner & 0xFFFF, owner >> 16);
-            let alive = self
-                .process_record(Owner(process as u16))
-                .is_some_and(|r| r.state != RecordState::Dead && r.state != RecordState::Free && r.incarnation == incarnation);
+            let alive = self.process_record(Owner(process as u16)).is_some_and(|r| {
+                r.state != RecordState::Dead && r.state != RecordState::Free && r.incarnation == incarnation
+            });
             if alive || waiter_owner_word(process, incarnation) != owner {
                 continue;
             }
@@ -598,10 +644,15 @@ impl Heap<'_> {
             if decoded.kind == Kind::Live {
                 let extra = Extra::decode(self.block_extra(base, class, index).load(Ordering::Relaxed));
                 let offset = self.block_offset(base, class, index);
-                let size = self.capacity_of(Place::Small { head, class, index, base }).saturating_sub(decoded.aux);
+                let size =
+                    self.capacity_of(Place::Small { head, class, index, base }).saturating_sub(decoded.aux);
                 reclaimed.allocations += 1;
                 reclaimed.bytes += size;
-                report(self.make_id(offset, gen::join(extra.gen_high, decoded.tag)), Owner(decoded.link as u16), size);
+                report(
+                    self.make_id(offset, gen::join(extra.gen_high, decoded.tag)),
+                    Owner(decoded.link as u16),
+                    size,
+                );
             } else {
                 reclaimed.cached_blocks += 1;
             }
@@ -649,11 +700,14 @@ impl Heap<'_> {
     /// Records a hand-over of `id` to `target` in the session's record, before the change.
     pub(crate) fn begin_handover(&self, session: &Session, id: AllocId, target: ProcessRecord) {
         let word = target.owner.0 as u64 | target.incarnation << 16;
-        self.participant_word(session.participant, participant::HANDOVER_TARGET).store(word, Ordering::Relaxed);
-        self.participant_word(session.participant, participant::HANDOVER_GEN).store(id.generation(), Ordering::Relaxed);
+        self.participant_word(session.participant, participant::HANDOVER_TARGET)
+            .store(word, Ordering::Relaxed);
+        self.participant_word(session.participant, participant::HANDOVER_GEN)
+            .store(id.generation(), Ordering::Relaxed);
         // ORDERING: SeqCst: the record is complete (the slot word last: it says "valid") before
         // the owner changes.
-        self.participant_word(session.participant, participant::HANDOVER_SLOT).store(id.slot() + 1, Ordering::SeqCst);
+        self.participant_word(session.participant, participant::HANDOVER_SLOT)
+            .store(id.slot() + 1, Ordering::SeqCst);
     }
 
     pub(crate) fn end_handover(&self, session: &Session) {
@@ -662,7 +716,8 @@ impl Heap<'_> {
 
     /// Whether `owner` is still the active process of incarnation `incarnation`.
     fn still_active(&self, owner: Owner, incarnation: u64) -> bool {
-        self.process_record(owner).is_some_and(|r| r.state == RecordState::Active && r.incarnation == incarnation)
+        self.process_record(owner)
+            .is_some_and(|r| r.state == RecordState::Active && r.incarnation == incarnation)
     }
 
     /// After the owner of `id` (at `place`, state word `state`) became `target`: if `target` is
@@ -688,11 +743,21 @@ impl Heap<'_> {
     }
 
     /// Frees `id` if it is still live and owned by process `owner`; whether it did.
-    fn free_if_owned(&self, session: &Session, id: AllocId, place: Place, state: &AtomicU64, owner: u64, extra: Extra) -> bool {
+    fn free_if_owned(
+        &self,
+        session: &Session,
+        id: AllocId,
+        place: Place,
+        state: &AtomicU64,
+        owner: u64,
+        extra: Extra,
+    ) -> bool {
         let word = state.load(Ordering::Acquire);
         match BlockState::decode(word) {
             Some(decoded)
-                if decoded.kind == Kind::Live && decoded.link == owner && decoded.tag == gen::tag(id.generation()) =>
+                if decoded.kind == Kind::Live
+                    && decoded.link == owner
+                    && decoded.tag == gen::tag(id.generation()) =>
             {
                 self.release(session, id, place, state, word, decoded, extra).is_ok()
             }
@@ -709,10 +774,9 @@ impl Heap<'_> {
         }
         let Ok(page) = self.page_of(id) else { return Ok(false) };
         self.publish_hazard(session, page);
-        let freed = match self
-            .locate(id, page)
-            .and_then(|(place, state)| self.live_state(id, place, state).map(|(_, _, extra)| (place, state, extra)))
-        {
+        let freed = match self.locate(id, page).and_then(|(place, state)| {
+            self.live_state(id, place, state).map(|(_, _, extra)| (place, state, extra))
+        }) {
             Ok((place, state, extra)) => self.free_if_owned(session, id, place, state, owner.0 as u64, extra),
             Err(_) => false,
         };
@@ -733,7 +797,8 @@ fn listed_blocks(span: &Span<'_>, anchor: Anchor) -> Option<[u64; 64]> {
         }
         on_list[(index / 64) as usize] |= 1 << (index % 64);
         // ORDERING: Acquire, as in `Span::pop` (the list's links were published by pushes).
-        let state = BlockState::decode(span.state(index).load(Ordering::Acquire)).filter(|s| s.kind == Kind::Free)?;
+        let state =
+            BlockState::decode(span.state(index).load(Ordering::Acquire)).filter(|s| s.kind == Kind::Free)?;
         index = state.link;
     }
     Some(on_list)

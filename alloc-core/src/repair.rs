@@ -10,7 +10,10 @@
 
 use crate::error::Error;
 use crate::heap::Heap;
-use crate::layout::{gen, header, page, participant, status, BlockState, Extra, Kind, PageInfo, RecordState, NUM_CLASSES, SPAN_PAGES, WAITER_SLOTS};
+use crate::layout::{
+    gen, header, page, participant, status, BlockState, Extra, Kind, PageInfo, RecordState, NUM_CLASSES,
+    SPAN_PAGES, WAITER_SLOTS,
+};
 use crate::participant::Session;
 use crate::primitive::Ordering;
 use crate::reclaim::Reclaimed;
@@ -67,7 +70,9 @@ impl Heap<'_> {
             }
         }
         let status_word = self.region().word(header::STATUS);
-        if status_word.fetch_and(status::STATE_MASK, Ordering::AcqRel) >> status::WAITER_SHIFT != 0 && repaired.waiter_slots == 0 {
+        if status_word.fetch_and(status::STATE_MASK, Ordering::AcqRel) >> status::WAITER_SHIFT != 0
+            && repaired.waiter_slots == 0
+        {
             repaired.waiter_slots += 1;
         }
         self.repair_pages(session, &mut repaired)?;
@@ -112,7 +117,8 @@ impl Heap<'_> {
                     match BlockState::decode(word) {
                         Some(state) if state.kind == Kind::Live => {}
                         state => {
-                            let extra = Extra::decode(self.page_word(here, page::GEN).load(Ordering::Relaxed) as u32);
+                            let extra =
+                                Extra::decode(self.page_word(here, page::GEN).load(Ordering::Relaxed) as u32);
                             let tag = state.map_or(0, |s| s.tag);
                             self.set_pending(session, here);
                             self.finish_large_release(session, here, pages, gen::join(extra.gen_high, tag));

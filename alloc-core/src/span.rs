@@ -91,7 +91,8 @@ impl<'a> Span<'a> {
         for index in 0..blocks {
             let next = if index + 1 < blocks { index + 1 } else { Anchor::NULL };
             // ORDERING: Release, like every store to a state word: see `pop`.
-            self.states[index as usize].store(BlockState::free(next, 0, gen::tag(base)).encode(), Ordering::Release);
+            self.states[index as usize]
+                .store(BlockState::free(next, 0, gen::tag(base)).encode(), Ordering::Release);
             self.extras[index as usize].store(extra, Ordering::Relaxed);
         }
         let old = Anchor::decode(self.anchor.load(Ordering::Relaxed));
@@ -156,7 +157,12 @@ impl<'a> Span<'a> {
             // ORDERING: Acquire on success orders the previous holders' use of these blocks
             // (made before their Release pushes) before ours. If a block was taken and given back
             // meanwhile, the tag differs and this fails (ABA).
-            match self.anchor.compare_exchange_weak(current, popped.encode(), Ordering::Acquire, Ordering::Acquire) {
+            match self.anchor.compare_exchange_weak(
+                current,
+                popped.encode(),
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => {
                     // The recorded blocks are ours now (in a corrupted heap whose list loops, an
                     // index may repeat; the caller sees it twice and must cope).
@@ -187,10 +193,16 @@ impl<'a> Span<'a> {
             // ORDERING: Release, like every store to a state word: see `pop`.
             self.states[indices[last] as usize].store(tail.encode(), Ordering::Release);
             let pushed =
-                Anchor { head: indices[0] as u64, count: anchor.count + indices.len() as u64, ..anchor }.bumped();
+                Anchor { head: indices[0] as u64, count: anchor.count + indices.len() as u64, ..anchor }
+                    .bumped();
             // ORDERING: Release publishes the pusher's last use of the blocks and the links just
             // written to the next pop's Acquire; Acquire reads the count others pushed.
-            match self.anchor.compare_exchange_weak(current, pushed.encode(), Ordering::AcqRel, Ordering::Relaxed) {
+            match self.anchor.compare_exchange_weak(
+                current,
+                pushed.encode(),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return Pushed { before: anchor.count, after: pushed.count },
                 Err(actual) => current = actual,
             }
@@ -219,7 +231,12 @@ impl<'a> Span<'a> {
             let retiring = Anchor { head: retirer, retiring: true, ..anchor }.bumped();
             // ORDERING: Acquire orders every freer's use of its block (Release push) before the
             // span's memory is handed to someone else.
-            match self.anchor.compare_exchange_weak(current, retiring.encode(), Ordering::Acquire, Ordering::Relaxed) {
+            match self.anchor.compare_exchange_weak(
+                current,
+                retiring.encode(),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return true,
                 Err(actual) => current = actual,
             }
@@ -243,7 +260,12 @@ impl<'a> Span<'a> {
             }
             let normal = Anchor { head: Anchor::decode(before).head, retiring: false, ..anchor }.bumped();
             // ORDERING: Release: pops that see the normal anchor again see the span as it was.
-            match self.anchor.compare_exchange_weak(current, normal.encode(), Ordering::Release, Ordering::Relaxed) {
+            match self.anchor.compare_exchange_weak(
+                current,
+                normal.encode(),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return true,
                 Err(actual) => current = actual,
             }

@@ -162,15 +162,21 @@ impl WaitHost for Impatient {
 
 /// Builds the common state: a bystander's allocations, the doomed process's own allocations and
 /// cached blocks, and (for some operations) more set-up.
-fn prepare<'a>(memory: &'a TestMemory, op: Op, doomed: &mut Member<'a>, bystander: &mut Member<'a>) -> Prepared {
+fn prepare<'a>(
+    memory: &'a TestMemory,
+    op: Op,
+    doomed: &mut Member<'a>,
+    bystander: &mut Member<'a>,
+) -> Prepared {
     for size in [64, 64, 100, 3000, 20_000] {
         bystander.alloc(size).expect("space");
     }
     let small = doomed.alloc(64).expect("space");
     let lonely = doomed.alloc(512).expect("space"); // the only block of its class
     let large = doomed.alloc(2 * 4096 + 100).expect("space");
-    let cached_live: Vec<Allocation> =
-        (0..8).map(|_| doomed.heap.alloc_with(&mut doomed.cache, 48, AllocOptions::default()).expect("space")).collect();
+    let cached_live: Vec<Allocation> = (0..8)
+        .map(|_| doomed.heap.alloc_with(&mut doomed.cache, 48, AllocOptions::default()).expect("space"))
+        .collect();
     match op {
         Op::CachedFreeSpilling => {
             // Fill the 48-byte class cache to the brim (blocks of the span it caches).
@@ -209,7 +215,9 @@ fn prepare<'a>(memory: &'a TestMemory, op: Op, doomed: &mut Member<'a>, bystande
             }
             let a = dead.heap.alloc_with(&mut dead.cache, 80, AllocOptions::default()).expect("space");
             let _ = dead.heap.free_with(&mut dead.cache, a.id).expect("live");
-            stop_at("pop/popped", || dead.heap.alloc_with(&mut dead.cache, 96, AllocOptions::default()).map(|_| ()));
+            stop_at("pop/popped", || {
+                dead.heap.alloc_with(&mut dead.cache, 96, AllocOptions::default()).map(|_| ())
+            });
             let mut third = Member::new(memory, THIRD_DEAD);
             let large = third.alloc(5 * 4096).expect("space");
             stop_at("release/marked", || third.heap.free(&mut third.session, large.id).map(|_| ()));
@@ -252,10 +260,13 @@ fn run_op(op: Op, doomed: &mut Member<'_>, prepared: &Prepared, bystander_owner:
         Op::ReallocLargeInPlace => heap.realloc(session, prepared.large.id, 2 * 4096 + 4000).map(|_| ()),
         Op::ReallocMoving => heap.realloc(session, prepared.small.id, 5000).map(|_| ()),
         Op::AllocRetiringSpans => heap.alloc(session, 40 * 4096, plain).map(|_| ()),
-        Op::ReclaimOfAnotherDeadProcess => {
-            heap.reclaim_dead(session, |record| [OTHER_DEAD, THIRD_DEAD].contains(&record.identity.pid), |_, _, _| {})
-                .map(|_| ())
-        }
+        Op::ReclaimOfAnotherDeadProcess => heap
+            .reclaim_dead(
+                session,
+                |record| [OTHER_DEAD, THIRD_DEAD].contains(&record.identity.pid),
+                |_, _, _| {},
+            )
+            .map(|_| ()),
         Op::AllocBlocking => heap.alloc_blocking(session, 4096, plain, &mut Impatient).map(|_| ()),
     };
 }
@@ -306,7 +317,9 @@ fn world(op: Op, stop: Option<usize>) -> Vec<&'static str> {
             Some(target) => Plan::StopAt { target, seen: 0 },
         }
     });
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_op(op, &mut doomed, &prepared, bystander_owner)));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_op(op, &mut doomed, &prepared, bystander_owner)
+    }));
     let steps = PLAN.with(|plan| match std::mem::replace(&mut *plan.borrow_mut(), Plan::Off) {
         Plan::Record(steps) => steps,
         _ => Vec::new(),
@@ -369,7 +382,11 @@ fn world(op: Op, stop: Option<usize>) -> Vec<&'static str> {
         for _ in 0..100 {
             let reclaimed = reclaimer
                 .heap
-                .reclaim_dead(&mut reclaimer.session, |record| dead.contains(&record.identity.pid), |_, _, _| {})
+                .reclaim_dead(
+                    &mut reclaimer.session,
+                    |record| dead.contains(&record.identity.pid),
+                    |_, _, _| {},
+                )
                 .unwrap_or_else(|error| panic!("{op:?} stopped at {at}: reclaim failed: {error}"));
             if reclaimed.deferred == 0 {
                 break;
@@ -393,7 +410,9 @@ fn world(op: Op, stop: Option<usize>) -> Vec<&'static str> {
         .check(&mut tester.session)
         .unwrap_or_else(|error| panic!("{op:?} stopped at {at}: check failed after reclaim: {error}"));
     let whole = tester.heap.geometry().data_bytes();
-    let all = tester.alloc(whole).unwrap_or_else(|error| panic!("{op:?} stopped at {at}: the whole data area: {error}"));
+    let all = tester
+        .alloc(whole)
+        .unwrap_or_else(|error| panic!("{op:?} stopped at {at}: the whole data area: {error}"));
     tester.free(all.id);
     tester.heap.check(&mut tester.session).expect("consistent");
     steps

@@ -314,8 +314,14 @@ fn opening_rejects_garbage_and_tampered_headers() {
     let heap = memory.open();
     Participant::new(&heap, 1).check().expect("restored");
     let tiny = TestMemory::new(4096);
-    assert!(matches!(Heap::create(tiny.region(), 12, Platform::SYMMETRIC), Err(Error::RegionTooSmall { .. })));
-    assert_eq!(Heap::create(memory.region(), 20, Platform::SYMMETRIC).err(), Some(Error::BadPageSize { page_shift: 20 }));
+    assert!(matches!(
+        Heap::create(tiny.region(), 12, Platform::SYMMETRIC),
+        Err(Error::RegionTooSmall { .. })
+    ));
+    assert_eq!(
+        Heap::create(memory.region(), 20, Platform::SYMMETRIC).err(),
+        Some(Error::BadPageSize { page_shift: 20 })
+    );
 }
 
 #[test]

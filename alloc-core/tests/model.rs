@@ -82,11 +82,16 @@ struct Expected {
     seed: u64,
 }
 
-fn verify(p: &mut Participant<'_, '_>, live: &BTreeMap<AllocId, Expected>, others: &BTreeMap<AllocId, Allocation>) {
+fn verify(
+    p: &mut Participant<'_, '_>,
+    live: &BTreeMap<AllocId, Expected>,
+    others: &BTreeMap<AllocId, Allocation>,
+) {
     let heap = p.heap;
     let stats = p.check().expect("check() after every step");
     assert_eq!(stats.live_allocations, (live.len() + others.len()) as u64);
-    let bytes = live.values().map(|e| e.allocation.size).sum::<u64>() + others.values().map(|a| a.size).sum::<u64>();
+    let bytes =
+        live.values().map(|e| e.allocation.size).sum::<u64>() + others.values().map(|a| a.size).sum::<u64>();
     assert_eq!(stats.live_bytes, bytes);
     let geo = heap.geometry();
     let mut spans: Vec<(u64, u64)> = live
@@ -115,7 +120,8 @@ fn run(page_shift: u32, ops: Vec<Op>) {
     let memory = TestMemory::new(2 << 20);
     let heap = Heap::create(memory.region(), page_shift, Platform::SYMMETRIC).expect("fits");
     let mut p = Participant::new(&heap, 1);
-    let owners: Vec<Owner> = (0..3).map(|i| Participant::new(&heap, 100 + i).owner()).chain([Owner::POOL]).collect();
+    let owners: Vec<Owner> =
+        (0..3).map(|i| Participant::new(&heap, 100 + i).owner()).chain([Owner::POOL]).collect();
     let mut live: BTreeMap<AllocId, Expected> = BTreeMap::new();
     let mut freed: Vec<AllocId> = Vec::new();
     let mut seed = 1u64;
@@ -189,7 +195,8 @@ fn run(page_shift: u32, ops: Vec<Op>) {
                 expected.extend(others.iter().map(|(id, a)| (*id, *a)));
                 assert_eq!(listed, expected);
             }
-            Op::AllocOther { size } => match other_view.alloc_with(&mut other, size, AllocOptions::default()) {
+            Op::AllocOther { size } => match other_view.alloc_with(&mut other, size, AllocOptions::default())
+            {
                 Ok(allocation) => {
                     assert!(others.insert(allocation.id, allocation).is_none());
                 }

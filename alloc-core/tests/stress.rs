@@ -26,7 +26,8 @@ impl<'a> Participant<'a> {
     fn new(heap: Heap<'a>, cached: bool, pid: u32) -> Participant<'a> {
         let owner = heap.register_process(identity(pid)).expect("room");
         let session = heap.register_participant(owner).expect("room");
-        let (session, cache) = if cached { (None, Some(Box::new(Cache::new(session)))) } else { (Some(session), None) };
+        let (session, cache) =
+            if cached { (None, Some(Box::new(Cache::new(session)))) } else { (Some(session), None) };
         Participant { heap, session, cache }
     }
 
@@ -248,7 +249,10 @@ fn a_blocked_allocation_is_woken_by_a_free_in_another_participant() {
             let mut view = Participant::new(memory.open(), false, 2);
             let mut host = PollingHost { deadline: Instant::now() + Duration::from_secs(30), waits: 0 };
             let session = view.session.as_mut().expect("uncached");
-            let got = view.heap.alloc_blocking(session, 4096, AllocOptions::default(), &mut host).expect("woken by the free");
+            let got = view
+                .heap
+                .alloc_blocking(session, 4096, AllocOptions::default(), &mut host)
+                .expect("woken by the free");
             (got, host.waits)
         });
         let watchdog = Instant::now();
@@ -256,7 +260,10 @@ fn a_blocked_allocation_is_woken_by_a_free_in_another_participant() {
             assert!(watchdog.elapsed() < Duration::from_secs(30), "waiter never registered");
             std::thread::yield_now();
         }
-        assert_eq!(p.heap.free(p.session.as_mut().expect("uncached"), victim.id), Ok(alloc_core::Wake::Waiters));
+        assert_eq!(
+            p.heap.free(p.session.as_mut().expect("uncached"), victim.id),
+            Ok(alloc_core::Wake::Waiters)
+        );
         let (got, waits) = waiter.join().expect("waiter finished");
         assert_eq!(got.offset, victim.offset);
         assert!(waits >= 1);

@@ -197,9 +197,10 @@ impl PoolError {
             HeapError::InvalidOwner { .. } => {
                 PoolError::InvalidArgument("the new owner is not a process attached to the pool (or it died)")
             }
-            HeapError::NoHeavyFence => {
-                PoolError::Unsupported { name, what: "this process cannot issue the membarrier the pool needs" }
-            }
+            HeapError::NoHeavyFence => PoolError::Unsupported {
+                name,
+                what: "this process cannot issue the membarrier the pool needs",
+            },
             HeapError::InvalidId { .. } | HeapError::NotAllocated { .. } => {
                 PoolError::InvalidAllocation { name, cause }
             }

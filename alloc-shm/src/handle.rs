@@ -105,18 +105,22 @@ pub struct LocalPool {
 }
 
 impl LocalPool {
-    /// The cache, made anew on first use and in a fork child (the inherited one is the
-    /// parent's: forgotten, never touched).
+    /// The pool and the cache, made anew on first use and in a fork child (the inherited one
+    /// is the parent's: forgotten, never touched).
     #[inline]
-    fn cache(&mut self) -> Result<&mut Cache> {
+    fn parts(&mut self) -> Result<(&Pool, &mut Cache)> {
         let pid = current_pid();
         if self.pid != pid || self.cache.is_none() {
             self.renew(pid)?;
         }
-        Ok(self.cache.as_deref_mut().expect("made above"))
+        match self.cache.as_deref_mut() {
+            Some(cache) => Ok((&self.pool, cache)),
+            None => unreachable!("renew made the cache"),
+        }
     }
 
     #[cold]
+    #[inline(never)]
     fn renew(&mut self, pid: u32) -> Result<()> {
         if self.pid != pid {
             // A fork child: the blocks in the inherited cache are the parent's.
@@ -128,25 +132,30 @@ impl LocalPool {
     }
 
     /// Allocates `size` bytes owned by this process.
+    #[inline]
     pub fn alloc(&mut self, size: u64) -> Result<Allocation> {
-        let options = self.pool.options();
-        self.alloc_with(size, options)
+        self.alloc_with(size, alloc_core::AllocOptions::default())
     }
 
     /// Allocates with explicit alignment, type and owner.
     #[inline]
     pub fn alloc_with(&mut self, size: u64, options: alloc_core::AllocOptions) -> Result<Allocation> {
-        let pool = self.pool.clone();
-        let heap = pool.mapping().heap();
-        heap.alloc_with(self.cache()?, size, options).map_err(|cause| PoolError::from_heap(pool.name(), cause))
+        let (pool, cache) = self.parts()?;
+        pool.mapping()
+            .heap()
+            .alloc_with(cache, size, options)
+            .map_err(|cause| PoolError::from_heap(pool.name(), cause))
     }
 
     /// Frees `id`.
     #[inline]
     pub fn free(&mut self, id: AllocId) -> Result<()> {
-        let pool = self.pool.clone();
-        let heap = pool.mapping().heap();
-        let wake = heap.free_with(self.cache()?, id).map_err(|cause| PoolError::from_heap(pool.name(), cause))?;
+        let (pool, cache) = self.parts()?;
+        let wake = pool
+            .mapping()
+            .heap()
+            .free_with(cache, id)
+            .map_err(|cause| PoolError::from_heap(pool.name(), cause))?;
         pool.wake(wake);
         Ok(())
     }
@@ -156,9 +165,9 @@ impl LocalPool {
         if self.pid != current_pid() || self.cache.is_none() {
             return Ok(());
         }
-        let pool = self.pool.clone();
-        let heap = pool.mapping().heap();
-        let wake = heap.flush(self.cache()?).map_err(|cause| PoolError::from_heap(pool.name(), cause))?;
+        let (pool, cache) = self.parts()?;
+        let wake =
+            pool.mapping().heap().flush(cache).map_err(|cause| PoolError::from_heap(pool.name(), cause))?;
         pool.wake(wake);
         Ok(())
     }

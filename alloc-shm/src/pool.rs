@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloc_core::{AllocId, AllocOptions, Allocation, Heap, Owner, RecordState, Repaired, Session, Stats, Wake};
+use alloc_core::{
+    AllocId, AllocOptions, Allocation, Heap, Owner, RecordState, Repaired, Session, Stats, Wake,
+};
 
 use crate::descriptor::{self, AllocDescriptor, Location, PoolDescriptor};
 use crate::error::{PoolError, Result};
@@ -210,11 +212,20 @@ impl Pool {
         let (creator_pid, creator_uid) = self.mapping.creator();
         let heap = self.mapping.heap();
         let pids = |state: RecordState| -> Vec<u32> {
-            heap.processes().filter(|record| record.state == state).map(|record| record.identity.pid).collect()
+            heap.processes()
+                .filter(|record| record.state == state)
+                .map(|record| record.identity.pid)
+                .collect()
         };
         let mut attached = pids(RecordState::Active);
         attached.extend(pids(RecordState::Registering));
-        PoolInfo { creator_pid, creator_uid, created_at: self.mapping.created_at(), attached, dead: pids(RecordState::Dead) }
+        PoolInfo {
+            creator_pid,
+            creator_uid,
+            created_at: self.mapping.created_at(),
+            attached,
+            dead: pids(RecordState::Dead),
+        }
     }
 
     fn error(&self, cause: alloc_core::Error) -> PoolError {
@@ -222,7 +233,10 @@ impl Pool {
     }
 
     /// Runs a core operation with this thread's participant.
-    fn run<R>(&self, body: impl FnOnce(&Heap<'static>, &mut Session) -> std::result::Result<R, alloc_core::Error>) -> Result<R> {
+    fn run<R>(
+        &self,
+        body: impl FnOnce(&Heap<'static>, &mut Session) -> std::result::Result<R, alloc_core::Error>,
+    ) -> Result<R> {
         self.mapping.with_session(body)?.map_err(|cause| self.error(cause))
     }
 
@@ -313,7 +327,8 @@ impl Pool {
     /// The live allocations (a snapshot, consistent per allocation).
     pub fn iter(&self) -> std::vec::IntoIter<Allocation> {
         let mut all = Vec::new();
-        let _ = self.run(|heap, session| heap.for_each_allocation(session, |allocation| all.push(allocation)));
+        let _ =
+            self.run(|heap, session| heap.for_each_allocation(session, |allocation| all.push(allocation)));
         all.into_iter()
     }
 
@@ -351,11 +366,14 @@ impl Pool {
     pub fn reclaim_dead(&self) -> Result<ReclaimReport> {
         let mut report = ReclaimReport::default();
         let mut freed = Vec::new();
-        let reclaimed =
-            self.run(|heap, session| heap.reclaim_dead(session, record_is_dead, |id, owner, size| freed.push((id, owner, size))))?;
+        let reclaimed = self.run(|heap, session| {
+            heap.reclaim_dead(session, record_is_dead, |id, owner, size| freed.push((id, owner, size)))
+        })?;
         report.freed = freed
             .into_iter()
-            .map(|(id, owner, size)| (id, self.mapping.heap().process_record(owner).map_or(0, |r| r.identity.pid), size))
+            .map(|(id, owner, size)| {
+                (id, self.mapping.heap().process_record(owner).map_or(0, |r| r.identity.pid), size)
+            })
             .collect();
         report.reclaimed = reclaimed;
         if reclaimed.wake {

@@ -83,7 +83,11 @@ pub fn current_pid() -> u32 {
 /// This process's identity, as recorded in the pools it uses.
 pub fn current_identity() -> ProcessIdentity {
     let pid = current_pid();
-    ProcessIdentity { pid, start_time: start_time(pid).unwrap_or(0), namespace: pid_namespace("self").unwrap_or(0) }
+    ProcessIdentity {
+        pid,
+        start_time: start_time(pid).unwrap_or(0),
+        namespace: pid_namespace("self").unwrap_or(0),
+    }
 }
 
 /// The start time (clock ticks after boot) of process `pid`, from `/proc/<pid>/stat`.
@@ -151,7 +155,8 @@ pub fn barrier() -> Option<fn() -> bool> {
     static REGISTERED_PID: AtomicU32 = AtomicU32::new(0);
     QUERIED.call_once(|| {
         let commands = membarrier(MEMBARRIER_CMD_QUERY);
-        let wanted = (MEMBARRIER_CMD_GLOBAL_EXPEDITED | MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) as libc::c_long;
+        let wanted =
+            (MEMBARRIER_CMD_GLOBAL_EXPEDITED | MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) as libc::c_long;
         SUPPORTED.store(commands >= 0 && commands & wanted == wanted, Ordering::Relaxed);
     });
     if !SUPPORTED.load(Ordering::Relaxed) {
@@ -176,7 +181,8 @@ mod tests {
         let me = current_identity();
         assert_eq!(me.pid, std::process::id());
         assert!(me.start_time > 0);
-        let record = |identity, state| ProcessRecord { owner: alloc_core::Owner(1), state, incarnation: 1, identity };
+        let record =
+            |identity, state| ProcessRecord { owner: alloc_core::Owner(1), state, incarnation: 1, identity };
         assert!(!record_is_dead(&record(me, RecordState::Active)));
         let reused = ProcessIdentity { start_time: me.start_time + 1, ..me };
         assert!(record_is_dead(&record(reused, RecordState::Active)), "same pid, another start: dead");

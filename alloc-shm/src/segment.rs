@@ -116,7 +116,10 @@ impl Mapping {
         }
         // A new process (or a fork child): receive barriers before publishing any hazard.
         if self.heap.is_asymmetric() && barrier().is_none() {
-            return Err(PoolError::Unsupported { name: self.name.clone(), what: "membarrier registration failed" });
+            return Err(PoolError::Unsupported {
+                name: self.name.clone(),
+                what: "membarrier registration failed",
+            });
         }
         let owner = match self.heap.register_process(current_identity()) {
             Err(HeapError::TableFull { .. }) => {
@@ -153,20 +156,29 @@ impl Mapping {
 
     /// Runs `body` with this thread's participant of this pool (registered on first use; a
     /// session inherited from a fork parent is never used).
-    pub(crate) fn with_session<R>(self: &Arc<Self>, body: impl FnOnce(&Heap<'static>, &mut Session) -> R) -> Result<R> {
+    pub(crate) fn with_session<R>(
+        self: &Arc<Self>,
+        body: impl FnOnce(&Heap<'static>, &mut Session) -> R,
+    ) -> Result<R> {
         let pid = current_pid();
         let key = Arc::as_ptr(self) as usize;
         let mut body = Some(body);
         let mut outcome = None;
         let in_thread = SESSIONS.try_with(|sessions| -> Result<()> {
             let mut sessions = sessions.borrow_mut();
-            let found = sessions.iter().position(|s| s.key == key && s.pid == pid && s.mapping.strong_count() > 0);
+            let found =
+                sessions.iter().position(|s| s.key == key && s.pid == pid && s.mapping.strong_count() > 0);
             let at = match found {
                 Some(at) => at,
                 None => {
                     let session = self.new_session()?;
                     sessions.retain(|s| s.mapping.strong_count() > 0);
-                    sessions.push(ThreadSession { key, pid, mapping: Arc::downgrade(self), session: Some(session) });
+                    sessions.push(ThreadSession {
+                        key,
+                        pid,
+                        mapping: Arc::downgrade(self),
+                        session: Some(session),
+                    });
                     sessions.len() - 1
                 }
             };

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use alloc_core::{
-    AllocId, AllocOptions, Allocation, Cache, Error, Heap, Owner, ProcessIdentity, Reclaimed, Region, Session, Stats,
-    Wake,
+    AllocId, AllocOptions, Allocation, Cache, Error, Heap, Owner, ProcessIdentity, Reclaimed, Region,
+    Session, Stats, Wake,
 };
 
 /// Zeroed memory for one region; lives as long as the test holds it.
