@@ -1,8 +1,9 @@
 //! Helper processes for alloc-shm's multi-process tests and benchmarks. Each role attaches the
 //! pool named by a hex pool descriptor and reports on stderr in lines starting with `@@`.
 //!
-//! - `churn POOL SEED`: allocate, fill, verify and free forever (until killed), half of the
-//!   time through a cache; reports `@@ ready` once running.
+//! - `churn POOL SEED [MAX_SHIFT]`: allocate, fill, verify and free forever (until killed),
+//!   half of the time through a cache, sizes 16 B << 0..MAX_SHIFT (default 10: up to 8 KiB);
+//!   reports `@@ ready` once running.
 //! - `wait POOL SIZE TIMEOUT_MS`: one `alloc_blocking`; reports `@@ ok OFFSET MICROS` or
 //!   `@@ timeout MICROS`.
 //! - `send POOL COUNT`: allocate COUNT allocations, fill them, give them to the pool and write
@@ -29,7 +30,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
-        ["churn", pool, seed] => attach(pool).and_then(|pool| churn(&pool, parse(seed)?)),
+        ["churn", pool, seed] => attach(pool).and_then(|pool| churn(&pool, parse(seed)?, 10)),
+        ["churn", pool, seed, shift] => {
+            attach(pool).and_then(|pool| churn(&pool, parse(seed)?, parse(shift)?))
+        }
         ["wait", pool, size, timeout_ms] => {
             attach(pool).and_then(|pool| wait(&pool, parse(size)?, parse(timeout_ms)?))
         }
@@ -58,7 +62,7 @@ fn attach(descriptor: &str) -> Result<Pool, PoolError> {
     Pool::attach(&from_hex(descriptor).ok_or(PoolError::InvalidDescriptor("not hex"))?)
 }
 
-fn churn(pool: &Pool, seed: u64) -> Result<(), PoolError> {
+fn churn(pool: &Pool, seed: u64, max_shift: u64) -> Result<(), PoolError> {
     let mut local = pool.local();
     let mut live = Vec::new();
     let mut rng = seed | 1;
@@ -67,7 +71,7 @@ fn churn(pool: &Pool, seed: u64) -> Result<(), PoolError> {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let size = 16 << (rng % 10); // 16 B .. 8 KiB
+        let size = 16 << (rng % max_shift.clamp(1, 40));
         let cached = rng & 1 == 0;
         let allocation = if cached { local.alloc(size) } else { pool.alloc(size) };
         match allocation {
