@@ -481,6 +481,10 @@ impl Heap<'_> {
     /// Takes back a retirement by `retirer` that cannot go on: the span stays, entirely free
     /// and listed. By the retirer itself, or by the reclaimer that adopted it (it is dead).
     pub(crate) fn back_out_retirement(&self, session: &Session, head: u64, class: usize, retirer: u64) {
+        if retirer == 0 || retirer >= self.geometry().table_size {
+            // Garbage in the page info (a damaged region): not a retirement anyone can own.
+            return;
+        }
         let flagged = PageInfo::SpanHead { class, retiring: retirer };
         if self.info(head) == Ok(flagged) {
             self.flag_members(head, class, false);

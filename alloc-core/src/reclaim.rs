@@ -321,13 +321,10 @@ impl Heap<'_> {
                 Ok(())
             }
             PageInfo::SpanHead { class, retiring }
-                if retiring == dead
-                    || (retiring == 0
-                        && self.check_span_head(first, class).is_ok()
-                        && self.span(first, class).retiring_by(dead)) =>
+                if self.check_span_head(first, class).is_ok()
+                    && (retiring == dead || (retiring == 0 && self.span(first, class).retiring_by(dead))) =>
             {
                 // A retirement it started and never took the pages of: the span stays.
-                self.check_span_head(first, class)?;
                 self.set_pending(session, first);
                 self.back_out_retirement(session, first, class, dead);
                 Ok(())
@@ -365,12 +362,12 @@ impl Heap<'_> {
         if page >= self.geometry().num_pages {
             return Err(Error::Corrupt { what: "hazard page out of range", page });
         }
-        let head = match self.info(page)? {
-            PageInfo::SpanHead { .. } => page,
-            PageInfo::SpanMember { head, .. } => head,
-            _ if !page.is_multiple_of(SPAN_PAGES) => page - page % SPAN_PAGES,
-            _ => return Ok(Some(0)),
-        };
+        // Spans start at multiples of SPAN_PAGES: the page's span (if any) starts there, whatever
+        // a (possibly corrupted) member info says.
+        let head = page - page % SPAN_PAGES;
+        if head / SPAN_PAGES >= self.geometry().num_slots {
+            return Ok(Some(0));
+        }
         self.heal_span(session, head, offline)
     }
 

@@ -11,7 +11,7 @@
 use crate::error::Error;
 use crate::heap::Heap;
 use crate::layout::{
-    gen, header, page, participant, status, BlockState, Extra, Kind, PageInfo, RecordState, NUM_CLASSES,
+    gen, header, page, participant, status, Anchor, BlockState, Extra, Kind, PageInfo, RecordState, NUM_CLASSES,
     SPAN_PAGES, WAITER_SLOTS,
 };
 use crate::participant::Session;
@@ -41,6 +41,43 @@ impl Repaired {
 }
 
 impl Heap<'_> {
+    /// Rebuilds the span at `head` from its blocks' states (nobody else is inside an operation):
+    /// its page info unflagged, its free list made of exactly its free blocks, its anchor normal,
+    /// its list bits set as its count requires. Returns how many free blocks were on no list.
+    fn rebuild_span(&self, head: u64, class: usize) -> u64 {
+        self.set_info(head, PageInfo::SpanHead { class, retiring: 0 });
+        self.write_members(head, class);
+        let span = self.span(head, class);
+        let before = span.anchor();
+        let mut next = Anchor::NULL;
+        let mut count = 0;
+        for index in (0..span.blocks()).rev() {
+            let tag = match BlockState::decode(span.state(index).load(Ordering::Acquire)) {
+                Some(state) if state.kind == Kind::Free => state.tag,
+                Some(state) if matches!(state.kind, Kind::Live | Kind::Cached) => continue,
+                // No version writes this for a block: call it free (it holds nothing).
+                _ => 0,
+            };
+            span.state(index).store(BlockState::free(next, 0, tag).encode(), Ordering::Release);
+            next = index;
+            count += 1;
+        }
+        let anchor = Anchor { head: next, count, retiring: false, tag: before.tag }.bumped();
+        span.anchor_word().store(anchor.encode(), Ordering::Release);
+        let slot = head / SPAN_PAGES;
+        if count > 0 {
+            self.class_list(class).set(slot);
+        }
+        if count == span.blocks() {
+            self.empty_set().set(slot);
+        }
+        if before.retiring {
+            0
+        } else {
+            count.saturating_sub(before.count)
+        }
+    }
+
     /// Puts right what the metadata says is inconsistent (see the module docs). Call only when
     /// no other participant is inside an operation.
     pub fn repair(&self, session: &mut Session) -> Result<Repaired, Error> {
@@ -98,18 +135,9 @@ impl Heap<'_> {
                 }
                 PageInfo::SpanHead { class, retiring } if self.check_span_head(here, class).is_ok() => {
                     if retiring != 0 {
-                        self.back_out_retirement(session, here, class, retiring);
                         repaired.unfinished += 1;
                     }
-                    let healed = self.heal_span(session, here, true)?.unwrap_or(0);
-                    repaired.orphan_blocks += healed;
-                    let anchor = self.span(here, class).anchor();
-                    if anchor.count > 0 {
-                        self.class_list(class).set(here / SPAN_PAGES);
-                    }
-                    if anchor.count == self.blocks_of(class) {
-                        self.empty_set().set(here / SPAN_PAGES);
-                    }
+                    repaired.orphan_blocks += self.rebuild_span(here, class);
                     here + SPAN_PAGES
                 }
                 PageInfo::LargeHead { pages } if pages >= 1 && pages <= geo.num_pages - here => {

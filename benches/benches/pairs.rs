@@ -1,7 +1,8 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 //! alloc+free pairs: shmpool (alloc-core over shared memory) against glibc malloc and
 //! rts-alloc, at 64 B, 1 KiB, 64 KiB and random sizes, with and without a live working set,
-//! in one and two threads (each thread its own participant, as processes would be).
+//! in one and two threads (each thread its own participant of its own process record, with its
+//! own heap view, as processes would be).
 //!
 //! Two-thread figures are aggregate: wall time divided by the pairs of both threads together,
 //! so a value half the one-thread figure means perfect scaling. Each pool is created once per
@@ -10,6 +11,7 @@
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use alloc_core::{Heap, Platform};
 use benches::{
     log_uniform_sizes, pairs_with_working_set, pairs_without_working_set, Glibc, Rts, SharedMemory, Shm,
     Subject, RTS_MAX_SIZE,
@@ -77,7 +79,7 @@ fn bench_pairs(c: &mut Criterion) {
             for (case, sizes) in &cases {
                 let memory = SharedMemory::new(POOL_BYTES);
                 let _ = memory.create_heap();
-                let open = || alloc_core::Heap::open(memory.region()).expect("valid");
+                let open = || Heap::open(memory.region(), Platform::SYMMETRIC).expect("valid");
                 let mut shm: Vec<Shm<'_>> = (0..threads).map(|_| Shm::cached(open())).collect();
                 bench_one(&mut group, "shmpool", case, &mut shm, sizes, working_set);
                 let mut shared: Vec<Shm<'_>> = (0..threads).map(|_| Shm::uncached(open())).collect();

@@ -5,8 +5,9 @@
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use alloc_core::{AllocId, AllocOptions, Cache, Heap, Owner, Region};
+use alloc_core::{AllocId, AllocOptions, Cache, Heap, ProcessIdentity, Region, Session};
 
 /// One participant's handle on an allocator.
 pub trait Subject {
@@ -67,23 +68,47 @@ impl Drop for SharedMemory {
     }
 }
 
-/// shmpool's heap, one view per participant, with its own cache (the fast path a host uses)
-/// or without one (every operation on the shared spans).
+/// A process identity for a bench participant that stands in for a process of its own: a
+/// made-up pid that no other such participant of this run gets (namespace 0: unknown). The
+/// core never asks whether it is alive; only `reclaim_dead` would, and the benches never call it.
+pub fn bench_process() -> ProcessIdentity {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    ProcessIdentity { pid: NEXT.fetch_add(1, Ordering::Relaxed), start_time: 1, namespace: 0 }
+}
+
+/// Registers a new process on `heap` (see [`bench_process`]) and one participant of it.
+pub fn register(heap: &Heap<'_>) -> Session {
+    let owner = heap.register_process(bench_process()).expect("room in the process table");
+    heap.register_participant(owner).expect("room in the participant table")
+}
+
+/// How a [`Shm`] participant reaches the heap.
+enum Participant {
+    /// Through its cache (which holds its session).
+    Cached(Box<Cache>),
+    /// Straight to the shared spans.
+    Uncached(Session),
+}
+
+/// shmpool's heap, one view per participant (each standing in for a process: its own `Heap`
+/// view, process record and participant record), with its own cache (the fast path a host
+/// uses) or without one (every operation on the shared spans).
 pub struct Shm<'a> {
     heap: Heap<'a>,
-    cache: Option<Box<Cache>>,
+    participant: Participant,
 }
 
 impl<'a> Shm<'a> {
     /// A participant using a cache.
     pub fn cached(heap: Heap<'a>) -> Shm<'a> {
-        let cache = Box::new(heap.new_cache(Owner(std::process::id())));
-        Shm { heap, cache: Some(cache) }
+        let cache = Box::new(Cache::new(register(&heap)));
+        Shm { heap, participant: Participant::Cached(cache) }
     }
 
     /// A participant going to the shared spans for every operation.
     pub fn uncached(heap: Heap<'a>) -> Shm<'a> {
-        Shm { heap, cache: None }
+        let session = register(&heap);
+        Shm { heap, participant: Participant::Uncached(session) }
     }
 }
 
@@ -92,18 +117,18 @@ impl Subject for Shm<'_> {
     #[inline]
     fn alloc(&mut self, size: u64) -> AllocId {
         let options = AllocOptions::default();
-        match &mut self.cache {
-            Some(cache) => self.heap.alloc_with(cache, size, options),
-            None => self.heap.alloc(size, options),
+        match &mut self.participant {
+            Participant::Cached(cache) => self.heap.alloc_with(cache, size, options),
+            Participant::Uncached(session) => self.heap.alloc(session, size, options),
         }
         .expect("bench pool large enough")
         .id
     }
     #[inline]
     fn free(&mut self, block: AllocId) {
-        let _ = match &mut self.cache {
-            Some(cache) => self.heap.free_with(cache, block),
-            None => self.heap.free(block),
+        let _ = match &mut self.participant {
+            Participant::Cached(cache) => self.heap.free_with(cache, block),
+            Participant::Uncached(session) => self.heap.free(session, block),
         }
         .expect("live");
     }

@@ -3,16 +3,17 @@
 //! `cargo run --release -p benches --bin fill`.
 
 use alloc_core::AllocOptions;
-use benches::{log_uniform_sizes, SharedMemory};
+use benches::{log_uniform_sizes, register, SharedMemory};
 
 const POOL_BYTES: usize = 256 << 20;
 
 fn fill(sizes: &[u64]) -> (u64, u64) {
     let memory = SharedMemory::new(POOL_BYTES);
     let heap = memory.create_heap();
+    let mut session = register(&heap);
     let (mut live, mut count) = (0u64, 0u64);
     for &size in sizes.iter().cycle() {
-        match heap.alloc(size, AllocOptions::default()) {
+        match heap.alloc(&mut session, size, AllocOptions::default()) {
             Ok(_) => {
                 live += size;
                 count += 1;
@@ -20,7 +21,7 @@ fn fill(sizes: &[u64]) -> (u64, u64) {
             Err(_) => break,
         }
     }
-    heap.check().expect("consistent after filling");
+    heap.check(&mut session).expect("consistent after filling");
     (live, count)
 }
 
