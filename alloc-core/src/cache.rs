@@ -25,7 +25,7 @@
 use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{AllocId, AllocOptions, Allocation, Heap, Place, Wake};
-use crate::layout::{class_for, status, BlockState, Kind, GRANULE, NUM_CLASSES, STATE_READY};
+use crate::layout::{class_for, status, BlockState, Kind, NUM_CLASSES, STATE_READY};
 use crate::participant::Session;
 use crate::primitive::Ordering;
 
@@ -120,7 +120,7 @@ impl<'a> Heap<'a> {
         options: AllocOptions,
     ) -> Result<Allocation, Error> {
         // The fast path: a plain request, the right mapping, a ready pool, a cached block.
-        if options.align <= GRANULE
+        if options.granule_aligned()
             && cache.session.key == self.region().key()
             && self.status() & status::STATE_MASK == STATE_READY
         {
@@ -144,7 +144,7 @@ impl<'a> Heap<'a> {
     ) -> Result<Allocation, Error> {
         self.check_session(&cache.session)?;
         self.ensure_ready()?;
-        if options.align <= GRANULE {
+        if options.granule_aligned() {
             if let Some(class) = class_for(size).filter(|&class| self.blocks_of(class) > 0) {
                 if cache.lens[class] == 0 {
                     self.refill(cache, class)?;
@@ -225,11 +225,11 @@ impl<'a> Heap<'a> {
         if !cache.takes(class, head) {
             return Ok(false);
         }
-        let (word, decoded, _) = self.live_state(id, place, state)?;
-        let cached = BlockState::cached(cache.session.process, cache.session.incarnation, decoded.tag);
+        let (word, _, _) = self.live_state(id, place, state)?;
+        let cached = BlockState::with_tag(cache.session.cached_bits, BlockState::tag_of(word));
         // ORDERING: Acquire on success: the block is ours, after the last user's accesses.
         state
-            .compare_exchange(word, cached.encode(), Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(word, cached, Ordering::Acquire, Ordering::Relaxed)
             .map_err(|_| Error::NotAllocated { id: id.0 })?;
         step!("cache-free/cached");
         cache.push(class, head, index);
@@ -372,6 +372,21 @@ mod tests {
         let stats = heap.check(cache.session()).expect("consistent");
         assert_eq!(stats.cached_blocks, cache.held() as u64);
         assert_eq!(stats.live_allocations, 0);
+    }
+
+    #[test]
+    fn bad_alignments_are_refused_through_the_cache_too() {
+        let mut words = memory(1 << 20);
+        let heap = heap(&mut words);
+        let mut cache = cache_of(&heap, 1);
+        let first = heap.alloc_with(&mut cache, 8, AllocOptions::default()).expect("space");
+        let _ = heap.free_with(&mut cache, first.id).expect("live");
+        assert!(cache.held() > 0, "the fast path has blocks to give");
+        for align in [0, 3, 12] {
+            let options = AllocOptions { align, ..AllocOptions::default() };
+            assert_eq!(heap.alloc_with(&mut cache, 8, options), Err(Error::BadAlignment { align }));
+        }
+        heap.check(cache.session()).expect("consistent");
     }
 
     #[test]

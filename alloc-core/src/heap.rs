@@ -78,9 +78,9 @@ use crate::error::Error;
 use crate::hier::Hier;
 use crate::layout::{
     block_index, class_for, gen, header, page, participant, span_meta_bytes, status, BlockState, Extra,
-    Geometry, Kind, PageInfo, RecordState, CLASS_SIZES, DEFAULT_PAGE_SHIFT, FENCES_ASYMMETRIC,
-    FENCES_SYMMETRIC, GRANULE, HEADER_WORDS, HEALER, LAYOUT_VERSION, MAGIC, MAX_PAGE_SHIFT, MIN_PAGE_SHIFT,
-    NUM_CLASSES, SPAN_PAGES, STATE_DESTROYED, STATE_INITIALISING, STATE_READY,
+    Geometry, PageInfo, RecordState, CLASS_SIZES, DEFAULT_PAGE_SHIFT, FENCES_ASYMMETRIC, FENCES_SYMMETRIC,
+    GRANULE, HEADER_WORDS, HEALER, LAYOUT_VERSION, MAGIC, MAX_PAGE_SHIFT, MIN_PAGE_SHIFT, NUM_CLASSES,
+    SPAN_PAGES, STATE_DESTROYED, STATE_INITIALISING, STATE_READY,
 };
 use crate::participant::Session;
 use crate::primitive::{compiler_fence, fence, AtomicU32, AtomicU64, Ordering};
@@ -140,6 +140,15 @@ pub struct AllocOptions {
     pub alloc_type: u8,
     /// The owner recorded with the allocation; `None`: the calling participant's process.
     pub owner: Option<Owner>,
+}
+
+impl AllocOptions {
+    /// Whether the alignment asks for nothing beyond the 16 bytes every block has (a power of
+    /// two up to [`GRANULE`]).
+    #[inline]
+    pub(crate) fn granule_aligned(&self) -> bool {
+        self.align.is_power_of_two() && self.align <= GRANULE
+    }
 }
 
 impl Default for AllocOptions {
@@ -483,7 +492,7 @@ impl<'a> Heap<'a> {
     /// Announces that the session is about to touch the span (if any) that `page` belongs to.
     #[inline]
     pub(crate) fn publish_hazard(&self, session: &Session, page: u64) {
-        self.participant_word(session.participant, participant::HAZARD).store(page + 1, Ordering::Relaxed);
+        self.region.word(session.hazard_word).store(page + 1, Ordering::Relaxed);
         self.light_fence();
     }
 
@@ -498,7 +507,7 @@ impl<'a> Heap<'a> {
     #[inline]
     pub(crate) fn clear_hazard(&self, session: &Session) {
         // ORDERING: Release: our accesses to the span happen before a retirer that reads 0 here.
-        self.participant_word(session.participant, participant::HAZARD).store(0, Ordering::Release);
+        self.region.word(session.hazard_word).store(0, Ordering::Release);
     }
 
     /// Records the first page of a claim, release or retirement the session now owns.
@@ -573,12 +582,12 @@ impl<'a> Heap<'a> {
 
     pub(crate) fn class_list(&self, class: usize) -> Hier<'_> {
         let offset = self.geo.class_list_word(class) as u64 * 8;
-        Hier::new(self.region.words_at(offset, self.geo.hier.total_words() as u64), self.geo.hier)
+        Hier::new(self.region.words_at(offset, self.geo.hier.total_words() as u64), &self.geo.hier)
     }
 
     pub(crate) fn empty_set(&self) -> Hier<'_> {
         let offset = self.geo.empty_word as u64 * 8;
-        Hier::new(self.region.words_at(offset, self.geo.hier.total_words() as u64), self.geo.hier)
+        Hier::new(self.region.words_at(offset, self.geo.hier.total_words() as u64), &self.geo.hier)
     }
 
     /// The span whose head is `head`, of `class`. Both must already be range-checked.
@@ -647,32 +656,19 @@ impl<'a> Heap<'a> {
 
     /// Finds the place of `id`'s slot and its state word; the caller holds a hazard on `page`
     /// (from [`Heap::page_of`]). Checks every value read from the region before using it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn locate(&self, id: AllocId, page: u64) -> Result<(Place, &AtomicU64), Error> {
+        // ORDERING: Acquire, as in `info`.
+        let word = self.page_word(page, page::INFO).load(Ordering::Acquire);
+        let Some((head, class)) = PageInfo::span_in_use(word, page) else {
+            return self.locate_outside_spans(id, page, word);
+        };
+        if page.wrapping_sub(head) >= SPAN_PAGES {
+            return Err(Error::Corrupt { what: "span member points outside its span", page });
+        }
+        self.check_span_head(head, class)?;
         let offset = self.geo.data_offset + id.slot() * GRANULE;
         let not_allocated = Error::NotAllocated { id: id.0 };
-        let (head, class) = match self.info(page)? {
-            PageInfo::Free | PageInfo::Transient { .. } => return Err(not_allocated),
-            PageInfo::SpanHead { retiring, .. } if retiring != 0 => return Err(not_allocated),
-            PageInfo::SpanMember { retiring: true, .. } => return Err(not_allocated),
-            PageInfo::LargeHead { pages } => {
-                if pages == 0 || pages > self.geo.num_pages - page {
-                    return Err(Error::Corrupt { what: "large run out of range", page });
-                }
-                if offset != self.geo.page_offset(page) {
-                    return Err(not_allocated);
-                }
-                return Ok((Place::Large { head: page, pages }, self.page_word(page, page::STATE)));
-            }
-            PageInfo::SpanHead { class, .. } => (page, class),
-            PageInfo::SpanMember { head, class, .. } => {
-                if head > page || page - head >= SPAN_PAGES {
-                    return Err(Error::Corrupt { what: "span member points outside its span", page });
-                }
-                (head, class)
-            }
-        };
-        self.check_span_head(head, class)?;
         let base = self.geo.page_offset(head);
         let first_block = base + self.first_block[class];
         if offset < first_block {
@@ -684,6 +680,26 @@ impl<'a> Heap<'a> {
             return Err(not_allocated);
         }
         Ok((Place::Small { head, class, index, base }, self.block_state(base, index)))
+    }
+
+    /// [`Heap::locate`] for a page whose info word `word` is not that of a span in use.
+    #[cold]
+    fn locate_outside_spans(&self, id: AllocId, page: u64, word: u64) -> Result<(Place, &AtomicU64), Error> {
+        let not_allocated = Error::NotAllocated { id: id.0 };
+        match PageInfo::decode(word).ok_or(Error::Corrupt { what: "unknown page info", page })? {
+            PageInfo::LargeHead { pages } => {
+                if pages == 0 || pages > self.geo.num_pages - page {
+                    return Err(Error::Corrupt { what: "large run out of range", page });
+                }
+                if id.slot() * GRANULE != page << self.geo.page_shift {
+                    return Err(not_allocated);
+                }
+                Ok((Place::Large { head: page, pages }, self.page_word(page, page::STATE)))
+            }
+            // Free or in passing, or a span being retired (spans in use are `locate`'s).
+            PageInfo::Free | PageInfo::Transient { .. } => Err(not_allocated),
+            PageInfo::SpanHead { .. } | PageInfo::SpanMember { .. } => Err(not_allocated),
+        }
     }
 
     /// The extra word of the allocation at `place`.
@@ -711,15 +727,15 @@ impl<'a> Heap<'a> {
         // extra word (written before) is visible.
         let word = state.load(Ordering::Acquire);
         let not_allocated = Error::NotAllocated { id: id.0 };
-        let decoded = BlockState::decode(word).ok_or(not_allocated)?;
         let generation = id.generation();
-        if decoded.kind != Kind::Live || decoded.tag != gen::tag(generation) {
+        if !BlockState::is_live_with(word, gen::tag(generation)) {
             return Err(not_allocated);
         }
         let extra = self.extra_of(place);
         if extra.gen_high != gen::high(generation) {
             return Err(not_allocated);
         }
+        let decoded = BlockState::decode(word).ok_or(not_allocated)?;
         Ok((word, decoded, extra))
     }
 
@@ -806,6 +822,7 @@ impl<'a> Heap<'a> {
     /// decides it (exactly one of any number of racing frees succeeds); then the block goes
     /// back on its span's list, or the run's pages back to the bitmap. Under the hazard.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub(crate) fn release(
         &self,
         session: &Session,
@@ -849,6 +866,7 @@ impl<'a> Heap<'a> {
 
     /// Puts blocks of span `head` (held by the caller, not live) back on its list, and lists
     /// the span (class list, empty set) as the new count requires. Under the hazard.
+    #[inline]
     pub(crate) fn push_blocks(
         &self,
         session: &Session,
@@ -959,6 +977,24 @@ impl<'a> Heap<'a> {
     ) -> Result<Allocation, Error> {
         self.check_session(session)?;
         self.ensure_ready()?;
+        // The fast path: a plain small request, served from the span this process took from last.
+        if options.granule_aligned() && options.owner.is_none_or(|owner| owner == session.owner()) {
+            if let Some(class) = class_for(size).filter(|&class| self.blocks[class] > 0) {
+                if let Some(allocation) = self.alloc_from_hint(session, class, size, options) {
+                    return Ok(allocation);
+                }
+            }
+        }
+        self.alloc_slow(session, size, options)
+    }
+
+    #[inline(never)]
+    fn alloc_slow(
+        &self,
+        session: &mut Session,
+        size: u64,
+        options: AllocOptions,
+    ) -> Result<Allocation, Error> {
         if !options.align.is_power_of_two() || options.align > self.geo.page_bytes() {
             return Err(Error::BadAlignment { align: options.align });
         }
@@ -970,7 +1006,7 @@ impl<'a> Heap<'a> {
                 return Err(Error::InvalidOwner { owner: owner.0 });
             }
         }
-        let class = class_for(size).filter(|&class| options.align <= GRANULE && self.blocks[class] > 0);
+        let class = class_for(size).filter(|&class| options.granule_aligned() && self.blocks[class] > 0);
         loop {
             let attempt = match class {
                 Some(class) => self.alloc_small(session, class, size, options)?,
@@ -1008,6 +1044,31 @@ impl<'a> Heap<'a> {
         }
     }
 
+    /// One block of `class` from the span this process took blocks from last, if that still is
+    /// a span of the class with a free block.
+    #[inline]
+    fn alloc_from_hint(
+        &self,
+        session: &Session,
+        class: usize,
+        size: u64,
+        options: AllocOptions,
+    ) -> Option<Allocation> {
+        let hint = self.hints[class].load(Ordering::Relaxed);
+        if hint == 0 {
+            return None;
+        }
+        let head = (hint - 1) * SPAN_PAGES;
+        self.publish_hazard(session, head);
+        let mut popped = [0u16];
+        // An error (a corrupted span) is reported by the slow path, which looks again.
+        let allocation = (self.span_of_class(head, class)
+            && self.pop_from(head, class, &mut popped) == Ok(1))
+        .then(|| self.hand_out(session, head, class, popped[0] as u64, size, options));
+        self.clear_hazard(session);
+        allocation
+    }
+
     fn alloc_small(
         &self,
         session: &mut Session,
@@ -1038,7 +1099,7 @@ impl<'a> Heap<'a> {
         let base = self.geo.page_offset(head);
         let state = self.block_state(base, index);
         let extra_word = self.block_extra(base, class, index);
-        let tag = state.load(Ordering::Relaxed) >> 28;
+        let tag = BlockState::tag_of(state.load(Ordering::Relaxed));
         let extra = Extra::decode(extra_word.load(Ordering::Relaxed));
         let generation = gen::next(gen::join(extra.gen_high, tag));
         let fresh = Extra { alloc_type: options.alloc_type, gen_high: gen::high(generation) };
@@ -1047,10 +1108,11 @@ impl<'a> Heap<'a> {
         }
         let class_size = CLASS_SIZES[class] as u64;
         let owner = session.owner();
-        let live = BlockState::live(owner.0 as u64, class_size - size, gen::tag(generation));
+        // The owner's and kind's bits precomputed, the slack (< 2^14: a class size) and tag added.
+        let live = BlockState::with_tag(session.live_bits | (class_size - size) << 14, gen::tag(generation));
         // ORDERING: Release publishes the extra word (and the allocation as a whole) to lookups,
         // which load this word with Acquire before reading the extra word.
-        state.store(live.encode(), Ordering::Release);
+        state.store(live, Ordering::Release);
         step!("alloc/handed-out");
         let offset = self.block_offset(base, class, index);
         Allocation {

@@ -35,7 +35,7 @@ use crate::primitive::{AtomicU64, Ordering};
 #[derive(Clone, Copy)]
 pub struct Hier<'a> {
     words: &'a [AtomicU64],
-    shape: HierShape,
+    shape: &'a HierShape,
 }
 
 const SUMMARY_BITS: u64 = HierShape::FAN_OUT as u64;
@@ -44,7 +44,7 @@ const SUMMARY_MASK: u64 = VERSION_ONE - 1;
 
 impl<'a> Hier<'a> {
     /// A bitmap of `shape` held in `words` (`shape.total_words()` of them).
-    pub fn new(words: &'a [AtomicU64], shape: HierShape) -> Hier<'a> {
+    pub fn new(words: &'a [AtomicU64], shape: &'a HierShape) -> Hier<'a> {
         debug_assert!(words.len() >= shape.total_words());
         Hier { words, shape }
     }
@@ -264,7 +264,7 @@ mod tests {
     fn finds_set_leaves_from_a_position_and_wraps_around() {
         for leaves in [1u64, 64, 100, 5000, 70_000] {
             let (words, shape) = storage(leaves);
-            let map = Hier::new(&words, shape);
+            let map = Hier::new(&words, &shape);
             assert_eq!(map.find_from(0), None);
             let picks: Vec<u64> = [0, leaves / 3, leaves - 1].into_iter().collect();
             for &leaf in &picks {
@@ -296,7 +296,7 @@ mod tests {
     #[test]
     fn a_stale_summary_is_cleaned_up_by_a_search() {
         let (words, shape) = storage(10_000);
-        let map = Hier::new(&words, shape);
+        let map = Hier::new(&words, &shape);
         map.set(5000);
         // Clear the leaf behind the summaries' back, as a clearer stopped mid-cascade would.
         words[shape.offsets[0] + 5000 / 64].store(0, Ordering::Relaxed);
@@ -315,7 +315,7 @@ mod tests {
     #[test]
     fn rebuilding_summaries_makes_every_leaf_findable() {
         let (words, shape) = storage(3000);
-        let map = Hier::new(&words, shape);
+        let map = Hier::new(&words, &shape);
         words[shape.offsets[0] + 2000 / 64].store(1 << (2000 % 64), Ordering::Relaxed);
         assert!(!map.summaries_cover_leaves());
         assert_eq!(map.find_from(0), None);

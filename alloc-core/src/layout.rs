@@ -547,6 +547,20 @@ impl PageInfo {
         }
     }
 
+    /// For the word of `page`: the span head and class, if the page belongs to a span that is
+    /// not being retired (the fast paths' form of decoding: kind and retiring state in one
+    /// compare). Not range-checked, as for `decode`.
+    #[inline]
+    pub const fn span_in_use(word: u64, page: u64) -> Option<(u64, usize)> {
+        let class = ((word >> 40) & 0xFF) as usize;
+        // A head's retiring participant is in its low bits, a member's retiring flag in one bit.
+        match word >> Self::KIND_SHIFT {
+            1 if word & Self::LOW_MASK == 0 => Some((page, class)),
+            2 if word & Self::RETIRING == 0 => Some((word & Self::LOW_MASK, class)),
+            _ => None,
+        }
+    }
+
     /// Reads a word back; `None` for a kind no version ever wrote (a corrupted region). Values
     /// are not range-checked here; callers check them against the geometry before use.
     pub const fn decode(word: u64) -> Option<PageInfo> {
@@ -665,6 +679,27 @@ impl BlockState {
     pub const TAG_BITS: u32 = 36;
     /// Largest `tag` value.
     pub const TAG_MASK: u64 = (1 << Self::TAG_BITS) - 1;
+    const TAG_SHIFT: u32 = 28;
+    const KIND_AND_TAG: u64 = 3 << 12 | Self::TAG_MASK << Self::TAG_SHIFT;
+
+    /// The tag of an encoded word.
+    #[inline]
+    pub const fn tag_of(word: u64) -> u64 {
+        word >> Self::TAG_SHIFT
+    }
+
+    /// An encoded word with tag `tag` and every other field from `bits` (whose tag is 0).
+    #[inline]
+    pub const fn with_tag(bits: u64, tag: u64) -> u64 {
+        bits | (tag & Self::TAG_MASK) << Self::TAG_SHIFT
+    }
+
+    /// Whether encoded `word` is a live allocation with tag `tag` (one compare: the fast paths'
+    /// form of decoding and comparing kind and tag).
+    #[inline]
+    pub const fn is_live_with(word: u64, tag: u64) -> bool {
+        word & Self::KIND_AND_TAG == Self::with_tag(1 << 12, tag)
+    }
 
     /// The word stored in the region.
     pub const fn encode(self) -> u64 {
@@ -677,7 +712,7 @@ impl BlockState {
         (self.link & Self::LINK_MASK)
             | kind << 12
             | (self.aux & Self::AUX_MASK) << 14
-            | (self.tag & Self::TAG_MASK) << 28
+            | (self.tag & Self::TAG_MASK) << Self::TAG_SHIFT
     }
 
     /// Reads a word back (`Option` for symmetry with the other formats: every word decodes).
@@ -692,7 +727,7 @@ impl BlockState {
             kind,
             link: word & Self::LINK_MASK,
             aux: (word >> 14) & Self::AUX_MASK,
-            tag: word >> 28,
+            tag: word >> Self::TAG_SHIFT,
         })
     }
 
@@ -977,6 +1012,34 @@ mod tests {
                 }
                 distance += size;
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// The fast paths' one-compare forms agree with decoding, for every word (user bytes
+        /// and corrupted words included).
+        #[test]
+        fn fast_checks_agree_with_decoding(
+            bits: u64,
+            kind in 0u64..16,
+            no_low: bool,
+            page in 0..MAX_PAGES,
+            tag in 0..=BlockState::TAG_MASK,
+        ) {
+            // Every info kind, with and without a retiring participant in the low bits.
+            let word = (bits & !(15 << 60) | kind << 60) & !(if no_low { PageInfo::LOW_MASK } else { 0 });
+            let expected = match PageInfo::decode(word) {
+                Some(PageInfo::SpanHead { class, retiring: 0 }) => Some((page, class)),
+                Some(PageInfo::SpanMember { head, class, retiring: false }) => Some((head, class)),
+                _ => None,
+            };
+            proptest::prop_assert_eq!(PageInfo::span_in_use(word, page), expected);
+            let state = BlockState::decode(word).expect("every word decodes");
+            let live = state.kind == Kind::Live && state.tag == tag;
+            proptest::prop_assert_eq!(BlockState::is_live_with(word, tag), live);
+            proptest::prop_assert_eq!(BlockState::tag_of(word), state.tag);
+            let with = BlockState::with_tag(BlockState { tag: 0, ..state }.encode(), tag);
+            proptest::prop_assert_eq!(BlockState::decode(with), Some(BlockState { tag, ..state }));
         }
     }
 

@@ -39,6 +39,9 @@ use crate::layout::{gen, page, participant, BlockState, Extra, PageInfo, SPAN_PA
 use crate::participant::Session;
 use crate::primitive::Ordering;
 
+/// Most blocks one [`Heap::take_blocks`] takes.
+const MAX_TAKE: usize = 64;
+
 impl Heap<'_> {
     /// Takes up to `max` free blocks of `class` (at least one unless the pool has no room): from
     /// this process's hint span, else a span of the class list, else a freshly carved span. The
@@ -127,21 +130,23 @@ impl Heap<'_> {
         max: u64,
         take: &mut impl FnMut(&Self, &Session, u64, u64),
     ) -> Result<u64, Error> {
-        let mut popped = [0u16; crate::span::Span::MAX_BATCH];
-        let mut taken = 0usize;
-        let result = self.span(head, class).pop(max, |index| {
-            popped[taken] = index as u16;
-            taken += 1;
-        });
-        let result = result.map_err(|error| match error {
+        let mut popped = [0u16; MAX_TAKE];
+        let taken = self.pop_from(head, class, &mut popped[..(max as usize).min(MAX_TAKE)])?;
+        for &index in &popped[..taken] {
+            take(self, session, head, index as u64);
+        }
+        Ok(taken as u64)
+    }
+
+    /// Pops up to `into.len()` blocks of the span at `head` (hazard held) into `into`.
+    #[inline]
+    pub(crate) fn pop_from(&self, head: u64, class: usize, into: &mut [u16]) -> Result<usize, Error> {
+        let taken = self.span(head, class).pop_into(into).map_err(|error| match error {
             Error::Corrupt { what, .. } => Error::Corrupt { what, page: head },
             other => other,
         })?;
         step!("pop/popped");
-        for &index in &popped[..taken] {
-            take(self, session, head, index as u64);
-        }
-        Ok(result)
+        Ok(taken)
     }
 
     /// Clears span `slot`'s bit in `class`'s list (it was found full, or is no longer a span
@@ -160,7 +165,7 @@ impl Heap<'_> {
     }
 
     /// Whether `head` is a span of `class` that is not being retired.
-    fn span_of_class(&self, head: u64, class: usize) -> bool {
+    pub(crate) fn span_of_class(&self, head: u64, class: usize) -> bool {
         matches!(self.info(head), Ok(PageInfo::SpanHead { class: found, retiring: 0 }) if found == class)
             && self.check_span_head(head, class).is_ok()
     }

@@ -24,7 +24,7 @@
 
 use crate::error::Error;
 use crate::heap::{Heap, Owner};
-use crate::layout::{header, participant, process, ParticipantState, ProcessState, RecordState};
+use crate::layout::{header, participant, process, BlockState, ParticipantState, ProcessState, RecordState};
 use crate::primitive::{AtomicU64, Ordering};
 
 /// How the host identifies a process: enough to tell it from a later process with the same pid.
@@ -60,6 +60,11 @@ pub struct Session {
     pub(crate) process: u64,
     /// The process record's incarnation (low bits go into the state of blocks it caches).
     pub(crate) incarnation: u64,
+    /// Precomputed for the fast paths: the region index of the record's hazard word, and the
+    /// state-word bits (all but the tag) of a block this participant allocates or caches.
+    pub(crate) hazard_word: usize,
+    pub(crate) live_bits: u64,
+    pub(crate) cached_bits: u64,
 }
 
 impl Session {
@@ -199,6 +204,9 @@ impl<'a> Heap<'a> {
                     participant: index,
                     process,
                     incarnation: record.incarnation,
+                    hazard_word: self.geometry().participant_field(index, participant::HAZARD),
+                    live_bits: BlockState::live(process, 0, 0).encode(),
+                    cached_bits: BlockState::cached(process, record.incarnation, 0).encode(),
                 });
             }
         }

@@ -11,8 +11,8 @@
 use crate::error::Error;
 use crate::heap::Heap;
 use crate::layout::{
-    gen, header, page, participant, status, Anchor, BlockState, Extra, Kind, PageInfo, RecordState, NUM_CLASSES,
-    SPAN_PAGES, WAITER_SLOTS,
+    gen, header, page, participant, status, Anchor, BlockState, Extra, Kind, PageInfo, RecordState,
+    NUM_CLASSES, SPAN_PAGES, WAITER_SLOTS,
 };
 use crate::participant::Session;
 use crate::primitive::Ordering;

@@ -40,9 +40,6 @@ pub struct Pushed {
 }
 
 impl<'a> Span<'a> {
-    /// Most blocks one [`Span::pop`] takes.
-    pub const MAX_BATCH: usize = 64;
-
     /// A span whose anchor is `anchor` and whose blocks' words are `states` and `extras`.
     pub fn new(anchor: &'a AtomicU64, states: &'a [AtomicU64], extras: &'a [AtomicU32]) -> Span<'a> {
         debug_assert_eq!(states.len(), extras.len());
@@ -102,28 +99,28 @@ impl<'a> Span<'a> {
         self.anchor.store(fresh.encode(), Ordering::Release);
     }
 
-    /// Takes up to `max` (at most [`Span::MAX_BATCH`]) free blocks off the list with one
-    /// compare-exchange and hands each index to `take`. The links walked before the exchange
-    /// are trustworthy when it succeeds: any pop or push in between would have bumped the tag
-    /// and made it fail. Returns how many blocks were taken (0 when empty or retiring).
-    pub fn pop(&self, max: u64, mut take: impl FnMut(u64)) -> Result<u64, Error> {
+    /// Takes up to `into.len()` free blocks off the list with one compare-exchange and writes
+    /// their indices to `into`. The links walked before the exchange are trustworthy when it
+    /// succeeds: any pop or push in between would have bumped the tag and made it fail. Returns
+    /// how many blocks were taken (0 when empty or retiring).
+    #[inline]
+    pub fn pop_into(&self, into: &mut [u16]) -> Result<usize, Error> {
         let blocks = self.blocks();
-        let mut taken = [0u16; Self::MAX_BATCH];
         // ORDERING: Acquire, as in `anchor`: the links of the whole list were published by the
         // Release pushes that built it.
         let mut current = self.anchor.load(Ordering::Acquire);
         loop {
             let anchor = Anchor::decode(current);
-            if anchor.retiring || anchor.count == 0 || max == 0 {
+            if anchor.retiring || anchor.count == 0 || into.is_empty() {
                 return Ok(0);
             }
             if anchor.count > blocks {
                 return Err(Error::Corrupt { what: "span free count exceeds its blocks", page: 0 });
             }
-            let taking = anchor.count.min(max).min(Self::MAX_BATCH as u64) as usize;
+            let taking = (anchor.count as usize).min(into.len());
             let mut after = anchor.head;
             let mut torn = false;
-            for slot in taken.iter_mut().take(taking) {
+            for slot in into.iter_mut().take(taking) {
                 if after >= blocks {
                     torn = true;
                     break;
@@ -163,14 +160,9 @@ impl<'a> Span<'a> {
                 Ordering::Acquire,
                 Ordering::Acquire,
             ) {
-                Ok(_) => {
-                    // The recorded blocks are ours now (in a corrupted heap whose list loops, an
-                    // index may repeat; the caller sees it twice and must cope).
-                    for &index in &taken[..taking] {
-                        take(index as u64);
-                    }
-                    return Ok(taking as u64);
-                }
+                // The recorded blocks are ours now (in a corrupted heap whose list loops, an index
+                // may repeat; the caller sees it twice and must cope).
+                Ok(_) => return Ok(taking),
                 Err(actual) => current = actual,
             }
         }
@@ -308,7 +300,10 @@ mod tests {
         let span = memory.span();
         span.init(7);
         let mut seen = Vec::new();
-        while span.pop(1, |index| seen.push(index)).expect("valid") == 1 {}
+        let mut one = [0u16];
+        while span.pop_into(&mut one).expect("valid") == 1 {
+            seen.push(one[0]);
+        }
         seen.sort();
         assert_eq!(seen, vec![0, 1, 2, 3, 4]);
         assert_eq!(span.anchor().count, 0);
@@ -320,13 +315,13 @@ mod tests {
         let memory = storage(5);
         let span = memory.span();
         span.init(0);
-        let mut taken = Vec::new();
-        assert_eq!(span.pop(3, |index| taken.push(index)), Ok(3));
-        assert_eq!(taken, vec![0, 1, 2]);
+        let mut taken = [0u16; 10];
+        assert_eq!(span.pop_into(&mut taken[..3]), Ok(3));
+        assert_eq!(taken[..3], [0, 1, 2]);
         assert_eq!(span.anchor().count, 2);
-        assert_eq!(span.pop(10, |index| taken.push(index)), Ok(2));
-        assert_eq!(taken, vec![0, 1, 2, 3, 4]);
-        assert_eq!(span.pop(1, |_| {}), Ok(0));
+        assert_eq!(span.pop_into(&mut taken[3..]), Ok(2));
+        assert_eq!(taken[..5], [0, 1, 2, 3, 4]);
+        assert_eq!(span.pop_into(&mut taken), Ok(0));
     }
 
     #[test]
@@ -334,14 +329,12 @@ mod tests {
         let memory = storage(4);
         let span = memory.span();
         span.init(0);
-        let mut taken = Vec::new();
-        span.pop(4, |index| taken.push(index as u16)).expect("valid");
+        let mut taken = [0u16; 4];
+        assert_eq!(span.pop_into(&mut taken), Ok(4));
         let pushed = span.push_chain(&taken[..3], &[1, 1, 1], 9);
         assert_eq!(pushed, Pushed { before: 0, after: 3 });
         assert_eq!(span.push(taken[3] as u64, 1, 9), Pushed { before: 3, after: 4 });
-        let mut again = Vec::new();
-        span.pop(4, |index| again.push(index as u16)).expect("valid");
-        assert_eq!(again.len(), 4);
+        assert_eq!(span.pop_into(&mut [0; 4]), Ok(4));
         assert_eq!(BlockState::decode(span.state(0).load(Ordering::Relaxed)).map(|s| s.aux), Some(9));
     }
 
@@ -350,18 +343,19 @@ mod tests {
         let memory = storage(3);
         let span = memory.span();
         span.init(0);
-        let mut held = 0;
-        span.pop(1, |index| held = index).expect("valid");
+        let mut held = [0u16];
+        assert_eq!(span.pop_into(&mut held), Ok(1));
+        let held = held[0] as u64;
         assert!(!span.try_retire(5, |_| {}));
         span.push(held, 1, 1);
         let mut before = 0;
         assert!(span.try_retire(5, |anchor| before = anchor));
         assert!(span.retiring_by(5) && !span.retiring_by(6));
-        assert_eq!(span.pop(1, |_| {}), Ok(0));
+        assert_eq!(span.pop_into(&mut [0]), Ok(0));
         assert!(!span.back_out_retire(6, before), "only the retirer's retirement is taken back");
         assert!(span.back_out_retire(5, before));
         assert_eq!(span.anchor().head, held);
-        assert_eq!(span.pop(1, |_| {}), Ok(1));
+        assert_eq!(span.pop_into(&mut [0]), Ok(1));
     }
 
     #[test]

@@ -11,7 +11,6 @@
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use alloc_core::{Heap, Platform};
 use benches::{
     log_uniform_sizes, pairs_with_working_set, pairs_without_working_set, Glibc, Rts, SharedMemory, Shm,
     Subject, RTS_MAX_SIZE,
@@ -79,7 +78,7 @@ fn bench_pairs(c: &mut Criterion) {
             for (case, sizes) in &cases {
                 let memory = SharedMemory::new(POOL_BYTES);
                 let _ = memory.create_heap();
-                let open = || Heap::open(memory.region(), Platform::SYMMETRIC).expect("valid");
+                let open = || memory.open_heap();
                 let mut shm: Vec<Shm<'_>> = (0..threads).map(|_| Shm::cached(open())).collect();
                 bench_one(&mut group, "shmpool", case, &mut shm, sizes, working_set);
                 let mut shared: Vec<Shm<'_>> = (0..threads).map(|_| Shm::uncached(open())).collect();

@@ -55,10 +55,21 @@ impl SharedMemory {
         unsafe { Region::from_raw(self.base, self.bytes) }.expect("page aligned")
     }
 
-    /// Creates a heap in it and returns the creator's view.
+    /// Creates a heap in it and returns the creator's view, with the fences a pool of alloc-shm
+    /// uses on this machine (asymmetric with membarrier where the kernel offers it).
     pub fn create_heap(&self) -> Heap<'_> {
-        Heap::create_default(self.region()).expect("large enough")
+        Heap::create(self.region(), alloc_core::layout::DEFAULT_PAGE_SHIFT, platform()).expect("large enough")
     }
+
+    /// Another participant's view of the heap made by [`SharedMemory::create_heap`].
+    pub fn open_heap(&self) -> Heap<'_> {
+        Heap::open(self.region(), platform()).expect("valid")
+    }
+}
+
+/// What alloc-shm hands the core on this machine (see `alloc_shm::process::barrier`).
+pub fn platform() -> alloc_core::Platform {
+    alloc_core::Platform { heavy_fence: alloc_shm::process::barrier() }
 }
 
 impl Drop for SharedMemory {

@@ -1,13 +1,18 @@
 //! A fixed workload for instruction-level profiling (`valgrind --tool=callgrind`): 64-byte
-//! alloc+free pairs against a working set, through a cache. It prints nothing;
-//! `scripts/bench --profile` runs it under callgrind and reports instructions per pair.
+//! alloc+free pairs against a working set, through a cache (or, with a second argument
+//! `uncached`, straight on the shared heap). It prints nothing; `scripts/bench --profile` runs it
+//! under callgrind and reports instructions per pair.
 
 use benches::{pairs_with_working_set, SharedMemory, Shm};
 
 fn main() {
-    let pairs: u64 = std::env::args().nth(1).and_then(|arg| arg.parse().ok()).unwrap_or(1_000_000);
+    let mut args = std::env::args().skip(1);
+    let pairs: u64 = args.next().and_then(|arg| arg.parse().ok()).unwrap_or(1_000_000);
     let memory = SharedMemory::new(1 << 30);
     let heap = memory.create_heap();
-    let mut subject = Shm::cached(heap);
+    let mut subject = match args.next().as_deref() {
+        Some("uncached") => Shm::uncached(heap),
+        _ => Shm::cached(heap),
+    };
     pairs_with_working_set(&mut subject, &[64], pairs);
 }
