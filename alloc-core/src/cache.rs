@@ -24,7 +24,7 @@
 
 use crate::crash::step;
 use crate::error::Error;
-use crate::heap::{AllocId, AllocOptions, Allocation, Heap, Place, Wake};
+use crate::heap::{AllocId, AllocOptions, Allocation, Heap, Place, SpanAt, Wake};
 use crate::layout::{class_for, status, BlockState, Kind, NUM_CLASSES, STATE_READY};
 use crate::participant::Session;
 use crate::primitive::Ordering;
@@ -38,10 +38,10 @@ const REFILL_BLOCKS: usize = CACHE_BLOCKS / 2;
 pub struct Cache {
     session: Session,
     lens: [u8; NUM_CLASSES],
-    /// Per class, the span head page every cached block of the class belongs to.
-    spans: [u64; NUM_CLASSES],
-    /// Per class, `(span head page << 16) | block index`.
-    entries: [[u64; CACHE_BLOCKS]; NUM_CLASSES],
+    /// Per class, the span every cached block of the class belongs to (while any is cached).
+    spans: [SpanAt; NUM_CLASSES],
+    /// Per class, the cached blocks' indices in their span.
+    entries: [[u16; CACHE_BLOCKS]; NUM_CLASSES],
 }
 
 impl Cache {
@@ -50,7 +50,7 @@ impl Cache {
         Cache {
             session,
             lens: [0; NUM_CLASSES],
-            spans: [0; NUM_CLASSES],
+            spans: [SpanAt::default(); NUM_CLASSES],
             entries: [[0; CACHE_BLOCKS]; NUM_CLASSES],
         }
     }
@@ -71,15 +71,13 @@ impl Cache {
         self.lens.iter().map(|&len| len as usize).sum()
     }
 
+    /// The most recently cached block of `class`: its span and index.
     #[inline]
-    fn pop(&mut self, class: usize) -> Option<(u64, u64)> {
+    fn pop(&mut self, class: usize) -> Option<(SpanAt, u64)> {
         let len = self.lens[class] as usize;
-        if len == 0 {
-            return None;
-        }
+        let index = *self.entries[class].get(len.checked_sub(1)?)?;
         self.lens[class] -= 1;
-        let entry = self.entries[class][len - 1];
-        Some((entry >> 16, entry & 0xFFFF))
+        Some((self.spans[class], index as u64))
     }
 
     /// Whether a freed block of span `head` may go into the class's cache.
@@ -88,7 +86,7 @@ impl Cache {
         match self.lens[class] as usize {
             0 => true,
             CACHE_BLOCKS => false,
-            _ => self.spans[class] == head,
+            _ => self.spans[class].head == head,
         }
     }
 
@@ -97,14 +95,17 @@ impl Cache {
         self.lens[class] as usize == CACHE_BLOCKS
     }
 
+    /// Caches block `index` of span `at` (callers check [`Cache::takes`] first).
     #[inline]
-    fn push(&mut self, class: usize, head: u64, index: u64) {
+    fn push(&mut self, at: impl FnOnce() -> SpanAt, class: usize, index: u64) {
         let len = self.lens[class] as usize;
-        debug_assert!(len < CACHE_BLOCKS, "callers check `is_full` first");
+        debug_assert!(len < CACHE_BLOCKS, "callers check `takes` first");
+        if len == 0 {
+            self.spans[class] = at();
+        }
         if let Some(entry) = self.entries[class].get_mut(len) {
-            *entry = head << 16 | index;
+            *entry = index as u16;
             self.lens[class] += 1;
-            self.spans[class] = head;
         }
     }
 }
@@ -126,8 +127,8 @@ impl<'a> Heap<'a> {
         {
             if let Some(class) = class_for(size) {
                 // Only classes in use ever get cache entries, so no block-count check here.
-                if let Some((head, index)) = cache.pop(class) {
-                    return Ok(self.hand_out(&cache.session, head, class, index, size, options));
+                if let Some((at, index)) = cache.pop(class) {
+                    return Ok(self.hand_out(&cache.session, &at, index, size, options));
                 }
             }
         }
@@ -149,8 +150,8 @@ impl<'a> Heap<'a> {
                 if cache.lens[class] == 0 {
                     self.refill(cache, class)?;
                 }
-                if let Some((head, index)) = cache.pop(class) {
-                    return Ok(self.hand_out(&cache.session, head, class, index, size, options));
+                if let Some((at, index)) = cache.pop(class) {
+                    return Ok(self.hand_out(&cache.session, &at, index, size, options));
                 }
             }
         }
@@ -180,12 +181,15 @@ impl<'a> Heap<'a> {
             }
             // The block is ours (taken off the list, our hazard on its span); the store records
             // in the same word that it is free and which process's cache holds it.
-            // ORDERING: Release, like every store to a state word: see `Span::pop`.
+            // ORDERING: Release, like every store to a state word: see `Span::pop_into`.
             state.store(BlockState::cached(holder, incarnation, word >> 28).encode(), Ordering::Release);
             step!("refill/cached");
-            entries[class][len] = head << 16 | index;
+            // The class's cache is empty before a refill, and a refill's blocks share a span.
+            if len == 0 {
+                spans[class] = heap.span_at(head, class);
+            }
+            entries[class][len] = index as u16;
             lens[class] += 1;
-            spans[class] = head;
         })?;
         Ok(())
     }
@@ -219,7 +223,7 @@ impl<'a> Heap<'a> {
     #[inline]
     fn cache_block(&self, cache: &mut Cache, id: AllocId, page: u64) -> Result<bool, Error> {
         let (place, state) = self.locate(id, page)?;
-        let Place::Small { head, class, index, .. } = place else {
+        let Place::Small { head, class, index, base } = place else {
             return Ok(false);
         };
         if !cache.takes(class, head) {
@@ -232,7 +236,7 @@ impl<'a> Heap<'a> {
             .compare_exchange(word, cached, Ordering::Acquire, Ordering::Relaxed)
             .map_err(|_| Error::NotAllocated { id: id.0 })?;
         step!("cache-free/cached");
-        cache.push(class, head, index);
+        cache.push(|| self.span_at_base(head, class, base), class, index);
         Ok(true)
     }
 
@@ -247,7 +251,7 @@ impl<'a> Heap<'a> {
             let page = self.page_of(id)?;
             self.publish_hazard(&cache.session, page);
             let class = match self.locate(id, page) {
-                Ok((Place::Small { class, head, .. }, _)) if cache.spans[class] == head => Some(class),
+                Ok((Place::Small { class, head, .. }, _)) if cache.spans[class].head == head => Some(class),
                 _ => None,
             };
             self.clear_hazard(&cache.session);
@@ -278,35 +282,24 @@ impl<'a> Heap<'a> {
         Ok(wake)
     }
 
-    /// Gives the `count` oldest cached blocks of `class` back to their spans, a chain per run
-    /// of blocks of the same span.
+    /// Gives the `count` oldest cached blocks of `class` back to their span, as one chain.
     fn spill(&self, cache: &mut Cache, class: usize, count: usize) -> Wake {
         let len = cache.lens[class] as usize;
         let count = count.min(len);
         if count == 0 {
             return Wake::Nobody;
         }
-        let mut start = 0;
-        while start < count {
-            let head = cache.entries[class][start] >> 16;
-            let mut end = start + 1;
-            while end < count && cache.entries[class][end] >> 16 == head {
-                end += 1;
-            }
-            let mut indices = [0u16; CACHE_BLOCKS];
-            let mut tags = [0u64; CACHE_BLOCKS];
-            self.publish_hazard(&cache.session, head);
-            let span = self.span(head, class);
-            for (at, &entry) in cache.entries[class][start..end].iter().enumerate() {
-                let index = entry & 0xFFFF;
-                indices[at] = index as u16;
-                tags[at] = span.state(index).load(Ordering::Relaxed) >> 28;
-            }
-            self.push_blocks(&cache.session, head, class, &indices[..end - start], &tags[..end - start]);
-            self.clear_hazard(&cache.session);
-            step!("spill/given-back");
-            start = end;
+        let head = cache.spans[class].head;
+        let indices = &cache.entries[class][..count];
+        let mut tags = [0u64; CACHE_BLOCKS];
+        self.publish_hazard(&cache.session, head);
+        let span = self.span(head, class);
+        for (tag, &index) in tags.iter_mut().zip(indices) {
+            *tag = BlockState::tag_of(span.state(index as u64).load(Ordering::Relaxed));
         }
+        self.push_blocks(&cache.session, head, class, indices, &tags[..count]);
+        self.clear_hazard(&cache.session);
+        step!("spill/given-back");
         cache.entries[class].copy_within(count..len, 0);
         cache.lens[class] = (len - count) as u8;
         self.wake_if_waiting()

@@ -256,6 +256,21 @@ pub struct Stats {
     pub classes: [ClassStats; NUM_CLASSES],
 }
 
+/// Where a span's words are: computed once for a run of operations on one span.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SpanAt {
+    /// The span's head page.
+    pub(crate) head: u64,
+    /// Its class.
+    pub(crate) class: usize,
+    /// The region word index of block 0's state word.
+    states: usize,
+    /// The region half-word index of block 0's extra word.
+    extras: usize,
+    /// The byte offset of block 0.
+    first_block: u64,
+}
+
 /// Where an id's slot lives.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Place {
@@ -274,6 +289,8 @@ pub struct Heap<'a> {
     blocks: [u64; NUM_CLASSES],
     /// Per class, the byte offset of block 0 from the span's start (after its metadata).
     first_block: [u64; NUM_CLASSES],
+    /// `geo.data_bytes()`, for the fast paths.
+    data_bytes: u64,
     /// Per class, the span slot this process allocated from last (+ 1, 0 = none).
     pub(crate) hints: [AtomicU64; NUM_CLASSES],
     /// Where the next search for a free span slot starts. Process-local.
@@ -379,6 +396,7 @@ impl<'a> Heap<'a> {
             geo,
             blocks,
             first_block: blocks.map(span_meta_bytes),
+            data_bytes: geo.data_bytes(),
             hints: core::array::from_fn(|_| AtomicU64::new(0)),
             slot_hint: AtomicU64::new(0),
             page_hint: AtomicU64::new(0),
@@ -590,6 +608,24 @@ impl<'a> Heap<'a> {
         Hier::new(self.region.words_at(offset, self.geo.hier.total_words() as u64), &self.geo.hier)
     }
 
+    /// Where the words of span `head` of `class` are (both range-checked already).
+    #[inline]
+    pub(crate) fn span_at(&self, head: u64, class: usize) -> SpanAt {
+        self.span_at_base(head, class, self.geo.page_offset(head))
+    }
+
+    /// [`Heap::span_at`] for a span whose byte offset `base` is known.
+    #[inline]
+    pub(crate) fn span_at_base(&self, head: u64, class: usize, base: u64) -> SpanAt {
+        SpanAt {
+            head,
+            class,
+            states: (base / 8) as usize,
+            extras: ((base + self.blocks[class] * 8) / 4) as usize,
+            first_block: base + self.first_block[class],
+        }
+    }
+
     /// The span whose head is `head`, of `class`. Both must already be range-checked.
     #[inline]
     pub(crate) fn span(&self, head: u64, class: usize) -> Span<'_> {
@@ -645,7 +681,7 @@ impl<'a> Heap<'a> {
     /// The page holding `id`'s slot, or `InvalidId`.
     #[inline]
     pub(crate) fn page_of(&self, id: AllocId) -> Result<u64, Error> {
-        let relative = id.slot().checked_mul(GRANULE).filter(|&r| r < self.geo.data_bytes());
+        let relative = id.slot().checked_mul(GRANULE).filter(|&r| r < self.data_bytes);
         match relative {
             Some(relative) => Ok(relative >> self.geo.page_shift),
             None => Err(Error::InvalidId { id: id.0 }),
@@ -1064,7 +1100,7 @@ impl<'a> Heap<'a> {
         // An error (a corrupted span) is reported by the slow path, which looks again.
         let allocation = (self.span_of_class(head, class)
             && self.pop_from(head, class, &mut popped) == Ok(1))
-        .then(|| self.hand_out(session, head, class, popped[0] as u64, size, options));
+        .then(|| self.hand_out(session, &self.span_at(head, class), popped[0] as u64, size, options));
         self.clear_hazard(session);
         allocation
     }
@@ -1078,27 +1114,25 @@ impl<'a> Heap<'a> {
     ) -> Result<Option<Allocation>, Error> {
         let mut taken = None;
         self.take_blocks(session, class, 1, |heap, session, head, index| {
-            taken = Some(heap.hand_out(session, head, class, index, size, options));
+            taken = Some(heap.hand_out(session, &heap.span_at(head, class), index, size, options));
         })?;
         Ok(taken)
     }
 
-    /// Makes block `index` of span `head`, which the caller holds (taken off the list, or
-    /// cached by this session's process), a live allocation: a new generation, the type, then
-    /// the state word (Release).
+    /// Makes block `index` of span `at`, which the caller holds (taken off the list, or cached
+    /// by this session's process), a live allocation: a new generation, the type, then the
+    /// state word (Release).
     #[inline]
     pub(crate) fn hand_out(
         &self,
         session: &Session,
-        head: u64,
-        class: usize,
+        at: &SpanAt,
         index: u64,
         size: u64,
         options: AllocOptions,
     ) -> Allocation {
-        let base = self.geo.page_offset(head);
-        let state = self.block_state(base, index);
-        let extra_word = self.block_extra(base, class, index);
+        let state = self.region.word(at.states + index as usize);
+        let extra_word = self.region.half(at.extras + index as usize);
         let tag = BlockState::tag_of(state.load(Ordering::Relaxed));
         let extra = Extra::decode(extra_word.load(Ordering::Relaxed));
         let generation = gen::next(gen::join(extra.gen_high, tag));
@@ -1106,7 +1140,7 @@ impl<'a> Heap<'a> {
         if fresh != extra {
             extra_word.store(fresh.encode(), Ordering::Relaxed);
         }
-        let class_size = CLASS_SIZES[class] as u64;
+        let class_size = CLASS_SIZES[at.class] as u64;
         let owner = session.owner();
         // The owner's and kind's bits precomputed, the slack (< 2^14: a class size) and tag added.
         let live = BlockState::with_tag(session.live_bits | (class_size - size) << 14, gen::tag(generation));
@@ -1114,7 +1148,7 @@ impl<'a> Heap<'a> {
         // which load this word with Acquire before reading the extra word.
         state.store(live, Ordering::Release);
         step!("alloc/handed-out");
-        let offset = self.block_offset(base, class, index);
+        let offset = at.first_block + index * class_size;
         Allocation {
             id: self.make_id(offset, generation),
             offset,
