@@ -414,7 +414,7 @@ impl Geometry {
             }
             // Step down by the shortfall's worth of pages (at least one).
             let over = (data_offset + num_pages * page - region_bytes).div_ceil(page);
-            num_pages -= if over == 0 { 1 } else { over };
+            num_pages = num_pages.saturating_sub(if over == 0 { 1 } else { over });
         }
     }
 
@@ -985,6 +985,12 @@ mod tests {
         }
         assert!(Geometry::compute(1 << 30, 12).expect("fits").table_size >= 1024);
         assert_eq!(Geometry::compute(4096, 12), None);
+        // Metadata that outgrows a tiny region must not underflow the page count.
+        for bytes in (0..=8192).step_by(64) {
+            if let Some(geo) = Geometry::compute(bytes, 6) {
+                assert!(geo.data_offset + geo.data_bytes() <= bytes);
+            }
+        }
         assert_eq!(Geometry::compute(1 << 20, 5), None);
         assert_eq!(Geometry::compute(1 << 20, 14), None);
     }
