@@ -229,12 +229,11 @@ impl<'a> Heap<'a> {
         if !cache.takes(class, head) {
             return Ok(false);
         }
-        let (word, _, _) = self.live_state(id, place, state)?;
-        let cached = BlockState::with_tag(cache.session.cached_bits, BlockState::tag_of(word));
+        let cached = cache.session.cached_bits;
         // ORDERING: Acquire on success: the block is ours, after the last user's accesses.
-        state
-            .compare_exchange(word, cached, Ordering::Acquire, Ordering::Relaxed)
-            .map_err(|_| Error::NotAllocated { id: id.0 })?;
+        self.change_live(id, place, state, Ordering::Acquire, |word, _, _| {
+            Ok(BlockState::with_tag(cached, BlockState::tag_of(word)))
+        })?;
         step!("cache-free/cached");
         cache.push(|| self.span_at_base(head, class, base), class, index);
         Ok(true)

@@ -775,6 +775,30 @@ impl<'a> Heap<'a> {
         Ok((word, decoded, extra))
     }
 
+    /// Replaces the state word of the live allocation `id` (at `place`) by `change(word,
+    /// extra)` in one compare-exchange of the whole word. A failed exchange is retried while the
+    /// word still names the same live allocation (a racing owner change or resize of it), and
+    /// is `NotAllocated` once it does not; `change` may refuse with an error. Returns the word
+    /// replaced, decoded, and the extra word read with it. Lock-free: a retry means another
+    /// change of the allocation succeeded.
+    #[inline]
+    pub(crate) fn change_live(
+        &self,
+        id: AllocId,
+        place: Place,
+        state: &AtomicU64,
+        success: Ordering,
+        mut change: impl FnMut(u64, BlockState, Extra) -> Result<u64, Error>,
+    ) -> Result<(BlockState, Extra), Error> {
+        loop {
+            let (word, decoded, extra) = self.live_state(id, place, state)?;
+            let new = change(word, decoded, extra)?;
+            if state.compare_exchange(word, new, success, Ordering::Relaxed).is_ok() {
+                return Ok((decoded, extra));
+            }
+        }
+    }
+
     /// Capacity of the allocation at `place`.
     pub(crate) fn capacity_of(&self, place: Place) -> u64 {
         match place {
@@ -825,17 +849,19 @@ impl<'a> Heap<'a> {
     pub fn lookup(&self, session: &mut Session, id: AllocId) -> Result<Allocation, Error> {
         self.under_hazard(session, id, |heap, _, page| {
             let (place, state) = heap.locate(id, page)?;
-            let (word, decoded, extra) = heap.live_state(id, place, state)?;
-            let allocation = heap.describe(id, place, decoded, extra)?;
-            // The type was read from the extra word after the state word; if the state changed
-            // meanwhile the allocation was freed under us and the type may be another's.
-            // ORDERING: Acquire fence orders the extra-word read before the re-read below, so an
-            // unchanged state word means the extra word belonged to this allocation.
-            fence(Ordering::Acquire);
-            if state.load(Ordering::Relaxed) != word {
-                return Err(Error::NotAllocated { id: id.0 });
+            loop {
+                let (word, decoded, extra) = heap.live_state(id, place, state)?;
+                let allocation = heap.describe(id, place, decoded, extra)?;
+                // The type was read from the extra word after the state word; an unchanged state
+                // word says both belong to this allocation. A changed one is looked at again:
+                // the allocation may only have changed owner or size (`live_state` fails if it
+                // was freed).
+                // ORDERING: Acquire fence orders the extra-word read before the re-read below.
+                fence(Ordering::Acquire);
+                if state.load(Ordering::Relaxed) == word {
+                    return Ok(allocation);
+                }
             }
-            Ok(allocation)
         })
     }
 
@@ -849,15 +875,14 @@ impl<'a> Heap<'a> {
     pub fn free(&self, session: &mut Session, id: AllocId) -> Result<Wake, Error> {
         self.under_hazard(session, id, |heap, session, page| {
             let (place, state) = heap.locate(id, page)?;
-            let (word, decoded, extra) = heap.live_state(id, place, state)?;
-            heap.release(session, id, place, state, word, decoded, extra)
+            heap.release(session, id, place, state, None)
         })
     }
 
-    /// Frees the located allocation `id` whose state word reads `word`: one compare-exchange
-    /// decides it (exactly one of any number of racing frees succeeds); then the block goes
-    /// back on its span's list, or the run's pages back to the bitmap. Under the hazard.
-    #[allow(clippy::too_many_arguments)]
+    /// Frees the located allocation `id` (only while process `owned_by` owns it, if given): one
+    /// compare-exchange decides it (exactly one of any number of racing frees succeeds); then
+    /// the block goes back on its span's list, or the run's pages back to the bitmap. Under the
+    /// hazard.
     #[inline(always)]
     pub(crate) fn release(
         &self,
@@ -865,18 +890,21 @@ impl<'a> Heap<'a> {
         id: AllocId,
         place: Place,
         state: &AtomicU64,
-        word: u64,
-        decoded: BlockState,
-        extra: Extra,
+        owned_by: Option<u64>,
     ) -> Result<Wake, Error> {
+        let not_owned = Error::NotAllocated { id: id.0 };
+        let owner_ok = |decoded: BlockState| owned_by.is_none_or(|owner| decoded.link == owner);
         match place {
             Place::Small { head, class, index, .. } => {
-                let freed = BlockState::free(BlockState::NULL, session.participant, decoded.tag);
+                let freed = BlockState::free(BlockState::NULL, session.participant, 0).encode();
                 // ORDERING: Acquire on success: we now own the block after the last user's
                 // accesses; Release is provided by the push that hands it on.
-                state
-                    .compare_exchange(word, freed.encode(), Ordering::Acquire, Ordering::Relaxed)
-                    .map_err(|_| Error::NotAllocated { id: id.0 })?;
+                let (decoded, _) =
+                    self.change_live(id, place, state, Ordering::Acquire, |word, decoded, _| {
+                        owner_ok(decoded)
+                            .then_some(BlockState::with_tag(freed, BlockState::tag_of(word)))
+                            .ok_or(not_owned)
+                    })?;
                 step!("free/state-freed");
                 self.push_blocks(session, head, class, &[index as u16], &[decoded.tag]);
             }
@@ -884,15 +912,17 @@ impl<'a> Heap<'a> {
                 // The run becomes ours to release (only one freer gets it); a reclaimer finishes
                 // the release for us, through PENDING, should we die.
                 self.set_pending(session, head);
-                let releasing = BlockState::releasing(session.participant, decoded.tag);
+                let releasing = BlockState::releasing(session.participant, 0).encode();
                 // ORDERING: Acquire on success, as above; the bitmap release hands it on.
-                if state
-                    .compare_exchange(word, releasing.encode(), Ordering::Acquire, Ordering::Relaxed)
-                    .is_err()
-                {
+                let changed = self.change_live(id, place, state, Ordering::Acquire, |word, decoded, _| {
+                    owner_ok(decoded)
+                        .then_some(BlockState::with_tag(releasing, BlockState::tag_of(word)))
+                        .ok_or(not_owned)
+                });
+                let Ok((decoded, extra)) = changed else {
                     self.clear_pending(session);
                     return Err(Error::NotAllocated { id: id.0 });
-                }
+                };
                 step!("free/large-releasing");
                 self.finish_large_release(session, head, pages, gen::join(extra.gen_high, decoded.tag));
             }
@@ -939,19 +969,21 @@ impl<'a> Heap<'a> {
         };
         self.under_hazard(session, id, |heap, session, page| {
             let (place, state) = heap.locate(id, page)?;
-            let (word, decoded, extra) = heap.live_state(id, place, state)?;
+            // Checked once before the hand-over is recorded (a stale id records nothing).
+            let _ = heap.live_state(id, place, state)?;
             if let Some(record) = target {
                 heap.begin_handover(session, id, record);
             }
-            let owned = BlockState { link: owner.0 as u64, ..decoded };
             // ORDERING: AcqRel: validates that the allocation is still this one and publishes the
             // new owner to lookups and reclaimers in one step.
-            let changed = state.compare_exchange(word, owned.encode(), Ordering::AcqRel, Ordering::Relaxed);
+            let changed = heap.change_live(id, place, state, Ordering::AcqRel, |_, decoded, _| {
+                Ok(BlockState { link: owner.0 as u64, ..decoded }.encode())
+            });
             step!("set-owner/changed");
             let result = match (changed, target) {
-                (Err(_), _) => Err(Error::NotAllocated { id: id.0 }),
+                (Err(error), _) => Err(error),
                 (Ok(_), None) => Ok(()),
-                (Ok(_), Some(record)) => heap.finish_handover(session, id, place, state, record, extra),
+                (Ok(_), Some(record)) => heap.finish_handover(session, id, place, state, record),
             };
             heap.end_handover(session);
             result
@@ -964,23 +996,24 @@ impl<'a> Heap<'a> {
     pub fn realloc(&self, session: &mut Session, id: AllocId, new_size: u64) -> Result<Allocation, Error> {
         let current = self.under_hazard(session, id, |heap, _, page| {
             let (place, state) = heap.locate(id, page)?;
-            let (word, decoded, extra) = heap.live_state(id, place, state)?;
-            let current = heap.describe(id, place, decoded, extra)?;
             let fits = match place {
-                Place::Small { .. } => new_size <= current.capacity,
+                Place::Small { .. } => new_size <= heap.capacity_of(place),
                 Place::Large { pages, .. } => new_size.div_ceil(heap.geo.page_bytes()).max(1) == pages,
             };
             if !fits {
-                return Ok(Err(current));
+                let (_, decoded, extra) = heap.live_state(id, place, state)?;
+                return Ok(Err(heap.describe(id, place, decoded, extra)?));
             }
-            let resized = BlockState { aux: current.capacity - new_size, ..decoded };
+            let mut resized = None;
             // ORDERING: AcqRel; the CAS both checks the allocation is still live and publishes
             // the new size to lookups.
-            state
-                .compare_exchange(word, resized.encode(), Ordering::AcqRel, Ordering::Relaxed)
-                .map_err(|_| Error::NotAllocated { id: id.0 })?;
+            heap.change_live(id, place, state, Ordering::AcqRel, |_, decoded, extra| {
+                let current = heap.describe(id, place, decoded, extra)?;
+                resized = Some(Allocation { size: new_size, ..current });
+                Ok(BlockState { aux: current.capacity - new_size, ..decoded }.encode())
+            })?;
             step!("realloc/resized");
-            Ok(Ok(Allocation { size: new_size, ..current }))
+            resized.map(Ok).ok_or(Error::NotAllocated { id: id.0 })
         })?;
         let current = match current {
             Ok(resized) => return Ok(resized),

@@ -23,15 +23,21 @@
 //! `reclaim_dead` tries again.
 //!
 //! Healing a span `X` (for a dead participant whose hazard named it), with our own (healer's)
-//! hazard on `X`, after the heavy fence, and only if no live participant other than healers has a
 //! hazard on `X`: read the anchor `A`, walk its list, and collect the free blocks that are on no
-//! list ("orphans"), noting any whose last pusher is live with a hazard on `X` (a push in
-//! progress). Re-read the anchor: if it changed, start again before writing anything (a push that
-//! finished meanwhile changed it). If a block was skipped, the heal is deferred. Otherwise link
-//! the orphans into a chain (each by a compare-exchange from the value read) ending at `A`'s head,
-//! and swing the anchor from `A` to the chain. Blocks popped before `A` was read were popped by a
-//! participant whose hazard the scan saw (it publishes it first and keeps it until the blocks are
-//! marked), so they are never taken for orphans.
+//! list ("orphans"). Then the heavy fence and a hazard scan: if any live participant other than
+//! healers has a hazard on `X`, the heal is deferred. Re-read the anchor: if it changed, start
+//! again before writing anything. Otherwise link the orphans into a chain (each by a
+//! compare-exchange from the value read) ending at `A`'s head, and swing the anchor from `A` to
+//! the chain. A block a live participant popped before `A` was read, or began pushing before we
+//! read its state, is never taken for an orphan: that participant published its hazard first
+//! and keeps it until the block is marked or its push is done, and we saw its pop (in `A`) or
+//! its store (in the state word) before the fence, so the scan sees the hazard, or the push is
+//! done and the re-read sees the anchor it left. A pop or push after the re-read changes the
+//! anchor, and the swing fails; the chained blocks are still free and on no list, so nothing is
+//! disturbed. (A scan before reading `A` misses a popper that came after it, and a re-read
+//! before the scan misses a push that finished between the two: the loom models
+//! `healing_a_dead_poppers_span_never_relists_a_block_a_live_participant_popped` and
+//! `healing_a_dead_poppers_span_leaves_a_block_a_live_participant_is_freeing` found those.)
 
 use crate::crash::step;
 use crate::error::Error;
@@ -393,12 +399,6 @@ impl Heap<'_> {
             _ => return Ok(Some(0)),
         };
         self.check_span_head(head, class)?;
-        if !offline {
-            self.heavy_fence()?;
-            if self.hazard_on(session.participant, head, SPAN_PAGES, true) {
-                return Ok(None);
-            }
-        }
         // A carver stopped after publishing the head may not have written the members.
         self.fill_members(head, class);
         let span = self.span(head, class);
@@ -414,37 +414,36 @@ impl Heap<'_> {
             let mut orphans = [0u16; Anchor::MAX_BLOCKS as usize];
             let mut words = [0u64; Anchor::MAX_BLOCKS as usize];
             let mut count = 0;
-            let mut skipped = false;
             for index in 0..span.blocks() {
                 if on_list[(index / 64) as usize] & (1 << (index % 64)) != 0 {
                     continue;
                 }
-                // ORDERING: Acquire pairs with the Release stores to state words, so a pusher's
-                // hazard (published before its store) is visible when we look at it below.
+                // ORDERING: Acquire, like every load of a state word (see `Span::pop_into`).
                 let word = span.state(index).load(Ordering::Acquire);
-                let Some(state) = BlockState::decode(word).filter(|s| s.kind == Kind::Free) else {
-                    continue;
-                };
-                if !offline
-                    && state.aux != 0
-                    && state.aux != session.participant
-                    && self.pushing_into(state.aux, head)
-                {
-                    skipped = true;
-                    continue;
+                if BlockState::decode(word).is_some_and(|state| state.kind == Kind::Free) {
+                    orphans[count] = index as u16;
+                    words[count] = word;
+                    count += 1;
                 }
-                orphans[count] = index as u16;
-                words[count] = word;
-                count += 1;
+            }
+            // Whoever popped a block off the list we read, or began pushing a block we read as
+            // free, published its hazard first and keeps it until the block is marked or its
+            // push is done; we saw its pop (in the anchor) or its store (in the state word), so
+            // after the heavy fence the scan sees its hazard, or it is done and the re-read
+            // below sees the anchor it left.
+            if count > 0 && !offline {
+                self.heavy_fence()?;
+                if self.hazard_on(session.participant, head, SPAN_PAGES, true) {
+                    return Ok(None);
+                }
             }
             // ORDERING: Acquire fence: the state and hazard reads above happen before this
-            // re-read, so a push that finished (its hazard gone) shows here as a changed anchor.
+            // re-read. An unchanged anchor means every block collected is still free and on no
+            // list: nobody but a healer can touch it now (a pop takes only listed blocks, a free
+            // only live ones), so chaining it cannot disturb the list even if the swing fails.
             fence(Ordering::Acquire);
             if span.anchor_word().load(Ordering::Relaxed) != current {
                 continue;
-            }
-            if skipped {
-                return Ok(None);
             }
             if count == 0 {
                 self.relist_span(head, class, anchor);
@@ -494,20 +493,6 @@ impl Heap<'_> {
                 Ordering::Relaxed,
             );
         }
-    }
-
-    /// Whether participant `pusher` is alive and has a (non-healer) hazard on the span at `head`.
-    fn pushing_into(&self, pusher: u64, head: u64) -> bool {
-        if pusher >= self.geometry().table_size || self.participant_state(pusher).state != RecordState::Active
-        {
-            return false;
-        }
-        if self.participant_is_dead(pusher) {
-            return false;
-        }
-        // ORDERING: Acquire, as in `hazard_on`.
-        let hazard = self.participant_word(pusher, participant::HAZARD).load(Ordering::Acquire);
-        hazard != 0 && hazard & HEALER == 0 && (head..head + SPAN_PAGES).contains(&(hazard - 1))
     }
 
     /// Makes the span's list memberships match its anchor (idempotent).
@@ -727,7 +712,6 @@ impl Heap<'_> {
         place: Place,
         state: &AtomicU64,
         target: ProcessRecord,
-        extra: Extra,
     ) -> Result<(), Error> {
         // ORDERING: SeqCst fence pairs with the fence after `mark_dead` (Dekker): either the
         // reclaimer's walk (after its mark) sees the new owner, or we see the record changed.
@@ -735,31 +719,9 @@ impl Heap<'_> {
         if self.still_active(target.owner, target.incarnation) {
             return Ok(());
         }
-        self.free_if_owned(session, id, place, state, target.owner.0 as u64, extra);
+        // Only while it is still the target's: the new owner may already have freed it.
+        let _ = self.release(session, id, place, state, Some(target.owner.0 as u64));
         Err(Error::InvalidOwner { owner: target.owner.0 })
-    }
-
-    /// Frees `id` if it is still live and owned by process `owner`; whether it did.
-    fn free_if_owned(
-        &self,
-        session: &Session,
-        id: AllocId,
-        place: Place,
-        state: &AtomicU64,
-        owner: u64,
-        extra: Extra,
-    ) -> bool {
-        let word = state.load(Ordering::Acquire);
-        match BlockState::decode(word) {
-            Some(decoded)
-                if decoded.kind == Kind::Live
-                    && decoded.link == owner
-                    && decoded.tag == gen::tag(id.generation()) =>
-            {
-                self.release(session, id, place, state, word, decoded, extra).is_ok()
-            }
-            _ => false,
-        }
     }
 
     /// A dead participant was handing `id` over to the process in `target` (index and
@@ -771,12 +733,9 @@ impl Heap<'_> {
         }
         let Ok(page) = self.page_of(id) else { return Ok(false) };
         self.publish_hazard(session, page);
-        let freed = match self.locate(id, page).and_then(|(place, state)| {
-            self.live_state(id, place, state).map(|(_, _, extra)| (place, state, extra))
-        }) {
-            Ok((place, state, extra)) => self.free_if_owned(session, id, place, state, owner.0 as u64, extra),
-            Err(_) => false,
-        };
+        let freed = self.locate(id, page).is_ok_and(|(place, state)| {
+            self.release(session, id, place, state, Some(owner.0 as u64)).is_ok()
+        });
         self.clear_hazard(session);
         Ok(freed)
     }

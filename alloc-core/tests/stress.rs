@@ -289,3 +289,61 @@ fn a_blocked_allocation_with_nothing_freed_times_out() {
     assert_eq!(p.heap.free(session, all[0].id), Ok(alloc_core::Wake::Nobody));
     p.heap.check(session).expect("consistent");
 }
+
+/// A live allocation stays live while another participant changes its owner or resizes it in
+/// place: lookups and frees racing those changes succeed (found by the loom models in
+/// `ownership` and `ids`: each compared the whole state word once and reported a racing owner
+/// change as `NotAllocated`).
+#[test]
+fn operations_racing_an_owner_change_or_resize_of_a_live_allocation_succeed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let memory = TestMemory::new(4 << 20);
+    let _ = memory.create();
+    let mut owner = Participant::new(memory.open(), false, 1);
+    let mut cached = Participant::new(memory.open(), true, 3);
+    let mut other = Participant::new(memory.open(), false, 2);
+    let other_owner = other.session.as_ref().expect("uncached").owner();
+    // The current allocation's id, in two words (a torn read names no live allocation).
+    let (slot, generation, stop) = (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false));
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let session = other.session.as_mut().expect("uncached");
+            let mut turn = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = alloc_core::AllocId::new(
+                    slot.load(Ordering::Relaxed),
+                    generation.load(Ordering::Relaxed),
+                );
+                // Either may fail: the allocation may be gone already.
+                let _ = match turn % 3 {
+                    0 => other.heap.set_owner(session, id, other_owner),
+                    1 => other.heap.set_owner(session, id, alloc_core::Owner::POOL),
+                    _ => other.heap.realloc(session, id, 8 + turn % 40).map(|_| ()),
+                };
+                turn += 1;
+            }
+        });
+        // Stops the other thread however this one ends (a failed expectation included).
+        struct Stop<'s>(&'s AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
+        for round in 0..ROUNDS {
+            // Every other round through a cache (the cached free is its own path).
+            let me = if round % 2 == 0 { &mut owner } else { &mut cached };
+            let a = me.alloc(48, AllocOptions::default()).expect("space");
+            generation.store(a.id.generation(), Ordering::Relaxed);
+            slot.store(a.id.slot(), Ordering::Relaxed);
+            for _ in 0..4 {
+                let Participant { heap, session, cache } = &mut *me;
+                let session = session.as_mut().unwrap_or_else(|| cache.as_mut().expect("cached").session());
+                heap.lookup(session, a.id).expect("live: a racing owner change is no free");
+            }
+            me.free(a.id).expect("live: a racing owner change or resize is no free");
+        }
+    });
+    assert_eq!(owner.check().expect("consistent").live_allocations, 0);
+}
