@@ -50,7 +50,7 @@ impl Cache {
         Cache {
             session,
             lens: [0; NUM_CLASSES],
-            spans: [SpanAt::default(); NUM_CLASSES],
+            spans: [SpanAt::NONE; NUM_CLASSES],
             entries: [[0; CACHE_BLOCKS]; NUM_CLASSES],
         }
     }
@@ -95,12 +95,14 @@ impl Cache {
         self.lens[class] as usize == CACHE_BLOCKS
     }
 
-    /// Caches block `index` of span `at` (callers check [`Cache::takes`] first).
+    /// Caches block `index` of span `head`, whose words are where `at` says (callers check
+    /// [`Cache::takes`] first).
     #[inline]
-    fn push(&mut self, at: impl FnOnce() -> SpanAt, class: usize, index: u64) {
+    fn push(&mut self, head: u64, at: impl FnOnce() -> SpanAt, class: usize, index: u64) {
         let len = self.lens[class] as usize;
         debug_assert!(len < CACHE_BLOCKS, "callers check `takes` first");
-        if len == 0 {
+        // The class's cache may have emptied; the span it held last is often the block's.
+        if self.spans[class].head != head {
             self.spans[class] = at();
         }
         if let Some(entry) = self.entries[class].get_mut(len) {
@@ -235,7 +237,7 @@ impl<'a> Heap<'a> {
             Ok(BlockState::with_tag(cached, BlockState::tag_of(word)))
         })?;
         step!("cache-free/cached");
-        cache.push(|| self.span_at_base(head, class, base), class, index);
+        cache.push(head, || self.span_at_base(head, class, base), class, index);
         Ok(true)
     }
 
@@ -335,9 +337,9 @@ mod tests {
         let a = heap.alloc_with(&mut cache, 64, AllocOptions::default()).expect("space");
         assert_eq!(cache.held(), REFILL_BLOCKS - 1);
         assert_eq!(heap.free_with(&mut cache, a.id), Ok(Wake::Nobody));
-        assert_eq!(heap.free_with(&mut cache, a.id), Err(Error::NotAllocated { id: a.id.0 }));
-        assert_eq!(heap.free(cache.session(), a.id), Err(Error::NotAllocated { id: a.id.0 }));
-        assert_eq!(heap.lookup(cache.session(), a.id), Err(Error::NotAllocated { id: a.id.0 }));
+        assert_eq!(heap.free_with(&mut cache, a.id), Err(Error::NotAllocated { id: a.id.to_u128() }));
+        assert_eq!(heap.free(cache.session(), a.id), Err(Error::NotAllocated { id: a.id.to_u128() }));
+        assert_eq!(heap.lookup(cache.session(), a.id), Err(Error::NotAllocated { id: a.id.to_u128() }));
         let b = heap.alloc_with(&mut cache, 64, AllocOptions::default()).expect("space");
         assert_eq!(b.offset, a.offset, "the most recently freed block comes back first");
         assert_ne!(b.id, a.id);

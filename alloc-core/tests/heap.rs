@@ -88,8 +88,8 @@ fn double_free_and_stale_ids_are_detected_and_change_nothing() {
     let large = p.alloc(10_000, opts()).expect("space");
     let _ = p.free(small.id).expect("live");
     let _ = p.free(large.id).expect("live");
-    assert_eq!(p.free(small.id), Err(Error::NotAllocated { id: small.id.0 }));
-    assert_eq!(p.free(large.id), Err(Error::NotAllocated { id: large.id.0 }));
+    assert_eq!(p.free(small.id), Err(Error::NotAllocated { id: small.id.to_u128() }));
+    assert_eq!(p.free(large.id), Err(Error::NotAllocated { id: large.id.to_u128() }));
     // The slots are reused; the old ids must not alias the new allocations.
     let again_small = p.alloc(40, opts()).expect("space");
     // Another process searches the bitmap from the start, so it reuses the same pages.
@@ -100,8 +100,8 @@ fn double_free_and_stale_ids_are_detected_and_change_nothing() {
     assert_ne!(again_small.id, small.id);
     assert_ne!(again_large.id, large.id);
     fill(&heap, &again_small, 7);
-    assert_eq!(p.free(small.id), Err(Error::NotAllocated { id: small.id.0 }));
-    assert_eq!(p.lookup(large.id), Err(Error::NotAllocated { id: large.id.0 }));
+    assert_eq!(p.free(small.id), Err(Error::NotAllocated { id: small.id.to_u128() }));
+    assert_eq!(p.lookup(large.id), Err(Error::NotAllocated { id: large.id.to_u128() }));
     assert!(p.contains(again_small.id) && p.contains(again_large.id));
     assert!(holds(&heap, &again_small, 7));
     p.check().expect("consistent");
@@ -117,11 +117,11 @@ fn ids_that_are_not_allocation_starts_are_rejected() {
     // One granule into the block, one granule into the large run, a made-up slot.
     let inside = AllocId::new(a.id.slot() + 1, a.id.generation());
     let inside_large = AllocId::new(large.id.slot() + 256, large.id.generation());
-    assert_eq!(p.free(inside), Err(Error::NotAllocated { id: inside.0 }));
-    assert_eq!(p.free(inside_large), Err(Error::NotAllocated { id: inside_large.0 }));
+    assert_eq!(p.free(inside), Err(Error::NotAllocated { id: inside.to_u128() }));
+    assert_eq!(p.free(inside_large), Err(Error::NotAllocated { id: inside_large.to_u128() }));
     let past_end = AllocId::new(heap.geometry().slots(), 1);
-    assert_eq!(p.free(past_end), Err(Error::InvalidId { id: past_end.0 }));
-    assert!(matches!(p.free(AllocId(u128::MAX)), Err(Error::InvalidId { .. })));
+    assert_eq!(p.free(past_end), Err(Error::InvalidId { id: past_end.to_u128() }));
+    assert!(matches!(p.free(AllocId::from_u128(u128::MAX)), Err(Error::InvalidId { .. })));
     let never = AllocId::new(a.id.slot() + 4 * 4096 / 16 * 8, 5);
     assert!(matches!(p.free(never), Err(Error::NotAllocated { .. }) | Err(Error::InvalidId { .. })));
     assert!(p.contains(a.id) && p.contains(large.id));
@@ -149,7 +149,7 @@ fn lookup_reports_type_owner_and_requested_size() {
     assert_eq!(p.set_owner(large.id, Owner(999)), Err(Error::InvalidOwner { owner: 999 }));
     assert_eq!(p.lookup(large.id).expect("live").owner, seven);
     let _ = p.free(small.id).expect("live");
-    assert_eq!(p.set_owner(small.id, seven), Err(Error::NotAllocated { id: small.id.0 }));
+    assert_eq!(p.set_owner(small.id, seven), Err(Error::NotAllocated { id: small.id.to_u128() }));
     p.check().expect("consistent");
 }
 
@@ -186,7 +186,7 @@ fn realloc_in_place_keeps_the_id_and_moving_keeps_the_bytes() {
     let moved = p.realloc(a.id, 5000).expect("space");
     assert_ne!(moved.id, a.id);
     assert!(holds(&heap, &common::prefix(&moved, 50), 3));
-    assert_eq!(p.lookup(a.id), Err(Error::NotAllocated { id: a.id.0 }));
+    assert_eq!(p.lookup(a.id), Err(Error::NotAllocated { id: a.id.to_u128() }));
     let large_in_place = p.realloc(moved.id, 8000).expect("fits its pages");
     assert_eq!(large_in_place.id, moved.id);
     assert_eq!(p.lookup(moved.id).expect("live").size, 8000);
@@ -208,7 +208,7 @@ fn a_failed_realloc_leaves_the_original_valid() {
     assert!(holds(&heap, &a, 9));
     assert_eq!(p.lookup(a.id).expect("live").size, 1000);
     let _ = p.free(a.id).expect("live");
-    assert_eq!(p.realloc(a.id, 10), Err(Error::NotAllocated { id: a.id.0 }));
+    assert_eq!(p.realloc(a.id, 10), Err(Error::NotAllocated { id: a.id.to_u128() }));
     p.check().expect("consistent");
 }
 
@@ -244,7 +244,7 @@ fn ids_stay_unique_when_memory_moves_between_classes_and_runs() {
         let size = [16, 2048, 8192, 48][round as usize % 4];
         let mut ids = Vec::new();
         while let Ok(a) = p.alloc(size, opts()) {
-            assert!(seen.insert(a.id), "id {:#x} issued twice", a.id.0);
+            assert!(seen.insert(a.id), "id {:#x} issued twice", a.id.to_u128());
             ids.push(a.id);
         }
         for id in ids {

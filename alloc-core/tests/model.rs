@@ -184,8 +184,8 @@ fn run(page_shift: u32, ops: Vec<Op>) {
             Op::FreeStale { pick: index } => {
                 if !freed.is_empty() {
                     let id = freed[index % freed.len()];
-                    assert_eq!(p.free(id), Err(Error::NotAllocated { id: id.0 }));
-                    assert_eq!(p.lookup(id), Err(Error::NotAllocated { id: id.0 }));
+                    assert_eq!(p.free(id), Err(Error::NotAllocated { id: id.to_u128() }));
+                    assert_eq!(p.lookup(id), Err(Error::NotAllocated { id: id.to_u128() }));
                 }
             }
             Op::Iterate => {
@@ -209,7 +209,7 @@ fn run(page_shift: u32, ops: Vec<Op>) {
                 assert_eq!(reclaimed.allocations, others.len() as u64);
                 assert_eq!(reclaimed.cached_blocks, other.held() as u64);
                 for id in others.keys() {
-                    assert_eq!(p.lookup(*id), Err(Error::NotAllocated { id: id.0 }));
+                    assert_eq!(p.lookup(*id), Err(Error::NotAllocated { id: id.to_u128() }));
                     freed.push(*id);
                 }
                 others.clear();

@@ -106,12 +106,12 @@ fn generations_keep_counting_across_the_state_words_boundary_and_across_reuse_of
     for _ in 0..5 {
         let a = p.alloc(64, AllocOptions::default()).expect("space");
         assert_eq!(a.offset, first.offset, "the hot slot is reused");
-        assert!(seen.insert(a.id), "id {:#x} issued twice", a.id.0);
+        assert!(seen.insert(a.id), "id {:#x} issued twice", a.id.to_u128());
         if let Some(previous) = previous {
             assert!(a.id.generation() > previous, "generations keep growing across the boundary");
             assert_eq!(
                 p.lookup(alloc_core::AllocId::new(a.id.slot(), previous)),
-                Err(Error::NotAllocated { id: alloc_core::AllocId::new(a.id.slot(), previous).0 })
+                Err(Error::NotAllocated { id: alloc_core::AllocId::new(a.id.slot(), previous).to_u128() })
             );
         }
         previous = Some(a.id.generation());
@@ -127,7 +127,7 @@ fn generations_keep_counting_across_the_state_words_boundary_and_across_reuse_of
     let mut reused = false;
     let mut again = Vec::new();
     while let Ok(a) = p.alloc(64, AllocOptions::default()) {
-        assert!(seen.insert(a.id), "id {:#x} issued twice", a.id.0);
+        assert!(seen.insert(a.id), "id {:#x} issued twice", a.id.to_u128());
         if a.offset == first.offset {
             reused = true;
             assert!(a.id.generation() > previous.expect("ran"), "the slot's generations go on above the old");

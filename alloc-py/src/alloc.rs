@@ -76,7 +76,7 @@ impl MemoryAlloc {
             return Err(raise(
                 py,
                 "InvalidAllocationError",
-                format!("allocation {} was freed or detached", self.allocation.id.0),
+                format!("allocation {} was freed or detached", self.allocation.id.to_u128()),
             ));
         }
         Ok(())
@@ -97,7 +97,7 @@ impl MemoryAlloc {
             return Err(raise(
                 py,
                 "InvalidAllocationError",
-                format!("allocation {} was already freed or detached", self.allocation.id.0),
+                format!("allocation {} was already freed or detached", self.allocation.id.to_u128()),
             ));
         }
         let views = self.exports.load(Ordering::SeqCst);
@@ -167,7 +167,7 @@ impl MemoryAlloc {
     /// low 64 bits, the generation above).
     #[getter]
     fn id(&self) -> u128 {
-        self.allocation.id.0
+        self.allocation.id.to_u128()
     }
 
     /// The allocation's type (see `shmpool.AllocType`).
@@ -298,7 +298,7 @@ impl MemoryAlloc {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.pool.path().hash(&mut hasher);
-        self.allocation.id.0.hash(&mut hasher);
+        self.allocation.id.to_u128().hash(&mut hasher);
         hasher.finish()
     }
 
@@ -311,7 +311,7 @@ impl MemoryAlloc {
     fn __repr__(&self) -> String {
         format!(
             "<shmpool.MemoryAlloc id={} size={} type={} in {:?}>",
-            self.allocation.id.0,
+            self.allocation.id.to_u128(),
             self.length,
             self.allocation.alloc_type,
             self.pool.name()

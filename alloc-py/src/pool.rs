@@ -243,7 +243,7 @@ impl MemoryPool {
         let entries = pool
             .iter()
             .filter(|a| alloc_type.is_none_or(|t| a.alloc_type == t))
-            .map(|a| (a.alloc_type, a.id.0))
+            .map(|a| (a.alloc_type, a.id.to_u128()))
             .collect();
         Ok(MemoryAllocations { entries })
     }
@@ -253,14 +253,14 @@ impl MemoryPool {
     fn allocation_exists(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<bool> {
         let pool = self.pool(py)?;
         let (alloc_type, id) = type_and_id(args)?;
-        Ok(pool.lookup(AllocId(id)).is_ok_and(|a| alloc_type.is_none_or(|t| a.alloc_type == t)))
+        Ok(pool.lookup(AllocId::from_u128(id)).is_ok_and(|a| alloc_type.is_none_or(|t| a.alloc_type == t)))
     }
 
     /// The live allocation with this id (InvalidAllocationError if there is none).
     fn alloc_from_id(slf: &Bound<'_, Self>, id: u128) -> PyResult<MemoryAlloc> {
         let py = slf.py();
         let pool = slf.get().pool(py)?;
-        let allocation = pool.lookup(AllocId(id)).py_err(py)?;
+        let allocation = pool.lookup(AllocId::from_u128(id)).py_err(py)?;
         Ok(MemoryAlloc::new(slf.clone().unbind(), pool, allocation))
     }
 
@@ -354,7 +354,7 @@ impl MemoryPool {
     fn reclaim_dead(&self, py: Python<'_>) -> PyResult<Vec<(u128, u32, u64)>> {
         let pool = self.pool(py)?;
         let report = py.detach(|| pool.reclaim_dead()).py_err(py)?;
-        Ok(report.freed.into_iter().map(|(id, pid, size)| (id.0, pid, size)).collect())
+        Ok(report.freed.into_iter().map(|(id, pid, size)| (id.to_u128(), pid, size)).collect())
     }
 
     /// Verifies every invariant of the pool's heap; returns usage figures as a dict.

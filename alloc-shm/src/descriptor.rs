@@ -108,7 +108,7 @@ fn encode(kind: u8, pool: &PoolDescriptor, alloc: Option<(&AllocId, u64, u64, u8
     bytes.extend_from_slice(&pool.nonce.to_le_bytes());
     bytes.extend_from_slice(&pool.bytes.to_le_bytes());
     if let Some((id, offset, size, alloc_type)) = alloc {
-        bytes.extend_from_slice(&id.0.to_le_bytes()); // 16 bytes: slot (low half), generation
+        bytes.extend_from_slice(&id.to_u128().to_le_bytes()); // 16 bytes: slot (low half), generation
         bytes.extend_from_slice(&offset.to_le_bytes());
         bytes.extend_from_slice(&size.to_le_bytes());
         bytes.push(alloc_type);
@@ -210,7 +210,7 @@ fn decode(bytes: &[u8]) -> Result<(u8, PoolDescriptor, Option<AllocFields>)> {
     };
     let pool = PoolDescriptor { location, nonce: u64_at(body, 8), bytes: u64_at(body, 16) };
     let alloc = (kind == KIND_ALLOC).then(|| {
-        let id = AllocId(u128::from(u64_at(body, 24)) | u128::from(u64_at(body, 32)) << 64);
+        let id = AllocId::new(u64_at(body, 24), u64_at(body, 32));
         (id, u64_at(body, 40), u64_at(body, 48), body[56])
     });
     Ok((kind, pool, alloc))

@@ -438,7 +438,7 @@ impl Pool {
             Some(_) if in_mapping => Ok(()),
             _ => Err(PoolError::InvalidAllocation {
                 name: self.name().to_owned(),
-                cause: alloc_core::Error::NotAllocated { id: allocation.id.0 },
+                cause: alloc_core::Error::NotAllocated { id: allocation.id.to_u128() },
             }),
         }
     }

@@ -179,8 +179,11 @@ fn bad_frees_and_reads_are_errors_and_change_nothing() {
     pool.free(gone.id).expect("live");
     let before = pool.stats().expect("stats");
     assert!(matches!(pool.free(gone.id), Err(PoolError::InvalidAllocation { .. })));
-    assert!(matches!(pool.free(AllocId(u128::MAX)), Err(PoolError::InvalidAllocation { .. })));
-    assert!(matches!(pool.free(AllocId(keep.id.0 + 1)), Err(PoolError::InvalidAllocation { .. })));
+    assert!(matches!(pool.free(AllocId::from_u128(u128::MAX)), Err(PoolError::InvalidAllocation { .. })));
+    assert!(matches!(
+        pool.free(AllocId::from_u128(keep.id.to_u128() + 1)),
+        Err(PoolError::InvalidAllocation { .. })
+    ));
     assert!(matches!(pool.write(keep.id, 60, &[0; 8]), Err(PoolError::InvalidAllocation { .. })));
     assert!(matches!(pool.read(keep.id, u64::MAX, &mut [0; 2]), Err(PoolError::InvalidAllocation { .. })));
     assert!(matches!(pool.alloc(u64::MAX), Err(PoolError::TooLarge { .. })));

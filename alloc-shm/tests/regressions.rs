@@ -318,6 +318,6 @@ fn two_pow_28_cached_pairs_in_a_1_tib_pool_never_repeat_an_id() {
          again; lookup(stale) = {found:?}",
         repeated.map(|(pair, _)| pair),
         started.elapsed(),
-        stale.0
+        stale.to_u128()
     );
 }

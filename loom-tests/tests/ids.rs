@@ -82,7 +82,7 @@ fn a_published_id_is_seen_whole_or_not_at_all_while_its_slot_is_reused() {
                 }
                 Err(error) => assert_eq!(
                     error,
-                    Error::NotAllocated { id: first.id.0 },
+                    Error::NotAllocated { id: first.id.to_u128() },
                     "a lookup of a freed id must say NotAllocated"
                 ),
             }
@@ -91,7 +91,7 @@ fn a_published_id_is_seen_whole_or_not_at_all_while_its_slot_is_reused() {
         assert_ne!(second.id, first.id, "a reused slot gets a new id");
         assert_eq!(
             heap.lookup(&mut writer, first.id),
-            Err(Error::NotAllocated { id: first.id.0 }),
+            Err(Error::NotAllocated { id: first.id.to_u128() }),
             "the freed id must never be found live again"
         );
         let found = heap.lookup(&mut writer, second.id).expect("the second allocation is live");
@@ -148,7 +148,7 @@ fn a_stale_id_racing_free_and_reuse_never_frees_the_next_allocation() {
         );
         let found = heap.lookup(&mut writer, second.id).expect("a stale id freed the slot's next allocation");
         assert_eq!((found.size, found.alloc_type), (104, 9));
-        assert_eq!(heap.lookup(&mut writer, first.id), Err(Error::NotAllocated { id: first.id.0 }));
+        assert_eq!(heap.lookup(&mut writer, first.id), Err(Error::NotAllocated { id: first.id.to_u128() }));
         let stats = heap.check(&mut writer).expect("every invariant holds at the end");
         assert_eq!(stats.live_allocations, 1, "an allocation is not accounted for");
     });

@@ -52,7 +52,9 @@ fn set_owner_racing_a_free() {
         assert_eq!(freed, Ok(()), "the only free of a live allocation failed");
         match handed {
             Ok(()) => {}
-            Err(error) => assert_eq!(error, Error::NotAllocated { id: given.id.0 }, "set_owner failed oddly"),
+            Err(error) => {
+                assert_eq!(error, Error::NotAllocated { id: given.id.to_u128() }, "set_owner failed oddly")
+            }
         }
         assert_eq!(next.offset, given.offset, "the model reuses the slot");
         let found = heap.lookup(&mut giver, next.id).expect("the slot's next allocation is live");
@@ -61,7 +63,7 @@ fn set_owner_racing_a_free() {
             (receiver, 104, 5),
             "the slot's next allocation lost the owner, size or type its allocator chose"
         );
-        assert_eq!(heap.lookup(&mut giver, given.id), Err(Error::NotAllocated { id: given.id.0 }));
+        assert_eq!(heap.lookup(&mut giver, given.id), Err(Error::NotAllocated { id: given.id.to_u128() }));
         let stats = heap.check(&mut giver).expect("every invariant holds at the end");
         assert_eq!(stats.live_allocations, 1);
     });
@@ -119,7 +121,7 @@ fn realloc_racing_a_free() {
                 "a resize that fits must happen in place, keeping the id"
             ),
             Err(error) => {
-                assert_eq!(error, Error::NotAllocated { id: original.id.0 }, "realloc failed oddly")
+                assert_eq!(error, Error::NotAllocated { id: original.id.to_u128() }, "realloc failed oddly")
             }
         }
         assert_eq!(next.offset, original.offset, "the model reuses the slot");

@@ -72,7 +72,7 @@ fn reclaim_and_a_cached_free_of_a_dead_owners_block_hand_it_to_exactly_one() {
         match freed {
             Ok(_) => assert!(!reclaimed_block, "the block was freed by its user and reclaimed too"),
             Err(error) => {
-                assert_eq!(error, Error::NotAllocated { id: block.id.0 });
+                assert_eq!(error, Error::NotAllocated { id: block.id.to_u128() });
                 assert!(reclaimed_block, "the free failed but the reclaim did not take the block either");
             }
         }

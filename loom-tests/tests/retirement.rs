@@ -57,7 +57,11 @@ fn a_stale_free_racing_retirement_and_reuse_as_a_large_run_never_writes_user_mem
         let stale_free = freeing.join().expect("the stale freer does not panic");
         let (mut user, run) = reusing.join().expect("the reuser does not panic");
 
-        assert_eq!(stale_free, Err(Error::NotAllocated { id: block.id.0 }), "a double free succeeded");
+        assert_eq!(
+            stale_free,
+            Err(Error::NotAllocated { id: block.id.to_u128() }),
+            "a double free succeeded"
+        );
         let run = match run {
             Ok(run) => run,
             Err(error) => {
@@ -79,7 +83,7 @@ fn a_stale_free_racing_retirement_and_reuse_as_a_large_run_never_writes_user_mem
         );
         let found = heap.lookup(&mut user, run.id).expect("the run is live");
         assert_eq!(found.size, data_bytes);
-        assert_eq!(heap.lookup(&mut user, block.id), Err(Error::NotAllocated { id: block.id.0 }));
+        assert_eq!(heap.lookup(&mut user, block.id), Err(Error::NotAllocated { id: block.id.to_u128() }));
         let stats = heap.check(&mut user).expect("every invariant holds at the end");
         assert_eq!((stats.live_allocations, stats.claimed_pages), (1, heap.geometry().num_pages));
     });
