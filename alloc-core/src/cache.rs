@@ -336,16 +336,16 @@ mod tests {
         let mut cache = cache_of(&heap, 77);
         let a = heap.alloc_with(&mut cache, 64, AllocOptions::default()).expect("space");
         assert_eq!(cache.held(), REFILL_BLOCKS - 1);
-        assert_eq!(heap.free_with(&mut cache, a.id), Ok(Wake::Nobody));
-        assert_eq!(heap.free_with(&mut cache, a.id), Err(Error::NotAllocated { id: a.id.to_u128() }));
-        assert_eq!(heap.free(cache.session(), a.id), Err(Error::NotAllocated { id: a.id.to_u128() }));
-        assert_eq!(heap.lookup(cache.session(), a.id), Err(Error::NotAllocated { id: a.id.to_u128() }));
+        assert_eq!(heap.free_with(&mut cache, a.id()), Ok(Wake::Nobody));
+        assert_eq!(heap.free_with(&mut cache, a.id()), Err(Error::NotAllocated { id: a.id().to_u128() }));
+        assert_eq!(heap.free(cache.session(), a.id()), Err(Error::NotAllocated { id: a.id().to_u128() }));
+        assert_eq!(heap.lookup(cache.session(), a.id()), Err(Error::NotAllocated { id: a.id().to_u128() }));
         let b = heap.alloc_with(&mut cache, 64, AllocOptions::default()).expect("space");
         assert_eq!(b.offset, a.offset, "the most recently freed block comes back first");
-        assert_ne!(b.id, a.id);
+        assert_ne!(b.id(), a.id());
         let stats = heap.check(cache.session()).expect("cached blocks are accounted for");
         assert_eq!(stats.cached_blocks, cache.held() as u64);
-        let _ = heap.free_with(&mut cache, b.id).expect("live");
+        let _ = heap.free_with(&mut cache, b.id()).expect("live");
         let _ = heap.flush(&mut cache).expect("same heap");
         assert_eq!(cache.held(), 0);
         assert_eq!(heap.check(cache.session()).expect("consistent").cached_blocks, 0);
@@ -360,7 +360,7 @@ mod tests {
             .map(|_| heap.alloc(cache.session(), 32, AllocOptions::default()).expect("space"))
             .collect();
         for block in &blocks {
-            let _ = heap.free_with(&mut cache, block.id).expect("live");
+            let _ = heap.free_with(&mut cache, block.id()).expect("live");
             assert!(cache.held() <= CACHE_BLOCKS);
         }
         let stats = heap.check(cache.session()).expect("consistent");
@@ -374,7 +374,7 @@ mod tests {
         let heap = heap(&mut words);
         let mut cache = cache_of(&heap, 1);
         let first = heap.alloc_with(&mut cache, 8, AllocOptions::default()).expect("space");
-        let _ = heap.free_with(&mut cache, first.id).expect("live");
+        let _ = heap.free_with(&mut cache, first.id()).expect("live");
         assert!(cache.held() > 0, "the fast path has blocks to give");
         for align in [0, 3, 12] {
             let options = AllocOptions { align, ..AllocOptions::default() };
@@ -401,7 +401,7 @@ mod tests {
         let mut cache = cache_of(&heap, 1);
         let mut small = Vec::new();
         while let Ok(a) = heap.alloc_with(&mut cache, 16, AllocOptions::default()) {
-            small.push(a.id);
+            small.push(a.id());
         }
         for id in small {
             let _ = heap.free_with(&mut cache, id).expect("live");

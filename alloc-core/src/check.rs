@@ -131,14 +131,14 @@ impl Heap<'_> {
                             let size = capacity - state.aux;
                             stats.live_allocations += 1;
                             stats.live_bytes = stats.live_bytes.saturating_add(size);
-                            visit(Allocation {
-                                id: self.make_id(geo.page_offset(here), gen::join(extra.gen_high, state.tag)),
-                                offset: geo.page_offset(here),
+                            visit(Allocation::new(
+                                self.make_id(geo.page_offset(here), gen::join(extra.gen_high, state.tag)),
+                                geo.page_offset(here),
                                 size,
                                 capacity,
-                                alloc_type: extra.alloc_type,
-                                owner: Owner(state.link as u16),
-                            });
+                                extra.alloc_type,
+                                Owner(state.link as u16),
+                            ));
                         }
                         _ => ensure(false, "large run recorded but not live", here)?,
                     }
@@ -205,14 +205,14 @@ impl Heap<'_> {
                     stats.live_bytes += size;
                     let extra = Extra::decode(span.extra(index).load(Ordering::Relaxed));
                     let offset = self.block_offset(base, class, index);
-                    visit(Allocation {
-                        id: self.make_id(offset, gen::join(extra.gen_high, state.tag)),
+                    visit(Allocation::new(
+                        self.make_id(offset, gen::join(extra.gen_high, state.tag)),
                         offset,
                         size,
-                        capacity: class_size,
-                        alloc_type: extra.alloc_type,
-                        owner: Owner(state.link as u16),
-                    });
+                        class_size,
+                        extra.alloc_type,
+                        Owner(state.link as u16),
+                    ));
                 }
                 Some(state) if state.kind == Kind::Cached => cached += 1,
                 Some(_) => {}

@@ -19,15 +19,15 @@
 //! let me = heap.register_process(ProcessIdentity { pid: std::process::id(), start_time: 1, namespace: 0 })?;
 //! let mut session = heap.register_participant(me)?; // one per thread
 //! let a = heap.alloc(&mut session, 64, AllocOptions::default())?; // a.offset: from the region start
-//! assert_eq!(heap.lookup(&mut session, a.id)?.size, 64); // O(1) lookup by id
-//! let _wake = heap.free(&mut session, a.id)?;
-//! assert!(heap.free(&mut session, a.id).is_err()); // a double free is an error, and changes nothing
+//! assert_eq!(heap.lookup(&mut session, a.id())?.size, 64); // O(1) lookup by id
+//! let _wake = heap.free(&mut session, a.id())?;
+//! assert!(heap.free(&mut session, a.id()).is_err()); // a double free is an error, and changes nothing
 //! heap.check(&mut session)?; // verifies every invariant
 //!
 //! // The fast path: a cache per thread; cached blocks stay recorded in shared memory.
 //! let mut cache = Cache::new(heap.register_participant(me)?);
 //! let b = heap.alloc_with(&mut cache, 64, AllocOptions::default())?;
-//! let _wake = heap.free_with(&mut cache, b.id)?;
+//! let _wake = heap.free_with(&mut cache, b.id())?;
 //! let _wake = heap.flush(&mut cache)?; // give cached blocks back (e.g. at exit)
 //! # Ok::<(), alloc_core::Error>(())
 //! ```

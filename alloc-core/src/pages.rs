@@ -291,14 +291,14 @@ impl Heap<'_> {
             self.clear_pending(session);
             step!("large/published");
             let offset = geo.page_offset(head);
-            return Ok(Some(Allocation {
-                id: self.make_id(offset, generation),
+            return Ok(Some(Allocation::new(
+                self.make_id(offset, generation),
                 offset,
                 size,
                 capacity,
-                alloc_type: options.alloc_type,
+                options.alloc_type,
                 owner,
-            }));
+            )));
         }
         Ok(None)
     }

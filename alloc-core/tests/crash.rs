@@ -185,7 +185,7 @@ fn prepare<'a>(
                     break;
                 }
                 let a = doomed.alloc(48).expect("space");
-                let _ = doomed.heap.free_with(&mut doomed.cache, a.id).expect("live");
+                let _ = doomed.heap.free_with(&mut doomed.cache, a.id()).expect("live");
             }
             assert_eq!(doomed.cache.held(), alloc_core::CACHE_BLOCKS, "the cache is full");
         }
@@ -196,7 +196,7 @@ fn prepare<'a>(
                 tiny.push(a);
             }
             for a in tiny {
-                bystander.free(a.id);
+                bystander.free(a.id());
             }
         }
         Op::AllocBlocking => {
@@ -214,13 +214,13 @@ fn prepare<'a>(
                 dead.alloc(size).expect("space");
             }
             let a = dead.heap.alloc_with(&mut dead.cache, 80, AllocOptions::default()).expect("space");
-            let _ = dead.heap.free_with(&mut dead.cache, a.id).expect("live");
+            let _ = dead.heap.free_with(&mut dead.cache, a.id()).expect("live");
             stop_at("pop/popped", || {
                 dead.heap.alloc_with(&mut dead.cache, 96, AllocOptions::default()).map(|_| ())
             });
             let mut third = Member::new(memory, THIRD_DEAD);
             let large = third.alloc(5 * 4096).expect("space");
-            stop_at("release/marked", || third.heap.free(&mut third.session, large.id).map(|_| ()));
+            stop_at("release/marked", || third.heap.free(&mut third.session, large.id()).map(|_| ()));
         }
         _ => {}
     }
@@ -245,20 +245,20 @@ fn run_op(op: Op, doomed: &mut Member<'_>, prepared: &Prepared, bystander_owner:
         Op::AllocSmall => heap.alloc(session, 64, plain).map(|_| ()),
         Op::AllocSmallCarving => heap.alloc(session, 1024, plain).map(|_| ()),
         Op::AllocLarge => heap.alloc(session, 3 * 4096 + 5, plain).map(|_| ()),
-        Op::FreeSmall => heap.free(session, prepared.small.id).map(|_| ()),
-        Op::FreeSmallEmptyingItsSpan => heap.free(session, prepared.lonely.id).map(|_| ()),
-        Op::FreeLarge => heap.free(session, prepared.large.id).map(|_| ()),
+        Op::FreeSmall => heap.free(session, prepared.small.id()).map(|_| ()),
+        Op::FreeSmallEmptyingItsSpan => heap.free(session, prepared.lonely.id()).map(|_| ()),
+        Op::FreeLarge => heap.free(session, prepared.large.id()).map(|_| ()),
         Op::CachedAllocRefilling => heap.alloc_with(cache, 160, plain).map(|_| ()),
-        Op::CachedFree => heap.free_with(cache, prepared.cached_live[0].id).map(|_| ()),
-        Op::CachedFreeSpilling => heap.free_with(cache, prepared.cached_live[1].id).map(|_| ()),
+        Op::CachedFree => heap.free_with(cache, prepared.cached_live[0].id()).map(|_| ()),
+        Op::CachedFreeSpilling => heap.free_with(cache, prepared.cached_live[1].id()).map(|_| ()),
         Op::Flush => {
-            let _ = heap.free_with(cache, prepared.cached_live[2].id);
+            let _ = heap.free_with(cache, prepared.cached_live[2].id());
             heap.flush(cache).map(|_| ())
         }
-        Op::SetOwnerToAnotherProcess => heap.set_owner(session, prepared.small.id, bystander_owner),
-        Op::ReallocInPlace => heap.realloc(session, prepared.small.id, 20).map(|_| ()),
-        Op::ReallocLargeInPlace => heap.realloc(session, prepared.large.id, 2 * 4096 + 4000).map(|_| ()),
-        Op::ReallocMoving => heap.realloc(session, prepared.small.id, 5000).map(|_| ()),
+        Op::SetOwnerToAnotherProcess => heap.set_owner(session, prepared.small.id(), bystander_owner),
+        Op::ReallocInPlace => heap.realloc(session, prepared.small.id(), 20).map(|_| ()),
+        Op::ReallocLargeInPlace => heap.realloc(session, prepared.large.id(), 2 * 4096 + 4000).map(|_| ()),
+        Op::ReallocMoving => heap.realloc(session, prepared.small.id(), 5000).map(|_| ()),
         Op::AllocRetiringSpans => heap.alloc(session, 40 * 4096, plain).map(|_| ()),
         Op::ReclaimOfAnotherDeadProcess => heap
             .reclaim_dead(
@@ -283,7 +283,7 @@ fn allocatable(member: &mut Member<'_>) -> u64 {
     }
     let total = got.iter().map(|a| a.capacity).sum();
     for a in got {
-        member.free(a.id);
+        member.free(a.id());
     }
     total
 }
@@ -369,11 +369,11 @@ fn world(op: Op, stop: Option<usize>) -> Vec<&'static str> {
                 }
                 if held.len() > 8 {
                     let a = held.remove(0);
-                    let _ = churner.heap.free_with(&mut churner.cache, a.id).expect("live");
+                    let _ = churner.heap.free_with(&mut churner.cache, a.id()).expect("live");
                 }
             }
             for a in held {
-                let _ = churner.heap.free_with(&mut churner.cache, a.id).expect("live");
+                let _ = churner.heap.free_with(&mut churner.cache, a.id()).expect("live");
             }
             let _ = churner.heap.flush(&mut churner.cache).expect("same heap");
         });
@@ -403,7 +403,7 @@ fn world(op: Op, stop: Option<usize>) -> Vec<&'static str> {
     for a in &leftovers {
         let owner = tester.heap.process_record(a.owner).map(|r| r.identity.pid);
         assert_eq!(owner, Some(BYSTANDER), "{op:?} stopped at {at}: allocation {a:?} survived reclaim");
-        tester.free(a.id);
+        tester.free(a.id());
     }
     tester
         .heap
@@ -413,7 +413,7 @@ fn world(op: Op, stop: Option<usize>) -> Vec<&'static str> {
     let all = tester
         .alloc(whole)
         .unwrap_or_else(|error| panic!("{op:?} stopped at {at}: the whole data area: {error}"));
-    tester.free(all.id);
+    tester.free(all.id());
     tester.heap.check(&mut tester.session).expect("consistent");
     steps
 }

@@ -21,11 +21,11 @@ fn zero_byte_allocations_are_distinct_and_valid() {
     let a = p.alloc(0, opts()).expect("space");
     let b = p.alloc(0, opts()).expect("space");
     assert_ne!(a.offset, b.offset);
-    assert_ne!(a.id, b.id);
-    assert_eq!(p.lookup(a.id).expect("live").size, 0);
+    assert_ne!(a.id(), b.id());
+    assert_eq!(p.lookup(a.id()).expect("live").size, 0);
     p.check().expect("consistent");
-    assert_eq!(p.free(a.id), Ok(Wake::Nobody));
-    assert_eq!(p.free(b.id), Ok(Wake::Nobody));
+    assert_eq!(p.free(a.id()), Ok(Wake::Nobody));
+    assert_eq!(p.free(b.id()), Ok(Wake::Nobody));
     p.check().expect("consistent");
 }
 
@@ -75,7 +75,7 @@ fn nearly_the_whole_data_area_can_be_one_allocation() {
     assert_eq!(a.size, all);
     assert!(matches!(p.alloc(0, opts()), Err(Error::OutOfMemory { .. })));
     p.check().expect("consistent");
-    let _ = p.free(a.id).expect("live");
+    let _ = p.free(a.id()).expect("live");
     p.check().expect("consistent");
 }
 
@@ -86,10 +86,10 @@ fn double_free_and_stale_ids_are_detected_and_change_nothing() {
     let mut p = Participant::new(&heap, 1);
     let small = p.alloc(40, opts()).expect("space");
     let large = p.alloc(10_000, opts()).expect("space");
-    let _ = p.free(small.id).expect("live");
-    let _ = p.free(large.id).expect("live");
-    assert_eq!(p.free(small.id), Err(Error::NotAllocated { id: small.id.to_u128() }));
-    assert_eq!(p.free(large.id), Err(Error::NotAllocated { id: large.id.to_u128() }));
+    let _ = p.free(small.id()).expect("live");
+    let _ = p.free(large.id()).expect("live");
+    assert_eq!(p.free(small.id()), Err(Error::NotAllocated { id: small.id().to_u128() }));
+    assert_eq!(p.free(large.id()), Err(Error::NotAllocated { id: large.id().to_u128() }));
     // The slots are reused; the old ids must not alias the new allocations.
     let again_small = p.alloc(40, opts()).expect("space");
     // Another process searches the bitmap from the start, so it reuses the same pages.
@@ -97,12 +97,12 @@ fn double_free_and_stale_ids_are_detected_and_change_nothing() {
     let again_large = Participant::new(&other, 2).alloc(10_000, opts()).expect("space");
     assert_eq!(again_small.offset, small.offset);
     assert_eq!(again_large.offset, large.offset);
-    assert_ne!(again_small.id, small.id);
-    assert_ne!(again_large.id, large.id);
+    assert_ne!(again_small.id(), small.id());
+    assert_ne!(again_large.id(), large.id());
     fill(&heap, &again_small, 7);
-    assert_eq!(p.free(small.id), Err(Error::NotAllocated { id: small.id.to_u128() }));
-    assert_eq!(p.lookup(large.id), Err(Error::NotAllocated { id: large.id.to_u128() }));
-    assert!(p.contains(again_small.id) && p.contains(again_large.id));
+    assert_eq!(p.free(small.id()), Err(Error::NotAllocated { id: small.id().to_u128() }));
+    assert_eq!(p.lookup(large.id()), Err(Error::NotAllocated { id: large.id().to_u128() }));
+    assert!(p.contains(again_small.id()) && p.contains(again_large.id()));
     assert!(holds(&heap, &again_small, 7));
     p.check().expect("consistent");
 }
@@ -115,16 +115,16 @@ fn ids_that_are_not_allocation_starts_are_rejected() {
     let a = p.alloc(64, opts()).expect("space");
     let large = p.alloc(3 * 4096, opts()).expect("space");
     // One granule into the block, one granule into the large run, a made-up slot.
-    let inside = AllocId::new(a.id.slot() + 1, a.id.generation());
-    let inside_large = AllocId::new(large.id.slot() + 256, large.id.generation());
+    let inside = AllocId::new(a.id().slot() + 1, a.id().generation());
+    let inside_large = AllocId::new(large.id().slot() + 256, large.id().generation());
     assert_eq!(p.free(inside), Err(Error::NotAllocated { id: inside.to_u128() }));
     assert_eq!(p.free(inside_large), Err(Error::NotAllocated { id: inside_large.to_u128() }));
     let past_end = AllocId::new(heap.geometry().slots(), 1);
     assert_eq!(p.free(past_end), Err(Error::InvalidId { id: past_end.to_u128() }));
     assert!(matches!(p.free(AllocId::from_u128(u128::MAX)), Err(Error::InvalidId { .. })));
-    let never = AllocId::new(a.id.slot() + 4 * 4096 / 16 * 8, 5);
+    let never = AllocId::new(a.id().slot() + 4 * 4096 / 16 * 8, 5);
     assert!(matches!(p.free(never), Err(Error::NotAllocated { .. }) | Err(Error::InvalidId { .. })));
-    assert!(p.contains(a.id) && p.contains(large.id));
+    assert!(p.contains(a.id()) && p.contains(large.id()));
     p.check().expect("consistent");
 }
 
@@ -137,19 +137,19 @@ fn lookup_reports_type_owner_and_requested_size() {
     let options = AllocOptions { alloc_type: alloc_type::CHANNEL_BUFFER, owner: Some(other), ..opts() };
     let small = p.alloc(100, options).expect("space");
     let large = p.alloc(70_000, AllocOptions { alloc_type: 200, ..options }).expect("space");
-    let found = p.lookup(small.id).expect("live");
+    let found = p.lookup(small.id()).expect("live");
     assert_eq!((found.size, found.capacity, found.alloc_type, found.owner), (100, 112, 2, other));
-    let found = p.lookup(large.id).expect("live");
+    let found = p.lookup(large.id()).expect("live");
     assert_eq!((found.size, found.alloc_type, found.owner), (70_000, 200, other));
-    p.set_owner(small.id, Owner::POOL).expect("live");
+    p.set_owner(small.id(), Owner::POOL).expect("live");
     let seven = Participant::new(&heap, 7).owner();
-    p.set_owner(large.id, seven).expect("live");
-    assert_eq!(p.lookup(small.id).expect("live").owner, Owner::POOL);
-    assert_eq!(p.lookup(large.id).expect("live").owner, seven);
-    assert_eq!(p.set_owner(large.id, Owner(999)), Err(Error::InvalidOwner { owner: 999 }));
-    assert_eq!(p.lookup(large.id).expect("live").owner, seven);
-    let _ = p.free(small.id).expect("live");
-    assert_eq!(p.set_owner(small.id, seven), Err(Error::NotAllocated { id: small.id.to_u128() }));
+    p.set_owner(large.id(), seven).expect("live");
+    assert_eq!(p.lookup(small.id()).expect("live").owner, Owner::POOL);
+    assert_eq!(p.lookup(large.id()).expect("live").owner, seven);
+    assert_eq!(p.set_owner(large.id(), Owner(999)), Err(Error::InvalidOwner { owner: 999 }));
+    assert_eq!(p.lookup(large.id()).expect("live").owner, seven);
+    let _ = p.free(small.id()).expect("live");
+    assert_eq!(p.set_owner(small.id(), seven), Err(Error::NotAllocated { id: small.id().to_u128() }));
     p.check().expect("consistent");
 }
 
@@ -160,7 +160,7 @@ fn iteration_lists_exactly_the_live_allocations() {
     let mut p = Participant::new(&heap, 1);
     let mut live: Vec<_> = (0..300u64).map(|i| p.alloc(i * 37 % 9000, opts()).expect("space")).collect();
     for victim in live.iter().step_by(3) {
-        let _ = p.free(victim.id).expect("live");
+        let _ = p.free(victim.id()).expect("live");
     }
     live = live.into_iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, a)| a).collect();
     let mut listed = p.live();
@@ -179,17 +179,17 @@ fn realloc_in_place_keeps_the_id_and_moving_keeps_the_bytes() {
     let mut p = Participant::new(&heap, 1);
     let a = p.alloc(100, opts()).expect("space");
     fill(&heap, &a, 3);
-    let grown = p.realloc(a.id, 110).expect("fits its block");
-    assert_eq!((grown.id, grown.offset, grown.size), (a.id, a.offset, 110));
-    let shrunk = p.realloc(a.id, 50).expect("fits");
-    assert_eq!(shrunk.id, a.id);
-    let moved = p.realloc(a.id, 5000).expect("space");
-    assert_ne!(moved.id, a.id);
+    let grown = p.realloc(a.id(), 110).expect("fits its block");
+    assert_eq!((grown.id(), grown.offset, grown.size), (a.id(), a.offset, 110));
+    let shrunk = p.realloc(a.id(), 50).expect("fits");
+    assert_eq!(shrunk.id(), a.id());
+    let moved = p.realloc(a.id(), 5000).expect("space");
+    assert_ne!(moved.id(), a.id());
     assert!(holds(&heap, &common::prefix(&moved, 50), 3));
-    assert_eq!(p.lookup(a.id), Err(Error::NotAllocated { id: a.id.to_u128() }));
-    let large_in_place = p.realloc(moved.id, 8000).expect("fits its pages");
-    assert_eq!(large_in_place.id, moved.id);
-    assert_eq!(p.lookup(moved.id).expect("live").size, 8000);
+    assert_eq!(p.lookup(a.id()), Err(Error::NotAllocated { id: a.id().to_u128() }));
+    let large_in_place = p.realloc(moved.id(), 8000).expect("fits its pages");
+    assert_eq!(large_in_place.id(), moved.id());
+    assert_eq!(p.lookup(moved.id()).expect("live").size, 8000);
     p.check().expect("consistent");
 }
 
@@ -202,13 +202,13 @@ fn a_failed_realloc_leaves_the_original_valid() {
     fill(&heap, &a, 9);
     let before = p.stats().expect("stats");
     let too_big = heap.geometry().data_bytes();
-    assert!(matches!(p.realloc(a.id, too_big), Err(Error::OutOfMemory { .. })));
-    assert!(matches!(p.realloc(a.id, u64::MAX), Err(Error::TooLarge { .. })));
+    assert!(matches!(p.realloc(a.id(), too_big), Err(Error::OutOfMemory { .. })));
+    assert!(matches!(p.realloc(a.id(), u64::MAX), Err(Error::TooLarge { .. })));
     assert_eq!(p.stats().expect("stats"), before);
     assert!(holds(&heap, &a, 9));
-    assert_eq!(p.lookup(a.id).expect("live").size, 1000);
-    let _ = p.free(a.id).expect("live");
-    assert_eq!(p.realloc(a.id, 10), Err(Error::NotAllocated { id: a.id.to_u128() }));
+    assert_eq!(p.lookup(a.id()).expect("live").size, 1000);
+    let _ = p.free(a.id()).expect("live");
+    assert_eq!(p.realloc(a.id(), 10), Err(Error::NotAllocated { id: a.id().to_u128() }));
     p.check().expect("consistent");
 }
 
@@ -220,7 +220,7 @@ fn a_pool_filled_with_tiny_blocks_and_emptied_serves_one_huge_allocation() {
     let mut p = Participant::new(&heap, 1);
     let mut ids = Vec::new();
     while let Ok(a) = p.alloc(16, opts()) {
-        ids.push(a.id);
+        ids.push(a.id());
     }
     assert!(ids.len() > 100_000, "only {} tiny blocks fit", ids.len());
     p.check().expect("consistent");
@@ -244,8 +244,8 @@ fn ids_stay_unique_when_memory_moves_between_classes_and_runs() {
         let size = [16, 2048, 8192, 48][round as usize % 4];
         let mut ids = Vec::new();
         while let Ok(a) = p.alloc(size, opts()) {
-            assert!(seen.insert(a.id), "id {:#x} issued twice", a.id.to_u128());
-            ids.push(a.id);
+            assert!(seen.insert(a.id()), "id {:#x} issued twice", a.id().to_u128());
+            ids.push(a.id());
         }
         for id in ids {
             let _ = p.free(id).expect("live");
@@ -263,11 +263,11 @@ fn a_second_participant_sees_the_same_heap() {
     fill(&first, &a, 5);
     let second = memory.open();
     let mut q = Participant::new(&second, 2);
-    assert_eq!(q.lookup(a.id).expect("live"), p.lookup(a.id).expect("live"));
+    assert_eq!(q.lookup(a.id()).expect("live"), p.lookup(a.id()).expect("live"));
     assert!(holds(&second, &a, 5));
     let b = q.alloc(500, opts()).expect("space");
-    let _ = p.free(b.id).expect("freed by the other participant");
-    let _ = q.free(a.id).expect("freed by the other participant");
+    let _ = p.free(b.id()).expect("freed by the other participant");
+    let _ = q.free(a.id()).expect("freed by the other participant");
     p.check().expect("consistent");
 }
 
@@ -279,9 +279,9 @@ fn destroyed_heaps_refuse_every_operation_and_wake_waiters() {
     let a = p.alloc(10, opts()).expect("space");
     assert_eq!(heap.mark_destroyed(), Wake::Waiters);
     assert_eq!(p.alloc(10, opts()), Err(Error::Destroyed));
-    assert_eq!(p.free(a.id), Err(Error::Destroyed));
-    assert_eq!(p.lookup(a.id), Err(Error::Destroyed));
-    assert_eq!(p.realloc(a.id, 5), Err(Error::Destroyed));
+    assert_eq!(p.free(a.id()), Err(Error::Destroyed));
+    assert_eq!(p.lookup(a.id()), Err(Error::Destroyed));
+    assert_eq!(p.realloc(a.id(), 5), Err(Error::Destroyed));
     assert_eq!(p.stats(), Err(Error::Destroyed));
     assert_eq!(p.check(), Err(Error::Destroyed));
     assert_eq!(heap.register_participant(p.owner()).err(), Some(Error::Destroyed));
@@ -345,15 +345,15 @@ fn corrupted_metadata_gives_errors_never_out_of_bounds_access() {
         for &value in &garbage {
             let saved = memory.word(word);
             memory.set_word(word, value);
-            let _ = v.lookup(small.id);
-            let _ = v.lookup(large.id);
+            let _ = v.lookup(small.id());
+            let _ = v.lookup(large.id());
             let _ = v.live();
             let _ = v.stats();
             let _ = v.check();
             if let Ok(a) = v.alloc(64, opts()) {
-                let _ = v.free(a.id);
+                let _ = v.free(a.id());
             }
-            let _ = v.alloc(3 * 4096, opts()).map(|a| v.free(a.id));
+            let _ = v.alloc(3 * 4096, opts()).map(|a| v.free(a.id()));
             let _ = v.reclaim(&[1]);
             memory.set_word(word, saved);
         }
@@ -366,7 +366,7 @@ fn corrupted_metadata_gives_errors_never_out_of_bounds_access() {
     assert!(matches!(v.check(), Err(Error::Corrupt { .. })), "garbage block states go unnoticed");
     for _ in 0..100 {
         if let Ok(a) = v.alloc(64, opts()) {
-            let _ = v.free(a.id);
+            let _ = v.free(a.id());
         }
     }
 }
@@ -412,8 +412,8 @@ fn creating_a_huge_region_touches_only_its_header() {
         let mut p = Participant::new(&heap, 1);
         let a = p.alloc(1 << 30, opts()).expect("space");
         let b = p.alloc(64, opts()).expect("space");
-        let _ = p.free(a.id).expect("live");
-        let _ = p.free(b.id).expect("live");
+        let _ = p.free(a.id()).expect("live");
+        let _ = p.free(b.id()).expect("live");
         assert!(created < std::time::Duration::from_secs(1), "create took {created:?}");
         let mut vec = [0u8; 1];
         let mut resident_pages = 0usize;

@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use alloc_core::{AllocId, AllocOptions, Allocation, Cache, Error, Heap, Owner, Platform};
-use common::{fill, holds, Participant, TestMemory};
+use common::{fill, holds, prefix, Participant, TestMemory};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -141,7 +141,7 @@ fn run(page_shift: u32, ops: Vec<Op>) {
                     Ok(allocation) => {
                         assert_eq!((allocation.size, allocation.alloc_type), (size, alloc_type));
                         fill(&heap, &allocation, seed);
-                        assert!(live.insert(allocation.id, Expected { allocation, seed }).is_none());
+                        assert!(live.insert(allocation.id(), Expected { allocation, seed }).is_none());
                     }
                     Err(Error::OutOfMemory { .. }) => {}
                     Err(other) => panic!("alloc({size}) failed with {other:?}"),
@@ -160,14 +160,14 @@ fn run(page_shift: u32, ops: Vec<Op>) {
                     match p.realloc(id, size) {
                         Ok(moved) => {
                             assert_eq!(moved.size, size);
-                            let kept = Allocation { size: old.allocation.size.min(size), ..moved };
+                            let kept = prefix(&moved, old.allocation.size.min(size));
                             assert!(holds(&heap, &kept, old.seed), "realloc lost bytes");
                             live.remove(&id);
-                            if moved.id != id {
+                            if moved.id() != id {
                                 freed.push(id);
                             }
                             fill(&heap, &moved, seed);
-                            live.insert(moved.id, Expected { allocation: moved, seed });
+                            live.insert(moved.id(), Expected { allocation: moved, seed });
                         }
                         Err(Error::OutOfMemory { .. }) => {
                             assert_eq!(p.lookup(id).expect("original intact"), old.allocation);
@@ -189,7 +189,8 @@ fn run(page_shift: u32, ops: Vec<Op>) {
                 }
             }
             Op::Iterate => {
-                let listed: BTreeMap<AllocId, Allocation> = p.live().into_iter().map(|a| (a.id, a)).collect();
+                let listed: BTreeMap<AllocId, Allocation> =
+                    p.live().into_iter().map(|a| (a.id(), a)).collect();
                 let mut expected: BTreeMap<AllocId, Allocation> =
                     live.iter().map(|(id, e)| (*id, e.allocation)).collect();
                 expected.extend(others.iter().map(|(id, a)| (*id, *a)));
@@ -198,7 +199,7 @@ fn run(page_shift: u32, ops: Vec<Op>) {
             Op::AllocOther { size } => match other_view.alloc_with(&mut other, size, AllocOptions::default())
             {
                 Ok(allocation) => {
-                    assert!(others.insert(allocation.id, allocation).is_none());
+                    assert!(others.insert(allocation.id(), allocation).is_none());
                 }
                 Err(Error::OutOfMemory { .. }) => {}
                 Err(error) => panic!("the other process's alloc({size}) failed with {error:?}"),
@@ -220,7 +221,7 @@ fn run(page_shift: u32, ops: Vec<Op>) {
                 Ok(allocation) => {
                     assert_eq!(allocation.size, size);
                     fill(&heap, &allocation, seed);
-                    assert!(live.insert(allocation.id, Expected { allocation, seed }).is_none());
+                    assert!(live.insert(allocation.id(), Expected { allocation, seed }).is_none());
                 }
                 Err(Error::OutOfMemory { .. }) => {}
                 Err(other) => panic!("alloc_with({size}) failed with {other:?}"),
@@ -252,7 +253,7 @@ fn run(page_shift: u32, ops: Vec<Op>) {
     assert_eq!(stats.live_allocations, 0);
     let most = heap.geometry().data_bytes() * 9 / 10;
     let big = p.alloc(most, AllocOptions::default()).expect("an empty heap serves most of its data area");
-    let _ = p.free(big.id).expect("live");
+    let _ = p.free(big.id()).expect("live");
     p.check().expect("consistent");
 }
 

@@ -40,7 +40,7 @@ fn a_participant_stopped_while_retiring_a_span_never_makes_an_empty_pool_refuse_
         let mut a = Participant::new(&heap, 1);
         let mut tiny = Vec::new();
         while let Ok(block) = a.alloc(16, AllocOptions::default()) {
-            tiny.push(block.id);
+            tiny.push(block.id());
         }
         for id in tiny {
             let _ = a.free(id).expect("live");
@@ -60,14 +60,14 @@ fn a_participant_stopped_while_retiring_a_span_never_makes_an_empty_pool_refuse_
                 got.is_ok(),
                 "stopped at {step}: the empty pool refused {size} bytes to another: {got:?}"
             );
-            let _ = b.free(got.expect("checked").id).expect("live");
+            let _ = b.free(got.expect("checked").id()).expect("live");
         }
         // A is declared dead: reclaim puts its retirement right, and everything is back.
         b.reclaim(&[1]).expect("reclaimable");
         b.check().expect("consistent after reclaim");
         let all =
             b.alloc(heap.geometry().data_bytes(), AllocOptions::default()).expect("the whole data area");
-        let _ = b.free(all.id).expect("live");
+        let _ = b.free(all.id()).expect("live");
     }
 }
 
@@ -91,7 +91,7 @@ fn generations_keep_counting_across_the_state_words_boundary_and_across_reuse_of
     let blocks = blocks_per_span(CLASS_SIZES[class] as u64, heap.geometry().span_bytes());
     let state_word = (base / 8) as usize;
     let extra_half = ((base + blocks * 8) / 4) as usize;
-    let _ = p.free(first.id).expect("live");
+    let _ = p.free(first.id()).expect("live");
     // Put the slot two allocations below the point where the state word's 36 bits wrap.
     let near = BlockState::TAG_MASK - 1;
     let state = BlockState::decode(memory.word(state_word)).expect("valid");
@@ -106,33 +106,36 @@ fn generations_keep_counting_across_the_state_words_boundary_and_across_reuse_of
     for _ in 0..5 {
         let a = p.alloc(64, AllocOptions::default()).expect("space");
         assert_eq!(a.offset, first.offset, "the hot slot is reused");
-        assert!(seen.insert(a.id), "id {:#x} issued twice", a.id.to_u128());
+        assert!(seen.insert(a.id()), "id {:#x} issued twice", a.id().to_u128());
         if let Some(previous) = previous {
-            assert!(a.id.generation() > previous, "generations keep growing across the boundary");
+            assert!(a.id().generation() > previous, "generations keep growing across the boundary");
             assert_eq!(
-                p.lookup(alloc_core::AllocId::new(a.id.slot(), previous)),
-                Err(Error::NotAllocated { id: alloc_core::AllocId::new(a.id.slot(), previous).to_u128() })
+                p.lookup(alloc_core::AllocId::new(a.id().slot(), previous)),
+                Err(Error::NotAllocated { id: alloc_core::AllocId::new(a.id().slot(), previous).to_u128() })
             );
         }
-        previous = Some(a.id.generation());
-        let _ = p.free(a.id).expect("live");
+        previous = Some(a.id().generation());
+        let _ = p.free(a.id()).expect("live");
     }
     assert!(previous.expect("ran") > BlockState::TAG_MASK, "crossed the state word's boundary");
     // Retire the span (a large allocation needs its pages), free that, and carve spans again:
     // no id of the new spans may equal one seen before.
     let big = p.alloc(heap.geometry().data_bytes(), AllocOptions::default()).expect("the whole data area");
     assert_eq!(big.offset, heap.geometry().data_offset, "the run covers where the span was");
-    assert!(seen.insert(big.id), "the run's id was issued before");
-    let _ = p.free(big.id).expect("live");
+    assert!(seen.insert(big.id()), "the run's id was issued before");
+    let _ = p.free(big.id()).expect("live");
     let mut reused = false;
     let mut again = Vec::new();
     while let Ok(a) = p.alloc(64, AllocOptions::default()) {
-        assert!(seen.insert(a.id), "id {:#x} issued twice", a.id.to_u128());
+        assert!(seen.insert(a.id()), "id {:#x} issued twice", a.id().to_u128());
         if a.offset == first.offset {
             reused = true;
-            assert!(a.id.generation() > previous.expect("ran"), "the slot's generations go on above the old");
+            assert!(
+                a.id().generation() > previous.expect("ran"),
+                "the slot's generations go on above the old"
+            );
         }
-        again.push(a.id);
+        again.push(a.id());
     }
     assert!(reused, "a new span covered the hot slot again");
     for id in again {

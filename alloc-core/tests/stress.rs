@@ -106,23 +106,23 @@ fn threads_pass_allocations_around_and_every_byte_survives() {
                     }
                     while let Ok((a, seed)) = inbox.try_recv() {
                         assert!(holds(&me_heap.heap, &a, seed), "bytes changed in transit");
-                        me_heap.free(a.id).expect("received allocations are live");
+                        me_heap.free(a.id()).expect("received allocations are live");
                     }
                     if mine.len() > 64 || (round % 7 == 0 && !mine.is_empty()) {
                         let (a, seed) = mine.swap_remove((rng % mine.len() as u64) as usize);
                         assert!(holds(&me_heap.heap, &a, seed), "bytes changed");
-                        me_heap.free(a.id).expect("own allocations are live");
+                        me_heap.free(a.id()).expect("own allocations are live");
                     }
                 }
                 for (a, seed) in mine {
                     assert!(holds(&me_heap.heap, &a, seed));
-                    me_heap.free(a.id).expect("live");
+                    me_heap.free(a.id()).expect("live");
                 }
                 drop(outbox);
                 // Drain what neighbours still send until all senders are gone.
                 for (a, seed) in inbox {
                     assert!(holds(&me_heap.heap, &a, seed));
-                    me_heap.free(a.id).expect("live");
+                    me_heap.free(a.id()).expect("live");
                 }
                 me_heap.flush();
             });
@@ -155,12 +155,12 @@ fn threads_hammering_one_class_never_hand_out_a_block_twice() {
                     if held.len() == 16 {
                         for (a, seed) in held.drain(..) {
                             assert!(holds(&me_heap.heap, &a, seed), "another thread wrote into my block");
-                            me_heap.free(a.id).expect("live");
+                            me_heap.free(a.id()).expect("live");
                         }
                     }
                 }
                 for (a, _) in held {
-                    me_heap.free(a.id).expect("live");
+                    me_heap.free(a.id()).expect("live");
                 }
                 me_heap.flush();
             });
@@ -197,7 +197,7 @@ fn cached_refills_racing_with_other_participants_stay_consistent() {
                     }
                     for (i, a) in blocks.iter().enumerate() {
                         assert!(holds(heap, a, seed + i as u64), "a block was handed out twice");
-                        let _ = heap.free(cache.session(), a.id).expect("live");
+                        let _ = heap.free(cache.session(), a.id()).expect("live");
                     }
                 }
                 let _ = heap.flush(&mut cache).expect("same heap");
@@ -261,7 +261,7 @@ fn a_blocked_allocation_is_woken_by_a_free_in_another_participant() {
             std::thread::yield_now();
         }
         assert_eq!(
-            p.heap.free(p.session.as_mut().expect("uncached"), victim.id),
+            p.heap.free(p.session.as_mut().expect("uncached"), victim.id()),
             Ok(alloc_core::Wake::Waiters)
         );
         let (got, waits) = waiter.join().expect("waiter finished");
@@ -286,7 +286,7 @@ fn a_blocked_allocation_with_nothing_freed_times_out() {
     assert!(started.elapsed() >= Duration::from_millis(50));
     assert_eq!(p.heap.waiters(), 0);
     // A free with nobody waiting needs no wake-up.
-    assert_eq!(p.heap.free(session, all[0].id), Ok(alloc_core::Wake::Nobody));
+    assert_eq!(p.heap.free(session, all[0].id()), Ok(alloc_core::Wake::Nobody));
     p.heap.check(session).expect("consistent");
 }
 
@@ -335,14 +335,14 @@ fn operations_racing_an_owner_change_or_resize_of_a_live_allocation_succeed() {
             // Every other round through a cache (the cached free is its own path).
             let me = if round % 2 == 0 { &mut owner } else { &mut cached };
             let a = me.alloc(48, AllocOptions::default()).expect("space");
-            generation.store(a.id.generation(), Ordering::Relaxed);
-            slot.store(a.id.slot(), Ordering::Relaxed);
+            generation.store(a.id().generation(), Ordering::Relaxed);
+            slot.store(a.id().slot(), Ordering::Relaxed);
             for _ in 0..4 {
                 let Participant { heap, session, cache } = &mut *me;
                 let session = session.as_mut().unwrap_or_else(|| cache.as_mut().expect("cached").session());
-                heap.lookup(session, a.id).expect("live: a racing owner change is no free");
+                heap.lookup(session, a.id()).expect("live: a racing owner change is no free");
             }
-            me.free(a.id).expect("live: a racing owner change or resize is no free");
+            me.free(a.id()).expect("live: a racing owner change or resize is no free");
         }
     });
     assert_eq!(owner.check().expect("consistent").live_allocations, 0);

@@ -76,7 +76,7 @@ impl MemoryAlloc {
             return Err(raise(
                 py,
                 "InvalidAllocationError",
-                format!("allocation {} was freed or detached", self.allocation.id.to_u128()),
+                format!("allocation {} was freed or detached", self.allocation.id().to_u128()),
             ));
         }
         Ok(())
@@ -86,7 +86,7 @@ impl MemoryAlloc {
     /// place, so a live id is always at the offset this handle knows).
     fn ensure_live(&self, py: Python<'_>) -> PyResult<()> {
         self.ensure_handle(py)?;
-        self.pool.lookup(self.allocation.id).py_err(py).map(|_| ())
+        self.pool.lookup(self.allocation.id()).py_err(py).map(|_| ())
     }
 
     pub(crate) fn free(&self, py: Python<'_>) -> PyResult<()> {
@@ -97,7 +97,7 @@ impl MemoryAlloc {
             return Err(raise(
                 py,
                 "InvalidAllocationError",
-                format!("allocation {} was already freed or detached", self.allocation.id.to_u128()),
+                format!("allocation {} was already freed or detached", self.allocation.id().to_u128()),
             ));
         }
         let views = self.exports.load(Ordering::SeqCst);
@@ -108,9 +108,9 @@ impl MemoryAlloc {
         crate::trace::freeing(py, &self.pool, &self.allocation);
         // Through the pool handle's cache while it is attached, else straight to the pool. A
         // free never waits, so the GIL is kept (releasing it costs more than the free).
-        match self.pool_object.get().free_cached(self.allocation.id) {
+        match self.pool_object.get().free_cached(self.allocation.id()) {
             Some(result) => result.py_err(py),
-            None => self.pool.free(self.allocation.id).py_err(py),
+            None => self.pool.free(self.allocation.id()).py_err(py),
         }
     }
 
@@ -123,7 +123,7 @@ impl MemoryAlloc {
         self.no_views("resize the allocation")?;
         self.ensure_live(py)?;
         crate::trace::freeing(py, &self.pool, &self.allocation);
-        let resized = self.pool.realloc(self.allocation.id, size);
+        let resized = self.pool.realloc(self.allocation.id(), size);
         let resized = match resized {
             Ok(resized) => resized,
             Err(error) => {
@@ -132,7 +132,7 @@ impl MemoryAlloc {
             }
         };
         crate::trace::allocated(py, &self.pool, &resized);
-        if resized.id != self.allocation.id {
+        if resized.id() != self.allocation.id() {
             // ORDERING: SeqCst, the handle flag's order everywhere (see `free`).
             self.done.store(true, Ordering::SeqCst);
         }
@@ -167,7 +167,7 @@ impl MemoryAlloc {
     /// low 64 bits, the generation above).
     #[getter]
     fn id(&self) -> u128 {
-        self.allocation.id.to_u128()
+        self.allocation.id().to_u128()
     }
 
     /// The allocation's type (see `shmpool.AllocType`).
@@ -263,7 +263,7 @@ impl MemoryAlloc {
         };
         let target_pool = target.get().pool(py)?;
         let mut bytes = vec![0u8; self.length as usize];
-        self.pool.read(self.allocation.id, self.start, &mut bytes).py_err(py)?;
+        self.pool.read(self.allocation.id(), self.start, &mut bytes).py_err(py)?;
         let options =
             alloc_shm::AllocOptions { alloc_type: self.allocation.alloc_type, ..target_pool.options() };
         let copy = match timeout_arg(timeout)? {
@@ -271,7 +271,7 @@ impl MemoryAlloc {
             wait => py.detach(|| target_pool.alloc_blocking_with(self.length, options, wait)),
         }
         .py_err(py)?;
-        target_pool.write(copy.id, 0, &bytes).py_err(py)?;
+        target_pool.write(copy.id(), 0, &bytes).py_err(py)?;
         crate::trace::allocated(py, &target_pool, &copy);
         Ok(MemoryAlloc::new(target, target_pool, copy))
     }
@@ -284,13 +284,13 @@ impl MemoryAlloc {
         let stop = stop.map(|stop| size_arg(py, stop)).transpose()?;
         let (start, stop) = self.window(start, stop)?;
         let zeros = vec![0u8; (stop - start) as usize];
-        self.pool.write(self.allocation.id, self.start + start, &zeros).py_err(py)
+        self.pool.write(self.allocation.id(), self.start + start, &zeros).py_err(py)
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
         other.cast::<MemoryAlloc>().is_ok_and(|other| {
             let other = other.get();
-            other.pool.path() == self.pool.path() && other.allocation.id == self.allocation.id
+            other.pool.path() == self.pool.path() && other.allocation.id() == self.allocation.id()
         })
     }
 
@@ -298,7 +298,7 @@ impl MemoryAlloc {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.pool.path().hash(&mut hasher);
-        self.allocation.id.to_u128().hash(&mut hasher);
+        self.allocation.id().to_u128().hash(&mut hasher);
         hasher.finish()
     }
 
@@ -311,7 +311,7 @@ impl MemoryAlloc {
     fn __repr__(&self) -> String {
         format!(
             "<shmpool.MemoryAlloc id={} size={} type={} in {:?}>",
-            self.allocation.id.to_u128(),
+            self.allocation.id().to_u128(),
             self.length,
             self.allocation.alloc_type,
             self.pool.name()
@@ -331,7 +331,7 @@ impl MemoryAlloc {
         this.exports.fetch_add(1, Ordering::SeqCst);
         this.pool_object.get().exports.fetch_add(1, Ordering::SeqCst);
         let checked = this.ensure_handle(py).and_then(|()| {
-            let (base, len) = this.pool.bytes_ptr(this.allocation.id).py_err(py)?;
+            let (base, len) = this.pool.bytes_ptr(this.allocation.id()).py_err(py)?;
             if (this.start + this.length) as usize > len {
                 return Err(PyBufferError::new_err("window outside the allocation"));
             }

@@ -243,7 +243,7 @@ impl MemoryPool {
         let entries = pool
             .iter()
             .filter(|a| alloc_type.is_none_or(|t| a.alloc_type == t))
-            .map(|a| (a.alloc_type, a.id.to_u128()))
+            .map(|a| (a.alloc_type, a.id().to_u128()))
             .collect();
         Ok(MemoryAllocations { entries })
     }

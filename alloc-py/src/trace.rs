@@ -27,7 +27,7 @@ pub fn trace_allocations(enabled: bool) {
 }
 
 fn address(pool: &Pool, allocation: &Allocation) -> Option<usize> {
-    pool.bytes_ptr(allocation.id).ok().map(|(ptr, _)| ptr as usize)
+    pool.bytes_ptr(allocation.id()).ok().map(|(ptr, _)| ptr as usize)
 }
 
 /// Reports a new allocation (no-op unless enabled, or when tracemalloc is not tracing).

@@ -45,7 +45,7 @@ impl OwnedAlloc {
 impl Drop for OwnedAlloc {
     fn drop(&mut self) {
         // Already freed elsewhere, or the pool destroyed: nothing left to give back.
-        let _ = self.pool.free(self.allocation.id);
+        let _ = self.pool.free(self.allocation.id());
     }
 }
 
@@ -60,7 +60,7 @@ impl Arena {
     /// Allocates `size` bytes that live as long as the arena.
     pub fn alloc(&self, size: u64) -> Result<Allocation> {
         let allocation = self.pool.alloc(size)?;
-        self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(allocation.id);
+        self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(allocation.id());
         Ok(allocation)
     }
 

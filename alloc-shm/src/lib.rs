@@ -8,13 +8,13 @@
 //!
 //! let pool = Pool::create("example", 64 << 20)?;
 //! let a = pool.alloc(1024)?;
-//! pool.write(a.id, 0, b"hello")?;
+//! pool.write(a.id(), 0, b"hello")?;
 //! let descriptor = pool.alloc_descriptor(&a)?; // ≤ 128 bytes: send it to another process
 //! // ... in the other process:
 //! let (same_pool, same) = Pool::attach_alloc(&descriptor)?;
 //! let mut buffer = [0u8; 5];
-//! same_pool.read(same.id, 0, &mut buffer)?;
-//! same_pool.free(same.id)?;
+//! same_pool.read(same.id(), 0, &mut buffer)?;
+//! same_pool.free(same.id())?;
 //! pool.destroy()?;
 //! # Ok::<(), alloc_shm::PoolError>(())
 //! ```

@@ -171,7 +171,7 @@ impl Pool {
     pub fn alloc_descriptor(&self, allocation: &Allocation) -> Result<Vec<u8>> {
         Ok(AllocDescriptor {
             pool: self.described(descriptor::ALLOC_ROOM)?,
-            id: allocation.id,
+            id: allocation.id(),
             offset: allocation.offset,
             size: allocation.size,
             alloc_type: allocation.alloc_type,
@@ -438,7 +438,7 @@ impl Pool {
             Some(_) if in_mapping => Ok(()),
             _ => Err(PoolError::InvalidAllocation {
                 name: self.name().to_owned(),
-                cause: alloc_core::Error::NotAllocated { id: allocation.id.to_u128() },
+                cause: alloc_core::Error::NotAllocated { id: allocation.id().to_u128() },
             }),
         }
     }

@@ -15,13 +15,13 @@ pub fn pattern_byte(id: AllocId, at: u64) -> u8 {
 
 /// Writes `allocation`'s pattern into it.
 pub fn fill(pool: &Pool, allocation: &Allocation) -> Result<()> {
-    let contents: Vec<u8> = (0..allocation.size).map(|at| pattern_byte(allocation.id, at)).collect();
-    pool.write(allocation.id, 0, &contents)
+    let contents: Vec<u8> = (0..allocation.size).map(|at| pattern_byte(allocation.id(), at)).collect();
+    pool.write(allocation.id(), 0, &contents)
 }
 
 /// Whether `allocation` holds its pattern.
 pub fn holds(pool: &Pool, allocation: &Allocation) -> Result<bool> {
     let mut contents = vec![0u8; allocation.size as usize];
-    pool.read(allocation.id, 0, &mut contents)?;
-    Ok(contents.iter().enumerate().all(|(at, &byte)| byte == pattern_byte(allocation.id, at as u64)))
+    pool.read(allocation.id(), 0, &mut contents)?;
+    Ok(contents.iter().enumerate().all(|(at, &byte)| byte == pattern_byte(allocation.id(), at as u64)))
 }

@@ -84,9 +84,9 @@ fn hundreds_of_kills_and_a_frozen_process_never_hang_the_others_and_reclaim_give
                     let a = live.swap_remove((rng >> 20) as usize % live.len());
                     assert!(verify::holds(&pool, &a)?, "this process's bytes changed");
                     if cached {
-                        local.free(a.id)?
+                        local.free(a.id())?
                     } else {
-                        pool.free(a.id)?
+                        pool.free(a.id())?
                     }
                 }
                 if rng.is_multiple_of(300) {
@@ -97,7 +97,7 @@ fn hundreds_of_kills_and_a_frozen_process_never_hang_the_others_and_reclaim_give
             }
             for a in live {
                 assert!(verify::holds(&pool, &a)?);
-                pool.free(a.id)?;
+                pool.free(a.id())?;
             }
             Ok(reclaims)
         });
@@ -159,7 +159,7 @@ fn hundreds_of_kills_and_a_frozen_process_never_hang_the_others_and_reclaim_give
     let stats = pool.check().expect("clean after online reclaim, without repair");
     assert_eq!((stats.live_allocations, stats.cached_blocks), (0, 0));
     let whole = pool.alloc(pool.data_bytes()).expect("the whole data area came back");
-    pool.free(whole.id).expect("live");
+    pool.free(whole.id()).expect("live");
     eprintln!(
         "chaos: after reclaim: check passes, the whole data area ({} bytes) is one allocation",
         pool.data_bytes()

@@ -115,7 +115,7 @@ fn a_truncated_pool_file_is_refused_on_attach() {
 fn descriptors_attach_and_find_allocations() {
     let pool = TestPool::new("descriptors", 4 * MIB);
     let a = pool.alloc(100).expect("space");
-    pool.write(a.id, 0, b"payload").expect("in range");
+    pool.write(a.id(), 0, b"payload").expect("in range");
     let pool_bytes = pool.descriptor().expect("fits");
     let alloc_bytes = pool.alloc_descriptor(&a).expect("fits");
     assert!(pool_bytes.len() <= 128 && alloc_bytes.len() <= 128);
@@ -123,7 +123,7 @@ fn descriptors_attach_and_find_allocations() {
     let (same_pool, same) = Pool::attach_alloc(&alloc_bytes).expect("attaches");
     assert_eq!(same, a);
     let mut buffer = [0u8; 7];
-    same_pool.read(same.id, 0, &mut buffer).expect("in range");
+    same_pool.read(same.id(), 0, &mut buffer).expect("in range");
     assert_eq!(&buffer, b"payload");
     // A pool descriptor is not an allocation descriptor and vice versa.
     assert!(matches!(Pool::attach_alloc(&pool_bytes), Err(PoolError::InvalidDescriptor(_))));
@@ -133,7 +133,7 @@ fn descriptors_attach_and_find_allocations() {
         assert!(matches!(Pool::attach_alloc(&bad), Err(PoolError::InvalidDescriptor(_))));
     }
     // A freed allocation's descriptor is stale.
-    pool.free(a.id).expect("live");
+    pool.free(a.id()).expect("live");
     assert!(matches!(Pool::attach_alloc(&alloc_bytes), Err(PoolError::InvalidAllocation { .. })));
 }
 
@@ -161,8 +161,8 @@ fn destroyed_pools_fail_cleanly_in_every_handle_and_descriptor() {
     assert!(!pool.path().exists());
     assert!(other_handle.is_destroyed());
     assert!(matches!(other_handle.alloc(10), Err(PoolError::Destroyed { .. })));
-    assert!(matches!(other_handle.free(a.id), Err(PoolError::Destroyed { .. })));
-    assert!(matches!(other_handle.lookup(a.id), Err(PoolError::Destroyed { .. })));
+    assert!(matches!(other_handle.free(a.id()), Err(PoolError::Destroyed { .. })));
+    assert!(matches!(other_handle.lookup(a.id()), Err(PoolError::Destroyed { .. })));
     assert!(matches!(Pool::attach_alloc(&descriptor), Err(PoolError::Destroyed { .. })));
     // A new pool under the same name is not the old one.
     let reborn = Pool::create(pool.name(), 4 * MIB).expect("name is free again");
@@ -174,22 +174,22 @@ fn destroyed_pools_fail_cleanly_in_every_handle_and_descriptor() {
 fn bad_frees_and_reads_are_errors_and_change_nothing() {
     let pool = TestPool::new("bad-free", 4 * MIB);
     let keep = pool.alloc(64).expect("space");
-    pool.write(keep.id, 0, &[7; 64]).expect("in range");
+    pool.write(keep.id(), 0, &[7; 64]).expect("in range");
     let gone = pool.alloc(64).expect("space");
-    pool.free(gone.id).expect("live");
+    pool.free(gone.id()).expect("live");
     let before = pool.stats().expect("stats");
-    assert!(matches!(pool.free(gone.id), Err(PoolError::InvalidAllocation { .. })));
+    assert!(matches!(pool.free(gone.id()), Err(PoolError::InvalidAllocation { .. })));
     assert!(matches!(pool.free(AllocId::from_u128(u128::MAX)), Err(PoolError::InvalidAllocation { .. })));
     assert!(matches!(
-        pool.free(AllocId::from_u128(keep.id.to_u128() + 1)),
+        pool.free(AllocId::from_u128(keep.id().to_u128() + 1)),
         Err(PoolError::InvalidAllocation { .. })
     ));
-    assert!(matches!(pool.write(keep.id, 60, &[0; 8]), Err(PoolError::InvalidAllocation { .. })));
-    assert!(matches!(pool.read(keep.id, u64::MAX, &mut [0; 2]), Err(PoolError::InvalidAllocation { .. })));
+    assert!(matches!(pool.write(keep.id(), 60, &[0; 8]), Err(PoolError::InvalidAllocation { .. })));
+    assert!(matches!(pool.read(keep.id(), u64::MAX, &mut [0; 2]), Err(PoolError::InvalidAllocation { .. })));
     assert!(matches!(pool.alloc(u64::MAX), Err(PoolError::TooLarge { .. })));
     assert_eq!(pool.stats().expect("stats"), before);
     let mut buffer = [0u8; 64];
-    pool.read(keep.id, 0, &mut buffer).expect("live");
+    pool.read(keep.id(), 0, &mut buffer).expect("live");
     assert_eq!(buffer, [7; 64]);
     pool.check().expect("consistent");
 }
@@ -225,7 +225,7 @@ fn alloc_blocking_is_woken_by_a_free_from_another_thread() {
             assert!(watchdog.elapsed() < Duration::from_secs(20), "waiter never blocked");
             std::thread::sleep(Duration::from_millis(1));
         }
-        pool.free(victim.id).expect("live");
+        pool.free(victim.id()).expect("live");
         let got = waiter.join().expect("no panic").expect("woken by the free");
         assert_eq!(got.offset, victim.offset);
     });
@@ -236,7 +236,7 @@ fn owned_handles_and_arenas_free_what_they_hold() {
     let pool = TestPool::new("raii", 4 * MIB);
     {
         let owned = pool.alloc_owned(1000).expect("space");
-        assert!(pool.contains(owned.allocation().id));
+        assert!(pool.contains(owned.allocation().id()));
         let arena = pool.arena();
         for size in [1, 100, 10_000] {
             arena.alloc(size).expect("space");
@@ -246,7 +246,7 @@ fn owned_handles_and_arenas_free_what_they_hold() {
     }
     assert_eq!(pool.stats().expect("stats").live_allocations, 0);
     let kept = pool.alloc_owned(10).expect("space").into_inner();
-    assert!(pool.contains(kept.id), "into_inner keeps the allocation");
+    assert!(pool.contains(kept.id()), "into_inner keeps the allocation");
     pool.check().expect("consistent");
 }
 
@@ -257,7 +257,7 @@ fn local_pools_cache_blocks_and_give_them_back_on_drop() {
         let mut local = pool.local();
         let blocks: Vec<_> = (0..100).map(|_| local.alloc(64).expect("space")).collect();
         for a in &blocks {
-            local.free(a.id).expect("live");
+            local.free(a.id()).expect("live");
         }
         assert!(pool.stats().expect("stats").cached_blocks > 0);
     }
@@ -272,16 +272,16 @@ fn ownership_can_be_handed_over_or_given_to_the_pool() {
     let me = pool.me().expect("registered");
     assert_eq!(a.owner, me);
     assert_eq!(pool.pid_of(me), Some(std::process::id()));
-    pool.give_to_pool(a.id).expect("live");
-    assert_eq!(pool.lookup(a.id).expect("live").owner, Owner::POOL);
+    pool.give_to_pool(a.id()).expect("live");
+    assert_eq!(pool.lookup(a.id()).expect("live").owner, Owner::POOL);
     assert_eq!(pool.pid_of(Owner::POOL), None);
     let report = pool.reclaim_dead().expect("consistent");
     assert!(report.freed.is_empty(), "pool-owned allocations are never reclaimed");
-    pool.adopt(a.id).expect("live");
-    assert_eq!(pool.lookup(a.id).expect("live").owner, me);
+    pool.adopt(a.id()).expect("live");
+    assert_eq!(pool.lookup(a.id()).expect("live").owner, me);
     assert!(matches!(pool.owner_of(999_999_999), Err(PoolError::NoSuchProcess { .. })));
-    assert!(matches!(pool.set_owner(a.id, Owner(4000)), Err(PoolError::InvalidArgument(_))));
-    assert_eq!(pool.lookup(a.id).expect("live").owner, me, "a refused hand-over changes nothing");
+    assert!(matches!(pool.set_owner(a.id(), Owner(4000)), Err(PoolError::InvalidArgument(_))));
+    assert_eq!(pool.lookup(a.id()).expect("live").owner, me, "a refused hand-over changes nothing");
 }
 
 #[test]

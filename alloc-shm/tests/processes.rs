@@ -80,7 +80,7 @@ fn a_blocked_allocation_in_one_process_is_woken_by_a_free_in_another() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let victim = held.pop().expect("the pool held something");
-    pool.free(victim.id).expect("live");
+    pool.free(victim.id()).expect("live");
     let report = reports(waiter);
     let fields: Vec<&str> = report[0].split_whitespace().collect();
     assert_eq!(fields[0], "ok", "{report:?}");
@@ -143,7 +143,7 @@ fn processes_killed_at_random_moments_never_stop_the_others() {
                 if live.len() > 32 {
                     let a = live.swap_remove((rng >> 20) as usize % live.len());
                     assert!(verify::holds(&pool, &a)?, "the parent's bytes changed");
-                    pool.free(a.id)?;
+                    pool.free(a.id())?;
                 }
                 if rng.is_multiple_of(500) {
                     pool.reclaim_dead()?;
@@ -152,7 +152,7 @@ fn processes_killed_at_random_moments_never_stop_the_others() {
             }
             for a in live {
                 assert!(verify::holds(&pool, &a)?);
-                pool.free(a.id)?;
+                pool.free(a.id())?;
             }
             Ok(())
         });
@@ -216,7 +216,7 @@ fn the_tool_lists_inspects_checks_reclaims_and_removes_pools() {
     assert!(ok && checked.contains(": ok"), "{checked}");
     let (ok, reclaimed) = tool(&["reclaim", pool.name()]);
     assert!(ok && reclaimed.contains("freed 1 allocations (1000 bytes)"), "{reclaimed}");
-    assert!(!pool.contains(a.id));
+    assert!(!pool.contains(a.id()));
     let (ok, _) = tool(&["rm", pool.name()]);
     assert!(ok && !pool.path().exists() && pool.is_destroyed());
     let (ok, _) = tool(&["check", "no/such"]);

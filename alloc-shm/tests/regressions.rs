@@ -69,7 +69,7 @@ fn cached_pairs(local: &mut LocalPool, pairs: usize) -> Result<Result<(), PoolEr
     catch_unwind(AssertUnwindSafe(|| {
         for _ in 0..pairs {
             let a = local.alloc(64)?;
-            local.free(a.id)?;
+            local.free(a.id())?;
         }
         Ok(())
     }))
@@ -153,7 +153,7 @@ fn a_forked_child_never_gets_the_same_blocks_as_its_parent_from_an_inherited_loc
          and check() says {check:?}"
     );
     for a in parent.iter().chain([&warm]) {
-        local.free(a.id).expect("live");
+        local.free(a.id()).expect("live");
     }
 }
 
@@ -170,7 +170,7 @@ fn cached_allocation_keeps_working_while_another_thread_waits_in_alloc_blocking(
     let pool = TestPool::new("waiter-cache", 4 * MIB);
     let mut held = fill_with_64k(&pool);
     let hole = held.pop().expect("the pool held something");
-    pool.free(hole.id).expect("live");
+    pool.free(hole.id()).expect("live");
     std::thread::scope(|scope| {
         let waiter = scope.spawn(|| pool.alloc_blocking(128 * 1024, Some(Duration::from_secs(30))));
         until_someone_waits(&pool);
@@ -180,10 +180,10 @@ fn cached_allocation_keeps_working_while_another_thread_waits_in_alloc_blocking(
 
         // Let the waiter through (it gets its 128 KiB from the freed runs), then look at the heap.
         for a in held.drain(..) {
-            pool.free(a.id).expect("live");
+            pool.free(a.id()).expect("live");
         }
         let got = waiter.join().expect("waiter thread").expect("the waiter was served");
-        pool.free(got.id).expect("live");
+        pool.free(got.id()).expect("live");
         drop(local);
         let check = pool.check().map(|stats| stats.live_allocations);
         assert!(
@@ -214,7 +214,7 @@ fn reclaim_dead_forgets_a_waiter_killed_in_alloc_blocking() {
 
     let reclaimed = pool.reclaim_dead().expect("ran");
     for a in held.drain(..) {
-        pool.free(a.id).expect("live");
+        pool.free(a.id()).expect("live");
     }
     let waiters = pool.waiters();
     let mut local = pool.local();
@@ -299,17 +299,17 @@ fn two_pow_28_cached_pairs_in_a_1_tib_pool_never_repeat_an_id() {
     let pool = TestPool::new("ids-1tib", 1 << 40);
     let mut local = pool.local();
     let first = local.alloc(64).expect("space");
-    let stale = first.id;
+    let stale = first.id();
     local.free(stale).expect("live");
     let started = Instant::now();
     let mut repeated = None;
     for pair in 1..=(1u64 << 28) {
         let a = local.alloc(64).expect("space");
-        if a.id == stale {
+        if a.id() == stale {
             repeated = Some((pair, a));
             break;
         }
-        local.free(a.id).expect("live");
+        local.free(a.id()).expect("live");
     }
     let found = pool.lookup(stale);
     assert!(

@@ -132,12 +132,8 @@ impl Subject for Shm<'_> {
             Participant::Cached(cache) => self.heap.alloc_with(cache, size, options),
             Participant::Uncached(session) => self.heap.alloc(session, size, options),
         }
-        // The id's two words, taken one by one: copying the 16-byte id straight out of the
-        // result just written loads it in one piece from two 8-byte stores still in flight,
-        // which stalls store forwarding (about 5 ns a pair on the Xeon of BENCHMARKS.md): a cost
-        // of how a caller moves the id, not of the allocator, that an 8-byte handle never pays.
-        .map(|allocation| AllocId::new(allocation.id.slot(), allocation.id.generation()))
         .expect("bench pool large enough")
+        .id()
     }
     #[inline]
     fn free(&mut self, block: AllocId) {

@@ -127,7 +127,7 @@ pub fn corrupted_region(data: &[u8]) {
         let options = AllocOptions::default();
         let mut ids: Vec<AllocId> = [0u64, 16, 64, 100, 2048, 5000, 20_000, 16, 16, 16, 16]
             .iter()
-            .filter_map(|&size| heap.alloc(&mut main, size, options).ok().map(|a| a.id))
+            .filter_map(|&size| heap.alloc(&mut main, size, options).ok().map(|a| a.id()))
             .collect();
         // Freed blocks on the lists, between live ones (their ids stay known, as stale ids).
         for &id in ids.iter().skip(7).step_by(2) {
@@ -135,10 +135,10 @@ pub fn corrupted_region(data: &[u8]) {
         }
         for size in [16, 16, 64, 3000] {
             if let Ok(a) = heap.alloc_with(&mut cached, size, options) {
-                ids.push(a.id);
+                ids.push(a.id());
             }
             if let Ok(a) = heap.alloc_with(&mut doomed, size, options) {
-                ids.push(a.id);
+                ids.push(a.id());
             }
         }
         if let Some(&last) = ids.last() {
@@ -176,7 +176,7 @@ pub fn corrupted_region(data: &[u8]) {
     observe(&heap, cached.session(), &ids);
     for size in [16, 64, 512, 3000] {
         if let Ok(a) = heap.alloc_with(&mut cached, size, options) {
-            let _ = heap.free_with(&mut cached, a.id);
+            let _ = heap.free_with(&mut cached, a.id());
         }
     }
     let _ = heap.flush(&mut cached);
@@ -186,7 +186,7 @@ pub fn corrupted_region(data: &[u8]) {
     if let Some(cache) = &mut late_cache {
         for size in [16, 64, 512, 3000, 70_000] {
             if let Ok(a) = heap.alloc_with(cache, size, options) {
-                let _ = heap.free_with(cache, a.id);
+                let _ = heap.free_with(cache, a.id());
             }
         }
         let _ = heap.flush(cache);
@@ -224,14 +224,14 @@ fn observe(heap: &Heap<'_>, session: &mut Session, ids: &[AllocId]) {
     let _ = heap.waiters();
     for size in [16, 64, 512, 3000, 70_000] {
         if let Ok(a) = heap.alloc(session, size, AllocOptions::default()) {
-            let _ = heap.realloc(session, a.id, size * 2);
-            let _ = heap.free(session, a.id);
+            let _ = heap.realloc(session, a.id(), size * 2);
+            let _ = heap.free(session, a.id());
         }
     }
     let to_pool = AllocOptions { owner: Some(Owner::POOL), align: 256, ..AllocOptions::default() };
     if let Ok(a) = heap.alloc_blocking(session, 48, to_pool, &mut NoWait) {
-        let _ = heap.set_owner(session, a.id, session.owner());
-        let _ = heap.free(session, a.id);
+        let _ = heap.set_owner(session, a.id(), session.owner());
+        let _ = heap.free(session, a.id());
     }
 }
 
@@ -396,7 +396,7 @@ pub fn operations(data: &[u8]) {
                         assert_eq!(a.offset % GRANULE.max(align), 0, "misaligned: {a:?}");
                         assert_eq!((a.size, a.owner, a.alloc_type), (size, named, alloc_type));
                         let expected = Expected { size, owner: named, alloc_type };
-                        assert!(live.insert(a.id, expected).is_none(), "an id was handed out twice");
+                        assert!(live.insert(a.id(), expected).is_none(), "an id was handed out twice");
                     }
                     Err(Error::OutOfMemory { .. } | Error::TooLarge { .. }) => {}
                     Err(Error::InvalidOwner { .. }) if !valid(named) => {}
@@ -410,7 +410,7 @@ pub fn operations(data: &[u8]) {
                 match heap.alloc_blocking(&mut process.session, size, AllocOptions::default(), &mut NoWait) {
                     Ok(a) => {
                         let expected = Expected { size, owner: process.owner, alloc_type: 0 };
-                        assert!(live.insert(a.id, expected).is_none(), "an id was handed out twice");
+                        assert!(live.insert(a.id(), expected).is_none(), "an id was handed out twice");
                     }
                     Err(Error::TimedOut { .. } | Error::TooLarge { .. }) => {}
                     Err(other) => panic!("alloc_blocking({size}): {other}"),
@@ -423,7 +423,7 @@ pub fn operations(data: &[u8]) {
                     Ok(a) => {
                         assert_eq!(a.owner, process.owner);
                         let expected = Expected { size, owner: process.owner, alloc_type: 0 };
-                        assert!(live.insert(a.id, expected).is_none(), "an id was handed out twice");
+                        assert!(live.insert(a.id(), expected).is_none(), "an id was handed out twice");
                     }
                     Err(Error::OutOfMemory { .. }) => {}
                     Err(other) => panic!("alloc_with({size}): {other}"),
@@ -451,8 +451,11 @@ pub fn operations(data: &[u8]) {
                             assert_eq!((moved.owner, moved.alloc_type), (before.owner, before.alloc_type));
                             live.remove(&id);
                             let expected = Expected { size: size as u64, ..before };
-                            assert!(live.insert(moved.id, expected).is_none(), "an id was handed out twice");
-                            if moved.id != id {
+                            assert!(
+                                live.insert(moved.id(), expected).is_none(),
+                                "an id was handed out twice"
+                            );
+                            if moved.id() != id {
                                 assert!(
                                     !heap.contains(&mut process.session, id),
                                     "moved, but the original lives"
@@ -533,8 +536,8 @@ pub fn operations(data: &[u8]) {
                 let mut seen = BTreeSet::new();
                 heap.for_each_allocation(&mut main.session, |a| {
                     let expected = Expected { size: a.size, owner: a.owner, alloc_type: a.alloc_type };
-                    assert_eq!(live.get(&a.id), Some(&expected), "for_each_allocation: {a:?}");
-                    assert!(seen.insert(a.id), "visited twice: {a:?}");
+                    assert_eq!(live.get(&a.id()), Some(&expected), "for_each_allocation: {a:?}");
+                    assert!(seen.insert(a.id()), "visited twice: {a:?}");
                 })
                 .expect("walk");
                 assert_eq!(seen.len(), live.len());

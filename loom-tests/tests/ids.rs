@@ -61,8 +61,8 @@ fn a_published_id_is_seen_whole_or_not_at_all_while_its_slot_is_reused() {
             spawn(move || {
                 let heap = open(&memory);
                 let first = heap.alloc(&mut writer, 100, typed(7)).expect("an empty heap has room");
-                mailbox.post(first.id);
-                let _ = heap.free(&mut writer, first.id).expect("the first allocation is live");
+                mailbox.post(first.id());
+                let _ = heap.free(&mut writer, first.id()).expect("the first allocation is live");
                 let second = heap
                     .alloc(&mut writer, 104, AllocOptions { owner: Some(Owner::POOL), ..typed(9) })
                     .expect("the freed block is free again");
@@ -71,7 +71,7 @@ fn a_published_id_is_seen_whole_or_not_at_all_while_its_slot_is_reused() {
         };
         let (mut writer, first, second) = writing.join().expect("the writer does not panic");
         if let Some((id, seen)) = looker.join().expect("the reader does not panic") {
-            assert_eq!(id, first.id, "the reader took the posted id");
+            assert_eq!(id, first.id(), "the reader took the posted id");
             match seen {
                 Ok(found) => {
                     assert_eq!(
@@ -82,19 +82,19 @@ fn a_published_id_is_seen_whole_or_not_at_all_while_its_slot_is_reused() {
                 }
                 Err(error) => assert_eq!(
                     error,
-                    Error::NotAllocated { id: first.id.to_u128() },
+                    Error::NotAllocated { id: first.id().to_u128() },
                     "a lookup of a freed id must say NotAllocated"
                 ),
             }
         }
         assert_eq!(second.offset, first.offset, "the model reuses the slot");
-        assert_ne!(second.id, first.id, "a reused slot gets a new id");
+        assert_ne!(second.id(), first.id(), "a reused slot gets a new id");
         assert_eq!(
-            heap.lookup(&mut writer, first.id),
-            Err(Error::NotAllocated { id: first.id.to_u128() }),
+            heap.lookup(&mut writer, first.id()),
+            Err(Error::NotAllocated { id: first.id().to_u128() }),
             "the freed id must never be found live again"
         );
-        let found = heap.lookup(&mut writer, second.id).expect("the second allocation is live");
+        let found = heap.lookup(&mut writer, second.id()).expect("the second allocation is live");
         assert_eq!((found.alloc_type, found.owner, found.size), (9, Owner::POOL, 104));
         let stats = heap.check(&mut writer).expect("every invariant holds at the end");
         assert_eq!(stats.live_allocations, 1);
@@ -132,8 +132,8 @@ fn a_stale_id_racing_free_and_reuse_never_frees_the_next_allocation() {
             spawn(move || {
                 let heap = open(&memory);
                 let first = heap.alloc(&mut writer, 100, typed(7)).expect("an empty heap has room");
-                mailbox.post(first.id);
-                let freed = heap.free(&mut writer, first.id).is_ok();
+                mailbox.post(first.id());
+                let freed = heap.free(&mut writer, first.id()).is_ok();
                 let second = heap.alloc(&mut writer, 104, typed(9)).expect("the heap has room");
                 (writer, first, freed, second)
             })
@@ -146,9 +146,13 @@ fn a_stale_id_racing_free_and_reuse_never_frees_the_next_allocation() {
             "the first id was freed {} times",
             stale_frees + writer_freed as usize
         );
-        let found = heap.lookup(&mut writer, second.id).expect("a stale id freed the slot's next allocation");
+        let found =
+            heap.lookup(&mut writer, second.id()).expect("a stale id freed the slot's next allocation");
         assert_eq!((found.size, found.alloc_type), (104, 9));
-        assert_eq!(heap.lookup(&mut writer, first.id), Err(Error::NotAllocated { id: first.id.to_u128() }));
+        assert_eq!(
+            heap.lookup(&mut writer, first.id()),
+            Err(Error::NotAllocated { id: first.id().to_u128() })
+        );
         let stats = heap.check(&mut writer).expect("every invariant holds at the end");
         assert_eq!(stats.live_allocations, 1, "an allocation is not accounted for");
     });
@@ -174,11 +178,11 @@ fn a_lookup_racing_set_owner_of_a_live_allocation_finds_it() {
         let given = heap.alloc(&mut giver, 100, typed(7)).expect("an empty heap has room");
         let looking = {
             let memory = memory.clone();
-            spawn(move || open(&memory).lookup(&mut reader, given.id))
+            spawn(move || open(&memory).lookup(&mut reader, given.id()))
         };
         let handing = {
             let memory = memory.clone();
-            spawn(move || open(&memory).set_owner(&mut giver, given.id, Owner::POOL))
+            spawn(move || open(&memory).set_owner(&mut giver, given.id(), Owner::POOL))
         };
         assert_eq!(handing.join().expect("no panic"), Ok(()), "set_owner of a live allocation");
         let found = looking.join().expect("no panic").expect("a live allocation was reported not allocated");

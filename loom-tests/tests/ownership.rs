@@ -33,7 +33,7 @@ fn set_owner_racing_a_free() {
             let memory = memory.clone();
             spawn(move || {
                 let heap = open(&memory);
-                let outcome = heap.set_owner(&mut giver, given.id, receiver);
+                let outcome = heap.set_owner(&mut giver, given.id(), receiver);
                 (giver, outcome)
             })
         };
@@ -41,7 +41,7 @@ fn set_owner_racing_a_free() {
             let memory = memory.clone();
             spawn(move || {
                 let heap = open(&memory);
-                let freed = heap.free(&mut freer, given.id).map(|_| ());
+                let freed = heap.free(&mut freer, given.id()).map(|_| ());
                 let next = heap.alloc(&mut freer, 104, typed(5)).expect("the freed block is free again");
                 (freed, next)
             })
@@ -53,17 +53,20 @@ fn set_owner_racing_a_free() {
         match handed {
             Ok(()) => {}
             Err(error) => {
-                assert_eq!(error, Error::NotAllocated { id: given.id.to_u128() }, "set_owner failed oddly")
+                assert_eq!(error, Error::NotAllocated { id: given.id().to_u128() }, "set_owner failed oddly")
             }
         }
         assert_eq!(next.offset, given.offset, "the model reuses the slot");
-        let found = heap.lookup(&mut giver, next.id).expect("the slot's next allocation is live");
+        let found = heap.lookup(&mut giver, next.id()).expect("the slot's next allocation is live");
         assert_eq!(
             (found.owner, found.size, found.alloc_type),
             (receiver, 104, 5),
             "the slot's next allocation lost the owner, size or type its allocator chose"
         );
-        assert_eq!(heap.lookup(&mut giver, given.id), Err(Error::NotAllocated { id: given.id.to_u128() }));
+        assert_eq!(
+            heap.lookup(&mut giver, given.id()),
+            Err(Error::NotAllocated { id: given.id().to_u128() })
+        );
         let stats = heap.check(&mut giver).expect("every invariant holds at the end");
         assert_eq!(stats.live_allocations, 1);
     });
@@ -97,7 +100,7 @@ fn realloc_racing_a_free() {
             let memory = memory.clone();
             spawn(move || {
                 let heap = open(&memory);
-                let outcome = heap.realloc(&mut resizer, original.id, 60);
+                let outcome = heap.realloc(&mut resizer, original.id(), 60);
                 (resizer, outcome)
             })
         };
@@ -105,7 +108,7 @@ fn realloc_racing_a_free() {
             let memory = memory.clone();
             spawn(move || {
                 let heap = open(&memory);
-                let freed = heap.free(&mut freer, original.id).map(|_| ());
+                let freed = heap.free(&mut freer, original.id()).map(|_| ());
                 let next = heap.alloc(&mut freer, 104, typed(5)).expect("the freed block is free again");
                 (freed, next)
             })
@@ -116,16 +119,16 @@ fn realloc_racing_a_free() {
         assert_eq!(freed, Ok(()), "the only free of a live allocation failed");
         match resized {
             Ok(resized) => assert_eq!(
-                (resized.id, resized.offset, resized.size, resized.alloc_type),
-                (original.id, original.offset, 60, 3),
+                (resized.id(), resized.offset, resized.size, resized.alloc_type),
+                (original.id(), original.offset, 60, 3),
                 "a resize that fits must happen in place, keeping the id"
             ),
             Err(error) => {
-                assert_eq!(error, Error::NotAllocated { id: original.id.to_u128() }, "realloc failed oddly")
+                assert_eq!(error, Error::NotAllocated { id: original.id().to_u128() }, "realloc failed oddly")
             }
         }
         assert_eq!(next.offset, original.offset, "the model reuses the slot");
-        let found = heap.lookup(&mut resizer, next.id).expect("the slot's next allocation is live");
+        let found = heap.lookup(&mut resizer, next.id()).expect("the slot's next allocation is live");
         assert_eq!(
             (found.size, found.owner, found.alloc_type),
             (104, freer_owner, 5),

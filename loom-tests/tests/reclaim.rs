@@ -46,7 +46,7 @@ fn reclaim_and_a_cached_free_of_a_dead_owners_block_hand_it_to_exactly_one() {
             spawn(move || {
                 let heap = open(&memory);
                 let mut cache = Box::new(Cache::new(live));
-                let freed = heap.free_with(&mut cache, block.id);
+                let freed = heap.free_with(&mut cache, block.id());
                 let next = heap.alloc_with(&mut cache, SMALL, AllocOptions::default());
                 (cache, freed, next.map(|allocation| allocation.offset))
             })
@@ -68,17 +68,21 @@ fn reclaim_and_a_cached_free_of_a_dead_owners_block_hand_it_to_exactly_one() {
         let (mut cache, freed, theirs) = freer.join().expect("the freer does not panic");
         let (reclaimed, reported, mine) = reclaiming.join().expect("the reclaimer does not panic");
 
-        let reclaimed_block = reported.iter().any(|&(id, _, _)| id == block.id);
+        let reclaimed_block = reported.iter().any(|&(id, _, _)| id == block.id());
         match freed {
             Ok(_) => assert!(!reclaimed_block, "the block was freed by its user and reclaimed too"),
             Err(error) => {
-                assert_eq!(error, Error::NotAllocated { id: block.id.to_u128() });
+                assert_eq!(error, Error::NotAllocated { id: block.id().to_u128() });
                 assert!(reclaimed_block, "the free failed but the reclaim did not take the block either");
             }
         }
         assert_eq!(reclaimed.allocations, reclaimed_block as u64);
         if reclaimed_block {
-            assert_eq!(reported, [(block.id, Owner(1), SMALL)], "the reclaim reports the dead owner's block");
+            assert_eq!(
+                reported,
+                [(block.id(), Owner(1), SMALL)],
+                "the reclaim reports the dead owner's block"
+            );
         }
         assert_eq!(reclaimed.dead_processes, 1);
         let mut offsets: Vec<u64> = [mine, theirs].into_iter().flatten().collect();
@@ -142,7 +146,7 @@ fn heal_alongside(alongside: Alongside) {
                         vec![first.offset, next.expect("the span has free blocks").offset]
                     }
                     Alongside::Free => {
-                        let _ = heap.free(&mut live, first.id).expect("the block is live");
+                        let _ = heap.free(&mut live, first.id()).expect("the block is live");
                         Vec::new()
                     }
                 };

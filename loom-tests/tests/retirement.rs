@@ -32,13 +32,13 @@ fn a_stale_free_racing_retirement_and_reuse_as_a_large_run_never_writes_user_mem
         let block = heap.alloc(&mut user, SMALL, AllocOptions::default()).expect("an empty heap has room");
         let span_start = heap.geometry().data_offset;
         let old_state = read(memory.word_at(span_start));
-        let _ = heap.free(&mut user, block.id).expect("the block is live");
+        let _ = heap.free(&mut user, block.id()).expect("the block is live");
 
         let freeing = {
             let memory = memory.clone();
             spawn(move || {
                 let heap = open(&memory);
-                heap.free(&mut stale, block.id).map(|_| ())
+                heap.free(&mut stale, block.id()).map(|_| ())
             })
         };
         let reusing = {
@@ -59,7 +59,7 @@ fn a_stale_free_racing_retirement_and_reuse_as_a_large_run_never_writes_user_mem
 
         assert_eq!(
             stale_free,
-            Err(Error::NotAllocated { id: block.id.to_u128() }),
+            Err(Error::NotAllocated { id: block.id().to_u128() }),
             "a double free succeeded"
         );
         let run = match run {
@@ -81,9 +81,9 @@ fn a_stale_free_racing_retirement_and_reuse_as_a_large_run_never_writes_user_mem
             old_state,
             "the stale free wrote into the large run's user memory"
         );
-        let found = heap.lookup(&mut user, run.id).expect("the run is live");
+        let found = heap.lookup(&mut user, run.id()).expect("the run is live");
         assert_eq!(found.size, data_bytes);
-        assert_eq!(heap.lookup(&mut user, block.id), Err(Error::NotAllocated { id: block.id.to_u128() }));
+        assert_eq!(heap.lookup(&mut user, block.id()), Err(Error::NotAllocated { id: block.id().to_u128() }));
         let stats = heap.check(&mut user).expect("every invariant holds at the end");
         assert_eq!((stats.live_allocations, stats.claimed_pages), (1, heap.geometry().num_pages));
     });
@@ -118,7 +118,7 @@ fn retirement_racing_a_small_allocation_on_the_span_it_empties_hands_out_no_page
         let kept = heap.alloc(&mut retirer, SMALL, AllocOptions::default()).expect("a second span");
         assert!(kept.offset >= heap.geometry().page_offset(16), "the ninth block opens the second span");
         for block in &first_span[1..] {
-            let _ = heap.free(&mut retirer, block.id).expect("live");
+            let _ = heap.free(&mut retirer, block.id()).expect("live");
         }
         let last = first_span[0];
 
@@ -126,7 +126,7 @@ fn retirement_racing_a_small_allocation_on_the_span_it_empties_hands_out_no_page
             let memory = memory.clone();
             spawn(move || {
                 let heap = open(&memory);
-                let freed = heap.free(&mut retirer, last.id).map(|_| ());
+                let freed = heap.free(&mut retirer, last.id()).map(|_| ());
                 let run = heap.alloc(&mut retirer, half, AllocOptions::default());
                 (retirer, freed, run)
             })
@@ -163,7 +163,7 @@ fn retirement_racing_a_small_allocation_on_the_span_it_empties_hands_out_no_page
                 );
                 let stats = heap.check(&mut session).expect("every invariant holds after the race");
                 assert_eq!(stats.live_allocations, 2, "an allocation is not accounted for");
-                let _ = heap.free(&mut session, block.id).expect("the small block is live");
+                let _ = heap.free(&mut session, block.id()).expect("the small block is live");
                 heap.alloc(&mut session, half, AllocOptions::default())
                     .expect("with the small block freed, the first span can go")
             }

@@ -57,14 +57,14 @@ fn a_free_always_wakes_or_is_seen_by_a_blocked_allocator() {
         let freeing = {
             let memory = memory.clone();
             spawn(move || {
-                let _: Wake = open(&memory).free(&mut holder, all.id).expect("the run is live");
+                let _: Wake = open(&memory).free(&mut holder, all.id()).expect("the run is live");
                 holder
             })
         };
         let mut holder = freeing.join().expect("the freer does not panic");
         let got = waiting.join().expect("the waiter does not panic");
         assert_eq!(heap.waiters(), 0, "a waiter slot is left taken");
-        let _ = heap.free(&mut holder, got.id).expect("the waiter's block is live");
+        let _ = heap.free(&mut holder, got.id()).expect("the waiter's block is live");
         heap.check(&mut holder).expect("every invariant holds at the end");
     });
 }
@@ -101,7 +101,7 @@ fn a_cached_free_and_flush_always_wake_or_are_seen_by_a_blocked_allocator() {
             spawn(move || {
                 let heap = open(&memory);
                 let mut cache = Box::new(Cache::new(holder));
-                let wake = heap.free_with(&mut cache, freed.id).expect("the block is live");
+                let wake = heap.free_with(&mut cache, freed.id()).expect("the block is live");
                 if wake == Wake::Waiters {
                     assert_eq!(cache.held(), 0, "a free that saw a waiter kept the block in its cache");
                 }
@@ -115,7 +115,7 @@ fn a_cached_free_and_flush_always_wake_or_are_seen_by_a_blocked_allocator() {
         assert_eq!(heap.waiters(), 0, "a waiter slot is left taken");
         let stats = heap.check(&mut waiter).expect("every invariant holds at the end");
         assert_eq!(stats.live_allocations, SMALL_BLOCKS);
-        let _ = heap.free(&mut holder, got.id).expect("live");
+        let _ = heap.free(&mut holder, got.id()).expect("live");
     });
 }
 
@@ -152,8 +152,8 @@ fn cached_allocation_keeps_working_while_someone_waits() {
                 let heap = open(&memory);
                 let second = heap.alloc_with(&mut cache, SMALL, AllocOptions::default());
                 let second = second.expect("a cached allocation works while someone waits");
-                let _ = heap.free_with(&mut cache, second.id).expect("live");
-                let _ = heap.free_with(&mut cache, first.id).expect("live");
+                let _ = heap.free_with(&mut cache, second.id()).expect("live");
+                let _ = heap.free_with(&mut cache, first.id()).expect("live");
                 let _ = heap.flush(&mut cache).expect("the cache's own heap");
                 cache.into_session()
             })
@@ -163,6 +163,6 @@ fn cached_allocation_keeps_working_while_someone_waits() {
         assert_eq!(heap.waiters(), 0, "a waiter slot is left taken");
         let stats = heap.check(&mut waiter).expect("every invariant holds at the end");
         assert_eq!(stats.live_allocations, 1);
-        let _ = heap.free(&mut waiter, got.id).expect("live");
+        let _ = heap.free(&mut waiter, got.id()).expect("live");
     });
 }

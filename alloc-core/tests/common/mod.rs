@@ -139,5 +139,7 @@ pub fn pattern(seed: u64, i: u64) -> u8 {
 
 /// The first `len` bytes of `allocation`, as an allocation for `holds`.
 pub fn prefix(allocation: &Allocation, len: u64) -> Allocation {
-    Allocation { size: len, ..*allocation }
+    let mut prefix = *allocation;
+    prefix.size = len;
+    prefix
 }

@@ -90,9 +90,9 @@ fn churn(pool: &Pool, seed: u64, max_shift: u64) -> Result<(), PoolError> {
                     return Err(PoolError::InvalidArgument("an allocation's bytes changed under its owner"));
                 }
                 if cached {
-                    local.free(victim.id)?
+                    local.free(victim.id())?
                 } else {
-                    pool.free(victim.id)?
+                    pool.free(victim.id())?
                 }
             }
         }
@@ -112,7 +112,7 @@ fn wait(pool: &Pool, size: u64, timeout_ms: u64) -> Result<(), PoolError> {
     match pool.alloc_blocking(size, Some(Duration::from_millis(timeout_ms))) {
         Ok(allocation) => {
             eprintln!("@@ ok {} {}", allocation.offset, started.elapsed().as_micros());
-            pool.free(allocation.id)
+            pool.free(allocation.id())
         }
         Err(PoolError::Timeout { .. }) => {
             eprintln!("@@ timeout {}", started.elapsed().as_micros());
@@ -129,7 +129,7 @@ fn send(pool: &Pool, count: u64) -> Result<(), PoolError> {
         let allocation = pool.alloc(64 + i % 5000)?;
         verify::fill(pool, &allocation)?;
         // Hand it over before sending: the sender may be gone by the time it is read.
-        pool.give_to_pool(allocation.id)?;
+        pool.give_to_pool(allocation.id())?;
         write_frame(&mut out, &pool.alloc_descriptor(&allocation)?).map_err(io)?;
     }
     write_end(&mut out).map_err(io)
@@ -147,7 +147,7 @@ fn receive() -> Result<(), PoolError> {
         } else {
             failed += 1;
         }
-        pool.free(allocation.id)?;
+        pool.free(allocation.id())?;
     }
     eprintln!("@@ verified {verified} failed {failed}");
     Ok(())
@@ -168,7 +168,7 @@ fn pingpong(pool: &Pool, rounds: u64) -> Result<(), PoolError> {
         let allocation = pool.alloc_blocking(4096, Some(Duration::from_secs(10)))?;
         let woke = monotonic_nanos();
         out.write_all(&woke.to_le_bytes()).and_then(|()| out.flush()).map_err(io)?;
-        pool.free(allocation.id)?;
+        pool.free(allocation.id())?;
         let mut go = [0u8; 1];
         std::io::Read::read_exact(&mut input, &mut go).map_err(io)?;
     }
@@ -179,7 +179,7 @@ fn run_pairs(pool: &Pool, pairs: u64) -> Result<(), PoolError> {
     let mut local = pool.local();
     let mut ring = Vec::with_capacity(1024);
     for _ in 0..1024 {
-        ring.push(local.alloc(64)?.id);
+        ring.push(local.alloc(64)?.id());
     }
     eprintln!("@@ ready");
     let mut go = [0u8; 1];
@@ -189,7 +189,7 @@ fn run_pairs(pool: &Pool, pairs: u64) -> Result<(), PoolError> {
     for i in 0..pairs as usize {
         let slot = i % ring.len();
         local.free(ring[slot])?;
-        ring[slot] = local.alloc(64)?.id;
+        ring[slot] = local.alloc(64)?.id();
     }
     let nanos = started.elapsed().as_nanos();
     for id in ring {

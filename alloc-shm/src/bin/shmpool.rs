@@ -383,9 +383,9 @@ fn receive(pool: &Pool) -> (u64, u64, u64) {
         };
         let ok = Pool::attach_alloc(&descriptor).and_then(|(sender_pool, allocation)| {
             debug_assert!(sender_pool == *pool);
-            pool.adopt(allocation.id)?;
+            pool.adopt(allocation.id())?;
             let intact = verify::holds(pool, &allocation)?;
-            pool.free(allocation.id)?;
+            pool.free(allocation.id())?;
             Ok((intact, allocation.size))
         });
         match ok {

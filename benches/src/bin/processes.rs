@@ -104,7 +104,7 @@ fn wake_latency(rounds: usize) -> (f64, f64) {
         std::thread::sleep(Duration::from_micros(200));
         let victim = held.pop().expect("pool was full");
         let freed_at = monotonic_nanos();
-        pool.free(victim.id).expect("live");
+        pool.free(victim.id()).expect("live");
         let mut woke = [0u8; 8];
         from_child.read_exact(&mut woke).expect("child reports");
         latencies.push((u64::from_le_bytes(woke).saturating_sub(freed_at)) as f64 / 1000.0);
