@@ -47,7 +47,10 @@
 //!   holds its kind (free, live, cached), its owner (or the cache holding it, or the next free
 //!   block), its slack (so its size) and the low 36 bits of its generation. Free, set_owner,
 //!   realloc in place and reclaim each compare the whole word they read (under the hazard) and
-//!   change it in one step; nothing is "checked, then stored".
+//!   change it in one step; nothing is "checked, then stored". An exchange that fails because
+//!   another participant changed the same live allocation (its owner or size) is retried against
+//!   the new word ([`Heap::change_live`]); it fails only once the allocation is gone. A large
+//!   run's free first moves its state word to `Releasing(me)`, so exactly one freer releases it.
 //! - **Ids never repeat in practice.** An id is `(slot, generation)` in a `u128`; a slot is the
 //!   allocation's offset over 16. Generations have 60 bits (36 in the state word, 24 in the
 //!   extra word, both compared by every validation), are bumped by every allocation of the
@@ -58,12 +61,23 @@
 //!   holds at most: one span (its hazard: the span cannot be retired, and if it stopped in the
 //!   middle of a pop or push, the blocks in transit), or one run it was claiming or releasing
 //!   (its pending page), or one retiring span, plus the blocks its cache holds and the
-//!   allocation it was making. Class lists never hide more than the span a stalled participant
-//!   was listing or unlisting ([`crate::hier`]). Nothing else is unavailable to the others.
+//!   allocation it was making. A cache holds blocks of one span per class, so the spans a stalled
+//!   participant keeps from being retired are at most one per class besides its hazard's. Class
+//!   lists never hide more than the span a stalled participant was listing or unlisting
+//!   ([`crate::hier`]). Nothing else is unavailable to the others.
+//! - **ABA.** Anchors carry a 38-bit tag and state words a 36-bit generation tag, bumped by every
+//!   change (every allocation of the block). A compare-exchange prepared against an old word
+//!   succeeds on a newer one only if its participant stalled between reading and exchanging
+//!   while that one block was allocated again a multiple of 2^36 times (at least 11 minutes of
+//!   back-to-back reuse of that block at 10 ns) and the rest of the word came back identical.
+//!   That window is what a one-word compare-exchange allows; ids themselves are validated
+//!   against all 60 generation bits, so a stale id is refused without any such stall.
 //! - **Recovery.** `reclaim_dead` (online, while others work) marks dead processes, finishes or
 //!   undoes each dead participant's pending claim/release/retirement, heals the span its hazard
 //!   names (blocks popped or pushed half way go back on the list: `reclaim`), clears its waiter
 //!   slots, frees the allocations dead processes owned and returns the blocks their caches held.
+//!   A participant record of a dead process is *adopted* by one reclaimer at a time (its state
+//!   names the adopter), so only one acts on it; if that reclaimer dies too, the next adopts both.
 //!   Afterwards `check` passes and the whole data area is allocatable again.
 //! - **Fork.** The core keeps nothing per process; the host gives a fork child new records and
 //!   drops (without giving back) the caches it inherited: those blocks are its parent's.

@@ -217,6 +217,12 @@ fn the_tool_lists_inspects_checks_reclaims_and_removes_pools() {
     let (ok, reclaimed) = tool(&["reclaim", pool.name()]);
     assert!(ok && reclaimed.contains("freed 1 allocations (1000 bytes)"), "{reclaimed}");
     assert!(!pool.contains(a.id()));
+    // Offline repair is refused while another attached process (this one) is alive...
+    let (ok, refused) = tool(&["repair", pool.name()]);
+    assert!(!ok && refused.contains("attached and alive"), "{refused}");
+    // ...unless forced (this process is idle): a sound pool then needs nothing and checks ok.
+    let (ok, repaired) = tool(&["repair", "--force", pool.name()]);
+    assert!(ok && repaired.contains("Repaired { participants: 0") && repaired.contains(": ok"), "{repaired}");
     let (ok, _) = tool(&["rm", pool.name()]);
     assert!(ok && !pool.path().exists() && pool.is_destroyed());
     let (ok, _) = tool(&["check", "no/such"]);
