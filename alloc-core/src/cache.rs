@@ -123,7 +123,7 @@ impl<'a> Heap<'a> {
         options: AllocOptions,
     ) -> Result<Allocation, Error> {
         // The fast path: a plain request, the right mapping, a ready pool, a cached block.
-        if options.granule_aligned()
+        if options.plain_for(cache.session.owner())
             && cache.session.key == self.region().key()
             && self.status() & status::STATE_MASK == STATE_READY
         {
@@ -147,7 +147,9 @@ impl<'a> Heap<'a> {
     ) -> Result<Allocation, Error> {
         self.check_session(&cache.session)?;
         self.ensure_ready()?;
-        if options.granule_aligned() {
+        // Requests for another owner (or stricter alignment) go to the shared heap, which checks
+        // and honours them.
+        if options.plain_for(cache.session.owner()) {
             if let Some(class) = class_for(size).filter(|&class| self.blocks_of(class) > 0) {
                 if cache.lens[class] == 0 {
                     self.refill(cache, class)?;
@@ -251,11 +253,15 @@ impl<'a> Heap<'a> {
             // (give half back, then cache this block) or a large allocation.
             let page = self.page_of(id)?;
             self.publish_hazard(&cache.session, page);
-            let class = match self.locate(id, page) {
-                Ok((Place::Small { class, head, .. }, _)) if cache.spans[class].head == head => Some(class),
+            // A stale id or a double free fails here, before anything is given back.
+            let live = self
+                .locate(id, page)
+                .and_then(|(place, state)| self.live_state(id, place, state).map(|_| place));
+            self.clear_hazard(&cache.session);
+            let class = match live? {
+                Place::Small { class, head, .. } if cache.spans[class].head == head => Some(class),
                 _ => None,
             };
-            self.clear_hazard(&cache.session);
             if let Some(class) = class.filter(|&class| cache.is_full(class)) {
                 let wake = self.spill(cache, class, CACHE_BLOCKS / 2);
                 self.publish_hazard(&cache.session, page);

@@ -190,6 +190,13 @@ impl AllocOptions {
     pub(crate) fn granule_aligned(&self) -> bool {
         self.align.is_power_of_two() && self.align <= GRANULE
     }
+
+    /// Whether any free block of the right class serves the request as it is, made live for
+    /// `owner`: granule alignment, and `owner` (or nobody in particular) asked for.
+    #[inline]
+    pub(crate) fn plain_for(&self, owner: Owner) -> bool {
+        self.granule_aligned() && self.owner.is_none_or(|asked| asked == owner)
+    }
 }
 
 impl Default for AllocOptions {
@@ -1130,7 +1137,7 @@ impl<'a> Heap<'a> {
         self.check_session(session)?;
         self.ensure_ready()?;
         // The fast path: a plain small request, served from the span this process took from last.
-        if options.granule_aligned() && options.owner.is_none_or(|owner| owner == session.owner()) {
+        if options.plain_for(session.owner()) {
             if let Some(class) = class_for(size).filter(|&class| self.blocks[class] > 0) {
                 if let Some(allocation) = self.alloc_from_hint(session, class, size, options) {
                     return Ok(allocation);

@@ -285,7 +285,9 @@ impl Heap<'_> {
             let capacity = pages << geo.page_shift;
             let owner = session.owner();
             let live = BlockState::live(owner.0 as u64, capacity - size, gen::tag(generation));
-            self.page_word(head, page::STATE).store(live.encode(), Ordering::Relaxed);
+            // ORDERING: Release: a reclaimer that acquires this word sees our marker on the
+            // info (or what came after it), never the info of a run that was here before.
+            self.page_word(head, page::STATE).store(live.encode(), Ordering::Release);
             step!("large/initialised");
             self.set_info(head, PageInfo::LargeHead { pages });
             self.clear_pending(session);
@@ -312,12 +314,21 @@ impl Heap<'_> {
         let transient = PageInfo::Transient { participant: session.participant };
         // ORDERING: AcqRel: acquires the run from whoever published it, releases our marking.
         // Only the participant that made the state `Releasing` releases (no ABA on the info).
-        let _ = self.page_word(head, page::INFO).compare_exchange(
-            PageInfo::LargeHead { pages }.encode(),
-            transient.encode(),
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
+        if self
+            .page_word(head, page::INFO)
+            .compare_exchange(
+                PageInfo::LargeHead { pages }.encode(),
+                transient.encode(),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            // Not the run we were told of (only a corrupted pool gets here): better to leave
+            // its pages held than to free someone else's.
+            self.clear_pending(session);
+            return;
+        }
         self.release_marked(session, head, pages);
     }
 
@@ -345,6 +356,11 @@ impl Heap<'_> {
             budget -= 1;
             from = slot + 1;
             let head = slot * SPAN_PAGES;
+            // Our own hazard on the span, from before we read its class until our retiring mark
+            // is on its info: meanwhile nobody else can retire it and carve another class there,
+            // so the anchor we mark is of the class we read (other retirers skip our hazard's
+            // span; the check after our own heavy fence ignores it).
+            self.publish_hazard(session, head);
             let class = match self.info(head) {
                 Ok(PageInfo::SpanHead { class, retiring: 0 })
                     if self.check_span_head(head, class).is_ok() =>
@@ -356,7 +372,10 @@ impl Heap<'_> {
                     continue;
                 }
             };
-            if self.try_retire(session, head, class)? {
+            step!("retire/class-read");
+            let retired = self.try_retire(session, head, class);
+            self.clear_hazard(session);
+            if retired? {
                 self.empty_hint.store(slot + 1, Ordering::Relaxed);
                 return Ok(true);
             }
@@ -509,5 +528,80 @@ impl Heap<'_> {
         self.class_list(class).set(head / SPAN_PAGES);
         self.empty_set().set(head / SPAN_PAGES);
         self.clear_pending(session);
+    }
+}
+
+#[cfg(all(test, feature = "crash-points", not(all(shmpool_loom, feature = "loom"))))]
+mod tests {
+    use super::*;
+    use crate::participant::ProcessIdentity;
+    use crate::region::Region;
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
+
+    thread_local! {
+        static PAUSE_HERE: Cell<bool> = const { Cell::new(false) };
+    }
+    static PAUSED: AtomicBool = AtomicBool::new(false);
+    static RESUME: AtomicBool = AtomicBool::new(false);
+
+    /// Pauses a thread that asked for it at "retire/class-read" until told to go on.
+    fn hook(name: &'static str) {
+        if name == "retire/class-read" && PAUSE_HERE.with(|p| p.replace(false)) {
+            PAUSED.store(true, StdOrdering::SeqCst);
+            while !RESUME.load(StdOrdering::SeqCst) {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    fn identity(pid: u32) -> ProcessIdentity {
+        ProcessIdentity { pid, start_time: 1000 + pid as u64, namespace: 1 }
+    }
+
+    /// Found by the adversarial review of heap v2. A retirer read `INFO[head] = SpanHead { A }`
+    /// and was preempted; meanwhile the span was retired by someone else and carved again at
+    /// `head` as a smaller class B, whose anchor happened to count `blocks(A)` free blocks. The
+    /// retirer then marked B's anchor retiring, a free of a B block pushed onto it, and the
+    /// back-out failed: B stayed retiring for good. (Seen failing at 141d99e in the reviewer's
+    /// form, which called `try_retire` with the stale class: `Anchor { head: 2308, count: 32,
+    /// retiring: true, .. }`; this form failed too before the fix, at the first assertion.) Now
+    /// a retirer publishes its hazard before it reads the class, so nobody retires the span
+    /// under it, and the class it read stays the span's.
+    #[test]
+    fn a_span_whose_class_a_retirer_has_read_is_not_retired_and_recarved_under_it() {
+        let mut words = vec![0u64; (1 << 20) / 8];
+        let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
+        // SAFETY: the vector outlives the heap and is only used through it.
+        let heap = Heap::create_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("fits");
+        let owner = heap.register_process(identity(1)).expect("room");
+        let mut s = heap.register_participant(owner).expect("room");
+        let mut retirer = heap.register_participant(owner).expect("room");
+        // An entirely free span of class A (2048 bytes), the only one.
+        let x = heap.alloc(&mut s, 2048, AllocOptions::default()).expect("space");
+        let head = (x.offset - heap.geometry().data_offset) / heap.geometry().page_bytes();
+        let head = head - head % SPAN_PAGES;
+        let _ = heap.free(&mut s, x.id()).expect("live");
+        crate::crash::set_hook(hook);
+        let heap_ref = &heap;
+        std::thread::scope(|scope| {
+            let retiring = scope.spawn(move || {
+                PAUSE_HERE.with(|p| p.set(true));
+                heap_ref.retire_one(&mut retirer)
+            });
+            while !PAUSED.load(StdOrdering::SeqCst) {
+                std::thread::yield_now();
+            }
+            // The retirer has read class A. Someone else looking for a span to retire must
+            // leave this one alone.
+            let other = heap.retire_one(&mut s);
+            RESUME.store(true, StdOrdering::SeqCst);
+            let retired = retiring.join().expect("no panic");
+            assert_eq!(other, Ok(false), "the span was retired under the retirer");
+            assert_eq!(retired, Ok(true), "the retirer retires it with the class it read");
+        });
+        crate::crash::clear_hook();
+        assert_eq!(heap.info(head), Ok(PageInfo::Free));
+        heap.check(&mut s).expect("consistent");
     }
 }

@@ -19,8 +19,9 @@
 //! record after the block's state, so any number of reclaimers may run at once, alongside normal
 //! traffic, and a slow one never mistakes a new process at a reused index for the dead one. A
 //! step that cannot be done safely yet (a span a live participant has a hazard on) is
-//! *deferred*: the dead participant's record stays adopted-but-unresolved, and the next
-//! `reclaim_dead` tries again.
+//! *deferred*: the dead participant's record is handed back (`Dead { adopter: 0 }`) when the
+//! reclaim ends, and the next `reclaim_dead`, by anyone, adopts it again. (A record left adopted
+//! by a session that then ended would wait for good: its index may be a live stranger's.)
 //!
 //! Healing a span `X` (for a dead participant whose hazard named it), with our own (healer's)
 //! hazard on `X`: read the anchor `A`, walk its list, and collect the free blocks that are on no
@@ -93,11 +94,24 @@ impl Heap<'_> {
     pub fn reclaim_dead(
         &self,
         session: &mut Session,
-        mut is_dead: impl FnMut(&ProcessRecord) -> bool,
-        mut report: impl FnMut(AllocId, Owner, u64),
+        is_dead: impl FnMut(&ProcessRecord) -> bool,
+        report: impl FnMut(AllocId, Owner, u64),
     ) -> Result<Reclaimed, Error> {
         self.check_session(session)?;
         self.ensure_ready()?;
+        let outcome = self.reclaim_adopting(session, is_dead, report);
+        self.hand_back_adopted(session);
+        outcome
+    }
+
+    /// [`Heap::reclaim_dead`]'s work; records it adopts and cannot resolve yet stay adopted by
+    /// the session until the caller hands them back.
+    fn reclaim_adopting(
+        &self,
+        session: &mut Session,
+        mut is_dead: impl FnMut(&ProcessRecord) -> bool,
+        mut report: impl FnMut(AllocId, Owner, u64),
+    ) -> Result<Reclaimed, Error> {
         let mut reclaimed = Reclaimed::default();
         // 1. Mark the dead.
         for record in self.processes() {
@@ -204,8 +218,29 @@ impl Heap<'_> {
         word.compare_exchange(current.encode(), adopted.encode(), Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
-    /// Whether the participant `index` (an adopter) can no longer act: its process is gone, or
-    /// its record was itself adopted.
+    /// Marks every dead participant the session adopted and did not resolve (deferred, or left
+    /// by an error) as adopted by nobody: once the session has ended, its index may be a live
+    /// stranger's, and a record adopted by it would never be taken up again.
+    fn hand_back_adopted(&self, session: &Session) {
+        for index in 1..self.participant_hwm() {
+            let word = self.participant_word(index, participant::STATE);
+            let current = ParticipantState::decode(word.load(Ordering::Relaxed));
+            if current.state == RecordState::Dead && current.adopter == session.participant {
+                let orphan = ParticipantState { adopter: 0, ..current };
+                // ORDERING: Release: what we did for it happens before its next adopter's work
+                // (which acquires the word in `adopt`).
+                let _ = word.compare_exchange(
+                    current.encode(),
+                    orphan.encode(),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+
+    /// Whether the participant `index` (an adopter) can no longer act: it is 0 (the record was
+    /// handed back), its process is gone, or its record was itself adopted.
     fn participant_is_gone(&self, index: u64) -> bool {
         index == 0 || index >= self.geometry().table_size || self.participant_is_dead(index)
     }
@@ -567,7 +602,7 @@ impl Heap<'_> {
                     page = bits.next_claimed(page + SPAN_PAGES);
                 }
                 PageInfo::LargeHead { pages } if pages >= 1 && pages <= geo.num_pages - page => {
-                    self.reclaim_large(session, page, pages, reclaimed, report)?;
+                    self.reclaim_large(session, page, reclaimed, report)?;
                     page = bits.next_claimed(page + pages);
                 }
                 _ => page = bits.next_claimed(page + 1),
@@ -644,21 +679,30 @@ impl Heap<'_> {
         Ok(())
     }
 
+    /// Frees the large run at `head` (where the walk saw one) if its owner is gone.
     fn reclaim_large(
         &self,
         session: &Session,
         head: u64,
-        pages: u64,
         reclaimed: &mut Reclaimed,
         report: &mut impl FnMut(AllocId, Owner, u64),
     ) -> Result<(), Error> {
         let state = self.page_word(head, page::STATE);
+        // ORDERING: Acquire pairs with the Release store that made the run live: the info read
+        // next is its claimer's marker or newer, never a former run's.
         let word = state.load(Ordering::Acquire);
         let Some(decoded) = BlockState::decode(word) else { return Ok(()) };
         if decoded.kind != Kind::Live || !self.holder_gone(&decoded) {
             // A run being released is its releaser's (or its adopter's) business.
             return Ok(());
         }
+        // The run's length as published with it. What the walk read may be a former run's:
+        // if the exchange below succeeds, the run of `word` lived all along, so this is its own.
+        let pages = match self.info(head)? {
+            PageInfo::LargeHead { pages } if pages >= 1 && pages <= self.geometry().num_pages - head => pages,
+            // Not published yet (its claimer's adopter undoes the claim), or gone already.
+            _ => return Ok(()),
+        };
         self.set_pending(session, head);
         let releasing = BlockState::releasing(session.participant, decoded.tag);
         // ORDERING: Acquire: the run is ours after its last user's accesses.
@@ -758,4 +802,87 @@ fn listed_blocks(span: &Span<'_>, anchor: Anchor) -> Option<[u64; 64]> {
         index = state.link;
     }
     Some(on_list)
+}
+
+#[cfg(all(test, not(all(shmpool_loom, feature = "loom"))))]
+mod tests {
+    use super::*;
+    use crate::heap::AllocOptions;
+    use crate::participant::ProcessIdentity;
+    use crate::region::Region;
+
+    fn identity(pid: u32) -> ProcessIdentity {
+        ProcessIdentity { pid, start_time: 1000 + pid as u64, namespace: 1 }
+    }
+
+    /// Found by the adversarial review of heap v2. `walk_for_dead` reads `INFO[p] = LargeHead {
+    /// pages }` without any protection, then `reclaim_large` judged and took whatever *state
+    /// word* was at `p` by then, and released `pages` page bits from the stale read. If, between
+    /// the two reads, the run at `p` was freed and a shorter run allocated at `p` by a process
+    /// that then died, the reclaimer cleared the page bits of the run *after* it: a live
+    /// allocation's pages were handed out again (seen failing at 141d99e: "new run D at
+    /// 24576..28672 overlaps live C at 20480..28672"). Now `reclaim_large` reads the length
+    /// from the info after the state word it takes.
+    ///
+    /// The stale read is modelled by the walk's read before the run changed.
+    #[test]
+    fn a_reclaimer_whose_walk_read_a_former_runs_length_frees_only_the_dead_owners_run() {
+        let mut words = vec![0u64; (1 << 20) / 8];
+        // SAFETY: the vector outlives the heap and is only used through it.
+        let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
+        // SAFETY: as above.
+        let region = unsafe { Region::from_raw(ptr, len) }.expect("ok");
+        let heap = Heap::create_default(region).expect("fits");
+        let page_bytes = heap.geometry().page_bytes();
+        let x = heap.register_process(identity(1)).expect("room");
+        let mut xs = heap.register_participant(x).expect("room");
+        let r = heap.register_process(identity(2)).expect("room");
+        let mut rs = heap.register_participant(r).expect("room");
+
+        // Run A: two pages at page 0 (owned by live X).
+        let a = heap.alloc(&mut xs, 3 * page_bytes, AllocOptions::default()).expect("space");
+        let head = (a.offset - heap.geometry().data_offset) / page_bytes;
+        // The reclaimer's walk reads INFO[head] here...
+        let stale = match heap.info(head).expect("info") {
+            PageInfo::LargeHead { pages } => pages,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(stale, 3);
+        // ... and is preempted. X frees A; E allocates B (one page) at the same head; a pool-owned
+        // run C (two pages) lands right after it.
+        let _ = heap.free(&mut xs, a.id()).expect("live");
+        let e = heap.register_process(identity(3)).expect("room");
+        let mut es = heap.register_participant(e).expect("room");
+        // SAFETY: the same memory, viewed by E's process (its own page hint).
+        let fresh = Heap::open_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("open");
+        let b = fresh.alloc(&mut es, page_bytes, AllocOptions::default()).expect("space");
+        assert_eq!(b.offset, a.offset, "B starts where A did");
+        let pool = AllocOptions { owner: Some(Owner::POOL), ..AllocOptions::default() };
+        let c = fresh.alloc(&mut es, 2 * page_bytes, pool).expect("space");
+        assert_eq!(c.offset, a.offset + page_bytes, "C is A's second and third page");
+        // E dies; another reclaimer marks it dead (it has not reached B yet).
+        let _ = heap.release_participant(es);
+        let record = heap.process_record(e).expect("record");
+        heap.mark_dead(&record);
+        // The preempted reclaimer resumes at the head it saw.
+        let mut reclaimed = Reclaimed::default();
+        // (At 141d99e `reclaim_large` took the walk's page count; it now reads its own.)
+        heap.reclaim_large(&rs, head, &mut reclaimed, &mut |_, _, _| {}).expect("ok");
+        // C is still live (pool-owned) ...
+        assert!(heap.lookup(&mut rs, c.id()).is_ok(), "C is live");
+        // ... so its page must still be claimed, and no one else may get it.
+        let claimed = heap.page_bits().is_claimed(head + 2);
+        // SAFETY: as above (another process's view, page hint 0).
+        let other = Heap::open_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("open");
+        let d = other.alloc(&mut rs, page_bytes, AllocOptions::default()).expect("space");
+        let overlap = d.offset < c.offset + c.capacity && c.offset < d.offset + d.capacity;
+        assert!(
+            claimed && !overlap,
+            "C's page bits cleared while C is live (claimed: {claimed}); new run D at {}..{} overlaps live C at {}..{}",
+            d.offset,
+            d.offset + d.capacity,
+            c.offset,
+            c.offset + c.capacity
+        );
+    }
 }

@@ -200,7 +200,8 @@ impl MemoryPool {
         let timeout = timeout_arg(timeout)?;
         let pool = slf.get().pool(py)?;
         let options = AllocOptions { alloc_type, ..pool.options() };
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout beyond what the clock can count waits forever.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         const SLICE: Duration = Duration::from_millis(50);
         loop {
             let slice = match deadline {

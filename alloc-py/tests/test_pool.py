@@ -128,6 +128,18 @@ def test_bad_timeouts_raise_value_error(pool, timeout):
         pool.alloc_blocking(64, timeout=timeout)
 
 
+@pytest.mark.parametrize("timeout", [1e19, 1e300, math.inf])
+def test_huge_timeouts_wait_as_long_as_it_takes(pool, timeout):
+    # 1e19 s fitted a Duration but overflowed the clock: a panic (seen failing at 141d99e).
+    got = pool.alloc_blocking(64, timeout=timeout)
+    got.free()
+    held = fill(pool)
+    victim = held.pop()
+    threading.Timer(0.05, victim.free).start()
+    got = pool.alloc_blocking(2**20, timeout=timeout)
+    assert got.offset == victim.offset
+
+
 def test_alloc_blocking_times_out_on_time_and_tries_once_with_zero(pool):
     held = fill(pool)
     with pytest.raises(shmpool.PoolTimeoutError) as caught:

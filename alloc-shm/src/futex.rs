@@ -42,9 +42,10 @@ pub struct FutexWait {
 }
 
 impl FutexWait {
-    /// Waits until `timeout` from now; `None` waits forever.
+    /// Waits until `timeout` from now; `None` (or a timeout beyond what the clock can count)
+    /// waits forever.
     pub fn new(timeout: Option<Duration>) -> FutexWait {
-        FutexWait { deadline: timeout.map(|timeout| Instant::now() + timeout) }
+        FutexWait { deadline: timeout.and_then(|timeout| Instant::now().checked_add(timeout)) }
     }
 }
 

@@ -291,7 +291,8 @@ fn reclaim_dead_alone_restores_a_consistent_pool_after_processes_are_killed_mid_
 /// can repeat, for every pool size. In a 1 TiB pool (a sparse file: creating it touches only
 /// the header) a v1 id kept 28 generation bits, and the LIFO cache makes a hot loop of cached
 /// alloc/free pairs reuse one slot. Here nothing is simulated: 2^28 real pairs, then the stale
-/// id of the first allocation is looked up. Slow, hence ignored by default; alloc-core's
+/// id of the first allocation is looked up. Slow (about 8 s), hence ignored by plain `cargo
+/// test`; scripts/test runs it. alloc-core's
 /// `regressions` test shows generations crossing every boundary in milliseconds.
 #[test]
 #[ignore = "2^28 alloc/free pairs: seconds in release"]
@@ -320,4 +321,17 @@ fn two_pow_28_cached_pairs_in_a_1_tib_pool_never_repeat_an_id() {
         started.elapsed(),
         stale.to_u128()
     );
+}
+
+/// Found by the adversarial review of heap v2 (seen failing at 141d99e with "overflow when
+/// adding duration to instant"): a timeout too large to add to the clock panicked instead of
+/// waiting for as long as it takes. A huge timeout now means "no deadline".
+#[test]
+fn alloc_blocking_with_a_huge_timeout_waits_instead_of_panicking() {
+    let pool = TestPool::new("hugetimeout", 4 * MIB);
+    for timeout in [Duration::MAX, Duration::from_secs(10_000_000_000_000_000_000)] {
+        let outcome = catch_unwind(AssertUnwindSafe(|| pool.alloc_blocking(64, Some(timeout))));
+        let allocation = outcome.expect("no panic").expect("room right away");
+        pool.free(allocation.id()).expect("live");
+    }
 }
