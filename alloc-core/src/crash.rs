@@ -46,3 +46,7 @@ macro_rules! step {
     };
 }
 pub(crate) use step;
+
+/// Taken by unit tests that install a hook (one process-wide hook: they must not overlap).
+#[cfg(all(test, feature = "crash-points"))]
+pub(crate) static TEST_HOOK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -55,8 +55,10 @@
 //!   allocation's offset over 16. Generations have 60 bits (36 in the state word, 24 in the
 //!   extra word, both compared by every validation), are bumped by every allocation of the
 //!   slot, and survive reuse of the memory: every page keeps an *epoch* (at least every
-//!   generation issued in it), raised before the page is given back and read when a span or run
-//!   is set up there. An id can repeat only after 2^60 allocations of one slot.
+//!   generation issued in it), raised before the page is given back (and by a large claim as it
+//!   issues its run's generation, so that a claim undone by a reclaimer never lets the next run
+//!   reissue it) and read when a span or run is set up there. An id can repeat only after 2^60
+//!   allocations of one slot.
 //! - **Bounded interference.** No operation waits for another. A participant stopped forever
 //!   holds at most: one span (its hazard: the span cannot be retired, and if it stopped in the
 //!   middle of a pop or push, the blocks in transit), or one run it was claiming or releasing

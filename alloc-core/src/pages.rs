@@ -279,7 +279,13 @@ impl Heap<'_> {
                 continue;
             }
             self.page_hint.store(head + pages, Ordering::Relaxed);
-            let generation = gen::next(self.page_word(head, page::EPOCH).load(Ordering::Relaxed));
+            let epoch = self.page_word(head, page::EPOCH);
+            let generation = gen::next(epoch.load(Ordering::Relaxed));
+            // The generation is issued from here on: a claim undone after the state store below
+            // must not let the next run here issue it again (its state word could then be ours
+            // bit for bit, and a reclaimer holding ours would take it). The claimed page's epoch
+            // is ours alone to write until the run is released.
+            epoch.store(generation, Ordering::Relaxed);
             let extra = Extra { alloc_type: options.alloc_type, gen_high: gen::high(generation) };
             self.page_word(head, page::GEN).store(extra.encode() as u64, Ordering::Relaxed);
             let capacity = pages << geo.page_shift;
@@ -582,6 +588,7 @@ mod tests {
         let head = (x.offset - heap.geometry().data_offset) / heap.geometry().page_bytes();
         let head = head - head % SPAN_PAGES;
         let _ = heap.free(&mut s, x.id()).expect("live");
+        let _serial = crate::crash::TEST_HOOK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         crate::crash::set_hook(hook);
         let heap_ref = &heap;
         std::thread::scope(|scope| {

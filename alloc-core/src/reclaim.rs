@@ -334,7 +334,8 @@ impl Heap<'_> {
         match self.info(first)? {
             PageInfo::Transient { participant } if participant == dead => {
                 // Adopt the marker, then release the prefix of page bits it held. Epochs were
-                // raised before any release was marked; a claim never issued a generation.
+                // raised before any release was marked, and by a large claim before it issued
+                // its generation.
                 self.set_pending(session, first);
                 let mine = PageInfo::Transient { participant: session.participant };
                 // ORDERING: AcqRel: acquires the dead one's work on the run, releases ours.
@@ -696,6 +697,7 @@ impl Heap<'_> {
             // A run being released is its releaser's (or its adopter's) business.
             return Ok(());
         }
+        step!("reclaim/large-judged");
         // The run's length as published with it. What the walk read may be a former run's:
         // if the exchange below succeeds, the run of `word` lived all along, so this is its own.
         let pages = match self.info(head)? {
@@ -883,6 +885,125 @@ mod tests {
             d.offset + d.capacity,
             c.offset,
             c.offset + c.capacity
+        );
+    }
+}
+
+#[cfg(all(test, feature = "crash-points", not(all(shmpool_loom, feature = "loom"))))]
+mod tests_with_hooks {
+    use super::*;
+    use crate::heap::AllocOptions;
+    use crate::participant::ProcessIdentity;
+    use crate::region::Region;
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
+
+    struct Stopped;
+    thread_local! {
+        /// 1: stop for good at "large/initialised"; 2: pause at "reclaim/large-judged".
+        static MODE: Cell<u8> = const { Cell::new(0) };
+    }
+    static PAUSED: AtomicBool = AtomicBool::new(false);
+    static RESUME: AtomicBool = AtomicBool::new(false);
+
+    fn hook(name: &'static str) {
+        let mode = MODE.with(|m| m.get());
+        if mode == 1 && name == "large/initialised" {
+            MODE.with(|m| m.set(0));
+            std::panic::panic_any(Stopped);
+        }
+        if mode == 2 && name == "reclaim/large-judged" {
+            MODE.with(|m| m.set(0));
+            PAUSED.store(true, StdOrdering::SeqCst);
+            while !RESUME.load(StdOrdering::SeqCst) {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    fn identity(pid: u32) -> ProcessIdentity {
+        ProcessIdentity { pid, start_time: 1000 + pid as u64, namespace: 1 }
+    }
+
+    /// Found by the second adversarial review, seen failing at cbf751e (W reported one freed
+    /// allocation; F's lookup then gave `NotAllocated`). A large claimer E stored its run's Live
+    /// state word, then died before publishing the run. Its claim was undone without raising
+    /// the page's epoch, so the next run at the same
+    /// head gets the *same* generation; if its owner has E's (freed and reused) process index
+    /// and the same slack, its state word is bit for bit E's. A reclaimer W that loaded E's
+    /// word (and judged E gone) before all this then reads the new run's info and its
+    /// compare-exchange succeeds: it frees a live allocation of a live process.
+    #[test]
+    fn a_reclaimer_holding_a_dead_claimers_state_word_does_not_free_a_live_run_at_the_same_head() {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<Stopped>().is_none() {
+                default(info);
+            }
+        }));
+        let _serial = crate::crash::TEST_HOOK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        crate::crash::set_hook(hook);
+        let mut words = vec![0u64; (1 << 20) / 8];
+        let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
+        // SAFETY: the vector outlives the heaps and is only used through them.
+        let view = || Heap::open_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("open");
+        // SAFETY: as above.
+        let heap = Heap::create_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("fits");
+        let page_bytes = heap.geometry().page_bytes();
+        let r = heap.register_process(identity(2)).expect("room");
+        let ws = heap.register_participant(r).expect("room");
+        let mut r2 = heap.register_participant(r).expect("room");
+        let e = heap.register_process(identity(3)).expect("room");
+        let mut es = heap.register_participant(e).expect("room");
+        // E claims one page at the first free page and dies after storing the state word.
+        let e_heap = view();
+        let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            MODE.with(|m| m.set(1));
+            e_heap.alloc(&mut es, page_bytes, AllocOptions::default())
+        }));
+        assert!(stopped.is_err(), "E stopped at large/initialised");
+        MODE.with(|m| m.set(0));
+        let head = 0u64;
+        let e_word = heap.page_word(head, page::STATE).load(Ordering::Relaxed);
+        assert_eq!(BlockState::decode(e_word).map(|s| s.kind), Some(Kind::Live), "E's run at page 0");
+        let record = heap.process_record(e).expect("record");
+        heap.mark_dead(&record);
+
+        let heap_ref = &heap;
+        let (f_alloc, f_owner) = std::thread::scope(|scope| {
+            // W: a reclaimer whose walk saw a head at page 0; it judges E's word and is preempted.
+            let w = scope.spawn(move || {
+                MODE.with(|m| m.set(2));
+                let mut reclaimed = Reclaimed::default();
+                heap_ref.reclaim_large(&ws, head, &mut reclaimed, &mut |_, _, _| {}).expect("ok");
+                (reclaimed, ws)
+            });
+            while !PAUSED.load(StdOrdering::SeqCst) {
+                std::thread::yield_now();
+            }
+            // Another reclaimer resolves E: its claim is undone, its records freed.
+            let pass = heap.reclaim_dead(&mut r2, |rec| rec.identity.pid == 3, |_, _, _| {}).expect("ok");
+            assert_eq!(pass.pending, 1, "E's claim undone: {pass:?}");
+            // A new process F gets E's index and allocates one page at the same head.
+            let f = heap.register_process(identity(4)).expect("room");
+            let mut fs = heap.register_participant(f).expect("room");
+            let f_alloc = view().alloc(&mut fs, page_bytes, AllocOptions::default()).expect("space");
+            assert_eq!(f_alloc.offset, heap.geometry().page_offset(head), "F's run is at page 0");
+            let f_word = heap.page_word(head, page::STATE).load(Ordering::Relaxed);
+            eprintln!("owner E {e:?} F {f:?}; E's word {e_word:#x}, F's word {f_word:#x}");
+            RESUME.store(true, StdOrdering::SeqCst);
+            let (reclaimed, _w_session) = w.join().expect("no panic");
+            eprintln!("W: {reclaimed:?}");
+            ((f_alloc, fs), f)
+        });
+        crate::crash::clear_hook();
+        let (f_alloc, mut fs) = f_alloc;
+        let _ = f_owner;
+        let live = heap.lookup(&mut fs, f_alloc.id());
+        let claimed = heap.page_bits().is_claimed(head);
+        assert!(
+            live.is_ok() && claimed,
+            "live process F's run was freed by a reclaimer judging dead E: lookup {live:?}, page claimed {claimed}"
         );
     }
 }
