@@ -47,6 +47,101 @@ macro_rules! step {
 }
 pub(crate) use step;
 
-/// Taken by unit tests that install a hook (one process-wide hook: they must not overlap).
-#[cfg(all(test, feature = "crash-points"))]
-pub(crate) static TEST_HOOK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// For the crate's unit tests: process identities, and a hook that stops a thread for good or
+/// pauses it at a named step.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::participant::ProcessIdentity;
+
+    /// A made-up identity for process `pid`.
+    pub(crate) fn identity(pid: u32) -> ProcessIdentity {
+        ProcessIdentity { pid, start_time: 1000 + pid as u64, namespace: 1 }
+    }
+
+    #[cfg(feature = "crash-points")]
+    pub(crate) use hooks::*;
+
+    #[cfg(feature = "crash-points")]
+    mod hooks {
+        use std::cell::Cell;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Mutex, MutexGuard, Once};
+
+        /// The payload a thread stopped for good unwinds with.
+        pub(crate) struct Stopped;
+
+        thread_local! {
+            static STOP_AT: Cell<Option<&'static str>> = const { Cell::new(None) };
+            static PAUSE_AT: Cell<Option<&'static str>> = const { Cell::new(None) };
+        }
+        static PAUSED: AtomicBool = AtomicBool::new(false);
+        static RESUME: AtomicBool = AtomicBool::new(false);
+        /// One process-wide hook: the tests that install it take turns.
+        static TURN: Mutex<()> = Mutex::new(());
+
+        fn hook(name: &'static str) {
+            if STOP_AT.with(|at| at.get() == Some(name)) {
+                STOP_AT.with(|at| at.set(None));
+                std::panic::panic_any(Stopped);
+            }
+            if PAUSE_AT.with(|at| at.get() == Some(name)) {
+                PAUSE_AT.with(|at| at.set(None));
+                PAUSED.store(true, Ordering::SeqCst);
+                while !RESUME.load(Ordering::SeqCst) {
+                    std::thread::yield_now();
+                }
+            }
+        }
+
+        /// The hook installed for one test; removed when dropped.
+        pub(crate) struct Installed {
+            _turn: MutexGuard<'static, ()>,
+        }
+
+        impl Drop for Installed {
+            fn drop(&mut self) {
+                crate::crash::clear_hook();
+            }
+        }
+
+        /// Installs the hook (waiting for other tests' turns), with nothing armed.
+        pub(crate) fn install() -> Installed {
+            static QUIET: Once = Once::new();
+            QUIET.call_once(|| {
+                let default = std::panic::take_hook();
+                std::panic::set_hook(Box::new(move |info| {
+                    if info.payload().downcast_ref::<Stopped>().is_none() {
+                        default(info);
+                    }
+                }));
+            });
+            let turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            PAUSED.store(false, Ordering::SeqCst);
+            RESUME.store(false, Ordering::SeqCst);
+            crate::crash::set_hook(hook);
+            Installed { _turn: turn }
+        }
+
+        /// The calling thread stops for good (unwinds with [`Stopped`]) when it reaches `step`.
+        pub(crate) fn stop_at(step: &'static str) {
+            STOP_AT.with(|at| at.set(Some(step)));
+        }
+
+        /// The calling thread pauses when it reaches `step`, until [`resume`].
+        pub(crate) fn pause_at(step: &'static str) {
+            PAUSE_AT.with(|at| at.set(Some(step)));
+        }
+
+        /// Waits until the thread armed with [`pause_at`] has paused.
+        pub(crate) fn wait_until_paused() {
+            while !PAUSED.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+        }
+
+        /// Lets the paused thread go on.
+        pub(crate) fn resume() {
+            RESUME.store(true, Ordering::SeqCst);
+        }
+    }
+}

@@ -540,30 +540,8 @@ impl Heap<'_> {
 #[cfg(all(test, feature = "crash-points", not(all(shmpool_loom, feature = "loom"))))]
 mod tests {
     use super::*;
-    use crate::participant::ProcessIdentity;
+    use crate::crash::testing::{self, identity};
     use crate::region::Region;
-    use std::cell::Cell;
-    use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
-
-    thread_local! {
-        static PAUSE_HERE: Cell<bool> = const { Cell::new(false) };
-    }
-    static PAUSED: AtomicBool = AtomicBool::new(false);
-    static RESUME: AtomicBool = AtomicBool::new(false);
-
-    /// Pauses a thread that asked for it at "retire/class-read" until told to go on.
-    fn hook(name: &'static str) {
-        if name == "retire/class-read" && PAUSE_HERE.with(|p| p.replace(false)) {
-            PAUSED.store(true, StdOrdering::SeqCst);
-            while !RESUME.load(StdOrdering::SeqCst) {
-                std::thread::yield_now();
-            }
-        }
-    }
-
-    fn identity(pid: u32) -> ProcessIdentity {
-        ProcessIdentity { pid, start_time: 1000 + pid as u64, namespace: 1 }
-    }
 
     /// Found by the adversarial review of heap v2. A retirer read `INFO[head] = SpanHead { A }`
     /// and was preempted; meanwhile the span was retired by someone else and carved again at
@@ -588,26 +566,23 @@ mod tests {
         let head = (x.offset - heap.geometry().data_offset) / heap.geometry().page_bytes();
         let head = head - head % SPAN_PAGES;
         let _ = heap.free(&mut s, x.id()).expect("live");
-        let _serial = crate::crash::TEST_HOOK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        crate::crash::set_hook(hook);
+        let hook = testing::install();
         let heap_ref = &heap;
         std::thread::scope(|scope| {
             let retiring = scope.spawn(move || {
-                PAUSE_HERE.with(|p| p.set(true));
+                testing::pause_at("retire/class-read");
                 heap_ref.retire_one(&mut retirer)
             });
-            while !PAUSED.load(StdOrdering::SeqCst) {
-                std::thread::yield_now();
-            }
+            testing::wait_until_paused();
             // The retirer has read class A. Someone else looking for a span to retire must
             // leave this one alone.
             let other = heap.retire_one(&mut s);
-            RESUME.store(true, StdOrdering::SeqCst);
+            testing::resume();
             let retired = retiring.join().expect("no panic");
             assert_eq!(other, Ok(false), "the span was retired under the retirer");
             assert_eq!(retired, Ok(true), "the retirer retires it with the class it read");
         });
-        crate::crash::clear_hook();
+        drop(hook);
         assert_eq!(heap.info(head), Ok(PageInfo::Free));
         heap.check(&mut s).expect("consistent");
     }

@@ -809,13 +809,9 @@ fn listed_blocks(span: &Span<'_>, anchor: Anchor) -> Option<[u64; 64]> {
 #[cfg(all(test, not(all(shmpool_loom, feature = "loom"))))]
 mod tests {
     use super::*;
+    use crate::crash::testing::identity;
     use crate::heap::AllocOptions;
-    use crate::participant::ProcessIdentity;
     use crate::region::Region;
-
-    fn identity(pid: u32) -> ProcessIdentity {
-        ProcessIdentity { pid, start_time: 1000 + pid as u64, namespace: 1 }
-    }
 
     /// Found by the adversarial review of heap v2. `walk_for_dead` reads `INFO[p] = LargeHead {
     /// pages }` without any protection, then `reclaim_large` judged and took whatever *state
@@ -892,38 +888,9 @@ mod tests {
 #[cfg(all(test, feature = "crash-points", not(all(shmpool_loom, feature = "loom"))))]
 mod tests_with_hooks {
     use super::*;
+    use crate::crash::testing::{self, identity};
     use crate::heap::AllocOptions;
-    use crate::participant::ProcessIdentity;
     use crate::region::Region;
-    use std::cell::Cell;
-    use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
-
-    struct Stopped;
-    thread_local! {
-        /// 1: stop for good at "large/initialised"; 2: pause at "reclaim/large-judged".
-        static MODE: Cell<u8> = const { Cell::new(0) };
-    }
-    static PAUSED: AtomicBool = AtomicBool::new(false);
-    static RESUME: AtomicBool = AtomicBool::new(false);
-
-    fn hook(name: &'static str) {
-        let mode = MODE.with(|m| m.get());
-        if mode == 1 && name == "large/initialised" {
-            MODE.with(|m| m.set(0));
-            std::panic::panic_any(Stopped);
-        }
-        if mode == 2 && name == "reclaim/large-judged" {
-            MODE.with(|m| m.set(0));
-            PAUSED.store(true, StdOrdering::SeqCst);
-            while !RESUME.load(StdOrdering::SeqCst) {
-                std::thread::yield_now();
-            }
-        }
-    }
-
-    fn identity(pid: u32) -> ProcessIdentity {
-        ProcessIdentity { pid, start_time: 1000 + pid as u64, namespace: 1 }
-    }
 
     /// Found by the second adversarial review, seen failing at cbf751e (W reported one freed
     /// allocation; F's lookup then gave `NotAllocated`). A large claimer E stored its run's Live
@@ -935,14 +902,7 @@ mod tests_with_hooks {
     /// compare-exchange succeeds: it frees a live allocation of a live process.
     #[test]
     fn a_reclaimer_holding_a_dead_claimers_state_word_does_not_free_a_live_run_at_the_same_head() {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info.payload().downcast_ref::<Stopped>().is_none() {
-                default(info);
-            }
-        }));
-        let _serial = crate::crash::TEST_HOOK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        crate::crash::set_hook(hook);
+        let hook = testing::install();
         let mut words = vec![0u64; (1 << 20) / 8];
         let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
         // SAFETY: the vector outlives the heaps and is only used through them.
@@ -958,11 +918,10 @@ mod tests_with_hooks {
         // E claims one page at the first free page and dies after storing the state word.
         let e_heap = view();
         let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            MODE.with(|m| m.set(1));
+            testing::stop_at("large/initialised");
             e_heap.alloc(&mut es, page_bytes, AllocOptions::default())
         }));
         assert!(stopped.is_err(), "E stopped at large/initialised");
-        MODE.with(|m| m.set(0));
         let head = 0u64;
         let e_word = heap.page_word(head, page::STATE).load(Ordering::Relaxed);
         assert_eq!(BlockState::decode(e_word).map(|s| s.kind), Some(Kind::Live), "E's run at page 0");
@@ -973,14 +932,12 @@ mod tests_with_hooks {
         let (f_alloc, f_owner) = std::thread::scope(|scope| {
             // W: a reclaimer whose walk saw a head at page 0; it judges E's word and is preempted.
             let w = scope.spawn(move || {
-                MODE.with(|m| m.set(2));
+                testing::pause_at("reclaim/large-judged");
                 let mut reclaimed = Reclaimed::default();
                 heap_ref.reclaim_large(&ws, head, &mut reclaimed, &mut |_, _, _| {}).expect("ok");
                 (reclaimed, ws)
             });
-            while !PAUSED.load(StdOrdering::SeqCst) {
-                std::thread::yield_now();
-            }
+            testing::wait_until_paused();
             // Another reclaimer resolves E: its claim is undone, its records freed.
             let pass = heap.reclaim_dead(&mut r2, |rec| rec.identity.pid == 3, |_, _, _| {}).expect("ok");
             assert_eq!(pass.pending, 1, "E's claim undone: {pass:?}");
@@ -990,13 +947,13 @@ mod tests_with_hooks {
             let f_alloc = view().alloc(&mut fs, page_bytes, AllocOptions::default()).expect("space");
             assert_eq!(f_alloc.offset, heap.geometry().page_offset(head), "F's run is at page 0");
             let f_word = heap.page_word(head, page::STATE).load(Ordering::Relaxed);
-            eprintln!("owner E {e:?} F {f:?}; E's word {e_word:#x}, F's word {f_word:#x}");
-            RESUME.store(true, StdOrdering::SeqCst);
+            assert_ne!(f_word, e_word, "F's run reissued E's generation (and so its state word)");
+            testing::resume();
             let (reclaimed, _w_session) = w.join().expect("no panic");
-            eprintln!("W: {reclaimed:?}");
+            assert_eq!(reclaimed.allocations, 0, "W freed a run: {reclaimed:?}");
             ((f_alloc, fs), f)
         });
-        crate::crash::clear_hook();
+        drop(hook);
         let (f_alloc, mut fs) = f_alloc;
         let _ = f_owner;
         let live = heap.lookup(&mut fs, f_alloc.id());
