@@ -79,8 +79,12 @@
 //!   names (blocks popped or pushed half way go back on the list: `reclaim`), clears its waiter
 //!   slots, frees the allocations dead processes owned and returns the blocks their caches held.
 //!   A participant record of a dead process is *adopted* by one reclaimer at a time (its state
-//!   names the adopter), so only one acts on it; if that reclaimer dies too, the next adopts both.
+//!   names the adopter), so only one acts on it; if that reclaimer dies too, the next adopts both,
+//!   and a record it could not finish yet (deferred) is handed back when its reclaim ends.
 //!   Afterwards `check` passes and the whole data area is allocatable again.
+//! - **Retirement.** A retirer publishes its hazard on a span before it reads the span's class
+//!   and keeps it until its retiring mark is on the span's info, so no other retirer can retire
+//!   and re-carve the span under it (the anchor it marks is of the class it read).
 //! - **Fork.** The core keeps nothing per process; the host gives a fork child new records and
 //!   drops (without giving back) the caches it inherited: those blocks are its parent's.
 //!
