@@ -1,10 +1,12 @@
 //! `MemoryAlloc`: one allocation (or a window of one, after `clone`), exposing its bytes through
 //! the buffer protocol without copying.
 //!
-//! Views are counted: while any `memoryview` (or numpy array) of the memory is alive, `free()`
-//! and the pool's `detach()` raise `BufferError` instead of leaving a dangling view. A view
-//! holds a reference to its `MemoryAlloc`, which holds the pool mapping, so the memory stays
-//! mapped for as long as the view lives, whatever happens to the handles.
+//! Views are counted per allocation over every handle of it in this process (the `views`
+//! module): while any `memoryview` (or numpy array) of the memory is alive, `free()` and
+//! `realloc` through any handle, and `detach()` of the viewed handle or its pool handle, raise
+//! `BufferError` instead of leaving a dangling view. A view holds a reference to its
+//! `MemoryAlloc`, which holds the pool mapping, so the memory stays mapped for as long as the
+//! view lives, whatever happens to the handles.
 
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,6 +18,7 @@ use pyo3::types::PyBytes;
 
 use crate::errors::{exported, raise, size_arg, timeout_arg, IntoPy};
 use crate::pool::MemoryPool;
+use crate::views;
 
 /// One allocation in a pool. Supports the buffer protocol (`memoryview(a)`,
 /// `numpy.frombuffer(a, ...)`): writable and zero-copy.
@@ -27,14 +30,18 @@ pub struct MemoryAlloc {
     /// The window of the allocation this object shows: `start..start + length`.
     start: u64,
     length: u64,
+    /// The allocation in this process's count of views.
+    key: views::Key,
     /// Freed or detached through this object: no further use.
     done: AtomicBool,
+    /// Live views made through this object (every handle's are also counted under `key`).
     exports: AtomicUsize,
 }
 
 impl MemoryAlloc {
     pub(crate) fn new(pool_object: Py<MemoryPool>, pool: Pool, allocation: Allocation) -> MemoryAlloc {
         MemoryAlloc {
+            key: (pool.nonce(), allocation.id().to_u128()),
             pool_object,
             pool,
             allocation,
@@ -46,14 +53,16 @@ impl MemoryAlloc {
     }
 
     fn uncount_view(&self) {
-        // ORDERING: SeqCst, the counter's order everywhere (see `free`).
+        // ORDERING: SeqCst, the handle counters' order everywhere (see `detach`).
         self.exports.fetch_sub(1, Ordering::SeqCst);
         self.pool_object.get().exports.fetch_sub(1, Ordering::SeqCst);
+        views::uncount(self.key);
     }
 
-    /// Refuses with `BufferError` while views are alive (`what` names the refused action).
+    /// Refuses with `BufferError` while views made through this handle are alive (`what` names
+    /// the refused action).
     fn no_views(&self, what: &str) -> PyResult<()> {
-        // ORDERING: SeqCst, the counter's order everywhere (see `free`).
+        // ORDERING: SeqCst, the handle counters' order everywhere.
         match self.exports.load(Ordering::SeqCst) {
             0 => Ok(()),
             views => Err(exported(what, views)),
@@ -90,27 +99,31 @@ impl MemoryAlloc {
     }
 
     pub(crate) fn free(&self, py: Python<'_>) -> PyResult<()> {
-        // Claim the handle, then look for views; `__getbuffer__` counts its view, then looks at
-        // the claim. ORDERING: SeqCst on all four (Dekker): either the free sees the view and
-        // backs out, or the new view sees the claim and refuses, even in free-threaded Python.
-        if self.done.swap(true, Ordering::SeqCst) {
+        // ORDERING: SeqCst, the handle flag's order everywhere.
+        if self.done.load(Ordering::SeqCst) {
             return Err(raise(
                 py,
                 "InvalidAllocationError",
                 format!("allocation {} was already freed or detached", self.allocation.id().to_u128()),
             ));
         }
-        let views = self.exports.load(Ordering::SeqCst);
-        if views > 0 {
-            self.done.store(false, Ordering::SeqCst);
-            return Err(exported("free the allocation", views));
-        }
-        crate::trace::freeing(py, &self.pool, &self.allocation);
-        // Through the pool handle's cache while it is attached, else straight to the pool. A
-        // free never waits, so the GIL is kept (releasing it costs more than the free).
-        match self.pool_object.get().free_cached(self.allocation.id()) {
-            Some(result) => result.py_err(py),
-            None => self.pool.free(self.allocation.id()).py_err(py),
+        // Refused while a view made through any handle of the allocation is alive; views of it
+        // are refused while it is freed (see the `views` module).
+        let freed = views::unless_viewed(self.key, true, || {
+            // ORDERING: Release suffices: views of the allocation are kept out by the `views`
+            // protocol; the flag only names the handle's state in later errors.
+            self.done.store(true, Ordering::Release);
+            crate::trace::freeing(py, &self.pool, &self.allocation);
+            // Through the pool handle's cache while it is attached, else straight to the pool.
+            // A free never waits, so the GIL is kept (releasing it costs more than the free).
+            match self.pool_object.get().free_cached(self.allocation.id()) {
+                Some(result) => result,
+                None => self.pool.free(self.allocation.id()),
+            }
+        });
+        match freed {
+            Ok(result) => result.py_err(py),
+            Err(views) => Err(exported("free the allocation", views)),
         }
     }
 
@@ -120,10 +133,14 @@ impl MemoryAlloc {
         pool_object: Py<MemoryPool>,
         size: u64,
     ) -> PyResult<MemoryAlloc> {
-        self.no_views("resize the allocation")?;
         self.ensure_live(py)?;
-        crate::trace::freeing(py, &self.pool, &self.allocation);
-        let resized = self.pool.realloc(self.allocation.id(), size);
+        // A resize may move the allocation (freeing the old place) or shrink it under a view:
+        // refused while any handle's view is alive, like a free.
+        let resized = views::unless_viewed(self.key, false, || {
+            crate::trace::freeing(py, &self.pool, &self.allocation);
+            self.pool.realloc(self.allocation.id(), size)
+        })
+        .map_err(|views| exported("resize the allocation", views))?;
         let resized = match resized {
             Ok(resized) => resized,
             Err(error) => {
@@ -237,6 +254,7 @@ impl MemoryAlloc {
         };
         let (start, stop) = self.window(offset, stop)?;
         Ok(MemoryAlloc {
+            key: self.key,
             pool_object: self.pool_object.clone_ref(py),
             pool: self.pool.clone(),
             allocation: self.allocation,
@@ -326,8 +344,16 @@ impl MemoryAlloc {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        // Count the view before checking the handle is live, so that a concurrent `free()`
-        // either sees it or is seen. ORDERING: SeqCst pairs with `free` (see there).
+        // Count the view before checking the allocation is live, so that a concurrent free
+        // through any handle either sees it or is seen (see the `views` module).
+        if views::count(this.key).is_err() {
+            return Err(raise(
+                py,
+                "InvalidAllocationError",
+                format!("allocation {} is being freed", this.allocation.id().to_u128()),
+            ));
+        }
+        // ORDERING: SeqCst, the handle counters' order everywhere.
         this.exports.fetch_add(1, Ordering::SeqCst);
         this.pool_object.get().exports.fetch_add(1, Ordering::SeqCst);
         let checked = this.ensure_handle(py).and_then(|()| {

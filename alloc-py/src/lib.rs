@@ -7,6 +7,7 @@ mod alloc;
 mod errors;
 mod pool;
 mod trace;
+mod views;
 
 use pyo3::prelude::*;
 

@@ -1,0 +1,125 @@
+//! Buffer views of allocations, counted per allocation over every handle in this process.
+//!
+//! Any number of `MemoryAlloc` handles can name one allocation: `clone`, `alloc_from_id`,
+//! unpickling, `MemoryAlloc.attach`, handles of another `MemoryPool` object over the same pool.
+//! A free (or a resize) through any of them must be refused while a buffer view made through any
+//! of them is alive, or the view would read and write whatever the pool puts there next. So the
+//! count lives here, keyed by the pool's nonce and the allocation's id, not in the handle.
+//!
+//! The common case, a free while no view of any allocation is alive in the process, takes no
+//! lock: two process-wide counters, used Dekker-style with SeqCst, decide it.
+//! - A view first counts itself in `VIEWS`, then waits until no free that might have missed it is
+//!   in flight (`FREEING` is 0), then records itself under the allocation's key, unless a free of
+//!   it is under way; only then does the handle check that the allocation is live.
+//! - A free first counts itself in `FREEING`, then looks at `VIEWS`: at 0, no view can have been
+//!   made without waiting for this free to finish (and then finding the allocation gone), so it
+//!   frees at once. Otherwise it stops counting in `FREEING` and asks the registry: refused while
+//!   the key has views; else it marks the key as being freed (views of it are refused), frees,
+//!   and takes the mark away.
+//!
+//! A view waits only for frees that had already started when it counted itself (a free never
+//! waits for anything), so it never waits for long.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard};
+
+/// An allocation in this process: its pool's nonce and its id.
+pub(crate) type Key = (u64, u128);
+
+/// Buffer views alive in this process, of any allocation (counted before they are recorded).
+static VIEWS: AtomicUsize = AtomicUsize::new(0);
+/// Frees in flight that decided on `VIEWS` alone.
+static FREEING: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Default)]
+struct Entry {
+    /// Live views of the allocation.
+    views: usize,
+    /// Frees or resizes of it under way (through the registry).
+    closing: usize,
+}
+
+/// Allocations with live views or a registered free under way.
+fn registry() -> MutexGuard<'static, HashMap<Key, Entry>> {
+    static REGISTRY: LazyLock<Mutex<HashMap<Key, Entry>>> = LazyLock::new(Default::default);
+    // The map is never left half changed (plain counters), so a poisoned lock is still sound.
+    REGISTRY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Why a view was refused: a free or resize of the allocation is under way.
+pub(crate) struct Closing;
+
+/// Records a new view of `key`; the caller checks afterwards that the allocation is live (and
+/// calls [`uncount`] if it is not, or once the view is released).
+pub(crate) fn count(key: Key) -> Result<(), Closing> {
+    // ORDERING: SeqCst on both counters, here and in `unless_viewed` (Dekker): either that
+    // free sees this view, or this view waits for that free to end and then sees it done.
+    VIEWS.fetch_add(1, Ordering::SeqCst);
+    let mut spins = 0u32;
+    while FREEING.load(Ordering::SeqCst) != 0 {
+        spins += 1;
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    let mut map = registry();
+    let entry = map.entry(key).or_default();
+    if entry.closing > 0 {
+        drop(map);
+        VIEWS.fetch_sub(1, Ordering::SeqCst);
+        return Err(Closing);
+    }
+    entry.views += 1;
+    Ok(())
+}
+
+/// Forgets a view of `key` recorded by [`count`].
+pub(crate) fn uncount(key: Key) {
+    let mut map = registry();
+    if let Some(entry) = map.get_mut(&key) {
+        entry.views = entry.views.saturating_sub(1);
+        if entry.views == 0 && entry.closing == 0 {
+            map.remove(&key);
+        }
+    }
+    drop(map);
+    // ORDERING: SeqCst, the counter's order everywhere (see `count`).
+    VIEWS.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Runs `change` (a free or resize of `key`) unless a view of the allocation is alive; else
+/// gives the number of live views. While `change` runs, new views of `key` are refused. A
+/// `quick` change (a free: it never waits) may run without the registry when no view of any
+/// allocation is alive; views made meanwhile wait for it.
+pub(crate) fn unless_viewed<R>(key: Key, quick: bool, change: impl FnOnce() -> R) -> Result<R, usize> {
+    if quick {
+        // ORDERING: SeqCst on both counters (see `count`).
+        FREEING.fetch_add(1, Ordering::SeqCst);
+        if VIEWS.load(Ordering::SeqCst) == 0 {
+            let result = change();
+            FREEING.fetch_sub(1, Ordering::SeqCst);
+            return Ok(result);
+        }
+        FREEING.fetch_sub(1, Ordering::SeqCst);
+    }
+    {
+        let mut map = registry();
+        let entry = map.entry(key).or_default();
+        if entry.views > 0 {
+            return Err(entry.views);
+        }
+        entry.closing += 1;
+    }
+    let result = change();
+    let mut map = registry();
+    if let Some(entry) = map.get_mut(&key) {
+        entry.closing -= 1;
+        if entry.views == 0 && entry.closing == 0 {
+            map.remove(&key);
+        }
+    }
+    Ok(result)
+}
