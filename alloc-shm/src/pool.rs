@@ -12,7 +12,7 @@ use crate::descriptor::{self, AllocDescriptor, Location, PoolDescriptor};
 use crate::error::{PoolError, Result};
 use crate::futex::{self, FutexWait};
 use crate::name;
-use crate::process::record_is_dead;
+use crate::process::{current_identity, liveness, record_is_dead, Liveness};
 use crate::segment::{self, Mapping};
 
 /// How a pool is created or attached.
@@ -49,19 +49,40 @@ impl ReclaimReport {
     }
 }
 
-/// Who uses a pool, from its header and its process table.
+/// Who uses a pool, from its header and its process table, judged from this process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolInfo {
-    /// The creator's pid.
+    /// The creator's pid (in its own pid namespace).
     pub creator_pid: u32,
     /// The creator's uid.
     pub creator_uid: u32,
     /// Creation time (seconds since the Unix epoch).
     pub created_at: u64,
-    /// Processes recorded in the pool as attached (and not yet found dead).
-    pub attached: Vec<u32>,
-    /// Processes found dead whose holdings are not reclaimed yet.
+    /// Whether the creator lives, as far as this process can tell.
+    pub creator: Liveness,
+    /// Processes recorded in the pool as attached (and not yet marked dead by a reclaim).
+    pub attached: Vec<Attached>,
+    /// Processes marked dead whose holdings are not reclaimed yet.
     pub dead: Vec<u32>,
+}
+
+/// A process a pool records as attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attached {
+    /// Its pid, in its own pid namespace.
+    pub pid: u32,
+    /// Whether it lives, as far as this process can tell.
+    pub liveness: Liveness,
+    /// Whether it is this process.
+    pub is_me: bool,
+}
+
+impl PoolInfo {
+    /// Attached processes other than this one that may still use the pool: alive, or in
+    /// another pid namespace (where nothing can be told from here).
+    pub fn other_users(&self) -> impl Iterator<Item = &Attached> {
+        self.attached.iter().filter(|process| !process.is_me && process.liveness != Liveness::Dead)
+    }
 }
 
 /// A pool attached in this process. Cloning is cheap and shares the mapping; the mapping goes
@@ -211,20 +232,27 @@ impl Pool {
     pub fn info(&self) -> PoolInfo {
         let (creator_pid, creator_uid) = self.mapping.creator();
         let heap = self.mapping.heap();
-        let pids = |state: RecordState| -> Vec<u32> {
-            heap.processes()
-                .filter(|record| record.state == state)
-                .map(|record| record.identity.pid)
-                .collect()
-        };
-        let mut attached = pids(RecordState::Active);
-        attached.extend(pids(RecordState::Registering));
+        let me = current_identity();
+        let attached = heap
+            .processes()
+            .filter(|record| matches!(record.state, RecordState::Active | RecordState::Registering))
+            .map(|record| Attached {
+                pid: record.identity.pid,
+                liveness: if record_is_dead(&record) { Liveness::Dead } else { liveness(&record.identity) },
+                is_me: record.identity == me,
+            })
+            .collect();
         PoolInfo {
             creator_pid,
             creator_uid,
             created_at: self.mapping.created_at(),
+            creator: liveness(&self.mapping.creator_identity()),
             attached,
-            dead: pids(RecordState::Dead),
+            dead: heap
+                .processes()
+                .filter(|record| record.state == RecordState::Dead)
+                .map(|record| record.identity.pid)
+                .collect(),
         }
     }
 

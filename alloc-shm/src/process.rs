@@ -113,23 +113,43 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// Whether the process a pool records is dead, as far as this process can tell: its pid is
-/// gone, or belongs to a process that started at another time. Records of another pid
-/// namespace, and records whose identity is still being written, are judged by what can be
-/// known from here (never dead, and pid existence only).
-pub fn record_is_dead(record: &ProcessRecord) -> bool {
-    let identity = record.identity;
+/// What this process can tell about another one a pool records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// Its pid exists here with the recorded start time (or no start time was recorded).
+    Alive,
+    /// Its pid is gone, or belongs to a process that started at another time.
+    Dead,
+    /// It lives in another pid namespace (another container): its pid means something else
+    /// here, so nothing can be told. Such a process is never declared dead from here.
+    Elsewhere,
+}
+
+/// Judges the process of `identity` from here. A start time of 0 (not recorded, or still being
+/// written) judges by the pid alone.
+pub fn liveness(identity: &ProcessIdentity) -> Liveness {
     let ours = pid_namespace("self").unwrap_or(0);
     if identity.namespace != 0 && ours != 0 && identity.namespace != ours {
-        return false;
+        return Liveness::Elsewhere;
     }
     if !process_alive(identity.pid) {
-        return true;
+        return Liveness::Dead;
     }
-    if record.state == RecordState::Registering || identity.start_time == 0 {
-        return false;
+    match identity.start_time {
+        0 => Liveness::Alive,
+        recorded if start_time(identity.pid).is_some_and(|started| started != recorded) => Liveness::Dead,
+        _ => Liveness::Alive,
     }
-    start_time(identity.pid).is_some_and(|started| started != identity.start_time)
+}
+
+/// Whether the process a pool records is dead, as far as this process can tell ([`liveness`];
+/// a record whose identity is still being written is judged by its pid alone).
+pub fn record_is_dead(record: &ProcessRecord) -> bool {
+    let identity = match record.state {
+        RecordState::Registering => ProcessIdentity { start_time: 0, ..record.identity },
+        _ => record.identity,
+    };
+    liveness(&identity) == Liveness::Dead
 }
 
 const MEMBARRIER_CMD_QUERY: libc::c_int = 0;

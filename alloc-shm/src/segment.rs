@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alloc_core::layout::{Geometry, DEFAULT_PAGE_SHIFT, HEADER_WORDS};
 use alloc_core::primitive::{AtomicU64, Ordering};
-use alloc_core::{Error as HeapError, Heap, Owner, Platform, Region, Session};
+use alloc_core::{Error as HeapError, Heap, Owner, Platform, ProcessIdentity, Region, Session};
 use memmap2::MmapMut;
 
 use crate::error::{PoolError, Result};
@@ -37,8 +37,12 @@ pub(crate) mod host {
     pub const CREATOR: usize = 17;
     /// Creation time, seconds since the Unix epoch.
     pub const CREATED_AT: usize = 18;
+    /// The creator's start time (clock ticks after boot; 0: unknown).
+    pub const CREATOR_STARTED: usize = 19;
+    /// The creator's pid namespace (inode; 0: unknown).
+    pub const CREATOR_NAMESPACE: usize = 20;
 }
-const _: () = assert!(host::CREATED_AT < HEADER_WORDS);
+const _: () = assert!(host::CREATOR_NAMESPACE < HEADER_WORDS);
 
 /// How long `attach` waits for a pool whose creator is still initialising it.
 pub const READY_WAIT: Duration = Duration::from_secs(2);
@@ -109,6 +113,12 @@ impl Mapping {
 
     /// This process's record in the pool, registered on first use (again in a fork child).
     pub(crate) fn process(&self) -> Result<Owner> {
+        self.register(true)
+    }
+
+    /// [`Mapping::process`]; `may_reclaim`: when the table is full, give dead processes' records
+    /// back and try again.
+    fn register(&self, may_reclaim: bool) -> Result<Owner> {
         let pid = current_pid();
         let known = self.process.load(std::sync::atomic::Ordering::Acquire);
         if known != 0 && known >> 32 == pid as u64 {
@@ -122,7 +132,7 @@ impl Mapping {
             });
         }
         let owner = match self.heap.register_process(current_identity()) {
-            Err(HeapError::TableFull { .. }) => {
+            Err(HeapError::TableFull { .. }) if may_reclaim => {
                 // Dead processes may hold records: give them back and try once more.
                 self.reclaim_quietly();
                 self.heap.register_process(current_identity())
@@ -247,6 +257,15 @@ impl Mapping {
     pub(crate) fn created_at(&self) -> u64 {
         self.host(host::CREATED_AT).load(Ordering::Relaxed)
     }
+
+    /// The creator's identity, as recorded at creation.
+    pub(crate) fn creator_identity(&self) -> ProcessIdentity {
+        ProcessIdentity {
+            pid: self.creator().0,
+            start_time: self.host(host::CREATOR_STARTED).load(Ordering::Relaxed),
+            namespace: self.host(host::CREATOR_NAMESPACE).load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Drop for Mapping {
@@ -363,12 +382,45 @@ fn write_host_words(map: &MmapMut) {
         unsafe { &*words.add(index) }.store(value, Ordering::Relaxed)
     };
     let uid = rustix::process::geteuid().as_raw() as u64;
+    let me = current_identity();
     store(host::NONCE, random_nonce());
-    store(host::CREATOR, uid << 32 | current_pid() as u64);
+    store(host::CREATOR, uid << 32 | me.pid as u64);
+    store(host::CREATOR_STARTED, me.start_time);
+    store(host::CREATOR_NAMESPACE, me.namespace);
     store(host::CREATED_AT, SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
 }
 
+/// In a fork child: records the child in every pool this process maps, at once, so that a child
+/// that only uses inherited memory (and never calls into the pool) counts as attached: `gc`
+/// keeps the pool, `repair` refuses. Only pools the parent had used (so that everything the
+/// registration needs was set up before the fork, and no lock another parent thread might have
+/// held is taken); best effort, never blocking: if another thread of the parent held the list
+/// of mappings at the fork, or a table is full, the child registers on first use instead.
+extern "C" fn register_fork_child() {
+    let _ = std::panic::catch_unwind(|| {
+        let list = match MAPPINGS.try_lock() {
+            Ok(list) => list,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        let live: Vec<Arc<Mapping>> = list.iter().filter_map(|(_, _, weak)| weak.upgrade()).collect();
+        drop(list);
+        for mapping in
+            live.iter().filter(|mapping| mapping.process.load(std::sync::atomic::Ordering::Acquire) != 0)
+        {
+            let _ = mapping.register(false);
+        }
+    });
+}
+
 fn remember(mapping: Mapping) -> Arc<Mapping> {
+    static FORK_HOOK: std::sync::Once = std::sync::Once::new();
+    FORK_HOOK.call_once(|| {
+        // The pid's own fork hook first (handlers run in the order they were registered).
+        let _ = current_pid();
+        // SAFETY: registers a child handler that catches every panic and blocks on nothing.
+        unsafe { libc::pthread_atfork(None, None, Some(register_fork_child)) };
+    });
     let mapping = Arc::new(mapping);
     let mut list = mappings();
     list.retain(|(_, _, weak)| weak.strong_count() > 0);

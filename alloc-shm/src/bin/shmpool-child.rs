@@ -18,6 +18,8 @@
 //! - `create NAME MIB`: create a pool and exit without destroying it (an abandoned pool).
 //! - `own POOL COUNT SIZE`: allocate COUNT allocations of SIZE bytes (owned by this process),
 //!   report `@@ owned`, and exit without freeing them.
+//! - `fork-hold NAME SECS`: attach pool NAME by name, allocate and free once, fork, report
+//!   `@@ forked PID` and exit; the fork child never calls into the pool, sleeps SECS and exits.
 
 use std::io::{BufReader, BufWriter, Write};
 use std::process::ExitCode;
@@ -43,6 +45,9 @@ fn main() -> ExitCode {
         ["own", pool, count, size] => attach(pool).and_then(|pool| own(&pool, parse(count)?, parse(size)?)),
         ["pairs", pool, count] => attach(pool).and_then(|pool| run_pairs(&pool, parse(count)?)),
         ["pingpong", pool, rounds] => attach(pool).and_then(|pool| pingpong(&pool, parse(rounds)?)),
+        ["fork-hold", name, secs] => {
+            Pool::attach_by_name(name).and_then(|pool| fork_hold(&pool, parse(secs)?))
+        }
         _ => Err(PoolError::InvalidArgument("usage: shmpool-child churn|wait|send|receive|pingpong ...")),
     };
     match result {
@@ -50,6 +55,29 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("@@ error {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn fork_hold(pool: &Pool, secs: u64) -> Result<(), PoolError> {
+    let used = pool.alloc(64)?;
+    pool.free(used.id())?;
+    // SAFETY: this process is single-threaded here; the child only sleeps and exits.
+    match unsafe { libc::fork() } {
+        -1 => Err(PoolError::InvalidArgument("fork failed")),
+        0 => {
+            // Let go of the pipes the test reads to the end.
+            for fd in 0..3 {
+                // SAFETY: closing our own standard descriptors; nothing uses them after this.
+                unsafe { libc::close(fd) };
+            }
+            std::thread::sleep(Duration::from_secs(secs));
+            // SAFETY: leaves without running the parent's exit handlers twice.
+            unsafe { libc::_exit(0) }
+        }
+        child => {
+            eprintln!("@@ forked {child}");
+            Ok(())
         }
     }
 }

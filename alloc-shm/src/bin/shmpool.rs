@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use alloc_shm::{current_pid, list_pools, process_alive, verify, Pool, PoolError, PoolOptions};
+use alloc_shm::{current_pid, list_pools, verify, Liveness, Pool, PoolError, PoolOptions};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -86,6 +86,15 @@ fn main() -> ExitCode {
 
 type Outcome = Result<ExitCode, PoolError>;
 
+/// How a process's liveness reads in the tool's output.
+fn state(liveness: Liveness) -> &'static str {
+    match liveness {
+        Liveness::Alive => "live",
+        Liveness::Dead => "dead",
+        Liveness::Elsewhere => "in another PID namespace",
+    }
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
@@ -95,14 +104,15 @@ fn ls(options: &PoolOptions) -> Outcome {
     for name in list_pools(&options.dir)? {
         match Pool::attach_by_name_with(&name, options).and_then(|pool| Ok((pool.stats()?, pool))) {
             Ok((stats, pool)) => {
-                let creator = pool.info().creator_pid;
-                let state = if process_alive(creator) { "live" } else { "dead" };
+                let info = pool.info();
                 let used = stats.data_bytes - stats.free_bytes;
                 println!(
-                    "{name:<32} {:>12} {:>12} {:>10}  {creator} ({state})",
+                    "{name:<32} {:>12} {:>12} {:>10}  {} ({})",
                     mib(pool.size()),
                     mib(used),
-                    stats.live_allocations
+                    stats.live_allocations,
+                    info.creator_pid,
+                    state(info.creator)
                 );
             }
             Err(error) => println!("{name:<32} unusable: {error}"),
@@ -125,10 +135,28 @@ fn info(name: &str, options: &PoolOptions) -> Outcome {
     println!("  live allocations {} ({} bytes asked for)", stats.live_allocations, stats.live_bytes);
     println!("  largest free run {}, cached blocks {}", mib(stats.largest_free_run), stats.cached_blocks);
     println!(
-        "  creator pid {} uid {}, created at {} (unix)",
-        info.creator_pid, info.creator_uid, info.created_at
+        "  creator pid {} ({}) uid {}, created at {} (unix)",
+        info.creator_pid,
+        state(info.creator),
+        info.creator_uid,
+        info.created_at
     );
-    println!("  attached: {:?}", info.attached);
+    let attached: Vec<String> = info
+        .attached
+        .iter()
+        .map(|process| {
+            format!(
+                "{} ({}{})",
+                process.pid,
+                state(process.liveness),
+                if process.is_me { ", this tool" } else { "" }
+            )
+        })
+        .collect();
+    println!("  attached: {}", attached.join(", "));
+    if info.attached.iter().any(|process| process.liveness == Liveness::Elsewhere) {
+        println!("  (processes in another PID namespace cannot be judged from here: never taken for dead)");
+    }
     if !info.dead.is_empty() {
         println!("  dead, not yet reclaimed: {:?}", info.dead);
     }
@@ -151,8 +179,10 @@ fn info(name: &str, options: &PoolOptions) -> Outcome {
         match owner {
             None => println!("    pool: {count}, {bytes}"),
             Some(pid) => {
-                let state = if process_alive(pid) { "live" } else { "dead" };
-                println!("    {pid} ({state}): {count}, {bytes}");
+                let alive =
+                    info.attached.iter().find(|process| process.pid == pid).map(|process| process.liveness);
+                let shown = alive.map_or("dead", state);
+                println!("    {pid} ({shown}): {count}, {bytes}");
             }
         }
     }
@@ -194,11 +224,14 @@ fn reclaim(name: &str, options: &PoolOptions) -> Outcome {
 
 fn repair(name: &str, force: bool, options: &PoolOptions) -> Outcome {
     let pool = Pool::attach_by_name_with(name, options)?;
-    let me = current_pid();
-    let busy: Vec<u32> =
-        pool.info().attached.into_iter().filter(|&pid| pid != me && process_alive(pid)).collect();
+    let info = pool.info();
+    let busy: Vec<String> =
+        info.other_users().map(|process| format!("{} ({})", process.pid, state(process.liveness))).collect();
     if !busy.is_empty() && !force {
-        println!("{name}: processes {busy:?} are attached and alive; stop them or pass --force");
+        println!(
+            "{name}: processes {} are attached and may be working on the pool; stop them or pass --force",
+            busy.join(", ")
+        );
         return Ok(ExitCode::FAILURE);
     }
     reclaim(name, options)?;
@@ -224,12 +257,18 @@ fn rm(name: &str, options: &PoolOptions) -> Outcome {
 }
 
 fn gc(options: &PoolOptions) -> Outcome {
-    let me = current_pid();
     for name in list_pools(&options.dir)? {
         let Ok(pool) = Pool::attach_by_name_with(&name, options) else { continue };
         let info = pool.info();
-        let others_alive = info.attached.iter().any(|&pid| pid != me && process_alive(pid));
-        if others_alive || (info.creator_pid != me && process_alive(info.creator_pid)) {
+        let users: Vec<Liveness> =
+            info.other_users().map(|process| process.liveness).chain([info.creator]).collect();
+        if users.contains(&Liveness::Alive) {
+            continue;
+        }
+        if users.contains(&Liveness::Elsewhere) {
+            println!(
+                "{name}: kept: used by a process in another PID namespace, which cannot be judged from here"
+            );
             continue;
         }
         pool.destroy()?;
