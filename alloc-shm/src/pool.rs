@@ -22,13 +22,26 @@ pub struct PoolOptions {
     pub mode: u32,
     /// Where the pool's file lives (default `/dev/shm`).
     pub dir: PathBuf,
-    /// The uid that must own the pool on attach (default: this process's effective uid).
+    /// The uid that must own the pool on attach (default: this process's effective uid). Root
+    /// too is held to it.
     pub uid: Option<u32>,
+    /// Attach a pool whoever owns its file (for root's tools inspecting other users' pools);
+    /// `uid` is then ignored. The file's permissions still decide who can open it.
+    pub any_owner: bool,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        PoolOptions { mode: 0o600, dir: PathBuf::from(name::DEFAULT_DIR), uid: None }
+        PoolOptions { mode: 0o600, dir: PathBuf::from(name::DEFAULT_DIR), uid: None, any_owner: false }
+    }
+}
+
+impl PoolOptions {
+    fn owned(&self) -> segment::Owned {
+        match self.any_owner {
+            true => segment::Owned::ByAnyone,
+            false => segment::Owned::By(self.uid),
+        }
     }
 }
 
@@ -135,7 +148,7 @@ impl Pool {
     /// [`Pool::attach_by_name`] with options (directory, expected owner).
     pub fn attach_by_name_with(pool_name: &str, options: &PoolOptions) -> Result<Pool> {
         name::validate(pool_name)?;
-        let mapping = segment::attach(pool_name, &name::path_in(&options.dir, pool_name), options.uid)?;
+        let mapping = segment::attach(pool_name, &name::path_in(&options.dir, pool_name), options.owned())?;
         Ok(Pool { mapping })
     }
 
@@ -167,7 +180,8 @@ impl Pool {
             }
             Location::ByNonce => find_by_nonce(default_dir, described.nonce)?,
         };
-        let pool = match segment::attach(&pool_name, &path, None) {
+        // A descriptor (which anyone can forge) only ever attaches a pool of this user's.
+        let pool = match segment::attach(&pool_name, &path, segment::Owned::By(None)) {
             Ok(mapping) => Pool { mapping },
             // The descriptor's pool is gone: say so, rather than "no such file".
             Err(PoolError::NotFound { name }) => return Err(PoolError::Destroyed { name }),

@@ -106,7 +106,12 @@ fn pid_namespace(pid: &str) -> Option<u64> {
 
 /// Whether process `pid` exists (EPERM: it exists, but is not ours to signal).
 pub fn process_alive(pid: u32) -> bool {
-    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else { return false };
+    // Only real pids: 0 and anything above i32::MAX would name process groups (kill(-1, 0)
+    // succeeds for root whatever the record says).
+    let Some(pid) = i32::try_from(pid).ok().filter(|&pid| pid > 0).and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
     match rustix::process::test_kill_process(pid) {
         Ok(()) => true,
         Err(errno) => errno != rustix::io::Errno::SRCH,

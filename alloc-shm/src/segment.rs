@@ -348,7 +348,8 @@ pub(crate) fn create(name: &str, size: u64, dir: &Path, mode: u32) -> Result<Arc
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(mode)
+        // Permission bits only: never a setuid, setgid or sticky pool file.
+        .mode(mode & 0o777)
         .custom_flags(libc_flags::NOFOLLOW | libc_flags::CLOEXEC)
         .open(&path)
         .map_err(|error| open_error(name, error, true))?;
@@ -428,12 +429,22 @@ fn remember(mapping: Mapping) -> Arc<Mapping> {
     mapping
 }
 
-/// Attaches pool `name` whose file is `path`, checking that `expected_uid` owns it.
-pub(crate) fn attach(name: &str, path: &Path, expected_uid: Option<u32>) -> Result<Arc<Mapping>> {
+/// Which user must own a pool file for this process to attach it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Owned {
+    /// This user (`None`: this process's effective uid), root included.
+    By(Option<u32>),
+    /// Anyone (asked for in so many words; the file's permissions still apply).
+    ByAnyone,
+}
+
+/// Attaches pool `name` whose file is `path`, owned as `owned` says.
+pub(crate) fn attach(name: &str, path: &Path, owned: Owned) -> Result<Arc<Mapping>> {
+    // Never blocks (a FIFO planted under a pool's name), never follows a link.
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc_flags::NOFOLLOW | libc_flags::CLOEXEC)
+        .custom_flags(libc_flags::NOFOLLOW | libc_flags::CLOEXEC | libc_flags::NONBLOCK)
         .open(path)
         .map_err(|error| open_error(name, error, false))?;
     let meta = file.metadata().map_err(|source| PoolError::Attach { name: name.to_owned(), source })?;
@@ -443,10 +454,11 @@ pub(crate) fn attach(name: &str, path: &Path, expected_uid: Option<u32>) -> Resu
             source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
         });
     }
-    let euid = rustix::process::geteuid().as_raw();
-    let expected = expected_uid.unwrap_or(euid);
-    if meta.uid() != expected && euid != 0 {
-        return Err(PoolError::WrongOwner { name: name.to_owned(), owner: meta.uid(), expected });
+    if let Owned::By(expected) = owned {
+        let expected = expected.unwrap_or_else(|| rustix::process::geteuid().as_raw());
+        if meta.uid() != expected {
+            return Err(PoolError::WrongOwner { name: name.to_owned(), owner: meta.uid(), expected });
+        }
     }
     {
         let list = mappings();
@@ -458,7 +470,10 @@ pub(crate) fn attach(name: &str, path: &Path, expected_uid: Option<u32>) -> Resu
             return Ok(mapping);
         }
     }
-    let deadline = Instant::now() + READY_WAIT;
+    // A creator initialises its file within READY_WAIT: a file nobody wrote for that long will
+    // never become ready, so it is reported at once.
+    let written = meta.modified().ok().and_then(|at| at.elapsed().ok()).unwrap_or(Duration::ZERO);
+    let deadline = Instant::now() + READY_WAIT.saturating_sub(written);
     loop {
         match map_existing(&file, name, path) {
             Ok(mapping) => return Ok(remember(mapping)),
@@ -514,9 +529,18 @@ pub(crate) fn list(dir: &Path) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Reads the nonce of the pool file at `path` without mapping it.
+/// Reads the nonce of the pool file at `path` without mapping it; `None` unless it is a regular
+/// file this user owns (a descriptor without a name is only ever resolved to one of ours).
 pub(crate) fn read_nonce(path: &Path) -> Option<u64> {
-    let file = OpenOptions::new().read(true).custom_flags(libc_flags::NOFOLLOW).open(path).ok()?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags::NOFOLLOW | libc_flags::CLOEXEC | libc_flags::NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.file_type().is_file() || meta.uid() != rustix::process::geteuid().as_raw() {
+        return None;
+    }
     let mut word = [0u8; 8];
     std::os::unix::fs::FileExt::read_exact_at(&file, &mut word, (host::NONCE * 8) as u64).ok()?;
     Some(u64::from_le_bytes(word))
@@ -526,4 +550,5 @@ pub(crate) fn read_nonce(path: &Path) -> Option<u64> {
 mod libc_flags {
     pub const NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
     pub const CLOEXEC: i32 = rustix::fs::OFlags::CLOEXEC.bits() as i32;
+    pub const NONBLOCK: i32 = rustix::fs::OFlags::NONBLOCK.bits() as i32;
 }

@@ -87,3 +87,147 @@ fn a_fork_child_keeps_its_pool_from_being_collected() {
     assert!(kept, "gc destroyed a pool a fork child uses: {}", String::from_utf8_lossy(&collected.stdout));
     leftover.expect("the pool was still there to destroy");
 }
+
+/// Runs `body` in a thread and fails if it takes longer than `limit` (a hang shows as a failure
+/// instead of stopping the suite; the stuck thread is left behind).
+fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    what: &str,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(body());
+    });
+    receiver.recv_timeout(limit).unwrap_or_else(|_| panic!("{what} hung"))
+}
+
+/// A file with a pool's name that another user (or a mistake) put in /dev/shm, removed when
+/// dropped.
+struct Planted(std::path::PathBuf);
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn plant_fifo(label: &str) -> (String, Planted) {
+    let name = unique_name(label);
+    let path = alloc_shm::name::path_in("/dev/shm".as_ref(), &name);
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
+    // SAFETY: a valid C string; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o666) }, 0, "mkfifo");
+    (name, Planted(path))
+}
+
+/// Seen failing before the fix: finding a pool by its nonce opened every `shmpool-*` file for
+/// reading without O_NONBLOCK, so a FIFO planted in /dev/shm hung `attach` forever.
+#[test]
+fn planted_fifos_never_hang_attach_or_the_tool() {
+    let (fifo_name, _fifo) = plant_fifo("fifo");
+    let pool = TestPool::new("fifo-victim", 4 * MIB);
+    let a = pool.alloc(64).expect("room");
+    let mut described =
+        alloc_shm::descriptor::AllocDescriptor::from_bytes(&pool.alloc_descriptor(&a).expect("fits"))
+            .expect("valid");
+    described.pool.location = alloc_shm::descriptor::Location::ByNonce;
+    let bytes = described.to_bytes();
+    let limit = std::time::Duration::from_secs(5);
+    let found = within(limit, "attaching by nonce past a FIFO", move || {
+        alloc_shm::Pool::attach_alloc(&bytes).map(|(_, allocation)| allocation.offset)
+    });
+    assert_eq!(found.ok(), Some(a.offset), "the pool is found past the FIFO");
+    let name = fifo_name.clone();
+    let attached =
+        within(limit, "attaching a FIFO by name", move || alloc_shm::Pool::attach_by_name(&name).is_err());
+    assert!(attached, "a FIFO is not a pool");
+    for args in [vec!["ls"], vec!["gc"], vec!["info", fifo_name.as_str()], vec!["rm", fifo_name.as_str()]] {
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        let shown = format!("shmpool {}", args.join(" "));
+        within(limit, &shown, move || Command::new(TOOL).args(&args).output().expect("tool ran"));
+    }
+    pool.free(a.id()).expect("live");
+}
+
+/// Seen failing before the fix (2 s each): a zero-filled file with a pool's name, left long
+/// ago, made every attach of it (and so `ls` and `gc`) wait for a creator that will never
+/// finish initialising it.
+#[test]
+fn an_old_blank_file_is_reported_at_once() {
+    let name = unique_name("blank");
+    let path = alloc_shm::name::path_in("/dev/shm".as_ref(), &name);
+    let _planted = Planted(path.clone());
+    let file = std::fs::File::create(&path).expect("create");
+    file.set_len(1 << 20).expect("size");
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    file.set_modified(long_ago).expect("backdate");
+    drop(file);
+    let started = std::time::Instant::now();
+    let attached = alloc_shm::Pool::attach_by_name(&name);
+    assert!(attached.is_err(), "a blank file is not a pool");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(500),
+        "attach waited {:?}",
+        started.elapsed()
+    );
+}
+
+/// Seen failing before the fix: `shmpool ls | head -1` (the reader gone before the tool writes)
+/// panicked on the broken pipe instead of ending quietly.
+#[test]
+fn the_tool_ends_quietly_when_its_reader_goes_away() {
+    let _pool = TestPool::new("pipe-reader", 4 * MIB);
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let output = Command::new(TOOL).arg("ls").stdout(writer).stderr(Stdio::piped()).output().expect("ran");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(output.status.code(), Some(101), "a panic's exit code");
+}
+
+/// Seen failing before the fix: a mode with setuid/setgid/sticky bits made such a pool file.
+#[test]
+fn a_pool_files_mode_keeps_only_permission_bits() {
+    use std::os::unix::fs::PermissionsExt;
+    let name = unique_name("mode");
+    let options = alloc_shm::PoolOptions { mode: 0o6777, ..alloc_shm::PoolOptions::default() };
+    let pool = alloc_shm::Pool::create_with(&name, 4 * MIB, &options).expect("created");
+    let mode = std::fs::metadata(pool.path()).expect("exists").permissions().mode();
+    pool.destroy().expect("destroyed");
+    assert_eq!(mode & 0o7000, 0, "mode {mode:o}");
+}
+
+/// Seen failing before the fix: a recorded pid of 0xFFFFFFFF became `kill(-1, 0)`, which
+/// succeeds for root (every process), so such a record looked alive for ever.
+#[test]
+fn pids_outside_the_pid_range_are_never_alive() {
+    for pid in [0, u32::MAX, i32::MAX as u32 + 1] {
+        assert!(!alloc_shm::process_alive(pid), "pid {pid}");
+    }
+    assert!(alloc_shm::process_alive(std::process::id()));
+}
+
+/// Seen failing before the fix: `rm` of a file it could not read as a pool (another layout
+/// version, or anything else with a pool's name) unlinked it without a word, although
+/// processes may be using it. It now refuses unless --force; and `rm` of a pool in use by
+/// another live process warns before destroying it.
+#[test]
+fn rm_removes_what_it_cannot_read_as_a_pool_only_when_forced_and_warns_about_users() {
+    let name = unique_name("notapool");
+    let path = alloc_shm::name::path_in("/dev/shm".as_ref(), &name);
+    let _planted = Planted(path.clone());
+    std::fs::write(&path, vec![7u8; 1 << 16]).expect("write");
+    let refused = Command::new(TOOL).args(["rm", &name]).output().expect("ran");
+    assert!(!refused.status.success() && path.exists(), "{}", String::from_utf8_lossy(&refused.stdout));
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("--force"));
+    let forced = Command::new(TOOL).args(["rm", "--force", &name]).output().expect("ran");
+    assert!(forced.status.success() && !path.exists(), "{}", String::from_utf8_lossy(&forced.stdout));
+
+    let pool = TestPool::new("rm-in-use", 4 * MIB);
+    let _ = pool.alloc(64).expect("room: this process is attached and alive");
+    let removed = Command::new(TOOL).args(["rm", pool.name()]).output().expect("ran");
+    let said = String::from_utf8_lossy(&removed.stdout);
+    assert!(removed.status.success() && pool.is_destroyed(), "{said}");
+    assert!(said.contains("warning") && said.contains(&std::process::id().to_string()), "{said}");
+}

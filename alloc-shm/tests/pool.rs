@@ -52,19 +52,44 @@ fn attaching_a_missing_pool_says_not_found() {
     assert!(matches!(Pool::attach_by_name(&unique_name("missing")), Err(PoolError::NotFound { .. })));
 }
 
+/// An explicit expectation is enforced for everyone, root included (root ignored it before: seen
+/// failing with the old assertion that root "may attach anything").
 #[test]
 fn attaching_checks_the_owner_uid() {
     let pool = TestPool::new("uid", 4 * MIB);
     let options = PoolOptions { uid: Some(12345), ..PoolOptions::default() };
     let result = Pool::attach_by_name_with(pool.name(), &options);
-    // Root may attach anything; everyone else must own the pool.
+    assert!(
+        matches!(result, Err(PoolError::WrongOwner { owner, expected: 12345, .. }) if owner == rustix_euid()),
+        "{result:?}"
+    );
+    let anyone = PoolOptions { uid: Some(12345), any_owner: true, ..PoolOptions::default() };
+    assert!(Pool::attach_by_name_with(pool.name(), &anyone).is_ok(), "asked for in so many words");
+}
+
+/// Root attaching another user's pool (a name squatted by that user, or a descriptor forged to
+/// point at its file) must not happen unless asked for: that user would read what root writes.
+/// Seen failing before the fix: root attached it by name and by descriptor. Needs root (to give
+/// the file to another uid); elsewhere it says so and checks nothing more.
+#[test]
+fn root_attaches_another_users_pool_only_when_asked() {
     if rustix_euid() != 0 {
-        assert!(
-            matches!(result, Err(PoolError::WrongOwner { owner, expected: 12345, .. }) if owner == rustix_euid())
-        );
-    } else {
-        assert!(result.is_ok());
+        eprintln!("SKIPPED: needs root to hand a pool file to another uid");
+        return;
     }
+    let pool = TestPool::new("squatted", 4 * MIB);
+    let a = pool.alloc(64).expect("room");
+    let descriptor = pool.alloc_descriptor(&a).expect("fits");
+    let c_path = std::ffi::CString::new(pool.path().as_os_str().as_encoded_bytes()).expect("no NUL");
+    // SAFETY: a valid C string; only the file's owner changes.
+    assert_eq!(unsafe { libc::chown(c_path.as_ptr(), 4242, 4242) }, 0, "chown");
+    // (Attaching checks the file's owner before it looks for this process's existing mapping.)
+    let by_name = Pool::attach_by_name(pool.name());
+    assert!(matches!(by_name, Err(PoolError::WrongOwner { owner: 4242, .. })), "{by_name:?}");
+    let by_descriptor = Pool::attach_alloc(&descriptor).map(|_| ());
+    assert!(matches!(by_descriptor, Err(PoolError::WrongOwner { owner: 4242, .. })), "{by_descriptor:?}");
+    let asked = PoolOptions { any_owner: true, ..PoolOptions::default() };
+    assert!(Pool::attach_by_name_with(pool.name(), &asked).is_ok(), "asked for in so many words");
 }
 
 fn rustix_euid() -> u32 {

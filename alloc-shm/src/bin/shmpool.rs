@@ -16,6 +16,10 @@ struct Cli {
     /// Directory holding the pools.
     #[arg(long, global = true, default_value = alloc_shm::name::DEFAULT_DIR)]
     dir: PathBuf,
+    /// Act on pools of any owner (root inspecting other users' pools); by default only pools
+    /// owned by this user are attached, root's included.
+    #[arg(long, global = true)]
+    any_owner: bool,
     #[command(subcommand)]
     command: Action,
 }
@@ -40,8 +44,15 @@ enum Action {
         #[arg(long)]
         force: bool,
     },
-    /// Destroy a pool (a file that is not a valid pool is removed too).
-    Rm { name: String },
+    /// Destroy a pool (warning about processes still attached). A file that cannot be read as a
+    /// pool (another layout version, or not a pool) is removed only with --force: processes
+    /// may still use it, and nothing tells them it is gone.
+    Rm {
+        name: String,
+        /// Remove the file even though it cannot be read as a pool.
+        #[arg(long)]
+        force: bool,
+    },
     /// Destroy pools whose creator and every attached process are gone.
     Gc,
     /// Several processes pass allocations around a ring, verify every byte, report throughput.
@@ -62,15 +73,18 @@ enum Action {
 }
 
 fn main() -> ExitCode {
+    // A reader that goes away (`shmpool ls | head -1`) ends us quietly, as any Unix tool.
+    // SAFETY: restores the default disposition of SIGPIPE before any other thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
-    let options = PoolOptions { dir: cli.dir.clone(), ..PoolOptions::default() };
+    let options = PoolOptions { dir: cli.dir.clone(), any_owner: cli.any_owner, ..PoolOptions::default() };
     let result = match cli.command {
         Action::Ls => ls(&options),
         Action::Info { name } => info(&name, &options),
         Action::Check { name } => check(&name, &options),
         Action::Reclaim { name } => reclaim(&name, &options),
         Action::Repair { name, force } => repair(&name, force, &options),
-        Action::Rm { name } => rm(&name, &options),
+        Action::Rm { name, force } => rm(&name, force, &options),
         Action::Gc => gc(&options),
         Action::Demo { workers, messages, pool_mib } => demo(workers, messages, pool_mib),
         Action::DemoWorker { pool, index, messages } => demo_worker(&pool, index, messages),
@@ -240,10 +254,29 @@ fn repair(name: &str, force: bool, options: &PoolOptions) -> Outcome {
     check(name, options)
 }
 
-fn rm(name: &str, options: &PoolOptions) -> Outcome {
+fn rm(name: &str, force: bool, options: &PoolOptions) -> Outcome {
     alloc_shm::name::validate(name)?;
     match Pool::attach_by_name_with(name, options) {
-        Ok(pool) => pool.destroy()?,
+        Ok(pool) => {
+            let users: Vec<String> = pool
+                .info()
+                .other_users()
+                .map(|process| format!("{} ({})", process.pid, state(process.liveness)))
+                .collect();
+            if !users.is_empty() {
+                println!(
+                    "{name}: warning: processes {} are attached; they get PoolDestroyed from now on",
+                    users.join(", ")
+                );
+            }
+            pool.destroy()?
+        }
+        Err(error @ (PoolError::NotAPool { .. } | PoolError::NotReady { .. })) if !force => {
+            println!(
+                "{name}: {error}; not removed (processes may still use the file): pass --force to remove it"
+            );
+            return Ok(ExitCode::FAILURE);
+        }
         Err(PoolError::NotAPool { .. } | PoolError::NotReady { .. }) => {
             std::fs::remove_file(alloc_shm::name::path_in(&options.dir, name))
                 .map_err(|source| PoolError::Io { operation: "removing the pool's file", source })?;
