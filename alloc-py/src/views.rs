@@ -7,7 +7,9 @@
 //! count lives here, keyed by the pool's nonce and the allocation's id, not in the handle.
 //!
 //! The common case, a free while no view of any allocation is alive in the process, takes no
-//! lock: two process-wide counters, used Dekker-style with SeqCst, decide it.
+//! lock. With the GIL, one look at a process-wide count of views decides it: views and frees
+//! of this module never release the GIL half way, so the GIL orders them. Without it
+//! (free-threaded CPython), two process-wide counters, used Dekker-style with SeqCst, decide it:
 //! - A view first counts itself in `VIEWS`, then waits until no free that might have missed it is
 //!   in flight (`FREEING` is 0), then records itself under the allocation's key, unless a free of
 //!   it is under way; only then does the handle check that the allocation is live.
@@ -26,6 +28,10 @@ use std::sync::{LazyLock, Mutex, MutexGuard};
 
 /// An allocation in this process: its pool's nonce and its id.
 pub(crate) type Key = (u64, u128);
+
+/// Whether the GIL orders this module's views and frees (every build but free-threaded ones).
+/// Both ways are compiled in every build.
+const GIL_ORDERS: bool = cfg!(not(Py_GIL_DISABLED));
 
 /// Buffer views alive in this process, of any allocation (counted before they are recorded).
 static VIEWS: AtomicUsize = AtomicUsize::new(0);
@@ -95,7 +101,13 @@ pub(crate) fn uncount(key: Key) {
 /// `quick` change (a free: it never waits) may run without the registry when no view of any
 /// allocation is alive; views made meanwhile wait for it.
 pub(crate) fn unless_viewed<R>(key: Key, quick: bool, change: impl FnOnce() -> R) -> Result<R, usize> {
-    if quick {
+    if quick && GIL_ORDERS {
+        // ORDERING: Relaxed: views are counted, and frees decided, under the GIL (see the module
+        // docs), which orders them.
+        if VIEWS.load(Ordering::Relaxed) == 0 {
+            return Ok(change());
+        }
+    } else if quick {
         // ORDERING: SeqCst on both counters (see `count`).
         FREEING.fetch_add(1, Ordering::SeqCst);
         if VIEWS.load(Ordering::SeqCst) == 0 {
