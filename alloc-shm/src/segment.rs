@@ -141,7 +141,20 @@ impl Mapping {
         }
         .map_err(|cause| PoolError::from_heap(&self.name, cause))?;
         self.process.store((pid as u64) << 32 | owner.0 as u64, std::sync::atomic::Ordering::Release);
+        // Reclaiming needs a record of one's own, so a table full of dead processes could only
+        // be cleared by a process registered before it filled up. Each newcomer that finds the
+        // table three quarters full therefore gives dead processes' records back at once.
+        if may_reclaim && self.process_table_nearly_full() {
+            self.reclaim_quietly();
+        }
         Ok(owner)
+    }
+
+    /// Whether fewer than a quarter of the process records are free.
+    fn process_table_nearly_full(&self) -> bool {
+        let usable = self.heap.geometry().table_size - 1;
+        let used = self.heap.processes().count() as u64;
+        usable.saturating_sub(used) * 4 < usable
     }
 
     /// A new participant of this process (for a thread or a cache).

@@ -231,3 +231,32 @@ fn rm_removes_what_it_cannot_read_as_a_pool_only_when_forced_and_warns_about_use
     assert!(removed.status.success() && pool.is_destroyed(), "{said}");
     assert!(said.contains("warning") && said.contains(&std::process::id().to_string()), "{said}");
 }
+
+/// Issue 13, defect 5 (v1: with 13 processes attached and the 12 recorded ones dead, `repair`
+/// ran without --force under the unrecorded live one). Every process that operates on a pool
+/// holds a record: when the table is full, registering gives dead processes' records back
+/// first, and a process that still finds no room gets an error instead of running unrecorded.
+/// So `repair` sees every live user.
+#[test]
+fn a_live_process_beyond_a_table_of_dead_ones_is_recorded_and_stops_repair() {
+    let pool = TestPool::new("fulltable", 192 << 10);
+    let descriptor = alloc_shm::descriptor::to_hex(&pool.descriptor().expect("fits"));
+    for _ in 0..12 {
+        let output = Command::new(CHILD).args(["own", &descriptor, "1", "16"]).output().expect("ran");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut churner = Command::new(CHILD)
+        .args(["churn", &descriptor, "7", "4"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut ready = [0u8; 8];
+    std::io::Read::read_exact(churner.stderr.as_mut().expect("piped"), &mut ready).expect("ready");
+    assert_eq!(&ready, b"@@ ready");
+    let repaired = Command::new(TOOL).args(["repair", pool.name()]).output().expect("ran");
+    let said = String::from_utf8_lossy(&repaired.stdout);
+    let _ = churner.kill();
+    let _ = churner.wait();
+    assert!(!repaired.status.success(), "repair ran under a live process: {said}");
+    assert!(said.contains(&format!("{} (live)", churner.id())), "{said}");
+}
