@@ -113,10 +113,19 @@ impl MemoryPool {
         Ok(MemoryPool::wrap(pool, false))
     }
 
-    /// Attaches pool `fname` in /dev/shm.
+    /// Attaches pool `fname` in /dev/shm. It must belong to this user, or to `uid` if given
+    /// (root included); `any_owner=True` attaches it whoever owns it (the file's permissions
+    /// still apply).
     #[staticmethod]
-    fn attach_by_name(py: Python<'_>, fname: &str) -> PyResult<MemoryPool> {
-        let pool = Pool::attach_by_name(fname).py_err(py)?;
+    #[pyo3(signature = (fname, *, uid=None, any_owner=false))]
+    fn attach_by_name(
+        py: Python<'_>,
+        fname: &str,
+        uid: Option<u32>,
+        any_owner: bool,
+    ) -> PyResult<MemoryPool> {
+        let options = PoolOptions { uid, any_owner, ..PoolOptions::default() };
+        let pool = Pool::attach_by_name_with(fname, &options).py_err(py)?;
         Ok(MemoryPool::wrap(pool, false))
     }
 

@@ -6,6 +6,7 @@ realloc result, an arena): a free or a moving realloc through any of them is ref
 BufferError while a view made through any of them is alive, and the memory is not reused."""
 
 import gc
+import os
 import pickle
 
 import numpy
@@ -136,3 +137,21 @@ def test_views_of_many_handles_are_counted_together(pool):
     for h in [a] + handles:
         with pytest.raises(shmpool.InvalidAllocationError):
             h.free()
+
+
+def test_attaching_another_users_pool_needs_asking_for_it(pool):
+    """Root too is held to the owner check (seen failing before: root attached anything, and
+    Python had no way to ask for another owner's pool)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to hand the pool file to another uid")
+    path = f"/dev/shm/shmpool-{pool.name}"
+    os.chown(path, 4242, 4242)
+    try:
+        with pytest.raises(shmpool.PoolPermissionError):
+            shmpool.MemoryPool.attach_by_name(pool.name)
+        with pytest.raises(shmpool.PoolPermissionError):
+            shmpool.MemoryPool.attach_by_name(pool.name, uid=1234)
+        assert shmpool.MemoryPool.attach_by_name(pool.name, uid=4242).name == pool.name
+        assert shmpool.MemoryPool.attach_by_name(pool.name, any_owner=True).name == pool.name
+    finally:
+        os.chown(path, 0, 0)

@@ -29,8 +29,9 @@ class MemoryPool:
     def attach(serialized: _Buffer) -> MemoryPool:
         """Attach the pool a serialize()d descriptor names."""
     @staticmethod
-    def attach_by_name(fname: str) -> MemoryPool:
-        """Attach pool `fname` in /dev/shm."""
+    def attach_by_name(fname: str, *, uid: int | None = None, any_owner: bool = False) -> MemoryPool:
+        """Attach pool `fname` in /dev/shm: this user's (or `uid`'s, root included); any owner
+        only with `any_owner=True`."""
     def serialize(self) -> bytes:
         """The pool's descriptor (at most 128 bytes)."""
     def detach(self) -> None:
