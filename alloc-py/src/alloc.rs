@@ -211,10 +211,14 @@ impl MemoryAlloc {
         Ok(PyBytes::new(py, &descriptor))
     }
 
-    /// The allocation a descriptor names, attaching its pool if this process has not yet.
+    /// The allocation a descriptor names, attaching its pool if this process has not yet. The
+    /// receiver adopts it (one atomic owner change, which fails if it is no longer live): what
+    /// was handed over survives its producer, and is reclaimed with the receiver if it dies.
     #[staticmethod]
     fn attach(py: Python<'_>, serialized: &[u8]) -> PyResult<MemoryAlloc> {
-        let (pool, allocation) = alloc_shm::Pool::attach_alloc(serialized).py_err(py)?;
+        let (pool, mut allocation) = alloc_shm::Pool::attach_alloc(serialized).py_err(py)?;
+        pool.adopt(allocation.id()).py_err(py)?;
+        allocation.owner = pool.me().py_err(py)?;
         let pool_object = Py::new(py, MemoryPool::wrap(pool.clone(), false))?;
         Ok(MemoryAlloc::new(pool_object, pool, allocation))
     }

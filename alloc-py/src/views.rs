@@ -110,12 +110,13 @@ pub(crate) fn unless_viewed<R>(key: Key, quick: bool, change: impl FnOnce() -> R
     } else if quick {
         // ORDERING: SeqCst on both counters (see `count`).
         FREEING.fetch_add(1, Ordering::SeqCst);
-        if VIEWS.load(Ordering::SeqCst) == 0 {
-            let result = change();
+        let freeing = Undo(|| {
             FREEING.fetch_sub(1, Ordering::SeqCst);
-            return Ok(result);
+        });
+        if VIEWS.load(Ordering::SeqCst) == 0 {
+            return Ok(change());
         }
-        FREEING.fetch_sub(1, Ordering::SeqCst);
+        drop(freeing);
     }
     {
         let mut map = registry();
@@ -125,13 +126,23 @@ pub(crate) fn unless_viewed<R>(key: Key, quick: bool, change: impl FnOnce() -> R
         }
         entry.closing += 1;
     }
-    let result = change();
-    let mut map = registry();
-    if let Some(entry) = map.get_mut(&key) {
-        entry.closing -= 1;
-        if entry.views == 0 && entry.closing == 0 {
-            map.remove(&key);
+    let _closing = Undo(|| {
+        let mut map = registry();
+        if let Some(entry) = map.get_mut(&key) {
+            entry.closing -= 1;
+            if entry.views == 0 && entry.closing == 0 {
+                map.remove(&key);
+            }
         }
+    });
+    Ok(change())
+}
+
+/// Runs its closure when dropped, a panic in `change` included (the counters must come down).
+struct Undo<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Undo<F> {
+    fn drop(&mut self) {
+        (self.0)();
     }
-    Ok(result)
 }
