@@ -242,6 +242,13 @@ impl Pool {
         self.mapping.heap().geometry().data_bytes()
     }
 
+    /// Other processes of this pid namespace that map the pool's file right now (whether or not
+    /// they ever called into it: a fork child reading inherited memory counts), as far as this
+    /// process may read their `/proc/<pid>/maps`. Scans `/proc`: for tools, not hot paths.
+    pub fn mapped_by_others(&self) -> Vec<u32> {
+        self.mapping.mapped_by_others()
+    }
+
     /// Creator, attached processes and creation time.
     pub fn info(&self) -> PoolInfo {
         let (creator_pid, creator_uid) = self.mapping.creator();

@@ -157,6 +157,26 @@ pub fn record_is_dead(record: &ProcessRecord) -> bool {
     liveness(&identity) == Liveness::Dead
 }
 
+/// The processes (of this pid namespace, whose `/proc/<pid>/maps` this process may read) that map
+/// the file of device `device` and inode `inode`.
+pub fn mapping_processes(device: u64, inode: u64) -> Vec<u32> {
+    let wanted = format!("{:02x}:{:02x}", libc::major(device), libc::minor(device));
+    let maps_it = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| {
+            maps.lines().any(|line| {
+                let mut fields = line.split_whitespace().skip(3);
+                fields.next() == Some(wanted.as_str())
+                    && fields.next().and_then(|i| i.parse().ok()) == Some(inode)
+            })
+        })
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| maps_it(pid))
+        .collect()
+}
+
 const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
 const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
 const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;

@@ -113,12 +113,6 @@ impl Mapping {
 
     /// This process's record in the pool, registered on first use (again in a fork child).
     pub(crate) fn process(&self) -> Result<Owner> {
-        self.register(true)
-    }
-
-    /// [`Mapping::process`]; `may_reclaim`: when the table is full, give dead processes' records
-    /// back and try again.
-    fn register(&self, may_reclaim: bool) -> Result<Owner> {
         let pid = current_pid();
         let known = self.process.load(std::sync::atomic::Ordering::Acquire);
         if known != 0 && known >> 32 == pid as u64 {
@@ -132,7 +126,7 @@ impl Mapping {
             });
         }
         let owner = match self.heap.register_process(current_identity()) {
-            Err(HeapError::TableFull { .. }) if may_reclaim => {
+            Err(HeapError::TableFull { .. }) => {
                 // Dead processes may hold records: give them back and try once more.
                 self.reclaim_quietly();
                 self.heap.register_process(current_identity())
@@ -144,7 +138,7 @@ impl Mapping {
         // Reclaiming needs a record of one's own, so a table full of dead processes could only
         // be cleared by a process registered before it filled up. Each newcomer that finds the
         // table three quarters full therefore gives dead processes' records back at once.
-        if may_reclaim && self.process_table_nearly_full() {
+        if self.process_table_nearly_full() {
             self.reclaim_quietly();
         }
         Ok(owner)
@@ -265,6 +259,15 @@ impl Mapping {
     pub(crate) fn creator(&self) -> (u32, u32) {
         let word = self.host(host::CREATOR).load(Ordering::Relaxed);
         (word as u32, (word >> 32) as u32)
+    }
+
+    /// Other processes of this pid namespace that map this pool's file (a fork child that never
+    /// called into the pool included), as far as `/proc` lets this process see.
+    pub(crate) fn mapped_by_others(&self) -> Vec<u32> {
+        crate::process::mapping_processes(self.device, self.inode)
+            .into_iter()
+            .filter(|&pid| pid != current_pid())
+            .collect()
     }
 
     pub(crate) fn created_at(&self) -> u64 {
@@ -404,37 +407,7 @@ fn write_host_words(map: &MmapMut) {
     store(host::CREATED_AT, SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
 }
 
-/// In a fork child: records the child in every pool this process maps, at once, so that a child
-/// that only uses inherited memory (and never calls into the pool) counts as attached: `gc`
-/// keeps the pool, `repair` refuses. Only pools the parent had used (so that everything the
-/// registration needs was set up before the fork, and no lock another parent thread might have
-/// held is taken); best effort, never blocking: if another thread of the parent held the list
-/// of mappings at the fork, or a table is full, the child registers on first use instead.
-extern "C" fn register_fork_child() {
-    let _ = std::panic::catch_unwind(|| {
-        let list = match MAPPINGS.try_lock() {
-            Ok(list) => list,
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return,
-        };
-        let live: Vec<Arc<Mapping>> = list.iter().filter_map(|(_, _, weak)| weak.upgrade()).collect();
-        drop(list);
-        for mapping in
-            live.iter().filter(|mapping| mapping.process.load(std::sync::atomic::Ordering::Acquire) != 0)
-        {
-            let _ = mapping.register(false);
-        }
-    });
-}
-
 fn remember(mapping: Mapping) -> Arc<Mapping> {
-    static FORK_HOOK: std::sync::Once = std::sync::Once::new();
-    FORK_HOOK.call_once(|| {
-        // The pid's own fork hook first (handlers run in the order they were registered).
-        let _ = current_pid();
-        // SAFETY: registers a child handler that catches every panic and blocks on nothing.
-        unsafe { libc::pthread_atfork(None, None, Some(register_fork_child)) };
-    });
     let mapping = Arc::new(mapping);
     let mut list = mappings();
     list.retain(|(_, _, weak)| weak.strong_count() > 0);

@@ -109,6 +109,18 @@ fn state(liveness: Liveness) -> &'static str {
     }
 }
 
+/// Other processes that may be using `pool`: attached ones not known dead, and those of this
+/// pid namespace that map its file without a record (a fork child), each with what is known.
+fn users_of(pool: &Pool) -> Vec<String> {
+    let info = pool.info();
+    let recorded: Vec<u32> = info.other_users().map(|process| process.pid).collect();
+    let mut users: Vec<String> =
+        info.other_users().map(|process| format!("{} ({})", process.pid, state(process.liveness))).collect();
+    let unrecorded = pool.mapped_by_others().into_iter().filter(|pid| !recorded.contains(pid));
+    users.extend(unrecorded.map(|pid| format!("{pid} (maps it)")));
+    users
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
@@ -238,9 +250,7 @@ fn reclaim(name: &str, options: &PoolOptions) -> Outcome {
 
 fn repair(name: &str, force: bool, options: &PoolOptions) -> Outcome {
     let pool = Pool::attach_by_name_with(name, options)?;
-    let info = pool.info();
-    let busy: Vec<String> =
-        info.other_users().map(|process| format!("{} ({})", process.pid, state(process.liveness))).collect();
+    let busy = users_of(&pool);
     if !busy.is_empty() && !force {
         println!(
             "{name}: processes {} are attached and may be working on the pool; stop them or pass --force",
@@ -258,11 +268,7 @@ fn rm(name: &str, force: bool, options: &PoolOptions) -> Outcome {
     alloc_shm::name::validate(name)?;
     match Pool::attach_by_name_with(name, options) {
         Ok(pool) => {
-            let users: Vec<String> = pool
-                .info()
-                .other_users()
-                .map(|process| format!("{} ({})", process.pid, state(process.liveness)))
-                .collect();
+            let users = users_of(&pool);
             if !users.is_empty() {
                 println!(
                     "{name}: warning: processes {} are attached; they get PoolDestroyed from now on",
@@ -295,7 +301,8 @@ fn gc(options: &PoolOptions) -> Outcome {
         let info = pool.info();
         let users: Vec<Liveness> =
             info.other_users().map(|process| process.liveness).chain([info.creator]).collect();
-        if users.contains(&Liveness::Alive) {
+        // A process that maps the file uses the pool, recorded or not (a fork child).
+        if users.contains(&Liveness::Alive) || !pool.mapped_by_others().is_empty() {
             continue;
         }
         if users.contains(&Liveness::Elsewhere) {
