@@ -285,6 +285,8 @@ impl Heap<'_> {
             // must not let the next run here issue it again (its state word could then be ours
             // bit for bit, and a reclaimer holding ours would take it). The claimed page's epoch
             // is ours alone to write until the run is released.
+            // ORDERING: Relaxed: the Release store of the state word below publishes it, and the
+            // adopter of an undone claim acquires our marker before releasing the page.
             epoch.store(generation, Ordering::Relaxed);
             let extra = Extra { alloc_type: options.alloc_type, gen_high: gen::high(generation) };
             self.page_word(head, page::GEN).store(extra.encode() as u64, Ordering::Relaxed);

@@ -224,6 +224,8 @@ impl Heap<'_> {
     fn hand_back_adopted(&self, session: &Session) {
         for index in 1..self.participant_hwm() {
             let word = self.participant_word(index, participant::STATE);
+            // ORDERING: Relaxed: only our own adoptions matter here, and the exchange below
+            // compares the whole word.
             let current = ParticipantState::decode(word.load(Ordering::Relaxed));
             if current.state == RecordState::Dead && current.adopter == session.participant {
                 let orphan = ParticipantState { adopter: 0, ..current };

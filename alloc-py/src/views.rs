@@ -111,6 +111,7 @@ pub(crate) fn unless_viewed<R>(key: Key, quick: bool, change: impl FnOnce() -> R
         // ORDERING: SeqCst on both counters (see `count`).
         FREEING.fetch_add(1, Ordering::SeqCst);
         let freeing = Undo(|| {
+            // ORDERING: SeqCst: a view waiting for 0 then sees the free done (see `count`).
             FREEING.fetch_sub(1, Ordering::SeqCst);
         });
         if VIEWS.load(Ordering::SeqCst) == 0 {

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,14 +28,7 @@ fn churner(pool: &Pool, seed: u64) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn churner");
-    let stderr = child.stderr.as_mut().expect("piped");
-    let mut line = String::new();
-    let mut byte = [0u8; 1];
-    while !line.ends_with('\n') {
-        assert_eq!(stderr.read(&mut byte).expect("child stderr"), 1, "churner died before ready: {line}");
-        line.push(byte[0] as char);
-    }
-    assert_eq!(line.trim(), "@@ ready");
+    common::wait_ready(&mut child);
     child
 }
 

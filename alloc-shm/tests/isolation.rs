@@ -250,9 +250,7 @@ fn a_live_process_beyond_a_table_of_dead_ones_is_recorded_and_stops_repair() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let mut ready = [0u8; 8];
-    std::io::Read::read_exact(churner.stderr.as_mut().expect("piped"), &mut ready).expect("ready");
-    assert_eq!(&ready, b"@@ ready");
+    common::wait_ready(&mut churner);
     let repaired = Command::new(TOOL).args(["repair", pool.name()]).output().expect("ran");
     let said = String::from_utf8_lossy(&repaired.stdout);
     let _ = churner.kill();

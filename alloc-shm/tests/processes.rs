@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -104,15 +103,7 @@ fn a_blocked_allocation_with_nothing_freed_times_out_on_time() {
 /// A churning child process, started and running.
 fn churner(pool: &Pool, seed: u64) -> Child {
     let mut child = spawn(&["churn", &pool_arg(pool), &seed.to_string()]);
-    let mut line = String::new();
-    let stderr = child.stderr.as_mut().expect("piped");
-    // One byte at a time, so nothing past the ready line is taken from the pipe.
-    let mut byte = [0u8; 1];
-    while !line.ends_with('\n') {
-        assert_eq!(stderr.read(&mut byte).expect("child stderr"), 1, "churner died before ready: {line}");
-        line.push(byte[0] as char);
-    }
-    assert_eq!(line.trim(), "@@ ready");
+    common::wait_ready(&mut child);
     child
 }
 

@@ -45,7 +45,13 @@ impl Storage {
 /// summary bit the setter needs; at the end every set leaf is covered by its summaries.
 #[test]
 fn a_clearer_never_hides_a_leaf_set_under_the_same_summary() {
-    explore(5_000, || {
+    clearer_of_leaf_0_racing_a_setter_of(64);
+}
+
+/// Leaf 0 set; one thread clears it while another sets `leaf` and searches from 1; then every
+/// set leaf is covered and found, and leaf 0 is clear.
+fn clearer_of_leaf_0_racing_a_setter_of(leaf: u64) {
+    explore(5_000, move || {
         let storage = Storage::new(&[0]);
         let clearer = {
             let storage = storage.clone();
@@ -55,15 +61,15 @@ fn a_clearer_never_hides_a_leaf_set_under_the_same_summary() {
             let storage = storage.clone();
             spawn(move || {
                 let map = storage.map();
-                map.set(64);
-                assert_eq!(map.find_from(1), Some(64), "a leaf its setter finished setting is hidden");
+                map.set(leaf);
+                assert_eq!(map.find_from(1), Some(leaf), "a leaf its setter finished setting is hidden");
             })
         };
         clearer.join().expect("no panic");
         setter.join().expect("no panic");
         let map = storage.map();
         assert!(map.summaries_cover_leaves(), "a summary hides a set leaf");
-        assert_eq!(map.find_from(0), Some(64));
+        assert_eq!(map.find_from(0), Some(leaf));
         assert!(!map.is_set(0));
     });
 }
@@ -75,26 +81,7 @@ fn a_clearer_never_hides_a_leaf_set_under_the_same_summary() {
 /// Invariant: once `set` returned, a search finds leaf 1; the summaries cover it at the end.
 #[test]
 fn a_clearer_never_hides_a_leaf_set_in_the_same_word() {
-    explore(5_000, || {
-        let storage = Storage::new(&[0]);
-        let clearer = {
-            let storage = storage.clone();
-            spawn(move || storage.map().clear(0))
-        };
-        let setter = {
-            let storage = storage.clone();
-            spawn(move || {
-                let map = storage.map();
-                map.set(1);
-                assert_eq!(map.find_from(1), Some(1), "a leaf its setter finished setting is hidden");
-            })
-        };
-        clearer.join().expect("no panic");
-        setter.join().expect("no panic");
-        let map = storage.map();
-        assert!(map.summaries_cover_leaves(), "a summary hides a set leaf");
-        assert_eq!(map.find_from(0), Some(1));
-    });
+    clearer_of_leaf_0_racing_a_setter_of(1);
 }
 
 /// Interleaving: a clearer stopped after clearing leaf 64 and before its cascade (emulated by

@@ -42,3 +42,17 @@ impl Drop for TestPool {
         assert!(!self.pool.path().exists(), "test pool file left behind");
     }
 }
+
+/// Waits for a child's `@@ ready` line on its piped stderr, reading one byte at a time so that
+/// nothing past the line is taken from the pipe.
+pub fn wait_ready(child: &mut std::process::Child) {
+    use std::io::Read;
+    let stderr = child.stderr.as_mut().expect("stderr piped");
+    let mut line = String::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with('\n') {
+        assert_eq!(stderr.read(&mut byte).expect("child stderr"), 1, "child died before ready: {line}");
+        line.push(byte[0] as char);
+    }
+    assert_eq!(line.trim(), "@@ ready");
+}
