@@ -1,6 +1,12 @@
-//! One walk over the heap, used two ways: `stats` (tolerant, for a heap in use) and `check`
-//! (strict, for a quiescent heap: every invariant below must hold). Both visit only claimed
-//! pages (the page bitmap says where they are) and hold a hazard on each span they read.
+//! One walk over the heap, used three ways: `stats` (tolerant, for a heap in use), `check`
+//! (strict, for a quiescent heap: every invariant below must hold) and `inspect` (tolerant, and
+//! read-only: no participant, no write to the region, so it works on a read-only mapping). All
+//! visit only claimed pages (the page bitmap says where they are). `stats` and `check` hold a
+//! hazard on each span they read; `inspect` cannot publish one, so it reads a span's info and
+//! its head page's epoch before reading the span's in-band words, and again after reading each
+//! allocation's words, as a seqlock reader: an allocation is reported only if neither changed.
+//! A span is only retired when it is entirely free, so a walk that finds it changing stops
+//! there and counts the blocks it did not read as free.
 //!
 //! Invariants verified by the strict walk:
 //! 1. Every claimed page belongs to exactly one span or large run: runs start with a head bit
@@ -14,6 +20,7 @@
 //! 5. No participant has a hazard, a pending claim or release, or a hand-over; no participant
 //!    or process record is left from a dead process; no waiter slot is taken.
 
+use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{Allocation, ClassStats, Heap, Owner, Stats};
 use crate::layout::{
@@ -21,7 +28,24 @@ use crate::layout::{
     CLASS_SIZES, NUM_CLASSES, SPAN_PAGES, WAITER_SLOTS,
 };
 use crate::participant::Session;
-use crate::primitive::Ordering;
+use crate::primitive::{fence, Ordering};
+
+/// How a walk keeps a span's in-band words (`S`/`X`) meaningful while it reads them.
+enum Guard<'s> {
+    /// A hazard of this participant on the span: it cannot be retired under the walk.
+    Hazard(&'s mut Session),
+    /// No participant: the span's info and epoch, read before and after, must not change.
+    Seal,
+}
+
+/// What one span adds to the figures.
+#[derive(Default)]
+struct SpanFigures {
+    blocks: u64,
+    live: u64,
+    live_bytes: u64,
+    cached: u64,
+}
 
 fn corrupt(what: &'static str, page: u64) -> Error {
     Error::Corrupt { what, page }
@@ -32,7 +56,15 @@ impl Heap<'_> {
     pub fn stats(&self, session: &mut Session) -> Result<Stats, Error> {
         self.check_session(session)?;
         self.ensure_ready()?;
-        self.survey(session, false, &mut |_| {})
+        self.survey(Guard::Hazard(session), false, &mut |_| {})
+    }
+
+    /// [`Heap::stats`] and [`Heap::for_each_allocation`] in one walk, for a tool that must not
+    /// change the pool it looks at: needs no participant and never writes to the region (so it
+    /// works on a read-only mapping). Consistent per allocation, as `for_each_allocation`.
+    pub fn inspect(&self, mut visit: impl FnMut(Allocation)) -> Result<Stats, Error> {
+        self.ensure_ready()?;
+        self.survey(Guard::Seal, false, &mut visit)
     }
 
     /// Walks the whole heap and verifies every invariant; meaningful on a quiescent heap (no
@@ -40,7 +72,7 @@ impl Heap<'_> {
     pub fn check(&self, session: &mut Session) -> Result<Stats, Error> {
         self.check_session(session)?;
         self.ensure_ready()?;
-        let stats = self.survey(session, true, &mut |_| {})?;
+        let stats = self.survey(Guard::Hazard(session), true, &mut |_| {})?;
         self.check_records()?;
         Ok(stats)
     }
@@ -54,12 +86,12 @@ impl Heap<'_> {
     ) -> Result<(), Error> {
         self.check_session(session)?;
         self.ensure_ready()?;
-        self.survey(session, false, &mut visit).map(|_| ())
+        self.survey(Guard::Hazard(session), false, &mut visit).map(|_| ())
     }
 
     fn survey(
         &self,
-        session: &mut Session,
+        mut guard: Guard<'_>,
         strict: bool,
         visit: &mut dyn FnMut(Allocation),
     ) -> Result<Stats, Error> {
@@ -100,10 +132,40 @@ impl Heap<'_> {
                             == Ok(PageInfo::SpanMember { head: here, class, retiring: false });
                         ensure(back, "span member does not point to its head", member)?;
                     }
-                    self.publish_hazard(session, here);
-                    let outcome = self.survey_span(here, class, strict, &mut stats, &mut free_bytes, visit);
-                    self.clear_hazard(session);
-                    outcome?;
+                    let figures = match &mut guard {
+                        Guard::Hazard(session) => {
+                            self.publish_hazard(session, here);
+                            let outcome = self.survey_span(here, class, strict, &|| true, visit);
+                            self.clear_hazard(session);
+                            outcome?
+                        }
+                        Guard::Seal => {
+                            let seal = || {
+                                (
+                                    self.page_word(here, page::INFO).load(Ordering::Acquire),
+                                    self.page_word(here, page::EPOCH).load(Ordering::Relaxed),
+                                )
+                            };
+                            let sealed = seal();
+                            let unchanged = || {
+                                // ORDERING: Acquire fence: the words read before are read
+                                // before the seal (a retirement raises the epoch first).
+                                fence(Ordering::Acquire);
+                                seal() == sealed
+                            };
+                            self.survey_span(here, class, false, &unchanged, visit)?
+                        }
+                    };
+                    if figures.blocks > 0 {
+                        let class_stats = &mut stats.classes[class];
+                        class_stats.spans += 1;
+                        class_stats.blocks += figures.blocks;
+                        class_stats.live += figures.live;
+                        stats.cached_blocks += figures.cached;
+                        stats.live_allocations += figures.live;
+                        stats.live_bytes = stats.live_bytes.saturating_add(figures.live_bytes);
+                        free_bytes += (figures.blocks - figures.live) * CLASS_SIZES[class] as u64;
+                    }
                     here = bits.next_claimed(here + SPAN_PAGES);
                 }
                 Ok(PageInfo::LargeHead { pages }) if pages >= 1 && pages <= geo.num_pages - here => {
@@ -173,17 +235,17 @@ impl Heap<'_> {
         head: u64,
         class: usize,
         strict: bool,
-        stats: &mut Stats,
-        free_bytes: &mut u64,
+        unchanged: &dyn Fn() -> bool,
         visit: &mut dyn FnMut(Allocation),
-    ) -> Result<(), Error> {
+    ) -> Result<SpanFigures, Error> {
         let ensure =
             |ok: bool, what: &'static str| if ok || !strict { Ok(()) } else { Err(corrupt(what, head)) };
         // Re-check under the hazard: the span may have been retired since the bits were read.
         if !matches!(self.info(head), Ok(PageInfo::SpanHead { class: found, retiring: 0 }) if found == class)
         {
-            return ensure(false, "span changed during a strict check");
+            return ensure(false, "span changed during a strict check").map(|_| SpanFigures::default());
         }
+        step!("survey/span-checked");
         let span = self.span(head, class);
         let blocks = span.blocks();
         let anchor = span.anchor();
@@ -193,17 +255,21 @@ impl Heap<'_> {
         }
         let class_size = CLASS_SIZES[class] as u64;
         let base = self.geometry().page_offset(head);
-        let (mut live, mut cached) = (0, 0);
+        let (mut live, mut cached, mut live_bytes) = (0, 0, 0u64);
         for index in 0..blocks {
             // ORDERING: Acquire pairs with the Release store that made the block what it is, so
             // its extra word is the one of the state seen.
             let word = span.state(index).load(Ordering::Acquire);
             match BlockState::decode(word) {
                 Some(state) if state.kind == Kind::Live => {
+                    let extra = Extra::decode(span.extra(index).load(Ordering::Relaxed));
+                    if !unchanged() {
+                        // Retired since (so it was entirely free then): the rest counts as free.
+                        break;
+                    }
                     live += 1;
                     let size = class_size.saturating_sub(state.aux);
-                    stats.live_bytes += size;
-                    let extra = Extra::decode(span.extra(index).load(Ordering::Relaxed));
+                    live_bytes += size;
                     let offset = self.block_offset(base, class, index);
                     visit(Allocation::new(
                         self.make_id(offset, gen::join(extra.gen_high, state.tag)),
@@ -229,14 +295,7 @@ impl Heap<'_> {
             anchor.count < blocks || self.empty_set().is_set(slot),
             "entirely free span missing from the empty set",
         )?;
-        let class_stats = &mut stats.classes[class];
-        class_stats.spans += 1;
-        class_stats.blocks += blocks;
-        class_stats.live += live;
-        stats.cached_blocks += cached;
-        stats.live_allocations += live;
-        *free_bytes += (blocks - live) * class_size;
-        Ok(())
+        Ok(SpanFigures { blocks, live, live_bytes, cached })
     }
 
     /// Invariant 5 (records), on a quiescent heap.
@@ -305,4 +364,56 @@ fn verify_free_list(span: &crate::span::Span<'_>, anchor: Anchor, head: u64) -> 
         return Err(corrupt("free list longer than the free count", head));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crash::testing::{self, identity};
+    use crate::heap::AllocOptions;
+    use crate::region::Region;
+
+    /// An inspector (no participant, so no hazard) that has sealed a span is overtaken: the
+    /// span is retired and its pages become a large run whose owner fills them with bytes that
+    /// read as live state words. Seen failing without the seal check (the inspector reported
+    /// every block of the old span as a live allocation).
+    #[test]
+    fn an_inspector_never_reports_user_bytes_of_a_span_retired_under_it() {
+        let hook = testing::install();
+        let mut words = vec![0u64; (1 << 20) / 8];
+        let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
+        // SAFETY: the vector outlives the heap and is used only through it (and, for the large
+        // run's bytes, by its owner below).
+        let heap = Heap::create_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("fits");
+        let process = heap.register_process(identity(2)).expect("room");
+        let mut session = heap.register_participant(process).expect("room");
+        let small = heap.alloc(&mut session, 64, AllocOptions::default()).expect("room");
+        let _ = heap.free(&mut session, small.id()).expect("live");
+        let (reported, stats) = std::thread::scope(|scope| {
+            let inspector = scope.spawn(|| {
+                testing::pause_at("survey/span-checked");
+                let mut reported = Vec::new();
+                let stats = heap.inspect(|allocation| reported.push(allocation)).expect("ready");
+                (reported, stats)
+            });
+            testing::wait_until_paused();
+            let data = heap.geometry().data_bytes();
+            let large = heap.alloc(&mut session, data, AllocOptions::default()).expect("the span retires");
+            assert!(large.offset <= small.offset && small.offset < large.offset + large.size, "same pages");
+            let fake = BlockState::live(process.0 as u64, 0, 1).encode();
+            let first = (large.offset / 8) as usize;
+            // SAFETY: the large run is ours; its bytes lie inside the vector.
+            unsafe {
+                for word in 0..(large.size / 8) as usize {
+                    ptr.cast::<u64>().add(first + word).write_volatile(fake);
+                }
+            }
+            testing::resume();
+            inspector.join().expect("no panic")
+        });
+        drop(hook);
+        let small_ones = reported.iter().filter(|allocation| allocation.capacity < 4096).count();
+        assert_eq!(small_ones, 0, "the inspector reported user bytes as allocations: {stats:?}");
+        assert!(stats.live_allocations <= 1, "{stats:?}");
+    }
 }

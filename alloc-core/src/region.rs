@@ -31,7 +31,9 @@ impl<'a> Region<'a> {
     /// Views `len` bytes at `base` as a region.
     ///
     /// # Safety
-    /// 1. `base..base + len` is readable and writable memory that stays mapped for `'a`.
+    /// 1. `base..base + len` is readable memory that stays mapped for `'a`, and writable
+    ///    unless the heap over it is only opened ([`crate::Heap::open`]) and read through
+    ///    functions that never write ([`crate::Heap::inspect`], records and header words).
     /// 2. Every other access to that memory during `'a` goes through a `Region` over it, or
     ///    touches only the bytes of allocations the accessor owns.
     pub unsafe fn from_raw(base: *mut u8, len: usize) -> Result<Region<'a>, Error> {

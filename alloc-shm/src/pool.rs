@@ -13,7 +13,7 @@ use crate::error::{PoolError, Result};
 use crate::futex::{self, FutexWait};
 use crate::name;
 use crate::process::{current_identity, liveness, record_is_dead, Liveness};
-use crate::segment::{self, Mapping};
+use crate::segment::{self, Access, Mapping};
 
 /// How a pool is created or attached.
 #[derive(Clone, Debug)]
@@ -148,8 +148,19 @@ impl Pool {
     /// [`Pool::attach_by_name`] with options (directory, expected owner).
     pub fn attach_by_name_with(pool_name: &str, options: &PoolOptions) -> Result<Pool> {
         name::validate(pool_name)?;
-        let mapping = segment::attach(pool_name, &name::path_in(&options.dir, pool_name), options.owned())?;
+        let path = name::path_in(&options.dir, pool_name);
+        let mapping = segment::attach(pool_name, &path, options.owned(), Access::ReadWrite)?;
         Ok(Pool { mapping })
+    }
+
+    /// Opens pool `name` for inspection only: the file is mapped read-only (read access to it is
+    /// enough), no record is taken, nothing in the pool changes. What tools such as `shmpool
+    /// ls` use.
+    pub fn inspect_by_name_with(pool_name: &str, options: &PoolOptions) -> Result<Inspection> {
+        name::validate(pool_name)?;
+        let path = name::path_in(&options.dir, pool_name);
+        let mapping = segment::attach(pool_name, &path, options.owned(), Access::ReadOnly)?;
+        Ok(Inspection { mapping })
     }
 
     /// Attaches the pool a pool descriptor names.
@@ -181,7 +192,7 @@ impl Pool {
             Location::ByNonce => find_by_nonce(default_dir, described.nonce)?,
         };
         // A descriptor (which anyone can forge) only ever attaches a pool of this user's.
-        let pool = match segment::attach(&pool_name, &path, segment::Owned::By(None)) {
+        let pool = match segment::attach(&pool_name, &path, segment::Owned::By(None), Access::ReadWrite) {
             Ok(mapping) => Pool { mapping },
             // The descriptor's pool is gone: say so, rather than "no such file".
             Err(PoolError::NotFound { name }) => return Err(PoolError::Destroyed { name }),
@@ -251,30 +262,7 @@ impl Pool {
 
     /// Creator, attached processes and creation time.
     pub fn info(&self) -> PoolInfo {
-        let (creator_pid, creator_uid) = self.mapping.creator();
-        let heap = self.mapping.heap();
-        let me = current_identity();
-        let attached = heap
-            .processes()
-            .filter(|record| matches!(record.state, RecordState::Active | RecordState::Registering))
-            .map(|record| Attached {
-                pid: record.identity.pid,
-                liveness: if record_is_dead(&record) { Liveness::Dead } else { liveness(&record.identity) },
-                is_me: record.identity == me,
-            })
-            .collect();
-        PoolInfo {
-            creator_pid,
-            creator_uid,
-            created_at: self.mapping.created_at(),
-            creator: liveness(&self.mapping.creator_identity()),
-            attached,
-            dead: heap
-                .processes()
-                .filter(|record| record.state == RecordState::Dead)
-                .map(|record| record.identity.pid)
-                .collect(),
-        }
+        info_of(&self.mapping)
     }
 
     fn error(&self, cause: alloc_core::Error) -> PoolError {
@@ -310,11 +298,7 @@ impl Pool {
 
     /// The pid of owner `owner` (`None` for the pool itself, or a record no longer in use).
     pub fn pid_of(&self, owner: Owner) -> Option<u32> {
-        self.mapping
-            .heap()
-            .process_record(owner)
-            .filter(|record| record.state != RecordState::Free)
-            .map(|record| record.identity.pid)
+        pid_of(&self.mapping, owner)
     }
 
     /// Allocates `size` bytes owned by this process.
@@ -526,6 +510,91 @@ impl Pool {
     pub(crate) fn mapping(&self) -> &Mapping {
         &self.mapping
     }
+}
+
+/// A pool opened read-only by [`Pool::inspect_by_name_with`]: figures, allocations and who
+/// uses it, read without taking a record or writing a byte.
+pub struct Inspection {
+    mapping: Arc<Mapping>,
+}
+
+impl Inspection {
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        self.mapping.name()
+    }
+
+    /// The pool's file.
+    pub fn path(&self) -> &Path {
+        self.mapping.path()
+    }
+
+    /// Total bytes of the pool (its file size).
+    pub fn size(&self) -> u64 {
+        self.mapping.len()
+    }
+
+    /// Usage figures and the live allocations, from one walk (each allocation as it was at
+    /// some moment of the walk, as [`Pool::iter`]).
+    pub fn survey(&self) -> Result<(Stats, Vec<Allocation>)> {
+        let mut all = Vec::new();
+        let stats = self
+            .mapping
+            .heap()
+            .inspect(|allocation| all.push(allocation))
+            .map_err(|cause| PoolError::from_heap(self.name(), cause))?;
+        Ok((stats, all))
+    }
+
+    /// Usage figures, as [`Pool::stats`].
+    pub fn stats(&self) -> Result<Stats> {
+        self.mapping.heap().inspect(|_| {}).map_err(|cause| PoolError::from_heap(self.name(), cause))
+    }
+
+    /// Creator, attached processes and creation time, as [`Pool::info`].
+    pub fn info(&self) -> PoolInfo {
+        info_of(&self.mapping)
+    }
+
+    /// The pid of owner `owner`, as [`Pool::pid_of`].
+    pub fn pid_of(&self, owner: Owner) -> Option<u32> {
+        pid_of(&self.mapping, owner)
+    }
+}
+
+fn info_of(mapping: &Mapping) -> PoolInfo {
+    let (creator_pid, creator_uid) = mapping.creator();
+    let heap = mapping.heap();
+    let me = current_identity();
+    let attached = heap
+        .processes()
+        .filter(|record| matches!(record.state, RecordState::Active | RecordState::Registering))
+        .map(|record| Attached {
+            pid: record.identity.pid,
+            liveness: if record_is_dead(&record) { Liveness::Dead } else { liveness(&record.identity) },
+            is_me: record.identity == me,
+        })
+        .collect();
+    PoolInfo {
+        creator_pid,
+        creator_uid,
+        created_at: mapping.created_at(),
+        creator: liveness(&mapping.creator_identity()),
+        attached,
+        dead: heap
+            .processes()
+            .filter(|record| record.state == RecordState::Dead)
+            .map(|record| record.identity.pid)
+            .collect(),
+    }
+}
+
+fn pid_of(mapping: &Mapping, owner: Owner) -> Option<u32> {
+    mapping
+        .heap()
+        .process_record(owner)
+        .filter(|record| record.state != RecordState::Free)
+        .map(|record| record.identity.pid)
 }
 
 fn find_by_nonce(dir: &Path, nonce: u64) -> Result<(String, PathBuf)> {

@@ -8,6 +8,10 @@
 //! keeps in the pool: a random nonce telling this pool from a later one with the same name, the
 //! creator's pid and uid, and the creation time. Who is attached is the heap's process table.
 //!
+//! An *inspection* (`attach` with [`Access::ReadOnly`]) maps the file read-only and is never
+//! shared with attachers: it only reads (the header, the process table, `Heap::inspect`), so a
+//! tool looking at a pool changes nothing in it and needs only read access to its file.
+//!
 //! A mapping also knows this process's record in the pool (registered on first use, and anew in
 //! a fork child), and hands each thread its own participant (a [`Session`], kept in
 //! thread-local storage and given back when the thread ends); see [`Mapping::with_session`].
@@ -23,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use alloc_core::layout::{Geometry, DEFAULT_PAGE_SHIFT, HEADER_WORDS};
 use alloc_core::primitive::{AtomicU64, Ordering};
 use alloc_core::{Error as HeapError, Heap, Owner, Platform, ProcessIdentity, Region, Session};
-use memmap2::MmapMut;
+use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{PoolError, Result};
 use crate::name;
@@ -51,7 +55,7 @@ pub const READY_WAIT: Duration = Duration::from_secs(2);
 pub(crate) struct Mapping {
     // Field order matters: `heap` borrows `map` and must be dropped first.
     heap: Heap<'static>,
-    map: MmapMut,
+    map: MmapRaw,
     name: String,
     path: PathBuf,
     device: u64,
@@ -83,7 +87,7 @@ impl Mapping {
     }
 
     pub(crate) fn base(&self) -> *mut u8 {
-        self.map.as_ptr() as *mut u8
+        self.map.as_mut_ptr()
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -232,14 +236,15 @@ impl Mapping {
         self.heap.register_participant(owner)
     }
 
-    fn new(file: &File, map: MmapMut, name: &str, path: PathBuf, heap_of: HeapOf) -> Result<Mapping> {
+    fn new(file: &File, map: MmapRaw, name: &str, path: PathBuf, heap_of: HeapOf) -> Result<Mapping> {
         let meta = file.metadata().map_err(|source| PoolError::Attach { name: name.to_owned(), source })?;
-        // SAFETY: (1) the mapping is `map.len()` readable and writable bytes, page aligned, and
-        // stays mapped while `map` lives, which is as long as the `Heap` built on it: both live
-        // in the returned `Mapping`, whose field order drops the heap first, and the `'static`
-        // heap is only ever lent out borrowed from the `Mapping`; (2) all access to the bytes
-        // goes through the heap or through allocations their owners hand out.
-        let region = unsafe { Region::from_raw(map.as_ptr() as *mut u8, map.len()) }
+        // SAFETY: (1) the mapping is `map.len()` readable bytes, page aligned, and stays mapped
+        // while `map` lives, which is as long as the `Heap` built on it: both live in the
+        // returned `Mapping`, whose field order drops the heap first, and the `'static` heap is
+        // only ever lent out borrowed from the `Mapping`. It is writable too, except for an
+        // inspection's, which is only ever read (an `Inspection` calls nothing else); (2) all
+        // access to the bytes goes through the heap or through allocations their owners hand out.
+        let region = unsafe { Region::from_raw(map.as_mut_ptr(), map.len()) }
             .map_err(|cause| PoolError::NotAPool { name: name.to_owned(), cause })?;
         let platform = Platform { heavy_fence: barrier() };
         let heap = heap_of(region, platform).map_err(|cause| PoolError::from_heap(name, cause))?;
@@ -371,9 +376,10 @@ pub(crate) fn create(name: &str, size: u64, dir: &Path, mode: u32) -> Result<Arc
         .map_err(|error| open_error(name, error, true))?;
     let built = (|| {
         file.set_len(bytes).map_err(|source| PoolError::Create { name: name.to_owned(), source })?;
-        // SAFETY: a shared read-write mapping of the whole file we just sized; the file stays
-        // at that size (pool files are only ever resized by their creator, here).
-        let map = unsafe { MmapMut::map_mut(&file) }
+        // A shared read-write mapping of the whole file we just sized; the file stays at that
+        // size (pool files are only ever resized by their creator, here).
+        let map = MmapOptions::new()
+            .map_raw(&file)
             .map_err(|source| PoolError::Create { name: name.to_owned(), source })?;
         write_host_words(&map);
         Mapping::new(&file, map, name, path.clone(), |region, platform| {
@@ -391,7 +397,7 @@ pub(crate) fn create(name: &str, size: u64, dir: &Path, mode: u32) -> Result<Arc
 
 /// Writes this layer's header words into a fresh mapping, before the heap is marked ready (whose
 /// Release store publishes them).
-fn write_host_words(map: &MmapMut) {
+fn write_host_words(map: &MmapRaw) {
     let words = map.as_ptr() as *const AtomicU64;
     let store = |index: usize, value: u64| {
         // SAFETY: the mapping is page aligned and longer than the header, so word `index`
@@ -424,12 +430,21 @@ pub(crate) enum Owned {
     ByAnyone,
 }
 
+/// What a mapping may do with its pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Attach: allocate, free, everything.
+    ReadWrite,
+    /// Inspect: read only (a mapping of this process's that can write serves too).
+    ReadOnly,
+}
+
 /// Attaches pool `name` whose file is `path`, owned as `owned` says.
-pub(crate) fn attach(name: &str, path: &Path, owned: Owned) -> Result<Arc<Mapping>> {
+pub(crate) fn attach(name: &str, path: &Path, owned: Owned, access: Access) -> Result<Arc<Mapping>> {
     // Never blocks (a FIFO planted under a pool's name), never follows a link.
     let file = OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(access == Access::ReadWrite)
         .custom_flags(libc_flags::NOFOLLOW | libc_flags::CLOEXEC | libc_flags::NONBLOCK)
         .open(path)
         .map_err(|error| open_error(name, error, false))?;
@@ -461,7 +476,9 @@ pub(crate) fn attach(name: &str, path: &Path, owned: Owned) -> Result<Arc<Mappin
     let written = meta.modified().ok().and_then(|at| at.elapsed().ok()).unwrap_or(Duration::ZERO);
     let deadline = Instant::now() + READY_WAIT.saturating_sub(written);
     loop {
-        match map_existing(&file, name, path) {
+        match map_existing(&file, name, path, access) {
+            // A read-only mapping is never shared: an attacher needs one it can write.
+            Ok(mapping) if access == Access::ReadOnly => return Ok(Arc::new(mapping)),
             Ok(mapping) => return Ok(remember(mapping)),
             // The creator has not sized the file or written the header yet: wait a little.
             Err(PoolError::NotReady { .. })
@@ -478,7 +495,7 @@ pub(crate) fn attach(name: &str, path: &Path, owned: Owned) -> Result<Arc<Mappin
     }
 }
 
-fn map_existing(file: &File, name: &str, path: &Path) -> Result<Mapping> {
+fn map_existing(file: &File, name: &str, path: &Path, access: Access) -> Result<Mapping> {
     let len = file.metadata().map_err(|source| PoolError::Attach { name: name.to_owned(), source })?.len();
     if len < (HEADER_WORDS * 8) as u64 {
         return Err(PoolError::NotAPool {
@@ -486,10 +503,13 @@ fn map_existing(file: &File, name: &str, path: &Path) -> Result<Mapping> {
             cause: HeapError::RegionTooSmall { bytes: len },
         });
     }
-    // SAFETY: a shared read-write mapping of the whole file as it is now; its size was checked
-    // against the header by `Heap::open` before any use beyond the header.
-    let map = unsafe { MmapMut::map_mut(file) }
-        .map_err(|source| PoolError::Attach { name: name.to_owned(), source })?;
+    // A shared mapping of the whole file as it is now; its size is checked against the header
+    // by `Heap::open` before any use beyond the header.
+    let map = match access {
+        Access::ReadWrite => MmapOptions::new().map_raw(file),
+        Access::ReadOnly => MmapOptions::new().map_raw_read_only(file),
+    }
+    .map_err(|source| PoolError::Attach { name: name.to_owned(), source })?;
     let mapping = Mapping::new(file, map, name, path.to_owned(), Heap::open);
     match mapping {
         // A header still zero (magic not yet written) is a pool being created.

@@ -258,3 +258,43 @@ fn a_live_process_beyond_a_table_of_dead_ones_is_recorded_and_stops_repair() {
     assert!(!repaired.status.success(), "repair ran under a live process: {said}");
     assert!(said.contains(&format!("{} (live)", churner.id())), "{said}");
 }
+
+/// Issue 13, item 7 (seen failing before the fix: `ls` and `info` registered themselves in the
+/// pool's process table, and a reader of a pool it may only read could not inspect it).
+/// Inspection is read-only: it maps the file read-only, takes no record, writes nothing.
+#[test]
+fn ls_and_info_leave_no_trace_and_need_only_read_access() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let pool = TestPool::new("inspect", 4 * MIB);
+    let kept = pool.alloc(100).expect("room");
+    let before = pool.info();
+    for args in [vec!["ls"], vec!["info", pool.name()]] {
+        let output = Command::new(TOOL).args(&args).output().expect("ran");
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success() && said.contains(pool.name()), "{args:?}: {said}");
+    }
+    let after = pool.info();
+    assert_eq!(after.attached, before.attached, "the tool left a record");
+    assert!(after.dead.is_empty());
+    pool.check().expect("intact");
+
+    // Another user who may read the file, and nothing more, sees the same figures.
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!("SKIPPED (second user): not root, so no other user can be made");
+        return;
+    }
+    std::fs::set_permissions(pool.path(), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let output = Command::new(TOOL)
+        .args(["--any-owner", "info", pool.name()])
+        .uid(4242)
+        .gid(4242)
+        .output()
+        .expect("ran");
+    let said =
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("live allocations 1 (100 bytes"), "{said}");
+    assert_eq!(pool.info().attached, before.attached);
+    pool.free(kept.id()).expect("still ours");
+}

@@ -26,9 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Action {
-    /// List pools: size, use, allocations, creator.
+    /// List pools: size, use, allocations, creator (read-only: read access to a pool is enough).
     Ls,
-    /// Usage, size classes and owners of one pool.
+    /// Usage, size classes and owners of one pool (read-only).
     Info { name: String },
     /// Verify every invariant of a pool's heap.
     Check { name: String },
@@ -128,7 +128,7 @@ fn mib(bytes: u64) -> String {
 fn ls(options: &PoolOptions) -> Outcome {
     println!("{:<32} {:>12} {:>12} {:>10}  CREATOR", "NAME", "SIZE", "USED", "ALLOCS");
     for name in list_pools(&options.dir)? {
-        match Pool::attach_by_name_with(&name, options).and_then(|pool| Ok((pool.stats()?, pool))) {
+        match Pool::inspect_by_name_with(&name, options).and_then(|pool| Ok((pool.stats()?, pool))) {
             Ok((stats, pool)) => {
                 let info = pool.info();
                 let used = stats.data_bytes - stats.free_bytes;
@@ -148,8 +148,8 @@ fn ls(options: &PoolOptions) -> Outcome {
 }
 
 fn info(name: &str, options: &PoolOptions) -> Outcome {
-    let pool = Pool::attach_by_name_with(name, options)?;
-    let stats = pool.stats()?;
+    let pool = Pool::inspect_by_name_with(name, options)?;
+    let (stats, allocations) = pool.survey()?;
     let info = pool.info();
     println!("pool {name}: {}", pool.path().display());
     println!(
@@ -170,14 +170,7 @@ fn info(name: &str, options: &PoolOptions) -> Outcome {
     let attached: Vec<String> = info
         .attached
         .iter()
-        .map(|process| {
-            format!(
-                "{} ({}{})",
-                process.pid,
-                state(process.liveness),
-                if process.is_me { ", this tool" } else { "" }
-            )
-        })
+        .map(|process| format!("{} ({})", process.pid, state(process.liveness)))
         .collect();
     println!("  attached: {}", attached.join(", "));
     if info.attached.iter().any(|process| process.liveness == Liveness::Elsewhere) {
@@ -195,7 +188,7 @@ fn info(name: &str, options: &PoolOptions) -> Outcome {
         );
     }
     let mut owners: std::collections::BTreeMap<Option<u32>, (u64, u64)> = Default::default();
-    for allocation in pool.iter() {
+    for allocation in allocations {
         let entry = owners.entry(pool.pid_of(allocation.owner)).or_default();
         entry.0 += 1;
         entry.1 += allocation.size;
