@@ -84,7 +84,9 @@ fn positive(name: &str, value: Option<i128>) -> PyResult<()> {
 
 #[pymethods]
 impl MemoryPool {
-    /// Creates pool `fname` of `size` bytes (rounded up to pages), file mode `mode`.
+    /// Creates pool `fname` of `size` bytes (rounded up to pages), file mode `mode`. `uid` is,
+    /// as in Dragon, the number the pool is known by (`muid`, 0 to 2**64 - 1; the pool's nonce
+    /// by default), not a user id.
     /// `min_block_size` and `max_allocations` are accepted for Dragon compatibility: blocks
     /// come in fixed size classes and the number of allocations is bounded only by space.
     #[new]
@@ -93,7 +95,7 @@ impl MemoryPool {
         py: Python<'_>,
         size: i128,
         fname: &str,
-        uid: Option<u32>,
+        uid: Option<u64>,
         min_block_size: Option<i128>,
         max_allocations: Option<i128>,
         mode: u32,
@@ -101,7 +103,7 @@ impl MemoryPool {
         let size = size_arg(py, size)?;
         positive("min_block_size", min_block_size)?;
         positive("max_allocations", max_allocations)?;
-        let options = PoolOptions { mode, uid, ..PoolOptions::default() };
+        let options = PoolOptions { mode, muid: uid, ..PoolOptions::default() };
         let pool = py.detach(|| Pool::create_with(fname, size, &options)).py_err(py)?;
         Ok(MemoryPool::wrap(pool, true))
     }
@@ -113,18 +115,18 @@ impl MemoryPool {
         Ok(MemoryPool::wrap(pool, false))
     }
 
-    /// Attaches pool `fname` in /dev/shm. It must belong to this user, or to `uid` if given
-    /// (root included); `any_owner=True` attaches it whoever owns it (the file's permissions
-    /// still apply).
+    /// Attaches pool `fname` in /dev/shm. Its file must belong to this user, or to user
+    /// `owner_uid` if given (root included); `any_owner=True` attaches it whoever owns it (the
+    /// file's permissions still apply).
     #[staticmethod]
-    #[pyo3(signature = (fname, *, uid=None, any_owner=false))]
+    #[pyo3(signature = (fname, *, owner_uid=None, any_owner=false))]
     fn attach_by_name(
         py: Python<'_>,
         fname: &str,
-        uid: Option<u32>,
+        owner_uid: Option<u32>,
         any_owner: bool,
     ) -> PyResult<MemoryPool> {
-        let options = PoolOptions { uid, any_owner, ..PoolOptions::default() };
+        let options = PoolOptions { uid: owner_uid, any_owner, ..PoolOptions::default() };
         let pool = Pool::attach_by_name_with(fname, &options).py_err(py)?;
         Ok(MemoryPool::wrap(pool, false))
     }
@@ -334,16 +336,23 @@ impl MemoryPool {
         Ok(blocks)
     }
 
-    /// The uid of the pool's creator.
+    /// The user id of the pool's creator.
     #[getter]
-    fn uid(&self, py: Python<'_>) -> PyResult<u32> {
+    fn owner_uid(&self, py: Python<'_>) -> PyResult<u32> {
         Ok(self.pool(py)?.info().creator_uid)
     }
 
-    /// A number unique to this pool (its nonce), as Dragon's `muid`.
+    /// The number the pool is known by: the `uid` it was created with (the pool's nonce if
+    /// none), as Dragon's `muid`.
     #[getter]
     fn muid(&self, py: Python<'_>) -> PyResult<u64> {
-        Ok(self.pool(py)?.nonce())
+        Ok(self.pool(py)?.muid())
+    }
+
+    /// The same as `muid` (Dragon's name for it at creation).
+    #[getter]
+    fn uid(&self, py: Python<'_>) -> PyResult<u64> {
+        self.muid(py)
     }
 
     /// Callers blocked in `alloc_blocking` right now, in all processes.

@@ -150,8 +150,26 @@ def test_attaching_another_users_pool_needs_asking_for_it(pool):
         with pytest.raises(shmpool.PoolPermissionError):
             shmpool.MemoryPool.attach_by_name(pool.name)
         with pytest.raises(shmpool.PoolPermissionError):
-            shmpool.MemoryPool.attach_by_name(pool.name, uid=1234)
-        assert shmpool.MemoryPool.attach_by_name(pool.name, uid=4242).name == pool.name
+            shmpool.MemoryPool.attach_by_name(pool.name, owner_uid=1234)
+        assert shmpool.MemoryPool.attach_by_name(pool.name, owner_uid=4242).name == pool.name
         assert shmpool.MemoryPool.attach_by_name(pool.name, any_owner=True).name == pool.name
     finally:
         os.chown(path, 0, 0)
+
+
+def test_the_uid_given_at_creation_is_the_pools_identifier(pool_name):
+    """Dragon's `uid` argument is the pool's unique identifier (its `muid`), any value up to
+    2**64 - 1. Seen failing before: it was silently dropped, and `uid` read back the owner's
+    user id instead."""
+    for uid in (2**63 + 1234, 7, 2**64 - 1):
+        pool = shmpool.MemoryPool(1 << 20, f"{pool_name}-{uid % 1000}", uid)
+        try:
+            assert pool.uid == pool.muid == uid
+            assert shmpool.MemoryPool.attach(pool.serialize()).muid == uid
+            assert pool.owner_uid == os.geteuid()
+        finally:
+            pool.destroy()
+    with pytest.raises(OverflowError):
+        shmpool.MemoryPool(1 << 20, pool_name, -1)
+    with pytest.raises(OverflowError):
+        shmpool.MemoryPool(1 << 20, pool_name, 2**64)

@@ -57,8 +57,8 @@ def test_properties_follow_usage(pool):
     assert 0 < pool.utilization < 100
     assert pool.max_allocations > 100_000
     assert isinstance(pool.free_blocks, dict)
-    assert pool.uid == os.geteuid()
-    assert isinstance(pool.muid, int)
+    assert pool.owner_uid == os.geteuid()
+    assert pool.uid == pool.muid and isinstance(pool.muid, int)
     for a in blocks:
         a.free()
     assert pool.check()["live_allocations"] == 0

@@ -28,11 +28,20 @@ pub struct PoolOptions {
     /// Attach a pool whoever owns its file (for root's tools inspecting other users' pools);
     /// `uid` is then ignored. The file's permissions still decide who can open it.
     pub any_owner: bool,
+    /// A number the application knows a new pool by, kept in it (Dragon's `muid`); by default
+    /// the pool's nonce.
+    pub muid: Option<u64>,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        PoolOptions { mode: 0o600, dir: PathBuf::from(name::DEFAULT_DIR), uid: None, any_owner: false }
+        PoolOptions {
+            mode: 0o600,
+            dir: PathBuf::from(name::DEFAULT_DIR),
+            uid: None,
+            any_owner: false,
+            muid: None,
+        }
     }
 }
 
@@ -128,7 +137,7 @@ impl Pool {
 
     /// [`Pool::create`] with options.
     pub fn create_with(name: &str, size: u64, options: &PoolOptions) -> Result<Pool> {
-        let mapping = segment::create(name, size, &options.dir, options.mode)?;
+        let mapping = segment::create(name, size, &options.dir, options.mode, options.muid)?;
         Ok(Pool { mapping })
     }
 
@@ -451,6 +460,12 @@ impl Pool {
     /// same name.
     pub fn nonce(&self) -> u64 {
         self.mapping.nonce()
+    }
+
+    /// The number the application gave the pool at creation ([`PoolOptions::muid`]; the nonce
+    /// if none).
+    pub fn muid(&self) -> u64 {
+        self.mapping.muid()
     }
 
     /// The live allocation `id`'s bytes as a raw pointer and length. Writing through it is the

@@ -45,8 +45,10 @@ pub(crate) mod host {
     pub const CREATOR_STARTED: usize = 19;
     /// The creator's pid namespace (inode; 0: unknown).
     pub const CREATOR_NAMESPACE: usize = 20;
+    /// The number the application knows the pool by (Dragon's `muid`; the nonce by default).
+    pub const MUID: usize = 21;
 }
-const _: () = assert!(host::CREATOR_NAMESPACE < HEADER_WORDS);
+const _: () = assert!(host::MUID < HEADER_WORDS);
 
 /// How long `attach` waits for a pool whose creator is still initialising it.
 pub const READY_WAIT: Duration = Duration::from_secs(2);
@@ -101,6 +103,10 @@ impl Mapping {
 
     pub(crate) fn nonce(&self) -> u64 {
         self.host(host::NONCE).load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn muid(&self) -> u64 {
+        self.host(host::MUID).load(Ordering::Relaxed)
     }
 
     /// Unlinks the pool's file if it is still this pool's (not a newer pool of the same name).
@@ -361,7 +367,13 @@ pub(crate) fn file_bytes(size: u64) -> Result<u64> {
 }
 
 /// Creates pool `name` of `size` bytes in `dir` with permissions `mode`.
-pub(crate) fn create(name: &str, size: u64, dir: &Path, mode: u32) -> Result<Arc<Mapping>> {
+pub(crate) fn create(
+    name: &str,
+    size: u64,
+    dir: &Path,
+    mode: u32,
+    muid: Option<u64>,
+) -> Result<Arc<Mapping>> {
     name::validate(name)?;
     let bytes = file_bytes(size)?;
     let path = name::path_in(dir, name);
@@ -381,7 +393,7 @@ pub(crate) fn create(name: &str, size: u64, dir: &Path, mode: u32) -> Result<Arc
         let map = MmapOptions::new()
             .map_raw(&file)
             .map_err(|source| PoolError::Create { name: name.to_owned(), source })?;
-        write_host_words(&map);
+        write_host_words(&map, muid);
         Mapping::new(&file, map, name, path.clone(), |region, platform| {
             Heap::create(region, DEFAULT_PAGE_SHIFT, platform)
         })
@@ -397,7 +409,7 @@ pub(crate) fn create(name: &str, size: u64, dir: &Path, mode: u32) -> Result<Arc
 
 /// Writes this layer's header words into a fresh mapping, before the heap is marked ready (whose
 /// Release store publishes them).
-fn write_host_words(map: &MmapRaw) {
+fn write_host_words(map: &MmapRaw, muid: Option<u64>) {
     let words = map.as_ptr() as *const AtomicU64;
     let store = |index: usize, value: u64| {
         // SAFETY: the mapping is page aligned and longer than the header, so word `index`
@@ -406,7 +418,9 @@ fn write_host_words(map: &MmapRaw) {
     };
     let uid = rustix::process::geteuid().as_raw() as u64;
     let me = current_identity();
-    store(host::NONCE, random_nonce());
+    let nonce = random_nonce();
+    store(host::NONCE, nonce);
+    store(host::MUID, muid.unwrap_or(nonce));
     store(host::CREATOR, uid << 32 | me.pid as u64);
     store(host::CREATOR_STARTED, me.start_time);
     store(host::CREATOR_NAMESPACE, me.namespace);

@@ -29,8 +29,8 @@ class MemoryPool:
     def attach(serialized: _Buffer) -> MemoryPool:
         """Attach the pool a serialize()d descriptor names."""
     @staticmethod
-    def attach_by_name(fname: str, *, uid: int | None = None, any_owner: bool = False) -> MemoryPool:
-        """Attach pool `fname` in /dev/shm: this user's (or `uid`'s, root included); any owner
+    def attach_by_name(fname: str, *, owner_uid: int | None = None, any_owner: bool = False) -> MemoryPool:
+        """Attach pool `fname` in /dev/shm: this user's (or user `owner_uid`'s, root included); any owner
         only with `any_owner=True`."""
     def serialize(self) -> bytes:
         """The pool's descriptor (at most 128 bytes)."""
@@ -75,11 +75,14 @@ class MemoryPool:
     def free_blocks(self) -> dict[int, int]:
         """Free blocks per size class (key 0: the largest free run of pages, in bytes)."""
     @property
+    def owner_uid(self) -> int:
+        """The user id of the pool's creator."""
+    @property
     def uid(self) -> int:
-        """The creator's uid."""
+        """The same as `muid`."""
     @property
     def muid(self) -> int:
-        """A number unique to this pool."""
+        """The number the pool is known by: the `uid` given at creation (else its nonce)."""
     @property
     def name(self) -> str:
         """The pool's name."""
