@@ -374,3 +374,30 @@ fn attach_waits_for_a_pool_that_is_still_being_created() {
     pool.detach();
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// Issue 13, defect 4, with a real second user: a name squatted by a pool that user created
+/// (a process running as uid 4242) is not attached by root's `create_or_attach`, nor by name,
+/// unless asked for. Needs root (to run a process as another uid).
+#[test]
+fn root_never_attaches_a_pool_another_user_created_under_its_name() {
+    use std::os::unix::process::CommandExt;
+    if rustix_euid() != 0 {
+        eprintln!("SKIPPED: needs root to run a process as another uid");
+        return;
+    }
+    let name = common::unique_name("squatter");
+    let created = std::process::Command::new(env!("CARGO_BIN_EXE_shmpool-child"))
+        .args(["create", &name, "1"])
+        .uid(4242)
+        .gid(4242)
+        .output()
+        .expect("ran");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let anyone = PoolOptions { any_owner: true, ..PoolOptions::default() };
+    let squatted = Pool::attach_by_name_with(&name, &anyone).expect("the squatter's pool");
+    let outcome = Pool::create_or_attach(&name, 4 * MIB, &PoolOptions::default()).map(|_| ());
+    let by_name = Pool::attach_by_name(&name).map(|_| ());
+    squatted.destroy().expect("removed");
+    assert!(matches!(outcome, Err(PoolError::WrongOwner { owner: 4242, .. })), "{outcome:?}");
+    assert!(matches!(by_name, Err(PoolError::WrongOwner { owner: 4242, .. })), "{by_name:?}");
+}
