@@ -208,19 +208,30 @@ impl<'a> PageBits<'a> {
         end
     }
 
-    /// Number of claimed pages (a snapshot).
+    /// Number of claimed pages (a snapshot; reads only the words of this bitmap's pages).
     pub fn count_claimed(&self) -> u64 {
-        self.words.iter().map(|cell| claimed_of(cell.load(Ordering::Relaxed)).count_ones() as u64).sum()
+        let words = &self.words[..self.pages.div_ceil(PAGES_PER_WORD) as usize];
+        let mask = |index: usize, word: u64| match index as u64 == self.pages / PAGES_PER_WORD {
+            true => word & pair_mask(index as u64, 0, self.pages),
+            false => word,
+        };
+        words
+            .iter()
+            .enumerate()
+            .map(|(index, cell)| claimed_of(mask(index, cell.load(Ordering::Relaxed))).count_ones() as u64)
+            .sum()
     }
 
-    /// The longest run of unclaimed pages (a snapshot).
-    pub fn largest_free_run(&self) -> u64 {
-        let mut best = 0;
+    /// The longest run of unclaimed pages (a snapshot), where `beyond` more unclaimed pages
+    /// follow this bitmap's last page (a view below a high-water mark).
+    pub fn largest_free_run(&self, beyond: u64) -> u64 {
+        let mut best = beyond;
         let mut pos = 0;
         while pos < self.pages {
             let start = self.next_with(pos, self.pages, false);
             let end = self.next_with(start, self.pages, true);
-            best = best.max(end - start);
+            let tail = if end == self.pages { beyond } else { 0 };
+            best = best.max(end - start + tail);
             pos = end + 1;
         }
         best
@@ -254,7 +265,14 @@ mod tests {
         assert_eq!(map.count_claimed(), 150);
         assert_eq!(map.held_prefix(60, 150), 70, "stops at the next run's head");
         map.release(60, 10);
-        assert_eq!(map.largest_free_run(), 10);
+        assert_eq!(map.largest_free_run(0), 10);
+        assert_eq!(PageBits::new(&storage, 70).largest_free_run(5), 15, "a view below a high-water mark");
+        assert_eq!(PageBits::new(&storage, 70).count_claimed(), 60);
+        map.release(140, 10);
+        assert_eq!(PageBits::new(&storage, 140).largest_free_run(10), 10);
+        assert_eq!(map.largest_free_run(0), 10);
+        assert_eq!(map.count_claimed(), 130);
+        assert!(map.try_claim(140, 150).is_ok());
         assert_eq!(map.find_run(11, 0), None);
         assert_eq!(map.find_run(10, 100), Some(60));
         assert_eq!(map.held_prefix(60, 150), 60, "no head bit: nothing held");

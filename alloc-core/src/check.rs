@@ -1,7 +1,10 @@
 //! One walk over the heap, used three ways: `stats` (tolerant, for a heap in use), `check`
 //! (strict, for a quiescent heap: every invariant below must hold) and `inspect` (tolerant, and
 //! read-only: no participant, no write to the region, so it works on a read-only mapping). All
-//! visit only claimed pages (the page bitmap says where they are). `stats` and `check` hold a
+//! visit only claimed pages (the page bitmap says where they are), and read the bitmap and the
+//! class lists only below the page high-water mark (`header::PAGE_HWM`), so that a sparse
+//! pool's untouched metadata is never read (on tmpfs, reading it would allocate it). Claimed
+//! bits above the mark can only come from damage; `repair` walks the whole bitmap. `stats` and `check` hold a
 //! hazard on each span they read; `inspect` cannot publish one, so it reads a span's info and
 //! its head page's epoch before reading the span's in-band words, and again after reading each
 //! allocation's words, as a seqlock reader: an allocation is reported only if neither changed.
@@ -96,11 +99,11 @@ impl Heap<'_> {
         visit: &mut dyn FnMut(Allocation),
     ) -> Result<Stats, Error> {
         let geo = *self.geometry();
-        let bits = self.page_bits();
+        let bits = self.used_bits();
         let mut stats = Stats {
             data_bytes: geo.data_bytes(),
             claimed_pages: bits.count_claimed(),
-            largest_free_run: bits.largest_free_run() << geo.page_shift,
+            largest_free_run: bits.largest_free_run(geo.num_pages - bits.pages()) << geo.page_shift,
             classes: [ClassStats::default(); NUM_CLASSES],
             ..Stats::default()
         };
@@ -113,7 +116,7 @@ impl Heap<'_> {
             }
         };
         let mut here = bits.next_claimed(0);
-        while here < geo.num_pages {
+        while here < bits.pages() {
             if !bits.is_head(here) {
                 ensure(false, "claimed page belongs to no span or run", here)?;
                 here = bits.next_claimed(here + 1);
@@ -168,7 +171,7 @@ impl Heap<'_> {
                     }
                     here = bits.next_claimed(here + SPAN_PAGES);
                 }
-                Ok(PageInfo::LargeHead { pages }) if pages >= 1 && pages <= geo.num_pages - here => {
+                Ok(PageInfo::LargeHead { pages }) if pages >= 1 && pages <= bits.pages() - here => {
                     for member in here + 1..here + pages {
                         ensure(
                             bits.is_claimed(member) && !bits.is_head(member),
@@ -218,12 +221,13 @@ impl Heap<'_> {
         }
         stats.free_bytes = free_bytes;
         if strict {
+            let used_slots = bits.pages().div_ceil(SPAN_PAGES);
             for class in 0..NUM_CLASSES {
-                if !self.class_list(class).summaries_cover_leaves() {
+                if !self.class_list(class).summaries_cover_leaves(used_slots) {
                     return Err(corrupt("a class list hides a span", 0));
                 }
             }
-            if !self.empty_set().summaries_cover_leaves() {
+            if !self.empty_set().summaries_cover_leaves(used_slots) {
                 return Err(corrupt("the empty set hides a span", 0));
             }
         }

@@ -694,6 +694,25 @@ impl<'a> Heap<'a> {
         PageBits::new(self.region.words_at(offset, self.geo.bitmap_words as u64), self.geo.num_pages)
     }
 
+    /// The page bitmap below the high-water mark (every claimed page is below it): what walks
+    /// over the claimed pages use, so that they cost what the pool has used, never its size.
+    pub(crate) fn used_bits(&self) -> PageBits<'_> {
+        let hwm = self.region.word(header::PAGE_HWM).load(Ordering::Acquire).min(self.geo.num_pages);
+        let offset = self.geo.bitmap_word as u64 * 8;
+        PageBits::new(self.region.words_at(offset, self.geo.bitmap_words as u64), hwm)
+    }
+
+    /// Raises the page high-water mark to `end` before pages below it are claimed.
+    pub(crate) fn raise_page_hwm(&self, end: u64) {
+        let hwm = self.region.word(header::PAGE_HWM);
+        // ORDERING: Release (and the walks' Acquire) order the raise before the claim that
+        // follows it in this participant; a walk racing with the claim may miss it, as any
+        // snapshot may. A load first keeps the shared word read-mostly.
+        if hwm.load(Ordering::Relaxed) < end {
+            hwm.fetch_max(end, Ordering::Release);
+        }
+    }
+
     pub(crate) fn class_list(&self, class: usize) -> Hier<'_> {
         let offset = self.geo.class_list_word(class) as u64 * 8;
         Hier::new(self.region.words_at(offset, self.geo.hier.total_words() as u64), &self.geo.hier)

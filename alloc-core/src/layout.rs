@@ -29,7 +29,7 @@
 /// `b"SHMPOOL\0"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPOOL\0");
 /// Bumped whenever the meaning of any word in the region changes.
-pub const LAYOUT_VERSION: u64 = 2;
+pub const LAYOUT_VERSION: u64 = 3;
 
 /// Words reserved for the header; words `HOST_WORDS_START..HEADER_WORDS` belong to the host.
 pub const HEADER_WORDS: usize = 32;
@@ -67,6 +67,9 @@ pub mod header {
     pub const PARTICIPANT_HWM: usize = 10;
     /// One past the highest process index ever handed out.
     pub const PROCESS_HWM: usize = 11;
+    /// One past the highest data page ever claimed: walks stop there, so the metadata of a
+    /// sparse pool's untouched pages is never read (reading it would allocate it).
+    pub const PAGE_HWM: usize = 12;
 }
 
 /// Fields of the `STATUS` header word.
@@ -296,7 +299,7 @@ impl HierShape {
 const _: () = {
     assert!(CLASS_SIZES.len() == NUM_CLASSES);
     assert!(CLASS_SIZES[NUM_CLASSES - 1] as u64 == MAX_CLASS_SIZE);
-    assert!(HOST_WORDS_START > header::PROCESS_HWM && HOST_WORDS_START < HEADER_WORDS);
+    assert!(HOST_WORDS_START > header::PAGE_HWM && HOST_WORDS_START < HEADER_WORDS);
     assert!(page::EPOCH < PAGE_META_WORDS);
     assert!(participant::RETIRE_ANCHOR < PARTICIPANT_WORDS);
     assert!(process::NAMESPACE < PROCESS_WORDS);

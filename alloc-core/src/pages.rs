@@ -237,6 +237,7 @@ impl Heap<'_> {
             return false;
         }
         step!("claim/marked");
+        self.raise_page_hwm(head + pages);
         if self.page_bits().try_claim(head, head + pages).is_err() {
             step!("claim/conflict");
             self.unmark(head, transient);

@@ -588,10 +588,9 @@ impl Heap<'_> {
         reclaimed: &mut Reclaimed,
         report: &mut impl FnMut(AllocId, Owner, u64),
     ) -> Result<(), Error> {
-        let geo = *self.geometry();
-        let bits = self.page_bits();
+        let bits = self.used_bits();
         let mut page = bits.next_claimed(0);
-        while page < geo.num_pages {
+        while page < bits.pages() {
             if !bits.is_head(page) {
                 page = bits.next_claimed(page + 1);
                 continue;
@@ -604,7 +603,7 @@ impl Heap<'_> {
                     outcome?;
                     page = bits.next_claimed(page + SPAN_PAGES);
                 }
-                PageInfo::LargeHead { pages } if pages >= 1 && pages <= geo.num_pages - page => {
+                PageInfo::LargeHead { pages } if pages >= 1 && pages <= bits.pages() - page => {
                     self.reclaim_large(session, page, reclaimed, report)?;
                     page = bits.next_claimed(page + pages);
                 }

@@ -122,6 +122,8 @@ impl Heap<'_> {
 
     fn repair_pages(&self, session: &mut Session, repaired: &mut Repaired) -> Result<(), Error> {
         let geo = *self.geometry();
+        // The whole bitmap, not only below the high-water mark: a damaged mark may hide runs.
+        // Every run kept raises the mark again.
         let bits = self.page_bits();
         let mut here = bits.next_claimed(0);
         while here < geo.num_pages {
@@ -138,12 +140,13 @@ impl Heap<'_> {
                         repaired.unfinished += 1;
                     }
                     repaired.orphan_blocks += self.rebuild_span(here, class);
+                    self.raise_page_hwm(here + SPAN_PAGES);
                     here + SPAN_PAGES
                 }
                 PageInfo::LargeHead { pages } if pages >= 1 && pages <= geo.num_pages - here => {
                     let word = self.page_word(here, page::STATE).load(Ordering::Acquire);
                     match BlockState::decode(word) {
-                        Some(state) if state.kind == Kind::Live => {}
+                        Some(state) if state.kind == Kind::Live => self.raise_page_hwm(here + pages),
                         state => {
                             let extra =
                                 Extra::decode(self.page_word(here, page::GEN).load(Ordering::Relaxed) as u32);

@@ -26,7 +26,9 @@ pub fn to_py(py: Python<'_>, error: PoolError) -> PyErr {
         PoolError::AlreadyExists { .. } => "PoolExistsError",
         PoolError::NotFound { .. } => "PoolNotFoundError",
         PoolError::PermissionDenied { .. } | PoolError::WrongOwner { .. } => "PoolPermissionError",
-        PoolError::InvalidSize { .. } | PoolError::Create { .. } => "PoolCreateError",
+        PoolError::InvalidSize { .. } | PoolError::Create { .. } | PoolError::NoSpace { .. } => {
+            "PoolCreateError"
+        }
         PoolError::Attach { .. } | PoolError::NotAPool { .. } | PoolError::NotReady { .. } => {
             "PoolAttachError"
         }

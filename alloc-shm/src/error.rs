@@ -52,6 +52,25 @@ pub enum PoolError {
         /// Why not.
         reason: &'static str,
     },
+    /// The pool does not fit in the free space of its directory's filesystem (writing past
+    /// that space would kill the writing process with SIGBUS).
+    #[error(
+        "pool {name:?} needs {needed} bytes but {} has {available} bytes free: create a smaller pool, \
+         give the filesystem more room (docker run --shm-size=...), create it in another \
+         directory, or ask for overcommit (a write past the free space then kills the writer \
+         with SIGBUS)",
+        dir.display()
+    )]
+    NoSpace {
+        /// The pool's name.
+        name: String,
+        /// The directory the pool was to live in.
+        dir: std::path::PathBuf,
+        /// Bytes of the pool's file.
+        needed: u64,
+        /// Bytes free on that filesystem (for this user).
+        available: u64,
+    },
     /// Creating the pool's file or mapping failed.
     #[error("creating pool {name:?} failed: {source}")]
     Create {

@@ -38,5 +38,5 @@ pub use alloc_core::layout::CLASS_SIZES;
 pub use alloc_core::{alloc_type, AllocId, AllocOptions, Allocation, Owner, Reclaimed, Repaired, Stats};
 pub use error::{PoolError, Result};
 pub use handle::{Arena, LocalPool, OwnedAlloc};
-pub use pool::{list_pools, Attached, Inspection, Pool, PoolInfo, PoolOptions, ReclaimReport};
+pub use pool::{list_pools, Attached, Inspection, Pool, PoolInfo, PoolOptions, ReclaimReport, Space};
 pub use process::{current_pid, liveness, process_alive, Liveness};

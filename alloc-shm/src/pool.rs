@@ -31,6 +31,25 @@ pub struct PoolOptions {
     /// A number the application knows a new pool by, kept in it (Dragon's `muid`); by default
     /// the pool's nonce.
     pub muid: Option<u64>,
+    /// What a new pool's file may take of its filesystem's space.
+    pub space: Space,
+}
+
+/// How a new pool's file is set against the free space of its filesystem. Pages of a pool file
+/// are allocated when first written; on a full tmpfs (`/dev/shm`, 64 MB by default in Docker)
+/// that write kills the process with SIGBUS. So by default a pool must fit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Space {
+    /// The pool must fit in the free space now ([`PoolError::NoSpace`] otherwise). Other files
+    /// may still take that space later; `Reserve` rules that out.
+    #[default]
+    Check,
+    /// The whole file is allocated up front (fallocate): no later write can fault for want of
+    /// space. Costs the pool's size in memory at once.
+    Reserve,
+    /// No check: for sparse pools larger than the memory they will use. A write past the
+    /// filesystem's free space kills the writer with SIGBUS.
+    Overcommit,
 }
 
 impl Default for PoolOptions {
@@ -41,6 +60,7 @@ impl Default for PoolOptions {
             uid: None,
             any_owner: false,
             muid: None,
+            space: Space::Check,
         }
     }
 }
@@ -137,7 +157,7 @@ impl Pool {
 
     /// [`Pool::create`] with options.
     pub fn create_with(name: &str, size: u64, options: &PoolOptions) -> Result<Pool> {
-        let mapping = segment::create(name, size, &options.dir, options.mode, options.muid)?;
+        let mapping = segment::create(name, size, options)?;
         Ok(Pool { mapping })
     }
 

@@ -31,6 +31,7 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{PoolError, Result};
 use crate::name;
+use crate::pool::{PoolOptions, Space};
 use crate::process::{barrier, current_identity, current_pid};
 
 /// Header words this layer keeps (all within the core's host range).
@@ -366,16 +367,31 @@ pub(crate) fn file_bytes(size: u64) -> Result<u64> {
     Ok(bytes)
 }
 
-/// Creates pool `name` of `size` bytes in `dir` with permissions `mode`.
-pub(crate) fn create(
-    name: &str,
-    size: u64,
-    dir: &Path,
-    mode: u32,
-    muid: Option<u64>,
-) -> Result<Arc<Mapping>> {
+/// Bytes free for this user on the filesystem holding `dir`.
+fn free_space(name: &str, dir: &Path) -> Result<u64> {
+    let stat = rustix::fs::statvfs(dir)
+        .map_err(|errno| PoolError::Create { name: name.to_owned(), source: errno.into() })?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Creates pool `name` of `size` bytes as `options` say (directory, mode, muid, space).
+pub(crate) fn create(name: &str, size: u64, options: &PoolOptions) -> Result<Arc<Mapping>> {
     name::validate(name)?;
     let bytes = file_bytes(size)?;
+    let dir = options.dir.as_path();
+    let no_space = |available| PoolError::NoSpace {
+        name: name.to_owned(),
+        dir: dir.to_owned(),
+        needed: bytes,
+        available,
+    };
+    if options.space != Space::Overcommit {
+        let available = free_space(name, dir)?;
+        if bytes > available {
+            return Err(no_space(available));
+        }
+    }
+    let (mode, muid) = (options.mode, options.muid);
     let path = name::path_in(dir, name);
     let file = OpenOptions::new()
         .read(true)
@@ -387,7 +403,14 @@ pub(crate) fn create(
         .open(&path)
         .map_err(|error| open_error(name, error, true))?;
     let built = (|| {
-        file.set_len(bytes).map_err(|source| PoolError::Create { name: name.to_owned(), source })?;
+        match options.space {
+            Space::Reserve => rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes)
+                .map_err(|errno| match errno {
+                    rustix::io::Errno::NOSPC => no_space(free_space(name, dir).unwrap_or(0)),
+                    _ => PoolError::Create { name: name.to_owned(), source: errno.into() },
+                })?,
+            _ => file.set_len(bytes).map_err(|source| PoolError::Create { name: name.to_owned(), source })?,
+        }
         // A shared read-write mapping of the whole file we just sized; the file stays at that
         // size (pool files are only ever resized by their creator, here).
         let map = MmapOptions::new()

@@ -297,7 +297,8 @@ fn reclaim_dead_alone_restores_a_consistent_pool_after_processes_are_killed_mid_
 #[test]
 #[ignore = "2^28 alloc/free pairs: seconds in release"]
 fn two_pow_28_cached_pairs_in_a_1_tib_pool_never_repeat_an_id() {
-    let pool = TestPool::new("ids-1tib", 1 << 40);
+    let options = alloc_shm::PoolOptions { space: alloc_shm::Space::Overcommit, ..Default::default() };
+    let pool = TestPool::with_options("ids-1tib", 1 << 40, &options);
     let mut local = pool.local();
     let first = local.alloc(64).expect("space");
     let stale = first.id();

@@ -24,6 +24,10 @@ impl TestPool {
         TestPool { pool: Pool::create(&unique_name(label), size).expect("create test pool") }
     }
 
+    pub fn with_options(label: &str, size: u64, options: &alloc_shm::PoolOptions) -> TestPool {
+        TestPool { pool: Pool::create_with(&unique_name(label), size, options).expect("create test pool") }
+    }
+
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
