@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use alloc_shm::{AllocId, AllocOptions, LocalPool, Pool, PoolError, PoolOptions};
+use alloc_shm::{AllocId, AllocOptions, LocalPool, Pool, PoolError, PoolOptions, Space};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
@@ -86,11 +86,15 @@ fn positive(name: &str, value: Option<i128>) -> PyResult<()> {
 impl MemoryPool {
     /// Creates pool `fname` of `size` bytes (rounded up to pages), file mode `mode`. `uid` is,
     /// as in Dragon, the number the pool is known by (`muid`, 0 to 2**64 - 1; the pool's nonce
-    /// by default), not a user id.
+    /// by default), not a user id. The pool must fit in the free space of /dev/shm
+    /// (`PoolCreateError` naming the way out otherwise); `reserve=True` takes that space up front
+    /// so that no write into the pool can ever fault for want of it; `overcommit=True` skips
+    /// the check, for sparse pools larger than what they will use.
     /// `min_block_size` and `max_allocations` are accepted for Dragon compatibility: blocks
     /// come in fixed size classes and the number of allocations is bounded only by space.
     #[new]
-    #[pyo3(signature = (size, fname, uid=None, *, min_block_size=None, max_allocations=None, mode=0o600))]
+    #[pyo3(signature = (size, fname, uid=None, *, min_block_size=None, max_allocations=None, mode=0o600, reserve=false, overcommit=false))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         size: i128,
@@ -99,11 +103,23 @@ impl MemoryPool {
         min_block_size: Option<i128>,
         max_allocations: Option<i128>,
         mode: u32,
+        reserve: bool,
+        overcommit: bool,
     ) -> PyResult<MemoryPool> {
         let size = size_arg(py, size)?;
+        let space = match (reserve, overcommit) {
+            (true, true) => {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "reserve and overcommit exclude each other",
+                ))
+            }
+            (true, false) => Space::Reserve,
+            (false, true) => Space::Overcommit,
+            (false, false) => Space::Check,
+        };
         positive("min_block_size", min_block_size)?;
         positive("max_allocations", max_allocations)?;
-        let options = PoolOptions { mode, muid: uid, ..PoolOptions::default() };
+        let options = PoolOptions { mode, muid: uid, space, ..PoolOptions::default() };
         let pool = py.detach(|| Pool::create_with(fname, size, &options)).py_err(py)?;
         Ok(MemoryPool::wrap(pool, true))
     }

@@ -5,7 +5,7 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 
-use alloc_shm::{Pool, PoolOptions};
+use alloc_shm::{Pool, PoolError, PoolOptions, Space};
 use common::TestPool;
 
 const MIB: u64 = 1 << 20;
@@ -21,7 +21,7 @@ fn resident(pool: &Pool) -> u64 {
 /// walk (stats, check, iteration, inspection, reclaim) stops at the highest page ever claimed.
 #[test]
 fn walks_of_a_huge_sparse_pool_touch_only_what_it_used() {
-    let options = PoolOptions { space: alloc_shm::Space::Overcommit, ..PoolOptions::default() };
+    let options = PoolOptions { space: Space::Overcommit, ..PoolOptions::default() };
     let pool = TestPool::with_options("sparse", TIB, &options);
     let small = pool.alloc(64).expect("room");
     let large = pool.alloc(3 * MIB).expect("room");
@@ -38,4 +38,70 @@ fn walks_of_a_huge_sparse_pool_touch_only_what_it_used() {
     assert!(grown <= MIB, "walks made {grown} bytes of the pool resident");
     pool.free(small.id()).expect("live");
     pool.free(large.id()).expect("live");
+}
+
+/// A small tmpfs mounted for one test (as Docker's 64 MB /dev/shm); unmounted when dropped.
+struct SmallTmpfs(std::path::PathBuf);
+
+impl SmallTmpfs {
+    fn mount(mib: u64) -> Option<SmallTmpfs> {
+        let dir = std::env::temp_dir().join(common::unique_name("tmpfs"));
+        std::fs::create_dir(&dir).expect("mount point");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=1777"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if !mounted {
+            let _ = std::fs::remove_dir(&dir);
+            eprintln!("SKIPPED: mounting a tmpfs is not permitted here");
+            return None;
+        }
+        Some(SmallTmpfs(dir))
+    }
+
+    fn options(&self, space: Space) -> PoolOptions {
+        PoolOptions { dir: self.0.clone(), space, ..PoolOptions::default() }
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Issue 8 (seen failing before the fix: a 256 MiB pool was created on a 32 MiB tmpfs without
+/// a word). A pool must fit in its filesystem's free space unless overcommit is asked for;
+/// `Reserve` takes the space up front.
+#[test]
+fn a_pool_larger_than_its_filesystems_free_space_is_refused_unless_asked_for() {
+    let Some(tmpfs) = SmallTmpfs::mount(32) else { return };
+    let check = tmpfs.options(Space::Check);
+    let refused = Pool::create_with("too-big", 256 * MIB, &check);
+    match &refused {
+        Err(error @ PoolError::NoSpace { needed, available, .. }) => {
+            assert!(*needed >= 256 * MIB && *available <= 32 * MIB, "{error}");
+            let said = error.to_string();
+            assert!(said.contains(&tmpfs.0.display().to_string()) && said.contains("overcommit"), "{said}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!tmpfs.0.join("shmpool-too-big").exists(), "nothing left behind");
+
+    let reserved = Pool::create_with("reserved", 20 * MIB, &tmpfs.options(Space::Reserve)).expect("fits");
+    assert!(resident(&reserved) >= 20 * MIB, "the whole file is allocated");
+    let second = Pool::create_with("second", 16 * MIB, &check).map(|_| ());
+    assert!(matches!(second, Err(PoolError::NoSpace { .. })), "{second:?}");
+    let second = Pool::create_with("second", 16 * MIB, &tmpfs.options(Space::Reserve)).map(|_| ());
+    assert!(matches!(second, Err(PoolError::NoSpace { .. })), "{second:?}");
+    assert!(!tmpfs.0.join("shmpool-second").exists(), "nothing left behind");
+    let sparse =
+        Pool::create_with("sparse", 256 * MIB, &tmpfs.options(Space::Overcommit)).expect("asked for");
+    let a = reserved.alloc(8 * MIB).expect("room");
+    reserved.write(a.id(), 0, &[7; 4096]).expect("reserved pages never fault");
+    reserved.check().expect("consistent");
+    sparse.destroy().expect("removed");
+    reserved.destroy().expect("removed");
 }

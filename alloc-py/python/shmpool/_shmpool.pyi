@@ -24,6 +24,8 @@ class MemoryPool:
         min_block_size: Optional[int] = None,
         max_allocations: Optional[int] = None,
         mode: int = 0o600,
+        reserve: bool = False,
+        overcommit: bool = False,
     ) -> None: ...
     @staticmethod
     def attach(serialized: _Buffer) -> MemoryPool:
