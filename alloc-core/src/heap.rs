@@ -295,12 +295,31 @@ pub struct Platform {
     /// *asymmetric*: hazards are published with a compiler fence only, and retirement and
     /// healing issue this barrier (and back out if it fails).
     pub heavy_fence: Option<fn() -> bool>,
+    /// Puts memory behind bytes of the region before pages are first claimed, if the host
+    /// wants that (a file on a filesystem that may run out of space).
+    pub backing: Option<Backing>,
 }
 
 impl Platform {
-    /// No process-wide barrier: every fence is a full fence.
-    pub const SYMMETRIC: Platform = Platform { heavy_fence: None };
+    /// No process-wide barrier: every fence is a full fence. Nothing to back.
+    pub const SYMMETRIC: Platform = Platform { heavy_fence: None, backing: None };
 }
+
+/// The host's way to put memory behind a range of the region (`fallocate` on a pool's file),
+/// so that a write there can never fault for want of space: `back(context, offset, len)`
+/// returns whether it did. Data pages are backed (with their page metadata and bitmap words)
+/// in chunks, before the first claim of any of them; a chunk that cannot be backed makes the
+/// claim fail as if the pool were full.
+#[derive(Clone, Copy, Debug)]
+pub struct Backing {
+    /// Passed to `back` (the pool file's descriptor).
+    pub context: usize,
+    /// Backs `len` bytes at `offset`.
+    pub back: fn(context: usize, offset: u64, len: u64) -> bool,
+}
+
+/// Data pages are backed this many bytes at a time (at least).
+const BACKING_CHUNK: u64 = 4 << 20;
 
 /// How this process fences hazards in this heap.
 #[derive(Clone, Copy, Debug)]
@@ -396,6 +415,7 @@ pub struct Heap<'a> {
     /// Where the next search for a span to retire starts. Process-local.
     pub(crate) empty_hint: AtomicU64,
     fences: Fences,
+    backing: Option<Backing>,
 }
 
 impl<'a> Heap<'a> {
@@ -421,7 +441,7 @@ impl<'a> Heap<'a> {
         w(header::MAGIC).store(MAGIC, Ordering::Relaxed);
         // ORDERING: Release publishes the header fields above to `open`'s Acquire load of STATUS.
         w(header::STATUS).store(STATE_READY, Ordering::Release);
-        Ok(Heap::with_geometry(region, geo, Heap::fences_for(fences, platform)))
+        Ok(Heap::with_geometry(region, geo, Heap::fences_for(fences, platform), platform.backing))
     }
 
     /// Lays out a new heap with the default page size (4 KiB) and symmetric fences.
@@ -464,7 +484,7 @@ impl<'a> Heap<'a> {
         {
             return Err(Error::HeaderMismatch);
         }
-        Ok(Heap::with_geometry(region, geo, Heap::fences_for(fences, platform)))
+        Ok(Heap::with_geometry(region, geo, Heap::fences_for(fences, platform), platform.backing))
     }
 
     /// Opens a heap with symmetric fences (tests, tools).
@@ -480,7 +500,12 @@ impl<'a> Heap<'a> {
         }
     }
 
-    fn with_geometry(region: Region<'a>, geo: Geometry, fences: Fences) -> Heap<'a> {
+    fn with_geometry(
+        region: Region<'a>,
+        geo: Geometry,
+        fences: Fences,
+        backing: Option<Backing>,
+    ) -> Heap<'a> {
         let mut blocks = [0; NUM_CLASSES];
         for (class, slot) in blocks.iter_mut().enumerate() {
             let count = crate::layout::blocks_per_span(CLASS_SIZES[class] as u64, geo.span_bytes());
@@ -498,6 +523,7 @@ impl<'a> Heap<'a> {
             page_hint: AtomicU64::new(0),
             empty_hint: AtomicU64::new(0),
             fences,
+            backing,
         }
     }
 
@@ -700,6 +726,32 @@ impl<'a> Heap<'a> {
         let hwm = self.region.word(header::PAGE_HWM).load(Ordering::Acquire).min(self.geo.num_pages);
         let offset = self.geo.bitmap_word as u64 * 8;
         PageBits::new(self.region.words_at(offset, self.geo.bitmap_words as u64), hwm)
+    }
+
+    /// Makes sure data pages below `end` have memory behind them (see [`Backing`]) before any
+    /// of them is claimed; `false` if the host could not back them (the claim must fail).
+    pub(crate) fn back_pages(&self, end: u64) -> bool {
+        let Some(backing) = self.backing else { return true };
+        let backed = self.region.word(header::BACKED_PAGES);
+        // ORDERING: Acquire pairs with the Release below: pages below a mark we read were
+        // backed (by any process) before it was raised.
+        let from = backed.load(Ordering::Acquire);
+        if from >= end {
+            return true;
+        }
+        let chunk = (BACKING_CHUNK >> self.geo.page_shift).max(1);
+        let to = end.div_ceil(chunk).saturating_mul(chunk).min(self.geo.num_pages);
+        let geo = &self.geo;
+        let ranges = [
+            (geo.page_offset(from), geo.page_offset(to)),
+            (geo.page_meta_offset(from), geo.page_meta_offset(to)),
+            (geo.bitmap_offset(from), geo.bitmap_offset(to - 1) + 8),
+        ];
+        if !ranges.iter().all(|&(start, stop)| (backing.back)(backing.context, start, stop - start)) {
+            return false;
+        }
+        backed.fetch_max(to, Ordering::Release);
+        true
     }
 
     /// Raises the page high-water mark to `end` before pages below it are claimed.

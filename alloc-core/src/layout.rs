@@ -70,6 +70,9 @@ pub mod header {
     /// One past the highest data page ever claimed: walks stop there, so the metadata of a
     /// sparse pool's untouched pages is never read (reading it would allocate it).
     pub const PAGE_HWM: usize = 12;
+    /// Data pages below this have memory behind them (the host's [`crate::Backing`] made sure
+    /// of it before any of them was claimed), with their page metadata and bitmap words.
+    pub const BACKED_PAGES: usize = 13;
 }
 
 /// Fields of the `STATUS` header word.
@@ -299,7 +302,7 @@ impl HierShape {
 const _: () = {
     assert!(CLASS_SIZES.len() == NUM_CLASSES);
     assert!(CLASS_SIZES[NUM_CLASSES - 1] as u64 == MAX_CLASS_SIZE);
-    assert!(HOST_WORDS_START > header::PAGE_HWM && HOST_WORDS_START < HEADER_WORDS);
+    assert!(HOST_WORDS_START > header::BACKED_PAGES && HOST_WORDS_START < HEADER_WORDS);
     assert!(page::EPOCH < PAGE_META_WORDS);
     assert!(participant::RETIRE_ANCHOR < PARTICIPANT_WORDS);
     assert!(process::NAMESPACE < PROCESS_WORDS);
@@ -443,6 +446,16 @@ impl Geometry {
     #[inline]
     pub const fn page_word(&self, page: u64, field: usize) -> usize {
         self.page_meta_word + page as usize * PAGE_META_WORDS + field
+    }
+
+    /// Byte offset of page `page`'s metadata words.
+    pub const fn page_meta_offset(&self, page: u64) -> u64 {
+        (self.page_meta_word as u64 + page * PAGE_META_WORDS as u64) * 8
+    }
+
+    /// Byte offset of the bitmap word holding page `page`'s bits.
+    pub const fn bitmap_offset(&self, page: u64) -> u64 {
+        (self.bitmap_word as u64 + page / crate::bitmap::PAGES_PER_WORD) * 8
     }
 
     /// Byte offset (from the region start) of the first byte of `page`.

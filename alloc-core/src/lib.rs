@@ -55,7 +55,7 @@ pub use cache::{Cache, CACHE_BLOCKS};
 pub use crash::{clear_hook, set_hook};
 pub use error::Error;
 pub use heap::{
-    alloc_type, AllocId, AllocOptions, Allocation, ClassStats, Heap, Owner, Platform, Stats, Wake,
+    alloc_type, AllocId, AllocOptions, Allocation, Backing, ClassStats, Heap, Owner, Platform, Stats, Wake,
 };
 pub use layout::RecordState;
 pub use participant::{ProcessIdentity, ProcessRecord, Session};

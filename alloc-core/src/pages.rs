@@ -182,6 +182,9 @@ impl Heap<'_> {
             };
             hint = slot + 1;
             let head = slot * SPAN_PAGES;
+            if !self.back_pages(head + SPAN_PAGES) {
+                return Ok(None);
+            }
             self.publish_hazard(session, head);
             if !self.claim_run(session, head, SPAN_PAGES) {
                 self.clear_hazard(session);
@@ -276,6 +279,9 @@ impl Heap<'_> {
                 return Ok(None);
             };
             hint = head + 1;
+            if !self.back_pages(head + pages) {
+                return Ok(None);
+            }
             if !self.claim_run(session, head, pages) {
                 continue;
             }

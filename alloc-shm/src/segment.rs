@@ -19,6 +19,7 @@
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alloc_core::layout::{Geometry, DEFAULT_PAGE_SHIFT, HEADER_WORDS};
 use alloc_core::primitive::{AtomicU64, Ordering};
-use alloc_core::{Error as HeapError, Heap, Owner, Platform, ProcessIdentity, Region, Session};
+use alloc_core::{Backing, Error as HeapError, Heap, Owner, Platform, ProcessIdentity, Region, Session};
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{PoolError, Result};
@@ -59,6 +60,8 @@ pub(crate) struct Mapping {
     // Field order matters: `heap` borrows `map` and must be dropped first.
     heap: Heap<'static>,
     map: MmapRaw,
+    /// Kept open for `back` (its descriptor is the heap's backing context).
+    _file: File,
     name: String,
     path: PathBuf,
     device: u64,
@@ -253,11 +256,17 @@ impl Mapping {
         // access to the bytes goes through the heap or through allocations their owners hand out.
         let region = unsafe { Region::from_raw(map.as_mut_ptr(), map.len()) }
             .map_err(|cause| PoolError::NotAPool { name: name.to_owned(), cause })?;
-        let platform = Platform { heavy_fence: barrier() };
+        // The file stays open with the mapping: claims of pages never used before first put
+        // memory behind them through it (`back`), so that a full filesystem makes an allocation
+        // fail instead of killing the process that writes into it.
+        let file = file.try_clone().map_err(|source| PoolError::Attach { name: name.to_owned(), source })?;
+        let backing = Backing { context: file.as_raw_fd() as usize, back };
+        let platform = Platform { heavy_fence: barrier(), backing: Some(backing) };
         let heap = heap_of(region, platform).map_err(|cause| PoolError::from_heap(name, cause))?;
         let mapping = Mapping {
             heap,
             map,
+            _file: file,
             name: name.to_owned(),
             path,
             device: meta.dev(),
@@ -367,6 +376,19 @@ pub(crate) fn file_bytes(size: u64) -> Result<u64> {
     Ok(bytes)
 }
 
+/// Puts memory behind `len` bytes at `offset` of the pool file whose descriptor is `fd`.
+fn back(fd: usize, offset: u64, len: u64) -> bool {
+    // SAFETY: `fd` is the descriptor of the `File` the mapping holds for as long as its heap
+    // (the only caller) lives.
+    let file = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd as i32) };
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, offset, len) {
+        Ok(()) => true,
+        // A filesystem without fallocate cannot be backed ahead: its writes take their chances.
+        Err(rustix::io::Errno::OPNOTSUPP) => true,
+        Err(_) => false,
+    }
+}
+
 /// Bytes free for this user on the filesystem holding `dir`.
 fn free_space(name: &str, dir: &Path) -> Result<u64> {
     let stat = rustix::fs::statvfs(dir)
@@ -403,14 +425,25 @@ pub(crate) fn create(name: &str, size: u64, options: &PoolOptions) -> Result<Arc
         .open(&path)
         .map_err(|error| open_error(name, error, true))?;
     let built = (|| {
-        match options.space {
-            Space::Reserve => rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes)
-                .map_err(|errno| match errno {
-                    rustix::io::Errno::NOSPC => no_space(free_space(name, dir).unwrap_or(0)),
-                    _ => PoolError::Create { name: name.to_owned(), source: errno.into() },
-                })?,
-            _ => file.set_len(bytes).map_err(|source| PoolError::Create { name: name.to_owned(), source })?,
-        }
+        file.set_len(bytes).map_err(|source| PoolError::Create { name: name.to_owned(), source })?;
+        // Memory behind what must never fault: everything (Reserve), the metadata (Check: data
+        // pages are backed as they are first claimed), the header and tables (Overcommit).
+        let geo = Geometry::compute(bytes, DEFAULT_PAGE_SHIFT).ok_or(PoolError::InvalidSize {
+            size,
+            reason: "a pool needs room for at least one 64 KiB span",
+        })?;
+        let backed = match options.space {
+            Space::Reserve => bytes,
+            Space::Check => geo.data_offset,
+            Space::Overcommit => geo.bitmap_word as u64 * 8,
+        };
+        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, backed).or_else(|errno| {
+            match errno {
+                rustix::io::Errno::NOSPC => Err(no_space(free_space(name, dir).unwrap_or(0))),
+                rustix::io::Errno::OPNOTSUPP => Ok(()),
+                _ => Err(PoolError::Create { name: name.to_owned(), source: errno.into() }),
+            }
+        })?;
         // A shared read-write mapping of the whole file we just sized; the file stays at that
         // size (pool files are only ever resized by their creator, here).
         let map = MmapOptions::new()

@@ -105,3 +105,46 @@ fn a_pool_larger_than_its_filesystems_free_space_is_refused_unless_asked_for() {
     sparse.destroy().expect("removed");
     reserved.destroy().expect("removed");
 }
+
+/// Runs `shmpool-child fill` on `pool`: the number of 1 MiB blocks it allocated and wrote, or
+/// how it died.
+fn fill_in_child(pool: &Pool) -> Result<u64, String> {
+    let descriptor = alloc_shm::descriptor::to_hex(&pool.descriptor().expect("fits"));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shmpool-child"))
+        .args(["fill", &descriptor])
+        .output()
+        .expect("ran");
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    match said.lines().find_map(|line| line.strip_prefix("@@ filled ")) {
+        Some(count) if output.status.success() => Ok(count.parse().expect("a count")),
+        _ => Err(format!("{:?}: {said}", output.status)),
+    }
+}
+
+/// Issue 8 (seen failing before the fix: the writer died of SIGBUS). When the filesystem runs
+/// out of space under a pool (another file took it, or the pool was overcommitted), the
+/// allocation that would need new pages fails with `Full`; whatever was handed out can be
+/// written.
+#[test]
+fn a_filesystem_running_out_of_space_fails_allocations_instead_of_killing_the_writer() {
+    let Some(tmpfs) = SmallTmpfs::mount(32) else { return };
+    let overcommitted =
+        Pool::create_with("overcommitted", 256 * MIB, &tmpfs.options(Space::Overcommit)).expect("asked for");
+    let filled = fill_in_child(&overcommitted);
+    let held = overcommitted.stats().expect("stats").live_allocations;
+    overcommitted.destroy().expect("removed");
+    drop(overcommitted); // (its pages go back to the tmpfs with the last mapping)
+    let filled = filled.expect("the writer lived");
+    assert!((16..32).contains(&filled) && held == filled, "{filled} blocks, {held} held");
+
+    // A checked pool that fit when created; then another file takes most of the space.
+    let checked = Pool::create_with("checked", 24 * MIB, &tmpfs.options(Space::Check)).expect("fits");
+    let hog = tmpfs.0.join("hog");
+    std::fs::write(&hog, vec![1u8; 20 << 20]).expect("room for the hog");
+    let filled = fill_in_child(&checked);
+    checked.check().expect("consistent");
+    checked.destroy().expect("removed");
+    let _ = std::fs::remove_file(&hog);
+    let filled = filled.expect("the writer lived");
+    assert!(filled < 16, "{filled} blocks");
+}

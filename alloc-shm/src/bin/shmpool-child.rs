@@ -16,6 +16,8 @@
 //! - `pairs POOL PAIRS`: builds a working set of 1024 blocks, reports `@@ ready`, waits for a
 //!   byte on stdin, runs PAIRS cached 64 B alloc+free pairs, reports `@@ nanos N`.
 //! - `create NAME MIB`: create a pool and exit without destroying it (an abandoned pool).
+//! - `fill POOL`: allocate 1 MiB blocks and write them until the pool is full; report
+//!   `@@ filled N`.
 //! - `own POOL COUNT SIZE`: allocate COUNT allocations of SIZE bytes (owned by this process),
 //!   report `@@ owned`, and exit without freeing them.
 //! - `fork-hold NAME SECS`: attach pool NAME by name, allocate and free once, fork, report
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         ["send", pool, count] => attach(pool).and_then(|pool| send(&pool, parse(count)?)),
         ["receive"] => receive(),
         ["create", name, mib] => parse(mib).and_then(|mib| Pool::create(name, mib << 20)).map(|_| ()),
+        ["fill", pool] => attach(pool).and_then(|pool| fill(&pool)),
         ["own", pool, count, size] => attach(pool).and_then(|pool| own(&pool, parse(count)?, parse(size)?)),
         ["pairs", pool, count] => attach(pool).and_then(|pool| run_pairs(&pool, parse(count)?)),
         ["pingpong", pool, rounds] => attach(pool).and_then(|pool| pingpong(&pool, parse(rounds)?)),
@@ -84,6 +87,24 @@ fn fork_hold(pool: &Pool, secs: u64) -> Result<(), PoolError> {
 
 fn parse(text: &str) -> Result<u64, PoolError> {
     text.parse().map_err(|_| PoolError::InvalidArgument("not a number"))
+}
+
+/// Allocates 1 MiB blocks and writes every byte of each until the pool is full; reports
+/// `@@ filled N` (the blocks it got) and exits without freeing them.
+fn fill(pool: &Pool) -> Result<(), PoolError> {
+    let mut count = 0u64;
+    loop {
+        match pool.alloc(1 << 20) {
+            Ok(allocation) => {
+                pool.write(allocation.id(), 0, &vec![0x5a; 1 << 20])?;
+                count += 1;
+            }
+            Err(PoolError::Full { .. }) => break,
+            Err(other) => return Err(other),
+        }
+    }
+    eprintln!("@@ filled {count}");
+    Ok(())
 }
 
 fn attach(descriptor: &str) -> Result<Pool, PoolError> {
