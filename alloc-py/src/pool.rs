@@ -86,14 +86,15 @@ fn positive(name: &str, value: Option<i128>) -> PyResult<()> {
 impl MemoryPool {
     /// Creates pool `fname` of `size` bytes (rounded up to pages), file mode `mode`. `uid` is,
     /// as in Dragon, the number the pool is known by (`muid`, 0 to 2**64 - 1; the pool's nonce
-    /// by default), not a user id. The pool must fit in the free space of /dev/shm
+    /// by default), not a user id. The pool lives in `dir` (default /dev/shm) and must fit in
+    /// the free space of its filesystem
     /// (`PoolCreateError` naming the way out otherwise); `reserve=True` takes that space up front
     /// so that no write into the pool can ever fault for want of it; `overcommit=True` skips
     /// the check, for sparse pools larger than what they will use.
     /// `min_block_size` and `max_allocations` are accepted for Dragon compatibility: blocks
     /// come in fixed size classes and the number of allocations is bounded only by space.
     #[new]
-    #[pyo3(signature = (size, fname, uid=None, *, min_block_size=None, max_allocations=None, mode=0o600, reserve=false, overcommit=false))]
+    #[pyo3(signature = (size, fname, uid=None, *, min_block_size=None, max_allocations=None, mode=0o600, reserve=false, overcommit=false, dir=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -105,6 +106,7 @@ impl MemoryPool {
         mode: u32,
         reserve: bool,
         overcommit: bool,
+        dir: Option<std::path::PathBuf>,
     ) -> PyResult<MemoryPool> {
         let size = size_arg(py, size)?;
         let space = match (reserve, overcommit) {
@@ -119,7 +121,10 @@ impl MemoryPool {
         };
         positive("min_block_size", min_block_size)?;
         positive("max_allocations", max_allocations)?;
-        let options = PoolOptions { mode, muid: uid, space, ..PoolOptions::default() };
+        let mut options = PoolOptions { mode, muid: uid, space, ..PoolOptions::default() };
+        if let Some(dir) = dir {
+            options.dir = dir;
+        }
         let pool = py.detach(|| Pool::create_with(fname, size, &options)).py_err(py)?;
         Ok(MemoryPool::wrap(pool, true))
     }
@@ -131,18 +136,22 @@ impl MemoryPool {
         Ok(MemoryPool::wrap(pool, false))
     }
 
-    /// Attaches pool `fname` in /dev/shm. Its file must belong to this user, or to user
+    /// Attaches pool `fname` in `dir` (default /dev/shm). Its file must belong to this user, or to user
     /// `owner_uid` if given (root included); `any_owner=True` attaches it whoever owns it (the
     /// file's permissions still apply).
     #[staticmethod]
-    #[pyo3(signature = (fname, *, owner_uid=None, any_owner=false))]
+    #[pyo3(signature = (fname, *, owner_uid=None, any_owner=false, dir=None))]
     fn attach_by_name(
         py: Python<'_>,
         fname: &str,
         owner_uid: Option<u32>,
         any_owner: bool,
+        dir: Option<std::path::PathBuf>,
     ) -> PyResult<MemoryPool> {
-        let options = PoolOptions { uid: owner_uid, any_owner, ..PoolOptions::default() };
+        let mut options = PoolOptions { uid: owner_uid, any_owner, ..PoolOptions::default() };
+        if let Some(dir) = dir {
+            options.dir = dir;
+        }
         let pool = Pool::attach_by_name_with(fname, &options).py_err(py)?;
         Ok(MemoryPool::wrap(pool, false))
     }

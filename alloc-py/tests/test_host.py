@@ -1,6 +1,8 @@
 """The host side never kills a process: pools are set against /dev/shm's free space."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -35,3 +37,44 @@ def test_reserve_allocates_the_whole_file(pool_name):
         pool.alloc(2**20).free()
     with pytest.raises(ValueError):
         shmpool.MemoryPool(8 * 2**20, pool_name, reserve=True, overcommit=True)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 32 MiB tmpfs (as Docker's default /dev/shm), mounted for one test."""
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(tmp_path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {mounted.stderr.decode().strip()}")
+    yield tmp_path
+    subprocess.run(["umount", str(tmp_path)], check=True)
+
+
+FILL = """
+import sys, shmpool
+pool = shmpool.MemoryPool.attach_by_name(sys.argv[1], dir=sys.argv[2])
+held = []
+try:
+    while True:
+        a = pool.alloc(2**20)
+        memoryview(a)[:] = b"z" * 2**20
+        held.append(a)
+except shmpool.PoolFullError:
+    print(len(held))
+"""
+
+
+def test_a_full_filesystem_fails_allocations_instead_of_killing_the_writer(small_tmpfs, pool_name):
+    """Seen failing before: a pool larger than its tmpfs was created, and the process writing
+    into it died of SIGBUS."""
+    with pytest.raises(shmpool.PoolCreateError, match="overcommit"):
+        shmpool.MemoryPool(256 * 2**20, pool_name, dir=small_tmpfs)
+    with shmpool.MemoryPool(256 * 2**20, pool_name, dir=small_tmpfs, overcommit=True) as pool:
+        writer = subprocess.run(
+            [sys.executable, "-c", FILL, pool_name, str(small_tmpfs)], capture_output=True, text=True
+        )
+        assert writer.returncode == 0, f"the writer died: {writer.returncode} {writer.stderr}"
+        assert 16 <= int(writer.stdout) < 32
+        assert pool.current_allocations == int(writer.stdout)
+    assert not os.listdir(small_tmpfs)

@@ -1,5 +1,6 @@
 """Type stubs for the compiled part of shmpool (see the docstrings at runtime for details)."""
 
+import os
 from typing import Any, Iterator, Optional, Union
 
 from . import Arena
@@ -26,12 +27,19 @@ class MemoryPool:
         mode: int = 0o600,
         reserve: bool = False,
         overcommit: bool = False,
+        dir: str | os.PathLike[str] | None = None,
     ) -> None: ...
     @staticmethod
     def attach(serialized: _Buffer) -> MemoryPool:
         """Attach the pool a serialize()d descriptor names."""
     @staticmethod
-    def attach_by_name(fname: str, *, owner_uid: int | None = None, any_owner: bool = False) -> MemoryPool:
+    def attach_by_name(
+        fname: str,
+        *,
+        owner_uid: int | None = None,
+        any_owner: bool = False,
+        dir: str | os.PathLike[str] | None = None,
+    ) -> MemoryPool:
         """Attach pool `fname` in /dev/shm: this user's (or user `owner_uid`'s, root included); any owner
         only with `any_owner=True`."""
     def serialize(self) -> bytes:
