@@ -129,6 +129,29 @@ impl MemoryPool {
         Ok(MemoryPool::wrap(pool, true))
     }
 
+    /// The smallest pool size whose data area holds one allocation of `data_bytes` (a pool
+    /// keeps about 1.6% of its size for metadata).
+    #[staticmethod]
+    fn size_for_data(py: Python<'_>, data_bytes: i128) -> PyResult<u64> {
+        let data = size_arg(py, data_bytes)?;
+        Pool::size_for_data(data).py_err(py)
+    }
+
+    /// Creates a pool that holds `data_bytes` in one allocation: `MemoryPool(size_for_data(
+    /// data_bytes), fname, ...)`, the other arguments as `MemoryPool`'s.
+    #[staticmethod]
+    #[pyo3(signature = (data_bytes, fname, uid=None, **kwargs))]
+    fn for_data<'py>(
+        py: Python<'py>,
+        data_bytes: i128,
+        fname: &str,
+        uid: Option<u64>,
+        kwargs: Option<&Bound<'py, pyo3::types::PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let size = MemoryPool::size_for_data(py, data_bytes)?;
+        py.get_type::<MemoryPool>().call((size, fname, uid), kwargs)
+    }
+
     /// Attaches the pool a `serialize()`d descriptor names.
     #[staticmethod]
     fn attach(py: Python<'_>, serialized: &[u8]) -> PyResult<MemoryPool> {

@@ -78,3 +78,11 @@ def test_a_full_filesystem_fails_allocations_instead_of_killing_the_writer(small
         assert 16 <= int(writer.stdout) < 32
         assert pool.current_allocations == int(writer.stdout)
     assert not os.listdir(small_tmpfs)
+
+
+@pytest.mark.parametrize("n", [1, 4097, 100_000_000])
+def test_a_pool_made_for_its_data_holds_it_in_one_allocation(pool_name, n):
+    """Seen failing before: MemoryPool(n + 2**20).alloc(n) failed for n = 100 MB."""
+    with shmpool.MemoryPool.for_data(n, pool_name, overcommit=True) as pool:
+        assert pool.size == shmpool.MemoryPool.size_for_data(n) >= n
+        pool.alloc(n).free()

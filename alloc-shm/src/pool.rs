@@ -161,6 +161,12 @@ impl Pool {
         Ok(Pool { mapping })
     }
 
+    /// The smallest pool size whose data area holds one allocation of `data` bytes (a pool
+    /// keeps about 1.6% of its size for metadata: page records, bitmaps, tables).
+    pub fn size_for_data(data: u64) -> Result<u64> {
+        segment::size_for_data(data)
+    }
+
     /// Creates the pool, or attaches it if it exists already.
     pub fn create_or_attach(name: &str, size: u64, options: &PoolOptions) -> Result<Pool> {
         match Pool::create_with(name, size, options) {

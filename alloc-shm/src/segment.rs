@@ -360,6 +360,32 @@ fn random_nonce() -> u64 {
     (u64::from_le_bytes(bytes) ^ time.rotate_left(17) ^ current_pid() as u64) | 1
 }
 
+/// The smallest pool size (whole pages) whose data area holds one allocation of `data` bytes.
+pub(crate) fn size_for_data(data: u64) -> Result<u64> {
+    let too_large = || PoolError::InvalidSize { size: data, reason: "no pool can hold that much" };
+    let heap_page = 1u64 << DEFAULT_PAGE_SHIFT;
+    let largest_block = alloc_core::layout::CLASS_SIZES[alloc_core::layout::NUM_CLASSES - 1] as u64;
+    let pages = if data <= largest_block { alloc_core::layout::SPAN_PAGES } else { data.div_ceil(heap_page) };
+    let os_page = rustix::param::page_size() as u64;
+    let holds =
+        |bytes: u64| Geometry::compute(bytes, DEFAULT_PAGE_SHIFT).is_some_and(|g| g.num_pages >= pages);
+    // Double up to a size that holds it, then bisect (in whole pages of the system).
+    let mut high = pages.checked_mul(heap_page).ok_or_else(too_large)?;
+    while !holds(high) {
+        high = high.checked_mul(2).filter(|&bytes| bytes < 1 << 62).ok_or_else(too_large)?;
+    }
+    let (mut low, mut high) = (0, high.div_ceil(os_page));
+    while low + 1 < high {
+        let middle = low + (high - low) / 2;
+        if holds(middle * os_page) {
+            high = middle;
+        } else {
+            low = middle;
+        }
+    }
+    Ok(high * os_page)
+}
+
 /// Bytes of the file for a pool of `size` bytes: rounded up to whole pages.
 pub(crate) fn file_bytes(size: u64) -> Result<u64> {
     let page = rustix::param::page_size() as u64;

@@ -30,6 +30,12 @@ class MemoryPool:
         dir: str | os.PathLike[str] | None = None,
     ) -> None: ...
     @staticmethod
+    def size_for_data(data_bytes: int) -> int:
+        """The smallest pool size whose data area holds one allocation of `data_bytes`."""
+    @staticmethod
+    def for_data(data_bytes: int, fname: str, uid: Optional[int] = None, **kwargs: Any) -> MemoryPool:
+        """A new pool that holds `data_bytes` in one allocation (other arguments as `MemoryPool`)."""
+    @staticmethod
     def attach(serialized: _Buffer) -> MemoryPool:
         """Attach the pool a serialize()d descriptor names."""
     @staticmethod

@@ -152,10 +152,13 @@ fn info(name: &str, options: &PoolOptions) -> Outcome {
     let (stats, allocations) = pool.survey()?;
     let info = pool.info();
     println!("pool {name}: {}", pool.path().display());
+    let metadata = pool.size() - stats.data_bytes;
     println!(
-        "  size {} ({} of data), free {}",
+        "  size {} ({} of data, {} of metadata: {:.2}%), free {}",
         mib(pool.size()),
         mib(stats.data_bytes),
+        mib(metadata),
+        metadata as f64 * 100.0 / pool.size() as f64,
         mib(stats.free_bytes)
     );
     println!("  live allocations {} ({} bytes asked for)", stats.live_allocations, stats.live_bytes);
