@@ -38,7 +38,7 @@ pub fn to_py(py: Python<'_>, error: PoolError) -> PyErr {
         PoolError::InvalidAllocation { .. } => "InvalidAllocationError",
         PoolError::InvalidDescriptor(_) => "InvalidDescriptorError",
         PoolError::InvalidArgument(reason) => return PyValueError::new_err(*reason),
-        PoolError::Corrupt { .. } => "PoolCorruptError",
+        PoolError::Corrupt { .. } | PoolError::Truncated { .. } => "PoolCorruptError",
         PoolError::TableFull { .. } => "PoolAttachError",
         PoolError::NoSuchProcess { .. } => return PyValueError::new_err(error.to_string()),
         PoolError::Unsupported { .. } | PoolError::Io { .. } => "PoolError",

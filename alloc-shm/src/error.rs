@@ -98,6 +98,21 @@ pub enum PoolError {
         /// What the validation found.
         cause: HeapError,
     },
+    /// The pool's file is shorter than the pool: another process truncated it. Touching the
+    /// missing part kills a process with SIGBUS, so the pool is not used.
+    #[error(
+        "pool {name:?}: its file was truncated to {file_bytes} bytes (the pool has {pool_bytes}): \
+         touching the missing part would kill this process; destroy the pool (pools in a sealed \
+         memfd cannot be truncated)"
+    )]
+    Truncated {
+        /// The pool's name.
+        name: String,
+        /// The file's size now.
+        file_bytes: u64,
+        /// The pool's size.
+        pool_bytes: u64,
+    },
     /// The pool's creator did not finish initialising it within the wait.
     #[error("pool {name:?} is still being initialised")]
     NotReady {

@@ -407,6 +407,7 @@ impl Pool {
 
     /// Verifies every invariant of the heap (meaningful when no process is mid-operation).
     pub fn check(&self) -> Result<Stats> {
+        self.mapping.check_size()?;
         self.run(|heap, session| heap.check(session))
     }
 

@@ -60,8 +60,8 @@ pub(crate) struct Mapping {
     // Field order matters: `heap` borrows `map` and must be dropped first.
     heap: Heap<'static>,
     map: MmapRaw,
-    /// Kept open for `back` (its descriptor is the heap's backing context).
-    _file: File,
+    /// Kept open for `back` (its descriptor is the heap's backing context) and `check_size`.
+    file: File,
     name: String,
     path: PathBuf,
     device: u64,
@@ -266,7 +266,7 @@ impl Mapping {
         let mapping = Mapping {
             heap,
             map,
-            _file: file,
+            file,
             name: name.to_owned(),
             path,
             device: meta.dev(),
@@ -274,6 +274,15 @@ impl Mapping {
             process: std::sync::atomic::AtomicU64::new(0),
         };
         Ok(mapping)
+    }
+
+    /// Fails if the pool's file is now shorter than the mapping (another process truncated it).
+    pub(crate) fn check_size(&self) -> Result<()> {
+        let file_bytes = self.file.metadata().map(|meta| meta.len()).unwrap_or(0);
+        if file_bytes < self.len() {
+            return Err(PoolError::Truncated { name: self.name.clone(), file_bytes, pool_bytes: self.len() });
+        }
+        Ok(())
     }
 
     /// The creator's pid and uid.
@@ -564,6 +573,7 @@ pub(crate) fn attach(name: &str, path: &Path, owned: Owned, access: Access) -> R
             .find(|(device, inode, _)| *device == meta.dev() && *inode == meta.ino())
             .and_then(|(_, _, weak)| weak.upgrade());
         if let Some(mapping) = existing {
+            mapping.check_size()?;
             return Ok(mapping);
         }
     }

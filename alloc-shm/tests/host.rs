@@ -174,3 +174,21 @@ fn a_pool_sized_for_its_data_holds_it_in_one_allocation() {
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(said.contains("metadata"), "{said}");
 }
+
+/// Issue 8 (seen failing before the fix: the next access after another process truncated the
+/// pool's file died of SIGBUS). Attaching again and `check` look at the file's size first.
+#[test]
+fn a_truncated_pool_file_is_reported_not_touched() {
+    let pool = TestPool::new("truncated", 4 * MIB);
+    let a = pool.alloc(64).expect("room");
+    let file = std::fs::OpenOptions::new().write(true).open(pool.path()).expect("ours");
+    file.set_len(64 * 1024).expect("truncated");
+    let again = Pool::attach_by_name(pool.name()).map(|_| ());
+    assert!(matches!(again, Err(PoolError::Truncated { .. })), "{again:?}");
+    let checked = pool.check().map(|_| ());
+    match checked {
+        Err(error @ PoolError::Truncated { .. }) => assert!(error.to_string().contains("memfd"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let _ = a;
+}
