@@ -88,6 +88,14 @@
 //! - **Fork.** The core keeps nothing per process; the host gives a fork child new records and
 //!   drops (without giving back) the caches it inherited: those blocks are its parent's.
 //!
+//! - **Sparse regions.** Every claim first raises the page high-water mark (`PAGE_HWM`); walks
+//!   (stats, check, inspection, reclaim) read the bitmap only below it, so a huge region's
+//!   untouched metadata is never read. A host that maps a file which may run out of space gives
+//!   a [`Backing`]: data pages, with their page metadata and bitmap words, are backed in 4 MiB
+//!   chunks (`BACKED_PAGES`) before their first claim, and a chunk that cannot be backed fails
+//!   the claim like a full pool. A participant killed between backing and raising the mark
+//!   leaves memory backed that the next claimer backs again (idempotent).
+//!
 //! An allocation can still fail with `OutOfMemory` while another participant holds the last
 //! free memory in transit (a span it is carving, blocks it is moving): waiting for it would be a
 //! lock. A host that waits (`alloc_blocking`) waits in bounded slices so that it tries again.
