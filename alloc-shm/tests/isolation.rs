@@ -112,12 +112,19 @@ impl Drop for Planted {
     }
 }
 
+/// Plants a FIFO under a pool's name: as another user (uid 4242) where this test runs as root.
 fn plant_fifo(label: &str) -> (String, Planted) {
     let name = unique_name(label);
     let path = alloc_shm::name::path_in("/dev/shm".as_ref(), &name);
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
     // SAFETY: a valid C string; mkfifo only creates the node.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o666) }, 0, "mkfifo");
+    if rustix::process::geteuid().as_raw() == 0 {
+        // SAFETY: as above; only the node's owner changes.
+        assert_eq!(unsafe { libc::chown(c_path.as_ptr(), 4242, 4242) }, 0, "chown");
+    } else {
+        eprintln!("(not root: the FIFO is planted by this user, not another)");
+    }
     (name, Planted(path))
 }
 
@@ -126,6 +133,15 @@ fn plant_fifo(label: &str) -> (String, Planted) {
 #[test]
 fn planted_fifos_never_hang_attach_or_the_tool() {
     let (fifo_name, _fifo) = plant_fifo("fifo");
+    let (_, _own_fifo) = {
+        let (name, planted) = plant_fifo("own-fifo");
+        let path = planted.0.clone();
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
+        let me = rustix::process::geteuid().as_raw();
+        // SAFETY: a valid C string; the node is given back to this user.
+        assert_eq!(unsafe { libc::chown(c_path.as_ptr(), me, me) }, 0, "chown");
+        (name, planted)
+    };
     let pool = TestPool::new("fifo-victim", 4 * MIB);
     let a = pool.alloc(64).expect("room");
     let mut described =
