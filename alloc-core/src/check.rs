@@ -107,7 +107,7 @@ impl Heap<'_> {
             classes: [ClassStats::default(); NUM_CLASSES],
             ..Stats::default()
         };
-        let mut free_bytes = (geo.num_pages - stats.claimed_pages) << geo.page_shift;
+        let mut free_bytes = geo.num_pages.saturating_sub(stats.claimed_pages) << geo.page_shift;
         let ensure = |ok: bool, what: &'static str, page: u64| {
             if ok || !strict {
                 Ok(())
@@ -219,7 +219,9 @@ impl Heap<'_> {
                 }
             }
         }
-        stats.free_bytes = free_bytes;
+        // A walk racing with carvers may count a span's pages free twice (unclaimed when
+        // counted, then block by block): never report more than the data area.
+        stats.free_bytes = free_bytes.min(stats.data_bytes);
         if strict {
             let used_slots = bits.pages().div_ceil(SPAN_PAGES);
             for class in 0..NUM_CLASSES {
@@ -267,6 +269,7 @@ impl Heap<'_> {
             match BlockState::decode(word) {
                 Some(state) if state.kind == Kind::Live => {
                     let extra = Extra::decode(span.extra(index).load(Ordering::Relaxed));
+                    step!("survey/block-read");
                     if !unchanged() {
                         // Retired since (so it was entirely free then): the rest counts as free.
                         break;
@@ -419,5 +422,180 @@ mod tests {
         let small_ones = reported.iter().filter(|allocation| allocation.capacity < 4096).count();
         assert_eq!(small_ones, 0, "the inspector reported user bytes as allocations: {stats:?}");
         assert!(stats.live_allocations <= 1, "{stats:?}");
+    }
+
+    mod gate {
+        use std::cell::Cell;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        pub static STAGE: AtomicU32 = AtomicU32::new(0);
+        thread_local! { pub static INSPECTOR: Cell<bool> = const { Cell::new(false) }; }
+        /// Pauses the inspector thread at span-checked (stage 1, until 2) and at block-read
+        /// (stage 3, until 4), once each.
+        pub fn hook(name: &'static str) {
+            if !INSPECTOR.with(|i| i.get()) {
+                return;
+            }
+            let (reached, go) = match name {
+                "survey/span-checked" => (1, 2),
+                "survey/block-read" => (3, 4),
+                _ => return,
+            };
+            if STAGE.load(Ordering::SeqCst) != reached - 1 {
+                return;
+            }
+            STAGE.store(reached, Ordering::SeqCst);
+            while STAGE.load(Ordering::SeqCst) < go {
+                std::thread::yield_now();
+            }
+        }
+        pub fn wait_for(stage: u32) {
+            while STAGE.load(Ordering::SeqCst) < stage {
+                std::thread::yield_now();
+            }
+        }
+        pub fn go(stage: u32) {
+            STAGE.store(stage, Ordering::SeqCst);
+        }
+    }
+
+    /// Adversarial review (seen failing before the head-epoch bump in `retire`): ABA on the
+    /// seal. A span whose blocks were never handed out (its carver died after popping, a
+    /// reclaimer healed it) was retired without raising its head page's epoch;
+    /// a large run whose head is *below* the span head covers the span's state words (raising
+    /// only its own head's epoch); the run is freed and the slot carved again with the same
+    /// class: INFO and EPOCH of the span head are bit for bit what the inspector sealed, so the
+    /// user bytes it read while the run was live pass the re-check.
+    #[test]
+    fn a_seal_never_matches_a_span_carved_after_the_retirement_of_one_that_issued_nothing() {
+        let hook = testing::install();
+        let mut words = vec![0u64; (1 << 20) / 8];
+        let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
+        // SAFETY: the vector outlives the heaps and is used only through them (and the run's
+        // bytes by its owner).
+        let view = || Heap::open_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("open");
+        // SAFETY: as above.
+        let heap = Heap::create_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("fits");
+        let process = heap.register_process(identity(2)).expect("room");
+        let mut session = heap.register_participant(process).expect("room");
+        // A large run at page 0, so that the next span goes to slot 1 (head page 16).
+        let keeper = heap.alloc(&mut session, 8192, AllocOptions::default()).expect("room");
+        assert_eq!(keeper.offset, heap.geometry().data_offset);
+        // Process D carves a span of the 64-byte class at slot 1 and dies right after its pop,
+        // before handing the block out: no block of the span ever gets a new generation.
+        let dead = heap.register_process(identity(3)).expect("room");
+        let mut dead_session = heap.register_participant(dead).expect("room");
+        let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            testing::stop_at("pop/popped");
+            heap.alloc(&mut dead_session, 64, AllocOptions::default())
+        }));
+        assert!(stopped.is_err(), "D stopped after its pop");
+        let head = SPAN_PAGES;
+        let class = crate::layout::class_for(64).expect("small");
+        assert_eq!(heap.info(head), Ok(PageInfo::SpanHead { class, retiring: 0 }));
+        heap.reclaim_dead(&mut session, |record| record.identity.pid == 3, |_, _, _| {}).expect("ok");
+        let span = heap.span(head, class);
+        assert_eq!(span.anchor().count, span.blocks(), "healed: entirely free");
+        let _ = heap.free(&mut session, keeper.id()).expect("live");
+
+        crate::crash::set_hook(gate::hook);
+        let fake_owner = 99u64;
+        let (reported, stats) = std::thread::scope(|scope| {
+            let inspector = scope.spawn(|| {
+                gate::INSPECTOR.with(|i| i.set(true));
+                let mut reported = Vec::new();
+                let stats = heap.inspect(|allocation| reported.push(allocation)).expect("ready");
+                (reported, stats)
+            });
+            gate::wait_for(1);
+            // The inspector has sealed the span at page 16. It is retired (nobody ever allocated
+            // from it: max_gen is its base, the epochs stay) for a run of the whole data area,
+            // whose head is page 0.
+            let data = heap.geometry().data_bytes();
+            let big = heap.alloc(&mut session, data, AllocOptions::default()).expect("the span retires");
+            assert_eq!(big.offset, heap.geometry().data_offset, "the run's head is page 0, not 16");
+            let fake = BlockState::live(fake_owner, 0, 777).encode();
+            let first = (big.offset / 8) as usize;
+            // SAFETY: the run is ours; its bytes lie inside the vector.
+            unsafe {
+                for word in 0..(big.size / 8) as usize {
+                    ptr.cast::<u64>().add(first + word).write_volatile(fake);
+                }
+            }
+            gate::go(2);
+            // The inspector reads block 0's words: the run's bytes.
+            gate::wait_for(3);
+            let _ = heap.free(&mut session, big.id()).expect("live");
+            // Another process (its own hints) puts a run at page 0 and carves a 64-byte span,
+            // which lands at slot 1 again.
+            let other = view();
+            let p = other.register_process(identity(4)).expect("room");
+            let mut s = other.register_participant(p).expect("room");
+            let _keeper2 = other.alloc(&mut s, 8192, AllocOptions::default()).expect("room");
+            let small = other.alloc(&mut s, 64, AllocOptions::default()).expect("room");
+            // (Before the fix the head's epoch was also what the inspector sealed.)
+            let same_info = other.info(head) == Ok(PageInfo::SpanHead { class, retiring: 0 });
+            let _ = small;
+            gate::go(4);
+            let outcome = inspector.join().expect("no panic");
+            assert!(same_info, "the span was carved again at the same head, of the same class");
+            outcome
+        });
+        drop(hook);
+        let forged: Vec<_> = reported.iter().filter(|a| a.owner == Owner(fake_owner as u16)).collect();
+        assert!(forged.is_empty(), "the inspector reported user bytes as allocations: {forged:?} {stats:?}");
+    }
+
+    /// Adversarial review: the figures are not bounded by the data area. The claimed-page count is a
+    /// snapshot taken before the walk; a span carved after it has its pages counted free once
+    /// as unclaimed pages and again, block by block, when the walk reaches it. `shmpool ls`
+    /// then computes `data_bytes - free_bytes` (overflow: a panic in debug, a wrapped figure
+    /// in release).
+    #[test]
+    fn free_bytes_never_exceed_the_data_area_when_spans_are_carved_during_the_walk() {
+        let hook = testing::install();
+        let mut words = vec![0u64; (1 << 20) / 8];
+        let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
+        // SAFETY: the vector outlives the heap and is only used through it.
+        let heap = Heap::create_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("fits");
+        let process = heap.register_process(identity(2)).expect("room");
+        let mut session = heap.register_participant(process).expect("room");
+        let first = heap.alloc(&mut session, 64, AllocOptions::default()).expect("room");
+        let stats = std::thread::scope(|scope| {
+            let inspector = scope.spawn(|| {
+                testing::pause_at("survey/span-checked");
+                heap.inspect(|_| {}).expect("ready")
+            });
+            testing::wait_until_paused();
+            // Two more spans (other classes), carved after the inspector counted claimed pages.
+            let _a = heap.alloc(&mut session, 128, AllocOptions::default()).expect("room");
+            let _b = heap.alloc(&mut session, 256, AllocOptions::default()).expect("room");
+            testing::resume();
+            inspector.join().expect("no panic")
+        });
+        drop(hook);
+        let _ = first;
+        assert!(
+            stats.free_bytes <= stats.data_bytes,
+            "free {} > data {}: {stats:?}",
+            stats.free_bytes,
+            stats.data_bytes
+        );
+    }
+
+    /// Adversarial review: garbage in the page bitmap's padding bits (past the last page) makes the
+    /// claimed count exceed the pages: `num_pages - claimed_pages` overflows (a panic in debug).
+    #[test]
+    fn a_bitmap_with_padding_bits_set_does_not_panic_the_inspector() {
+        let mut words = vec![0u64; (1 << 20) / 8];
+        let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
+        // SAFETY: the vector outlives the heap and is only used through it.
+        let heap = Heap::create_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("fits");
+        let geo = *heap.geometry();
+        assert!(!geo.num_pages.is_multiple_of(32), "padding bits exist: {} pages", geo.num_pages);
+        for word in 0..geo.bitmap_words {
+            heap.region().word(geo.bitmap_word + word).store(u64::MAX, Ordering::Relaxed);
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| heap.inspect(|_| {})));
+        assert!(outcome.is_ok(), "the inspector panicked on garbage bitmap bits");
     }
 }

@@ -24,7 +24,8 @@
 //! 2. `INFO[X] := SpanHead { retiring: me }`, member pages flagged: from now on every hazard
 //!    holder that reads them backs out.
 //! 3. Heavy fence; if any other participant has a hazard on a page of `X`: back out.
-//! 4. Raise the 16 pages' epochs to the span's highest generation; `INFO[X]`:
+//! 4. Raise the 16 pages' epochs to the span's highest generation, and the head's by one more
+//!    (so that it always moves: inspectors seal a span with it); `INFO[X]`:
 //!    `SpanHead { retiring: me } → Transient(me)`; member info `→ Free`; clear its list bits;
 //!    release its page bits; `INFO[X] → Free`; `PENDING := 0`.
 //!
@@ -467,6 +468,10 @@ impl Heap<'_> {
         for page in head..head + SPAN_PAGES {
             self.page_word(page, page::EPOCH).fetch_max(max_gen, Ordering::Relaxed);
         }
+        // The head's epoch always moves (even for a span that never issued a generation), so
+        // that an inspector's seal (info, epoch) read before this retirement never matches a
+        // span carved here after it (adversarial review; `check.rs` test seen failing).
+        self.page_word(head, page::EPOCH).fetch_add(1, Ordering::Release);
         step!("retire/epochs-raised");
         let transient = PageInfo::Transient { participant: me };
         // ORDERING: AcqRel, as in `finish_large_release`. Only we change our flagged info.

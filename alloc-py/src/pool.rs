@@ -353,7 +353,7 @@ impl MemoryPool {
     #[getter]
     fn utilization(&self, py: Python<'_>) -> PyResult<f64> {
         let stats = self.pool(py)?.stats().py_err(py)?;
-        Ok(100.0 * (stats.data_bytes - stats.free_bytes) as f64 / stats.data_bytes as f64)
+        Ok(100.0 * stats.data_bytes.saturating_sub(stats.free_bytes) as f64 / stats.data_bytes as f64)
     }
 
     /// Live allocations.

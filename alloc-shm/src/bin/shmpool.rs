@@ -131,7 +131,7 @@ fn ls(options: &PoolOptions) -> Outcome {
         match Pool::inspect_by_name_with(&name, options).and_then(|pool| Ok((pool.stats()?, pool))) {
             Ok((stats, pool)) => {
                 let info = pool.info();
-                let used = stats.data_bytes - stats.free_bytes;
+                let used = stats.data_bytes.saturating_sub(stats.free_bytes);
                 println!(
                     "{name:<32} {:>12} {:>12} {:>10}  {} ({})",
                     mib(pool.size()),
