@@ -143,10 +143,14 @@ impl Heap<'_> {
                             outcome?
                         }
                         Guard::Seal => {
+                            // ORDERING: the epoch first, both Acquire: the info read after it is
+                            // never older, so a seal never pairs a span's info with the epoch
+                            // of after its retirement (the review's loom model found that mix
+                            // with the opposite order).
                             let seal = || {
                                 (
+                                    self.page_word(here, page::EPOCH).load(Ordering::Acquire),
                                     self.page_word(here, page::INFO).load(Ordering::Acquire),
-                                    self.page_word(here, page::EPOCH).load(Ordering::Relaxed),
                                 )
                             };
                             let sealed = seal();
@@ -156,7 +160,11 @@ impl Heap<'_> {
                                 fence(Ordering::Acquire);
                                 seal() == sealed
                             };
-                            self.survey_span(here, class, false, &unchanged, visit)?
+                            if sealed.1 == (PageInfo::SpanHead { class, retiring: 0 }).encode() {
+                                self.survey_span(here, class, false, &unchanged, visit)?
+                            } else {
+                                SpanFigures::default()
+                            }
                         }
                     };
                     if figures.blocks > 0 {
@@ -270,6 +278,13 @@ impl Heap<'_> {
                 Some(state) if state.kind == Kind::Live => {
                     let extra = Extra::decode(span.extra(index).load(Ordering::Relaxed));
                     step!("survey/block-read");
+                    // ORDERING: Acquire fence orders the extra-word read before the re-read:
+                    // an unchanged state word (its tag moves with every allocation) says both
+                    // words are of one allocation. One that changed meanwhile is left out.
+                    fence(Ordering::Acquire);
+                    if span.state(index).load(Ordering::Relaxed) != word {
+                        continue;
+                    }
                     if !unchanged() {
                         // Retired since (so it was entirely free then): the rest counts as free.
                         break;
@@ -293,6 +308,10 @@ impl Heap<'_> {
             }
         }
         ensure(live + cached + anchor.count == blocks, "free blocks on no list (in transit)")?;
+        if !unchanged() {
+            // Read after a retirement: what looked cached may have been anyone's bytes.
+            cached = 0;
+        }
         let slot = head / SPAN_PAGES;
         ensure(
             anchor.count == 0 || self.class_list(class).is_set(slot),

@@ -191,8 +191,18 @@ impl Pool {
     /// Opens pool `name` for inspection only: the file is mapped read-only (read access to it is
     /// enough), no record is taken, nothing in the pool changes. What tools such as `shmpool
     /// ls` use.
+    ///
+    /// Only on x86_64 and aarch64, where atomic loads of any ordering are plain loads: Rust
+    /// promises that only of relaxed ones on read-only memory, and the inspection path uses
+    /// acquire loads (elsewhere it fails with [`PoolError::Unsupported`]).
     pub fn inspect_by_name_with(pool_name: &str, options: &PoolOptions) -> Result<Inspection> {
         name::validate(pool_name)?;
+        if !cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+            return Err(PoolError::Unsupported {
+                name: pool_name.to_owned(),
+                what: "read-only inspection of a pool on this architecture",
+            });
+        }
         let path = name::path_in(&options.dir, pool_name);
         let mapping = segment::attach(pool_name, &path, options.owned(), Access::ReadOnly)?;
         Ok(Inspection { mapping })
@@ -579,6 +589,7 @@ impl Inspection {
     /// Usage figures and the live allocations, from one walk (each allocation as it was at
     /// some moment of the walk, as [`Pool::iter`]).
     pub fn survey(&self) -> Result<(Stats, Vec<Allocation>)> {
+        self.mapping.check_size()?;
         let mut all = Vec::new();
         let stats = self
             .mapping
@@ -590,6 +601,7 @@ impl Inspection {
 
     /// Usage figures, as [`Pool::stats`].
     pub fn stats(&self) -> Result<Stats> {
+        self.mapping.check_size()?;
         self.mapping.heap().inspect(|_| {}).map_err(|cause| PoolError::from_heap(self.name(), cause))
     }
 
