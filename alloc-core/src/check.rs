@@ -102,12 +102,14 @@ impl Heap<'_> {
         let bits = self.used_bits();
         let mut stats = Stats {
             data_bytes: geo.data_bytes(),
-            claimed_pages: bits.count_claimed(),
             largest_free_run: bits.largest_free_run(geo.num_pages - bits.pages()) << geo.page_shift,
             classes: [ClassStats::default(); NUM_CLASSES],
             ..Stats::default()
         };
-        let mut free_bytes = geo.num_pages.saturating_sub(stats.claimed_pages) << geo.page_shift;
+        // Free: the pages the walk did not find claimed, and the free blocks of the spans it
+        // read. Both come from the walk itself, so a span carved meanwhile is never counted as
+        // unclaimed pages and as free blocks too.
+        let mut free_bytes = 0;
         let ensure = |ok: bool, what: &'static str, page: u64| {
             if ok || !strict {
                 Ok(())
@@ -119,6 +121,7 @@ impl Heap<'_> {
         while here < bits.pages() {
             if !bits.is_head(here) {
                 ensure(false, "claimed page belongs to no span or run", here)?;
+                stats.claimed_pages += 1;
                 here = bits.next_claimed(here + 1);
                 continue;
             }
@@ -177,6 +180,7 @@ impl Heap<'_> {
                         stats.live_bytes = stats.live_bytes.saturating_add(figures.live_bytes);
                         free_bytes += (figures.blocks - figures.live) * CLASS_SIZES[class] as u64;
                     }
+                    stats.claimed_pages += SPAN_PAGES;
                     here = bits.next_claimed(here + SPAN_PAGES);
                 }
                 Ok(PageInfo::LargeHead { pages }) if pages >= 1 && pages <= bits.pages() - here => {
@@ -215,21 +219,22 @@ impl Heap<'_> {
                         }
                         _ => ensure(false, "large run recorded but not live", here)?,
                     }
+                    stats.claimed_pages += pages;
                     here = bits.next_claimed(here + pages);
                 }
                 Ok(PageInfo::Transient { .. }) => {
                     ensure(false, "a claim or release of pages is in progress", here)?;
+                    stats.claimed_pages += 1;
                     here = bits.next_claimed(here + 1);
                 }
                 _ => {
                     ensure(false, "claimed page belongs to no span or run", here)?;
+                    stats.claimed_pages += 1;
                     here = bits.next_claimed(here + 1);
                 }
             }
         }
-        // A walk racing with carvers may count a span's pages free twice (unclaimed when
-        // counted, then block by block): never report more than the data area.
-        stats.free_bytes = free_bytes.min(stats.data_bytes);
+        stats.free_bytes = free_bytes + ((geo.num_pages - stats.claimed_pages) << geo.page_shift);
         if strict {
             let used_slots = bits.pages().div_ceil(SPAN_PAGES);
             for class in 0..NUM_CLASSES {
@@ -395,9 +400,8 @@ fn verify_free_list(span: &crate::span::Span<'_>, anchor: Anchor, head: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crash::testing::{self, identity};
+    use crate::crash::testing::{self, identity, Memory};
     use crate::heap::AllocOptions;
-    use crate::region::Region;
 
     /// An inspector (no participant, so no hazard) that has sealed a span is overtaken: the
     /// span is retired and its pages become a large run whose owner fills them with bytes that
@@ -406,11 +410,9 @@ mod tests {
     #[test]
     fn an_inspector_never_reports_user_bytes_of_a_span_retired_under_it() {
         let hook = testing::install();
-        let mut words = vec![0u64; (1 << 20) / 8];
-        let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
-        // SAFETY: the vector outlives the heap and is used only through it (and, for the large
-        // run's bytes, by its owner below).
-        let heap = Heap::create_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("fits");
+        let memory = Memory::new();
+        let heap = memory.create();
+        let ptr = memory.base();
         let process = heap.register_process(identity(2)).expect("room");
         let mut session = heap.register_participant(process).expect("room");
         let small = heap.alloc(&mut session, 64, AllocOptions::default()).expect("room");
@@ -487,13 +489,10 @@ mod tests {
     #[test]
     fn a_seal_never_matches_a_span_carved_after_the_retirement_of_one_that_issued_nothing() {
         let hook = testing::install();
-        let mut words = vec![0u64; (1 << 20) / 8];
-        let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
-        // SAFETY: the vector outlives the heaps and is used only through them (and the run's
-        // bytes by its owner).
-        let view = || Heap::open_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("open");
-        // SAFETY: as above.
-        let heap = Heap::create_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("fits");
+        let memory = Memory::new();
+        let view = || memory.open();
+        let heap = memory.create();
+        let ptr = memory.base();
         let process = heap.register_process(identity(2)).expect("room");
         let mut session = heap.register_participant(process).expect("room");
         // A large run at page 0, so that the next span goes to slot 1 (head page 16).
@@ -572,10 +571,8 @@ mod tests {
     #[test]
     fn free_bytes_never_exceed_the_data_area_when_spans_are_carved_during_the_walk() {
         let hook = testing::install();
-        let mut words = vec![0u64; (1 << 20) / 8];
-        let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
-        // SAFETY: the vector outlives the heap and is only used through it.
-        let heap = Heap::create_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("fits");
+        let memory = Memory::new();
+        let heap = memory.create();
         let process = heap.register_process(identity(2)).expect("room");
         let mut session = heap.register_participant(process).expect("room");
         let first = heap.alloc(&mut session, 64, AllocOptions::default()).expect("room");
@@ -605,10 +602,8 @@ mod tests {
     /// claimed count exceed the pages: `num_pages - claimed_pages` overflows (a panic in debug).
     #[test]
     fn a_bitmap_with_padding_bits_set_does_not_panic_the_inspector() {
-        let mut words = vec![0u64; (1 << 20) / 8];
-        let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
-        // SAFETY: the vector outlives the heap and is only used through it.
-        let heap = Heap::create_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("fits");
+        let memory = Memory::new();
+        let heap = memory.create();
         let geo = *heap.geometry();
         assert!(!geo.num_pages.is_multiple_of(32), "padding bits exist: {} pages", geo.num_pages);
         for word in 0..geo.bitmap_words {

@@ -58,6 +58,42 @@ pub(crate) mod testing {
         ProcessIdentity { pid, start_time: 1000 + pid as u64, namespace: 1 }
     }
 
+    /// 1 MiB of zeroed memory for a unit test's heaps, which borrow it.
+    pub(crate) struct Memory {
+        words: Vec<u64>,
+        base: *mut u8,
+    }
+
+    impl Memory {
+        pub(crate) fn new() -> Memory {
+            let mut words = vec![0u64; (1 << 20) / 8];
+            let base = words.as_mut_ptr().cast::<u8>();
+            Memory { words, base }
+        }
+
+        /// The first byte, for a test that writes an allocation's bytes as its owner would.
+        pub(crate) fn base(&self) -> *mut u8 {
+            self.base
+        }
+
+        fn region(&self) -> crate::Region<'_> {
+            // SAFETY: the vector is never resized, so `base` stays valid for as long as `self`
+            // is borrowed; it is used only through regions over it, and through `base` by tests
+            // acting as an allocation's owner.
+            unsafe { crate::Region::from_raw(self.base, self.words.len() * 8) }.expect("aligned")
+        }
+
+        /// A new heap over the whole memory.
+        pub(crate) fn create(&self) -> crate::Heap<'_> {
+            crate::Heap::create_default(self.region()).expect("fits")
+        }
+
+        /// Another view of the heap already created there (as another process maps it).
+        pub(crate) fn open(&self) -> crate::Heap<'_> {
+            crate::Heap::open_default(self.region()).expect("open")
+        }
+    }
+
     #[cfg(feature = "crash-points")]
     pub(crate) use hooks::*;
 

@@ -363,7 +363,7 @@ pub struct Stats {
     pub live_allocations: u64,
     /// Sum of the live allocations' requested sizes.
     pub live_bytes: u64,
-    /// Pages claimed from the bitmap.
+    /// Pages the walk found claimed (spans, runs, and claims or releases in progress).
     pub claimed_pages: u64,
     /// Free blocks held in participants' caches (counted in `free_bytes`).
     pub cached_blocks: u64,
@@ -724,16 +724,20 @@ impl<'a> Heap<'a> {
     }
 
     pub(crate) fn page_bits(&self) -> PageBits<'_> {
+        self.bits_below(self.geo.num_pages)
+    }
+
+    /// The page bitmap of pages `0..pages`.
+    fn bits_below(&self, pages: u64) -> PageBits<'_> {
         let offset = self.geo.bitmap_word as u64 * 8;
-        PageBits::new(self.region.words_at(offset, self.geo.bitmap_words as u64), self.geo.num_pages)
+        PageBits::new(self.region.words_at(offset, self.geo.bitmap_words as u64), pages)
     }
 
     /// The page bitmap below the high-water mark (every claimed page is below it): what walks
     /// over the claimed pages use, so that they cost what the pool has used, never its size.
     pub(crate) fn used_bits(&self) -> PageBits<'_> {
-        let hwm = self.region.word(header::PAGE_HWM).load(Ordering::Acquire).min(self.geo.num_pages);
-        let offset = self.geo.bitmap_word as u64 * 8;
-        PageBits::new(self.region.words_at(offset, self.geo.bitmap_words as u64), hwm)
+        // ORDERING: Acquire pairs with the Release of `raise_page_hwm`.
+        self.bits_below(self.region.word(header::PAGE_HWM).load(Ordering::Acquire).min(self.geo.num_pages))
     }
 
     /// Makes sure data pages below `end` have memory behind them (see [`Backing`]) before any

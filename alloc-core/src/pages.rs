@@ -471,6 +471,8 @@ impl Heap<'_> {
         // The head's epoch always moves (even for a span that never issued a generation), so
         // that an inspector's seal (info, epoch) read before this retirement never matches a
         // span carved here after it (adversarial review; `check.rs` test seen failing).
+        // ORDERING: Release, so that an inspector whose Acquire load of the epoch sees the bump
+        // also sees the retiring info stored before it.
         self.page_word(head, page::EPOCH).fetch_add(1, Ordering::Release);
         step!("retire/epochs-raised");
         let transient = PageInfo::Transient { participant: me };
@@ -554,8 +556,7 @@ impl Heap<'_> {
 #[cfg(all(test, feature = "crash-points", not(all(shmpool_loom, feature = "loom"))))]
 mod tests {
     use super::*;
-    use crate::crash::testing::{self, identity};
-    use crate::region::Region;
+    use crate::crash::testing::{self, identity, Memory};
 
     /// Found by the adversarial review of heap v2. A retirer read `INFO[head] = SpanHead { A }`
     /// and was preempted; meanwhile the span was retired by someone else and carved again at
@@ -568,10 +569,8 @@ mod tests {
     /// under it, and the class it read stays the span's.
     #[test]
     fn a_span_whose_class_a_retirer_has_read_is_not_retired_and_recarved_under_it() {
-        let mut words = vec![0u64; (1 << 20) / 8];
-        let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
-        // SAFETY: the vector outlives the heap and is only used through it.
-        let heap = Heap::create_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("fits");
+        let memory = Memory::new();
+        let heap = memory.create();
         let owner = heap.register_process(identity(1)).expect("room");
         let mut s = heap.register_participant(owner).expect("room");
         let mut retirer = heap.register_participant(owner).expect("room");

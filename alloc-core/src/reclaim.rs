@@ -810,9 +810,8 @@ fn listed_blocks(span: &Span<'_>, anchor: Anchor) -> Option<[u64; 64]> {
 #[cfg(all(test, not(all(shmpool_loom, feature = "loom"))))]
 mod tests {
     use super::*;
-    use crate::crash::testing::identity;
+    use crate::crash::testing::{identity, Memory};
     use crate::heap::AllocOptions;
-    use crate::region::Region;
 
     /// Found by the adversarial review of heap v2. `walk_for_dead` reads `INFO[p] = LargeHead {
     /// pages }` without any protection, then `reclaim_large` judged and took whatever *state
@@ -826,12 +825,8 @@ mod tests {
     /// The stale read is modelled by the walk's read before the run changed.
     #[test]
     fn a_reclaimer_whose_walk_read_a_former_runs_length_frees_only_the_dead_owners_run() {
-        let mut words = vec![0u64; (1 << 20) / 8];
-        // SAFETY: the vector outlives the heap and is only used through it.
-        let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
-        // SAFETY: as above.
-        let region = unsafe { Region::from_raw(ptr, len) }.expect("ok");
-        let heap = Heap::create_default(region).expect("fits");
+        let memory = Memory::new();
+        let heap = memory.create();
         let page_bytes = heap.geometry().page_bytes();
         let x = heap.register_process(identity(1)).expect("room");
         let mut xs = heap.register_participant(x).expect("room");
@@ -852,8 +847,8 @@ mod tests {
         let _ = heap.free(&mut xs, a.id()).expect("live");
         let e = heap.register_process(identity(3)).expect("room");
         let mut es = heap.register_participant(e).expect("room");
-        // SAFETY: the same memory, viewed by E's process (its own page hint).
-        let fresh = Heap::open_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("open");
+        // The same memory, viewed by E's process (its own page hint).
+        let fresh = memory.open();
         let b = fresh.alloc(&mut es, page_bytes, AllocOptions::default()).expect("space");
         assert_eq!(b.offset, a.offset, "B starts where A did");
         let pool = AllocOptions { owner: Some(Owner::POOL), ..AllocOptions::default() };
@@ -871,8 +866,8 @@ mod tests {
         assert!(heap.lookup(&mut rs, c.id()).is_ok(), "C is live");
         // ... so its page must still be claimed, and no one else may get it.
         let claimed = heap.page_bits().is_claimed(head + 2);
-        // SAFETY: as above (another process's view, page hint 0).
-        let other = Heap::open_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("open");
+        // Another process's view (page hint 0).
+        let other = memory.open();
         let d = other.alloc(&mut rs, page_bytes, AllocOptions::default()).expect("space");
         let overlap = d.offset < c.offset + c.capacity && c.offset < d.offset + d.capacity;
         assert!(
@@ -889,9 +884,8 @@ mod tests {
 #[cfg(all(test, feature = "crash-points", not(all(shmpool_loom, feature = "loom"))))]
 mod tests_with_hooks {
     use super::*;
-    use crate::crash::testing::{self, identity};
+    use crate::crash::testing::{self, identity, Memory};
     use crate::heap::AllocOptions;
-    use crate::region::Region;
 
     /// Found by the second adversarial review, seen failing at cbf751e (W reported one freed
     /// allocation; F's lookup then gave `NotAllocated`). A large claimer E stored its run's Live
@@ -904,12 +898,9 @@ mod tests_with_hooks {
     #[test]
     fn a_reclaimer_holding_a_dead_claimers_state_word_does_not_free_a_live_run_at_the_same_head() {
         let hook = testing::install();
-        let mut words = vec![0u64; (1 << 20) / 8];
-        let (ptr, len) = (words.as_mut_ptr().cast::<u8>(), words.len() * 8);
-        // SAFETY: the vector outlives the heaps and is only used through them.
-        let view = || Heap::open_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("open");
-        // SAFETY: as above.
-        let heap = Heap::create_default(unsafe { Region::from_raw(ptr, len) }.expect("ok")).expect("fits");
+        let memory = Memory::new();
+        let view = || memory.open();
+        let heap = memory.create();
         let page_bytes = heap.geometry().page_bytes();
         let r = heap.register_process(identity(2)).expect("room");
         let ws = heap.register_participant(r).expect("room");

@@ -395,20 +395,16 @@ pub(crate) fn size_for_data(data: u64) -> Result<u64> {
     Ok(high * os_page)
 }
 
-/// Bytes of the file for a pool of `size` bytes: rounded up to whole pages.
-pub(crate) fn file_bytes(size: u64) -> Result<u64> {
+/// Bytes of the file for a pool of `size` bytes (rounded up to whole pages), and its layout.
+pub(crate) fn file_bytes(size: u64) -> Result<(u64, Geometry)> {
     let page = rustix::param::page_size() as u64;
     let bytes = size
         .checked_add(page - 1)
         .map(|bytes| bytes / page * page)
         .ok_or(PoolError::InvalidSize { size, reason: "it overflows when rounded to pages" })?;
-    if Geometry::compute(bytes, DEFAULT_PAGE_SHIFT).is_none() {
-        return Err(PoolError::InvalidSize {
-            size,
-            reason: "a pool needs room for at least one 64 KiB span",
-        });
-    }
-    Ok(bytes)
+    let geo = Geometry::compute(bytes, DEFAULT_PAGE_SHIFT)
+        .ok_or(PoolError::InvalidSize { size, reason: "a pool needs room for at least one 64 KiB span" })?;
+    Ok((bytes, geo))
 }
 
 /// Puts memory behind `len` bytes at `offset` of the pool file whose descriptor is `fd`.
@@ -434,7 +430,7 @@ fn free_space(name: &str, dir: &Path) -> Result<u64> {
 /// Creates pool `name` of `size` bytes as `options` say (directory, mode, muid, space).
 pub(crate) fn create(name: &str, size: u64, options: &PoolOptions) -> Result<Arc<Mapping>> {
     name::validate(name)?;
-    let bytes = file_bytes(size)?;
+    let (bytes, geo) = file_bytes(size)?;
     let dir = options.dir.as_path();
     let no_space = |available| PoolError::NoSpace {
         name: name.to_owned(),
@@ -463,10 +459,6 @@ pub(crate) fn create(name: &str, size: u64, options: &PoolOptions) -> Result<Arc
         file.set_len(bytes).map_err(|source| PoolError::Create { name: name.to_owned(), source })?;
         // Memory behind what must never fault: everything (Reserve), the metadata (Check: data
         // pages are backed as they are first claimed), the header and tables (Overcommit).
-        let geo = Geometry::compute(bytes, DEFAULT_PAGE_SHIFT).ok_or(PoolError::InvalidSize {
-            size,
-            reason: "a pool needs room for at least one 64 KiB span",
-        })?;
         let backed = match options.space {
             Space::Reserve => bytes,
             Space::Check => geo.data_offset,

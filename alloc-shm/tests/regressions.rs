@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,23 +25,10 @@ fn spawn(args: &[&str]) -> Child {
     Command::new(CHILD).args(args).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn child")
 }
 
-/// Reads the child's stderr up to its first `@@ ` report line.
-fn first_report(child: &mut Child) -> String {
-    let stderr = child.stderr.as_mut().expect("piped");
-    let mut line = String::new();
-    // One byte at a time, so nothing past the line is taken from the pipe.
-    let mut byte = [0u8; 1];
-    while !line.ends_with('\n') {
-        assert_eq!(stderr.read(&mut byte).expect("child stderr"), 1, "child died before reporting: {line}");
-        line.push(byte[0] as char);
-    }
-    line.trim().to_owned()
-}
-
 /// A `churn` child (allocate, fill, verify, free forever, half through a cache), running.
 fn churner(pool: &Pool, seed: u64) -> Child {
     let mut child = spawn(&["churn", &pool_arg(pool), &seed.to_string()]);
-    assert_eq!(first_report(&mut child), "@@ ready");
+    common::wait_ready(&mut child);
     child
 }
 
