@@ -312,14 +312,14 @@ impl MemoryAlloc {
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
         other.cast::<MemoryAlloc>().is_ok_and(|other| {
             let other = other.get();
-            other.pool.path() == self.pool.path() && other.allocation.id() == self.allocation.id()
+            other.pool.nonce() == self.pool.nonce() && other.allocation.id() == self.allocation.id()
         })
     }
 
     fn __hash__(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.pool.path().hash(&mut hasher);
+        self.pool.nonce().hash(&mut hasher);
         self.allocation.id().to_u128().hash(&mut hasher);
         hasher.finish()
     }

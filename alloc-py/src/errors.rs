@@ -26,12 +26,15 @@ pub fn to_py(py: Python<'_>, error: PoolError) -> PyErr {
         PoolError::AlreadyExists { .. } => "PoolExistsError",
         PoolError::NotFound { .. } => "PoolNotFoundError",
         PoolError::PermissionDenied { .. } | PoolError::WrongOwner { .. } => "PoolPermissionError",
-        PoolError::InvalidSize { .. } | PoolError::Create { .. } | PoolError::NoSpace { .. } => {
-            "PoolCreateError"
-        }
-        PoolError::Attach { .. } | PoolError::NotAPool { .. } | PoolError::NotReady { .. } => {
-            "PoolAttachError"
-        }
+        PoolError::InvalidSize { .. }
+        | PoolError::Create { .. }
+        | PoolError::NoSpace { .. }
+        | PoolError::NoMemory { .. }
+        | PoolError::NoHugePages { .. } => "PoolCreateError",
+        PoolError::Attach { .. }
+        | PoolError::NotAPool { .. }
+        | PoolError::NotReady { .. }
+        | PoolError::NotReceived { .. } => "PoolAttachError",
         PoolError::Destroyed { .. } => "PoolDestroyedError",
         PoolError::Full { .. } | PoolError::TooLarge { .. } => "PoolFullError",
         PoolError::Timeout { .. } => "PoolTimeoutError",

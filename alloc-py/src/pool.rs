@@ -75,6 +75,25 @@ impl MemoryPool {
     }
 }
 
+/// A descriptor number given from Python, borrowed for the length of one call.
+fn borrow_fd(fd: i32) -> PyResult<std::os::fd::BorrowedFd<'static>> {
+    if fd < 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err("not a file descriptor"));
+    }
+    // SAFETY: only used within the call that got `fd` from its caller, who keeps it open for
+    // that long (the `'static` never leaves the call); a closed number fails in the system
+    // call, it is never dereferenced.
+    Ok(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+}
+
+/// The descriptor of a socket object (anything with `fileno()`) or a plain number.
+fn socket_fd(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
+    match sock.extract::<i32>() {
+        Ok(fd) => Ok(fd),
+        Err(_) => sock.call_method0("fileno")?.extract(),
+    }
+}
+
 fn positive(name: &str, value: Option<i128>) -> PyResult<()> {
     match value {
         Some(v) if v <= 0 => Err(pyo3::exceptions::PyValueError::new_err(format!("{name} must be positive"))),
@@ -91,10 +110,12 @@ impl MemoryPool {
     /// (`PoolCreateError` naming the way out otherwise); `reserve=True` takes that space up front
     /// so that no write into the pool can ever fault for want of it; `overcommit=True` skips
     /// the check, for sparse pools larger than what they will use.
+    /// `memfd=True` puts the pool in an anonymous memfd instead (see `create_memfd`);
+    /// `huge_pages=True` makes it of huge pages (a memfd, or a `dir` on hugetlbfs).
     /// `min_block_size` and `max_allocations` are accepted for Dragon compatibility: blocks
     /// come in fixed size classes and the number of allocations is bounded only by space.
     #[new]
-    #[pyo3(signature = (size, fname, uid=None, *, min_block_size=None, max_allocations=None, mode=0o600, reserve=false, overcommit=false, dir=None))]
+    #[pyo3(signature = (size, fname, uid=None, *, min_block_size=None, max_allocations=None, mode=0o600, reserve=false, overcommit=false, dir=None, memfd=false, huge_pages=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -107,6 +128,8 @@ impl MemoryPool {
         reserve: bool,
         overcommit: bool,
         dir: Option<std::path::PathBuf>,
+        memfd: bool,
+        huge_pages: bool,
     ) -> PyResult<MemoryPool> {
         let size = size_arg(py, size)?;
         let space = match (reserve, overcommit) {
@@ -121,11 +144,20 @@ impl MemoryPool {
         };
         positive("min_block_size", min_block_size)?;
         positive("max_allocations", max_allocations)?;
-        let mut options = PoolOptions { mode, muid: uid, space, ..PoolOptions::default() };
-        if let Some(dir) = dir {
-            options.dir = dir;
+        let mut options = PoolOptions { mode, muid: uid, space, huge_pages, ..PoolOptions::default() };
+        let pool = match (memfd, dir) {
+            (true, Some(_)) => {
+                return Err(pyo3::exceptions::PyValueError::new_err("a memfd pool lives in no directory"))
+            }
+            (true, None) => py.detach(|| Pool::create_memfd_with(fname, size, &options)),
+            (false, dir) => {
+                if let Some(dir) = dir {
+                    options.dir = dir;
+                }
+                py.detach(|| Pool::create_with(fname, size, &options))
+            }
         }
-        let pool = py.detach(|| Pool::create_with(fname, size, &options)).py_err(py)?;
+        .py_err(py)?;
         Ok(MemoryPool::wrap(pool, true))
     }
 
@@ -150,6 +182,82 @@ impl MemoryPool {
     ) -> PyResult<Bound<'py, PyAny>> {
         let size = MemoryPool::size_for_data(py, data_bytes)?;
         py.get_type::<MemoryPool>().call((size, fname, uid), kwargs)
+    }
+
+    /// Creates a pool in an anonymous memfd: `MemoryPool(size, fname, uid, memfd=True,
+    /// ...)`. It is sealed (no process can shrink or grow it), travels to other processes as a
+    /// file descriptor (pickled through `multiprocessing`, `send`/`receive` over a Unix socket,
+    /// or `fileno()`), and the kernel frees it when the last process holding it closes it or
+    /// dies. Its allocations' descriptors resolve only in processes that have the pool.
+    #[staticmethod]
+    #[pyo3(signature = (size, fname, uid=None, **kwargs))]
+    fn create_memfd<'py>(
+        py: Python<'py>,
+        size: i128,
+        fname: &str,
+        uid: Option<u64>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let kwargs = match kwargs {
+            Some(kwargs) => kwargs.copy()?,
+            None => PyDict::new(py),
+        };
+        kwargs.set_item("memfd", true)?;
+        py.get_type::<MemoryPool>().call((size, fname, uid), Some(&kwargs))
+    }
+
+    /// Attaches the pool whose file descriptor `fd` is (a memfd pool's, or a named pool's file),
+    /// as another process handed it over; `fd` stays the caller's (it is duplicated).
+    #[staticmethod]
+    fn from_fd(py: Python<'_>, fd: i32) -> PyResult<MemoryPool> {
+        let owned = borrow_fd(fd)?.try_clone_to_owned().map_err(PyErr::from)?;
+        let pool = py.detach(|| Pool::from_fd(owned)).py_err(py)?;
+        Ok(MemoryPool::wrap(pool, false))
+    }
+
+    /// Rebuilds a pickled memfd pool from the descriptor `multiprocessing` passed (a
+    /// `reduction.DupFd`) and the pool's `serialize()`d bytes.
+    #[staticmethod]
+    fn _from_dupfd(py: Python<'_>, dupfd: &Bound<'_, PyAny>, serialized: &[u8]) -> PyResult<MemoryPool> {
+        let fd: i32 = dupfd.call_method0("detach")?.extract()?;
+        if fd < 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err("not a file descriptor"));
+        }
+        // SAFETY: `detach` hands us a new descriptor of our own (multiprocessing's contract),
+        // closed by nobody else.
+        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let pool = py.detach(|| Pool::attach_fd(owned, serialized)).py_err(py)?;
+        Ok(MemoryPool::wrap(pool, false))
+    }
+
+    /// The pool's file descriptor (this handle's: do not close it), e.g. for
+    /// `socket.send_fds`.
+    fn fileno(&self, py: Python<'_>) -> PyResult<i32> {
+        use std::os::fd::{AsFd, AsRawFd};
+        Ok(self.pool(py)?.as_fd().as_raw_fd())
+    }
+
+    /// Whether the pool lives in a memfd.
+    #[getter]
+    fn memfd(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.pool(py)?.is_memfd())
+    }
+
+    /// Sends the pool over the connected Unix socket `sock` (a `socket.socket` or its
+    /// `fileno()`): its descriptor, with its file descriptor alongside (SCM_RIGHTS).
+    fn send(&self, py: Python<'_>, sock: &Bound<'_, PyAny>) -> PyResult<()> {
+        let pool = self.pool(py)?;
+        let fd = socket_fd(sock)?;
+        pool.send(borrow_fd(fd)?).py_err(py)
+    }
+
+    /// Receives a pool `send` sent over the Unix socket `sock` (waits as the socket does).
+    #[staticmethod]
+    fn receive(py: Python<'_>, sock: &Bound<'_, PyAny>) -> PyResult<MemoryPool> {
+        let fd = socket_fd(sock)?;
+        let socket = borrow_fd(fd)?;
+        let pool = py.detach(|| Pool::receive(socket)).py_err(py)?;
+        Ok(MemoryPool::wrap(pool, false))
     }
 
     /// Attaches the pool a `serialize()`d descriptor names.
@@ -222,10 +330,19 @@ impl MemoryPool {
         Ok(false)
     }
 
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+    /// Pickles as the pool's descriptor; a memfd pool's file descriptor goes along through
+    /// `multiprocessing` (inherited, passed at spawn, or sent over its resource sharer).
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let py = slf.py();
-        let attach = py.get_type::<MemoryPool>().getattr("attach")?;
-        Ok((attach, (slf.get().serialize(py)?,)))
+        let pool = slf.get().pool(py)?;
+        let serialized = slf.get().serialize(py)?;
+        let class = py.get_type::<MemoryPool>();
+        if !pool.is_memfd() {
+            return Ok((class.getattr("attach")?, PyTuple::new(py, [serialized.into_any()])?));
+        }
+        let fd = slf.get().fileno(py)?;
+        let dupfd = py.import("multiprocessing.reduction")?.getattr("DupFd")?.call1((fd,))?;
+        Ok((class.getattr("_from_dupfd")?, PyTuple::new(py, [dupfd, serialized.into_any()])?))
     }
 
     /// Allocates `size` bytes (0 gives a distinct valid allocation).

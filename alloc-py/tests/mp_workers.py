@@ -52,3 +52,23 @@ def churn(pool_descriptor, seed, ready):
             pass
         if len(live) > 40 or (live and rng.random() < 0.4):
             live.pop(rng.randrange(len(live))).free()
+
+
+def fill_in_memfd_pool(pool, allocation, value, done):
+    """Receives a memfd pool and one of its allocations by pickle (the pool first), fills the
+    allocation with ``value`` and reports the pool's name and whether it is a memfd."""
+    view = memoryview(allocation)
+    view[:] = bytes([value]) * len(view)
+    del view
+    done.put((pool.name, pool.memfd))
+
+
+def serve_from_queue(inbox, outbox):
+    """Gets a memfd pool, then allocation after allocation, through ``inbox`` (a queue, so the
+    pool's descriptor travels over multiprocessing's resource sharer); sums each allocation's
+    bytes and frees it; ``None`` ends."""
+    pool = inbox.get()
+    while (allocation := inbox.get()) is not None:
+        outbox.put(sum(memoryview(allocation)))
+        allocation.free()
+    outbox.put(("done", pool.memfd))

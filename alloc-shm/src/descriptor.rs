@@ -8,7 +8,7 @@
 //! | 0–3   | magic `SHMD` |
 //! | 4     | version (2: 128-bit allocation ids) |
 //! | 5     | kind: 1 pool, 2 allocation |
-//! | 6     | where: 0 pool name in `/dev/shm`, 1 full path of the pool file, 2 not recorded (find by nonce) |
+//! | 6     | where: 0 pool name in `/dev/shm`, 1 full path of the pool file, 2 not recorded (find by nonce), 3 a memfd (only in processes that have it) |
 //! | 7     | length `L` of the location |
 //! | 8–15  | the pool's nonce (tells it from a later pool of the same name) |
 //! | 16–23 | the pool's file size |
@@ -44,6 +44,9 @@ pub enum Location {
     Path(PathBuf),
     /// Not recorded: find the pool by its nonce among `/dev/shm`'s pools.
     ByNonce,
+    /// A memfd pool: found by its nonce among the pools this process has (received as a file
+    /// descriptor, or inherited across `fork`).
+    Memfd,
 }
 
 /// What a pool descriptor holds.
@@ -77,6 +80,7 @@ fn location_bytes(location: &Location) -> (u8, &[u8]) {
         Location::Named(name) => (0, name.as_bytes()),
         Location::Path(path) => (1, path.as_os_str().as_encoded_bytes()),
         Location::ByNonce => (2, &[]),
+        Location::Memfd => (3, &[]),
     }
 }
 
@@ -206,6 +210,7 @@ fn decode(bytes: &[u8]) -> Result<(u8, PoolDescriptor, Option<AllocFields>)> {
             Location::Path(path)
         }
         2 if location_len == 0 => Location::ByNonce,
+        3 if location_len == 0 => Location::Memfd,
         _ => return Err(invalid("unknown location kind")),
     };
     let pool = PoolDescriptor { location, nonce: u64_at(body, 8), bytes: u64_at(body, 16) };

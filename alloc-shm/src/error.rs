@@ -71,6 +71,46 @@ pub enum PoolError {
         /// Bytes free on that filesystem (for this user).
         available: u64,
     },
+    /// A memfd pool does not fit in the memory available (writing past it would start the
+    /// out-of-memory killer).
+    #[error(
+        "memfd pool {name:?} needs {needed} bytes but the system has {available} bytes of memory \
+         available (MemAvailable): create a smaller pool, or ask for overcommit"
+    )]
+    NoMemory {
+        /// The pool's name.
+        name: String,
+        /// Bytes of the pool.
+        needed: u64,
+        /// Bytes of memory available.
+        available: u64,
+    },
+    /// Not enough free huge pages for a pool of huge pages (mapping it reserves every one).
+    #[error(
+        "pool {name:?} needs {needed} huge pages of {page_size} bytes but the system has {free} \
+         free: reserve more (as root: sysctl vm.nr_hugepages=N), create a smaller pool, or one \
+         without huge pages"
+    )]
+    NoHugePages {
+        /// The pool's name.
+        name: String,
+        /// Huge pages the pool needs.
+        needed: u64,
+        /// Huge pages free and not reserved.
+        free: u64,
+        /// Bytes of one huge page.
+        page_size: u64,
+    },
+    /// A descriptor names a memfd pool this process does not have: it must receive the pool's
+    /// file descriptor first.
+    #[error(
+        "the descriptor names a memfd pool (nonce {nonce:#x}) this process has not received: pass \
+         the pool itself first (Pool::send / Pool::receive, or pickle the MemoryPool)"
+    )]
+    NotReceived {
+        /// The pool's nonce.
+        nonce: u64,
+    },
     /// Creating the pool's file or mapping failed.
     #[error("creating pool {name:?} failed: {source}")]
     Create {

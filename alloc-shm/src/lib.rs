@@ -21,7 +21,8 @@
 //!
 //! Layers: `name` (naming rules), `process` (this process: fork-safe pid, identity, liveness,
 //! the process-wide barrier), `segment` (files, mappings, per-thread participants), `futex`
-//! (cross-process waiting), `descriptor` (bytes for other processes), `pool` (the API),
+//! (cross-process waiting), `descriptor` (bytes for other processes), `passing` (file
+//! descriptors over Unix sockets), `pool` (the API),
 //! `handle` (RAII and the cached per-thread view).
 
 pub mod descriptor;
@@ -29,6 +30,7 @@ mod error;
 pub mod futex;
 mod handle;
 pub mod name;
+mod passing;
 mod pool;
 pub mod process;
 mod segment;

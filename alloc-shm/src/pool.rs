@@ -1,5 +1,6 @@
 //! [`Pool`]: a heap in a named shared-memory file, usable from any process that attaches it.
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use crate::descriptor::{self, AllocDescriptor, Location, PoolDescriptor};
 use crate::error::{PoolError, Result};
 use crate::futex::{self, FutexWait};
 use crate::name;
+use crate::passing;
 use crate::process::{current_identity, liveness, record_is_dead, Liveness};
 use crate::segment::{self, Access, Mapping};
 
@@ -33,6 +35,11 @@ pub struct PoolOptions {
     pub muid: Option<u64>,
     /// What a new pool's file may take of its filesystem's space.
     pub space: Space,
+    /// Back a new memfd pool with huge pages ([`Pool::create_memfd_with`]). A named pool has
+    /// huge pages when its directory is on hugetlbfs; asking for them elsewhere is an error.
+    /// Mapping a pool of huge pages reserves them all at once, so `space` cannot overcommit
+    /// them: there must be enough free ([`PoolError::NoHugePages`] otherwise).
+    pub huge_pages: bool,
 }
 
 /// How a new pool's file is set against the free space of its filesystem. Pages of a pool file
@@ -61,6 +68,7 @@ impl Default for PoolOptions {
             any_owner: false,
             muid: None,
             space: Space::Check,
+            huge_pages: false,
         }
     }
 }
@@ -161,6 +169,59 @@ impl Pool {
         Ok(Pool { mapping })
     }
 
+    /// Creates a pool of `size` bytes in an anonymous memfd (`name` is what `/proc` shows). It
+    /// is sealed: no process can shrink or grow it. Other processes get it as a file
+    /// descriptor ([`Pool::send`], [`Pool::from_fd`], or across `fork`), and the kernel frees it
+    /// when the last process holding it closes it or dies: nothing is left to clean up after a
+    /// crash. Its descriptors resolve only in processes that have it.
+    pub fn create_memfd(name: &str, size: u64) -> Result<Pool> {
+        Pool::create_memfd_with(name, size, &PoolOptions::default())
+    }
+
+    /// [`Pool::create_memfd`] with options (`space`, `huge_pages`, `muid`; `dir` and `mode`
+    /// do not apply).
+    pub fn create_memfd_with(name: &str, size: u64, options: &PoolOptions) -> Result<Pool> {
+        let mapping = segment::create_memfd(name, size, options)?;
+        Ok(Pool { mapping })
+    }
+
+    /// Attaches the pool whose file `fd` is (a memfd or a named pool's file another process
+    /// handed this one). Holding the descriptor is the permission: the file's owner is not
+    /// checked.
+    pub fn from_fd(fd: OwnedFd) -> Result<Pool> {
+        Ok(Pool { mapping: segment::attach_fd(fd)? })
+    }
+
+    /// Sends this pool over the Unix socket `socket`: its descriptor as the message and its
+    /// file descriptor alongside (SCM_RIGHTS), for [`Pool::receive`] at the other end.
+    pub fn send(&self, socket: impl AsFd) -> Result<()> {
+        let bytes = self.descriptor()?;
+        passing::send(socket.as_fd(), &bytes, self.mapping.fd())
+    }
+
+    /// Receives a pool [`Pool::send`] sent over the Unix socket `socket` (blocking as the
+    /// socket does).
+    pub fn receive(socket: impl AsFd) -> Result<Pool> {
+        let (bytes, fd) = passing::receive(socket.as_fd())?;
+        Pool::attach_fd(fd, &bytes)
+    }
+
+    /// [`Pool::from_fd`], checking that the file is the pool `descriptor` names (a pool
+    /// descriptor sent along with it).
+    pub fn attach_fd(fd: OwnedFd, descriptor: &[u8]) -> Result<Pool> {
+        let described = PoolDescriptor::from_bytes(descriptor)?;
+        let pool = Pool::from_fd(fd)?;
+        if pool.nonce() != described.nonce {
+            return Err(PoolError::InvalidDescriptor("the file descriptor is not the described pool's"));
+        }
+        Ok(pool)
+    }
+
+    /// Whether the pool lives in a memfd rather than a named file.
+    pub fn is_memfd(&self) -> bool {
+        self.mapping.is_memfd()
+    }
+
     /// The smallest pool size whose data area holds one allocation of `data` bytes (a pool
     /// keeps about 1.6% of its size for metadata: page records, bitmaps, tables).
     pub fn size_for_data(data: u64) -> Result<u64> {
@@ -235,6 +296,11 @@ impl Pool {
                 (pool_name.to_owned(), path.clone())
             }
             Location::ByNonce => find_by_nonce(default_dir, described.nonce)?,
+            Location::Memfd => {
+                let mapping = segment::find_mapped(described.nonce)
+                    .ok_or(PoolError::NotReceived { nonce: described.nonce })?;
+                return Ok(Pool { mapping });
+            }
         };
         // A descriptor (which anyone can forge) only ever attaches a pool of this user's.
         let pool = match segment::attach(&pool_name, &path, segment::Owned::By(None), Access::ReadWrite) {
@@ -271,11 +337,11 @@ impl Pool {
     }
 
     fn described(&self, room: usize) -> Result<PoolDescriptor> {
-        Ok(PoolDescriptor {
-            location: descriptor::location_for(self.path(), self.name(), room)?,
-            nonce: self.nonce(),
-            bytes: self.size(),
-        })
+        let location = match self.is_memfd() {
+            true => Location::Memfd,
+            false => descriptor::location_for(self.path(), self.name(), room)?,
+        };
+        Ok(PoolDescriptor { location, nonce: self.nonce(), bytes: self.size() })
     }
 
     /// The pool's name.
@@ -283,7 +349,7 @@ impl Pool {
         self.mapping.name()
     }
 
-    /// The pool's file.
+    /// The pool's file; for a memfd pool, `/proc/self/fd/N` (valid in this process only).
     pub fn path(&self) -> &Path {
         self.mapping.path()
     }
@@ -561,6 +627,13 @@ impl Pool {
 
     pub(crate) fn mapping(&self) -> &Mapping {
         &self.mapping
+    }
+}
+
+/// The pool's file (to pass to another process by hand, e.g. with `socket.send_fds`).
+impl AsFd for Pool {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.mapping.fd()
     }
 }
 

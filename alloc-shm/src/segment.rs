@@ -1,8 +1,11 @@
 //! Pool files and their mappings.
 //!
-//! A pool is a file (`name::path_in`) mapped shared and read-write in every process that uses
-//! it. Each process maps a pool once: attaching again returns the same [`Mapping`] (found by
-//! device and inode), and the mapping goes away with its last handle.
+//! A pool is a file mapped shared and read-write in every process that uses it: a named file
+//! (`name::path_in`, in `/dev/shm` or another directory, hugetlbfs included), or an anonymous
+//! memfd, sealed against shrinking and growing, that processes hand each other as a file
+//! descriptor and that the kernel frees when the last of them closes it. Each process maps a
+//! pool once: attaching again (by name, by descriptor or by file descriptor) returns the same
+//! [`Mapping`] (found by device and inode), and the mapping goes away with its last handle.
 //!
 //! The header's host words (see `alloc_core::layout::HOST_WORDS_START`) hold what this layer
 //! keeps in the pool: a random nonce telling this pool from a later one with the same name, the
@@ -19,7 +22,7 @@
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -63,7 +66,9 @@ pub(crate) struct Mapping {
     /// Kept open for `back` (its descriptor is the heap's backing context) and `check_size`.
     file: File,
     name: String,
+    /// The named file's path; for a memfd, `/proc/self/fd/N` of `file`.
     path: PathBuf,
+    memfd: bool,
     device: u64,
     inode: u64,
     /// This process's record: `pid << 32 | owner index` (0: none yet). A value with another pid
@@ -92,6 +97,16 @@ impl Mapping {
         &self.path
     }
 
+    /// Whether the pool lives in a memfd (it has no name in any directory).
+    pub(crate) fn is_memfd(&self) -> bool {
+        self.memfd
+    }
+
+    /// The pool's file, for passing to another process.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
     pub(crate) fn base(&self) -> *mut u8 {
         self.map.as_mut_ptr()
     }
@@ -114,7 +129,11 @@ impl Mapping {
     }
 
     /// Unlinks the pool's file if it is still this pool's (not a newer pool of the same name).
+    /// A memfd has no name to remove.
     pub(crate) fn unlink(&self) -> io::Result<()> {
+        if self.memfd {
+            return Ok(());
+        }
         match std::fs::symlink_metadata(&self.path) {
             Ok(meta) if meta.dev() == self.device && meta.ino() == self.inode => {
                 std::fs::remove_file(&self.path)
@@ -246,7 +265,7 @@ impl Mapping {
         self.heap.register_participant(owner)
     }
 
-    fn new(file: &File, map: MmapRaw, name: &str, path: PathBuf, heap_of: HeapOf) -> Result<Mapping> {
+    fn new(file: &File, map: MmapRaw, name: &str, place: &Place, heap_of: HeapOf) -> Result<Mapping> {
         let meta = file.metadata().map_err(|source| PoolError::Attach { name: name.to_owned(), source })?;
         // SAFETY: (1) the mapping is `map.len()` readable bytes, page aligned, and stays mapped
         // while `map` lives, which is as long as the `Heap` built on it: both live in the
@@ -263,12 +282,17 @@ impl Mapping {
         let backing = Backing { context: file.as_raw_fd() as usize, back };
         let platform = Platform { heavy_fence: barrier(), backing: Some(backing) };
         let heap = heap_of(region, platform).map_err(|cause| PoolError::from_heap(name, cause))?;
+        let (path, memfd) = match place {
+            Place::Named(path) => (path.clone(), false),
+            Place::Memfd => (PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())), true),
+        };
         let mapping = Mapping {
             heap,
             map,
             file,
             name: name.to_owned(),
             path,
+            memfd,
             device: meta.dev(),
             inode: meta.ino(),
             process: std::sync::atomic::AtomicU64::new(0),
@@ -346,6 +370,15 @@ thread_local! {
     static SESSIONS: RefCell<Vec<ThreadSession>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Where a pool's file is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// A file with this path.
+    Named(PathBuf),
+    /// An anonymous memfd.
+    Memfd,
+}
+
 type HeapOf = fn(Region<'static>, Platform) -> std::result::Result<Heap<'static>, HeapError>;
 
 fn open_error(name: &str, error: io::Error, creating: bool) -> PoolError {
@@ -395,9 +428,9 @@ pub(crate) fn size_for_data(data: u64) -> Result<u64> {
     Ok(high * os_page)
 }
 
-/// Bytes of the file for a pool of `size` bytes (rounded up to whole pages), and its layout.
-pub(crate) fn file_bytes(size: u64) -> Result<(u64, Geometry)> {
-    let page = rustix::param::page_size() as u64;
+/// Bytes of the file for a pool of `size` bytes (rounded up to whole pages of `page` bytes),
+/// and its layout.
+fn file_bytes(size: u64, page: u64) -> Result<(u64, Geometry)> {
     let bytes = size
         .checked_add(page - 1)
         .map(|bytes| bytes / page * page)
@@ -411,7 +444,7 @@ pub(crate) fn file_bytes(size: u64) -> Result<(u64, Geometry)> {
 fn back(fd: usize, offset: u64, len: u64) -> bool {
     // SAFETY: `fd` is the descriptor of the `File` the mapping holds for as long as its heap
     // (the only caller) lives.
-    let file = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd as i32) };
+    let file = unsafe { BorrowedFd::borrow_raw(fd as i32) };
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, offset, len) {
         Ok(()) => true,
         // A filesystem without fallocate cannot be backed ahead: its writes take their chances.
@@ -420,74 +453,204 @@ fn back(fd: usize, offset: u64, len: u64) -> bool {
     }
 }
 
-/// Bytes free for this user on the filesystem holding `dir`.
-fn free_space(name: &str, dir: &Path) -> Result<u64> {
-    let stat = rustix::fs::statvfs(dir)
-        .map_err(|errno| PoolError::Create { name: name.to_owned(), source: errno.into() })?;
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+/// Where a new pool's memory comes from, which bounds how large it can be.
+enum Room<'a> {
+    /// Pages of a filesystem (tmpfs) holding the pool's directory.
+    Filesystem(&'a Path),
+    /// The system's memory (a memfd, whose internal filesystem has no size of its own).
+    Memory,
+    /// The system's pool of huge pages of this many bytes (hugetlbfs or a hugetlb memfd).
+    HugePages(u64),
+}
+
+impl Room<'_> {
+    /// The page size of the pool's file.
+    fn page(&self) -> u64 {
+        match self {
+            Room::HugePages(page) => *page,
+            _ => rustix::param::page_size() as u64,
+        }
+    }
+
+    /// Fails unless a file of `bytes` fits. Huge pages are always checked: mapping a file of
+    /// them reserves every page at once, so they cannot be overcommitted.
+    fn check(&self, name: &str, bytes: u64, space: Space) -> Result<()> {
+        if space == Space::Overcommit && !matches!(self, Room::HugePages(_)) {
+            return Ok(());
+        }
+        match self.available(name)? {
+            available if bytes > available => Err(self.exhausted(name, bytes, available)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes available now.
+    fn available(&self, name: &str) -> Result<u64> {
+        let create_error =
+            |errno: rustix::io::Errno| PoolError::Create { name: name.to_owned(), source: errno.into() };
+        match self {
+            Room::Filesystem(dir) => {
+                let stat = rustix::fs::statvfs(*dir).map_err(create_error)?;
+                Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+            }
+            Room::Memory => Ok(meminfo_kib("MemAvailable:").unwrap_or(u64::MAX / 1024).saturating_mul(1024)),
+            Room::HugePages(page) => Ok(free_huge_pages(*page).saturating_mul(*page)),
+        }
+    }
+
+    /// The error for a pool of `bytes` that does not fit in `available`.
+    fn exhausted(&self, name: &str, needed: u64, available: u64) -> PoolError {
+        let name = name.to_owned();
+        match self {
+            Room::Filesystem(dir) => PoolError::NoSpace { name, dir: dir.to_path_buf(), needed, available },
+            Room::Memory => PoolError::NoMemory { name, needed, available },
+            Room::HugePages(page) => PoolError::NoHugePages {
+                name,
+                needed: needed.div_ceil(*page),
+                free: available / page,
+                page_size: *page,
+            },
+        }
+    }
+
+    /// The error for running out while creating a pool of `bytes` (ENOSPC, ENOMEM).
+    fn ran_out(&self, name: &str, needed: u64) -> PoolError {
+        self.exhausted(name, needed, self.available(name).unwrap_or(0))
+    }
+}
+
+/// The huge page size of a filesystem, if it is hugetlbfs.
+fn huge_page_of(stat: &rustix::fs::StatFs) -> Option<u64> {
+    const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+    (stat.f_type as u64 == HUGETLBFS_MAGIC).then_some(stat.f_bsize as u64)
+}
+
+/// Huge pages of `page` bytes free and not reserved by any mapping, system-wide.
+fn free_huge_pages(page: u64) -> u64 {
+    let dir = format!("/sys/kernel/mm/hugepages/hugepages-{}kB", page / 1024);
+    let read = |file: &str| {
+        std::fs::read_to_string(format!("{dir}/{file}")).ok().and_then(|text| text.trim().parse::<u64>().ok())
+    };
+    read("free_hugepages").unwrap_or(0).saturating_sub(read("resv_hugepages").unwrap_or(0))
+}
+
+/// A figure of `/proc/meminfo`, in KiB.
+fn meminfo_kib(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|line| line.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+fn create_error(name: &str) -> impl Fn(io::Error) -> PoolError + '_ {
+    move |source| PoolError::Create { name: name.to_owned(), source }
 }
 
 /// Creates pool `name` of `size` bytes as `options` say (directory, mode, muid, space).
 pub(crate) fn create(name: &str, size: u64, options: &PoolOptions) -> Result<Arc<Mapping>> {
     name::validate(name)?;
-    let (bytes, geo) = file_bytes(size)?;
     let dir = options.dir.as_path();
-    let no_space = |available| PoolError::NoSpace {
-        name: name.to_owned(),
-        dir: dir.to_owned(),
-        needed: bytes,
-        available,
-    };
-    if options.space != Space::Overcommit {
-        let available = free_space(name, dir)?;
-        if bytes > available {
-            return Err(no_space(available));
+    let huge_page = huge_page_of(&rustix::fs::statfs(dir).map_err(|errno| create_error(name)(errno.into()))?);
+    let room = match huge_page {
+        Some(page) => Room::HugePages(page),
+        None if options.huge_pages => {
+            return Err(PoolError::InvalidArgument(
+                "huge pages for a named pool need a directory on hugetlbfs (such as /dev/hugepages), or use a memfd pool",
+            ))
         }
-    }
-    let (mode, muid) = (options.mode, options.muid);
+        None => Room::Filesystem(dir),
+    };
+    let (bytes, geo) = file_bytes(size, room.page())?;
+    room.check(name, bytes, options.space)?;
     let path = name::path_in(dir, name);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         // Permission bits only: never a setuid, setgid or sticky pool file.
-        .mode(mode & 0o777)
+        .mode(options.mode & 0o777)
         .custom_flags(libc_flags::NOFOLLOW | libc_flags::CLOEXEC)
         .open(&path)
         .map_err(|error| open_error(name, error, true))?;
-    let built = (|| {
-        file.set_len(bytes).map_err(|source| PoolError::Create { name: name.to_owned(), source })?;
-        // Memory behind what must never fault: everything (Reserve), the metadata (Check: data
-        // pages are backed as they are first claimed), the header and tables (Overcommit).
-        let backed = match options.space {
-            Space::Reserve => bytes,
-            Space::Check => geo.data_offset,
-            Space::Overcommit => geo.bitmap_word as u64 * 8,
-        };
-        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, backed).or_else(|errno| {
-            match errno {
-                rustix::io::Errno::NOSPC => Err(no_space(free_space(name, dir).unwrap_or(0))),
-                rustix::io::Errno::OPNOTSUPP => Ok(()),
-                _ => Err(PoolError::Create { name: name.to_owned(), source: errno.into() }),
-            }
-        })?;
-        // A shared read-write mapping of the whole file we just sized; the file stays at that
-        // size (pool files are only ever resized by their creator, here).
-        let map = MmapOptions::new()
-            .map_raw(&file)
-            .map_err(|source| PoolError::Create { name: name.to_owned(), source })?;
-        write_host_words(&map, muid);
-        Mapping::new(&file, map, name, path.clone(), |region, platform| {
-            Heap::create(region, DEFAULT_PAGE_SHIFT, platform)
-        })
-    })();
-    match built {
+    let place = Place::Named(path.clone());
+    match initialise(&file, name, (bytes, &geo), options, &room, &place) {
         Ok(mapping) => Ok(remember(mapping)),
         Err(error) => {
             let _ = std::fs::remove_file(&path);
             Err(error)
         }
     }
+}
+
+/// Creates pool `name` of `size` bytes in a new memfd (huge pages if `options` ask for them),
+/// sealed so that its size never changes.
+pub(crate) fn create_memfd(name: &str, size: u64, options: &PoolOptions) -> Result<Arc<Mapping>> {
+    use rustix::fs::MemfdFlags;
+    name::validate(name)?;
+    let mut flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    if options.huge_pages {
+        flags |= MemfdFlags::HUGETLB;
+    }
+    // Named as a pool file is, so that `/proc/PID/maps` shows `/memfd:shmpool-NAME`.
+    let file_name = format!("{}{name}", name::FILE_PREFIX);
+    let file =
+        File::from(rustix::fs::memfd_create(file_name.as_str(), flags).map_err(|errno| match errno {
+            rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS if options.huge_pages => {
+                PoolError::Unsupported { name: name.to_owned(), what: "huge page memfds (MFD_HUGETLB)" }
+            }
+            _ => create_error(name)(errno.into()),
+        })?);
+    let room = match options.huge_pages {
+        true => Room::HugePages(
+            rustix::fs::fstatfs(&file).map_err(|errno| create_error(name)(errno.into()))?.f_bsize as u64,
+        ),
+        false => Room::Memory,
+    };
+    let (bytes, geo) = file_bytes(size, room.page())?;
+    room.check(name, bytes, options.space)?;
+    initialise(&file, name, (bytes, &geo), options, &room, &Place::Memfd).map(remember)
+}
+
+/// Sizes a new pool's file, puts memory behind what must never fault, seals a memfd, maps it
+/// and builds the heap.
+fn initialise(
+    file: &File,
+    name: &str,
+    (bytes, geo): (u64, &Geometry),
+    options: &PoolOptions,
+    room: &Room<'_>,
+    place: &Place,
+) -> Result<Mapping> {
+    file.set_len(bytes).map_err(create_error(name))?;
+    // Memory behind what must never fault: everything (Reserve), the metadata (Check: data
+    // pages are backed as they are first claimed), the header and tables (Overcommit).
+    let backed = match options.space {
+        Space::Reserve => bytes,
+        Space::Check => geo.data_offset,
+        Space::Overcommit => geo.bitmap_word as u64 * 8,
+    };
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, backed) {
+        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
+        Err(rustix::io::Errno::NOSPC | rustix::io::Errno::NOMEM) => return Err(room.ran_out(name, bytes)),
+        Err(errno) => return Err(create_error(name)(errno.into())),
+    }
+    if *place == Place::Memfd {
+        // No process may shrink the pool under the others (SIGBUS), grow it, or add seals
+        // (a write seal would keep everyone else from mapping it writable).
+        use rustix::fs::SealFlags;
+        rustix::fs::fcntl_add_seals(file, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .map_err(|errno| create_error(name)(errno.into()))?;
+    }
+    // A shared read-write mapping of the whole file we just sized; the file stays at that size
+    // (pool files are only ever resized by their creator, here). A mapping of huge pages
+    // reserves them all now, or fails.
+    let map = MmapOptions::new().map_raw(file).map_err(|source| match source.raw_os_error() {
+        Some(code) if code == rustix::io::Errno::NOMEM.raw_os_error() => room.ran_out(name, bytes),
+        _ => create_error(name)(source),
+    })?;
+    write_host_words(&map, options.muid);
+    Mapping::new(file, map, name, place, |region, platform| {
+        Heap::create(region, DEFAULT_PAGE_SHIFT, platform)
+    })
 }
 
 /// Writes this layer's header words into a fresh mapping, before the heap is marked ready (whose
@@ -545,6 +708,39 @@ pub(crate) fn attach(name: &str, path: &Path, owned: Owned, access: Access) -> R
         .custom_flags(libc_flags::NOFOLLOW | libc_flags::CLOEXEC | libc_flags::NONBLOCK)
         .open(path)
         .map_err(|error| open_error(name, error, false))?;
+    attach_file(file, name, &Place::Named(path.to_owned()), owned, access)
+}
+
+/// Attaches the pool whose file another process handed this one as `fd` (whoever owns it:
+/// holding the descriptor is the permission).
+pub(crate) fn attach_fd(fd: OwnedFd) -> Result<Arc<Mapping>> {
+    let file = File::from(fd);
+    // What the kernel calls the file: `/memfd:NAME (deleted)` for a memfd, else its path.
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap_or_default();
+    let link = link.to_string_lossy();
+    let (name, place) = match link.strip_prefix("/memfd:") {
+        Some(rest) => {
+            let file_name = rest.strip_suffix(" (deleted)").unwrap_or(rest);
+            (name::from_file_name(file_name).unwrap_or(file_name).to_owned(), Place::Memfd)
+        }
+        None if link.starts_with('/') => {
+            let path = PathBuf::from(link.strip_suffix(" (deleted)").unwrap_or(&link));
+            let file_name = path.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+            (name::from_file_name(file_name).unwrap_or(file_name).to_owned(), Place::Named(path))
+        }
+        // No /proc to ask: treat it as anonymous (nothing to unlink).
+        None => ("<received>".to_owned(), Place::Memfd),
+    };
+    attach_file(file, &name, &place, Owned::ByAnyone, Access::ReadWrite)
+}
+
+/// The pool with this nonce among those mapped in this process.
+pub(crate) fn find_mapped(nonce: u64) -> Option<Arc<Mapping>> {
+    let list = mappings();
+    list.iter().filter_map(|(_, _, weak)| weak.upgrade()).find(|mapping| mapping.nonce() == nonce)
+}
+
+fn attach_file(file: File, name: &str, place: &Place, owned: Owned, access: Access) -> Result<Arc<Mapping>> {
     let meta = file.metadata().map_err(|source| PoolError::Attach { name: name.to_owned(), source })?;
     if !meta.file_type().is_file() {
         return Err(PoolError::Attach {
@@ -574,7 +770,7 @@ pub(crate) fn attach(name: &str, path: &Path, owned: Owned, access: Access) -> R
     let written = meta.modified().ok().and_then(|at| at.elapsed().ok()).unwrap_or(Duration::ZERO);
     let deadline = Instant::now() + READY_WAIT.saturating_sub(written);
     loop {
-        match map_existing(&file, name, path, access) {
+        match map_existing(&file, name, place, access) {
             // A read-only mapping is never shared: an attacher needs one it can write.
             Ok(mapping) if access == Access::ReadOnly => return Ok(Arc::new(mapping)),
             Ok(mapping) => return Ok(remember(mapping)),
@@ -593,7 +789,7 @@ pub(crate) fn attach(name: &str, path: &Path, owned: Owned, access: Access) -> R
     }
 }
 
-fn map_existing(file: &File, name: &str, path: &Path, access: Access) -> Result<Mapping> {
+fn map_existing(file: &File, name: &str, place: &Place, access: Access) -> Result<Mapping> {
     let len = file.metadata().map_err(|source| PoolError::Attach { name: name.to_owned(), source })?.len();
     if len < (HEADER_WORDS * 8) as u64 {
         return Err(PoolError::NotAPool {
@@ -608,7 +804,7 @@ fn map_existing(file: &File, name: &str, path: &Path, access: Access) -> Result<
         Access::ReadOnly => MmapOptions::new().map_raw_read_only(file),
     }
     .map_err(|source| PoolError::Attach { name: name.to_owned(), source })?;
-    let mapping = Mapping::new(file, map, name, path.to_owned(), Heap::open);
+    let mapping = Mapping::new(file, map, name, place, Heap::open);
     match mapping {
         // A header still zero (magic not yet written) is a pool being created.
         Err(PoolError::NotAPool { cause: HeapError::BadMagic, .. }) if header_is_blank(file) => {

@@ -40,24 +40,34 @@ fn walks_of_a_huge_sparse_pool_touch_only_what_it_used() {
     pool.free(large.id()).expect("live");
 }
 
-/// A small tmpfs mounted for one test (as Docker's 64 MB /dev/shm); unmounted when dropped.
-struct SmallTmpfs(std::path::PathBuf);
+/// A filesystem mounted for one test; unmounted when dropped.
+struct Mount(std::path::PathBuf);
 
-impl SmallTmpfs {
-    fn mount(mib: u64) -> Option<SmallTmpfs> {
-        let dir = std::env::temp_dir().join(common::unique_name("tmpfs"));
+impl Mount {
+    /// A small tmpfs (as Docker's 64 MB /dev/shm).
+    fn tmpfs(mib: u64) -> Option<Mount> {
+        Mount::new("tmpfs", &format!("size={mib}m,mode=1777"))
+    }
+
+    /// A hugetlbfs of 2 MiB pages (as /dev/hugepages).
+    fn hugetlbfs() -> Option<Mount> {
+        Mount::new("hugetlbfs", "pagesize=2M,mode=1777")
+    }
+
+    fn new(kind: &str, options: &str) -> Option<Mount> {
+        let dir = std::env::temp_dir().join(common::unique_name(kind));
         std::fs::create_dir(&dir).expect("mount point");
         let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=1777"), "tmpfs"])
+            .args(["-t", kind, "-o", options, kind])
             .arg(&dir)
             .output()
             .is_ok_and(|output| output.status.success());
         if !mounted {
             let _ = std::fs::remove_dir(&dir);
-            eprintln!("SKIPPED: mounting a tmpfs is not permitted here");
+            eprintln!("SKIPPED: mounting a {kind} is not permitted here");
             return None;
         }
-        Some(SmallTmpfs(dir))
+        Some(Mount(dir))
     }
 
     fn options(&self, space: Space) -> PoolOptions {
@@ -65,7 +75,7 @@ impl SmallTmpfs {
     }
 }
 
-impl Drop for SmallTmpfs {
+impl Drop for Mount {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
         let _ = std::fs::remove_dir(&self.0);
@@ -77,7 +87,7 @@ impl Drop for SmallTmpfs {
 /// `Reserve` takes the space up front.
 #[test]
 fn a_pool_larger_than_its_filesystems_free_space_is_refused_unless_asked_for() {
-    let Some(tmpfs) = SmallTmpfs::mount(32) else { return };
+    let Some(tmpfs) = Mount::tmpfs(32) else { return };
     let check = tmpfs.options(Space::Check);
     let refused = Pool::create_with("too-big", 256 * MIB, &check);
     match &refused {
@@ -127,7 +137,7 @@ fn fill_in_child(pool: &Pool) -> Result<u64, String> {
 /// written.
 #[test]
 fn a_filesystem_running_out_of_space_fails_allocations_instead_of_killing_the_writer() {
-    let Some(tmpfs) = SmallTmpfs::mount(32) else { return };
+    let Some(tmpfs) = Mount::tmpfs(32) else { return };
     let overcommitted =
         Pool::create_with("overcommitted", 256 * MIB, &tmpfs.options(Space::Overcommit)).expect("asked for");
     let filled = fill_in_child(&overcommitted);
@@ -191,4 +201,25 @@ fn a_truncated_pool_file_is_reported_not_touched() {
         other => panic!("{other:?}"),
     }
     let _ = a;
+}
+
+/// Issue 8: a named pool in a hugetlbfs directory is made of huge pages (its size rounded up to
+/// them), and works across processes as any named pool. Skipped (saying why) where mounting
+/// is not permitted or too few huge pages are free; `scripts/test` reserves some where it may.
+#[test]
+fn a_named_pool_on_hugetlbfs_is_made_of_huge_pages() {
+    if !common::huge_pages_free(8) {
+        return;
+    }
+    let Some(mount) = Mount::hugetlbfs() else { return };
+    let options = PoolOptions { dir: mount.0.clone(), huge_pages: true, ..PoolOptions::default() };
+    let pool = Pool::create_with("huge", 13 * MIB, &options).expect("enough huge pages");
+    assert_eq!(pool.size(), 14 * MIB, "rounded up to whole huge pages");
+    assert_eq!(common::kernel_page_kib(&pool.path().display().to_string()), Some(2048));
+    let again = Pool::attach_by_name_with("huge", &options).expect("attached");
+    assert!(again == pool);
+    let filled = fill_in_child(&pool).expect("the writer lived");
+    assert!(filled >= 8 && pool.stats().expect("stats").live_allocations == filled, "{filled}");
+    pool.check().expect("consistent");
+    pool.destroy().expect("removed");
 }

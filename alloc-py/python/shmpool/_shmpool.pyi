@@ -1,6 +1,7 @@
 """Type stubs for the compiled part of shmpool (see the docstrings at runtime for details)."""
 
 import os
+import socket
 from typing import Any, Iterator, Optional, Union
 
 from . import Arena
@@ -28,7 +29,26 @@ class MemoryPool:
         reserve: bool = False,
         overcommit: bool = False,
         dir: str | os.PathLike[str] | None = None,
+        memfd: bool = False,
+        huge_pages: bool = False,
     ) -> None: ...
+    @staticmethod
+    def create_memfd(size: int, fname: str, uid: Optional[int] = None, **kwargs: Any) -> MemoryPool:
+        """A new pool in a sealed anonymous memfd (other arguments as `MemoryPool`): passed to
+        other processes as a file descriptor, freed by the kernel with its last holder."""
+    @staticmethod
+    def from_fd(fd: int) -> MemoryPool:
+        """Attach the pool whose file descriptor `fd` is (duplicated: `fd` stays the caller's)."""
+    @staticmethod
+    def receive(sock: socket.socket | int) -> MemoryPool:
+        """Receive a pool `send` sent over a Unix socket."""
+    def send(self, sock: socket.socket | int) -> None:
+        """Send the pool over a connected Unix socket (its descriptor and file descriptor)."""
+    def fileno(self) -> int:
+        """The pool's file descriptor (this handle's: do not close it)."""
+    @property
+    def memfd(self) -> bool:
+        """Whether the pool lives in a memfd."""
     @staticmethod
     def size_for_data(data_bytes: int) -> int:
         """The smallest pool size whose data area holds one allocation of `data_bytes`."""

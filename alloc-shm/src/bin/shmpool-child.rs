@@ -1,5 +1,6 @@
 //! Helper processes for alloc-shm's multi-process tests and benchmarks. Each role attaches the
-//! pool named by a hex pool descriptor and reports on stderr in lines starting with `@@`.
+//! pool named by a hex pool descriptor (or, given `unix:PATH`, receives it from the Unix socket
+//! listening at PATH: how memfd pools travel) and reports on stderr in lines starting with `@@`.
 //!
 //! - `churn POOL SEED [MAX_SHIFT]`: allocate, fill, verify and free forever (until killed),
 //!   half of the time through a cache, sizes 16 B << 0..MAX_SHIFT (default 10: up to 8 KiB);
@@ -8,8 +9,8 @@
 //!   `@@ timeout MICROS`.
 //! - `send POOL COUNT`: allocate COUNT allocations, fill them, give them to the pool and write
 //!   their descriptors to stdout, then exit.
-//! - `receive`: read allocation descriptors from stdin, verify and free each; reports
-//!   `@@ verified N failed M`.
+//! - `receive [POOL]`: read allocation descriptors from stdin, verify and free each; reports
+//!   `@@ verified N failed M`. With POOL, attach it first (a memfd pool, given as `unix:PATH`).
 //! - `pingpong POOL ROUNDS`: the far side of the wake-latency benchmark: blocks in
 //!   `alloc_blocking` on a full pool, writes the monotonic time it woke (8 bytes) to stdout,
 //!   frees, and waits for a byte on stdin before blocking again.
@@ -43,6 +44,8 @@ fn main() -> ExitCode {
         }
         ["send", pool, count] => attach(pool).and_then(|pool| send(&pool, parse(count)?)),
         ["receive"] => receive(),
+        // A memfd pool first (its descriptors resolve only once this process has it).
+        ["receive", pool] => attach(pool).and_then(|_pool| receive()),
         ["create", name, mib] => parse(mib).and_then(|mib| Pool::create(name, mib << 20)).map(|_| ()),
         ["fill", pool] => attach(pool).and_then(|pool| fill(&pool)),
         ["own", pool, count, size] => attach(pool).and_then(|pool| own(&pool, parse(count)?, parse(size)?)),
@@ -107,8 +110,13 @@ fn fill(pool: &Pool) -> Result<(), PoolError> {
     Ok(())
 }
 
-fn attach(descriptor: &str) -> Result<Pool, PoolError> {
-    Pool::attach(&from_hex(descriptor).ok_or(PoolError::InvalidDescriptor("not hex"))?)
+fn attach(pool: &str) -> Result<Pool, PoolError> {
+    if let Some(path) = pool.strip_prefix("unix:") {
+        let socket = std::os::unix::net::UnixStream::connect(path)
+            .map_err(|source| PoolError::Io { operation: "connecting to the test's socket", source })?;
+        return Pool::receive(&socket);
+    }
+    Pool::attach(&from_hex(pool).ok_or(PoolError::InvalidDescriptor("not hex"))?)
 }
 
 fn churn(pool: &Pool, seed: u64, max_shift: u64) -> Result<(), PoolError> {

@@ -47,6 +47,33 @@ impl Drop for TestPool {
     }
 }
 
+/// Whether `pages` huge pages of 2 MiB are free and not reserved, as the kernel counts them;
+/// if not, says that the test is skipped and why.
+pub fn huge_pages_free(pages: u64) -> bool {
+    let read = |file: &str| {
+        std::fs::read_to_string(format!("/sys/kernel/mm/hugepages/hugepages-2048kB/{file}"))
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let free = read("free_hugepages").saturating_sub(read("resv_hugepages"));
+    if free < pages {
+        eprintln!(
+            "SKIPPED: {free} free huge pages, {pages} needed (as root: sysctl vm.nr_hugepages=32; \
+             scripts/test does that where it may)"
+        );
+    }
+    free >= pages
+}
+
+/// The page size (KiB) the kernel uses for this process's mapping whose line names `file`.
+pub fn kernel_page_kib(file: &str) -> Option<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let at = smaps.find(file)?;
+    let line = smaps[at..].lines().find(|line| line.starts_with("KernelPageSize:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Waits for a child's `@@ ready` line on its piped stderr, reading one byte at a time so that
 /// nothing past the line is taken from the pipe.
 pub fn wait_ready(child: &mut std::process::Child) {
