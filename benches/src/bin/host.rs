@@ -68,5 +68,15 @@ fn main() -> Result<(), alloc_shm::PoolError> {
         });
         println!("  {label:<10} {time:?} ({:.1}x the peer)", time.as_secs_f64() / peer.as_secs_f64());
     }
+
+    let peer = median(9, || {
+        let fd = rustix::fs::memfd_create("bench-host-peer", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
+        rustix::fs::ftruncate(&fd, size).expect("sized");
+    });
+    let memfd = median(9, || drop(Pool::create_memfd("bench-host-memfd", size).expect("created")));
+    println!(
+        "create 256 MiB in a memfd: bare memfd (peer) {peer:?}, pool (check, sealed) {memfd:?} ({:.1}x)",
+        memfd.as_secs_f64() / peer.as_secs_f64()
+    );
     Ok(())
 }
