@@ -298,6 +298,7 @@ impl Pool {
             Location::ByNonce => find_by_nonce(default_dir, described.nonce)?,
             Location::Memfd => {
                 let mapping = segment::find_mapped(described.nonce)
+                    .filter(|mapping| mapping.len() == described.bytes)
                     .ok_or(PoolError::NotReceived { nonce: described.nonce })?;
                 return Ok(Pool { mapping });
             }

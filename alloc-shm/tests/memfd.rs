@@ -169,6 +169,13 @@ fn descriptors_of_a_memfd_pool_resolve_only_where_it_was_received() {
     pool.free(a.id()).expect("live");
 
     let nonce = pool.nonce();
+    let wrong_size = alloc_shm::descriptor::PoolDescriptor {
+        location: alloc_shm::descriptor::Location::Memfd,
+        nonce,
+        bytes: 8 * MIB,
+    };
+    let wrong = Pool::attach(&wrong_size.to_bytes()).map(|_| ());
+    assert!(matches!(wrong, Err(PoolError::NotReceived { .. })), "{wrong:?}");
     drop((pool, same, again));
     let described = alloc_shm::descriptor::PoolDescriptor {
         location: alloc_shm::descriptor::Location::Memfd,
