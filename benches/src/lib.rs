@@ -254,3 +254,20 @@ pub fn pairs_with_working_set<S: Subject>(subject: &mut S, sizes: &[u64], iters:
         subject.free(block);
     }
 }
+
+/// Builds the Boost.Interprocess peer `benches/cpp/NAME.cpp` next to the running benchmark
+/// (only where the Boost headers are installed); its path, or `None` without Boost.
+pub fn build_boost(name: &str) -> Option<std::path::PathBuf> {
+    if !std::path::Path::new("/usr/include/boost/interprocess/managed_shared_memory.hpp").exists() {
+        return None;
+    }
+    let source = format!("{}/cpp/{name}.cpp", env!("CARGO_MANIFEST_DIR"));
+    let binary = std::env::current_exe().ok()?.with_file_name(name);
+    let built = std::process::Command::new("g++")
+        .args(["-O2", "-std=c++17", &source, "-o"])
+        .arg(&binary)
+        .args(["-lrt", "-lpthread"])
+        .status()
+        .ok()?;
+    built.success().then_some(binary)
+}

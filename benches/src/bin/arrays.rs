@@ -258,20 +258,7 @@ fn row(label: &str, figures: &mut Figures) {
 /// Builds the Boost.Interprocess shim (only where the headers are installed) and runs it on
 /// the sequence in `path`; it prints a table row's figures as whitespace-separated numbers.
 fn boost(path: &std::path::Path, pool_bytes: u64) -> Option<String> {
-    if !std::path::Path::new("/usr/include/boost/interprocess/managed_shared_memory.hpp").exists() {
-        return None;
-    }
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/cpp/boost_arrays.cpp");
-    let binary = std::env::current_exe().ok()?.with_file_name("boost_arrays");
-    let built = Command::new("g++")
-        .args(["-O2", "-std=c++17", source, "-o"])
-        .arg(&binary)
-        .args(["-lrt", "-lpthread"])
-        .status()
-        .ok()?;
-    if !built.success() {
-        return None;
-    }
+    let binary = benches::build_boost("boost_arrays")?;
     let output = Command::new(&binary).arg(path).arg(pool_bytes.to_string()).output().ok()?;
     Some(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }

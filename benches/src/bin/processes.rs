@@ -126,20 +126,7 @@ fn wake_latency(rounds: usize) -> (f64, f64) {
 
 /// Builds the Boost.Interprocess shim (only if the headers are installed) and runs it.
 fn boost_pairs(pairs: u64) -> Option<f64> {
-    if !std::path::Path::new("/usr/include/boost/interprocess/managed_shared_memory.hpp").exists() {
-        return None;
-    }
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/cpp/boost_pairs.cpp");
-    let binary = std::env::current_exe().ok()?.with_file_name("boost_pairs");
-    let built = Command::new("g++")
-        .args(["-O2", "-std=c++17", source, "-o"])
-        .arg(&binary)
-        .args(["-lrt", "-lpthread"])
-        .status()
-        .ok()?;
-    if !built.success() {
-        return None;
-    }
+    let binary = benches::build_boost("boost_pairs")?;
     let output = Command::new(&binary).arg(pairs.to_string()).output().ok()?;
     String::from_utf8_lossy(&output.stdout).trim().parse().ok()
 }
