@@ -237,6 +237,22 @@ impl<'a> PageBits<'a> {
         best
     }
 
+    /// The first page of the unclaimed pages that end this bitmap (`pages` if its last page is
+    /// claimed), in a snapshot.
+    pub fn free_tail(&self) -> u64 {
+        let mut word = self.pages.div_ceil(PAGES_PER_WORD);
+        while word > 0 {
+            word -= 1;
+            let claimed = claimed_of(
+                self.words[word as usize].load(Ordering::Relaxed) & pair_mask(word, 0, self.pages),
+            );
+            if claimed != 0 {
+                return word * PAGES_PER_WORD + 64 - claimed.leading_zeros() as u64;
+            }
+        }
+        0
+    }
+
     /// The first claimed page at or after `from` (or `pages`): lets walks skip unclaimed space.
     pub fn next_claimed(&self, from: u64) -> u64 {
         self.next_with(from, self.pages, true)

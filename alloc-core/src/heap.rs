@@ -89,12 +89,16 @@
 //!   drops (without giving back) the caches it inherited: those blocks are its parent's.
 //!
 //! - **Sparse regions.** Every claim first raises the page high-water mark (`PAGE_HWM`); walks
-//!   (stats, check, inspection, reclaim) read the bitmap only below it, so a huge region's
-//!   untouched metadata is never read. A host that maps a file which may run out of space gives
-//!   a [`Backing`]: data pages, with their page metadata and bitmap words, are backed in 4 MiB
-//!   chunks (`BACKED_PAGES`) before their first claim, and a chunk that cannot be backed fails
-//!   the claim like a full pool. A participant killed between backing and raising the mark
-//!   leaves memory backed that the next claimer backs again (idempotent).
+//!   (stats, check, inspection, reclaim) and the searches for free pages read the bitmap only
+//!   below it (a search that finds nothing there takes the free pages that end at the mark and
+//!   those above it, all free), so a huge region's untouched metadata is never read. A host
+//!   that maps a file which may run out of space gives a [`Backing`]: data pages, with every
+//!   metadata word that describes them (page metadata, bitmap words, the class-list and
+//!   empty-set words over their slots), are backed in 4 MiB chunks (`BACKED_PAGES`) before
+//!   their first claim, and a chunk that cannot be backed fails the claim like a full pool; the
+//!   mark only ever rises past backed pages, so nothing below it can fault. Repair, which
+//!   distrusts the mark, reads up to `BACKED_PAGES`. A participant killed between backing and
+//!   raising the mark leaves memory backed that the next claimer backs again (idempotent).
 //!
 //! An allocation can still fail with `OutOfMemory` while another participant holds the last
 //! free memory in transit (a span it is carving, blocks it is moving): waiting for it would be a
@@ -315,9 +319,10 @@ impl Platform {
 
 /// The host's way to put memory behind a range of the region (`fallocate` on a pool's file),
 /// so that a write there can never fault for want of space: `back(context, offset, len)`
-/// returns whether it did. Data pages are backed (with their page metadata and bitmap words)
-/// in chunks, before the first claim of any of them; a chunk that cannot be backed makes the
-/// claim fail as if the pool were full.
+/// returns whether it did. Data pages are backed (with the metadata words that describe them:
+/// page metadata, bitmap words, class-list and empty-set words) in chunks, before the first
+/// claim of any of them; a chunk that cannot be backed makes the claim fail as if the pool were
+/// full. The host backs the header and tables itself, when it creates the region.
 #[derive(Clone, Copy, Debug)]
 pub struct Backing {
     /// Passed to `back` (the pool file's descriptor).
@@ -328,6 +333,9 @@ pub struct Backing {
 
 /// Data pages are backed this many bytes at a time (at least).
 const BACKING_CHUNK: u64 = 4 << 20;
+/// The smallest page a host backs memory by: a metadata range that starts in the same page as
+/// the end of one backed before is backed from the next page on.
+const HOST_PAGE: u64 = 4096;
 
 /// How this process fences hazards in this heap.
 #[derive(Clone, Copy, Debug)]
@@ -728,7 +736,7 @@ impl<'a> Heap<'a> {
     }
 
     /// The page bitmap of pages `0..pages`.
-    fn bits_below(&self, pages: u64) -> PageBits<'_> {
+    pub(crate) fn bits_below(&self, pages: u64) -> PageBits<'_> {
         let offset = self.geo.bitmap_word as u64 * 8;
         PageBits::new(self.region.words_at(offset, self.geo.bitmap_words as u64), pages)
     }
@@ -736,34 +744,78 @@ impl<'a> Heap<'a> {
     /// The page bitmap below the high-water mark (every claimed page is below it): what walks
     /// over the claimed pages use, so that they cost what the pool has used, never its size.
     pub(crate) fn used_bits(&self) -> PageBits<'_> {
+        self.bits_below(self.page_hwm())
+    }
+
+    /// The page high-water mark: no page at or above it was ever claimed. Searches and walks
+    /// read only the metadata below it (which is backed: every page is backed before its
+    /// claim raises the mark).
+    pub(crate) fn page_hwm(&self) -> u64 {
         // ORDERING: Acquire pairs with the Release of `raise_page_hwm`.
-        self.bits_below(self.region.word(header::PAGE_HWM).load(Ordering::Acquire).min(self.geo.num_pages))
+        self.region.word(header::PAGE_HWM).load(Ordering::Acquire).min(self.geo.num_pages)
+    }
+
+    /// The pages below this have memory behind them (all of them if nothing needs backing).
+    pub(crate) fn backed_pages(&self) -> u64 {
+        match self.backing {
+            // ORDERING: Acquire pairs with the Release in `back_pages`: pages below a mark we
+            // read were backed (by any process) before it was raised.
+            Some(_) => self.region.word(header::BACKED_PAGES).load(Ordering::Acquire).min(self.geo.num_pages),
+            None => self.geo.num_pages,
+        }
     }
 
     /// Makes sure data pages below `end` have memory behind them (see [`Backing`]) before any
     /// of them is claimed; `false` if the host could not back them (the claim must fail).
     pub(crate) fn back_pages(&self, end: u64) -> bool {
         let Some(backing) = self.backing else { return true };
-        let backed = self.region.word(header::BACKED_PAGES);
-        // ORDERING: Acquire pairs with the Release below: pages below a mark we read were
-        // backed (by any process) before it was raised.
-        let from = backed.load(Ordering::Acquire);
+        let from = self.backed_pages();
         if from >= end {
             return true;
         }
         let chunk = (BACKING_CHUNK >> self.geo.page_shift).max(1);
         let to = end.div_ceil(chunk).saturating_mul(chunk).min(self.geo.num_pages);
-        let geo = &self.geo;
-        let ranges = [
-            (geo.page_offset(from), geo.page_offset(to)),
-            (geo.page_meta_offset(from), geo.page_meta_offset(to)),
-            (geo.bitmap_offset(from), geo.bitmap_offset(to - 1) + 8),
-        ];
-        if !ranges.iter().all(|&(start, stop)| (backing.back)(backing.context, start, stop - start)) {
+        let all_backed = self
+            .metadata_of_pages(from, to)
+            .chain([(self.geo.page_offset(from), self.geo.page_offset(to))])
+            .all(|(start, stop)| start >= stop || (backing.back)(backing.context, start, stop - start));
+        if !all_backed {
             return false;
         }
-        backed.fetch_max(to, Ordering::Release);
+        // ORDERING: Release, see `backed_pages`.
+        self.region.word(header::BACKED_PAGES).fetch_max(to, Ordering::Release);
         true
+    }
+
+    /// The byte ranges of metadata describing pages `from..to` that the backing of pages
+    /// `0..from` did not already cover: their page metadata, their bitmap words, and the words
+    /// of every class list and of the empty set that cover their span slots.
+    fn metadata_of_pages(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let geo = &self.geo;
+        // A range of words `first..=last`, less the host pages holding words `..=done`.
+        let fresh = move |first: u64, last: u64, done: Option<u64>| {
+            let start = match done {
+                Some(done) => (first * 8).max((done * 8 + 8).next_multiple_of(HOST_PAGE)),
+                None => first * 8,
+            };
+            (start, last * 8 + 8)
+        };
+        let before = from.checked_sub(1);
+        let meta = |page: u64| geo.page_meta_offset(page) / 8;
+        let bitmap = |page: u64| geo.bitmap_offset(page) / 8;
+        let hier_words = (0..=NUM_CLASSES).flat_map(move |list| {
+            let base = geo.class_list_word(list) as u64; // (the empty set follows the last)
+            (0..geo.hier.levels).map(move |level| {
+                let word = |page: u64| base + geo.hier.word_of(level, page / SPAN_PAGES) as u64;
+                fresh(word(from), word(to - 1), before.map(word))
+            })
+        });
+        [
+            fresh(meta(from), meta(to) - 1, before.map(|page| meta(page + 1) - 1)),
+            fresh(bitmap(from), bitmap(to - 1), before.map(bitmap)),
+        ]
+        .into_iter()
+        .chain(hier_words)
     }
 
     /// Raises the page high-water mark to `end` before pages below it are claimed.

@@ -242,10 +242,10 @@ impl<'a> Hier<'a> {
         true
     }
 
-    /// Sets every summary bit above a set leaf (repair of a quiescent heap).
-    pub fn rebuild_summaries(&self) {
+    /// Sets every summary bit above a set leaf below `below` (repair of a quiescent heap).
+    pub fn rebuild_summaries(&self, below: u64) {
         let mut leaf_word = 0;
-        while leaf_word < self.shape.words[0] as u64 {
+        while leaf_word < below.div_ceil(64).min(self.shape.words[0] as u64) {
             let bits = self.word(0, leaf_word).load(Ordering::Relaxed);
             if bits != 0 {
                 self.set(leaf_word * 64 + bits.trailing_zeros() as u64);
@@ -323,7 +323,7 @@ mod tests {
         words[shape.offsets[0] + 2000 / 64].store(1 << (2000 % 64), Ordering::Relaxed);
         assert!(!map.summaries_cover_leaves(map.leaves()));
         assert_eq!(map.find_from(0), None);
-        map.rebuild_summaries();
+        map.rebuild_summaries(map.leaves());
         assert!(map.summaries_cover_leaves(map.leaves()));
         assert_eq!(map.find_from(0), Some(2000));
     }

@@ -297,6 +297,17 @@ impl HierShape {
     pub const fn total_words(&self) -> usize {
         self.offsets[self.levels - 1] + 1
     }
+
+    /// The word (from the bitmap's first word) of `level` that covers `leaf`.
+    pub const fn word_of(&self, level: usize, leaf: u64) -> usize {
+        let mut index = leaf / 64;
+        let mut above = 1;
+        while above <= level {
+            index /= Self::FAN_OUT as u64;
+            above += 1;
+        }
+        self.offsets[level] + index as usize
+    }
 }
 
 const _: () = {

@@ -176,12 +176,16 @@ impl Heap<'_> {
     fn carve_span(&self, session: &mut Session, class: usize) -> Result<Option<u64>, Error> {
         let slots = self.geometry().num_slots;
         let bits = self.page_bits();
-        let mut hint = self.slot_hint.load(Ordering::Relaxed);
+        let (mut hint, mut failed) = (self.slot_hint.load(Ordering::Relaxed), 0);
         for _ in 0..slots.min(64) + 1 {
-            let Some(slot) = bits.find_slot(hint, slots) else {
+            // Slots below the high-water mark, else the first one above it (all free) past
+            // those we failed to claim.
+            let used = self.page_hwm().div_ceil(SPAN_PAGES).min(slots);
+            let above = used.max(failed);
+            let Some(slot) = bits.find_slot(hint, used).or((above < slots).then_some(above)) else {
                 return Ok(None);
             };
-            hint = slot + 1;
+            (hint, failed) = (slot + 1, slot + 1);
             let head = slot * SPAN_PAGES;
             if !self.back_pages(head + SPAN_PAGES) {
                 return Ok(None);
@@ -273,13 +277,17 @@ impl Heap<'_> {
     ) -> Result<Option<Allocation>, Error> {
         let geo = *self.geometry();
         let pages = size.div_ceil(geo.page_bytes()).max(1);
-        let bits = self.page_bits();
-        let mut hint = self.page_hint.load(Ordering::Relaxed);
+        let (mut hint, mut failed) = (self.page_hint.load(Ordering::Relaxed), 0);
         for _ in 0..64 {
-            let Some(head) = bits.find_run(pages, hint) else {
+            // A run below the high-water mark, else one from the free pages that end there (and
+            // go on above it, all free), past the heads we failed to claim.
+            let used = self.used_bits();
+            let tail = used.free_tail().max(failed);
+            let Some(head) = used.find_run(pages, hint).or((tail + pages <= geo.num_pages).then_some(tail))
+            else {
                 return Ok(None);
             };
-            hint = head + 1;
+            (hint, failed) = (head + 1, head + 1);
             if !self.back_pages(head + pages) {
                 return Ok(None);
             }

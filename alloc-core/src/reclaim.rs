@@ -356,7 +356,7 @@ impl Heap<'_> {
                 }
                 step!("reclaim/transient-adopted");
                 let bits = self.page_bits();
-                let end = bits.held_prefix(first, self.geometry().num_pages);
+                let end = bits.held_prefix(first, self.page_hwm());
                 // A retirement cut short may have left member info naming this span.
                 if first.is_multiple_of(SPAN_PAGES) && end > first {
                     self.clear_members(first);

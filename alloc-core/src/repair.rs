@@ -113,20 +113,23 @@ impl Heap<'_> {
             repaired.waiter_slots += 1;
         }
         self.repair_pages(session, &mut repaired)?;
+        let slots = self.backed_pages().div_ceil(SPAN_PAGES);
         for class in 0..NUM_CLASSES {
-            self.class_list(class).rebuild_summaries();
+            self.class_list(class).rebuild_summaries(slots);
         }
-        self.empty_set().rebuild_summaries();
+        self.empty_set().rebuild_summaries(slots);
         Ok(repaired)
     }
 
     fn repair_pages(&self, session: &mut Session, repaired: &mut Repaired) -> Result<(), Error> {
         let geo = *self.geometry();
-        // The whole bitmap, not only below the high-water mark: a damaged mark may hide runs.
-        // Every run kept raises the mark again.
-        let bits = self.page_bits();
+        // Every backed page, not only those below the high-water mark: a damaged mark may hide
+        // runs. Every run kept raises the mark again. (Pages never backed were never claimed;
+        // their metadata is not read, as it may have no memory behind it.)
+        let limit = self.backed_pages();
+        let bits = self.bits_below(limit);
         let mut here = bits.next_claimed(0);
-        while here < geo.num_pages {
+        while here < limit {
             let info = self.info(here).unwrap_or(PageInfo::Free);
             let next = match info {
                 _ if !bits.is_head(here) => {
@@ -160,7 +163,7 @@ impl Heap<'_> {
                 }
                 _ => {
                     // Transient, or garbage: give back the prefix of bits starting here.
-                    let end = bits.held_prefix(here, geo.num_pages).max(here + 1);
+                    let end = bits.held_prefix(here, limit).max(here + 1);
                     if here.is_multiple_of(SPAN_PAGES) {
                         self.clear_members(here);
                     }

@@ -277,10 +277,12 @@ impl Mapping {
             .map_err(|cause| PoolError::NotAPool { name: name.to_owned(), cause })?;
         // The file stays open with the mapping: claims of pages never used before first put
         // memory behind them through it (`back`), so that a full filesystem makes an allocation
-        // fail instead of killing the process that writes into it.
+        // fail instead of killing the process that writes into it. A mapping of huge pages
+        // reserved all of them when the file was first mapped: nothing to back.
         let file = file.try_clone().map_err(|source| PoolError::Attach { name: name.to_owned(), source })?;
+        let huge = rustix::fs::fstatfs(&file).is_ok_and(|stat| huge_page_of(&stat).is_some());
         let backing = Backing { context: file.as_raw_fd() as usize, back };
-        let platform = Platform { heavy_fence: barrier(), backing: Some(backing) };
+        let platform = Platform { heavy_fence: barrier(), backing: (!huge).then_some(backing) };
         let heap = heap_of(region, platform).map_err(|cause| PoolError::from_heap(name, cause))?;
         let (path, memfd) = match place {
             Place::Named(path) => (path.clone(), false),
@@ -445,12 +447,18 @@ fn back(fd: usize, offset: u64, len: u64) -> bool {
     // SAFETY: `fd` is the descriptor of the `File` the mapping holds for as long as its heap
     // (the only caller) lives.
     let file = unsafe { BorrowedFd::borrow_raw(fd as i32) };
-    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, offset, len) {
-        Ok(()) => true,
-        // A filesystem without fallocate cannot be backed ahead: its writes take their chances.
-        Err(rustix::io::Errno::OPNOTSUPP) => true,
-        Err(_) => false,
+    // A signal arriving meanwhile interrupts it (tmpfs before Linux 6.x, hugetlbfs): try again,
+    // a bounded number of times (a storm of signals is not worth a hang).
+    for _ in 0..64 {
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, offset, len) {
+            Ok(()) => return true,
+            // A filesystem without fallocate cannot be backed ahead: its writes take their chances.
+            Err(rustix::io::Errno::OPNOTSUPP) => return true,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
     }
+    false
 }
 
 /// Where a new pool's memory comes from, which bounds how large it can be.

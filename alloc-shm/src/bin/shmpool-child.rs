@@ -17,8 +17,10 @@
 //! - `pairs POOL PAIRS`: builds a working set of 1024 blocks, reports `@@ ready`, waits for a
 //!   byte on stdin, runs PAIRS cached 64 B alloc+free pairs, reports `@@ nanos N`.
 //! - `create NAME MIB`: create a pool and exit without destroying it (an abandoned pool).
-//! - `fill POOL`: allocate 1 MiB blocks and write them until the pool is full; report
-//!   `@@ filled N`.
+//! - `fill POOL [HOG]`: allocate 1 MiB blocks and write them until the pool is full; report
+//!   `@@ filled N`. With HOG, write that file until its filesystem is full (as another process
+//!   taking the last of it would). Then free two of the blocks and fill that hole with blocks of every size class
+//!   64 KiB and 64 MiB runs, writing each, until each size is refused; report `@@ refilled M`.
 //! - `own POOL COUNT SIZE`: allocate COUNT allocations of SIZE bytes (owned by this process),
 //!   report `@@ owned`, and exit without freeing them.
 //! - `fork-hold NAME SECS`: attach pool NAME by name, allocate and free once, fork, report
@@ -47,7 +49,8 @@ fn main() -> ExitCode {
         // A memfd pool first (its descriptors resolve only once this process has it).
         ["receive", pool] => attach(pool).and_then(|_pool| receive()),
         ["create", name, mib] => parse(mib).and_then(|mib| Pool::create(name, mib << 20)).map(|_| ()),
-        ["fill", pool] => attach(pool).and_then(|pool| fill(&pool)),
+        ["fill", pool] => attach(pool).and_then(|pool| fill(&pool, None)),
+        ["fill", pool, hog] => attach(pool).and_then(|pool| fill(&pool, Some(hog))),
         ["own", pool, count, size] => attach(pool).and_then(|pool| own(&pool, parse(count)?, parse(size)?)),
         ["pairs", pool, count] => attach(pool).and_then(|pool| run_pairs(&pool, parse(count)?)),
         ["pingpong", pool, rounds] => attach(pool).and_then(|pool| pingpong(&pool, parse(rounds)?)),
@@ -94,20 +97,38 @@ fn parse(text: &str) -> Result<u64, PoolError> {
 
 /// Allocates 1 MiB blocks and writes every byte of each until the pool is full; reports
 /// `@@ filled N` (the blocks it got) and exits without freeing them.
-fn fill(pool: &Pool) -> Result<(), PoolError> {
-    let mut count = 0u64;
+fn fill(pool: &Pool, hog: Option<&str>) -> Result<(), PoolError> {
+    let mut blocks = fill_with(pool, 1 << 20)?;
+    eprintln!("@@ filled {}", blocks.len());
+    if let Some(hog) = hog {
+        let mut file =
+            std::fs::File::create(hog).map_err(|_| PoolError::InvalidArgument("cannot create the hog"))?;
+        while file.write_all(&[1; 4096]).is_ok() {}
+    }
+    for block in blocks.drain(..blocks.len().min(2)) {
+        pool.free(block)?;
+    }
+    let mut refilled = 0;
+    for shift in (4..=11).chain([16, 26]) {
+        refilled += fill_with(pool, 1 << shift)?.len();
+    }
+    eprintln!("@@ refilled {refilled}");
+    Ok(())
+}
+
+/// Allocates blocks of `size` bytes and writes every byte of each until the pool refuses one.
+fn fill_with(pool: &Pool, size: u64) -> Result<Vec<alloc_shm::AllocId>, PoolError> {
+    let mut blocks = Vec::new();
     loop {
-        match pool.alloc(1 << 20) {
+        match pool.alloc(size) {
             Ok(allocation) => {
-                pool.write(allocation.id(), 0, &vec![0x5a; 1 << 20])?;
-                count += 1;
+                pool.write(allocation.id(), 0, &vec![0x5a; size as usize])?;
+                blocks.push(allocation.id());
             }
-            Err(PoolError::Full { .. }) => break,
+            Err(PoolError::Full { .. } | PoolError::TooLarge { .. }) => return Ok(blocks),
             Err(other) => return Err(other),
         }
     }
-    eprintln!("@@ filled {count}");
-    Ok(())
 }
 
 fn attach(pool: &str) -> Result<Pool, PoolError> {
