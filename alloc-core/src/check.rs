@@ -23,6 +23,7 @@
 //! 5. No participant has a hazard, a pending claim or release, or a hand-over; no participant
 //!    or process record is left from a dead process; no waiter slot is taken.
 
+use crate::bitmap::PAGES_PER_WORD;
 use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{Allocation, ClassStats, Heap, Owner, Stats};
@@ -92,6 +93,19 @@ impl Heap<'_> {
         self.survey(Guard::Hazard(session), false, &mut visit).map(|_| ())
     }
 
+    /// Fails if a page of the bitmap word holding page `hwm` (a high-water mark read before)
+    /// is claimed at or above the mark as it is now: a mark damaged to below a claimed page
+    /// would hide that page from every walk. Only that word, and only if it is backed.
+    fn ensure_nothing_claimed_above(&self, hwm: u64) -> Result<(), Error> {
+        let limit = (hwm / PAGES_PER_WORD + 1) * PAGES_PER_WORD;
+        let limit = limit.min(self.backed_pages());
+        let claimed = self.bits_below(limit).next_claimed(hwm);
+        match claimed < limit && claimed >= self.page_hwm() {
+            true => Err(corrupt("claimed page above the high-water mark", claimed)),
+            false => Ok(()),
+        }
+    }
+
     fn survey(
         &self,
         mut guard: Guard<'_>,
@@ -117,6 +131,9 @@ impl Heap<'_> {
                 Err(corrupt(what, page))
             }
         };
+        if strict {
+            self.ensure_nothing_claimed_above(bits.pages())?;
+        }
         let mut here = bits.next_claimed(0);
         while here < bits.pages() {
             if !bits.is_head(here) {

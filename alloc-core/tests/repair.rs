@@ -172,3 +172,19 @@ fn waiter_slots_of_nobody_are_cleared() {
     assert_eq!(heap.waiters(), 0);
     assert_sound(&mut p, &kept);
 }
+
+/// Review of issue 8 (seen failing before the fix: check passed, blind to the last run). A
+/// high-water mark damaged to below a claimed page hides that page from every walk; check looks
+/// at the bitmap word just past the mark, and repair raises the mark again.
+#[test]
+fn a_lowered_high_water_mark_is_noticed_and_raised() {
+    let memory = TestMemory::new(4 * MIB);
+    let heap = memory.create();
+    let (mut p, kept) = populated(&heap);
+    let hwm = memory.word(header::PAGE_HWM);
+    memory.set_word(header::PAGE_HWM, hwm - 1);
+    assert!(p.check().is_err(), "check must see a claimed page above the mark");
+    heap.repair(&mut p.session).expect("repairable");
+    assert_eq!(memory.word(header::PAGE_HWM), hwm);
+    assert_sound(&mut p, &kept);
+}

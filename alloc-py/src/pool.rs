@@ -340,7 +340,24 @@ impl MemoryPool {
         if !pool.is_memfd() {
             return Ok((class.getattr("attach")?, PyTuple::new(py, [serialized.into_any()])?));
         }
-        let fd = slf.get().fileno(py)?;
+        let mut fd = slf.get().fileno(py)?;
+        // A process being spawned must list each descriptor it inherits once, and each handle
+        // unpickled there takes its descriptor for its own: a second handle of the pool going
+        // to the same child passes a duplicate, closed once the child's `Popen` is done with.
+        // (`_fds`: the descriptors a spawn or forkserver `Popen` passes, since Python 3.4.)
+        let popen = py.import("multiprocessing.context")?.call_method0("get_spawning_popen")?;
+        let listed = |popen: &Bound<'_, PyAny>| -> PyResult<bool> {
+            match popen.getattr("_fds") {
+                Ok(fds) => fds.contains(fd),
+                Err(_) => Ok(true),
+            }
+        };
+        if !popen.is_none() && listed(&popen)? {
+            let os = py.import("os")?;
+            fd = os.call_method1("dup", (fd,))?.extract()?;
+            let finalize = py.import("multiprocessing.util")?.getattr("Finalize")?;
+            finalize.call1((popen, os.getattr("close")?, (fd,)))?;
+        }
         let dupfd = py.import("multiprocessing.reduction")?.getattr("DupFd")?.call1((fd,))?;
         Ok((class.getattr("_from_dupfd")?, PyTuple::new(py, [dupfd, serialized.into_any()])?))
     }

@@ -63,6 +63,12 @@ def fill_in_memfd_pool(pool, allocation, value, done):
     done.put((pool.name, pool.memfd))
 
 
+def fill_through_either(pool, again, allocation, value, done):
+    """As ``fill_in_memfd_pool``, given two handles of one pool: one mapping here too."""
+    assert pool.fileno() == again.fileno()
+    fill_in_memfd_pool(again, allocation, value, done)
+
+
 def serve_from_queue(inbox, outbox):
     """Gets a memfd pool, then allocation after allocation, through ``inbox`` (a queue, so the
     pool's descriptor travels over multiprocessing's resource sharer); sums each allocation's

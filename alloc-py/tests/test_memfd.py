@@ -52,6 +52,30 @@ def test_a_memfd_pool_reaches_children_by_pickling(pool_name, method):
     assert holders(pool_name) == []
 
 
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_two_handles_of_one_memfd_pool_reach_a_child_together(pool_name, method):
+    # Review of issue 8 (seen failing before the fix: spawn raised "ValueError: bad value(s) in
+    # fds_to_keep", the pool's descriptor being listed once per handle). The second handle
+    # passes a duplicate, held until the Process is closed.
+    context = multiprocessing.get_context(method)
+    done = context.Queue()
+    with shmpool.MemoryPool.create_memfd(4 * MIB, pool_name) as pool:
+        again = shmpool.MemoryPool.from_fd(pool.fileno())
+        a = pool.alloc(3000)
+        child = context.Process(target=mp_workers.fill_through_either, args=(pool, again, a, 5, done))
+        child.start()
+        assert done.get(timeout=60) == (pool_name, True)
+        child.join(60)
+        assert child.exitcode == 0
+        assert bytes(memoryview(a)) == bytes([5]) * 3000
+        a.free()
+        pool.check()
+        again.detach()
+    del a
+    child.close()
+    assert holders(pool_name) == []
+
+
 def test_a_memfd_pool_and_its_allocations_travel_through_a_queue(pool_name):
     context = multiprocessing.get_context("spawn")
     inbox, outbox = context.Queue(), context.Queue()

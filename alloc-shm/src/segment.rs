@@ -739,13 +739,27 @@ pub(crate) fn attach_fd(fd: OwnedFd) -> Result<Arc<Mapping>> {
         // No /proc to ask: treat it as anonymous (nothing to unlink).
         None => ("<received>".to_owned(), Place::Memfd),
     };
+    if place == Place::Memfd {
+        // Whoever sent it could otherwise shrink it under us (SIGBUS on the next access).
+        let needed = rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW;
+        if !rustix::fs::fcntl_get_seals(&file).is_ok_and(|seals| seals.contains(needed)) {
+            return Err(refused(&name, "the memfd is not sealed against shrinking and growing"));
+        }
+    }
     attach_file(file, &name, &place, Owned::ByAnyone, Access::ReadWrite)
 }
 
-/// The pool with this nonce among those mapped in this process.
+fn refused(name: &str, why: &str) -> PoolError {
+    PoolError::Attach { name: name.to_owned(), source: io::Error::new(io::ErrorKind::InvalidInput, why) }
+}
+
+/// The memfd pool with this nonce among those mapped in this process (there is at most one:
+/// a memfd pool claiming the nonce of one already mapped is refused).
 pub(crate) fn find_mapped(nonce: u64) -> Option<Arc<Mapping>> {
     let list = mappings();
-    list.iter().filter_map(|(_, _, weak)| weak.upgrade()).find(|mapping| mapping.nonce() == nonce)
+    list.iter()
+        .filter_map(|(_, _, weak)| weak.upgrade())
+        .find(|mapping| mapping.memfd && mapping.nonce() == nonce)
 }
 
 fn attach_file(file: File, name: &str, place: &Place, owned: Owned, access: Access) -> Result<Arc<Mapping>> {
@@ -781,6 +795,12 @@ fn attach_file(file: File, name: &str, place: &Place, owned: Owned, access: Acce
         match map_existing(&file, name, place, access) {
             // A read-only mapping is never shared: an attacher needs one it can write.
             Ok(mapping) if access == Access::ReadOnly => return Ok(Arc::new(mapping)),
+            Ok(mapping) if mapping.memfd && find_mapped(mapping.nonce()).is_some() => {
+                return Err(refused(
+                    name,
+                    "another memfd pool with the same nonce is attached (a copy of it?)",
+                ))
+            }
             Ok(mapping) => return Ok(remember(mapping)),
             // The creator has not sized the file or written the header yet: wait a little.
             Err(PoolError::NotReady { .. })

@@ -288,3 +288,47 @@ fn a_memfd_pool_of_huge_pages_is_backed_by_them() {
     assert!(output.status.success() && said.contains("@@ verified 1 failed 0"), "{said}");
     pool.check().expect("consistent");
 }
+
+/// A copy of `pool`'s bytes in a new memfd, sealed as a pool's (`sealed`) or not at all.
+fn copy_of(pool: &Pool, sealed: bool) -> std::os::fd::OwnedFd {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0; pool.size() as usize];
+    let source = std::fs::File::from(rustix::io::dup(pool).expect("dup"));
+    source.read_exact_at(&mut bytes, 0).expect("read");
+    let flags = match sealed {
+        true => rustix::fs::MemfdFlags::ALLOW_SEALING,
+        false => rustix::fs::MemfdFlags::empty(),
+    };
+    let copy = std::fs::File::from(rustix::fs::memfd_create("shmpool-look-alike", flags).expect("memfd"));
+    copy.write_all_at(&bytes, 0).expect("written");
+    if sealed {
+        let seals = rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW;
+        rustix::fs::fcntl_add_seals(&copy, seals).expect("sealed");
+    }
+    copy.into()
+}
+
+/// Review of issue 8 (seen failing before the fix: both were attached). A memfd that is not
+/// sealed against shrinking could be truncated under this process by whoever sent it (SIGBUS
+/// on the next access): it is refused. A memfd pool whose header claims the nonce of another
+/// memfd pool this process holds (a copy, or a forgery) is refused too, so that descriptors
+/// naming that nonce keep resolving to the pool they were made for.
+#[test]
+fn an_unsealed_memfd_or_a_look_alike_of_a_held_pool_is_refused() {
+    let (_, pool) = memfd_pool("memfd-look-alike", 4 * MIB);
+    let a = pool.alloc(64).expect("room");
+    let unsealed = Pool::from_fd(copy_of(&pool, false)).map(|_| ());
+    match &unsealed {
+        Err(error @ PoolError::Attach { .. }) => assert!(error.to_string().contains("sealed"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let look_alike = Pool::from_fd(copy_of(&pool, true)).map(|_| ());
+    match &look_alike {
+        Err(error @ PoolError::Attach { .. }) => assert!(error.to_string().contains("nonce"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let descriptor = pool.alloc_descriptor(&a).expect("fits");
+    let (found, _) = Pool::attach_alloc(&descriptor).expect("resolves");
+    assert!(found == pool);
+    pool.free(a.id()).expect("live");
+}
