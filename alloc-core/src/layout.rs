@@ -790,7 +790,7 @@ pub mod gen {
     /// The generation after `gen` (wrapping after 2^60 allocations of one slot).
     #[inline]
     pub const fn next(gen: u64) -> u64 {
-        (gen + 1) & MASK
+        gen.wrapping_add(1) & MASK
     }
 
     /// The low bits kept in a state word.

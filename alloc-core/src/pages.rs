@@ -182,7 +182,9 @@ impl Heap<'_> {
             // those we failed to claim.
             let used = self.page_hwm().div_ceil(SPAN_PAGES).min(slots);
             let above = used.max(failed);
-            let Some(slot) = bits.find_slot(hint, used).or((above < slots).then_some(above)) else {
+            // After a failed claim, no wrapping back to it: one sweep below, then the tail.
+            let below = bits.find_slot(hint, used).filter(|&slot| failed == 0 || slot >= hint);
+            let Some(slot) = below.or((above < slots).then_some(above)) else {
                 return Ok(None);
             };
             (hint, failed) = (slot + 1, slot + 1);
@@ -283,8 +285,8 @@ impl Heap<'_> {
             // go on above it, all free), past the heads we failed to claim.
             let used = self.used_bits();
             let tail = used.free_tail().max(failed);
-            let Some(head) = used.find_run(pages, hint).or((tail + pages <= geo.num_pages).then_some(tail))
-            else {
+            let below = used.find_run(pages, hint).filter(|&head| failed == 0 || head >= hint);
+            let Some(head) = below.or((tail + pages <= geo.num_pages).then_some(tail)) else {
                 return Ok(None);
             };
             (hint, failed) = (head + 1, head + 1);
