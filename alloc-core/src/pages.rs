@@ -176,18 +176,20 @@ impl Heap<'_> {
     fn carve_span(&self, session: &mut Session, class: usize) -> Result<Option<u64>, Error> {
         let slots = self.geometry().num_slots;
         let bits = self.page_bits();
-        let (mut hint, mut failed) = (self.slot_hint.load(Ordering::Relaxed), 0);
+        let start = self.slot_hint.load(Ordering::Relaxed);
+        // One past the last slot we failed to claim.
+        let mut past: Option<u64> = None;
         for _ in 0..slots.min(64) + 1 {
-            // Slots below the high-water mark, else the first one above it (all free) past
-            // those we failed to claim.
+            // Slots below the high-water mark (after a failed claim, no wrapping back to it: one
+            // sweep), else the first one above it (all free) past those we failed to claim.
             let used = self.page_hwm().div_ceil(SPAN_PAGES).min(slots);
-            let above = used.max(failed);
-            // After a failed claim, no wrapping back to it: one sweep below, then the tail.
-            let below = bits.find_slot(hint, used).filter(|&slot| failed == 0 || slot >= hint);
+            let hint = past.unwrap_or(start);
+            let below = bits.find_slot(hint, used).filter(|&slot| past.is_none() || slot >= hint);
+            let above = used.max(past.unwrap_or(0));
             let Some(slot) = below.or((above < slots).then_some(above)) else {
                 return Ok(None);
             };
-            (hint, failed) = (slot + 1, slot + 1);
+            past = Some(slot + 1);
             let head = slot * SPAN_PAGES;
             if !self.back_pages(head + SPAN_PAGES) {
                 return Ok(None);
@@ -279,17 +281,21 @@ impl Heap<'_> {
     ) -> Result<Option<Allocation>, Error> {
         let geo = *self.geometry();
         let pages = size.div_ceil(geo.page_bytes()).max(1);
-        let (mut hint, mut failed) = (self.page_hint.load(Ordering::Relaxed), 0);
+        let start = self.page_hint.load(Ordering::Relaxed);
+        // One past the last head we failed to claim.
+        let mut past: Option<u64> = None;
         for _ in 0..64 {
-            // A run below the high-water mark, else one from the free pages that end there (and
-            // go on above it, all free), past the heads we failed to claim.
+            // A run below the high-water mark (after a failed claim, no wrapping back to it: one
+            // sweep), else one from the free pages that end there (and go on above it, all
+            // free), past the heads we failed to claim.
             let used = self.used_bits();
-            let tail = used.free_tail().max(failed);
-            let below = used.find_run(pages, hint).filter(|&head| failed == 0 || head >= hint);
+            let hint = past.unwrap_or(start);
+            let below = used.find_run(pages, hint).filter(|&head| past.is_none() || head >= hint);
+            let tail = used.free_tail().max(past.unwrap_or(0));
             let Some(head) = below.or((tail + pages <= geo.num_pages).then_some(tail)) else {
                 return Ok(None);
             };
-            (hint, failed) = (head + 1, head + 1);
+            past = Some(head + 1);
             if !self.back_pages(head + pages) {
                 return Ok(None);
             }

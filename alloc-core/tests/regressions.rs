@@ -1,6 +1,6 @@
-//! Regression tests for defects of heap v1 that are best shown at the core's level. Each was
+//! Regression tests for defects that are best shown at the core's level. Those of heap v1 were
 //! written against v1 first and seen failing there (branch `regress-evidence`, commit 9b91063,
-//! `alloc-core/src/regress.rs`); they pass on v2.
+//! `alloc-core/src/regress.rs`); they pass on v2. Later ones say where they were seen failing.
 
 mod common;
 
@@ -22,12 +22,21 @@ thread_local! {
     static STOP: Cell<Option<&'static str>> = const { Cell::new(None) };
 }
 
+/// Runs `f`, stopping this thread for good at step `step` (unwinding leaves the region as a
+/// participant killed there would).
+fn stopped_at(step: &'static str, f: impl FnOnce()) {
+    alloc_core::set_hook(hook);
+    STOP.with(|stop| stop.set(Some(step)));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    STOP.with(|stop| stop.set(None));
+    assert!(outcome.is_err(), "never reached {step}");
+}
+
 /// Defect 7: in v1, a participant stopped inside `release_empty_spans` (after detaching a whole
 /// class stack) made every allocation of every other participant fail on an empty pool. Now a
 /// participant stopped at any step of a retirement holds at most that one span.
 #[test]
 fn a_participant_stopped_while_retiring_a_span_never_makes_an_empty_pool_refuse_others() {
-    alloc_core::set_hook(hook);
     for step in [
         "retire/anchor-retiring",
         "retire/info-retiring",
@@ -46,11 +55,9 @@ fn a_participant_stopped_while_retiring_a_span_never_makes_an_empty_pool_refuse_
             let _ = a.free(id).expect("live");
         }
         // A needs pages: it retires spans one by one, and is stopped at `step` of one of them.
-        STOP.with(|stop| stop.set(Some(step)));
-        let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            a.alloc(1 << 20, AllocOptions::default())
-        }));
-        assert!(stopped.is_err(), "A reached {step}");
+        stopped_at(step, || {
+            let _ = a.alloc(1 << 20, AllocOptions::default());
+        });
         let other = memory.open();
         let mut b = Participant::new(&other, 2);
         let span = heap.geometry().span_bytes();
@@ -142,4 +149,50 @@ fn generations_keep_counting_across_the_state_words_boundary_and_across_reuse_of
         let _ = p.free(id).expect("live");
     }
     p.check().expect("consistent");
+}
+
+/// Review 9 of issue 8, finding 3 (spans; seen failing before 71a42d7). A participant stopped (or killed, until `reclaim_dead`) right after
+/// marking the info of a free slot below the high-water mark ("claim/marked", before it raises
+/// the mark and sets bits) leaves that slot's bits clear. `carve_span` offers the first slot
+/// above the mark only when `find_slot` finds nothing below it; it finds the stopped claimer's
+/// slot on every round (the hint wraps round to it), so every carve fails and small
+/// allocations fail with OutOfMemory although nearly the whole pool is free. The design
+/// promises that a stopped participant holds at most the run it was claiming.
+#[test]
+fn a_claimer_stopped_below_the_mark_does_not_keep_others_from_carving_above_it() {
+    let memory = TestMemory::new(4 << 20);
+    let heap = memory.create();
+    let mut setup = Participant::new(&heap, 1);
+    // The mark at page 1; slot 0 free again below it.
+    let page = setup.alloc(4096, AllocOptions::default()).expect("room");
+    let _ = setup.free(page.id()).expect("live");
+    let mut doomed = Participant::new(&heap, 666);
+    stopped_at("claim/marked", || {
+        let _ = doomed.alloc(64, AllocOptions::default());
+    });
+    let mut other = Participant::new(&heap, 2);
+    other.alloc(64, AllocOptions::default()).expect("the pool is all but empty");
+}
+
+/// Review 9 of issue 8, finding 3 (runs; seen failing before 71a42d7). Same for `alloc_large`: the only run below the mark that fits is the
+/// stopped claimer's; `find_run` returns it on every round (its hint wraps round to it) and the
+/// free tail past it is never offered.
+#[test]
+fn a_claimer_stopped_below_the_mark_does_not_keep_others_from_runs_above_it() {
+    let memory = TestMemory::new(4 << 20);
+    let heap = memory.create();
+    let mut setup = Participant::new(&heap, 1);
+    let size = 8 * 4096;
+    let run = setup.alloc(size, AllocOptions::default()).expect("room");
+    let _ = setup.free(run.id()).expect("live");
+    let mut doomed = Participant::new(&heap, 666);
+    stopped_at("claim/marked", || {
+        let _ = doomed.alloc(size, AllocOptions::default());
+    });
+    let mut other = Participant::new(&heap, 2);
+    match other.alloc(size, AllocOptions::default()) {
+        Ok(_) => {}
+        Err(alloc_core::Error::OutOfMemory { .. }) => panic!("OutOfMemory with the pool all but empty"),
+        Err(e) => panic!("{e:?}"),
+    }
 }

@@ -19,8 +19,9 @@
 //! - `create NAME MIB`: create a pool and exit without destroying it (an abandoned pool).
 //! - `fill POOL [HOG]`: allocate 1 MiB blocks and write them until the pool is full; report
 //!   `@@ filled N`. With HOG, write that file until its filesystem is full (as another process
-//!   taking the last of it would). Then free two of the blocks and fill that hole with blocks of every size class
-//!   64 KiB and 64 MiB runs, writing each, until each size is refused; report `@@ refilled M`.
+//!   taking the last of it would). Then free two of the blocks and fill that hole with blocks
+//!   of every size class and runs of 64 KiB and 64 MiB, writing each, until each size is
+//!   refused; report `@@ refilled M`.
 //! - `own POOL COUNT SIZE`: allocate COUNT allocations of SIZE bytes (owned by this process),
 //!   report `@@ owned`, and exit without freeing them.
 //! - `fork-hold NAME SECS`: attach pool NAME by name, allocate and free once, fork, report
@@ -95,8 +96,7 @@ fn parse(text: &str) -> Result<u64, PoolError> {
     text.parse().map_err(|_| PoolError::InvalidArgument("not a number"))
 }
 
-/// Allocates 1 MiB blocks and writes every byte of each until the pool is full; reports
-/// `@@ filled N` (the blocks it got) and exits without freeing them.
+/// The `fill` role (see the module docs); exits without freeing what it allocated.
 fn fill(pool: &Pool, hog: Option<&str>) -> Result<(), PoolError> {
     let mut blocks = fill_with(pool, 1 << 20)?;
     eprintln!("@@ filled {}", blocks.len());
