@@ -580,8 +580,8 @@ pub(crate) fn create(name: &str, size: u64, options: &PoolOptions) -> Result<Arc
         .open(&path)
         .map_err(|error| open_error(name, error, true))?;
     let place = Place::Named(path.clone());
-    match initialise(&file, name, (bytes, &geo), options, &room, &place) {
-        Ok(mapping) => Ok(remember(mapping)),
+    match initialise(&file, name, (bytes, &geo), options, &room, &place).and_then(remember) {
+        Ok(mapping) => Ok(mapping),
         Err(error) => {
             let _ = std::fs::remove_file(&path);
             Err(error)
@@ -615,7 +615,7 @@ pub(crate) fn create_memfd(name: &str, size: u64, options: &PoolOptions) -> Resu
     };
     let (bytes, geo) = file_bytes(size, room.page())?;
     room.check(name, bytes, options.space)?;
-    initialise(&file, name, (bytes, &geo), options, &room, &Place::Memfd).map(remember)
+    initialise(&file, name, (bytes, &geo), options, &room, &Place::Memfd).and_then(remember)
 }
 
 /// Sizes a new pool's file, puts memory behind what must never fault, seals a memfd, maps it
@@ -681,12 +681,28 @@ fn write_host_words(map: &MmapRaw, muid: Option<u64>) {
     store(host::CREATED_AT, SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
 }
 
-fn remember(mapping: Mapping) -> Arc<Mapping> {
-    let mapping = Arc::new(mapping);
+/// Makes `mapping` the one this process shares for its file, in one step under the lock: if
+/// another thread mapped the same file meanwhile, that mapping (ours is dropped); a memfd pool
+/// claiming the nonce of another memfd pool already mapped is refused (so that memfd
+/// descriptors resolve to one pool).
+fn remember(mapping: Mapping) -> Result<Arc<Mapping>> {
     let mut list = mappings();
     list.retain(|(_, _, weak)| weak.strong_count() > 0);
+    let live = || list.iter().filter_map(|(_, _, weak)| weak.upgrade());
+    if let Some(existing) =
+        live().find(|other| (other.device, other.inode) == (mapping.device, mapping.inode))
+    {
+        return Ok(existing);
+    }
+    if mapping.memfd && live().any(|other| other.memfd && other.nonce() == mapping.nonce()) {
+        return Err(refused(
+            &mapping.name,
+            "another memfd pool with the same nonce is attached (a copy of it?)",
+        ));
+    }
+    let mapping = Arc::new(mapping);
     list.push((mapping.device, mapping.inode, Arc::downgrade(&mapping)));
-    mapping
+    Ok(mapping)
 }
 
 /// Which user must own a pool file for this process to attach it.
@@ -754,7 +770,7 @@ fn refused(name: &str, why: &str) -> PoolError {
 }
 
 /// The memfd pool with this nonce among those mapped in this process (there is at most one:
-/// a memfd pool claiming the nonce of one already mapped is refused).
+/// `remember` refuses a memfd pool claiming the nonce of one already mapped).
 pub(crate) fn find_mapped(nonce: u64) -> Option<Arc<Mapping>> {
     let list = mappings();
     list.iter()
@@ -795,13 +811,7 @@ fn attach_file(file: File, name: &str, place: &Place, owned: Owned, access: Acce
         match map_existing(&file, name, place, access) {
             // A read-only mapping is never shared: an attacher needs one it can write.
             Ok(mapping) if access == Access::ReadOnly => return Ok(Arc::new(mapping)),
-            Ok(mapping) if mapping.memfd && find_mapped(mapping.nonce()).is_some() => {
-                return Err(refused(
-                    name,
-                    "another memfd pool with the same nonce is attached (a copy of it?)",
-                ))
-            }
-            Ok(mapping) => return Ok(remember(mapping)),
+            Ok(mapping) => return remember(mapping),
             // The creator has not sized the file or written the header yet: wait a little.
             Err(PoolError::NotReady { .. })
             | Err(PoolError::NotAPool { cause: HeapError::RegionTooSmall { .. }, .. })
