@@ -4,7 +4,7 @@
 //!
 //! - `churn POOL SEED [MAX_SHIFT]`: allocate, fill, verify and free forever (until killed),
 //!   half of the time through a cache, sizes 16 B << 0..MAX_SHIFT (default 10: up to 8 KiB);
-//!   reports `@@ ready` once running.
+//!   reports `@@ ready` once it holds its process record.
 //! - `wait POOL SIZE TIMEOUT_MS`: one `alloc_blocking`; reports `@@ ok OFFSET MICROS` or
 //!   `@@ timeout MICROS`.
 //! - `send POOL COUNT`: allocate COUNT allocations, fill them, give them to the pool and write
@@ -144,6 +144,8 @@ fn churn(pool: &Pool, seed: u64, max_shift: u64) -> Result<(), PoolError> {
     let mut local = pool.local();
     let mut live = Vec::new();
     let mut rng = seed | 1;
+    // Ready means recorded: a test that looks at the process table right after must find us.
+    pool.me()?;
     eprintln!("@@ ready");
     loop {
         rng ^= rng << 13;
