@@ -91,7 +91,9 @@
 //! - **Sparse regions.** Every claim first raises the page high-water mark (`PAGE_HWM`); walks
 //!   (stats, check, inspection, reclaim) and the searches for free pages read the bitmap only
 //!   below it (a search that finds nothing there takes the free pages that end at the mark and
-//!   those above it, all free), so a huge region's untouched metadata is never read. A host
+//!   those above it, all free), class-list and empty-set searches read only the words over the
+//!   span slots below it, and an id in a page at or above it is invalid without a look at that
+//!   page, so a huge region's untouched metadata is never read. A host
 //!   that maps a file which may run out of space gives a [`Backing`]: data pages, with every
 //!   metadata word that describes them (page metadata, bitmap words, the class-list and
 //!   empty-set words over their slots), are backed in 4 MiB chunks (`BACKED_PAGES`) before
@@ -755,6 +757,12 @@ impl<'a> Heap<'a> {
         self.region.word(header::PAGE_HWM).load(Ordering::Acquire).min(self.geo.num_pages)
     }
 
+    /// The span slots over pages below the high-water mark: the only ones a class list or the
+    /// empty set can hold, and whose words searches read.
+    pub(crate) fn used_slots(&self) -> u64 {
+        self.page_hwm().div_ceil(SPAN_PAGES)
+    }
+
     /// The pages below this have memory behind them (all of them if nothing needs backing).
     pub(crate) fn backed_pages(&self) -> u64 {
         match self.backing {
@@ -909,13 +917,15 @@ impl<'a> Heap<'a> {
         AllocId::new((offset - self.geo.data_offset) / GRANULE, generation)
     }
 
-    /// The page holding `id`'s slot, or `InvalidId`.
+    /// The page holding `id`'s slot, or `InvalidId`: also for a page at or above the high-water
+    /// mark, where nothing was ever allocated (and whose metadata may have no memory behind it).
     #[inline]
     pub(crate) fn page_of(&self, id: AllocId) -> Result<u64, Error> {
-        let relative = id.slot().checked_mul(GRANULE).filter(|&r| r < self.data_bytes);
-        match relative {
-            Some(relative) => Ok(relative >> self.geo.page_shift),
-            None => Err(Error::InvalidId { id: id.to_u128() }),
+        let page =
+            id.slot().checked_mul(GRANULE).filter(|&r| r < self.data_bytes).map(|r| r >> self.geo.page_shift);
+        match page {
+            Some(page) if page < self.page_hwm() => Ok(page),
+            _ => Err(Error::InvalidId { id: id.to_u128() }),
         }
     }
 

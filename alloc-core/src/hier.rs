@@ -160,20 +160,29 @@ impl<'a> Hier<'a> {
     }
 
     /// A set leaf at or after `from`, or before it when none is after (wrapping around); `None`
-    /// when no leaf is set. Stale summary bits met on the way are cleared.
-    pub fn find_from(&self, from: u64) -> Option<u64> {
-        let from = if from >= self.shape.leaves { 0 } else { from };
-        self.find_between(from).or_else(|| {
+    /// when no leaf is set. Stale summary bits met on the way are cleared. Only the words over
+    /// leaves below `below` are read: the others may have no memory behind them, and reading
+    /// them would allocate it (a leaf at or above `below` is found only in a word that also
+    /// covers one below it).
+    pub fn find_from(&self, from: u64, below: u64) -> Option<u64> {
+        let below = below.min(self.shape.leaves);
+        let from = if from >= below { 0 } else { from };
+        self.find_between(from, below).or_else(|| {
             if from > 0 {
-                self.find_between(0).filter(|&l| l < from)
+                self.find_between(0, below).filter(|&l| l < from)
             } else {
                 None
             }
         })
     }
 
-    /// The first set leaf at or after `from`.
-    fn find_between(&self, from: u64) -> Option<u64> {
+    /// The first leaf under word `index` of `level`.
+    fn first_leaf(level: usize, index: u64) -> u64 {
+        index.saturating_mul(64 * SUMMARY_BITS.pow(level as u32))
+    }
+
+    /// The first set leaf at or after `from`, reading only the words over leaves below `below`.
+    fn find_between(&self, from: u64, below: u64) -> Option<u64> {
         // Walk up from `from`'s leaf word until a word has a candidate bit at or after the
         // position, then walk down taking the lowest set bit; a word found empty on the way
         // down (a stale summary) is cleaned up and the search resumes after it.
@@ -185,6 +194,9 @@ impl<'a> Hier<'a> {
             }
             let fan = Self::fan_out(level);
             let index = position / fan;
+            if Self::first_leaf(level, index) >= below {
+                return None;
+            }
             // ORDERING: Acquire pairs with the Release of `set` at this level.
             let bits = Self::bits(level, self.word(level, index).load(Ordering::Acquire));
             let candidates = bits & (u64::MAX << (position % fan));
@@ -203,6 +215,9 @@ impl<'a> Hier<'a> {
             }
             // Descend into child word `found` of level `level - 1`.
             let child_level = level - 1;
+            if Self::first_leaf(child_level, found) >= below {
+                return None; // (a stale bit: every word after it is further still)
+            }
             let child_bits = Self::bits(child_level, self.word(child_level, found).load(Ordering::Acquire));
             if child_bits == 0 {
                 // Stale summary: clean it up, and look past it at this level.
@@ -269,24 +284,24 @@ mod tests {
         for leaves in [1u64, 64, 100, 5000, 70_000] {
             let (words, shape) = storage(leaves);
             let map = Hier::new(&words, &shape);
-            assert_eq!(map.find_from(0), None);
+            assert_eq!(map.find_from(0, map.leaves()), None);
             let picks: Vec<u64> = [0, leaves / 3, leaves - 1].into_iter().collect();
             for &leaf in &picks {
                 map.set(leaf);
             }
             for &leaf in &picks {
-                assert_eq!(map.find_from(leaf), Some(leaf), "{leaves}");
+                assert_eq!(map.find_from(leaf, map.leaves()), Some(leaf), "{leaves}");
                 assert!(map.is_set(leaf));
             }
-            assert_eq!(map.find_from(leaves - 1), Some(leaves - 1));
+            assert_eq!(map.find_from(leaves - 1, map.leaves()), Some(leaves - 1));
             if leaves > 1 {
                 map.clear(leaves - 1);
-                assert_eq!(map.find_from(leaves - 1), Some(0), "wraps to the first set leaf");
+                assert_eq!(map.find_from(leaves - 1, map.leaves()), Some(0), "wraps to the first set leaf");
             }
             for &leaf in &picks {
                 map.clear(leaf);
             }
-            assert_eq!(map.find_from(0), None);
+            assert_eq!(map.find_from(0, map.leaves()), None);
             assert!(map.summaries_cover_leaves(map.leaves()));
             // Every summary above cleared leaves is clear again.
             for (level, &offset) in shape.offsets.iter().enumerate().take(shape.levels) {
@@ -298,6 +313,23 @@ mod tests {
     }
 
     #[test]
+    fn a_bounded_search_finds_nothing_at_or_above_its_bound() {
+        let (words, shape) = storage(70_000);
+        let map = Hier::new(&words, &shape);
+        assert_eq!(map.find_from(0, 0), None);
+        for leaf in [100, 1100, 66_000] {
+            map.set(leaf);
+        }
+        assert_eq!(map.find_from(0, 1024), Some(100));
+        assert_eq!(map.find_from(200, 1024), Some(100), "wraps below the bound");
+        assert_eq!(map.find_from(200, 1089), Some(1100), "a set leaf in a word that covers the bound");
+        assert_eq!(map.find_from(2000, 65_536), Some(100));
+        assert_eq!(map.find_from(2000, 70_000), Some(66_000));
+        map.clear(100);
+        assert_eq!(map.find_from(0, 1024), None);
+    }
+
+    #[test]
     fn a_stale_summary_is_cleaned_up_by_a_search() {
         let (words, shape) = storage(10_000);
         let map = Hier::new(&words, &shape);
@@ -305,10 +337,10 @@ mod tests {
         // Clear the leaf behind the summaries' back, as a clearer stopped mid-cascade would.
         words[shape.offsets[0] + 5000 / 64].store(0, Ordering::Relaxed);
         map.set(9000);
-        assert_eq!(map.find_from(0), Some(9000));
-        assert_eq!(map.find_from(0), Some(9000));
+        assert_eq!(map.find_from(0, map.leaves()), Some(9000));
+        assert_eq!(map.find_from(0, map.leaves()), Some(9000));
         map.clear(9000);
-        assert_eq!(map.find_from(0), None);
+        assert_eq!(map.find_from(0, map.leaves()), None);
         for level in 1..shape.levels {
             for word in &words[shape.offsets[level]..shape.offsets[level] + shape.words[level]] {
                 assert_eq!(word.load(Ordering::Relaxed) & SUMMARY_MASK, 0, "level {level}");
@@ -322,9 +354,9 @@ mod tests {
         let map = Hier::new(&words, &shape);
         words[shape.offsets[0] + 2000 / 64].store(1 << (2000 % 64), Ordering::Relaxed);
         assert!(!map.summaries_cover_leaves(map.leaves()));
-        assert_eq!(map.find_from(0), None);
+        assert_eq!(map.find_from(0, map.leaves()), None);
         map.rebuild_summaries(map.leaves());
         assert!(map.summaries_cover_leaves(map.leaves()));
-        assert_eq!(map.find_from(0), Some(2000));
+        assert_eq!(map.find_from(0, map.leaves()), Some(2000));
     }
 }

@@ -65,9 +65,10 @@ impl Heap<'_> {
         }
         let list = self.class_list(class);
         let mut from = hint.saturating_sub(1);
+        let listed = self.used_slots();
         // Bounded: every slot is looked at most once per round, plus a few rounds of races.
         let mut budget = self.geometry().num_slots + 8;
-        while let Some(slot) = list.find_from(from) {
+        while let Some(slot) = list.find_from(from, listed) {
             if budget == 0 {
                 break;
             }
@@ -380,8 +381,9 @@ impl Heap<'_> {
         }
         let empty = self.empty_set();
         let mut from = self.empty_hint.load(Ordering::Relaxed);
+        let listed = self.used_slots();
         let mut budget = self.geometry().num_slots + 8;
-        while let Some(slot) = empty.find_from(from) {
+        while let Some(slot) = empty.find_from(from, listed) {
             if budget == 0 {
                 break;
             }

@@ -122,7 +122,6 @@ impl Heap<'_> {
     }
 
     fn repair_pages(&self, session: &mut Session, repaired: &mut Repaired) -> Result<(), Error> {
-        let geo = *self.geometry();
         // Every backed page, not only those below the high-water mark: a damaged mark may hide
         // runs. Every run kept raises the mark again. (Pages never backed were never claimed;
         // their metadata is not read, as it may have no memory behind it.)
@@ -146,7 +145,13 @@ impl Heap<'_> {
                     self.raise_page_hwm(here + SPAN_PAGES);
                     here + SPAN_PAGES
                 }
-                PageInfo::LargeHead { pages } if pages >= 1 && pages <= geo.num_pages - here => {
+                // A run must lie in backed pages and hold all of them (a damaged count could
+                // otherwise raise the mark past the backed pages, or free another run's pages).
+                PageInfo::LargeHead { pages }
+                    if pages >= 1
+                        && pages <= limit - here
+                        && bits.held_prefix(here, here + pages) == here + pages =>
+                {
                     let word = self.page_word(here, page::STATE).load(Ordering::Acquire);
                     match BlockState::decode(word) {
                         Some(state) if state.kind == Kind::Live => self.raise_page_hwm(here + pages),

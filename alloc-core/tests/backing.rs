@@ -1,62 +1,179 @@
 //! A region whose host backs memory as pages are first claimed (a pool file that may run out of
-//! space): what the heap writes lies in what was backed, and pages that cannot be backed never
-//! hide the free pages that are.
+//! space). The region here is a guarded mapping: every host page is inaccessible until the heap
+//! asks the host to back it, so any read or write of a byte the heap never had backed is a
+//! fault, reported with its offset (the test process exits with code 86). What holds: the heap
+//! touches only what it had backed, and pages that cannot be backed never hide the free pages
+//! that are.
+//!
+//! Only the header and tables are open from the start (what the host backs when it creates an
+//! overcommitted pool). One guarded region at a time: the fault handler reports against it.
 
 mod common;
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
-use alloc_core::layout::DEFAULT_PAGE_SHIFT;
-use alloc_core::{AllocOptions, Backing, Error, Heap, Platform};
-use common::{Participant, TestMemory};
+use alloc_core::layout::{page, Geometry, PageInfo, CLASS_SIZES, DEFAULT_PAGE_SHIFT, SPAN_PAGES};
+use alloc_core::{AllocId, AllocOptions, Backing, Error, Heap, Platform, Region};
+use common::Participant;
 
 const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const HOST_PAGE: u64 = 4096;
+/// Data pages are backed in chunks of this many bytes (the heap's `BACKING_CHUNK`).
+const CHUNK: u64 = 4 * MIB;
 
-/// A host that backs data only below `data_limit` and records every range it backed.
-struct Host {
-    data_limit: u64,
-    backed: Mutex<Vec<(u64, u64)>>,
+static BASE: AtomicUsize = AtomicUsize::new(0);
+static LEN: AtomicUsize = AtomicUsize::new(0);
+/// What the running test is at, printed with a fault.
+static CASE: AtomicU64 = AtomicU64::new(0);
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Writes `value` in hex to stderr (async-signal-safe).
+fn write_hex(value: u64) {
+    let mut out = *b"0x0000000000000000";
+    for (i, byte) in out[2..].iter_mut().enumerate() {
+        *byte = b"0123456789abcdef"[(value >> (60 - 4 * i) & 15) as usize];
+    }
+    write_err(&out);
 }
 
-impl Host {
+fn write_err(bytes: &[u8]) {
+    // SAFETY: writes a valid buffer to stderr; async-signal-safe.
+    unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+}
+
+extern "C" fn on_fault(_signal: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let address = unsafe { (*info).si_addr() } as usize;
+    let (base, len) = (BASE.load(Ordering::Relaxed), LEN.load(Ordering::Relaxed));
+    if (base..base + len).contains(&address) {
+        write_err(b"\nthe heap touched a byte it never had backed, at region offset ");
+        write_hex((address - base) as u64);
+    } else {
+        write_err(b"\nfault outside the guarded region at ");
+        write_hex(address as u64);
+    }
+    write_err(b" (case ");
+    write_hex(CASE.load(Ordering::Relaxed));
+    write_err(b")\n");
+    // SAFETY: async-signal-safe exit.
+    unsafe { libc::_exit(86) };
+}
+
+/// A guarded region and the host that backs it: data only below `data_limit`, nothing once
+/// `full`.
+struct Guarded {
+    base: *mut u8,
+    len: u64,
+    data_limit: u64,
+    full: AtomicBool,
+    backed: Mutex<Vec<(u64, u64)>>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Guarded {
+    /// `len` bytes with the header and tables of a pool of `page_shift` open.
+    fn new(len: u64, page_shift: u32, data_limit: u64) -> Box<Guarded> {
+        let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // SAFETY: installs a plain SA_SIGINFO handler for SIGSEGV and SIGBUS.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_fault as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO;
+            libc::sigaction(libc::SIGSEGV, &action, std::ptr::null_mut());
+            libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
+        }
+        // SAFETY: a fresh private anonymous mapping, inaccessible until backed.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        BASE.store(base as usize, Ordering::Relaxed);
+        LEN.store(len as usize, Ordering::Relaxed);
+        CASE.store(0, Ordering::Relaxed);
+        let guarded = Box::new(Guarded {
+            base: base.cast(),
+            len,
+            data_limit,
+            full: AtomicBool::new(false),
+            backed: Mutex::new(Vec::new()),
+            _serial: serial,
+        });
+        let tables = Geometry::compute(len, page_shift).expect("fits").bitmap_word as u64 * 8;
+        guarded.open(0, tables);
+        guarded
+    }
+
+    /// Makes `offset..offset + len` accessible, host page by host page.
+    fn open(&self, offset: u64, len: u64) {
+        let start = offset / HOST_PAGE * HOST_PAGE;
+        let end = (offset + len).next_multiple_of(HOST_PAGE);
+        // SAFETY: inside our mapping.
+        let done = unsafe {
+            libc::mprotect(
+                self.base.add(start as usize).cast(),
+                (end - start) as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        assert_eq!(done, 0);
+        self.backed.lock().expect("not poisoned").push((start, end));
+    }
+
     fn back(context: usize, offset: u64, len: u64) -> bool {
-        // SAFETY: `context` is the address of the `Host` the test keeps alive with the heap.
-        let host = unsafe { &*(context as *const Host) };
-        if offset + len > host.data_limit {
+        // SAFETY: `context` is the address of the boxed `Guarded`, which outlives the heap.
+        let guarded = unsafe { &*(context as *const Guarded) };
+        if guarded.full.load(Ordering::Relaxed) || offset + len > guarded.data_limit {
             return false;
         }
-        host.backed.lock().expect("not poisoned").push((offset, offset + len));
+        guarded.open(offset, len);
         true
     }
 
-    /// Whether byte `offset` was backed (by the test's own setup or the heap's calls).
+    /// Whether byte `offset` is in a host page that was backed.
     fn covers(&self, offset: u64) -> bool {
-        let page = offset / 4096 * 4096;
-        self.backed
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .any(|&(start, end)| start / 4096 * 4096 <= page && page < end)
+        self.backed.lock().expect("not poisoned").iter().any(|&(start, end)| (start..end).contains(&offset))
+    }
+
+    fn region(&self) -> Region<'_> {
+        // SAFETY: the mapping lives as long as `self` and is reached only through the region.
+        unsafe { Region::from_raw(self.base, self.len as usize) }.expect("aligned")
+    }
+
+    fn create(&self, page_shift: u32) -> Heap<'_> {
+        let platform = Platform {
+            heavy_fence: None,
+            backing: Some(Backing { context: self as *const Guarded as usize, back: Guarded::back }),
+        };
+        Heap::create(self.region(), page_shift, platform).expect("created")
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, no longer used.
+        unsafe { libc::munmap(self.base.cast(), self.len as usize) };
     }
 }
 
 /// Review of issue 8 (seen failing before the fix: class-list words were written where no
 /// backing had put memory; and once a chunk could not be backed, a search that had started at
-/// its hint gave up, ignoring a free run below). Every word the heap writes outside the header
-/// and tables lies in a host page it asked to back first, and the pages that could be backed
-/// stay usable after a chunk could not be.
+/// its hint gave up, ignoring a free run below). The pages that could be backed stay usable
+/// after a chunk could not be.
 #[test]
-fn every_write_lands_in_backed_memory_and_a_failed_backing_hides_no_free_run() {
-    let memory = TestMemory::new(64 * MIB as usize);
-    let geo = alloc_core::layout::Geometry::compute(64 * MIB, DEFAULT_PAGE_SHIFT).expect("fits");
-    // Data backed for 12 MiB (three chunks); the host backs the header and tables itself.
-    let tables = geo.bitmap_word as u64 * 8;
-    let host = Host { data_limit: geo.page_offset(3 << 10), backed: Mutex::new(vec![(0, tables)]) };
-    let platform = Platform {
-        heavy_fence: None,
-        backing: Some(Backing { context: &host as *const Host as usize, back: Host::back }),
-    };
-    let heap = Heap::create(memory.region(), DEFAULT_PAGE_SHIFT, platform).expect("created");
+fn a_failed_backing_hides_no_free_run() {
+    // Data backed for 12 MiB (three chunks).
+    let geo = Geometry::compute(64 * MIB, DEFAULT_PAGE_SHIFT).expect("fits");
+    let guarded = Guarded::new(64 * MIB, DEFAULT_PAGE_SHIFT, geo.page_offset(3 << 10));
+    let heap = guarded.create(DEFAULT_PAGE_SHIFT);
     let mut p = Participant::new(&heap, 1);
     let options = AllocOptions::default();
     let mut runs = Vec::new();
@@ -78,14 +195,157 @@ fn every_write_lands_in_backed_memory_and_a_failed_backing_hides_no_free_run() {
     assert!(small > (MIB / 2048) as usize, "{small} blocks in the second hole");
     assert!(matches!(p.alloc(MIB, options), Err(Error::OutOfMemory { .. })));
     p.check().expect("consistent");
+}
 
-    let unbacked: Vec<u64> = (tables / 8..geo.page_offset(0) / 8)
-        .filter(|&word| memory.word(word as usize) != 0 && !host.covers(word * 8))
-        .collect();
-    assert!(
-        unbacked.is_empty(),
-        "{} metadata words written without backing, first at byte {:#x}",
-        unbacked.len(),
-        unbacked[0] * 8
-    );
+/// Review 9 of issue 8 (seen failing before the fix: a fresh pool's first small allocation
+/// searched its class list, whose words no backing had covered yet: on a full tmpfs, SIGBUS).
+#[test]
+fn a_first_small_allocation_reads_no_unbacked_class_list_word() {
+    let guarded = Guarded::new(64 * MIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let mut p = Participant::new(&heap, 1);
+    p.alloc(64, AllocOptions::default()).expect("room");
+    p.check().expect("consistent");
+}
+
+/// Review 9 of issue 8 (seen failing before the fix: when the pool's first chunk could not be
+/// backed, the allocation went on to retire an empty span and searched the empty set, whose
+/// words were never backed). It fails as a full pool.
+#[test]
+fn a_pool_whose_first_chunk_cannot_be_backed_is_full() {
+    let guarded = Guarded::new(64 * MIB, 12, 0);
+    let heap = guarded.create(12);
+    let mut p = Participant::new(&heap, 1);
+    assert!(matches!(p.alloc(MIB, AllocOptions::default()), Err(Error::OutOfMemory { .. })));
+    assert!(matches!(p.alloc(64, AllocOptions::default()), Err(Error::OutOfMemory { .. })));
+}
+
+/// Review 9 of issue 8 (seen failing before the fix: a class-list search that unlisted the last
+/// backed span went on from the slot after it and read that slot's leaf word, in a host page
+/// no backing had touched). In an 8 GiB pool a class list spans several host pages; the pool
+/// grows chunk by chunk until, for some class, the word after the backed slots lies in a fresh
+/// host page; then the filesystem fills up and that class is allocated until the pool is full.
+#[test]
+fn a_class_list_search_past_the_last_backed_slot_reads_no_unbacked_word() {
+    let guarded = Guarded::new(8 * GIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let geo = *heap.geometry();
+    let mut p = Participant::new(&heap, 1);
+    let mut runs = Vec::new();
+    let class = loop {
+        runs.push(p.alloc(CHUNK, AllocOptions::default()).expect("room").id());
+        // A 4 MiB chunk of 4 KiB pages is 64 slots: one leaf word.
+        let next_leaf_word = runs.len() as u64;
+        let fresh = (0..CLASS_SIZES.len())
+            .find(|&class| !guarded.covers((geo.class_list_word(class) as u64 + next_leaf_word) * 8));
+        if let Some(class) = fresh {
+            break class;
+        }
+        assert!(runs.len() < 400, "no class list reaches a fresh host page");
+    };
+    CASE.store((class as u64) << 32 | runs.len() as u64, Ordering::Relaxed);
+    for id in runs {
+        let _ = p.free(id).expect("live");
+    }
+    guarded.full.store(true, Ordering::Relaxed);
+    let mut blocks = 0u64;
+    loop {
+        match p.alloc(CLASS_SIZES[class] as u64, AllocOptions::default()) {
+            Ok(_) => blocks += 1,
+            Err(Error::OutOfMemory { .. }) => break,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(blocks > 0);
+    p.check().expect("consistent");
+}
+
+/// Review 9 of issue 8 (seen failing before the fix: retiring spans went on from the slot after
+/// the last one retired and read the empty set's leaf word above the backed slots). The pool
+/// is grown until that word lies in a fresh host page, the filesystem fills up, every backed
+/// slot holds an entirely free span, and span-sized runs are taken until the pool is full:
+/// each retires the next span, in slot order.
+#[test]
+fn an_empty_set_search_past_the_last_backed_slot_reads_no_unbacked_word() {
+    let shift = 12;
+    // The smallest pool in which the empty set's word after the backed slots of some number of
+    // chunks lies in a host page nothing backed, found by growing pools chunk by chunk.
+    let (bytes, chunks) = (2..64u64)
+        .find_map(|gib| {
+            let guarded = Guarded::new(gib * GIB, shift, u64::MAX);
+            let heap = guarded.create(shift);
+            let empty_word = heap.geometry().empty_word as u64;
+            let mut p = Participant::new(&heap, 1);
+            (1..64u64).find_map(|chunks| {
+                let _ = p.alloc(CHUNK, AllocOptions::default()).expect("room");
+                (!guarded.covers((empty_word + chunks) * 8)).then_some((gib * GIB, chunks))
+            })
+        })
+        .expect("a pool size with such a boundary");
+    CASE.store(bytes << 8 | chunks, Ordering::Relaxed);
+    let guarded = Guarded::new(bytes, shift, u64::MAX);
+    let heap = guarded.create(shift);
+    let mut p = Participant::new(&heap, 1);
+    let run = p.alloc(chunks * CHUNK - HOST_PAGE, AllocOptions::default()).expect("room");
+    let _ = p.free(run.id()).expect("live");
+    guarded.full.store(true, Ordering::Relaxed);
+    let mut blocks = Vec::new();
+    while let Ok(block) = p.alloc(64, AllocOptions::default()) {
+        blocks.push(block.id());
+    }
+    for id in blocks {
+        let _ = p.free(id).expect("live");
+    }
+    let slots = chunks * CHUNK / HOST_PAGE / SPAN_PAGES;
+    let span = SPAN_PAGES << shift;
+    for _ in 0..slots {
+        p.alloc(span, AllocOptions::default()).expect("a retired span");
+    }
+    assert!(matches!(p.alloc(span, AllocOptions::default()), Err(Error::OutOfMemory { .. })));
+    p.check().expect("consistent");
+}
+
+/// Review 9 of issue 8 (seen failing before the fix: an id whose slot lies in pages never
+/// claimed, such as a stale id of another pool or a made-up number, was looked up by reading
+/// its page's metadata, never backed). Such an id is invalid, whatever it is asked.
+#[test]
+fn an_id_in_never_claimed_pages_is_invalid_without_reading_their_metadata() {
+    let guarded = Guarded::new(256 * MIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let geo = *heap.geometry();
+    let mut p = Participant::new(&heap, 1);
+    let kept = p.alloc(HOST_PAGE, AllocOptions::default()).expect("room");
+    guarded.full.store(true, Ordering::Relaxed);
+    let far = AllocId::new(((geo.num_pages - 1) << 12) / 16, 1);
+    let invalid = |result: Result<(), Error>| matches!(result, Err(Error::InvalidId { .. }));
+    assert!(!p.contains(far));
+    assert!(invalid(p.lookup(far).map(drop)));
+    assert!(invalid(p.free(far).map(drop)));
+    assert!(invalid(p.realloc(far, 64).map(drop)));
+    let owner = p.owner();
+    assert!(invalid(p.set_owner(far, owner)));
+    assert!(p.contains(kept.id()));
+    p.check().expect("consistent");
+}
+
+/// Review 9 of issue 8 (seen failing before the fix: repair trusted a live run's page count up
+/// to the end of the pool, so a damaged count raised the high-water mark past the backed pages
+/// and every walk after the repair read metadata never backed). Such a run is garbage.
+#[test]
+fn repair_never_raises_the_mark_past_the_backed_pages() {
+    let guarded = Guarded::new(256 * MIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let geo = *heap.geometry();
+    let mut p = Participant::new(&heap, 1);
+    let run = p.alloc(HOST_PAGE, AllocOptions::default()).expect("room");
+    let head = (run.offset - geo.data_offset) >> 12;
+    let damaged = PageInfo::LargeHead { pages: geo.num_pages - head }.encode();
+    let info = geo.page_word(head, page::INFO);
+    // SAFETY: test-only damage of an in-bounds, backed word while nothing else runs.
+    unsafe { heap.region().base().cast::<u64>().add(info).write_volatile(damaged) };
+    assert!(p.check().is_err(), "the damage is seen");
+    let repaired = heap.repair(&mut p.session).expect("repairable");
+    let stats = p.check().expect("consistent after repair");
+    assert!(!repaired.is_clean());
+    assert_eq!(stats.live_allocations, 0, "the damaged run is given back");
 }

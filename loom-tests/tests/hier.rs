@@ -62,14 +62,18 @@ fn clearer_of_leaf_0_racing_a_setter_of(leaf: u64) {
             spawn(move || {
                 let map = storage.map();
                 map.set(leaf);
-                assert_eq!(map.find_from(1), Some(leaf), "a leaf its setter finished setting is hidden");
+                assert_eq!(
+                    map.find_from(1, map.leaves()),
+                    Some(leaf),
+                    "a leaf its setter finished setting is hidden"
+                );
             })
         };
         clearer.join().expect("no panic");
         setter.join().expect("no panic");
         let map = storage.map();
         assert!(map.summaries_cover_leaves(map.leaves()), "a summary hides a set leaf");
-        assert_eq!(map.find_from(0), Some(leaf));
+        assert_eq!(map.find_from(0, map.leaves()), Some(leaf));
         assert!(!map.is_set(0));
     });
 }
@@ -99,14 +103,21 @@ fn a_search_cleaning_a_stale_summary_never_hides_a_leaf_being_set() {
         storage.words[storage.shape.offsets[0] + 1].store(0, Ordering::Relaxed);
         let searcher = {
             let storage = storage.clone();
-            spawn(move || storage.map().find_from(0))
+            spawn(move || {
+                let map = storage.map();
+                map.find_from(0, map.leaves())
+            })
         };
         let setter = {
             let storage = storage.clone();
             spawn(move || {
                 let map = storage.map();
                 map.set(65);
-                assert_eq!(map.find_from(0), Some(65), "a leaf its setter finished setting is hidden");
+                assert_eq!(
+                    map.find_from(0, map.leaves()),
+                    Some(65),
+                    "a leaf its setter finished setting is hidden"
+                );
             })
         };
         let found = searcher.join().expect("no panic");
@@ -114,6 +125,6 @@ fn a_search_cleaning_a_stale_summary_never_hides_a_leaf_being_set() {
         assert!(matches!(found, None | Some(65)), "the search found a leaf nobody set: {found:?}");
         let map = storage.map();
         assert!(map.summaries_cover_leaves(map.leaves()), "a summary hides a set leaf");
-        assert_eq!(map.find_from(0), Some(65));
+        assert_eq!(map.find_from(0, map.leaves()), Some(65));
     });
 }
