@@ -194,6 +194,15 @@ impl<'a> PageBits<'a> {
         self.clear_words(from / PAGES_PER_WORD, (to - 1) / PAGES_PER_WORD + 1, from, to);
     }
 
+    /// Sets the claimed bits of pages `from..to` (no head bit): pages of the run before them
+    /// whose bits were lost. Repair of a quiescent heap only.
+    pub fn mark_members(&self, from: u64, to: u64) {
+        for word in from / PAGES_PER_WORD..to.div_ceil(PAGES_PER_WORD) {
+            // ORDERING: Relaxed: nobody else runs.
+            self.words[word as usize].fetch_or(pair_mask(word, from, to) & CLAIMED_BITS, Ordering::Relaxed);
+        }
+    }
+
     /// The end of the prefix of pages a claimer or releaser of a run starting at `head` still
     /// holds: `head` itself if it carries no head bit (nothing held), else the first page after
     /// `head` that is unclaimed or is another run's head (bounded by `limit`).

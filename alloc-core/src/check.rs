@@ -93,12 +93,16 @@ impl Heap<'_> {
         self.survey(Guard::Hazard(session), false, &mut visit).map(|_| ())
     }
 
-    /// Fails if a page of the bitmap word holding page `hwm` (a high-water mark read before)
-    /// is claimed at or above the mark as it is now: a mark damaged to below a claimed page
-    /// would hide that page from every walk. Only that word, and only if it is backed.
+    /// Fails if a page is claimed at or above the high-water mark (`hwm`, read before) as it is
+    /// now: a mark damaged to below a claimed page would hide that page from every walk and
+    /// search. Where the host backs pages as they are claimed, every backed page is looked at;
+    /// elsewhere (where reading untouched metadata would allocate it) only the bitmap word
+    /// holding the mark.
     fn ensure_nothing_claimed_above(&self, hwm: u64) -> Result<(), Error> {
-        let limit = (hwm / PAGES_PER_WORD + 1) * PAGES_PER_WORD;
-        let limit = limit.min(self.backed_pages());
+        let limit = match self.has_backing() {
+            true => self.backed_pages(),
+            false => ((hwm / PAGES_PER_WORD + 1) * PAGES_PER_WORD).min(self.geometry().num_pages),
+        };
         let claimed = self.bits_below(limit).next_claimed(hwm);
         match claimed < limit && claimed >= self.page_hwm() {
             true => Err(corrupt("claimed page above the high-water mark", claimed)),

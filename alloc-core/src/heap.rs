@@ -91,15 +91,16 @@
 //! - **Sparse regions.** Every claim first raises the page high-water mark (`PAGE_HWM`); walks
 //!   (stats, check, inspection, reclaim) and the searches for free pages read the bitmap only
 //!   below it (a search that finds nothing there takes the free pages that end at the mark and
-//!   those above it, all free), class-list and empty-set searches read only the words over the
-//!   span slots below it, and an id in a page at or above it is invalid without a look at that
-//!   page, so a huge region's untouched metadata is never read. A host
+//!   those above it, all free), and class-list and empty-set searches read only the words over
+//!   the span slots below it, so a huge region's untouched metadata is never read. A host
 //!   that maps a file which may run out of space gives a [`Backing`]: data pages, with every
 //!   metadata word that describes them (page metadata, bitmap words, the class-list and
 //!   empty-set words over their slots), are backed in 4 MiB chunks (`BACKED_PAGES`) before
 //!   their first claim, and a chunk that cannot be backed fails the claim like a full pool; the
-//!   mark only ever rises past backed pages, so nothing below it can fault. Repair, which
-//!   distrusts the mark, reads up to `BACKED_PAGES`. A participant killed between backing and
+//!   mark only ever rises past backed pages, so nothing below it can fault (a mark damaged to
+//!   above them is read as them). An id in a page never backed is invalid without a look at
+//!   that page. Repair, which distrusts the mark, reads up to `BACKED_PAGES` and raises the mark
+//!   again from nothing. A participant killed between backing and
 //!   raising the mark leaves memory backed that the next claimer backs again (idempotent).
 //!
 //! An allocation can still fail with `OutOfMemory` while another participant holds the last
@@ -751,16 +752,21 @@ impl<'a> Heap<'a> {
 
     /// The page high-water mark: no page at or above it was ever claimed. Searches and walks
     /// read only the metadata below it (which is backed: every page is backed before its
-    /// claim raises the mark).
+    /// claim raises the mark; a mark damaged to above the backed pages is read as them).
     pub(crate) fn page_hwm(&self) -> u64 {
         // ORDERING: Acquire pairs with the Release of `raise_page_hwm`.
-        self.region.word(header::PAGE_HWM).load(Ordering::Acquire).min(self.geo.num_pages)
+        self.region.word(header::PAGE_HWM).load(Ordering::Acquire).min(self.backed_pages())
     }
 
     /// The span slots over pages below the high-water mark: the only ones a class list or the
     /// empty set can hold, and whose words searches read.
     pub(crate) fn used_slots(&self) -> u64 {
         self.page_hwm().div_ceil(SPAN_PAGES)
+    }
+
+    /// Whether the host backs pages as they are first claimed.
+    pub(crate) fn has_backing(&self) -> bool {
+        self.backing.is_some()
     }
 
     /// The pages below this have memory behind them (all of them if nothing needs backing).
@@ -917,14 +923,14 @@ impl<'a> Heap<'a> {
         AllocId::new((offset - self.geo.data_offset) / GRANULE, generation)
     }
 
-    /// The page holding `id`'s slot, or `InvalidId`: also for a page at or above the high-water
-    /// mark, where nothing was ever allocated (and whose metadata may have no memory behind it).
+    /// The page holding `id`'s slot, or `InvalidId`: also for a page never backed, where nothing
+    /// was ever allocated (and whose metadata may have no memory behind it).
     #[inline]
     pub(crate) fn page_of(&self, id: AllocId) -> Result<u64, Error> {
         let page =
             id.slot().checked_mul(GRANULE).filter(|&r| r < self.data_bytes).map(|r| r >> self.geo.page_shift);
         match page {
-            Some(page) if page < self.page_hwm() => Ok(page),
+            Some(page) if page < self.backed_pages() => Ok(page),
             _ => Err(Error::InvalidId { id: id.to_u128() }),
         }
     }

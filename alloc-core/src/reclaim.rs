@@ -407,10 +407,10 @@ impl Heap<'_> {
             return Err(Error::Corrupt { what: "hazard page out of range", page });
         }
         // Spans start at multiples of SPAN_PAGES: the page's span (if any) starts there, whatever
-        // a (possibly corrupted) member info says. No span was ever at or above the mark (whose
+        // a (possibly corrupted) member info says. No span was ever in pages never backed (whose
         // metadata may have no memory behind it).
         let head = page - page % SPAN_PAGES;
-        if head / SPAN_PAGES >= self.geometry().num_slots || head >= self.page_hwm() {
+        if head / SPAN_PAGES >= self.geometry().num_slots || head >= self.backed_pages() {
             return Ok(Some(0));
         }
         self.heal_span(session, head, offline)

@@ -8,6 +8,7 @@
 //! retirements backed out, blocks on no list put back, waiter slots cleared, class lists and the
 //! empty set made to match the spans. Live allocations and their owners are kept.
 
+use crate::bitmap::PageBits;
 use crate::error::Error;
 use crate::heap::Heap;
 use crate::layout::{
@@ -31,6 +32,9 @@ pub struct Repaired {
     pub orphan_blocks: u64,
     /// Waiter slots cleared.
     pub waiter_slots: u64,
+    /// Large runs whose page count disagreed with the page bitmap, made to agree (a live one is
+    /// kept, with its owner).
+    pub damaged_runs: u64,
 }
 
 impl Repaired {
@@ -123,9 +127,11 @@ impl Heap<'_> {
 
     fn repair_pages(&self, session: &mut Session, repaired: &mut Repaired) -> Result<(), Error> {
         // Every backed page, not only those below the high-water mark: a damaged mark may hide
-        // runs. Every run kept raises the mark again. (Pages never backed were never claimed;
-        // their metadata is not read, as it may have no memory behind it.)
+        // runs. The mark starts again from nothing and every run kept raises it. (Pages never
+        // backed were never claimed; their metadata is not read, as it may have no memory behind
+        // it.)
         let limit = self.backed_pages();
+        self.region().word(header::PAGE_HWM).store(0, Ordering::Release);
         let bits = self.bits_below(limit);
         let mut here = bits.next_claimed(0);
         while here < limit {
@@ -145,26 +151,41 @@ impl Heap<'_> {
                     self.raise_page_hwm(here + SPAN_PAGES);
                     here + SPAN_PAGES
                 }
-                // A run must lie in backed pages and hold all of them (a damaged count could
-                // otherwise raise the mark past the backed pages, or free another run's pages).
-                PageInfo::LargeHead { pages }
-                    if pages >= 1
-                        && pages <= limit - here
-                        && bits.held_prefix(here, here + pages) == here + pages =>
-                {
-                    let word = self.page_word(here, page::STATE).load(Ordering::Acquire);
-                    match BlockState::decode(word) {
-                        Some(state) if state.kind == Kind::Live => self.raise_page_hwm(here + pages),
+                PageInfo::LargeHead { pages } if pages >= 1 => {
+                    let end = self.run_extent(&bits, here, pages, limit);
+                    if end != here + pages {
+                        self.set_info(here, PageInfo::LargeHead { pages: end - here });
+                        repaired.damaged_runs += 1;
+                    }
+                    let state_word = self.page_word(here, page::STATE);
+                    match BlockState::decode(state_word.load(Ordering::Acquire)) {
+                        Some(state) if state.kind == Kind::Live => {
+                            if end != here + pages {
+                                // A shorter run keeps as much of the size as fits.
+                                let page_bytes = self.geometry().page_bytes();
+                                let capacity = (end - here) * page_bytes;
+                                let size =
+                                    pages.saturating_mul(page_bytes).saturating_sub(state.aux).min(capacity);
+                                let kept = BlockState { aux: capacity - size, ..state };
+                                state_word.store(kept.encode(), Ordering::Release);
+                            }
+                            self.raise_page_hwm(end);
+                        }
                         state => {
                             let extra =
                                 Extra::decode(self.page_word(here, page::GEN).load(Ordering::Relaxed) as u32);
                             let tag = state.map_or(0, |s| s.tag);
                             self.set_pending(session, here);
-                            self.finish_large_release(session, here, pages, gen::join(extra.gen_high, tag));
+                            self.finish_large_release(
+                                session,
+                                here,
+                                end - here,
+                                gen::join(extra.gen_high, tag),
+                            );
                             repaired.unfinished += 1;
                         }
                     }
-                    here + pages
+                    end
                 }
                 _ => {
                     // Transient, or garbage: give back the prefix of bits starting here.
@@ -181,5 +202,21 @@ impl Heap<'_> {
             here = bits.next_claimed(next);
         }
         Ok(())
+    }
+
+    /// The end of the large run at `here` whose head says `pages`, as the page bitmap and the
+    /// backed pages allow: its count where that lies in backed pages and takes no other run's
+    /// (pages of it whose bits were lost are claimed again), else the pages its bits hold.
+    fn run_extent(&self, bits: &PageBits<'_>, here: u64, pages: u64, limit: u64) -> u64 {
+        let held = bits.held_prefix(here, limit);
+        let end = here.saturating_add(pages);
+        if end <= held {
+            return end;
+        }
+        if end <= limit && !(held..end).any(|page| bits.is_head(page)) {
+            bits.mark_members(held, end);
+            return end;
+        }
+        held
     }
 }

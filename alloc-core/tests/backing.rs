@@ -13,8 +13,8 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use alloc_core::layout::{page, Geometry, PageInfo, CLASS_SIZES, DEFAULT_PAGE_SHIFT, SPAN_PAGES};
-use alloc_core::{AllocId, AllocOptions, Backing, Error, Heap, Platform, Region};
+use alloc_core::layout::{header, page, Geometry, PageInfo, CLASS_SIZES, DEFAULT_PAGE_SHIFT, SPAN_PAGES};
+use alloc_core::{AllocId, AllocOptions, Allocation, Backing, Error, Heap, Platform, Region};
 use common::Participant;
 
 const MIB: u64 = 1 << 20;
@@ -328,24 +328,121 @@ fn an_id_in_never_claimed_pages_is_invalid_without_reading_their_metadata() {
     p.check().expect("consistent");
 }
 
+/// Writes `value` into word `index` of the region: test-only damage while nothing else runs.
+fn damage(heap: &Heap<'_>, index: usize, value: u64) {
+    // SAFETY: an in-bounds, backed word; nothing else runs.
+    unsafe { heap.region().base().cast::<u64>().add(index).write_volatile(value) };
+}
+
+fn disjoint(a: &Allocation, b: &Allocation) -> bool {
+    a.offset + a.capacity <= b.offset || b.offset + b.capacity <= a.offset
+}
+
 /// Review 9 of issue 8 (seen failing before the fix: repair trusted a live run's page count up
 /// to the end of the pool, so a damaged count raised the high-water mark past the backed pages
-/// and every walk after the repair read metadata never backed). Such a run is garbage.
+/// and every walk after the repair read metadata never backed); review 10 (seen failing at
+/// 8038d63, whose fix gave the live run back to the pool while its owner held it). The run's
+/// extent is what its bits hold; it stays its owner's.
 #[test]
-fn repair_never_raises_the_mark_past_the_backed_pages() {
+fn repair_keeps_a_live_run_whose_count_reaches_past_the_backed_pages() {
     let guarded = Guarded::new(256 * MIB, 12, u64::MAX);
     let heap = guarded.create(12);
     let geo = *heap.geometry();
     let mut p = Participant::new(&heap, 1);
     let run = p.alloc(HOST_PAGE, AllocOptions::default()).expect("room");
     let head = (run.offset - geo.data_offset) >> 12;
-    let damaged = PageInfo::LargeHead { pages: geo.num_pages - head }.encode();
-    let info = geo.page_word(head, page::INFO);
-    // SAFETY: test-only damage of an in-bounds, backed word while nothing else runs.
-    unsafe { heap.region().base().cast::<u64>().add(info).write_volatile(damaged) };
+    damage(
+        &heap,
+        geo.page_word(head, page::INFO),
+        PageInfo::LargeHead { pages: geo.num_pages - head }.encode(),
+    );
     assert!(p.check().is_err(), "the damage is seen");
     let repaired = heap.repair(&mut p.session).expect("repairable");
-    let stats = p.check().expect("consistent after repair");
-    assert!(!repaired.is_clean());
-    assert_eq!(stats.live_allocations, 0, "the damaged run is given back");
+    assert_eq!(repaired.damaged_runs, 1, "{repaired:?}");
+    p.check().expect("consistent after repair");
+    assert_eq!(p.lookup(run.id()), Ok(run), "kept as it was");
+    let other = p.alloc(HOST_PAGE, AllocOptions::default()).expect("room");
+    assert!(disjoint(&run, &other), "the live run was handed out again at {:#x}", other.offset);
+}
+
+/// Review 10 of issue 8 (seen failing at 8038d63: repair gave back a live run whose count
+/// reached into the next run). It keeps both runs, the first with the pages its bits hold.
+#[test]
+fn repair_keeps_a_live_run_whose_count_reaches_into_the_next_run() {
+    let guarded = Guarded::new(64 * MIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let geo = *heap.geometry();
+    let mut p = Participant::new(&heap, 1);
+    let run = p.alloc(2 * HOST_PAGE, AllocOptions::default()).expect("room");
+    let next = p.alloc(2 * HOST_PAGE, AllocOptions::default()).expect("room");
+    common::fill(&heap, &run, 7);
+    let head = (run.offset - geo.data_offset) >> 12;
+    damage(&heap, geo.page_word(head, page::INFO), PageInfo::LargeHead { pages: 3 }.encode());
+    let repaired = heap.repair(&mut p.session).expect("repairable");
+    assert_eq!(repaired.damaged_runs, 1, "{repaired:?}");
+    p.check().expect("consistent after repair");
+    assert_eq!(p.lookup(run.id()), Ok(run));
+    assert_eq!(p.lookup(next.id()), Ok(next));
+    let other = p.alloc(2 * HOST_PAGE, AllocOptions::default()).expect("room");
+    assert!(disjoint(&run, &other) && disjoint(&next, &other));
+    assert!(common::holds(&heap, &run, 7));
+}
+
+/// Review 10 of issue 8 (seen failing at 8038d63: repair gave back a live run that had lost the
+/// bit of one of its pages). The page is claimed again.
+#[test]
+fn repair_keeps_a_live_run_that_lost_the_bit_of_one_page() {
+    let guarded = Guarded::new(64 * MIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let geo = *heap.geometry();
+    let mut p = Participant::new(&heap, 1);
+    let run = p.alloc(4 * HOST_PAGE, AllocOptions::default()).expect("room");
+    let lost = ((run.offset - geo.data_offset) >> 12) + 2;
+    let word = geo.bitmap_word + (lost / 32) as usize;
+    // SAFETY: an in-bounds, backed word; nothing else runs.
+    let bits = unsafe { heap.region().base().cast::<u64>().add(word).read_volatile() };
+    damage(&heap, word, bits & !(1 << ((lost % 32) * 2)));
+    assert!(p.check().is_err(), "the damage is seen");
+    let repaired = heap.repair(&mut p.session).expect("repairable");
+    p.check().expect("consistent after repair");
+    assert_eq!(p.lookup(run.id()), Ok(run), "{repaired:?}");
+    let other = p.alloc(HOST_PAGE, AllocOptions::default()).expect("room");
+    assert!(disjoint(&run, &other));
+}
+
+/// Review 10 of issue 8 (seen failing at 8038d63: a high-water mark damaged to above the backed
+/// pages made check read bitmap words never backed, and repair left it so). The mark is read as
+/// no higher than the backed pages, and repair raises it again from nothing.
+#[test]
+fn a_mark_damaged_above_the_backed_pages_is_an_error_not_a_fault() {
+    let guarded = Guarded::new(256 * MIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let geo = *heap.geometry();
+    let mut p = Participant::new(&heap, 1);
+    let kept = p.alloc(64, AllocOptions::default()).expect("room");
+    damage(&heap, header::PAGE_HWM, geo.num_pages);
+    let _ = p.check();
+    let _ = heap.repair(&mut p.session).expect("repairable");
+    p.check().expect("consistent after repair");
+    assert!(p.contains(kept.id()));
+}
+
+/// Review 10 of issue 8 (seen failing at 8038d63: a mark damaged to below live runs, by more
+/// than one bitmap word, passed check while the runs' ids were refused as invalid). Their ids
+/// stay valid, check sees the damage, and repair puts the mark right.
+#[test]
+fn a_mark_damaged_to_below_live_runs_is_seen_and_hides_no_allocation() {
+    let guarded = Guarded::new(256 * MIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let mut p = Participant::new(&heap, 1);
+    let _small = p.alloc(64, AllocOptions::default()).expect("room"); // a span: pages 0..16
+    let gap = p.alloc(48 * HOST_PAGE, AllocOptions::default()).expect("room"); // 16..64
+    let far = p.alloc(16 * HOST_PAGE, AllocOptions::default()).expect("room"); // 64..80
+    let _ = p.free(gap.id()).expect("live");
+    damage(&heap, header::PAGE_HWM, 20);
+    assert_eq!(p.lookup(far.id()), Ok(far));
+    assert!(p.check().is_err(), "the damage is seen");
+    let _ = heap.repair(&mut p.session).expect("repairable");
+    p.check().expect("consistent after repair");
+    let _ = p.free(far.id()).expect("still live");
 }
