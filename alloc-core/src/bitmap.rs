@@ -194,6 +194,14 @@ impl<'a> PageBits<'a> {
         self.clear_words(from / PAGES_PER_WORD, (to - 1) / PAGES_PER_WORD + 1, from, to);
     }
 
+    /// Sets the head and claimed bits of `page`: the head of a run that lost its head bit.
+    /// Repair of a quiescent heap only.
+    pub fn mark_head(&self, page: u64) {
+        // ORDERING: Relaxed: nobody else runs.
+        self.words[(page / PAGES_PER_WORD) as usize]
+            .fetch_or(head_bit(page) | claimed_bit(page), Ordering::Relaxed);
+    }
+
     /// Sets the claimed bits of pages `from..to` (no head bit): pages of the run before them
     /// whose bits were lost. Repair of a quiescent heap only.
     pub fn mark_members(&self, from: u64, to: u64) {

@@ -99,6 +99,11 @@ impl Heap<'_> {
     /// elsewhere (where reading untouched metadata would allocate it) only the bitmap word
     /// holding the mark.
     fn ensure_nothing_claimed_above(&self, hwm: u64) -> Result<(), Error> {
+        if self.has_backing() && self.raw_page_hwm() > self.backed_pages() {
+            // Every page is backed before a claim raises the mark past it: one of the two
+            // words is damaged (and a damaged backed count hides pages from every walk).
+            return Err(corrupt("high-water mark above the backed pages", self.backed_pages()));
+        }
         let limit = match self.has_backing() {
             true => self.backed_pages(),
             false => ((hwm / PAGES_PER_WORD + 1) * PAGES_PER_WORD).min(self.geometry().num_pages),

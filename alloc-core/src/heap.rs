@@ -754,14 +754,19 @@ impl<'a> Heap<'a> {
     /// read only the metadata below it (which is backed: every page is backed before its
     /// claim raises the mark; a mark damaged to above the backed pages is read as them).
     pub(crate) fn page_hwm(&self) -> u64 {
-        // ORDERING: Acquire pairs with the Release of `raise_page_hwm`.
-        self.region.word(header::PAGE_HWM).load(Ordering::Acquire).min(self.backed_pages())
+        self.raw_page_hwm().min(self.backed_pages())
     }
 
     /// The span slots over pages below the high-water mark: the only ones a class list or the
     /// empty set can hold, and whose words searches read.
     pub(crate) fn used_slots(&self) -> u64 {
         self.page_hwm().div_ceil(SPAN_PAGES)
+    }
+
+    /// The high-water mark as stored (see [`Heap::page_hwm`] for the one to use).
+    pub(crate) fn raw_page_hwm(&self) -> u64 {
+        // ORDERING: Acquire pairs with the Release of `raise_page_hwm`.
+        self.region.word(header::PAGE_HWM).load(Ordering::Acquire).min(self.geo.num_pages)
     }
 
     /// Whether the host backs pages as they are first claimed.

@@ -333,6 +333,10 @@ impl Heap<'_> {
         if first >= self.geometry().num_pages {
             return Err(Error::Corrupt { what: "pending page out of range", page: first });
         }
+        if first >= self.backed_pages() {
+            // Never backed, so never claimed (and its info may have no memory behind it).
+            return Ok(());
+        }
         match self.info(first)? {
             PageInfo::Transient { participant } if participant == dead => {
                 // Adopt the marker, then release the prefix of page bits it held. Epochs were
@@ -391,6 +395,19 @@ impl Heap<'_> {
                     self.clear_pending(session);
                     return Ok(());
                 }
+                // A releaser's bits are the whole run until it marks the info: a count that says
+                // more than they hold is damage, and only what they hold is released.
+                let held = self
+                    .page_bits()
+                    .held_prefix(first, (first + pages).min(self.backed_pages()))
+                    .max(first + 1);
+                let pages = match held - first {
+                    held_pages if held_pages != pages => {
+                        self.set_info(first, PageInfo::LargeHead { pages: held_pages });
+                        held_pages
+                    }
+                    _ => pages,
+                };
                 let extra = Extra::decode(self.page_word(first, page::GEN).load(Ordering::Relaxed) as u32);
                 self.finish_large_release(session, first, pages, gen::join(extra.gen_high, decoded.tag));
                 Ok(())

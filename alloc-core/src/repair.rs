@@ -7,6 +7,13 @@
 //! can be rebuilt from the page bitmap, page info and block states: runs cut short are released,
 //! retirements backed out, blocks on no list put back, waiter slots cleared, class lists and the
 //! empty set made to match the spans. Live allocations and their owners are kept.
+//!
+//! The page bitmap says where runs are: a head bit, then claimed pages. A span or live run that
+//! lost its head bit still says what it is by its info and state, and gets the bit back; a run's
+//! extent is what its bits hold, and beyond that what its count says over pages whose bits were
+//! lost. Where bits and count cannot be told apart, a live run keeps a page too many rather than
+//! give one back that its owner may still use. The high-water mark is rebuilt from the spans and
+//! runs kept; only backed pages are read.
 
 use crate::bitmap::PageBits;
 use crate::error::Error;
@@ -32,8 +39,8 @@ pub struct Repaired {
     pub orphan_blocks: u64,
     /// Waiter slots cleared.
     pub waiter_slots: u64,
-    /// Large runs whose page count disagreed with the page bitmap, made to agree (a live one is
-    /// kept, with its owner).
+    /// Spans and large runs whose page bits or count were damaged, made to agree again (a live
+    /// run is kept, with its owner).
     pub damaged_runs: u64,
 }
 
@@ -130,12 +137,21 @@ impl Heap<'_> {
         // runs. The mark starts again from nothing and every run kept raises it. (Pages never
         // backed were never claimed; their metadata is not read, as it may have no memory behind
         // it.)
+        // A mark above the backed pages: either word may be the damaged one. Backing up to the
+        // mark (idempotent) puts the backed count right if it was; if the host cannot, the mark
+        // was, and it is read as the backed pages.
+        let _ = self.back_pages(self.raw_page_hwm());
         let limit = self.backed_pages();
         self.region().word(header::PAGE_HWM).store(0, Ordering::Release);
         let bits = self.bits_below(limit);
         let mut here = bits.next_claimed(0);
         while here < limit {
             let info = self.info(here).unwrap_or(PageInfo::Free);
+            if !bits.is_head(here) && self.names_a_run(here, info) {
+                // A span or run whose head bit was lost: its info and state say what it is.
+                bits.mark_head(here);
+                repaired.damaged_runs += 1;
+            }
             let next = match info {
                 _ if !bits.is_head(here) => {
                     // A claimed page outside every run: nobody's.
@@ -147,28 +163,30 @@ impl Heap<'_> {
                     if retiring != 0 {
                         repaired.unfinished += 1;
                     }
+                    let end = here + SPAN_PAGES;
+                    if bits.held_prefix(here, end) < end
+                        && !(here + 1..end).any(|member| bits.is_head(member))
+                    {
+                        bits.mark_members(here + 1, end);
+                        repaired.damaged_runs += 1;
+                    }
                     repaired.orphan_blocks += self.rebuild_span(here, class);
-                    self.raise_page_hwm(here + SPAN_PAGES);
-                    here + SPAN_PAGES
+                    self.raise_page_hwm(end);
+                    end
                 }
-                PageInfo::LargeHead { pages } if pages >= 1 => {
+                PageInfo::LargeHead { pages } => {
                     let end = self.run_extent(&bits, here, pages, limit);
                     if end != here + pages {
                         self.set_info(here, PageInfo::LargeHead { pages: end - here });
                         repaired.damaged_runs += 1;
                     }
                     let state_word = self.page_word(here, page::STATE);
-                    match BlockState::decode(state_word.load(Ordering::Acquire)) {
+                    let state = BlockState::decode(state_word.load(Ordering::Acquire));
+                    match state {
+                        // Kept with its owner.
                         Some(state) if state.kind == Kind::Live => {
-                            if end != here + pages {
-                                // A shorter run keeps as much of the size as fits.
-                                let page_bytes = self.geometry().page_bytes();
-                                let capacity = (end - here) * page_bytes;
-                                let size =
-                                    pages.saturating_mul(page_bytes).saturating_sub(state.aux).min(capacity);
-                                let kept = BlockState { aux: capacity - size, ..state };
-                                state_word.store(kept.encode(), Ordering::Release);
-                            }
+                            self.fit_slack(state, here, pages, end);
+                            self.clear_interior(here, end);
                             self.raise_page_hwm(end);
                         }
                         state => {
@@ -204,19 +222,63 @@ impl Heap<'_> {
         Ok(())
     }
 
-    /// The end of the large run at `here` whose head says `pages`, as the page bitmap and the
-    /// backed pages allow: its count where that lies in backed pages and takes no other run's
-    /// (pages of it whose bits were lost are claimed again), else the pages its bits hold.
+    /// Whether the claimed page `here`, which carries no head bit, is the head of a span or of
+    /// a live run all the same (by its info and state).
+    fn names_a_run(&self, here: u64, info: PageInfo) -> bool {
+        match info {
+            PageInfo::SpanHead { class, .. } => self.check_span_head(here, class).is_ok(),
+            PageInfo::LargeHead { .. } => {
+                let word = self.page_word(here, page::STATE).load(Ordering::Acquire);
+                BlockState::decode(word).is_some_and(|state| state.kind == Kind::Live)
+            }
+            _ => false,
+        }
+    }
+
+    /// The end of the large run at `here` whose head says `pages`, by the page bitmap: the
+    /// pages its bits hold (claimed pages without a head bit after a head are its own), and
+    /// beyond them the pages its count says where they are backed, hold no other head and end
+    /// where a member does not go on (bits lost there are claimed again). Where bits and count
+    /// disagree, a run rather keeps a page too many than gives one its owner still uses.
     fn run_extent(&self, bits: &PageBits<'_>, here: u64, pages: u64, limit: u64) -> u64 {
         let held = bits.held_prefix(here, limit);
         let end = here.saturating_add(pages);
         if end <= held {
-            return end;
+            return held;
         }
-        if end <= limit && !(held..end).any(|page| bits.is_head(page)) {
-            bits.mark_members(held, end);
-            return end;
+        let fits = end <= limit
+            && !(held..end).any(|page| bits.is_head(page))
+            && (end == limit || !bits.is_claimed(end) || bits.is_head(end));
+        if !fits {
+            return held;
         }
-        held
+        bits.mark_members(held, end);
+        end
+    }
+
+    /// Makes the slack of the live run at `here` (its head said `pages`, it now ends at `end`)
+    /// fit its capacity: a shorter run keeps as much of the size as fits, a longer one (its bits
+    /// held more than its count) keeps its slack.
+    fn fit_slack(&self, state: BlockState, here: u64, pages: u64, end: u64) {
+        let page_bytes = self.geometry().page_bytes();
+        let capacity = (end - here) * page_bytes;
+        let size = match end < here + pages {
+            true => pages.saturating_mul(page_bytes).saturating_sub(state.aux).min(capacity),
+            false => capacity.saturating_sub(state.aux),
+        };
+        if capacity - size != state.aux {
+            let fitted = BlockState { aux: capacity - size, ..state };
+            self.page_word(here, page::STATE).store(fitted.encode(), Ordering::Release);
+        }
+    }
+
+    /// Clears any info left on the interior pages of the run at `here..end`.
+    fn clear_interior(&self, here: u64, end: u64) {
+        for interior in here + 1..end {
+            let info = self.page_word(interior, page::INFO);
+            if info.load(Ordering::Relaxed) != PageInfo::Free.encode() {
+                info.store(PageInfo::Free.encode(), Ordering::Release);
+            }
+        }
     }
 }

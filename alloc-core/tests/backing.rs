@@ -446,3 +446,287 @@ fn a_mark_damaged_to_below_live_runs_is_seen_and_hides_no_allocation() {
     p.check().expect("consistent after repair");
     let _ = p.free(far.id()).expect("still live");
 }
+
+// ----- repair of damaged runs (review 11 of issue 8) -------------------------------------------
+
+fn read(heap: &Heap<'_>, index: usize) -> u64 {
+    // SAFETY: an in-bounds, backed word; nothing else runs.
+    unsafe { heap.region().base().cast::<u64>().add(index).read_volatile() }
+}
+
+fn head_of(heap: &Heap<'_>, a: &Allocation) -> u64 {
+    (a.offset - heap.geometry().data_offset) >> heap.geometry().page_shift
+}
+
+/// Clears bits `mask` (of the two bits of `page`: 1 claimed, 2 head) in the page bitmap.
+fn clear_page_bits(heap: &Heap<'_>, page: u64, mask: u64) {
+    let word = heap.geometry().bitmap_word + (page / 32) as usize;
+    damage(heap, word, read(heap, word) & !(mask << ((page % 32) * 2)));
+}
+
+/// The index of participant `p`'s record.
+fn index_of(p: &Participant<'_, '_>) -> u64 {
+    p.session.index()
+}
+
+/// Repair, check, and `run` still live as it was, its pages given to nobody else.
+fn repaired_keeps(heap: &Heap<'_>, p: &mut Participant<'_, '_>, run: &Allocation) {
+    let repaired = heap.repair(&mut p.session).expect("repairable");
+    p.check().unwrap_or_else(|error| panic!("check rejects the repaired pool: {error:?} ({repaired:?})"));
+    let other = p.alloc(2 * HOST_PAGE, AllocOptions::default()).expect("room");
+    assert!(
+        disjoint(run, &other),
+        "pages of the live run handed out again at {:#x} ({repaired:?})",
+        other.offset
+    );
+    assert_eq!(p.lookup(run.id()), Ok(*run), "{repaired:?}");
+}
+
+/// Review 11 of issue 8, seen failing at 60f790b: a live run's count damaged lower than the pages
+/// its bits hold (cut to the count, the rest released while its owner held them), or to 0 (given
+/// back as garbage). The bits say where a run ends: claimed pages after a head are its own.
+#[test]
+fn repair_keeps_every_page_of_a_live_run_whose_count_was_damaged_lower() {
+    for count in [2, 0] {
+        let guarded = Guarded::new(64 * MIB, 12, u64::MAX);
+        let heap = guarded.create(12);
+        let geo = *heap.geometry();
+        let mut p = Participant::new(&heap, 1);
+        let run = p.alloc(4 * HOST_PAGE, AllocOptions::default()).expect("room");
+        common::fill(&heap, &run, 5);
+        damage(
+            &heap,
+            geo.page_word(head_of(&heap, &run), page::INFO),
+            PageInfo::LargeHead { pages: count }.encode(),
+        );
+        repaired_keeps(&heap, &mut p, &run);
+        assert!(common::holds(&heap, &run, 5));
+    }
+}
+
+/// Review 11 of issue 8, seen failing at 60f790b: a live run whose head bit was lost was
+/// released page by page as orphans while its info and state stayed: two owners, and check
+/// passed. Its info and live state say it is a run: the head bit is set again.
+#[test]
+fn repair_keeps_a_live_run_that_lost_its_head_bit() {
+    let guarded = Guarded::new(64 * MIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let mut p = Participant::new(&heap, 1);
+    let run = p.alloc(4 * HOST_PAGE, AllocOptions::default()).expect("room");
+    clear_page_bits(&heap, head_of(&heap, &run), 2);
+    assert!(p.check().is_err(), "the damage is seen");
+    repaired_keeps(&heap, &mut p, &run);
+}
+
+/// Review 11 of issue 8, seen failing at 60f790b: repair re-set lost bits of runs but not of
+/// spans, and check rejected the repaired pool.
+#[test]
+fn repair_reclaims_a_span_member_page_whose_bit_was_lost() {
+    let guarded = Guarded::new(64 * MIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let mut p = Participant::new(&heap, 1);
+    let small = p.alloc(64, AllocOptions::default()).expect("room");
+    clear_page_bits(&heap, head_of(&heap, &small) + 5, 1);
+    assert!(p.check().is_err(), "the damage is seen");
+    let repaired = heap.repair(&mut p.session).expect("repairable");
+    p.check().unwrap_or_else(|error| panic!("check rejects the repaired pool: {error:?} ({repaired:?})"));
+    assert_eq!(p.lookup(small.id()), Ok(small));
+}
+
+/// Review 11 of issue 8, seen failing at 60f790b: a participant's PENDING word damaged to a page
+/// never backed made repair (and reclaim_dead) read that page's info: a fault.
+#[test]
+fn a_pending_word_damaged_to_a_page_never_backed_is_not_followed() {
+    let guarded = Guarded::new(256 * MIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let geo = *heap.geometry();
+    let mut p = Participant::new(&heap, 1);
+    let kept = p.alloc(64, AllocOptions::default()).expect("room");
+    let q = Participant::new(&heap, 2);
+    let pending = geo.participant_field(index_of(&q), alloc_core::layout::participant::PENDING);
+    damage(&heap, pending, geo.num_pages);
+    let _ = heap.repair(&mut p.session).expect("repairable");
+    p.check().expect("consistent after repair");
+    assert!(p.contains(kept.id()));
+}
+
+/// Review 11 of issue 8, seen failing at 60f790b: BACKED_PAGES damaged to below live runs made
+/// their ids invalid while check passed, and repair left it so. A mark above the backed pages is
+/// damage; repair backs pages up to the mark again.
+#[test]
+fn a_backed_count_damaged_below_live_runs_is_seen_and_repaired() {
+    let guarded = Guarded::new(64 * MIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let mut p = Participant::new(&heap, 1);
+    let _first = p.alloc(CHUNK, AllocOptions::default()).expect("room"); // pages 0..1024
+    let far = p.alloc(HOST_PAGE, AllocOptions::default()).expect("room"); // page 1024: chunk 2
+    assert_eq!(head_of(&heap, &far), 1024);
+    damage(&heap, header::BACKED_PAGES, 1024);
+    assert!(p.check().is_err(), "the damage is seen");
+    let _ = heap.repair(&mut p.session).expect("repairable");
+    p.check().expect("consistent after repair");
+    assert_eq!(p.lookup(far.id()), Ok(far), "the live run is hidden after repair");
+}
+
+/// Review 11 of issue 8: a live run's count damaged higher, over free backed pages. Repair cannot
+/// tell it from a run whose last pages lost their bits, and keeps the pages the count names
+/// rather than risk handing out pages the owner still uses (decision: a wrong capacity is
+/// better than two owners). The run stays where it was, at least as large; nothing overlaps it.
+#[test]
+fn repair_keeps_the_pages_a_count_damaged_higher_names_over_free_pages() {
+    let guarded = Guarded::new(64 * MIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let geo = *heap.geometry();
+    let mut p = Participant::new(&heap, 1);
+    let run = p.alloc(2 * HOST_PAGE, AllocOptions::default()).expect("room");
+    damage(
+        &heap,
+        geo.page_word(head_of(&heap, &run), page::INFO),
+        PageInfo::LargeHead { pages: 900 }.encode(),
+    );
+    let repaired = heap.repair(&mut p.session).expect("repairable");
+    p.check().expect("consistent after repair");
+    let kept = p.lookup(run.id()).expect("kept");
+    assert!(kept.offset == run.offset && kept.capacity >= run.capacity, "{kept:?} {repaired:?}");
+    let other = p.alloc(2 * HOST_PAGE, AllocOptions::default()).expect("room");
+    assert!(disjoint(&kept, &other));
+}
+
+/// Review 11 of issue 8, seen failing at 60f790b: a live run whose slack was damaged above its
+/// capacity was kept as it was, and check rejected the repaired pool.
+#[test]
+fn repair_fits_the_slack_of_a_live_run_to_its_pages() {
+    use alloc_core::layout::BlockState;
+    let guarded = Guarded::new(64 * MIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let geo = *heap.geometry();
+    let mut p = Participant::new(&heap, 1);
+    let run = p.alloc(HOST_PAGE, AllocOptions::default()).expect("room");
+    let word = geo.page_word(head_of(&heap, &run), page::STATE);
+    let state = BlockState::decode(read(&heap, word)).expect("decodes");
+    damage(&heap, word, BlockState { aux: 5000, ..state }.encode());
+    assert!(p.check().is_err(), "the damage is seen");
+    let repaired = heap.repair(&mut p.session).expect("repairable");
+    p.check().unwrap_or_else(|error| panic!("check rejects the repaired pool: {error:?} ({repaired:?})"));
+    assert!(p.contains(run.id()));
+}
+
+/// A participant stopped while releasing run A (state Releasing, PENDING naming A), and A's count
+/// damaged to reach over the next live run B, or past the backed pages. Review 11 of issue 8,
+/// seen failing at 60f790b: resolving the stopped release trusted the count, released B's pages
+/// (a new run got them) or cleared bitmap words never backed (a fault). Only what the releaser's
+/// bits hold is released.
+#[test]
+fn a_stopped_release_with_a_damaged_count_releases_only_its_own_pages() {
+    use alloc_core::layout::{participant, BlockState};
+    for reach_past_the_backed_pages in [false, true] {
+        let guarded = Guarded::new(256 * MIB, 12, u64::MAX);
+        let heap = guarded.create(12);
+        let geo = *heap.geometry();
+        let mut p = Participant::new(&heap, 1);
+        let mut q = Participant::new(&heap, 2);
+        let a = q.alloc(2 * HOST_PAGE, AllocOptions::default()).expect("room");
+        let b = p.alloc(2 * HOST_PAGE, AllocOptions::default()).expect("room");
+        let head = head_of(&heap, &a);
+        assert_eq!(head_of(&heap, &b), head + 2);
+        let state_word = geo.page_word(head, page::STATE);
+        let tag = BlockState::decode(read(&heap, state_word)).expect("decodes").tag;
+        damage(&heap, state_word, BlockState::releasing(index_of(&q), tag).encode());
+        damage(&heap, geo.participant_field(index_of(&q), participant::PENDING), head + 1);
+        let count = if reach_past_the_backed_pages { geo.num_pages - head } else { 4 };
+        damage(&heap, geo.page_word(head, page::INFO), PageInfo::LargeHead { pages: count }.encode());
+        let repaired = heap.repair(&mut p.session).expect("repairable");
+        p.check().unwrap_or_else(|error| panic!("check rejects the repaired pool: {error:?} ({repaired:?})"));
+        assert_eq!(p.lookup(b.id()), Ok(b));
+        for _ in 0..3 {
+            let other = p.alloc(2 * HOST_PAGE, AllocOptions::default()).expect("room");
+            assert!(disjoint(&b, &other), "B's pages handed out again at {:#x} ({repaired:?})", other.offset);
+        }
+    }
+}
+
+/// Review 11 of issue 8 (a probe, passing at 60f790b): a participant stopped at each step of a
+/// claim, release or carve in a freshly backed chunk, with the mark intact or damaged to 0;
+/// repair, then check, the live run kept, and no new run on its pages.
+#[test]
+fn repair_after_a_participant_stopped_mid_claim_or_release_keeps_every_live_run() {
+    let steps = [
+        "claim/marked",
+        "claim/claimed",
+        "large/initialised",
+        "large/published",
+        "free/large-releasing",
+        "release/epoch",
+        "release/marked",
+        "release/cleared",
+        "carve/initialised",
+        "carve/published",
+        "carve/members",
+    ];
+    for (n, step) in steps.into_iter().enumerate() {
+        for damaged_mark in [false, true] {
+            let guarded = Guarded::new(64 * MIB, 12, u64::MAX);
+            CASE.store(n as u64 * 2 + damaged_mark as u64, Ordering::Relaxed);
+            let heap = guarded.create(12);
+            let mut p = Participant::new(&heap, 1);
+            let mut q = Participant::new(&heap, 2);
+            let first = p.alloc(CHUNK - 2 * HOST_PAGE, AllocOptions::default()).expect("room");
+            let victim = q.alloc(3 * HOST_PAGE, AllocOptions::default()).expect("room");
+            let reached = common::stopped_at(step, || {
+                let _ = match step.split('/').next() {
+                    Some("free" | "release") => q.free(victim.id()).map(drop),
+                    Some("carve") => q.alloc(64, AllocOptions::default()).map(drop),
+                    _ => q.alloc(5 * HOST_PAGE, AllocOptions::default()).map(drop),
+                };
+            });
+            assert!(reached, "{step}");
+            if damaged_mark {
+                damage(&heap, header::PAGE_HWM, 0);
+            }
+            let repaired = heap.repair(&mut p.session).expect("repairable");
+            p.check().unwrap_or_else(|error| panic!("{step} {damaged_mark}: {error:?} {repaired:?}"));
+            assert_eq!(p.lookup(first.id()), Ok(first), "{step} {damaged_mark}");
+            while let Ok(run) = p.alloc(64 * HOST_PAGE, AllocOptions::default()) {
+                assert!(disjoint(&first, &run), "{step} {damaged_mark}");
+            }
+            p.check().unwrap_or_else(|error| panic!("{step} {damaged_mark} after: {error:?}"));
+        }
+    }
+}
+
+/// Review 11 of issue 8 (a probe, passing at 60f790b): lost member bits on both sides of a
+/// bitmap word boundary are claimed again.
+#[test]
+fn repair_reclaims_lost_bits_across_a_word_boundary() {
+    let guarded = Guarded::new(64 * MIB, 12, u64::MAX);
+    let heap = guarded.create(12);
+    let mut p = Participant::new(&heap, 1);
+    let _pad = p.alloc(29 * HOST_PAGE, AllocOptions::default()).expect("room"); // pages 0..29
+    let run = p.alloc(40 * HOST_PAGE, AllocOptions::default()).expect("room"); // pages 29..69
+    assert_eq!(head_of(&heap, &run), 29);
+    for page in [30, 31, 32, 33, 63, 64, 68] {
+        clear_page_bits(&heap, page, 1);
+    }
+    repaired_keeps(&heap, &mut p, &run);
+}
+
+/// Review 11 of issue 8, seen failing at 60f790b: an interior page of a live run with info left
+/// on it (a stale transient marker), alone or with its bit lost: repair never cleared interior
+/// info, and check rejected the repaired pool.
+#[test]
+fn repair_clears_the_info_of_a_live_runs_interior_pages() {
+    for lose_bit in [false, true] {
+        let guarded = Guarded::new(64 * MIB, 12, u64::MAX);
+        let heap = guarded.create(12);
+        let geo = *heap.geometry();
+        let mut p = Participant::new(&heap, 1);
+        let run = p.alloc(4 * HOST_PAGE, AllocOptions::default()).expect("room");
+        let interior = head_of(&heap, &run) + 2;
+        damage(&heap, geo.page_word(interior, page::INFO), PageInfo::Transient { participant: 9 }.encode());
+        if lose_bit {
+            clear_page_bits(&heap, interior, 1);
+        }
+        assert!(p.check().is_err(), "the damage is seen");
+        repaired_keeps(&heap, &mut p, &run);
+    }
+}

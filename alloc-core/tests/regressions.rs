@@ -4,32 +4,13 @@
 
 mod common;
 
-use std::cell::Cell;
-
 use alloc_core::layout::{blocks_per_span, class_for, gen, BlockState, Extra, CLASS_SIZES, SPAN_PAGES};
 use alloc_core::{AllocOptions, Error};
 use common::{Participant, TestMemory};
 
-/// Stops the calling thread (by unwinding) when it reaches the step named in `STOP`.
-fn hook(name: &'static str) {
-    if STOP.with(|stop| stop.get() == Some(name)) {
-        STOP.with(|stop| stop.set(None));
-        std::panic::panic_any("stopped");
-    }
-}
-
-thread_local! {
-    static STOP: Cell<Option<&'static str>> = const { Cell::new(None) };
-}
-
-/// Runs `f`, stopping this thread for good at step `step` (unwinding leaves the region as a
-/// participant killed there would).
+/// Runs `f`, stopping this thread for good at step `step`, which it must reach.
 fn stopped_at(step: &'static str, f: impl FnOnce()) {
-    alloc_core::set_hook(hook);
-    STOP.with(|stop| stop.set(Some(step)));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    STOP.with(|stop| stop.set(None));
-    assert!(outcome.is_err(), "never reached {step}");
+    assert!(common::stopped_at(step, f), "never reached {step}");
 }
 
 /// Defect 7: in v1, a participant stopped inside `release_empty_spans` (after detaching a whole

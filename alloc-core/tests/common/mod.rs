@@ -143,3 +143,25 @@ pub fn prefix(allocation: &Allocation, len: u64) -> Allocation {
     prefix.size = len;
     prefix
 }
+
+/// Stops the calling thread (by unwinding) when it reaches the step named in `STOP`.
+fn stop_hook(name: &'static str) {
+    if STOP.with(|stop| stop.get() == Some(name)) {
+        STOP.with(|stop| stop.set(None));
+        std::panic::panic_any("stopped");
+    }
+}
+
+thread_local! {
+    static STOP: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f`, stopping this thread for good at step `step` (unwinding leaves the region as a
+/// participant killed there would); whether it got there.
+pub fn stopped_at(step: &'static str, f: impl FnOnce()) -> bool {
+    alloc_core::set_hook(stop_hook);
+    STOP.with(|stop| stop.set(Some(step)));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    STOP.with(|stop| stop.set(None));
+    outcome.is_err()
+}
