@@ -178,9 +178,10 @@ impl Heap<'_> {
         let slots = self.geometry().num_slots;
         let bits = self.page_bits();
         let start = self.slot_hint.load(Ordering::Relaxed);
-        // One past the last slot we failed to claim.
+        // One past the last slot we failed to claim. It only rises, so the search ends (a claim
+        // lost is another claimer's progress: giving up after a few would fail with free slots).
         let mut past: Option<u64> = None;
-        for _ in 0..slots.min(64) + 1 {
+        loop {
             // Slots below the high-water mark (after a failed claim, no wrapping back to it: one
             // sweep), else the first one above it (all free) past those we failed to claim.
             let used = self.page_hwm().div_ceil(SPAN_PAGES).min(slots);
@@ -196,7 +197,7 @@ impl Heap<'_> {
                 return Ok(None);
             }
             self.publish_hazard(session, head);
-            if !self.claim_run(session, head, SPAN_PAGES) {
+            if self.claim_run(session, head, SPAN_PAGES).is_err() {
                 self.clear_hazard(session);
                 continue;
             }
@@ -216,7 +217,6 @@ impl Heap<'_> {
             step!("carve/members");
             return Ok(Some(head));
         }
-        Ok(None)
     }
 
     /// Writes the member info of the span at `head` (pages we hold as part of it; a stale
@@ -231,8 +231,9 @@ impl Heap<'_> {
     }
 
     /// Claims pages `head..head + pages` for the session: marks `INFO[head]` transient, then
-    /// sets the page bits. On `false` nothing is held.
-    fn claim_run(&self, session: &Session, head: u64, pages: u64) -> bool {
+    /// sets the page bits. On failure nothing is held, and the error is the first page a run
+    /// could start at that does not overlap what another claimer was found holding.
+    fn claim_run(&self, session: &Session, head: u64, pages: u64) -> Result<(), u64> {
         self.set_pending(session, head);
         let transient = PageInfo::Transient { participant: session.participant };
         // ORDERING: Acquire pairs with the Release that last freed this page's info.
@@ -247,18 +248,18 @@ impl Heap<'_> {
             .is_err()
         {
             self.clear_pending(session);
-            return false;
+            return Err(head + 1);
         }
         step!("claim/marked");
         self.raise_page_hwm(head + pages);
-        if self.page_bits().try_claim(head, head + pages).is_err() {
+        if let Err(taken) = self.page_bits().try_claim(head, head + pages) {
             step!("claim/conflict");
             self.unmark(head, transient);
             self.clear_pending(session);
-            return false;
+            return Err(taken + 1);
         }
         step!("claim/claimed");
-        true
+        Ok(())
     }
 
     /// Takes our transient marker off `INFO[head]` (if nobody overwrote it).
@@ -283,9 +284,11 @@ impl Heap<'_> {
         let geo = *self.geometry();
         let pages = size.div_ceil(geo.page_bytes()).max(1);
         let start = self.page_hint.load(Ordering::Relaxed);
-        // One past the last head we failed to claim.
+        // Where to go on after the last claim we lost: past the pages its winner was found
+        // holding. It only rises, so the search ends (a claim lost is another claimer's progress:
+        // giving up after a few would fail with free pages).
         let mut past: Option<u64> = None;
-        for _ in 0..64 {
+        loop {
             // A run below the high-water mark (after a failed claim, no wrapping back to it: one
             // sweep), else one from the free pages that end there (and go on above it, all
             // free), past the heads we failed to claim.
@@ -296,11 +299,11 @@ impl Heap<'_> {
             let Some(head) = below.or((tail + pages <= geo.num_pages).then_some(tail)) else {
                 return Ok(None);
             };
-            past = Some(head + 1);
             if !self.back_pages(head + pages) {
                 return Ok(None);
             }
-            if !self.claim_run(session, head, pages) {
+            if let Err(next) = self.claim_run(session, head, pages) {
+                past = Some(next);
                 continue;
             }
             self.page_hint.store(head + pages, Ordering::Relaxed);
@@ -335,7 +338,6 @@ impl Heap<'_> {
                 owner,
             )));
         }
-        Ok(None)
     }
 
     /// Gives back the pages of the large run at `head`, whose state word the session made
