@@ -19,6 +19,14 @@
 //! the cache moves to the block's span). So a participant that stops forever keeps at most one
 //! span per class from being retired, besides the span its hazard names.
 //!
+//! A cache also keeps up to [`CACHE_RUNS`] freed large runs of at most [`CACHE_RUN_BYTES`]
+//! (buffers of tens of kilobytes are freed and allocated again at a high rate). A cached run is
+//! marked the same way, in its head's state word: `CACHED` by this process, one compare-exchange
+//! from live. A request of exactly a cached run's pages takes it back (a new generation, then
+//! the state word from cached to live), without a search of the page bitmap; when the runs are
+//! full, the oldest is released to the bitmap. `reclaim_dead` releases the runs a dead process's
+//! caches held.
+//!
 //! A cache is tied to one participant (its [`Session`]) of one mapping. After `fork`, the child
 //! must not use a cache it inherited: its blocks belong to the parent (the host drops it).
 
@@ -27,12 +35,16 @@ use crate::error::Error;
 use crate::heap::{AllocId, AllocOptions, Allocation, Heap, Place, SpanAt, Wake};
 use crate::layout::{class_for, status, BlockState, Kind, NUM_CLASSES, STATE_READY};
 use crate::participant::Session;
-use crate::primitive::Ordering;
+use crate::primitive::{AtomicU64, Ordering};
 
 /// Blocks a cache holds per class before it gives half of them back.
 pub const CACHE_BLOCKS: usize = 64;
 /// Blocks a cache takes from the shared spans at once (fewer when that would overfill it).
 const REFILL_BLOCKS: usize = CACHE_BLOCKS / 2;
+/// Freed large runs a cache keeps.
+pub const CACHE_RUNS: usize = 4;
+/// The largest run a cache keeps (whole pages).
+pub const CACHE_RUN_BYTES: u64 = 256 << 10;
 
 /// One participant's cache of free blocks; see the module docs.
 pub struct Cache {
@@ -42,6 +54,9 @@ pub struct Cache {
     spans: [SpanAt; NUM_CLASSES],
     /// Per class, the cached blocks' indices in their span.
     entries: [[u16; CACHE_BLOCKS]; NUM_CLASSES],
+    /// Cached large runs, oldest first: (head page, pages).
+    runs: [(u64, u64); CACHE_RUNS],
+    run_count: usize,
 }
 
 impl Cache {
@@ -52,6 +67,8 @@ impl Cache {
             lens: [0; NUM_CLASSES],
             spans: [SpanAt::NONE; NUM_CLASSES],
             entries: [[0; CACHE_BLOCKS]; NUM_CLASSES],
+            runs: [(0, 0); CACHE_RUNS],
+            run_count: 0,
         }
     }
 
@@ -66,9 +83,26 @@ impl Cache {
         self.session
     }
 
-    /// Blocks held, over all classes.
+    /// Blocks and runs held, over all classes.
     pub fn held(&self) -> usize {
-        self.lens.iter().map(|&len| len as usize).sum()
+        self.lens.iter().map(|&len| len as usize).sum::<usize>() + self.run_count
+    }
+
+    /// Takes the most recently cached run of exactly `pages` pages out: its head.
+    fn take_run(&mut self, pages: u64) -> Option<u64> {
+        let at = self.runs[..self.run_count].iter().rposition(|&(_, held)| held == pages)?;
+        let (head, _) = self.runs[at];
+        self.runs.copy_within(at + 1..self.run_count, at);
+        self.run_count -= 1;
+        Some(head)
+    }
+
+    /// Takes the oldest cached run out.
+    fn take_oldest_run(&mut self) -> Option<(u64, u64)> {
+        let oldest = *self.runs[..self.run_count].first()?;
+        self.runs.copy_within(1..self.run_count, 0);
+        self.run_count -= 1;
+        Some(oldest)
     }
 
     /// The most recently cached block of `class`: its span and index.
@@ -159,6 +193,9 @@ impl<'a> Heap<'a> {
                 }
             }
         }
+        if let Some(allocation) = self.alloc_cached_run(cache, size, options) {
+            return Ok(allocation);
+        }
         match self.alloc(&mut cache.session, size, options) {
             Err(Error::OutOfMemory { .. }) if cache.held() > 0 => {
                 // Our cached blocks may be what keeps spans from going back to general use.
@@ -170,11 +207,29 @@ impl<'a> Heap<'a> {
         }
     }
 
+    /// A request for a run of exactly a cached run's pages, served by that run.
+    fn alloc_cached_run(&self, cache: &mut Cache, size: u64, options: AllocOptions) -> Option<Allocation> {
+        let page_bytes = self.geometry().page_bytes();
+        let for_a_run = cache.run_count > 0
+            && size <= CACHE_RUN_BYTES
+            && options.align.is_power_of_two()
+            && options.align <= page_bytes
+            && options.owner.is_none_or(|owner| owner == cache.session.owner())
+            // (A size with a class in use is the spans', whatever is cached.)
+            && !class_for(size).is_some_and(|class| options.granule_aligned() && self.blocks_of(class) > 0);
+        if !for_a_run {
+            return None;
+        }
+        let pages = size.div_ceil(page_bytes).max(1);
+        let head = cache.take_run(pages)?;
+        self.hand_out_run(&cache.session, head, pages, size, options)
+    }
+
     /// Takes up to a batch of free blocks of `class` into the cache (never more than it holds).
     fn refill(&self, cache: &mut Cache, class: usize) -> Result<(), Error> {
         let room = (CACHE_BLOCKS - cache.lens[class] as usize).min(REFILL_BLOCKS) as u64;
         let (holder, incarnation) = (cache.session.process, cache.session.incarnation);
-        let Cache { session, lens, spans, entries } = cache;
+        let Cache { session, lens, spans, entries, .. } = cache;
         self.take_blocks(session, class, room, |heap, _, head, index| {
             let state = heap.span(head, class).state(index);
             let word = state.load(Ordering::Relaxed);
@@ -221,14 +276,14 @@ impl<'a> Heap<'a> {
         }
     }
 
-    /// Under the hazard on `page`: moves live small block `id` into the cache (`true`), or says
-    /// it is not one for the cache (`false`: large, of another span, or the class's cache is
-    /// full).
+    /// Under the hazard on `page`: moves live allocation `id` into the cache (`true`), or says
+    /// it is not one for the cache (`false`: a run too large, a block of another span, or that
+    /// part of the cache is full).
     #[inline]
     fn cache_block(&self, cache: &mut Cache, id: AllocId, page: u64) -> Result<bool, Error> {
         let (place, state) = self.locate(id, page)?;
         let Place::Small { head, class, index, base } = place else {
-            return Ok(false);
+            return self.cache_run(cache, id, place, state);
         };
         if !cache.takes(class, head) {
             return Ok(false);
@@ -241,6 +296,35 @@ impl<'a> Heap<'a> {
         step!("cache-free/cached");
         cache.push(head, || self.span_at_base(head, class, base), class, index);
         Ok(true)
+    }
+
+    /// [`Heap::cache_block`] for a large run.
+    #[inline(never)]
+    fn cache_run(
+        &self,
+        cache: &mut Cache,
+        id: AllocId,
+        place: Place,
+        state: &AtomicU64,
+    ) -> Result<bool, Error> {
+        let Place::Large { head, pages } = place else { return Ok(false) };
+        if !self.caches_run(pages) || cache.run_count == CACHE_RUNS {
+            return Ok(false);
+        }
+        let cached = cache.session.cached_bits;
+        // ORDERING: Acquire on success: the run is ours, after the last user's accesses.
+        self.change_live(id, place, state, Ordering::Acquire, |word, _, _| {
+            Ok(BlockState::with_tag(cached, BlockState::tag_of(word)))
+        })?;
+        step!("run-cache/cached");
+        cache.runs[cache.run_count] = (head, pages);
+        cache.run_count += 1;
+        Ok(true)
+    }
+
+    /// Whether a run of `pages` pages is small enough for a cache.
+    fn caches_run(&self, pages: u64) -> bool {
+        pages <= CACHE_RUN_BYTES >> self.geometry().page_shift
     }
 
     #[cold]
@@ -258,12 +342,21 @@ impl<'a> Heap<'a> {
                 .locate(id, page)
                 .and_then(|(place, state)| self.live_state(id, place, state).map(|_| place));
             self.clear_hazard(&cache.session);
-            let class = match live? {
-                Place::Small { class, head, .. } if cache.spans[class].head == head => Some(class),
+            // Room in the cache for it: half a class given back, or the oldest run released.
+            let made_room = match live? {
+                Place::Small { class, head, .. }
+                    if cache.spans[class].head == head && cache.is_full(class) =>
+                {
+                    Some(self.spill(cache, class, CACHE_BLOCKS / 2))
+                }
+                Place::Large { pages, .. } if self.caches_run(pages) && cache.run_count == CACHE_RUNS => {
+                    cache
+                        .take_oldest_run()
+                        .map(|(head, pages)| self.release_cached_run(&cache.session, head, pages))
+                }
                 _ => None,
             };
-            if let Some(class) = class.filter(|&class| cache.is_full(class)) {
-                let wake = self.spill(cache, class, CACHE_BLOCKS / 2);
+            if let Some(wake) = made_room {
                 self.publish_hazard(&cache.session, page);
                 let outcome = self.cache_block(cache, id, page);
                 self.clear_hazard(&cache.session);
@@ -278,13 +371,16 @@ impl<'a> Heap<'a> {
         self.free(&mut cache.session, id)
     }
 
-    /// Gives every cached block back to the shared spans (at detach, before waiting, or when
-    /// the host wants the memory visible to others).
+    /// Gives every cached block back to the shared spans and every cached run to the page
+    /// bitmap (at detach, before waiting, or when the host wants the memory visible to others).
     pub fn flush(&self, cache: &mut Cache) -> Result<Wake, Error> {
         self.check_session(&cache.session)?;
         let mut wake = Wake::Nobody;
         for class in 0..NUM_CLASSES {
             wake = wake.or(self.spill(cache, class, cache.lens[class] as usize));
+        }
+        while let Some((head, pages)) = cache.take_oldest_run() {
+            wake = wake.or(self.release_cached_run(&cache.session, head, pages));
         }
         Ok(wake)
     }
@@ -355,6 +451,62 @@ mod tests {
         let _ = heap.flush(&mut cache).expect("same heap");
         assert_eq!(cache.held(), 0);
         assert_eq!(heap.check(cache.session()).expect("consistent").cached_blocks, 0);
+    }
+
+    #[test]
+    fn freed_runs_are_cached_reused_by_exact_size_and_given_back() {
+        let mut words = memory(4 << 20);
+        let heap = heap(&mut words);
+        let mut cache = cache_of(&heap, 77);
+        let plain = AllocOptions::default();
+        let a = heap.alloc_with(&mut cache, 64 << 10, plain).expect("space");
+        assert_eq!(heap.free_with(&mut cache, a.id()), Ok(Wake::Nobody));
+        assert_eq!(cache.held(), 1);
+        let stats = heap.check(cache.session()).expect("a cached run is accounted for");
+        assert_eq!((stats.cached_blocks, stats.live_allocations), (1, 0));
+        assert_eq!(stats.free_bytes, stats.data_bytes, "a cached run is free");
+        // A stale id and a double free fail as for any freed run.
+        let not_allocated = Error::NotAllocated { id: a.id().to_u128() };
+        assert_eq!(heap.free_with(&mut cache, a.id()), Err(not_allocated));
+        assert_eq!(heap.lookup(cache.session(), a.id()), Err(not_allocated));
+        // Another number of pages is not served by it; the same number is, with a new id.
+        let other = heap.alloc_with(&mut cache, 100 << 10, plain).expect("space");
+        assert_ne!(other.offset, a.offset);
+        let b = heap.alloc_with(&mut cache, (64 << 10) - 100, plain).expect("space");
+        assert_eq!((b.offset, b.capacity, b.size), (a.offset, a.capacity, (64 << 10) - 100));
+        assert_ne!(b.id(), a.id());
+        assert_eq!(heap.lookup(cache.session(), b.id()), Ok(b));
+        assert_eq!(cache.held(), 0);
+        let _ = heap.free_with(&mut cache, b.id()).expect("live");
+        let _ = heap.free_with(&mut cache, other.id()).expect("live");
+        assert_eq!(cache.held(), 2);
+        let _ = heap.flush(&mut cache).expect("same heap");
+        let stats = heap.check(cache.session()).expect("consistent");
+        assert_eq!((cache.held(), stats.cached_blocks, stats.claimed_pages), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_full_run_cache_releases_its_oldest_run_and_large_runs_are_never_cached() {
+        let mut words = memory(8 << 20);
+        let heap = heap(&mut words);
+        let mut cache = cache_of(&heap, 77);
+        let plain = AllocOptions::default();
+        let runs: Vec<_> = (0..CACHE_RUNS + 1)
+            .map(|_| heap.alloc_with(&mut cache, 32 << 10, plain).expect("space"))
+            .collect();
+        let huge = heap.alloc_with(&mut cache, CACHE_RUN_BYTES + 1, plain).expect("space");
+        for run in &runs {
+            let _ = heap.free_with(&mut cache, run.id()).expect("live");
+            assert!(cache.held() <= CACHE_RUNS);
+        }
+        let _ = heap.free_with(&mut cache, huge.id()).expect("live");
+        assert_eq!(cache.held(), CACHE_RUNS);
+        let stats = heap.check(cache.session()).expect("consistent");
+        assert_eq!(stats.cached_blocks, CACHE_RUNS as u64);
+        assert_eq!(stats.claimed_pages, CACHE_RUNS as u64 * 8, "the oldest run and the huge one went back");
+        // The most recently freed run comes back first.
+        let again = heap.alloc_with(&mut cache, 32 << 10, plain).expect("space");
+        assert_eq!(again.offset, runs[CACHE_RUNS].offset);
     }
 
     #[test]

@@ -243,7 +243,11 @@ impl Heap<'_> {
                                 Owner(state.link as u16),
                             ));
                         }
-                        _ => ensure(false, "large run recorded but not live", here)?,
+                        Some(state) if state.kind == Kind::Cached => {
+                            stats.cached_blocks += 1;
+                            free_bytes += capacity;
+                        }
+                        _ => ensure(false, "large run recorded but neither live nor cached", here)?,
                     }
                     stats.claimed_pages += pages;
                     here = bits.next_claimed(here + pages);

@@ -376,7 +376,7 @@ pub struct Stats {
     pub live_bytes: u64,
     /// Pages the walk found claimed (spans, runs, and claims or releases in progress).
     pub claimed_pages: u64,
-    /// Free blocks held in participants' caches (counted in `free_bytes`).
+    /// Free blocks and large runs held in participants' caches (counted in `free_bytes`).
     pub cached_blocks: u64,
     /// The longest run of unclaimed pages, in bytes.
     pub largest_free_run: u64,

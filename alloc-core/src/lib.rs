@@ -50,7 +50,7 @@ mod repair;
 pub mod span;
 mod wait;
 
-pub use cache::{Cache, CACHE_BLOCKS};
+pub use cache::{Cache, CACHE_BLOCKS, CACHE_RUNS, CACHE_RUN_BYTES};
 #[cfg(feature = "crash-points")]
 pub use crash::{clear_hook, set_hook};
 pub use error::Error;

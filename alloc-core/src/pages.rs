@@ -35,7 +35,7 @@
 
 use crate::crash::step;
 use crate::error::Error;
-use crate::heap::{AllocOptions, Allocation, Heap};
+use crate::heap::{AllocOptions, Allocation, Heap, Wake};
 use crate::layout::{gen, page, participant, BlockState, Extra, PageInfo, SPAN_PAGES};
 use crate::participant::Session;
 use crate::primitive::Ordering;
@@ -307,37 +307,102 @@ impl Heap<'_> {
                 continue;
             }
             self.page_hint.store(head + pages, Ordering::Relaxed);
-            let epoch = self.page_word(head, page::EPOCH);
-            let generation = gen::next(epoch.load(Ordering::Relaxed));
             // The generation is issued from here on: a claim undone after the state store below
             // must not let the next run here issue it again (its state word could then be ours
-            // bit for bit, and a reclaimer holding ours would take it). The claimed page's epoch
-            // is ours alone to write until the run is released.
-            // ORDERING: Relaxed: the Release store of the state word below publishes it, and the
-            // adopter of an undone claim acquires our marker before releasing the page.
-            epoch.store(generation, Ordering::Relaxed);
-            let extra = Extra { alloc_type: options.alloc_type, gen_high: gen::high(generation) };
-            self.page_word(head, page::GEN).store(extra.encode() as u64, Ordering::Relaxed);
-            let capacity = pages << geo.page_shift;
-            let owner = session.owner();
-            let live = BlockState::live(owner.0 as u64, capacity - size, gen::tag(generation));
+            // bit for bit, and a reclaimer holding ours would take it).
+            let (allocation, live) = self.issue_run(session, head, pages, size, options);
             // ORDERING: Release: a reclaimer that acquires this word sees our marker on the
             // info (or what came after it), never the info of a run that was here before.
-            self.page_word(head, page::STATE).store(live.encode(), Ordering::Release);
+            self.page_word(head, page::STATE).store(live, Ordering::Release);
             step!("large/initialised");
             self.set_info(head, PageInfo::LargeHead { pages });
             self.clear_pending(session);
             step!("large/published");
-            let offset = geo.page_offset(head);
-            return Ok(Some(Allocation::new(
-                self.make_id(offset, generation),
-                offset,
-                size,
-                capacity,
-                options.alloc_type,
-                owner,
-            )));
+            return Ok(Some(allocation));
         }
+    }
+
+    /// Issues a new generation for the run at `head` (held by the session, claimed or cached)
+    /// and writes its extra word: the allocation it becomes, and the state word that makes it
+    /// live. The run's epoch is the caller's alone to write while it holds the run.
+    fn issue_run(
+        &self,
+        session: &Session,
+        head: u64,
+        pages: u64,
+        size: u64,
+        options: AllocOptions,
+    ) -> (Allocation, u64) {
+        let geo = self.geometry();
+        let epoch = self.page_word(head, page::EPOCH);
+        let generation = gen::next(epoch.load(Ordering::Relaxed));
+        // ORDERING: Relaxed: the Release of the state word that makes the run live publishes
+        // these (and the adopter of an undone claim acquires the claimer's marker first).
+        epoch.store(generation, Ordering::Relaxed);
+        let extra = Extra { alloc_type: options.alloc_type, gen_high: gen::high(generation) };
+        self.page_word(head, page::GEN).store(extra.encode() as u64, Ordering::Relaxed);
+        let capacity = pages << geo.page_shift;
+        let owner = session.owner();
+        let live = BlockState::live(owner.0 as u64, capacity - size, gen::tag(generation));
+        let offset = geo.page_offset(head);
+        let allocation = Allocation::new(
+            self.make_id(offset, generation),
+            offset,
+            size,
+            capacity,
+            options.alloc_type,
+            owner,
+        );
+        (allocation, live.encode())
+    }
+
+    /// Makes the run at `head` of `pages` pages, which the session's process caches, the live
+    /// allocation of `size` bytes; `None` (the run left alone) if it is not that run any more
+    /// (only damage does that).
+    pub(crate) fn hand_out_run(
+        &self,
+        session: &Session,
+        head: u64,
+        pages: u64,
+        size: u64,
+        options: AllocOptions,
+    ) -> Option<Allocation> {
+        let state = self.page_word(head, page::STATE);
+        let word = state.load(Ordering::Relaxed);
+        if word != BlockState::with_tag(session.cached_bits, BlockState::tag_of(word))
+            || self.info(head) != Ok(PageInfo::LargeHead { pages })
+        {
+            return None;
+        }
+        let (allocation, live) = self.issue_run(session, head, pages, size, options);
+        step!("run-cache/issued");
+        // ORDERING: Release publishes the extra word (and the allocation) to lookups, as in
+        // `alloc_large`; one compare-exchange of the whole word, as every change of a state.
+        state.compare_exchange(word, live, Ordering::Release, Ordering::Relaxed).ok()?;
+        step!("run-cache/handed-out");
+        Some(allocation)
+    }
+
+    /// Releases the run at `head` of `pages` pages, which the session's process caches, to the
+    /// page bitmap (one compare-exchange makes it ours to release, as a free does).
+    pub(crate) fn release_cached_run(&self, session: &Session, head: u64, pages: u64) -> Wake {
+        let state = self.page_word(head, page::STATE);
+        let word = state.load(Ordering::Relaxed);
+        let tag = BlockState::tag_of(word);
+        if word != BlockState::with_tag(session.cached_bits, tag) {
+            return Wake::Nobody; // not the run we cached any more: only damage does that
+        }
+        self.set_pending(session, head);
+        let releasing = BlockState::releasing(session.participant, tag).encode();
+        // ORDERING: Acquire on success: the run is ours after its last user's accesses.
+        if state.compare_exchange(word, releasing, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            self.clear_pending(session);
+            return Wake::Nobody;
+        }
+        step!("run-cache/releasing");
+        let extra = Extra::decode(self.page_word(head, page::GEN).load(Ordering::Relaxed) as u32);
+        self.finish_large_release(session, head, pages, gen::join(extra.gen_high, tag));
+        self.wake_if_waiting()
     }
 
     /// Gives back the pages of the large run at `head`, whose state word the session made

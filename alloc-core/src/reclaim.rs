@@ -699,7 +699,8 @@ impl Heap<'_> {
         Ok(())
     }
 
-    /// Frees the large run at `head` (where the walk saw one) if its owner is gone.
+    /// Frees the large run at `head` (where the walk saw one) if its owner (or the process whose
+    /// cache holds it) is gone.
     fn reclaim_large(
         &self,
         session: &Session,
@@ -712,7 +713,7 @@ impl Heap<'_> {
         // next is its claimer's marker or newer, never a former run's.
         let word = state.load(Ordering::Acquire);
         let Some(decoded) = BlockState::decode(word) else { return Ok(()) };
-        if decoded.kind != Kind::Live || !self.holder_gone(&decoded) {
+        if !matches!(decoded.kind, Kind::Live | Kind::Cached) || !self.holder_gone(&decoded) {
             // A run being released is its releaser's (or its adopter's) business.
             return Ok(());
         }
@@ -735,6 +736,10 @@ impl Heap<'_> {
         let extra = Extra::decode(self.page_word(head, page::GEN).load(Ordering::Relaxed) as u32);
         let generation = gen::join(extra.gen_high, decoded.tag);
         self.finish_large_release(session, head, pages, generation);
+        if decoded.kind == Kind::Cached {
+            reclaimed.cached_blocks += 1;
+            return Ok(());
+        }
         let size = (pages << self.geometry().page_shift).saturating_sub(decoded.aux);
         reclaimed.allocations += 1;
         reclaimed.bytes += size;

@@ -183,9 +183,14 @@ impl Heap<'_> {
                     let state_word = self.page_word(here, page::STATE);
                     let state = BlockState::decode(state_word.load(Ordering::Acquire));
                     match state {
-                        // Kept with its owner.
-                        Some(state) if state.kind == Kind::Live => {
-                            self.fit_slack(state, here, pages, end);
+                        // Kept with its owner, or in the cache of a process that may still run.
+                        Some(state)
+                            if state.kind == Kind::Live
+                                || (state.kind == Kind::Cached && end == here + pages) =>
+                        {
+                            if state.kind == Kind::Live {
+                                self.fit_slack(state, here, pages, end);
+                            }
                             self.clear_interior(here, end);
                             self.raise_page_hwm(end);
                         }
@@ -223,13 +228,13 @@ impl Heap<'_> {
     }
 
     /// Whether the claimed page `here`, which carries no head bit, is the head of a span or of
-    /// a live run all the same (by its info and state).
+    /// a live or cached run all the same (by its info and state).
     fn names_a_run(&self, here: u64, info: PageInfo) -> bool {
         match info {
             PageInfo::SpanHead { class, .. } => self.check_span_head(here, class).is_ok(),
             PageInfo::LargeHead { .. } => {
                 let word = self.page_word(here, page::STATE).load(Ordering::Acquire);
-                BlockState::decode(word).is_some_and(|state| state.kind == Kind::Live)
+                BlockState::decode(word).is_some_and(|state| matches!(state.kind, Kind::Live | Kind::Cached))
             }
             _ => false,
         }

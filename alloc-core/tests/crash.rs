@@ -28,6 +28,8 @@ const DOOMED: u32 = 666;
 const BYSTANDER: u32 = 2;
 const OTHER_DEAD: u32 = 3;
 const THIRD_DEAD: u32 = 4;
+/// The size of the doomed process's large run (small enough for its cache).
+const LARGE: u64 = 2 * 4096 + 100;
 
 /// The panic payload of a participant stopped at a step.
 struct Stopped(&'static str);
@@ -113,6 +115,9 @@ enum Op {
     CachedAllocRefilling,
     CachedFree,
     CachedFreeSpilling,
+    CachedFreeLarge,
+    CachedFreeLargeEvicting,
+    CachedAllocLarge,
     Flush,
     SetOwnerToAnotherProcess,
     ReallocInPlace,
@@ -123,7 +128,7 @@ enum Op {
     AllocBlocking,
 }
 
-const OPS: [Op; 17] = [
+const OPS: [Op; 20] = [
     Op::AllocSmall,
     Op::AllocSmallCarving,
     Op::AllocLarge,
@@ -133,6 +138,9 @@ const OPS: [Op; 17] = [
     Op::CachedAllocRefilling,
     Op::CachedFree,
     Op::CachedFreeSpilling,
+    Op::CachedFreeLarge,
+    Op::CachedFreeLargeEvicting,
+    Op::CachedAllocLarge,
     Op::Flush,
     Op::SetOwnerToAnotherProcess,
     Op::ReallocInPlace,
@@ -173,7 +181,7 @@ fn prepare<'a>(
     }
     let small = doomed.alloc(64).expect("space");
     let lonely = doomed.alloc(512).expect("space"); // the only block of its class
-    let large = doomed.alloc(2 * 4096 + 100).expect("space");
+    let large = doomed.alloc(LARGE).expect("space");
     let cached_live: Vec<Allocation> = (0..8)
         .map(|_| doomed.heap.alloc_with(&mut doomed.cache, 48, AllocOptions::default()).expect("space"))
         .collect();
@@ -188,6 +196,18 @@ fn prepare<'a>(
                 let _ = doomed.heap.free_with(&mut doomed.cache, a.id()).expect("live");
             }
             assert_eq!(doomed.cache.held(), alloc_core::CACHE_BLOCKS, "the cache is full");
+        }
+        Op::CachedFreeLargeEvicting => {
+            // A full run cache: freeing another run releases the oldest.
+            for _ in 0..alloc_core::CACHE_RUNS {
+                let run = doomed.alloc(4096).expect("space");
+                let _ = doomed.heap.free_with(&mut doomed.cache, run.id()).expect("live");
+            }
+        }
+        Op::CachedAllocLarge | Op::Flush => {
+            // A cached run, which the operation takes back or gives back.
+            let run = doomed.alloc(LARGE).expect("space");
+            let _ = doomed.heap.free_with(&mut doomed.cache, run.id()).expect("live");
         }
         Op::AllocRetiringSpans => {
             // Every free page used by tiny blocks, then freed: spans to retire on demand.
@@ -251,6 +271,10 @@ fn run_op(op: Op, doomed: &mut Member<'_>, prepared: &Prepared, bystander_owner:
         Op::CachedAllocRefilling => heap.alloc_with(cache, 160, plain).map(|_| ()),
         Op::CachedFree => heap.free_with(cache, prepared.cached_live[0].id()).map(|_| ()),
         Op::CachedFreeSpilling => heap.free_with(cache, prepared.cached_live[1].id()).map(|_| ()),
+        Op::CachedFreeLarge | Op::CachedFreeLargeEvicting => {
+            heap.free_with(cache, prepared.large.id()).map(|_| ())
+        }
+        Op::CachedAllocLarge => heap.alloc_with(cache, LARGE, plain).map(|_| ()),
         Op::Flush => {
             let _ = heap.free_with(cache, prepared.cached_live[2].id());
             heap.flush(cache).map(|_| ())

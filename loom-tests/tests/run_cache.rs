@@ -1,0 +1,66 @@
+//! Loom model of the run cache: a large run freed into a participant's cache and taken back by
+//! it, while another process frees the same id (a double free across processes) and looks it
+//! up.
+#![cfg(shmpool_loom)]
+
+use alloc_core::{AllocOptions, Cache, Error};
+use loom::sync::Arc;
+use loom_tests::{attach, create, explore, open, spawn, LoomRegion, ONE_SPAN_HEAP};
+
+/// Page-aligned requests are runs (64-byte pages): 100 bytes is a run of two pages.
+const RUN: AllocOptions = AllocOptions { align: 64, alloc_type: 3, owner: None };
+
+/// Interleaving: participant A frees run `first` through its cache (one compare-exchange from
+/// live to cached by A's process), then allocates a run of the same pages through the cache
+/// (a new generation, then one compare-exchange from cached to live). Participant B, of another
+/// process, frees `first` (a stale or double free once A's free won) and looks it up, at any
+/// point of A's steps.
+///
+/// Invariant: exactly one of the two frees of `first` succeeds; B never frees or sees A's new
+/// allocation under the old id; afterwards the new allocation is live with its own id and size,
+/// `first` is `NotAllocated`, and `check` passes with the cache's runs accounted for.
+#[test]
+fn a_run_freed_into_a_cache_and_taken_back_races_with_a_stale_free() {
+    explore(30_000, || {
+        let memory = Arc::new(LoomRegion::new(ONE_SPAN_HEAP));
+        let heap = create(&memory);
+        let (_, writer) = attach(&heap, 1);
+        let (_, mut other) = attach(&heap, 2);
+        let mut cache = Cache::new(writer);
+        let first = heap.alloc_with(&mut cache, 100, RUN).expect("an empty heap has room");
+        let racing = {
+            let memory = memory.clone();
+            spawn(move || {
+                let heap = open(&memory);
+                let freed = heap.free(&mut other, first.id());
+                let seen = heap.lookup(&mut other, first.id());
+                (other, freed, seen)
+            })
+        };
+        let caching = {
+            let memory = memory.clone();
+            spawn(move || {
+                let heap = open(&memory);
+                let freed = heap.free_with(&mut cache, first.id());
+                let second = heap.alloc_with(&mut cache, 90, RUN).expect("the run is free again");
+                (cache, freed, second)
+            })
+        };
+        let (mut cache, cache_freed, second) = caching.join().expect("the writer does not panic");
+        let (mut other, other_freed, seen) = racing.join().expect("the other does not panic");
+        assert!(cache_freed.is_ok() != other_freed.is_ok(), "{cache_freed:?} and {other_freed:?}");
+        let not_allocated = Error::NotAllocated { id: first.id().to_u128() };
+        match seen {
+            Ok(found) => panic!("the freed id was found: {found:?}"),
+            Err(error) => assert_eq!(error, not_allocated),
+        }
+        assert_ne!(second.id(), first.id());
+        if cache_freed.is_ok() {
+            assert_eq!((second.offset, cache.held()), (first.offset, 0), "taken back from the cache");
+        }
+        assert_eq!(heap.lookup(&mut other, second.id()).map(|a| (a.size, a.alloc_type)), Ok((90, 3)));
+        assert_eq!(heap.lookup(&mut other, first.id()).map(drop), Err(not_allocated));
+        let stats = heap.check(cache.session()).expect("consistent");
+        assert_eq!((stats.live_allocations, stats.cached_blocks), (1, cache.held() as u64));
+    });
+}
