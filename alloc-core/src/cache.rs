@@ -22,10 +22,17 @@
 //! A cache also keeps up to [`CACHE_RUNS`] freed large runs of at most [`CACHE_RUN_BYTES`]
 //! (buffers of tens of kilobytes are freed and allocated again at a high rate). A cached run is
 //! marked the same way, in its head's state word: `CACHED` by this process, one compare-exchange
-//! from live. A request of exactly a cached run's pages takes it back (a new generation, then
-//! the state word from cached to live), without a search of the page bitmap; when the runs are
-//! full, the oldest is released to the bitmap. `reclaim_dead` releases the runs a dead process's
-//! caches held.
+//! from live; the cache remembers that exact word. A request of exactly a cached run's pages
+//! takes it back without a search of the page bitmap: one compare-exchange from that word to
+//! `RELEASING` by us (under `PENDING`, so a reclaimer releases it should we die), then a new
+//! generation, then live. When the runs are full, the oldest is released to the bitmap.
+//!
+//! Cached runs are never lost to others: an allocation that finds no room releases every run
+//! any cache holds (`Heap::release_cached_runs`, one compare-exchange each, as a free would),
+//! so an idle or stopped holder never makes a pool refuse nor keeps `alloc_blocking` waiting.
+//! The cache that held such a run finds its word changed when it next looks (a later caching of
+//! the same pages has a later generation's tag), and drops the entry. `reclaim_dead` releases
+//! the runs a dead process's caches held.
 //!
 //! A cache is tied to one participant (its [`Session`]) of one mapping. After `fork`, the child
 //! must not use a cache it inherited: its blocks belong to the parent (the host drops it).
@@ -33,7 +40,7 @@
 use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{AllocId, AllocOptions, Allocation, Heap, Place, SpanAt, Wake};
-use crate::layout::{class_for, status, BlockState, Kind, NUM_CLASSES, STATE_READY};
+use crate::layout::{class_for, page, status, BlockState, Kind, NUM_CLASSES, STATE_READY};
 use crate::participant::Session;
 use crate::primitive::{AtomicU64, Ordering};
 
@@ -46,6 +53,16 @@ pub const CACHE_RUNS: usize = 4;
 /// The largest run a cache keeps (whole pages).
 pub const CACHE_RUN_BYTES: u64 = 256 << 10;
 
+/// A run a cache holds: where, how long, and its state word as the cache made it (so that a
+/// run another participant released meanwhile, and perhaps handed out and cached again, is
+/// never mistaken for it: a later caching has a later generation's tag).
+#[derive(Clone, Copy)]
+struct CachedRun {
+    head: u64,
+    pages: u64,
+    word: u64,
+}
+
 /// One participant's cache of free blocks; see the module docs.
 pub struct Cache {
     session: Session,
@@ -54,8 +71,8 @@ pub struct Cache {
     spans: [SpanAt; NUM_CLASSES],
     /// Per class, the cached blocks' indices in their span.
     entries: [[u16; CACHE_BLOCKS]; NUM_CLASSES],
-    /// Cached large runs, oldest first: (head page, pages).
-    runs: [(u64, u64); CACHE_RUNS],
+    /// Cached large runs, oldest first.
+    runs: [CachedRun; CACHE_RUNS],
     run_count: usize,
 }
 
@@ -67,7 +84,7 @@ impl Cache {
             lens: [0; NUM_CLASSES],
             spans: [SpanAt::NONE; NUM_CLASSES],
             entries: [[0; CACHE_BLOCKS]; NUM_CLASSES],
-            runs: [(0, 0); CACHE_RUNS],
+            runs: [CachedRun { head: 0, pages: 0, word: 0 }; CACHE_RUNS],
             run_count: 0,
         }
     }
@@ -88,17 +105,17 @@ impl Cache {
         self.lens.iter().map(|&len| len as usize).sum::<usize>() + self.run_count
     }
 
-    /// Takes the most recently cached run of exactly `pages` pages out: its head.
-    fn take_run(&mut self, pages: u64) -> Option<u64> {
-        let at = self.runs[..self.run_count].iter().rposition(|&(_, held)| held == pages)?;
-        let (head, _) = self.runs[at];
+    /// Takes the most recently cached run of exactly `pages` pages out.
+    fn take_run(&mut self, pages: u64) -> Option<CachedRun> {
+        let at = self.runs[..self.run_count].iter().rposition(|run| run.pages == pages)?;
+        let run = self.runs[at];
         self.runs.copy_within(at + 1..self.run_count, at);
         self.run_count -= 1;
-        Some(head)
+        Some(run)
     }
 
     /// Takes the oldest cached run out.
-    fn take_oldest_run(&mut self) -> Option<(u64, u64)> {
+    fn take_oldest_run(&mut self) -> Option<CachedRun> {
         let oldest = *self.runs[..self.run_count].first()?;
         self.runs.copy_within(1..self.run_count, 0);
         self.run_count -= 1;
@@ -220,9 +237,8 @@ impl<'a> Heap<'a> {
         if !for_a_run {
             return None;
         }
-        let pages = size.div_ceil(page_bytes).max(1);
-        let head = cache.take_run(pages)?;
-        self.hand_out_run(&cache.session, head, pages, size, options)
+        let run = cache.take_run(size.div_ceil(page_bytes).max(1))?;
+        self.hand_out_run(&cache.session, run.head, run.pages, run.word, size, options)
     }
 
     /// Takes up to a batch of free blocks of `class` into the cache (never more than it holds).
@@ -298,6 +314,17 @@ impl<'a> Heap<'a> {
         Ok(true)
     }
 
+    /// Blocks and runs `cache` still holds: [`Cache::held`] less the runs another participant
+    /// released meanwhile (an allocation that found no room), which the cache has not looked
+    /// at since.
+    pub fn still_cached(&self, cache: &Cache) -> usize {
+        let gone = cache.runs[..cache.run_count]
+            .iter()
+            .filter(|run| self.page_word(run.head, page::STATE).load(Ordering::Relaxed) != run.word)
+            .count();
+        cache.held() - gone
+    }
+
     /// [`Heap::cache_block`] for a large run.
     #[inline(never)]
     fn cache_run(
@@ -312,12 +339,14 @@ impl<'a> Heap<'a> {
             return Ok(false);
         }
         let cached = cache.session.cached_bits;
+        let mut word = 0;
         // ORDERING: Acquire on success: the run is ours, after the last user's accesses.
-        self.change_live(id, place, state, Ordering::Acquire, |word, _, _| {
-            Ok(BlockState::with_tag(cached, BlockState::tag_of(word)))
+        self.change_live(id, place, state, Ordering::Acquire, |live, _, _| {
+            word = BlockState::with_tag(cached, BlockState::tag_of(live));
+            Ok(word)
         })?;
         step!("run-cache/cached");
-        cache.runs[cache.run_count] = (head, pages);
+        cache.runs[cache.run_count] = CachedRun { head, pages, word };
         cache.run_count += 1;
         Ok(true)
     }
@@ -350,9 +379,7 @@ impl<'a> Heap<'a> {
                     Some(self.spill(cache, class, CACHE_BLOCKS / 2))
                 }
                 Place::Large { pages, .. } if self.caches_run(pages) && cache.run_count == CACHE_RUNS => {
-                    cache
-                        .take_oldest_run()
-                        .map(|(head, pages)| self.release_cached_run(&cache.session, head, pages))
+                    cache.take_oldest_run().map(|run| self.give_back_run(&cache.session, run))
                 }
                 _ => None,
             };
@@ -379,10 +406,18 @@ impl<'a> Heap<'a> {
         for class in 0..NUM_CLASSES {
             wake = wake.or(self.spill(cache, class, cache.lens[class] as usize));
         }
-        while let Some((head, pages)) = cache.take_oldest_run() {
-            wake = wake.or(self.release_cached_run(&cache.session, head, pages));
+        while let Some(run) = cache.take_oldest_run() {
+            wake = wake.or(self.give_back_run(&cache.session, run));
         }
         Ok(wake)
+    }
+
+    /// Releases a run the cache held (unless another participant released it already).
+    fn give_back_run(&self, session: &Session, run: CachedRun) -> Wake {
+        match self.release_run_from(session, run.head, run.pages, run.word) {
+            true => self.wake_if_waiting(),
+            false => Wake::Nobody,
+        }
     }
 
     /// Gives the `count` oldest cached blocks of `class` back to their span, as one chain.

@@ -1328,6 +1328,7 @@ impl<'a> Heap<'a> {
             }
         }
         let class = class_for(size).filter(|&class| options.granule_aligned() && self.blocks[class] > 0);
+        let mut took_cached_runs = false;
         loop {
             let attempt = match class {
                 Some(class) => self.alloc_small(session, class, size, options)?,
@@ -1336,9 +1337,13 @@ impl<'a> Heap<'a> {
             if let Some(allocation) = attempt {
                 return self.give_to_requested_owner(session, allocation, options);
             }
-            // Out of pages: give an entirely free span back and try again.
+            // Out of pages: give an entirely free span back and try again; with none left, the
+            // runs participants' caches hold (once).
             if !self.retire_one(session)? {
-                return Err(Error::OutOfMemory { requested: size });
+                if took_cached_runs || !self.release_cached_runs(session) {
+                    return Err(Error::OutOfMemory { requested: size });
+                }
+                took_cached_runs = true;
             }
         }
     }

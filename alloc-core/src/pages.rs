@@ -35,8 +35,8 @@
 
 use crate::crash::step;
 use crate::error::Error;
-use crate::heap::{AllocOptions, Allocation, Heap, Wake};
-use crate::layout::{gen, page, participant, BlockState, Extra, PageInfo, SPAN_PAGES};
+use crate::heap::{AllocOptions, Allocation, Heap};
+use crate::layout::{gen, page, participant, BlockState, Extra, Kind, PageInfo, SPAN_PAGES};
 use crate::participant::Session;
 use crate::primitive::Ordering;
 
@@ -356,53 +356,85 @@ impl Heap<'_> {
         (allocation, live.encode())
     }
 
-    /// Makes the run at `head` of `pages` pages, which the session's process caches, the live
-    /// allocation of `size` bytes; `None` (the run left alone) if it is not that run any more
-    /// (only damage does that).
+    /// Makes the run at `head` of `pages` pages, which a cache of the session's process holds
+    /// with state word `cached`, the live allocation of `size` bytes; `None` (nothing changed)
+    /// if it is not that run any more: another participant released it (see
+    /// [`Heap::release_cached_runs`]). The run is taken first (`Releasing` by us, under
+    /// `PENDING`, as a release would take it), so that its epoch and extra word are ours to
+    /// write; a reclaimer finishes the release should we die before it is live.
     pub(crate) fn hand_out_run(
         &self,
         session: &Session,
         head: u64,
         pages: u64,
+        cached: u64,
         size: u64,
         options: AllocOptions,
     ) -> Option<Allocation> {
-        let state = self.page_word(head, page::STATE);
-        let word = state.load(Ordering::Relaxed);
-        if word != BlockState::with_tag(session.cached_bits, BlockState::tag_of(word))
-            || self.info(head) != Ok(PageInfo::LargeHead { pages })
-        {
+        if self.info(head) != Ok(PageInfo::LargeHead { pages }) {
             return None;
         }
+        self.set_pending(session, head);
+        let taken = BlockState::releasing(session.participant, BlockState::tag_of(cached)).encode();
+        let state = self.page_word(head, page::STATE);
+        // ORDERING: Acquire: the run is ours after its last user's accesses.
+        if state.compare_exchange(cached, taken, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            self.clear_pending(session);
+            return None;
+        }
+        step!("run-cache/taken");
         let (allocation, live) = self.issue_run(session, head, pages, size, options);
         step!("run-cache/issued");
         // ORDERING: Release publishes the extra word (and the allocation) to lookups, as in
-        // `alloc_large`; one compare-exchange of the whole word, as every change of a state.
-        state.compare_exchange(word, live, Ordering::Release, Ordering::Relaxed).ok()?;
+        // `alloc_large`. Nobody else changes a state word that names us releasing it.
+        state.store(live, Ordering::Release);
+        self.clear_pending(session);
         step!("run-cache/handed-out");
         Some(allocation)
     }
 
-    /// Releases the run at `head` of `pages` pages, which the session's process caches, to the
-    /// page bitmap (one compare-exchange makes it ours to release, as a free does).
-    pub(crate) fn release_cached_run(&self, session: &Session, head: u64, pages: u64) -> Wake {
-        let state = self.page_word(head, page::STATE);
-        let word = state.load(Ordering::Relaxed);
-        let tag = BlockState::tag_of(word);
-        if word != BlockState::with_tag(session.cached_bits, tag) {
-            return Wake::Nobody; // not the run we cached any more: only damage does that
-        }
+    /// Releases the run at `head` of `pages` pages whose state word was `word` (a cached run,
+    /// taken from any cache) to the page bitmap: one compare-exchange makes it ours to release,
+    /// as a free does; `false` if the word changed (someone else took it).
+    pub(crate) fn release_run_from(&self, session: &Session, head: u64, pages: u64, word: u64) -> bool {
         self.set_pending(session, head);
+        let tag = BlockState::tag_of(word);
         let releasing = BlockState::releasing(session.participant, tag).encode();
+        let state = self.page_word(head, page::STATE);
         // ORDERING: Acquire on success: the run is ours after its last user's accesses.
         if state.compare_exchange(word, releasing, Ordering::Acquire, Ordering::Relaxed).is_err() {
             self.clear_pending(session);
-            return Wake::Nobody;
+            return false;
         }
         step!("run-cache/releasing");
         let extra = Extra::decode(self.page_word(head, page::GEN).load(Ordering::Relaxed) as u32);
         self.finish_large_release(session, head, pages, gen::join(extra.gen_high, tag));
-        self.wake_if_waiting()
+        true
+    }
+
+    /// Releases every run that any participant's cache holds (below the high-water mark): what
+    /// an allocation that found no room does before it reports `OutOfMemory`, so that runs an
+    /// idle or stopped participant cached never make a pool refuse, nor keep a blocked
+    /// allocation waiting. The caches that held them find them gone when they next look
+    /// (their entries name the exact state word they cached). Whether it released any.
+    pub(crate) fn release_cached_runs(&self, session: &Session) -> bool {
+        let bits = self.used_bits();
+        let mut released = false;
+        let mut here = bits.next_claimed(0);
+        while here < bits.pages() {
+            let next = match (bits.is_head(here), self.info(here)) {
+                (true, Ok(PageInfo::LargeHead { pages })) if pages >= 1 && pages <= bits.pages() - here => {
+                    let word = self.page_word(here, page::STATE).load(Ordering::Acquire);
+                    if BlockState::decode(word).is_some_and(|state| state.kind == Kind::Cached) {
+                        released |= self.release_run_from(session, here, pages, word);
+                    }
+                    here + pages
+                }
+                _ => here + 1,
+            };
+            here = bits.next_claimed(next);
+        }
+        released
     }
 
     /// Gives back the pages of the large run at `head`, whose state word the session made

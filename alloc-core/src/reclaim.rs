@@ -65,7 +65,8 @@ pub struct Reclaimed {
     pub allocations: u64,
     /// Their requested bytes.
     pub bytes: u64,
-    /// Free blocks held in dead processes' caches that went back to their spans.
+    /// Free blocks and runs held in dead processes' caches that went back to their spans and
+    /// the page bitmap.
     pub cached_blocks: u64,
     /// Blocks found in transit (popped or pushed half way by the dead) put back on their lists.
     pub orphan_blocks: u64,

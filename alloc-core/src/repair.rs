@@ -198,6 +198,9 @@ impl Heap<'_> {
                             let extra =
                                 Extra::decode(self.page_word(here, page::GEN).load(Ordering::Relaxed) as u32);
                             let tag = state.map_or(0, |s| s.tag);
+                            // Ours to release (a cache that held it finds it gone).
+                            let releasing = BlockState::releasing(session.participant, tag);
+                            state_word.store(releasing.encode(), Ordering::Release);
                             self.set_pending(session, here);
                             self.finish_large_release(
                                 session,

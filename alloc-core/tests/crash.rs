@@ -118,6 +118,7 @@ enum Op {
     CachedFreeLarge,
     CachedFreeLargeEvicting,
     CachedAllocLarge,
+    AllocTakingCachedRuns,
     Flush,
     SetOwnerToAnotherProcess,
     ReallocInPlace,
@@ -128,7 +129,7 @@ enum Op {
     AllocBlocking,
 }
 
-const OPS: [Op; 20] = [
+const OPS: [Op; 21] = [
     Op::AllocSmall,
     Op::AllocSmallCarving,
     Op::AllocLarge,
@@ -141,6 +142,7 @@ const OPS: [Op; 20] = [
     Op::CachedFreeLarge,
     Op::CachedFreeLargeEvicting,
     Op::CachedAllocLarge,
+    Op::AllocTakingCachedRuns,
     Op::Flush,
     Op::SetOwnerToAnotherProcess,
     Op::ReallocInPlace,
@@ -202,6 +204,23 @@ fn prepare<'a>(
             for _ in 0..alloc_core::CACHE_RUNS {
                 let run = doomed.alloc(4096).expect("space");
                 let _ = doomed.heap.free_with(&mut doomed.cache, run.id()).expect("live");
+            }
+        }
+        Op::AllocTakingCachedRuns => {
+            // A full heap but for two runs in the bystander's cache.
+            let runs: Vec<Allocation> = (0..2)
+                .map(|_| {
+                    bystander
+                        .heap
+                        .alloc_with(&mut bystander.cache, LARGE, AllocOptions::default())
+                        .expect("space")
+                })
+                .collect();
+            let _ = doomed.heap.flush(&mut doomed.cache);
+            while doomed.alloc(4096).is_ok() {}
+            while doomed.alloc(16).is_ok() {}
+            for run in runs {
+                let _ = bystander.heap.free_with(&mut bystander.cache, run.id()).expect("live");
             }
         }
         Op::CachedAllocLarge | Op::Flush => {
@@ -275,6 +294,7 @@ fn run_op(op: Op, doomed: &mut Member<'_>, prepared: &Prepared, bystander_owner:
             heap.free_with(cache, prepared.large.id()).map(|_| ())
         }
         Op::CachedAllocLarge => heap.alloc_with(cache, LARGE, plain).map(|_| ()),
+        Op::AllocTakingCachedRuns => heap.alloc(session, LARGE, plain).map(|_| ()),
         Op::Flush => {
             let _ = heap.free_with(cache, prepared.cached_live[2].id());
             heap.flush(cache).map(|_| ())
@@ -369,7 +389,7 @@ fn world(op: Op, stop: Option<usize>) -> Vec<&'static str> {
         Op::AllocLarge => 4 * page,
         Op::AllocRetiringSpans => 40 * page,
         Op::ReallocMoving => 2 * page,
-        Op::FreeLarge | Op::ReallocLargeInPlace => 3 * page,
+        Op::FreeLarge | Op::ReallocLargeInPlace | Op::AllocTakingCachedRuns => 3 * page,
         _ => 0,
     };
     let allowance = span_bytes + making + 2 * page;

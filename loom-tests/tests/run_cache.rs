@@ -64,3 +64,57 @@ fn a_run_freed_into_a_cache_and_taken_back_races_with_a_stale_free() {
         assert_eq!((stats.live_allocations, stats.cached_blocks), (1, cache.held() as u64));
     });
 }
+
+/// Interleaving: participant A's cache holds the only free run of a full heap and A takes it
+/// back (a compare-exchange from cached to taken, then the generation, then live), while
+/// participant B of another process, finding no room, releases every cached run (a
+/// compare-exchange from cached to releasing) and allocates the pages.
+///
+/// Invariant: exactly one of them gets the run's pages; the other gets `OutOfMemory`; the
+/// winner's allocation is live with its own id, type and size (the loser wrote none of its
+/// words: taking a run back takes it before it writes the epoch and the extra word; a take
+/// that checked and then wrote is caught here), and `check` passes.
+#[test]
+fn a_run_taken_back_by_its_cache_races_with_a_participant_taking_cached_runs() {
+    explore(40_000, || {
+        let memory = Arc::new(LoomRegion::new(ONE_SPAN_HEAP));
+        let heap = create(&memory);
+        let (_, holder) = attach(&heap, 1);
+        let (_, mut other) = attach(&heap, 2);
+        let mut cache = Cache::new(holder);
+        let run = heap.alloc_with(&mut cache, 100, RUN).expect("an empty heap has room");
+        let data_bytes = heap.geometry().data_bytes();
+        let rest = heap.alloc(&mut other, data_bytes - run.capacity, RUN).expect("the rest of the heap");
+        let _ = heap.free_with(&mut cache, run.id()).expect("live");
+        let taking = {
+            let memory = memory.clone();
+            spawn(move || {
+                let heap = open(&memory);
+                let got = heap.alloc(&mut other, 100, RUN);
+                (other, got)
+            })
+        };
+        let holding = {
+            let memory = memory.clone();
+            spawn(move || {
+                let heap = open(&memory);
+                let got = heap.alloc_with(&mut cache, 90, AllocOptions { alloc_type: 9, ..RUN });
+                (cache, got)
+            })
+        };
+        let (mut cache, held_got) = holding.join().expect("the holder does not panic");
+        let (mut other, other_got) = taking.join().expect("the other does not panic");
+        let winner = match (held_got, other_got) {
+            (Ok(won), Err(Error::OutOfMemory { .. })) | (Err(Error::OutOfMemory { .. }), Ok(won)) => won,
+            (held, taken) => panic!("the run went to both or to neither: {held:?} and {taken:?}"),
+        };
+        assert_eq!(winner.offset, run.offset);
+        assert_ne!(winner.id(), run.id());
+        // The winner's allocation as it made it (the loser wrote none of its words).
+        let found = heap.lookup(&mut other, winner.id()).map(|a| (a.offset, a.alloc_type, a.size));
+        assert_eq!(found, Ok((run.offset, winner.alloc_type, winner.size)));
+        let stats = heap.check(cache.session()).expect("consistent");
+        assert_eq!((stats.live_allocations, stats.cached_blocks), (2, 0));
+        let _ = rest;
+    });
+}

@@ -231,7 +231,7 @@ fn reclaim(name: &str, options: &PoolOptions) -> Outcome {
     let bytes: u64 = report.freed.iter().map(|(_, _, size)| size).sum();
     let done = report.reclaimed;
     println!(
-        "{name}: {} dead processes: freed {} allocations ({bytes} bytes), returned {} cached blocks, healed {} \
+        "{name}: {} dead processes: freed {} allocations ({bytes} bytes), returned {} cached blocks and runs, healed {} \
          blocks in transit, finished {} half-done claims/releases, gave back {} waiter slots{}",
         done.dead_processes,
         report.freed.len(),
