@@ -27,9 +27,11 @@
 //! `RELEASING` by us (under `PENDING`, so a reclaimer releases it should we die), then a new
 //! generation, then live. When the runs are full, the oldest is released to the bitmap.
 //!
-//! Cached runs are never lost to others: an allocation that finds no room releases every run
-//! any cache holds (`Heap::release_cached_runs`, one compare-exchange each, as a free would),
-//! so an idle or stopped holder never makes a pool refuse nor keeps `alloc_blocking` waiting.
+//! Cached runs are not lost to others: an allocation that finds no room releases every run any
+//! cache holds (`Heap::release_cached_runs`, one compare-exchange each, as a free would), then
+//! tries once more, so an idle or stopped holder does not make a pool refuse, and keeps an
+//! `alloc_blocking` waiting at most until its next try (a run cached just after the walk is
+//! found by the next allocation that finds no room).
 //! The cache that held such a run finds its word changed when it next looks (a later caching of
 //! the same pages has a later generation's tag), and drops the entry. `reclaim_dead` releases
 //! the runs a dead process's caches held.
@@ -340,8 +342,11 @@ impl<'a> Heap<'a> {
         }
         let cached = cache.session.cached_bits;
         let mut word = 0;
-        // ORDERING: Acquire on success: the run is ours, after the last user's accesses.
-        self.change_live(id, place, state, Ordering::Acquire, |live, _, _| {
+        // ORDERING: AcqRel on success: the run is ours, after the last user's accesses
+        // (Acquire), and whoever takes it from the cache next, this participant or another that
+        // found no room, acquires them through this word (Release: in an asymmetric pool the
+        // hazard's fence orders nothing between threads).
+        self.change_live(id, place, state, Ordering::AcqRel, |live, _, _| {
             word = BlockState::with_tag(cached, BlockState::tag_of(live));
             Ok(word)
         })?;

@@ -401,7 +401,8 @@ impl Heap<'_> {
         let tag = BlockState::tag_of(word);
         let releasing = BlockState::releasing(session.participant, tag).encode();
         let state = self.page_word(head, page::STATE);
-        // ORDERING: Acquire on success: the run is ours after its last user's accesses.
+        // ORDERING: Acquire on success pairs with the caching compare-exchange (AcqRel): the run
+        // is ours after its last user's accesses.
         if state.compare_exchange(word, releasing, Ordering::Acquire, Ordering::Relaxed).is_err() {
             self.clear_pending(session);
             return false;
@@ -422,10 +423,17 @@ impl Heap<'_> {
         let mut released = false;
         let mut here = bits.next_claimed(0);
         while here < bits.pages() {
-            let next = match (bits.is_head(here), self.info(here)) {
-                (true, Ok(PageInfo::LargeHead { pages })) if pages >= 1 && pages <= bits.pages() - here => {
+            let next = match bits.is_head(here).then(|| self.info(here)) {
+                Some(Ok(PageInfo::SpanHead { .. })) => here + SPAN_PAGES,
+                Some(Ok(PageInfo::LargeHead { pages })) if pages >= 1 && pages <= bits.pages() - here => {
+                    // ORDERING: Acquire pairs with the Release of the caching compare-exchange.
                     let word = self.page_word(here, page::STATE).load(Ordering::Acquire);
-                    if BlockState::decode(word).is_some_and(|state| state.kind == Kind::Cached) {
+                    // The length read first may be a former run's: the run of this word is the
+                    // one whose length we read only if the info still says so after the word (a
+                    // run's info stays while its state word does).
+                    if BlockState::decode(word).is_some_and(|state| state.kind == Kind::Cached)
+                        && self.info(here) == Ok(PageInfo::LargeHead { pages })
+                    {
                         released |= self.release_run_from(session, here, pages, word);
                     }
                     here + pages

@@ -8,11 +8,12 @@ pub use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 pub use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// A fence for the compiler only: keeps the compiler from moving memory accesses across it.
-/// Under loom (which models no compiler) it is a full fence, since loom's models always use
-/// symmetric fences.
+/// Under loom (which models no compiler) it is a full fence, since most models use symmetric
+/// fences; with `--cfg shmpool_loom_signal_fence` it is what it is between threads, nothing, for
+/// the models of asymmetric pools outside retirement (`loom-tests/tests/asymmetric.rs`).
 #[inline]
 pub fn compiler_fence() {
-    #[cfg(all(shmpool_loom, feature = "loom"))]
+    #[cfg(all(shmpool_loom, feature = "loom", not(shmpool_loom_signal_fence)))]
     fence(Ordering::SeqCst);
     #[cfg(not(all(shmpool_loom, feature = "loom")))]
     core::sync::atomic::compiler_fence(Ordering::SeqCst);

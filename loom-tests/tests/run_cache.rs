@@ -118,3 +118,56 @@ fn a_run_taken_back_by_its_cache_races_with_a_participant_taking_cached_runs() {
         let _ = rest;
     });
 }
+
+/// Interleaving: a participant finding no room reads a cached run's length in its head's info,
+/// and meanwhile the cache takes the run back, frees it, and caches a longer run at the same
+/// head. Review 13 of 041b140, seen failing there: the walk then released the new run with the
+/// old length; the release gave up half way and left the run neither live, cached nor free.
+///
+/// Invariant: `check` passes afterwards, and again after the cache is flushed.
+#[test]
+fn a_participant_taking_cached_runs_never_releases_one_with_a_former_runs_length() {
+    explore(200_000, || {
+        let memory = Arc::new(LoomRegion::new(ONE_SPAN_HEAP));
+        let heap = create(&memory);
+        let (owner, holder) = attach(&heap, 1);
+        let mut second = heap.register_participant(owner).expect("room");
+        let (_, mut other) = attach(&heap, 2);
+        let mut cache = Cache::new(holder);
+        // Pages: [a a][spacer][rest ...]; then the spacer is freed and `a` cached.
+        let a = heap.alloc_with(&mut cache, 100, RUN).expect("room");
+        let spacer = heap.alloc(&mut other, 64, RUN).expect("room");
+        let data_bytes = heap.geometry().data_bytes();
+        let _rest = heap.alloc(&mut other, data_bytes - a.capacity - 64, RUN).expect("the rest");
+        let _ = heap.free(&mut other, spacer.id()).expect("live");
+        let _ = heap.free_with(&mut cache, a.id()).expect("live");
+        let taking = {
+            let memory = memory.clone();
+            spawn(move || {
+                let heap = open(&memory);
+                let got = heap.alloc(&mut other, 100, RUN);
+                (other, got)
+            })
+        };
+        let holding = {
+            let memory = memory.clone();
+            spawn(move || {
+                let heap = open(&memory);
+                // Take the two-page run back (unless it was taken), free it to the bitmap, get
+                // a three-page run (at the same head if the pages are there) and cache it.
+                if let Ok(again) = heap.alloc_with(&mut cache, 100, RUN) {
+                    let _ = heap.free(&mut second, again.id()).expect("live");
+                    if let Ok(three) = heap.alloc_with(&mut cache, 150, RUN) {
+                        let _ = heap.free_with(&mut cache, three.id()).expect("live");
+                    }
+                }
+                cache
+            })
+        };
+        let mut cache = holding.join().expect("the holder does not panic");
+        let (mut other, _) = taking.join().expect("the other does not panic");
+        heap.check(&mut other).expect("consistent");
+        let _ = heap.flush(&mut cache).expect("same heap");
+        heap.check(&mut other).expect("consistent after a flush");
+    });
+}
