@@ -3,12 +3,25 @@
 //! up.
 #![cfg(shmpool_loom)]
 
-use alloc_core::{AllocOptions, Cache, Error};
+use alloc_core::{AllocOptions, Allocation, Cache, Error, Session};
 use loom::sync::Arc;
 use loom_tests::{attach, create, explore, open, spawn, LoomRegion, ONE_SPAN_HEAP};
 
 /// Page-aligned requests are runs (64-byte pages): 100 bytes is a run of two pages.
 const RUN: AllocOptions = AllocOptions { align: 64, alloc_type: 3, owner: None };
+
+/// A thread of participant `other` asking for a two-page run where only cached runs are free.
+fn allocate_with_no_room(
+    memory: &Arc<LoomRegion>,
+    mut other: Session,
+) -> loom::thread::JoinHandle<(Session, Result<Allocation, Error>)> {
+    let memory = memory.clone();
+    spawn(move || {
+        let heap = open(&memory);
+        let got = heap.alloc(&mut other, 100, RUN);
+        (other, got)
+    })
+}
 
 /// Interleaving: participant A frees run `first` through its cache (one compare-exchange from
 /// live to cached by A's process), then allocates a run of the same pages through the cache
@@ -86,14 +99,7 @@ fn a_run_taken_back_by_its_cache_races_with_a_participant_taking_cached_runs() {
         let data_bytes = heap.geometry().data_bytes();
         let rest = heap.alloc(&mut other, data_bytes - run.capacity, RUN).expect("the rest of the heap");
         let _ = heap.free_with(&mut cache, run.id()).expect("live");
-        let taking = {
-            let memory = memory.clone();
-            spawn(move || {
-                let heap = open(&memory);
-                let got = heap.alloc(&mut other, 100, RUN);
-                (other, got)
-            })
-        };
+        let taking = allocate_with_no_room(&memory, other);
         let holding = {
             let memory = memory.clone();
             spawn(move || {
@@ -141,14 +147,7 @@ fn a_participant_taking_cached_runs_never_releases_one_with_a_former_runs_length
         let _rest = heap.alloc(&mut other, data_bytes - a.capacity - 64, RUN).expect("the rest");
         let _ = heap.free(&mut other, spacer.id()).expect("live");
         let _ = heap.free_with(&mut cache, a.id()).expect("live");
-        let taking = {
-            let memory = memory.clone();
-            spawn(move || {
-                let heap = open(&memory);
-                let got = heap.alloc(&mut other, 100, RUN);
-                (other, got)
-            })
-        };
+        let taking = allocate_with_no_room(&memory, other);
         let holding = {
             let memory = memory.clone();
             spawn(move || {
