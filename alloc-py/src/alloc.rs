@@ -189,8 +189,8 @@ impl MemoryAlloc {
 
     /// The allocation's type (see `shmpool.AllocType`).
     #[getter(alloc_type)]
-    fn py_alloc_type(&self) -> u8 {
-        self.allocation.alloc_type
+    fn py_alloc_type(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        crate::errors::alloc_type_member(py, self.allocation.alloc_type)
     }
 
     /// Byte offset of (this window of) the allocation in its pool.

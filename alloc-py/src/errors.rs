@@ -11,6 +11,11 @@ fn class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     py.import("shmpool._exceptions")?.getattr(name)
 }
 
+/// `shmpool.AllocType(alloc_type)`: a named member, or `USER_<n>` for the users' types.
+pub fn alloc_type_member(py: Python<'_>, alloc_type: u8) -> PyResult<Py<PyAny>> {
+    Ok(py.import("shmpool")?.getattr("AllocType")?.call1((alloc_type,))?.unbind())
+}
+
 /// A `shmpool._exceptions.{name}` error carrying `message`.
 pub fn raise(py: Python<'_>, name: &str, message: String) -> PyErr {
     match class(py, name) {

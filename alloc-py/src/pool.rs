@@ -26,6 +26,9 @@ pub struct MemoryPool {
     name: String,
     /// Live buffer views of allocations made through this handle.
     pub(crate) exports: AtomicUsize,
+    /// The pool's descriptor once `serialize` made it (kept, as Dragon keeps it, so that
+    /// `serialize` still answers after `detach(serialize=True)`).
+    serialized: Mutex<Option<Vec<u8>>>,
 }
 
 impl MemoryPool {
@@ -35,6 +38,7 @@ impl MemoryPool {
             handle: Mutex::new(Some(pool.local())),
             creator,
             exports: AtomicUsize::new(0),
+            serialized: Mutex::new(None),
         }
     }
 
@@ -112,10 +116,11 @@ impl MemoryPool {
     /// the check, for sparse pools larger than what they will use.
     /// `memfd=True` puts the pool in an anonymous memfd instead (see `create_memfd`);
     /// `huge_pages=True` makes it of huge pages (a memfd, or a `dir` on hugetlbfs).
-    /// `min_block_size` and `max_allocations` are accepted for Dragon compatibility: blocks
-    /// come in fixed size classes and the number of allocations is bounded only by space.
+    /// `min_block_size`, `max_allocations` and `pre_alloc_blocks` (a list of block counts) are
+    /// accepted for Dragon compatibility: blocks come in fixed size classes, made as needed, and
+    /// the number of allocations is bounded only by space.
     #[new]
-    #[pyo3(signature = (size, fname, uid=None, *, min_block_size=None, max_allocations=None, mode=0o600, reserve=false, overcommit=false, dir=None, memfd=false, huge_pages=false))]
+    #[pyo3(signature = (size, fname, uid=None, *, min_block_size=None, max_allocations=None, pre_alloc_blocks=None, mode=0o600, reserve=false, overcommit=false, dir=None, memfd=false, huge_pages=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -124,6 +129,7 @@ impl MemoryPool {
         uid: Option<u64>,
         min_block_size: Option<i128>,
         max_allocations: Option<i128>,
+        pre_alloc_blocks: Option<Vec<i128>>,
         mode: u32,
         reserve: bool,
         overcommit: bool,
@@ -144,6 +150,11 @@ impl MemoryPool {
         };
         positive("min_block_size", min_block_size)?;
         positive("max_allocations", max_allocations)?;
+        if pre_alloc_blocks.unwrap_or_default().iter().any(|&count| count < 0) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "pre_alloc_blocks must be block counts (>= 0)",
+            ));
+        }
         let mut options = PoolOptions { mode, muid: uid, space, huge_pages, ..PoolOptions::default() };
         let pool = match (memfd, dir) {
             (true, Some(_)) => {
@@ -263,8 +274,29 @@ impl MemoryPool {
     /// Attaches the pool a `serialize()`d descriptor names.
     #[staticmethod]
     fn attach(py: Python<'_>, serialized: &[u8]) -> PyResult<MemoryPool> {
-        let pool = Pool::attach(serialized).py_err(py)?;
+        let pool = Pool::attach(serialized).or_else(|error| match error {
+            PoolError::InvalidDescriptor(_) => {
+                Err(raise(py, "InvalidPoolDescriptorError", error.to_string()))
+            }
+            other => Err(other).py_err(py),
+        })?;
         Ok(MemoryPool::wrap(pool, false))
+    }
+
+    /// The `(muid, fname)` of the pool a serialized descriptor names (Dragon's name for it; it
+    /// attaches the pool for a moment).
+    #[staticmethod]
+    fn serialized_uid_fname(py: Python<'_>, serialized: &[u8]) -> PyResult<(u64, String)> {
+        let pool = MemoryPool::attach(py, serialized)?;
+        let found = (pool.muid(py)?, pool.name.clone());
+        pool.detach(py, false)?;
+        Ok(found)
+    }
+
+    /// Whether the pool is on this node: always (Dragon's pools may be remote).
+    #[getter]
+    fn is_local(&self) -> bool {
+        true
     }
 
     /// Attaches pool `fname` in `dir` (default /dev/shm). Its file must belong to this user, or to user
@@ -289,12 +321,23 @@ impl MemoryPool {
 
     /// The pool's descriptor (bytes, at most 128), for `MemoryPool.attach` in any process.
     fn serialize<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let descriptor = self.pool(py)?.descriptor().py_err(py)?;
-        Ok(PyBytes::new(py, &descriptor))
+        let mut kept = self.serialized.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if kept.is_none() {
+            *kept = Some(self.pool(py)?.descriptor().py_err(py)?);
+        }
+        Ok(PyBytes::new(py, kept.as_deref().unwrap_or_default()))
     }
 
     /// Lets go of this handle (the pool stays). Refused while buffer views are alive.
-    fn detach(&self) -> PyResult<()> {
+    /// `serialize=True` keeps the pool's descriptor first, so that `serialize()` still answers
+    /// (Dragon's option); otherwise a detached handle forgets it.
+    #[pyo3(signature = (serialize=false))]
+    fn detach(&self, py: Python<'_>, serialize: bool) -> PyResult<()> {
+        if serialize {
+            self.serialize(py)?;
+        } else {
+            self.serialized.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        }
         // ORDERING: SeqCst, the order of the view counters everywhere (see MemoryAlloc::free).
         let views = self.exports.load(Ordering::SeqCst);
         if views > 0 {
@@ -325,7 +368,7 @@ impl MemoryPool {
         if self.creator {
             self.destroy(py)?;
         } else {
-            self.detach()?;
+            self.detach(py, false)?;
         }
         Ok(false)
     }
@@ -622,9 +665,9 @@ impl MemoryAllocations {
         self.entries.len()
     }
 
-    /// The type of allocation `index`.
-    fn alloc_type(&self, index: isize) -> PyResult<u8> {
-        Ok(self.entry(index)?.0)
+    /// The type of allocation `index`, an `AllocType` member.
+    fn alloc_type(&self, py: Python<'_>, index: isize) -> PyResult<Py<PyAny>> {
+        crate::errors::alloc_type_member(py, self.entry(index)?.0)
     }
 
     /// The id of allocation `index`.

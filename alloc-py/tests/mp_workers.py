@@ -78,3 +78,17 @@ def serve_from_queue(inbox, outbox):
         outbox.put(sum(memoryview(allocation)))
         allocation.free()
     outbox.put(("done", pool.memfd))
+
+
+def dragon_producer(pool_ser, count, out):
+    """A Dragon-style producer: attaches the pool by its serialized descriptor, allocates
+    ``count`` channel buffers, fills each with its index and sends their serialized descriptors
+    (written as Dragon code would be, through ``shmpool.dragon`` only)."""
+    from shmpool import dragon
+
+    mpool = dragon.MemoryPool.attach(pool_ser)
+    for index in range(count):
+        mem = mpool.alloc(4096, dragon.AllocType.CHANNEL_BUFFER)
+        mem.get_memview()[:4] = index.to_bytes(4, "little")
+        out.put(mem.serialize())
+    mpool.detach()

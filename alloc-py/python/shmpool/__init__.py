@@ -19,6 +19,7 @@ from ._exceptions import (
     InvalidAllocationError,
     InvalidDescriptorError,
     InvalidNameError,
+    InvalidPoolDescriptorError,
     PoolAttachError,
     PoolCorruptError,
     PoolCreateError,
@@ -35,12 +36,22 @@ from ._shmpool import TRACEMALLOC_DOMAIN, MemoryAlloc, MemoryAllocations, Memory
 
 
 class AllocType(IntEnum):
-    """Allocation types with a meaning fixed by Dragon; values 4-255 are free for users."""
+    """Allocation types with a meaning fixed by Dragon; values 4-255 are free for users, and
+    are members too (``AllocType(200)`` is ``AllocType.USER_200``, equal to 200)."""
 
     DATA = 0
     CHANNEL = 1
     CHANNEL_BUFFER = 2
     BOOTSTRAP = 3
+
+    @classmethod
+    def _missing_(cls, value):
+        if not isinstance(value, int) or not 0 <= value <= 255:
+            return None
+        member = int.__new__(cls, value)
+        member._name_ = f"USER_{value}"
+        member._value_ = value
+        return cls._value2member_map_.setdefault(value, member)
 
 
 class Arena:
@@ -96,6 +107,7 @@ __all__ = [
     "InvalidAllocationError",
     "InvalidDescriptorError",
     "InvalidNameError",
+    "InvalidPoolDescriptorError",
     "MemoryAlloc",
     "MemoryAllocations",
     "MemoryPool",

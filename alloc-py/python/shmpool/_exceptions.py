@@ -51,6 +51,11 @@ class InvalidDescriptorError(PoolError, ValueError):
     """Bytes that are not a (valid, current) pool or allocation descriptor."""
 
 
+class InvalidPoolDescriptorError(InvalidDescriptorError, PoolAttachError):
+    """Bytes given to ``MemoryPool.attach`` that are not a (valid, current) pool descriptor: an
+    attach failure too."""
+
+
 class InvalidAllocationError(PoolError, ValueError):
     """The allocation is not live in its pool: freed already, stale, or foreign."""
 

@@ -4,7 +4,7 @@ import os
 import socket
 from typing import Any, Iterator, Optional, Union
 
-from . import Arena
+from . import AllocType, Arena
 
 _Buffer = Union[bytes, bytearray, memoryview]
 
@@ -25,6 +25,7 @@ class MemoryPool:
         *,
         min_block_size: Optional[int] = None,
         max_allocations: Optional[int] = None,
+        pre_alloc_blocks: Optional[list[int]] = None,
         mode: int = 0o600,
         reserve: bool = False,
         overcommit: bool = False,
@@ -57,7 +58,14 @@ class MemoryPool:
         """A new pool that holds `data_bytes` in one allocation (other arguments as `MemoryPool`)."""
     @staticmethod
     def attach(serialized: _Buffer) -> MemoryPool:
-        """Attach the pool a serialize()d descriptor names."""
+        """Attach the pool a serialize()d descriptor names (InvalidPoolDescriptorError, a
+        PoolAttachError, for bytes that are not one)."""
+    @staticmethod
+    def serialized_uid_fname(serialized: _Buffer) -> tuple[int, str]:
+        """The (muid, fname) of the pool a serialize()d descriptor names."""
+    @property
+    def is_local(self) -> bool:
+        """Whether the pool is on this node: always (Dragon compatibility)."""
     @staticmethod
     def attach_by_name(
         fname: str,
@@ -69,9 +77,10 @@ class MemoryPool:
         """Attach pool `fname` in /dev/shm: this user's (or user `owner_uid`'s, root included); any owner
         only with `any_owner=True`."""
     def serialize(self) -> bytes:
-        """The pool's descriptor (at most 128 bytes)."""
-    def detach(self) -> None:
-        """Let go of this handle; refused while buffer views are alive."""
+        """The pool's descriptor (at most 128 bytes), kept by the handle once made."""
+    def detach(self, serialize: bool = False) -> None:
+        """Let go of this handle; refused while buffer views are alive. `serialize=True` keeps
+        the descriptor so that `serialize()` still answers."""
     def destroy(self) -> None:
         """Destroy the pool in every process and remove its name."""
     def __enter__(self) -> MemoryPool: ...
@@ -142,7 +151,7 @@ class MemoryAlloc:
     def id(self) -> int:
         """The allocation's id."""
     @property
-    def alloc_type(self) -> int:
+    def alloc_type(self) -> AllocType:
         """The allocation's type."""
     @property
     def offset(self) -> int:
@@ -179,7 +188,7 @@ class MemoryAllocations:
     @property
     def num_allocs(self) -> int:
         """Number of allocations."""
-    def alloc_type(self, index: int) -> int:
+    def alloc_type(self, index: int) -> AllocType:
         """The type of allocation `index`."""
     def alloc_id(self, index: int) -> int:
         """The id of allocation `index`."""

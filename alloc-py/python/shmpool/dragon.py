@@ -3,7 +3,9 @@
     from shmpool.dragon import MemoryPool, DragonPoolError, AllocType
 
 The classes are shmpool's; the exception names are aliases of shmpool's exceptions, so code
-catching Dragon's errors catches shmpool's.
+catching Dragon's errors catches shmpool's. Names that have nothing to do in shmpool are there
+for compatibility: ``MemoryPool(..., pre_alloc_blocks=...)`` and ``min_block_size`` (blocks are
+made as needed), ``is_local`` (always true), ``DragonPoolDetachFail`` (any ``PoolError``).
 """
 
 from . import (
@@ -19,6 +21,7 @@ from . import (
 )
 
 DragonPoolError = PoolError
+DragonPoolDetachFail = PoolError
 DragonPoolCreateFail = PoolCreateError
 DragonPoolAttachFail = PoolAttachError
 DragonPoolAllocationNotAvailable = PoolFullError
@@ -31,6 +34,7 @@ __all__ = [
     "DragonPoolAllocationNotAvailable",
     "DragonPoolAttachFail",
     "DragonPoolCreateFail",
+    "DragonPoolDetachFail",
     "DragonPoolError",
     "DragonPoolTimeout",
     "MemoryAlloc",
