@@ -211,6 +211,31 @@ impl MemoryAlloc {
         Ok(PyBytes::new(py, &descriptor))
     }
 
+    /// The pid of the process that owns the allocation now (`None`: the pool itself owns it, and
+    /// no death frees it). See `set_owner` and `give_to_pool`.
+    #[getter]
+    fn owner(&self, py: Python<'_>) -> PyResult<Option<u32>> {
+        self.ensure_handle(py)?;
+        let now = self.pool.lookup(self.allocation.id()).py_err(py)?;
+        Ok(self.pool.pid_of(now.owner))
+    }
+
+    /// Hands the allocation to attached process `pid` (one atomic owner change): it is freed
+    /// when that process dies. `ValueError` if no such process is attached.
+    fn set_owner(&self, py: Python<'_>, pid: i64) -> PyResult<()> {
+        self.ensure_handle(py)?;
+        let pid = u32::try_from(pid)
+            .map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("pid {pid} is not a process id")))?;
+        let owner = self.pool.owner_of(pid).py_err(py)?;
+        self.pool.set_owner(self.allocation.id(), owner).py_err(py)
+    }
+
+    /// Gives the allocation to the pool: no process's death frees it (free it explicitly).
+    fn give_to_pool(&self, py: Python<'_>) -> PyResult<()> {
+        self.ensure_handle(py)?;
+        self.pool.give_to_pool(self.allocation.id()).py_err(py)
+    }
+
     /// The allocation a descriptor names, attaching its pool if this process has not yet. The
     /// receiver adopts it (one atomic owner change, which fails if it is no longer live): what
     /// was handed over survives its producer, and is reclaimed with the receiver if it dies.

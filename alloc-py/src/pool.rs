@@ -601,6 +601,39 @@ impl MemoryPool {
         Ok(report.freed.into_iter().map(|(id, pid, size)| (id.to_u128(), pid, size)).collect())
     }
 
+    /// Repairs damaged metadata (an fsck of the pool: see `shmpool repair`). Only while no other
+    /// process uses the pool: refused with `PoolError` naming them otherwise, unless
+    /// `force=True`. Dead processes are reclaimed first. Returns what it put right, as a dict
+    /// of counts (empty for a pool that needed nothing).
+    #[pyo3(signature = (*, force=false))]
+    fn repair<'py>(&self, py: Python<'py>, force: bool) -> PyResult<Bound<'py, PyDict>> {
+        let pool = self.pool(py)?;
+        let busy = pool.other_users_described();
+        if !busy.is_empty() && !force {
+            let message = format!(
+                "pool {:?}: processes {} may be working on it; stop them first (or pass force=True)",
+                self.name,
+                busy.join(", ")
+            );
+            return Err(raise(py, "PoolError", message));
+        }
+        py.detach(|| pool.reclaim_dead()).py_err(py)?;
+        let repaired = py.detach(|| pool.repair()).py_err(py)?;
+        let dict = PyDict::new(py);
+        let counts = [
+            ("participants", repaired.participants),
+            ("orphan_pages", repaired.orphan_pages),
+            ("unfinished", repaired.unfinished),
+            ("orphan_blocks", repaired.orphan_blocks),
+            ("waiter_slots", repaired.waiter_slots),
+            ("damaged_runs", repaired.damaged_runs),
+        ];
+        for (what, count) in counts.into_iter().filter(|&(_, count)| count > 0) {
+            dict.set_item(what, count)?;
+        }
+        Ok(dict)
+    }
+
     /// Verifies every invariant of the pool's heap; returns usage figures as a dict.
     fn check<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let pool = self.pool(py)?;

@@ -92,3 +92,30 @@ def dragon_producer(pool_ser, count, out):
         mem.get_memview()[:4] = index.to_bytes(4, "little")
         out.put(mem.serialize())
     mpool.detach()
+
+
+def make_result(pool, value):
+    """A multiprocessing.Pool task: allocates a result in the shared pool and returns it (by
+    pickle) from a worker that goes on living or exits normally afterwards."""
+    result = pool.alloc(4096)
+    result.get_memview()[:] = bytes([value]) * 4096
+    return result
+
+
+def give_to_pool_and_exit(pool, queue):
+    """Allocates two buffers, gives one to the pool, reports both ids, and dies without
+    any clean-up (as a crash would)."""
+    kept = pool.alloc(256)
+    kept.give_to_pool()
+    lost = pool.alloc(256)
+    queue.put((kept.id, lost.id))
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
+
+
+def attach_and_wait(pool, ready, done):
+    """Attaches the pool (it arrives by pickle), says so, and waits."""
+    pool.alloc(16)
+    ready.set()
+    done.wait(60)

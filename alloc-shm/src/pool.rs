@@ -372,6 +372,19 @@ impl Pool {
         self.mapping.mapped_by_others()
     }
 
+    /// Other processes that may be using the pool, each with what is known of it: attached ones
+    /// not known dead ("1234 (live)"), and those of this pid namespace that map its file without
+    /// a record, a fork child ("1235 (maps it)"). What `repair` must not run under.
+    pub fn other_users_described(&self) -> Vec<String> {
+        let info = self.info();
+        let recorded: Vec<u32> = info.other_users().map(|process| process.pid).collect();
+        let mut users: Vec<String> =
+            info.other_users().map(|process| format!("{} ({})", process.pid, process.liveness)).collect();
+        let unrecorded = self.mapped_by_others().into_iter().filter(|pid| !recorded.contains(pid));
+        users.extend(unrecorded.map(|pid| format!("{pid} (maps it)")));
+        users
+    }
+
     /// Creator, attached processes and creation time.
     pub fn info(&self) -> PoolInfo {
         info_of(&self.mapping)

@@ -130,6 +130,17 @@ pub enum Liveness {
     Elsewhere,
 }
 
+impl std::fmt::Display for Liveness {
+    /// How a process's liveness reads in messages: "live", "dead", "in another PID namespace".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Liveness::Alive => "live",
+            Liveness::Dead => "dead",
+            Liveness::Elsewhere => "in another PID namespace",
+        })
+    }
+}
+
 /// Judges the process of `identity` from here. A start time of 0 (not recorded, or still being
 /// written) judges by the pid alone.
 pub fn liveness(identity: &ProcessIdentity) -> Liveness {

@@ -136,6 +136,9 @@ class MemoryPool:
         """Callers blocked in `alloc_blocking` right now, in all processes."""
     def reclaim_dead(self) -> list[tuple[int, int, int]]:
         """Free the allocations of dead processes; [(id, owner_pid, size)]."""
+    def repair(self, *, force: bool = False) -> dict[str, int]:
+        """Mend damaged metadata while no other process uses the pool (PoolError naming them
+        otherwise, unless force=True); returns what it put right."""
     def check(self) -> dict[str, int]:
         """Verify every invariant; usage figures."""
     def arena(self) -> Arena:
@@ -168,6 +171,13 @@ class MemoryAlloc:
         """The allocation a descriptor names (attaching its pool on demand)."""
     def detach(self) -> None:
         """Let go of this handle without freeing; refused while views are alive."""
+    @property
+    def owner(self) -> Optional[int]:
+        """The pid of the owning process (None: the pool owns it)."""
+    def set_owner(self, pid: int) -> None:
+        """Hand the allocation to attached process `pid` (freed when it dies)."""
+    def give_to_pool(self) -> None:
+        """Give the allocation to the pool: no process's death frees it."""
     def free(self) -> None:
         """Free the allocation; BufferError while views are alive."""
     def get_memview(self) -> memoryview:

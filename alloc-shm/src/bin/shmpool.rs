@@ -100,27 +100,6 @@ fn main() -> ExitCode {
 
 type Outcome = Result<ExitCode, PoolError>;
 
-/// How a process's liveness reads in the tool's output.
-fn state(liveness: Liveness) -> &'static str {
-    match liveness {
-        Liveness::Alive => "live",
-        Liveness::Dead => "dead",
-        Liveness::Elsewhere => "in another PID namespace",
-    }
-}
-
-/// Other processes that may be using `pool`: attached ones not known dead, and those of this
-/// pid namespace that map its file without a record (a fork child), each with what is known.
-fn users_of(pool: &Pool) -> Vec<String> {
-    let info = pool.info();
-    let recorded: Vec<u32> = info.other_users().map(|process| process.pid).collect();
-    let mut users: Vec<String> =
-        info.other_users().map(|process| format!("{} ({})", process.pid, state(process.liveness))).collect();
-    let unrecorded = pool.mapped_by_others().into_iter().filter(|pid| !recorded.contains(pid));
-    users.extend(unrecorded.map(|pid| format!("{pid} (maps it)")));
-    users
-}
-
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
@@ -138,7 +117,7 @@ fn ls(options: &PoolOptions) -> Outcome {
                     mib(used),
                     stats.live_allocations,
                     info.creator_pid,
-                    state(info.creator)
+                    info.creator
                 );
             }
             Err(error) => println!("{name:<32} unusable: {error}"),
@@ -165,16 +144,10 @@ fn info(name: &str, options: &PoolOptions) -> Outcome {
     println!("  largest free run {}, cached blocks {}", mib(stats.largest_free_run), stats.cached_blocks);
     println!(
         "  creator pid {} ({}) uid {}, created at {} (unix)",
-        info.creator_pid,
-        state(info.creator),
-        info.creator_uid,
-        info.created_at
+        info.creator_pid, info.creator, info.creator_uid, info.created_at
     );
-    let attached: Vec<String> = info
-        .attached
-        .iter()
-        .map(|process| format!("{} ({})", process.pid, state(process.liveness)))
-        .collect();
+    let attached: Vec<String> =
+        info.attached.iter().map(|process| format!("{} ({})", process.pid, process.liveness)).collect();
     println!("  attached: {}", attached.join(", "));
     if info.attached.iter().any(|process| process.liveness == Liveness::Elsewhere) {
         println!("  (processes in another PID namespace cannot be judged from here: never taken for dead)");
@@ -203,7 +176,7 @@ fn info(name: &str, options: &PoolOptions) -> Outcome {
             Some(pid) => {
                 let alive =
                     info.attached.iter().find(|process| process.pid == pid).map(|process| process.liveness);
-                let shown = alive.map_or("dead", state);
+                let shown = alive.unwrap_or(Liveness::Dead);
                 println!("    {pid} ({shown}): {count}, {bytes}");
             }
         }
@@ -246,7 +219,7 @@ fn reclaim(name: &str, options: &PoolOptions) -> Outcome {
 
 fn repair(name: &str, force: bool, options: &PoolOptions) -> Outcome {
     let pool = Pool::attach_by_name_with(name, options)?;
-    let busy = users_of(&pool);
+    let busy = pool.other_users_described();
     if !busy.is_empty() && !force {
         println!(
             "{name}: processes {} are attached and may be working on the pool; stop them or pass --force",
@@ -264,7 +237,7 @@ fn rm(name: &str, force: bool, options: &PoolOptions) -> Outcome {
     alloc_shm::name::validate(name)?;
     match Pool::attach_by_name_with(name, options) {
         Ok(pool) => {
-            let users = users_of(&pool);
+            let users = pool.other_users_described();
             if !users.is_empty() {
                 println!(
                     "{name}: warning: processes {} are attached; they get PoolDestroyed from now on",
