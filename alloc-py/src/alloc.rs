@@ -355,6 +355,49 @@ impl MemoryAlloc {
         Ok((attach, (slf.get().serialize(py)?,)))
     }
 
+    /// `a[i]` is byte `i` (an int); `a[i:j]` (any slice) a copy of those bytes.
+    fn __getitem__<'py>(slf: &Bound<'py, Self>, key: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let view = MemoryAlloc::get_memview(slf)?;
+        let item = view.get_item(key);
+        let copied = match item {
+            Ok(item) if item.hasattr("release")? => {
+                let bytes = item.call_method0("tobytes");
+                item.call_method0("release")?;
+                bytes
+            }
+            other => other,
+        };
+        view.call_method0("release")?;
+        copied
+    }
+
+    /// `a[i] = byte`; `a[i:j] = data` (a bytes-like object of the slice's length).
+    fn __setitem__<'py>(
+        slf: &Bound<'py, Self>,
+        key: &Bound<'py, PyAny>,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<()> {
+        let view = MemoryAlloc::get_memview(slf)?;
+        let stored = view.set_item(key, value);
+        view.call_method0("release")?;
+        stored
+    }
+
+    /// `with pool.alloc(n) as a:` frees the allocation on exit (unless it was freed or detached
+    /// inside).
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        // ORDERING: SeqCst, the handle flag's order everywhere (see `free`).
+        if !self.done.load(Ordering::SeqCst) {
+            self.free(py)?;
+        }
+        Ok(false)
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "<shmpool.MemoryAlloc id={} size={} type={} in {:?}>",

@@ -75,6 +75,12 @@ pub fn size_arg(py: Python<'_>, size: i128) -> PyResult<u64> {
         .map_err(|_| raise(py, "PoolFullError", format!("{size} bytes can never fit in a pool")))
 }
 
+/// An allocation type argument: 0 to 255 (`ValueError` naming it otherwise).
+pub fn alloc_type_arg(alloc_type: i128) -> PyResult<u8> {
+    u8::try_from(alloc_type)
+        .map_err(|_| PyValueError::new_err(format!("alloc_type must be 0 to 255, got {alloc_type}")))
+}
+
 /// A timeout argument in seconds: `None`, infinity, or more seconds than a `Duration` holds
 /// wait forever; negative or NaN is a `ValueError`.
 pub fn timeout_arg(timeout: Option<f64>) -> PyResult<Option<std::time::Duration>> {

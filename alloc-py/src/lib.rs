@@ -24,4 +24,8 @@ mod _shmpool {
     use super::trace::trace_allocations;
     #[pymodule_export]
     const TRACEMALLOC_DOMAIN: u32 = super::trace::DOMAIN;
+    /// The package's version (the workspace's).
+    #[allow(non_upper_case_globals)]
+    #[pymodule_export]
+    const __version__: &str = env!("CARGO_PKG_VERSION");
 }

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::alloc::MemoryAlloc;
-use crate::errors::{exported, raise, size_arg, timeout_arg, IntoPy};
+use crate::errors::{alloc_type_arg, exported, raise, size_arg, timeout_arg, IntoPy};
 
 /// A pool of shared memory that any process can attach. Create one with
 /// `MemoryPool(size, fname)`; attach one with `MemoryPool.attach(serialized)` or
@@ -130,7 +130,7 @@ impl MemoryPool {
         min_block_size: Option<i128>,
         max_allocations: Option<i128>,
         pre_alloc_blocks: Option<Vec<i128>>,
-        mode: u32,
+        mode: i128,
         reserve: bool,
         overcommit: bool,
         dir: Option<std::path::PathBuf>,
@@ -148,6 +148,11 @@ impl MemoryPool {
             (false, true) => Space::Overcommit,
             (false, false) => Space::Check,
         };
+        let mode = u32::try_from(mode).ok().filter(|&mode| mode <= 0o7777).ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err(format!(
+                "mode must be a file mode, 0 to 0o7777, got {mode}"
+            ))
+        })?;
         positive("min_block_size", min_block_size)?;
         positive("max_allocations", max_allocations)?;
         if pre_alloc_blocks.unwrap_or_default().iter().any(|&count| count < 0) {
@@ -407,9 +412,10 @@ impl MemoryPool {
 
     /// Allocates `size` bytes (0 gives a distinct valid allocation).
     #[pyo3(signature = (size, alloc_type=0))]
-    fn alloc(slf: &Bound<'_, Self>, size: i128, alloc_type: u8) -> PyResult<MemoryAlloc> {
+    fn alloc(slf: &Bound<'_, Self>, size: i128, alloc_type: i128) -> PyResult<MemoryAlloc> {
         let py = slf.py();
         let size = size_arg(py, size)?;
+        let alloc_type = alloc_type_arg(alloc_type)?;
         let (pool, allocation) = slf
             .get()
             .with_local(py, |local| {
@@ -429,10 +435,11 @@ impl MemoryPool {
         slf: &Bound<'_, Self>,
         size: i128,
         timeout: Option<f64>,
-        alloc_type: u8,
+        alloc_type: i128,
     ) -> PyResult<MemoryAlloc> {
         let py = slf.py();
         let size = size_arg(py, size)?;
+        let alloc_type = alloc_type_arg(alloc_type)?;
         let timeout = timeout_arg(timeout)?;
         let pool = slf.get().pool(py)?;
         let options = AllocOptions { alloc_type, ..pool.options() };
@@ -475,8 +482,12 @@ impl MemoryPool {
 
     /// A snapshot of the live allocations, optionally of one type.
     #[pyo3(signature = (alloc_type=None))]
-    fn get_allocations(&self, py: Python<'_>, alloc_type: Option<u8>) -> PyResult<MemoryAllocations> {
+    fn get_allocations(&self, py: Python<'_>, alloc_type: Option<i128>) -> PyResult<MemoryAllocations> {
+        let alloc_type = alloc_type.map(alloc_type_arg).transpose()?;
         let pool = self.pool(py)?;
+        if pool.is_destroyed() {
+            return Err(PoolError::Destroyed { name: self.name.clone() }).py_err(py);
+        }
         let entries = pool
             .iter()
             .filter(|a| alloc_type.is_none_or(|t| a.alloc_type == t))
@@ -502,7 +513,8 @@ impl MemoryPool {
     }
 
     /// Dragon's `get_alloc_by_id(alloc_type, id)`.
-    fn get_alloc_by_id(slf: &Bound<'_, Self>, alloc_type: u8, id: u128) -> PyResult<MemoryAlloc> {
+    fn get_alloc_by_id(slf: &Bound<'_, Self>, alloc_type: i128, id: u128) -> PyResult<MemoryAlloc> {
+        let alloc_type = alloc_type_arg(alloc_type)?;
         let alloc = MemoryPool::alloc_from_id(slf, id)?;
         if alloc.alloc_type() != alloc_type {
             return Err(raise(
@@ -652,10 +664,11 @@ impl MemoryPool {
     }
 
     fn __repr__(&self) -> String {
-        let state = if self.handle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some() {
-            "attached"
-        } else {
-            "detached"
+        let open = self.handle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some();
+        let state = match (open, self.creator) {
+            (false, _) => "detached",
+            (true, true) => "created here",
+            (true, false) => "attached",
         };
         format!("<shmpool.MemoryPool {:?} ({state})>", self.name)
     }
@@ -690,6 +703,10 @@ impl MemoryAllocations {
 
     fn __getitem__(&self, index: isize) -> PyResult<u128> {
         Ok(self.entry(index)?.1)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<shmpool.MemoryAllocations of {} allocations>", self.entries.len())
     }
 
     /// Number of allocations.

@@ -32,7 +32,7 @@ from ._exceptions import (
     PoolPermissionError,
     PoolTimeoutError,
 )
-from ._shmpool import TRACEMALLOC_DOMAIN, MemoryAlloc, MemoryAllocations, MemoryPool, trace_allocations
+from ._shmpool import TRACEMALLOC_DOMAIN, MemoryAlloc, MemoryAllocations, MemoryPool, __version__, trace_allocations
 
 
 class AllocType(IntEnum):
@@ -70,6 +70,9 @@ class Arena:
 
     def __len__(self):
         return len(self._allocations)
+
+    def __repr__(self):
+        return f"<shmpool.Arena of {self._pool.name!r}: {len(self._allocations)} allocations>"
 
     def free_all(self):
         """Free everything the arena handed out (already freed ones are skipped). Raises
@@ -123,5 +126,6 @@ __all__ = [
     "PoolPermissionError",
     "PoolTimeoutError",
     "TRACEMALLOC_DOMAIN",
+    "__version__",
     "trace_allocations",
 ]

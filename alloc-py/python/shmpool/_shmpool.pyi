@@ -9,6 +9,7 @@ from . import AllocType, Arena
 _Buffer = Union[bytes, bytearray, memoryview]
 
 TRACEMALLOC_DOMAIN: int
+__version__: str
 """The tracemalloc domain of pool allocations."""
 
 def trace_allocations(enabled: bool) -> None:
@@ -178,6 +179,13 @@ class MemoryAlloc:
         """Hand the allocation to attached process `pid` (freed when it dies)."""
     def give_to_pool(self) -> None:
         """Give the allocation to the pool: no process's death frees it."""
+    def __getitem__(self, key: int | slice) -> Any:
+        """Byte `key` (an int), or a copy of the bytes of slice `key`."""
+    def __setitem__(self, key: int | slice, value: Any) -> None:
+        """Store a byte, or bytes of the slice's length."""
+    def __enter__(self) -> MemoryAlloc: ...
+    def __exit__(self, *exc: Any) -> bool:
+        """Frees the allocation (unless freed or detached inside the block)."""
     def free(self) -> None:
         """Free the allocation; BufferError while views are alive."""
     def get_memview(self) -> memoryview:
