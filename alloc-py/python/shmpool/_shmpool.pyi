@@ -9,8 +9,9 @@ from . import AllocType, Arena
 _Buffer = Union[bytes, bytearray, memoryview]
 
 TRACEMALLOC_DOMAIN: int
-__version__: str
 """The tracemalloc domain of pool allocations."""
+__version__: str
+"""The package's version."""
 
 def trace_allocations(enabled: bool) -> None:
     """Report allocations (and frees) made through this process to tracemalloc."""
