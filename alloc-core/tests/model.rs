@@ -205,10 +205,12 @@ fn run(page_shift: u32, ops: Vec<Op>) {
                 Err(error) => panic!("the other process's alloc({size}) failed with {error:?}"),
             },
             Op::KillOther => {
-                // It dies with whatever its cache holds; reclaim must give back all of it.
+                // It dies with whatever its cache holds (runs others took from it aside);
+                // reclaim must give back all of it.
+                let held = other_view.still_cached(&other) as u64;
                 let reclaimed = p.reclaim(&[other_pid]).expect("reclaimable");
                 assert_eq!(reclaimed.allocations, others.len() as u64);
-                assert_eq!(reclaimed.cached_blocks, other.held() as u64);
+                assert_eq!(reclaimed.cached_blocks, held);
                 for id in others.keys() {
                     assert_eq!(p.lookup(*id), Err(Error::NotAllocated { id: id.to_u128() }));
                     freed.push(*id);
@@ -239,7 +241,8 @@ fn run(page_shift: u32, ops: Vec<Op>) {
             }
         }
         verify(&mut p, &live, &others);
-        assert_eq!(p.stats().expect("stats").cached_blocks, (cache.held() + other.held()) as u64);
+        let still = heap.still_cached(&cache) + other_view.still_cached(&other);
+        assert_eq!(p.stats().expect("stats").cached_blocks, still as u64);
     }
     for id in live.keys().chain(others.keys()) {
         let _ = p.free(*id).expect("live");
