@@ -11,6 +11,15 @@ mod views;
 
 use pyo3::prelude::*;
 
+/// Runs the `shmpool` tool (the same as the Rust binary's) with command line `argv` (the
+/// program's name first), in a process that is the tool; `this_command` starts the tool again
+/// (for the demo's workers). Returns the exit status. Used by `python -m shmpool` and the
+/// `shmpool` command the package installs.
+#[pyfunction]
+fn run_tool(py: Python<'_>, argv: Vec<std::ffi::OsString>, this_command: Vec<std::ffi::OsString>) -> u8 {
+    py.detach(|| alloc_shm::cli::main(argv, this_command))
+}
+
 /// The extension module `shmpool._shmpool`. It does not need the GIL: the classes are frozen
 /// and keep their mutable state in atomics or a mutex, so free-threaded CPython may run it
 /// without re-enabling the GIL.
@@ -20,6 +29,8 @@ mod _shmpool {
     use super::alloc::MemoryAlloc;
     #[pymodule_export]
     use super::pool::{MemoryAllocations, MemoryPool};
+    #[pymodule_export]
+    use super::run_tool;
     #[pymodule_export]
     use super::trace::trace_allocations;
     #[pymodule_export]

@@ -1,20 +1,23 @@
-//! `shmpool`: inspect and manage pools, and run the multi-process demo.
+//! The `shmpool` tool: inspect and manage pools, and run the multi-process demo. One
+//! implementation for the Rust binary (`alloc-shm/src/bin/shmpool.rs`) and the Python package's
+//! `shmpool` command (`python -m shmpool`).
 
+use std::ffi::OsString;
 use std::io::{BufReader, Read, Write};
-
-use alloc_shm::descriptor::{from_hex, read_frame, to_hex, write_end, write_frame};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use alloc_shm::{current_pid, list_pools, verify, Liveness, Pool, PoolError, PoolOptions};
 use clap::{Parser, Subcommand};
+
+use crate::descriptor::{from_hex, read_frame, to_hex, write_end, write_frame};
+use crate::{current_pid, list_pools, verify, Liveness, Pool, PoolError, PoolOptions};
 
 #[derive(Parser)]
 #[command(name = "shmpool", about = "Lock-free shared-memory pools: inspect, repair, demo")]
 struct Cli {
     /// Directory holding the pools.
-    #[arg(long, global = true, default_value = alloc_shm::name::DEFAULT_DIR)]
+    #[arg(long, global = true, default_value = crate::name::DEFAULT_DIR)]
     dir: PathBuf,
     /// Act on pools of any owner (root inspecting other users' pools); by default only pools
     /// owned by this user are attached, root's included.
@@ -72,11 +75,21 @@ enum Action {
     DemoWorker { pool: String, index: u64, messages: u64 },
 }
 
-fn main() -> ExitCode {
-    // A reader that goes away (`shmpool ls | head -1`) ends us quietly, as any Unix tool.
-    // SAFETY: restores the default disposition of SIGPIPE before any other thread exists.
+/// Runs the tool with command line `args` (the program's name first) in a process that is the
+/// tool: `this_command` is how to start the tool again (the demo's workers are started so).
+/// Returns the exit status. A reader that goes away (`shmpool ls | head -1`) ends the process
+/// quietly, as any Unix tool.
+pub fn main(args: Vec<OsString>, this_command: Vec<OsString>) -> u8 {
+    // SAFETY: restores the default disposition of SIGPIPE; called once, at the start of a
+    // process that is the tool.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return error.exit_code().clamp(0, 255) as u8;
+        }
+    };
     let options = PoolOptions { dir: cli.dir.clone(), any_owner: cli.any_owner, ..PoolOptions::default() };
     let result = match cli.command {
         Action::Ls => ls(&options),
@@ -86,14 +99,15 @@ fn main() -> ExitCode {
         Action::Repair { name, force } => repair(&name, force, &options),
         Action::Rm { name, force } => rm(&name, force, &options),
         Action::Gc => gc(&options),
-        Action::Demo { workers, messages, pool_mib } => demo(workers, messages, pool_mib),
+        Action::Demo { workers, messages, pool_mib } => demo(&this_command, workers, messages, pool_mib),
         Action::DemoWorker { pool, index, messages } => demo_worker(&pool, index, messages),
     };
     match result {
-        Ok(code) => code,
+        Ok(code) if code == ExitCode::SUCCESS => 0,
+        Ok(_) => 1,
         Err(error) => {
             eprintln!("shmpool: {error}");
-            ExitCode::FAILURE
+            1
         }
     }
 }
@@ -234,7 +248,7 @@ fn repair(name: &str, force: bool, options: &PoolOptions) -> Outcome {
 }
 
 fn rm(name: &str, force: bool, options: &PoolOptions) -> Outcome {
-    alloc_shm::name::validate(name)?;
+    crate::name::validate(name)?;
     match Pool::attach_by_name_with(name, options) {
         Ok(pool) => {
             let users = pool.other_users_described();
@@ -253,7 +267,7 @@ fn rm(name: &str, force: bool, options: &PoolOptions) -> Outcome {
             return Ok(ExitCode::FAILURE);
         }
         Err(PoolError::NotAPool { .. } | PoolError::NotReady { .. }) => {
-            std::fs::remove_file(alloc_shm::name::path_in(&options.dir, name))
+            std::fs::remove_file(crate::name::path_in(&options.dir, name))
                 .map_err(|source| PoolError::Io { operation: "removing the pool's file", source })?;
             println!("{name}: not a valid pool; its file was removed");
             return Ok(ExitCode::SUCCESS);
@@ -286,20 +300,20 @@ fn gc(options: &PoolOptions) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo(workers: usize, messages: u64, pool_mib: u64) -> Outcome {
+fn demo(this_command: &[OsString], workers: usize, messages: u64, pool_mib: u64) -> Outcome {
     let workers = workers.max(2);
     let name = format!("demo-{}", current_pid());
     let pool = Pool::create(&name, pool_mib << 20)?;
-    let outcome = run_demo(&pool, workers, messages);
+    let outcome = run_demo(this_command, &pool, workers, messages);
     let destroyed = pool.destroy();
     let code = outcome?;
     destroyed?;
     Ok(code)
 }
 
-fn run_demo(pool: &Pool, workers: usize, messages: u64) -> Outcome {
-    let exe =
-        std::env::current_exe().map_err(|source| PoolError::Io { operation: "finding shmpool", source })?;
+fn run_demo(this_command: &[OsString], pool: &Pool, workers: usize, messages: u64) -> Outcome {
+    let (exe, prefix) =
+        this_command.split_first().ok_or(PoolError::InvalidArgument("no command to start workers"))?;
     let descriptor = to_hex(&pool.descriptor()?);
     println!(
         "demo: {workers} processes in a ring, {messages} allocations each (64 B - 64 KiB), pool {} ({})",
@@ -317,7 +331,8 @@ fn run_demo(pool: &Pool, workers: usize, messages: u64) -> Outcome {
     let mut children = Vec::new();
     for (index, reader) in readers.into_iter().enumerate() {
         let writer = writers[(index + 1) % workers].take().expect("each writer used once");
-        let child = Command::new(&exe)
+        let child = Command::new(exe)
+            .args(prefix)
             .args(["demo-worker", &descriptor, &index.to_string(), &messages.to_string()])
             .stdin(Stdio::from(reader))
             .stdout(Stdio::from(writer))

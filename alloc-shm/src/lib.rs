@@ -25,6 +25,7 @@
 //! descriptors over Unix sockets), `pool` (the API),
 //! `handle` (RAII and the cached per-thread view).
 
+pub mod cli;
 pub mod descriptor;
 mod error;
 pub mod futex;

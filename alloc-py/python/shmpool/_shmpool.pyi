@@ -13,6 +13,9 @@ TRACEMALLOC_DOMAIN: int
 __version__: str
 """The package's version."""
 
+def run_tool(argv: list[str], this_command: list[str]) -> int:
+    """Run the shmpool tool with command line `argv` (see `python -m shmpool`)."""
+
 def trace_allocations(enabled: bool) -> None:
     """Report allocations (and frees) made through this process to tracemalloc."""
 
