@@ -2,11 +2,21 @@
 
 import os
 import socket
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union, final
 
 from . import AllocType, Arena
 
 _Buffer = Union[bytes, bytearray, memoryview]
+
+__all__ = [
+    "MemoryAlloc",
+    "MemoryAllocations",
+    "MemoryPool",
+    "run_tool",
+    "trace_allocations",
+    "TRACEMALLOC_DOMAIN",
+    "__version__",
+]
 
 TRACEMALLOC_DOMAIN: int
 """The tracemalloc domain of pool allocations."""
@@ -19,11 +29,12 @@ def run_tool(argv: list[str], this_command: list[str]) -> int:
 def trace_allocations(enabled: bool) -> None:
     """Report allocations (and frees) made through this process to tracemalloc."""
 
+@final
 class MemoryPool:
     """A pool of shared memory that any process can attach."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         size: int,
         fname: str,
         uid: Optional[int] = None,
@@ -37,7 +48,7 @@ class MemoryPool:
         dir: str | os.PathLike[str] | None = None,
         memfd: bool = False,
         huge_pages: bool = False,
-    ) -> None: ...
+    ) -> MemoryPool: ...
     @staticmethod
     def create_memfd(size: int, fname: str, uid: Optional[int] = None, **kwargs: Any) -> MemoryPool:
         """A new pool in a sealed anonymous memfd (other arguments as `MemoryPool`): passed to
@@ -149,6 +160,7 @@ class MemoryPool:
     def arena(self) -> Arena:
         """An arena whose allocations are freed together."""
 
+@final
 class MemoryAlloc:
     """One allocation; supports the buffer protocol (zero-copy, writable)."""
 
@@ -183,9 +195,9 @@ class MemoryAlloc:
         """Hand the allocation to attached process `pid` (freed when it dies)."""
     def give_to_pool(self) -> None:
         """Give the allocation to the pool: no process's death frees it."""
-    def __getitem__(self, key: int | slice) -> Any:
+    def __getitem__(self, key: int | slice, /) -> Any:
         """Byte `key` (an int), or a copy of the bytes of slice `key`."""
-    def __setitem__(self, key: int | slice, value: Any) -> None:
+    def __setitem__(self, key: int | slice, value: Any, /) -> None:
         """Store a byte, or bytes of the slice's length."""
     def __enter__(self) -> MemoryAlloc: ...
     def __exit__(self, *exc: Any) -> bool:
@@ -201,12 +213,13 @@ class MemoryAlloc:
     def clear(self, start: int = 0, stop: Optional[int] = None) -> None:
         """Zero bytes start..stop."""
 
+@final
 class MemoryAllocations:
     """A snapshot of a pool's live allocations."""
 
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[int]: ...
-    def __getitem__(self, index: int) -> int: ...
+    def __getitem__(self, index: int, /) -> int: ...
     @property
     def num_allocs(self) -> int:
         """Number of allocations."""
