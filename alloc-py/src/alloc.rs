@@ -384,18 +384,30 @@ impl MemoryAlloc {
     }
 
     /// `with pool.alloc(n) as a:` frees the allocation on exit (unless it was freed or detached
-    /// inside).
+    /// inside). Views made inside must be released by then (`BufferError` otherwise, and the
+    /// allocation stays); an exception leaving the block is never replaced by that.
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         slf
     }
 
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+    #[pyo3(signature = (*exc))]
+    fn __exit__(&self, py: Python<'_>, exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
         // ORDERING: SeqCst, the handle flag's order everywhere (see `free`).
-        if !self.done.load(Ordering::SeqCst) {
-            self.free(py)?;
+        if self.done.load(Ordering::SeqCst) {
+            return Ok(false);
         }
-        Ok(false)
+        let leaving_with_an_exception = exc.get_item(0).is_ok_and(|kind| !kind.is_none());
+        match self.free(py) {
+            // Freed through another handle (a clone) inside the block: nothing left to do.
+            Err(error)
+                if error.is_instance_of::<pyo3::exceptions::PyValueError>(py)
+                    && self.ensure_live(py).is_err() =>
+            {
+                Ok(false)
+            }
+            Err(_) if leaving_with_an_exception => Ok(false),
+            other => other.map(|()| false),
+        }
     }
 
     fn __repr__(&self) -> String {

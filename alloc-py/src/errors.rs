@@ -75,7 +75,8 @@ pub fn size_arg(py: Python<'_>, size: i128) -> PyResult<u64> {
         .map_err(|_| raise(py, "PoolFullError", format!("{size} bytes can never fit in a pool")))
 }
 
-/// An allocation type argument: 0 to 255 (`ValueError` naming it otherwise).
+/// An allocation type argument: 0 to 255 (`ValueError` naming it otherwise; an int beyond
+/// 128 bits is pyo3's `OverflowError`, which names the argument too).
 pub fn alloc_type_arg(alloc_type: i128) -> PyResult<u8> {
     u8::try_from(alloc_type)
         .map_err(|_| PyValueError::new_err(format!("alloc_type must be 0 to 255, got {alloc_type}")))

@@ -338,15 +338,15 @@ impl MemoryPool {
     /// (Dragon's option); otherwise a detached handle forgets it.
     #[pyo3(signature = (serialize=false))]
     fn detach(&self, py: Python<'_>, serialize: bool) -> PyResult<()> {
-        if serialize {
-            self.serialize(py)?;
-        } else {
-            self.serialized.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-        }
         // ORDERING: SeqCst, the order of the view counters everywhere (see MemoryAlloc::free).
         let views = self.exports.load(Ordering::SeqCst);
         if views > 0 {
             return Err(exported("detach the pool", views));
+        }
+        if serialize {
+            self.serialize(py)?;
+        } else {
+            self.serialized.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         }
         self.handle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         Ok(())
@@ -613,17 +613,21 @@ impl MemoryPool {
         Ok(report.freed.into_iter().map(|(id, pid, size)| (id.to_u128(), pid, size)).collect())
     }
 
-    /// Repairs damaged metadata (an fsck of the pool: see `shmpool repair`). Only while no other
-    /// process uses the pool: refused with `PoolError` naming them otherwise, unless
-    /// `force=True`. Dead processes are reclaimed first. Returns what it put right, as a dict
-    /// of counts (empty for a pool that needed nothing).
+    /// Repairs damaged metadata (an fsck of the pool: see `shmpool repair`). Only while nothing
+    /// else uses the pool: no other process (refused with `PoolError` naming them, unless
+    /// `force=True`) and no other thread of this one (the caller's business; a thread blocked in
+    /// `alloc_blocking` is seen and refused too). Dead processes are reclaimed first. Returns what
+    /// it put right, as a dict of counts (empty for a pool that needed nothing).
     #[pyo3(signature = (*, force=false))]
     fn repair<'py>(&self, py: Python<'py>, force: bool) -> PyResult<Bound<'py, PyDict>> {
         let pool = self.pool(py)?;
-        let busy = pool.other_users_described();
+        let mut busy = pool.other_users_described();
+        if pool.waiters() > 0 {
+            busy.push(format!("{} waiting in alloc_blocking", pool.waiters()));
+        }
         if !busy.is_empty() && !force {
             let message = format!(
-                "pool {:?}: processes {} may be working on it; stop them first (or pass force=True)",
+                "pool {:?}: {} may be working on it; stop them first (or pass force=True)",
                 self.name,
                 busy.join(", ")
             );

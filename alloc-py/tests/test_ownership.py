@@ -85,3 +85,29 @@ def test_repair_runs_on_a_pool_nobody_else_uses_and_refuses_otherwise(pool):
     assert pool.repair() == {}
     assert bytes(a.get_memview()) is not None
     a.free()
+
+
+def test_repair_refuses_while_a_thread_of_this_process_waits_in_alloc_blocking(pool):
+    # Review of 861d75f: repair "repaired" the waiter slot of a live thread blocked in
+    # alloc_blocking.
+    import threading
+    import time
+
+    held = []
+    while True:
+        try:
+            held.append(pool.alloc(2**20))
+        except shmpool.PoolFullError:
+            break
+    waiter = threading.Thread(target=lambda: pool.alloc_blocking(2**20, timeout=5).free())
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while pool.waiters == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(shmpool.PoolError, match="alloc_blocking"):
+        pool.repair()
+    held.pop().free()
+    waiter.join(10)
+    for a in held:
+        a.free()
+    assert pool.repair() == {}

@@ -72,3 +72,30 @@ def test_a_destroyed_pool_says_so_everywhere(pool_name):
     for call in (lambda: other.alloc(8), lambda: other.get_allocations()):
         with pytest.raises(shmpool.PoolDestroyedError, match="destroyed"):
             call()
+
+
+def test_with_never_replaces_an_exception_and_tolerates_a_free_inside(pool):
+    # Review of 6828d0c: a view alive at the end of a block that raised replaced the exception
+    # with BufferError; a free through a clone inside made __exit__ raise.
+    with pytest.raises(KeyError):
+        with pool.alloc(64) as a:
+            view = memoryview(a)
+            raise KeyError("inside")
+    view.release()
+    a.free()
+    with pool.alloc(64) as b:
+        b.clone().free()
+    with pytest.raises(BufferError):
+        with pool.alloc(64) as c:
+            view = memoryview(c)
+    view.release()
+    c.free()
+
+
+def test_user_alloc_types_accept_any_integer_kind(pool):
+    import numpy
+
+    assert shmpool.AllocType(numpy.int64(200)) == 200
+    assert shmpool.AllocType(numpy.uint8(1)) is shmpool.AllocType.CHANNEL
+    with pytest.raises(ValueError):
+        shmpool.AllocType(4.0)

@@ -42,3 +42,23 @@ def test_the_package_installs_the_shmpool_command(pool):
     assert command, "no shmpool command next to this Python"
     listed = tool("ls", command=(command,))
     assert listed.returncode == 0 and pool.name in listed.stdout, listed
+
+
+def test_running_the_tool_in_process_leaves_this_processs_signals_alone():
+    # Review of f4f926a: run_tool reset SIGPIPE to its default for the whole Python process.
+    import signal
+
+    from shmpool._shmpool import run_tool
+
+    before = signal.getsignal(signal.SIGPIPE), signal.getsignal(signal.SIGINT)
+    assert run_tool(["shmpool", "ls"], [sys.executable, "-m", "shmpool"]) == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        os.write(write_end, b"x")
+        raise AssertionError("a write to a closed pipe succeeded")
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(write_end)
+    assert (signal.getsignal(signal.SIGPIPE), signal.getsignal(signal.SIGINT)) == before

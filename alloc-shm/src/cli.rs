@@ -75,14 +75,11 @@ enum Action {
     DemoWorker { pool: String, index: u64, messages: u64 },
 }
 
-/// Runs the tool with command line `args` (the program's name first) in a process that is the
-/// tool: `this_command` is how to start the tool again (the demo's workers are started so).
-/// Returns the exit status. A reader that goes away (`shmpool ls | head -1`) ends the process
-/// quietly, as any Unix tool.
+/// Runs the tool with command line `args` (the program's name first): `this_command` is how to
+/// start the tool again (the demo's workers are started so). Returns the exit status. A process
+/// that is the tool restores SIGPIPE's default first, so that a reader that goes away
+/// (`shmpool ls | head -1`) ends it quietly, as any Unix tool.
 pub fn main(args: Vec<OsString>, this_command: Vec<OsString>) -> u8 {
-    // SAFETY: restores the default disposition of SIGPIPE; called once, at the start of a
-    // process that is the tool.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(error) => {

@@ -13,6 +13,7 @@ Allocate in one process, hand the allocation to another (by pickling it, or by i
 The API follows Dragon's ``dragon.managed_memory``; ``shmpool.dragon`` offers Dragon's names.
 """
 
+import operator
 from enum import IntEnum
 
 from ._exceptions import (
@@ -36,8 +37,9 @@ from ._shmpool import TRACEMALLOC_DOMAIN, MemoryAlloc, MemoryAllocations, Memory
 
 
 class AllocType(IntEnum):
-    """Allocation types with a meaning fixed by Dragon; values 4-255 are free for users, and
-    are members too (``AllocType(200)`` is ``AllocType.USER_200``, equal to 200)."""
+    """Allocation types with a meaning fixed by Dragon; values 4-255 are free for users.
+    ``AllocType(200)`` gives one too: an ``AllocType`` named ``USER_200``, equal to 200 (not
+    listed among the members, nor reachable as ``AllocType.USER_200``)."""
 
     DATA = 0
     CHANNEL = 1
@@ -46,7 +48,11 @@ class AllocType(IntEnum):
 
     @classmethod
     def _missing_(cls, value):
-        if not isinstance(value, int) or not 0 <= value <= 255:
+        try:
+            value = operator.index(value)
+        except TypeError:
+            return None
+        if not 0 <= value <= 255:
             return None
         member = int.__new__(cls, value)
         member._name_ = f"USER_{value}"
