@@ -204,7 +204,7 @@ unsafe fn describe(
     if out.is_null() {
         return Err(bad("null output pointer"));
     }
-    let (ptr, _) = pool.bytes_ptr(allocation.id()).map_err(failed)?;
+    let ptr = pool.ptr_of(allocation).map_err(failed)?;
     let id = allocation.id();
     let described = shmpool_allocation {
         id_slot: id.slot(),

@@ -590,9 +590,15 @@ impl Pool {
     /// this pool handle (or a clone) lives.
     pub fn bytes_ptr(&self, id: AllocId) -> Result<(*mut u8, usize)> {
         let allocation = self.lookup(id)?;
-        self.check_range(&allocation, 0, allocation.size)?;
+        Ok((self.ptr_of(&allocation)?, allocation.size as usize))
+    }
+
+    /// [`Pool::bytes_ptr`] of an allocation this handle just made or looked up, without looking
+    /// it up again (its place is checked against the mapping, its liveness is not).
+    pub fn ptr_of(&self, allocation: &Allocation) -> Result<*mut u8> {
+        self.check_range(allocation, 0, allocation.size)?;
         // SAFETY: `check_range` proved `offset + size` lies inside the mapping.
-        Ok((unsafe { self.mapping.base().add(allocation.offset as usize) }, allocation.size as usize))
+        Ok(unsafe { self.mapping.base().add(allocation.offset as usize) })
     }
 
     fn check_range(&self, allocation: &Allocation, at: u64, len: u64) -> Result<()> {

@@ -1,0 +1,41 @@
+/* A 64-byte alloc+free pair through the C API: median ns per pair over 7 rounds of 1M pairs
+   (with a working set of 1024 live allocations, as in BENCHMARKS.md's pairs). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shmpool.h"
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1e9 + t.tv_nsec;
+}
+
+static int cmp(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+int main(void) {
+  char name[64];
+  snprintf(name, sizeof name, "bench-capi-%d", (int)getpid());
+  shmpool_pool *pool;
+  if (shmpool_create(name, 64u << 20, &pool) != SHMPOOL_OK) return 1;
+  static shmpool_allocation ring[1024];
+  for (int i = 0; i < 1024; i++)
+    if (shmpool_alloc(pool, 64, &ring[i]) != SHMPOOL_OK) return 1;
+  double rounds[7];
+  for (int r = 0; r < 7; r++) {
+    double start = now();
+    for (int i = 0; i < 1000000; i++) {
+      shmpool_allocation *slot = &ring[i & 1023];
+      if (shmpool_free(pool, slot) != SHMPOOL_OK || shmpool_alloc(pool, 64, slot) != SHMPOOL_OK) return 1;
+    }
+    rounds[r] = (now() - start) / 1e6;
+  }
+  qsort(rounds, 7, sizeof rounds[0], cmp);
+  printf("c api: 64 B pair, working set 1024: %.1f ns (median of 7 x 1M)\n", rounds[3]);
+  return shmpool_destroy(pool) == SHMPOOL_OK ? 0 : 1;
+}
