@@ -39,6 +39,11 @@ typedef enum {
   SHMPOOL_INTERNAL = -13,
 } shmpool_status;
 
+// A per-thread cached view of a pool (opaque), for hot loops: freed small blocks and runs are
+// kept for the next allocation of their size. Use it from one thread at a time; after `fork`,
+// the child's copy starts empty (its parent's cached blocks stay the parent's).
+typedef struct shmpool_local shmpool_local;
+
 // A pool attached in this process (opaque). Safe to use from many threads at once.
 typedef struct shmpool_pool shmpool_pool;
 
@@ -160,6 +165,38 @@ int32_t shmpool_detach(shmpool_pool *pool);
 // # Safety
 // `pool` is null or a live handle, not used again.
 int32_t shmpool_destroy(shmpool_pool *pool);
+
+// A cached view of `pool` for the calling thread (it holds its own reference to the pool:
+// detaching `pool` later leaves it usable).
+//
+// # Safety
+// `pool` is null or a live handle; `out` is null or writable.
+int32_t shmpool_local_new(const shmpool_pool *pool, shmpool_local **out);
+
+// `shmpool_alloc` through the cache.
+//
+// # Safety
+// `local` is null or a live cached view used by this thread only; `out` is null or writable.
+int32_t shmpool_local_alloc(shmpool_local *local, uint64_t size, shmpool_allocation *out);
+
+// `shmpool_free` through the cache (a double free or a stale id still fails and changes
+// nothing).
+//
+// # Safety
+// `local` is null or a live cached view used by this thread only; `a` is null or readable.
+int32_t shmpool_local_free(shmpool_local *local, const shmpool_allocation *a);
+
+// Gives everything the cache holds back to the pool (it stays usable).
+//
+// # Safety
+// `local` is null or a live cached view used by this thread only.
+int32_t shmpool_local_flush(shmpool_local *local);
+
+// Gives the cache back and lets go of the view, which is invalid afterwards.
+//
+// # Safety
+// `local` is null or a live cached view, not used again.
+int32_t shmpool_local_close(shmpool_local *local);
 
 // The message of this thread's last failure ("" if none): valid until this thread's next
 // failing call.

@@ -493,6 +493,106 @@ pub unsafe extern "C" fn shmpool_destroy(pool: *mut shmpool_pool) -> i32 {
     })
 }
 
+/// A per-thread cached view of a pool (opaque), for hot loops: freed small blocks and runs are
+/// kept for the next allocation of their size. Use it from one thread at a time; after `fork`,
+/// the child's copy starts empty (its parent's cached blocks stay the parent's).
+pub struct shmpool_local {
+    local: alloc_shm::LocalPool,
+}
+
+/// A cached view of `pool` for the calling thread (it holds its own reference to the pool:
+/// detaching `pool` later leaves it usable).
+///
+/// # Safety
+/// `pool` is null or a live handle; `out` is null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn shmpool_local_new(pool: *const shmpool_pool, out: *mut *mut shmpool_local) -> i32 {
+    run(|| {
+        // SAFETY: forwarded from the caller's contract.
+        let pool = unsafe { pool_ref(pool) }?;
+        if out.is_null() {
+            return Err(bad("null output pointer"));
+        }
+        let local = Box::new(shmpool_local { local: pool.local() });
+        // SAFETY: `out` is writable (checked non-null; the caller's contract).
+        unsafe { out.write(Box::into_raw(local)) };
+        Ok(())
+    })
+}
+
+/// The cached view behind a pointer.
+///
+/// # Safety
+/// `local` is null or a live cached view used by this thread only.
+unsafe fn local_mut<'a>(local: *mut shmpool_local) -> Result<&'a mut alloc_shm::LocalPool, Failure> {
+    // SAFETY: the caller passes null or a live view no other thread uses now.
+    unsafe { local.as_mut() }.map(|handle| &mut handle.local).ok_or_else(|| bad("null cached view"))
+}
+
+/// `shmpool_alloc` through the cache.
+///
+/// # Safety
+/// `local` is null or a live cached view used by this thread only; `out` is null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn shmpool_local_alloc(
+    local: *mut shmpool_local,
+    size: u64,
+    out: *mut shmpool_allocation,
+) -> i32 {
+    run(|| {
+        // SAFETY: forwarded from the caller's contract.
+        let local = unsafe { local_mut(local) }?;
+        if out.is_null() {
+            return Err(bad("null output pointer"));
+        }
+        let allocation = local.alloc(size).map_err(failed)?;
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { describe(local.pool(), &allocation, out) }
+    })
+}
+
+/// `shmpool_free` through the cache (a double free or a stale id still fails and changes
+/// nothing).
+///
+/// # Safety
+/// `local` is null or a live cached view used by this thread only; `a` is null or readable.
+#[no_mangle]
+pub unsafe extern "C" fn shmpool_local_free(local: *mut shmpool_local, a: *const shmpool_allocation) -> i32 {
+    run(|| {
+        // SAFETY: forwarded from the caller's contract.
+        let (local, id) = unsafe { (local_mut(local)?, id_arg(a)?) };
+        local.free(id).map_err(failed)
+    })
+}
+
+/// Gives everything the cache holds back to the pool (it stays usable).
+///
+/// # Safety
+/// `local` is null or a live cached view used by this thread only.
+#[no_mangle]
+pub unsafe extern "C" fn shmpool_local_flush(local: *mut shmpool_local) -> i32 {
+    run(|| {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { local_mut(local) }?.flush().map_err(failed)
+    })
+}
+
+/// Gives the cache back and lets go of the view, which is invalid afterwards.
+///
+/// # Safety
+/// `local` is null or a live cached view, not used again.
+#[no_mangle]
+pub unsafe extern "C" fn shmpool_local_close(local: *mut shmpool_local) -> i32 {
+    run(|| {
+        if local.is_null() {
+            return Err(bad("null cached view"));
+        }
+        // SAFETY: a live view from `Box::into_raw`, given back once.
+        let mut view = unsafe { Box::from_raw(local) };
+        view.local.flush().map_err(failed)
+    })
+}
+
 /// The message of this thread's last failure ("" if none): valid until this thread's next
 /// failing call.
 #[no_mangle]

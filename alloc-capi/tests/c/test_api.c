@@ -160,12 +160,64 @@ static void processes_pass_descriptors_through_a_pipe(void) {
   CHECK(shmpool_destroy(pool), SHMPOOL_OK);
 }
 
+/* The per-thread cached view: blocks come back through it, a double free still fails, and a fork
+   child's copy never hands out its parent's cached blocks. */
+static void cached_views(void) {
+  shmpool_pool *pool = NULL;
+  shmpool_local *local = NULL;
+  shmpool_allocation a, b;
+  CHECK(shmpool_create(name, 8u << 20, &pool), SHMPOOL_OK);
+  CHECK(shmpool_local_new(NULL, &local), SHMPOOL_BAD_ARGUMENT);
+  CHECK(shmpool_local_new(pool, NULL), SHMPOOL_BAD_ARGUMENT);
+  CHECK(shmpool_local_new(pool, &local), SHMPOOL_OK);
+  CHECK(shmpool_local_alloc(local, 64, &a), SHMPOOL_OK);
+  memset(a.ptr, 1, 64);
+  CHECK(shmpool_local_free(local, &a), SHMPOOL_OK);
+  CHECK(shmpool_local_free(local, &a), SHMPOOL_INVALID_ALLOCATION);
+  CHECK(shmpool_free(pool, &a), SHMPOOL_INVALID_ALLOCATION);
+  CHECK(shmpool_local_alloc(local, 64, &b), SHMPOOL_OK);
+  assert(b.offset == a.offset && b.id_generation != a.id_generation);
+  CHECK(shmpool_local_free(local, &b), SHMPOOL_OK);
+  /* The cache now holds b's block: a fork child allocating through its copy gets another. */
+  int fds[2];
+  assert(pipe(fds) == 0);
+  pid_t child = fork();
+  assert(child >= 0);
+  if (child == 0) {
+    shmpool_allocation c;
+    uint64_t offset = 0;
+    if (shmpool_local_alloc(local, 64, &c) == SHMPOOL_OK) offset = c.offset;
+    if (write(fds[1], &offset, sizeof offset) != sizeof offset) _exit(3);
+    _exit(0);
+  }
+  uint64_t child_offset = 0;
+  assert(read(fds[0], &child_offset, sizeof child_offset) == sizeof child_offset);
+  int status;
+  assert(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  assert(child_offset != 0 && child_offset != b.offset);
+  close(fds[0]);
+  close(fds[1]);
+  CHECK(shmpool_local_alloc(local, 64, &a), SHMPOOL_OK);
+  assert(a.offset == b.offset);
+  CHECK(shmpool_local_free(local, &a), SHMPOOL_OK);
+  CHECK(shmpool_local_flush(local), SHMPOOL_OK);
+  CHECK(shmpool_local_close(local), SHMPOOL_OK);
+  CHECK(shmpool_local_close(NULL), SHMPOOL_BAD_ARGUMENT);
+  CHECK(shmpool_local_alloc(NULL, 8, &a), SHMPOOL_BAD_ARGUMENT);
+  uint64_t freed = 0;
+  CHECK(shmpool_reclaim_dead(pool, &freed), SHMPOOL_OK);
+  assert(freed == 1); /* the child's block */
+  CHECK(shmpool_check(pool), SHMPOOL_OK);
+  CHECK(shmpool_destroy(pool), SHMPOOL_OK);
+}
+
 int main(void) {
   snprintf(name, sizeof name, "test-c-api-%d", (int)getpid());
   snprintf(other_name, sizeof other_name, "test-c-api-other-%d", (int)getpid());
   handles_and_descriptors();
   bad_arguments_and_full_pools();
   processes_pass_descriptors_through_a_pipe();
+  cached_views();
   assert(strlen(shmpool_last_error()) > 0);
   printf("c api: all passed\n");
   return 0;
