@@ -7,8 +7,9 @@ module shmpool
 
   type, bind(c) :: shmpool_allocation
     integer(c_int64_t) :: id_slot, id_generation, offset, size
-    integer(c_int8_t) :: alloc_type
+    integer(c_int8_t) :: alloc_type  ! (types 128-255 read negative here: iand(int(t), 255))
     type(c_ptr) :: ptr
+    integer(c_int64_t) :: pool_nonce
   end type
 
   interface

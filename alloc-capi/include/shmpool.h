@@ -6,204 +6,302 @@
 
 #include <stdint.h>
 #include <stddef.h>
-
-// Status codes: 0 is success, every error kind a negative number.
-typedef enum {
-  // Success.
-  SHMPOOL_OK = 0,
-  // No room for the request now (or ever, for this pool's size).
-  SHMPOOL_FULL = -1,
-  // A blocking allocation's timeout passed.
-  SHMPOOL_TIMEOUT = -2,
-  // Bytes that are not a valid (current) pool or allocation descriptor.
-  SHMPOOL_INVALID_DESCRIPTOR = -3,
-  // The allocation is not live: freed already, stale, or of another pool.
-  SHMPOOL_INVALID_ALLOCATION = -4,
-  // The pool was destroyed.
-  SHMPOOL_DESTROYED = -5,
-  // A pool with that name exists already.
-  SHMPOOL_EXISTS = -6,
-  // No pool with that name exists.
-  SHMPOOL_NOT_FOUND = -7,
-  // The pool belongs to another user, or may not be opened.
-  SHMPOOL_PERMISSION = -8,
-  // A null pointer, a buffer too small, a bad name or size.
-  SHMPOOL_BAD_ARGUMENT = -9,
-  // The filesystem (or memory) has no room for the pool.
-  SHMPOOL_NO_SPACE = -10,
-  // The pool's metadata is inconsistent (or its file was truncated).
-  SHMPOOL_CORRUPT = -11,
-  // Anything else the system refused (the message says what).
-  SHMPOOL_SYSTEM = -12,
-  // A bug in shmpool, caught before it reached the caller.
-  SHMPOOL_INTERNAL = -13,
-} shmpool_status;
-
-// A per-thread cached view of a pool (opaque), for hot loops: freed small blocks and runs are
-// kept for the next allocation of their size. Use it from one thread at a time; after `fork`,
-// the child's copy starts empty (its parent's cached blocks stay the parent's).
-typedef struct shmpool_local shmpool_local;
-
-// A pool attached in this process (opaque). Safe to use from many threads at once.
-typedef struct shmpool_pool shmpool_pool;
-
-// An allocation: its id (a 64-bit slot and a 60-bit generation), where it is in the pool, its
-// size and type, and a pointer to its bytes in this process.
-typedef struct {
-  // The id's slot.
-  uint64_t id_slot;
-  // The id's generation.
-  uint64_t id_generation;
-  // Byte offset of the allocation in the pool.
-  uint64_t offset;
-  // Bytes asked for.
-  uint64_t size;
-  // The allocation's type (0-255; Dragon's types below 4).
-  uint8_t alloc_type;
-  // The bytes, in this process's mapping of the pool.
-  void *ptr;
-} shmpool_allocation;
-
 #ifdef __cplusplus
 extern "C" {
-#endif // __cplusplus
+#endif
 
-// Creates pool `name` (in /dev/shm) of `size` bytes, checked against the free space there, and
-// writes its handle to `out`.
-//
-// # Safety
-// `name` is null or a NUL-terminated string; `out` is null or writable.
+/*
+ Status codes: 0 is success, every error kind a negative number.
+ */
+typedef enum {
+  /*
+   Success.
+   */
+  SHMPOOL_OK = 0,
+  /*
+   No room for the request now (or ever, for this pool's size), or no room in the pool's
+   tables for another process or thread.
+   */
+  SHMPOOL_FULL = -1,
+  /*
+   A blocking allocation's timeout passed.
+   */
+  SHMPOOL_TIMEOUT = -2,
+  /*
+   Bytes that are not a valid (current) pool or allocation descriptor.
+   */
+  SHMPOOL_INVALID_DESCRIPTOR = -3,
+  /*
+   The allocation is not live: freed already, stale, or of another pool.
+   */
+  SHMPOOL_INVALID_ALLOCATION = -4,
+  /*
+   The pool was destroyed.
+   */
+  SHMPOOL_DESTROYED = -5,
+  /*
+   A pool with that name exists already.
+   */
+  SHMPOOL_EXISTS = -6,
+  /*
+   No pool with that name exists.
+   */
+  SHMPOOL_NOT_FOUND = -7,
+  /*
+   The pool belongs to another user, or may not be opened.
+   */
+  SHMPOOL_PERMISSION = -8,
+  /*
+   A null pointer, a buffer too small, a bad name or size.
+   */
+  SHMPOOL_BAD_ARGUMENT = -9,
+  /*
+   The filesystem (or memory) has no room for the pool.
+   */
+  SHMPOOL_NO_SPACE = -10,
+  /*
+   The pool's metadata is inconsistent (or its file was truncated).
+   */
+  SHMPOOL_CORRUPT = -11,
+  /*
+   Anything else the system refused (the message says what).
+   */
+  SHMPOOL_SYSTEM = -12,
+  /*
+   A bug in shmpool, caught before it reached the caller.
+   */
+  SHMPOOL_INTERNAL = -13,
+  /*
+   A file with the pool's name that is not a pool (another layout version, or garbage).
+   */
+  SHMPOOL_NOT_A_POOL = -14,
+  /*
+   The pool is still being created by another process: try again.
+   */
+  SHMPOOL_BUSY = -15,
+} shmpool_status;
+
+/*
+ A per-thread cached view of a pool (opaque), for hot loops: freed small blocks and runs are
+ kept for the next allocation of their size. Use it from one thread at a time; after `fork`,
+ the child's copy starts empty (its parent's cached blocks stay the parent's).
+ */
+typedef struct shmpool_local shmpool_local;
+
+/*
+ A pool attached in this process (opaque). Safe to use from many threads at once.
+ */
+typedef struct shmpool_pool shmpool_pool;
+
+/*
+ An allocation: its id (a 64-bit slot and a 60-bit generation), where it is in the pool, its
+ size and type, and a pointer to its bytes in this process.
+ */
+typedef struct {
+  /*
+   The id's slot.
+   */
+  uint64_t id_slot;
+  /*
+   The id's generation.
+   */
+  uint64_t id_generation;
+  /*
+   Byte offset of the allocation in the pool.
+   */
+  uint64_t offset;
+  /*
+   Bytes asked for.
+   */
+  uint64_t size;
+  /*
+   The allocation's type (0-255; Dragon's types below 4).
+   */
+  uint8_t alloc_type;
+  /*
+   The bytes, in this process's mapping of the pool.
+   */
+  void *ptr;
+  /*
+   The pool's nonce: an allocation passed to a handle of another pool is refused.
+   */
+  uint64_t pool_nonce;
+} shmpool_allocation;
+
+/*
+ Creates pool `name` (in /dev/shm) of `size` bytes, checked against the free space there, and
+ writes its handle to `out`.
+
+ # Safety
+ `name` is null or a NUL-terminated string; `out` is null or writable.
+ */
 int32_t shmpool_create(const char *name, uint64_t size, shmpool_pool **out);
 
-// Attaches the pool a descriptor (from `shmpool_descriptor`) names.
-//
-// # Safety
-// `descriptor` is null or has `len` readable bytes; `out` is null or writable.
-int32_t shmpool_attach(const uint8_t *descriptor, uintptr_t len, shmpool_pool **out);
+/*
+ Attaches the pool a descriptor (from `shmpool_descriptor`) names.
 
-// Attaches pool `name` (in /dev/shm, this user's).
-//
-// # Safety
-// `name` is null or a NUL-terminated string; `out` is null or writable.
+ # Safety
+ `descriptor` is null or has `len` readable bytes; `out` is null or writable.
+ */
+int32_t shmpool_attach(const uint8_t *descriptor, size_t len, shmpool_pool **out);
+
+/*
+ Attaches pool `name` (in /dev/shm, this user's).
+
+ # Safety
+ `name` is null or a NUL-terminated string; `out` is null or writable.
+ */
 int32_t shmpool_attach_by_name(const char *name, shmpool_pool **out);
 
-// Writes the pool's descriptor (at most 128 bytes) to `buf` and its length to `len`; with a
-// buffer too small, `SHMPOOL_BAD_ARGUMENT` and the length needed in `len`.
-//
-// # Safety
-// `pool` is null or a live handle; `buf` is null or has `cap` writable bytes; `len` is null or
-// writable.
-int32_t shmpool_descriptor(const shmpool_pool *pool, uint8_t *buf, uintptr_t cap, uintptr_t *len);
+/*
+ Writes the pool's descriptor (at most 128 bytes) to `buf` and its length to `len`; with a
+ buffer too small, `SHMPOOL_BAD_ARGUMENT` and the length needed in `len`.
 
-// Allocates `size` bytes (owned by this process) and describes the allocation in `out`.
-//
-// # Safety
-// `pool` is null or a live handle; `out` is null or writable.
+ # Safety
+ `pool` is null or a live handle; `buf` is null or has `cap` writable bytes; `len` is null or
+ writable.
+ */
+int32_t shmpool_descriptor(const shmpool_pool *pool, uint8_t *buf, size_t cap, size_t *len);
+
+/*
+ Allocates `size` bytes (owned by this process) and describes the allocation in `out`.
+
+ # Safety
+ `pool` is null or a live handle; `out` is null or writable.
+ */
 int32_t shmpool_alloc(shmpool_pool *pool, uint64_t size, shmpool_allocation *out);
 
-// Allocates, waiting for a free in any process while the pool is full: `timeout_ns` nanoseconds
-// at most (0 tries once, a negative number waits for ever).
-//
-// # Safety
-// `pool` is null or a live handle; `out` is null or writable.
+/*
+ Allocates, waiting for a free in any process while the pool is full: `timeout_ns` nanoseconds
+ at most (0 tries once, a negative number waits for ever).
+
+ # Safety
+ `pool` is null or a live handle; `out` is null or writable.
+ */
 int32_t shmpool_alloc_blocking(shmpool_pool *pool,
                                uint64_t size,
                                int64_t timeout_ns,
                                shmpool_allocation *out);
 
-// Frees the allocation `a` names. A double free or a stale id is
-// `SHMPOOL_INVALID_ALLOCATION` and changes nothing.
-//
-// # Safety
-// `pool` is null or a live handle; `a` is null or readable.
+/*
+ Frees the allocation `a` names. A double free or a stale id is
+ `SHMPOOL_INVALID_ALLOCATION` and changes nothing.
+
+ # Safety
+ `pool` is null or a live handle; `a` is null or readable.
+ */
 int32_t shmpool_free(shmpool_pool *pool, const shmpool_allocation *a);
 
-// Writes the descriptor of allocation `a` (at most 128 bytes: another process attaches it with
-// `shmpool_attach_alloc`) to `buf`, its length to `len`.
-//
-// # Safety
-// `pool` is null or a live handle; `a` is null or readable; `buf` is null or has `cap`
-// writable bytes; `len` is null or writable.
+/*
+ Writes the descriptor of allocation `a` (at most 128 bytes: another process attaches it with
+ `shmpool_attach_alloc`) to `buf`, its length to `len`.
+
+ # Safety
+ `pool` is null or a live handle; `a` is null or readable; `buf` is null or has `cap`
+ writable bytes; `len` is null or writable.
+ */
 int32_t shmpool_alloc_descriptor(const shmpool_pool *pool,
                                  const shmpool_allocation *a,
                                  uint8_t *buf,
-                                 uintptr_t cap,
-                                 uintptr_t *len);
+                                 size_t cap,
+                                 size_t *len);
 
-// Attaches the allocation a descriptor names (and its pool: a new handle in `pool_out`, to
-// detach when done) and adopts it: it is this process's from now on.
-//
-// # Safety
-// `descriptor` is null or has `len` readable bytes; `pool_out` and `out` are null or writable.
+/*
+ Attaches the allocation a descriptor names (and its pool: a new handle in `pool_out`, to
+ detach when done) and adopts it: it is this process's from now on.
+
+ # Safety
+ `descriptor` is null or has `len` readable bytes; `pool_out` and `out` are null or writable.
+ */
 int32_t shmpool_attach_alloc(const uint8_t *descriptor,
-                             uintptr_t len,
+                             size_t len,
                              shmpool_pool **pool_out,
                              shmpool_allocation *out);
 
-// Gives back what processes that no longer exist held or left half done (online); the number of
-// their allocations freed goes to `freed` (if not null).
-//
-// # Safety
-// `pool` is null or a live handle; `freed` is null or writable.
+/*
+ Gives back what processes that no longer exist held or left half done (online); the number of
+ their allocations freed goes to `freed` (if not null).
+
+ # Safety
+ `pool` is null or a live handle; `freed` is null or writable.
+ */
 int32_t shmpool_reclaim_dead(shmpool_pool *pool, uint64_t *freed);
 
-// Verifies every invariant of the pool's heap (`SHMPOOL_CORRUPT` with the first violation).
-//
-// # Safety
-// `pool` is null or a live handle.
+/*
+ Verifies every invariant of the pool's heap (`SHMPOOL_CORRUPT` with the first violation).
+
+ # Safety
+ `pool` is null or a live handle.
+ */
 int32_t shmpool_check(shmpool_pool *pool);
 
-// Lets go of a handle (the pool stays for others). The handle is invalid afterwards.
-//
-// # Safety
-// `pool` is null or a live handle, not used again.
+/*
+ Lets go of a handle (the pool stays for others). The handle is invalid afterwards.
+
+ # Safety
+ `pool` is null or a live handle, not used again.
+ */
 int32_t shmpool_detach(shmpool_pool *pool);
 
-// Destroys the pool in every process (others get `SHMPOOL_DESTROYED`) and lets go of the
-// handle, which is invalid afterwards (also when the destruction fails).
-//
-// # Safety
-// `pool` is null or a live handle, not used again.
+/*
+ Destroys the pool in every process (others get `SHMPOOL_DESTROYED`) and lets go of the
+ handle, which is invalid afterwards (also when the destruction fails).
+
+ # Safety
+ `pool` is null or a live handle, not used again.
+ */
 int32_t shmpool_destroy(shmpool_pool *pool);
 
-// A cached view of `pool` for the calling thread (it holds its own reference to the pool:
-// detaching `pool` later leaves it usable).
-//
-// # Safety
-// `pool` is null or a live handle; `out` is null or writable.
+/*
+ A cached view of `pool` for the calling thread (it holds its own reference to the pool:
+ detaching `pool` later leaves it usable).
+
+ # Safety
+ `pool` is null or a live handle; `out` is null or writable.
+ */
 int32_t shmpool_local_new(const shmpool_pool *pool, shmpool_local **out);
 
-// `shmpool_alloc` through the cache.
-//
-// # Safety
-// `local` is null or a live cached view used by this thread only; `out` is null or writable.
+/*
+ `shmpool_alloc` through the cache.
+
+ # Safety
+ `local` is null or a live cached view used by this thread only; `out` is null or writable.
+ */
 int32_t shmpool_local_alloc(shmpool_local *local, uint64_t size, shmpool_allocation *out);
 
-// `shmpool_free` through the cache (a double free or a stale id still fails and changes
-// nothing).
-//
-// # Safety
-// `local` is null or a live cached view used by this thread only; `a` is null or readable.
+/*
+ `shmpool_free` through the cache (a double free or a stale id still fails and changes
+ nothing).
+
+ # Safety
+ `local` is null or a live cached view used by this thread only; `a` is null or readable.
+ */
 int32_t shmpool_local_free(shmpool_local *local, const shmpool_allocation *a);
 
-// Gives everything the cache holds back to the pool (it stays usable).
-//
-// # Safety
-// `local` is null or a live cached view used by this thread only.
+/*
+ Gives everything the cache holds back to the pool (it stays usable).
+
+ # Safety
+ `local` is null or a live cached view used by this thread only.
+ */
 int32_t shmpool_local_flush(shmpool_local *local);
 
-// Gives the cache back and lets go of the view, which is invalid afterwards.
-//
-// # Safety
-// `local` is null or a live cached view, not used again.
+/*
+ Gives the cache back and lets go of the view, which is invalid afterwards.
+
+ # Safety
+ `local` is null or a live cached view, not used again.
+ */
 int32_t shmpool_local_close(shmpool_local *local);
 
-// The message of this thread's last failure ("" if none): valid until this thread's next
-// failing call.
+/*
+ The message of this thread's last failure ("" if none): valid until this thread's next
+ failing call.
+ */
 const char *shmpool_last_error(void);
 
 #ifdef __cplusplus
-}  // extern "C"
-#endif  // __cplusplus
+} /* extern "C" */
+#endif
 
-#endif  /* SHMPOOL_H */
+#endif /* SHMPOOL_H */

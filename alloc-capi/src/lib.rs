@@ -28,7 +28,8 @@ use alloc_shm::{AllocId, Allocation, Pool, PoolError};
 pub enum shmpool_status {
     /// Success.
     SHMPOOL_OK = 0,
-    /// No room for the request now (or ever, for this pool's size).
+    /// No room for the request now (or ever, for this pool's size), or no room in the pool's
+    /// tables for another process or thread.
     SHMPOOL_FULL = -1,
     /// A blocking allocation's timeout passed.
     SHMPOOL_TIMEOUT = -2,
@@ -54,6 +55,10 @@ pub enum shmpool_status {
     SHMPOOL_SYSTEM = -12,
     /// A bug in shmpool, caught before it reached the caller.
     SHMPOOL_INTERNAL = -13,
+    /// A file with the pool's name that is not a pool (another layout version, or garbage).
+    SHMPOOL_NOT_A_POOL = -14,
+    /// The pool is still being created by another process: try again.
+    SHMPOOL_BUSY = -15,
 }
 
 use shmpool_status::*;
@@ -80,20 +85,28 @@ pub struct shmpool_allocation {
     pub alloc_type: u8,
     /// The bytes, in this process's mapping of the pool.
     pub ptr: *mut c_void,
+    /// The pool's nonce: an allocation passed to a handle of another pool is refused.
+    pub pool_nonce: u64,
 }
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
+/// Keeps `message` as the thread's last failure (nothing, once the thread's storage is gone:
+/// a call from a thread-exit destructor).
 fn remember(message: String) {
     let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
-    LAST_ERROR.with(|last| *last.borrow_mut() = message);
+    let _ = LAST_ERROR.try_with(|last| {
+        if let Ok(mut last) = last.try_borrow_mut() {
+            *last = message;
+        }
+    });
 }
 
 fn status_of(error: &PoolError) -> shmpool_status {
     match error {
-        PoolError::Full { .. } | PoolError::TooLarge { .. } => SHMPOOL_FULL,
+        PoolError::Full { .. } | PoolError::TooLarge { .. } | PoolError::TableFull { .. } => SHMPOOL_FULL,
         PoolError::Timeout { .. } => SHMPOOL_TIMEOUT,
         PoolError::InvalidDescriptor(_) => SHMPOOL_INVALID_DESCRIPTOR,
         PoolError::InvalidAllocation { .. } => SHMPOOL_INVALID_ALLOCATION,
@@ -109,23 +122,27 @@ fn status_of(error: &PoolError) -> shmpool_status {
             SHMPOOL_NO_SPACE
         }
         PoolError::Corrupt { .. } | PoolError::Truncated { .. } => SHMPOOL_CORRUPT,
-        PoolError::NotAPool { .. } | PoolError::NotReady { .. } | PoolError::Attach { .. } => {
-            SHMPOOL_NOT_FOUND
-        }
+        PoolError::NotAPool { .. } => SHMPOOL_NOT_A_POOL,
+        PoolError::NotReady { .. } => SHMPOOL_BUSY,
         _ => SHMPOOL_SYSTEM,
     }
 }
 
 /// Runs `body`, turning its error (or a panic) into a status and the thread's last message.
 fn run(body: impl FnOnce() -> Result<(), (shmpool_status, String)>) -> i32 {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => SHMPOOL_OK as i32,
-        Ok(Err((status, message))) => {
+    let outcome = catch_unwind(AssertUnwindSafe(|| match body() {
+        Ok(()) => SHMPOOL_OK,
+        Err((status, message)) => {
             remember(message);
-            status as i32
+            status
         }
+    }));
+    match outcome {
+        Ok(status) => status as i32,
         Err(_) => {
-            remember("internal error in shmpool (a bug): the operation was abandoned".to_owned());
+            let _ = catch_unwind(|| {
+                remember("internal error in shmpool (a bug): the operation was abandoned".into())
+            });
             SHMPOOL_INTERNAL as i32
         }
     }
@@ -213,6 +230,7 @@ unsafe fn describe(
         size: allocation.size,
         alloc_type: allocation.alloc_type,
         ptr: ptr.cast(),
+        pool_nonce: pool.nonce(),
     };
     // SAFETY: `out` is writable (checked non-null; the caller's contract).
     unsafe { out.write(described) };
@@ -237,14 +255,20 @@ unsafe fn copy_out(bytes: &[u8], buf: *mut u8, cap: usize, len: *mut usize) -> R
     Ok(())
 }
 
-/// The id an allocation struct names.
+/// The id an allocation struct names, if it is one of `pool`'s (an allocation of another pool is
+/// `SHMPOOL_INVALID_ALLOCATION`: ids alone do not say which pool they are of).
 ///
 /// # Safety
 /// `a` is null or readable.
-unsafe fn id_arg(a: *const shmpool_allocation) -> Result<AllocId, Failure> {
+unsafe fn id_arg(pool: &Pool, a: *const shmpool_allocation) -> Result<AllocId, Failure> {
     // SAFETY: the caller passes null or a readable struct.
     let a = unsafe { a.as_ref() }.ok_or_else(|| bad("null allocation"))?;
-    Ok(AllocId::new(a.id_slot, a.id_generation))
+    let id = AllocId::new(a.id_slot, a.id_generation);
+    if a.pool_nonce != pool.nonce() {
+        let message = format!("allocation {:#x} is not of pool {:?}", id.to_u128(), pool.name());
+        return Err((SHMPOOL_INVALID_ALLOCATION, message));
+    }
+    Ok(id)
 }
 
 /// Creates pool `name` (in /dev/shm) of `size` bytes, checked against the free space there, and
@@ -334,7 +358,7 @@ pub unsafe extern "C" fn shmpool_alloc(
         }
         let allocation = pool.alloc(size).map_err(failed)?;
         // SAFETY: forwarded from the caller's contract.
-        unsafe { describe(pool, &allocation, out) }
+        unsafe { describe(pool, &allocation, out) }.inspect_err(|_| drop(pool.free(allocation.id())))
     })
 }
 
@@ -359,7 +383,7 @@ pub unsafe extern "C" fn shmpool_alloc_blocking(
         let timeout = u64::try_from(timeout_ns).ok().map(Duration::from_nanos);
         let allocation = pool.alloc_blocking(size, timeout).map_err(failed)?;
         // SAFETY: forwarded from the caller's contract.
-        unsafe { describe(pool, &allocation, out) }
+        unsafe { describe(pool, &allocation, out) }.inspect_err(|_| drop(pool.free(allocation.id())))
     })
 }
 
@@ -372,7 +396,9 @@ pub unsafe extern "C" fn shmpool_alloc_blocking(
 pub unsafe extern "C" fn shmpool_free(pool: *mut shmpool_pool, a: *const shmpool_allocation) -> i32 {
     run(|| {
         // SAFETY: forwarded from the caller's contract.
-        let (pool, id) = unsafe { (pool_ref(pool)?, id_arg(a)?) };
+        let pool = unsafe { pool_ref(pool) }?;
+        // SAFETY: forwarded from the caller's contract.
+        let id = unsafe { id_arg(pool, a) }?;
         pool.free(id).map_err(failed)
     })
 }
@@ -393,7 +419,9 @@ pub unsafe extern "C" fn shmpool_alloc_descriptor(
 ) -> i32 {
     run(|| {
         // SAFETY: forwarded from the caller's contract.
-        let (pool, id) = unsafe { (pool_ref(pool)?, id_arg(a)?) };
+        let pool = unsafe { pool_ref(pool) }?;
+        // SAFETY: forwarded from the caller's contract.
+        let id = unsafe { id_arg(pool, a) }?;
         let allocation = pool.lookup(id).map_err(failed)?;
         let descriptor = pool.alloc_descriptor(&allocation).map_err(failed)?;
         // SAFETY: forwarded from the caller's contract.
@@ -422,7 +450,7 @@ pub unsafe extern "C" fn shmpool_attach_alloc(
         let (pool, allocation) = Pool::attach_alloc(descriptor).map_err(failed)?;
         pool.adopt(allocation.id()).map_err(failed)?;
         // SAFETY: forwarded from the caller's contract.
-        unsafe { describe(&pool, &allocation, out) }?;
+        unsafe { describe(&pool, &allocation, out) }.inspect_err(|_| drop(pool.free(allocation.id())))?;
         // SAFETY: forwarded from the caller's contract.
         unsafe { give_handle(pool_out, || Ok(pool)) }
     })
@@ -547,7 +575,8 @@ pub unsafe extern "C" fn shmpool_local_alloc(
         }
         let allocation = local.alloc(size).map_err(failed)?;
         // SAFETY: forwarded from the caller's contract.
-        unsafe { describe(local.pool(), &allocation, out) }
+        let described = unsafe { describe(local.pool(), &allocation, out) };
+        described.inspect_err(|_| drop(local.free(allocation.id())))
     })
 }
 
@@ -560,7 +589,9 @@ pub unsafe extern "C" fn shmpool_local_alloc(
 pub unsafe extern "C" fn shmpool_local_free(local: *mut shmpool_local, a: *const shmpool_allocation) -> i32 {
     run(|| {
         // SAFETY: forwarded from the caller's contract.
-        let (local, id) = unsafe { (local_mut(local)?, id_arg(a)?) };
+        let local = unsafe { local_mut(local) }?;
+        // SAFETY: forwarded from the caller's contract.
+        let id = unsafe { id_arg(local.pool(), a) }?;
         local.free(id).map_err(failed)
     })
 }
@@ -597,5 +628,7 @@ pub unsafe extern "C" fn shmpool_local_close(local: *mut shmpool_local) -> i32 {
 /// failing call.
 #[no_mangle]
 pub extern "C" fn shmpool_last_error() -> *const c_char {
-    LAST_ERROR.with(|last| last.borrow().as_ptr())
+    // (Once the thread's storage is gone, in a thread-exit destructor: an empty message.)
+    let kept = LAST_ERROR.try_with(|last| last.try_borrow().map(|message| message.as_ptr()).ok());
+    kept.ok().flatten().unwrap_or(c"".as_ptr())
 }

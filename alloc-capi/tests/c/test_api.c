@@ -1,6 +1,7 @@
 /* The C API from C: every function, every error code a caller can reach, and processes (fork)
    passing allocation descriptors through a pipe. Built and run by scripts/c-test. */
 #include <assert.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +85,19 @@ static void bad_arguments_and_full_pools(void) {
   CHECK(shmpool_destroy(NULL), SHMPOOL_BAD_ARGUMENT);
 
   CHECK(shmpool_create(other_name, 1u << 20, &pool), SHMPOOL_OK);
+  /* Review of 6fc3234: ids alone do not say which pool they are of; a free through a handle of
+     another pool freed that pool's allocation with the same id. */
+  shmpool_pool *third = NULL;
+  shmpool_allocation mine, theirs;
+  CHECK(shmpool_create(name, 1u << 20, &third), SHMPOOL_OK);
+  CHECK(shmpool_alloc(pool, 16, &mine), SHMPOOL_OK);
+  CHECK(shmpool_alloc(third, 16, &theirs), SHMPOOL_OK);
+  assert(mine.id_slot == theirs.id_slot && mine.id_generation == theirs.id_generation);
+  CHECK(shmpool_free(third, &mine), SHMPOOL_INVALID_ALLOCATION);
+  CHECK(shmpool_alloc_descriptor(third, &mine, garbage, sizeof garbage, &len), SHMPOOL_INVALID_ALLOCATION);
+  CHECK(shmpool_free(third, &theirs), SHMPOOL_OK);
+  CHECK(shmpool_free(pool, &mine), SHMPOOL_OK);
+  CHECK(shmpool_destroy(third), SHMPOOL_OK);
   CHECK(shmpool_alloc(pool, 8, NULL), SHMPOOL_BAD_ARGUMENT);
   CHECK(shmpool_free(pool, NULL), SHMPOOL_BAD_ARGUMENT);
   CHECK(shmpool_alloc(pool, 1u << 30, &a), SHMPOOL_FULL);
@@ -211,6 +225,33 @@ static void cached_views(void) {
   CHECK(shmpool_destroy(pool), SHMPOOL_OK);
 }
 
+/* Review of 6fc3234: a failing call from a thread-exit destructor (after the library's
+   per-thread storage was torn down) aborted the process. It must return its status. */
+static pthread_key_t key;
+
+static void at_thread_exit(void *value) {
+  (void)value;
+  shmpool_allocation a;
+  memset(&a, 0, sizeof a);
+  if (shmpool_free(NULL, &a) != SHMPOOL_BAD_ARGUMENT) abort();
+  if (shmpool_last_error() == NULL) abort();
+}
+
+static void *set_key(void *value) {
+  shmpool_allocation a;
+  memset(&a, 0, sizeof a);
+  CHECK(shmpool_free(NULL, &a), SHMPOOL_BAD_ARGUMENT); /* the thread's storage exists */
+  pthread_setspecific(key, (void *)1);
+  return value;
+}
+
+static void calls_from_thread_exit_destructors(void) {
+  pthread_t thread;
+  assert(pthread_key_create(&key, at_thread_exit) == 0);
+  assert(pthread_create(&thread, NULL, set_key, NULL) == 0);
+  assert(pthread_join(thread, NULL) == 0);
+}
+
 int main(void) {
   snprintf(name, sizeof name, "test-c-api-%d", (int)getpid());
   snprintf(other_name, sizeof other_name, "test-c-api-other-%d", (int)getpid());
@@ -218,6 +259,7 @@ int main(void) {
   bad_arguments_and_full_pools();
   processes_pass_descriptors_through_a_pipe();
   cached_views();
+  calls_from_thread_exit_destructors();
   assert(strlen(shmpool_last_error()) > 0);
   printf("c api: all passed\n");
   return 0;
