@@ -116,17 +116,19 @@ impl MemoryPool {
     /// the check, for sparse pools larger than what they will use.
     /// `memfd=True` puts the pool in an anonymous memfd instead (see `create_memfd`);
     /// `huge_pages=True` makes it of huge pages (a memfd, or a `dir` on hugetlbfs).
-    /// `min_block_size`, `max_allocations` and `pre_alloc_blocks` (a list of block counts) are
-    /// accepted for Dragon compatibility: blocks come in fixed size classes, made as needed, and
-    /// the number of allocations is bounded only by space.
+    /// `mattr` (Dragon's pool attributes, a fourth positional argument), `min_block_size`,
+    /// `max_allocations` and `pre_alloc_blocks` (a list of block counts) are accepted for Dragon
+    /// compatibility: blocks come in fixed size classes, made as needed, and the number of
+    /// allocations is bounded only by space.
     #[new]
-    #[pyo3(signature = (size, fname, uid=None, *, min_block_size=None, max_allocations=None, pre_alloc_blocks=None, mode=0o600, reserve=false, overcommit=false, dir=None, memfd=false, huge_pages=false))]
+    #[pyo3(signature = (size, fname, uid=None, mattr=None, *, min_block_size=None, max_allocations=None, pre_alloc_blocks=None, mode=0o600, reserve=false, overcommit=false, dir=None, memfd=false, huge_pages=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         size: i128,
         fname: &str,
         uid: Option<u64>,
+        mattr: Option<Bound<'_, PyAny>>,
         min_block_size: Option<i128>,
         max_allocations: Option<i128>,
         pre_alloc_blocks: Option<Vec<i128>>,
@@ -138,6 +140,7 @@ impl MemoryPool {
         huge_pages: bool,
     ) -> PyResult<MemoryPool> {
         let size = size_arg(py, size)?;
+        let _ = mattr; // Dragon's pool attributes: nothing here depends on them
         let space = match (reserve, overcommit) {
             (true, true) => {
                 return Err(pyo3::exceptions::PyValueError::new_err(
@@ -283,6 +286,7 @@ impl MemoryPool {
             PoolError::InvalidDescriptor(_) => {
                 Err(raise(py, "InvalidPoolDescriptorError", error.to_string()))
             }
+            PoolError::Destroyed { .. } => Err(raise(py, "PoolDestroyedAttachError", error.to_string())),
             other => Err(other).py_err(py),
         })?;
         Ok(MemoryPool::wrap(pool, false))

@@ -78,3 +78,22 @@ def test_pre_alloc_blocks_must_be_sizes(pool_name):
         with pytest.raises((TypeError, ValueError)):
             dragon.MemoryPool(4 * 2**20, pool_name, pre_alloc_blocks=bad)
     assert not os.path.exists(f"/dev/shm/shmpool-{pool_name}")
+
+
+def test_dragon_pool_attributes_are_accepted_as_the_fourth_argument(pool_name):
+    # Issue 12: Dragon code passes the pool attributes positionally (the seed's `mattr=None`).
+    with dragon.MemoryPool(4 * 2**20, pool_name, 77, object()) as mpool:
+        assert mpool.muid == 77
+
+
+def test_attaching_a_destroyed_pool_raises_what_dragon_code_catches(pool_name):
+    # Issue 12: Dragon expects DragonPoolAttachFail; it is a PoolDestroyedError too.
+    import shmpool
+
+    mpool = dragon.MemoryPool(4 * 2**20, pool_name, 78)
+    descriptor = mpool.serialize()
+    mpool.destroy()
+    with pytest.raises(dragon.DragonPoolAttachFail):
+        dragon.MemoryPool.attach(descriptor)
+    with pytest.raises(shmpool.PoolDestroyedError):
+        dragon.MemoryPool.attach(descriptor)

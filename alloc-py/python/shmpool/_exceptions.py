@@ -56,6 +56,10 @@ class InvalidPoolDescriptorError(InvalidDescriptorError, PoolAttachError):
     attach failure too."""
 
 
+class PoolDestroyedAttachError(PoolDestroyedError, PoolAttachError):
+    """``MemoryPool.attach`` of a destroyed pool's descriptor: an attach failure too."""
+
+
 class InvalidAllocationError(PoolError, ValueError):
     """The allocation is not live in its pool: freed already, stale, or foreign."""
 

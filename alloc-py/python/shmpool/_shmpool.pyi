@@ -38,6 +38,7 @@ class MemoryPool:
         size: int,
         fname: str,
         uid: Optional[int] = None,
+        mattr: Any = None,
         *,
         min_block_size: Optional[int] = None,
         max_allocations: Optional[int] = None,
