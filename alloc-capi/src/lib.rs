@@ -237,6 +237,21 @@ unsafe fn describe(
     Ok(())
 }
 
+/// Describes the allocation just made in `pool` in `out`, or gives it back if it cannot be
+/// described (its pool destroyed meanwhile): nothing is left owned that the caller never saw.
+///
+/// # Safety
+/// `out` is null or writable.
+unsafe fn hand_over(
+    pool: &Pool,
+    made: Result<Allocation, PoolError>,
+    out: *mut shmpool_allocation,
+) -> Result<(), Failure> {
+    let allocation = made.map_err(failed)?;
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { describe(pool, &allocation, out) }.inspect_err(|_| drop(pool.free(allocation.id())))
+}
+
 /// Copies `bytes` to `buf` (capacity `cap`), its length to `len`.
 ///
 /// # Safety
@@ -356,9 +371,8 @@ pub unsafe extern "C" fn shmpool_alloc(
         if out.is_null() {
             return Err(bad("null output pointer"));
         }
-        let allocation = pool.alloc(size).map_err(failed)?;
         // SAFETY: forwarded from the caller's contract.
-        unsafe { describe(pool, &allocation, out) }.inspect_err(|_| drop(pool.free(allocation.id())))
+        unsafe { hand_over(pool, pool.alloc(size), out) }
     })
 }
 
@@ -381,9 +395,8 @@ pub unsafe extern "C" fn shmpool_alloc_blocking(
             return Err(bad("null output pointer"));
         }
         let timeout = u64::try_from(timeout_ns).ok().map(Duration::from_nanos);
-        let allocation = pool.alloc_blocking(size, timeout).map_err(failed)?;
         // SAFETY: forwarded from the caller's contract.
-        unsafe { describe(pool, &allocation, out) }.inspect_err(|_| drop(pool.free(allocation.id())))
+        unsafe { hand_over(pool, pool.alloc_blocking(size, timeout), out) }
     })
 }
 
@@ -448,9 +461,9 @@ pub unsafe extern "C" fn shmpool_attach_alloc(
             return Err(bad("null output pointer"));
         }
         let (pool, allocation) = Pool::attach_alloc(descriptor).map_err(failed)?;
-        pool.adopt(allocation.id()).map_err(failed)?;
+        let adopted = pool.adopt(allocation.id()).map(|()| allocation);
         // SAFETY: forwarded from the caller's contract.
-        unsafe { describe(&pool, &allocation, out) }.inspect_err(|_| drop(pool.free(allocation.id())))?;
+        unsafe { hand_over(&pool, adopted, out) }?;
         // SAFETY: forwarded from the caller's contract.
         unsafe { give_handle(pool_out, || Ok(pool)) }
     })
@@ -573,10 +586,9 @@ pub unsafe extern "C" fn shmpool_local_alloc(
         if out.is_null() {
             return Err(bad("null output pointer"));
         }
-        let allocation = local.alloc(size).map_err(failed)?;
+        let made = local.alloc(size);
         // SAFETY: forwarded from the caller's contract.
-        let described = unsafe { describe(local.pool(), &allocation, out) };
-        described.inspect_err(|_| drop(local.free(allocation.id())))
+        unsafe { hand_over(local.pool(), made, out) }
     })
 }
 

@@ -322,6 +322,7 @@ impl<'a> Heap<'a> {
     pub fn still_cached(&self, cache: &Cache) -> usize {
         let gone = cache.runs[..cache.run_count]
             .iter()
+            // ORDERING: Relaxed: a count for the caller's accounting (a snapshot), ordering nothing.
             .filter(|run| self.page_word(run.head, page::STATE).load(Ordering::Relaxed) != run.word)
             .count();
         cache.held() - gone
@@ -420,8 +421,8 @@ impl<'a> Heap<'a> {
     /// Releases a run the cache held (unless another participant released it already).
     fn give_back_run(&self, session: &Session, run: CachedRun) -> Wake {
         match self.release_run_from(session, run.head, run.pages, run.word) {
-            true => self.wake_if_waiting(),
-            false => Wake::Nobody,
+            Some(_) => self.wake_if_waiting(),
+            None => Wake::Nobody,
         }
     }
 

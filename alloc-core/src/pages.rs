@@ -393,24 +393,33 @@ impl Heap<'_> {
         Some(allocation)
     }
 
-    /// Releases the run at `head` of `pages` pages whose state word was `word` (a cached run,
-    /// taken from any cache) to the page bitmap: one compare-exchange makes it ours to release,
-    /// as a free does; `false` if the word changed (someone else took it).
-    pub(crate) fn release_run_from(&self, session: &Session, head: u64, pages: u64, word: u64) -> bool {
+    /// Releases the run at `head` of `pages` pages whose state word was `word` (a cached run
+    /// taken from any cache, or a dead owner's run) to the page bitmap: one compare-exchange
+    /// makes it ours to release, as a free does. Its last generation; `None` if the word changed
+    /// (someone else took it).
+    pub(crate) fn release_run_from(
+        &self,
+        session: &Session,
+        head: u64,
+        pages: u64,
+        word: u64,
+    ) -> Option<u64> {
         self.set_pending(session, head);
         let tag = BlockState::tag_of(word);
         let releasing = BlockState::releasing(session.participant, tag).encode();
         let state = self.page_word(head, page::STATE);
-        // ORDERING: Acquire on success pairs with the caching compare-exchange (AcqRel): the run
-        // is ours after its last user's accesses.
+        // ORDERING: Acquire on success pairs with the Release that made `word` (the caching
+        // compare-exchange, or the store that made the run live): the run is ours after its last
+        // user's accesses.
         if state.compare_exchange(word, releasing, Ordering::Acquire, Ordering::Relaxed).is_err() {
             self.clear_pending(session);
-            return false;
+            return None;
         }
-        step!("run-cache/releasing");
+        step!("release/taken");
         let extra = Extra::decode(self.page_word(head, page::GEN).load(Ordering::Relaxed) as u32);
-        self.finish_large_release(session, head, pages, gen::join(extra.gen_high, tag));
-        true
+        let generation = gen::join(extra.gen_high, tag);
+        self.finish_large_release(session, head, pages, generation);
+        Some(generation)
     }
 
     /// Releases every run that any participant's cache holds (below the high-water mark): what
@@ -434,7 +443,7 @@ impl Heap<'_> {
                     if BlockState::decode(word).is_some_and(|state| state.kind == Kind::Cached)
                         && self.info(here) == Ok(PageInfo::LargeHead { pages })
                     {
-                        released |= self.release_run_from(session, here, pages, word);
+                        released |= self.release_run_from(session, here, pages, word).is_some();
                     }
                     here + pages
                 }

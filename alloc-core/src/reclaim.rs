@@ -726,17 +726,9 @@ impl Heap<'_> {
             // Not published yet (its claimer's adopter undoes the claim), or gone already.
             _ => return Ok(()),
         };
-        self.set_pending(session, head);
-        let releasing = BlockState::releasing(session.participant, decoded.tag);
-        // ORDERING: Acquire: the run is ours after its last user's accesses.
-        if state.compare_exchange(word, releasing.encode(), Ordering::Acquire, Ordering::Relaxed).is_err() {
-            self.clear_pending(session);
+        let Some(generation) = self.release_run_from(session, head, pages, word) else {
             return Ok(());
-        }
-        step!("reclaim/large-taken");
-        let extra = Extra::decode(self.page_word(head, page::GEN).load(Ordering::Relaxed) as u32);
-        let generation = gen::join(extra.gen_high, decoded.tag);
-        self.finish_large_release(session, head, pages, generation);
+        };
         if decoded.kind == Kind::Cached {
             reclaimed.cached_blocks += 1;
             return Ok(());

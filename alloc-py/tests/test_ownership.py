@@ -8,6 +8,7 @@ import os
 import pytest
 
 import shmpool
+from conftest import fill
 from mp_workers import attach_and_wait, give_to_pool_and_exit, make_result
 
 
@@ -93,12 +94,7 @@ def test_repair_refuses_while_a_thread_of_this_process_waits_in_alloc_blocking(p
     import threading
     import time
 
-    held = []
-    while True:
-        try:
-            held.append(pool.alloc(2**20))
-        except shmpool.PoolFullError:
-            break
+    held = fill(pool)
     waiter = threading.Thread(target=lambda: pool.alloc_blocking(2**20, timeout=5).free())
     waiter.start()
     deadline = time.monotonic() + 5
