@@ -59,6 +59,13 @@ fn claimed_bit(page: u64) -> u64 {
 }
 
 impl<'a> PageBits<'a> {
+    /// The free bits of a bitmap word, one bit per page (bit `i`: page `i` of the word is
+    /// unclaimed).
+    #[inline]
+    pub fn free_of(word: u64) -> u32 {
+        !(claimed_of(word) as u32)
+    }
+
     /// A bitmap of `pages` pages held in `words`.
     pub fn new(words: &'a [AtomicU64], pages: u64) -> PageBits<'a> {
         debug_assert!(words.len() as u64 * PAGES_PER_WORD >= pages);
@@ -107,14 +114,12 @@ impl<'a> PageBits<'a> {
         to
     }
 
-    /// A run of `len` unclaimed pages at or after `hint` (then from the start), in a snapshot.
-    pub fn find_run(&self, len: u64, hint: u64) -> Option<u64> {
+    /// The lowest run of `len` unclaimed pages at or after `from`, in a snapshot.
+    pub fn find_run(&self, len: u64, from: u64) -> Option<u64> {
         if len == 0 || len > self.pages {
             return None;
         }
-        let hint = if hint + len > self.pages { 0 } else { hint };
-        self.find_between(len, hint, self.pages)
-            .or_else(|| self.find_between(len, 0, (hint + len - 1).min(self.pages)))
+        self.find_between(len, from, self.pages)
     }
 
     fn find_between(&self, len: u64, from: u64, to: u64) -> Option<u64> {
@@ -133,12 +138,11 @@ impl<'a> PageBits<'a> {
         None
     }
 
-    /// An unclaimed aligned span slot (`SPAN_PAGES` pages starting at a multiple of it) at or
-    /// after slot `hint`, then from the start, in a snapshot; `slots` bounds the search.
-    pub fn find_slot(&self, hint: u64, slots: u64) -> Option<u64> {
+    /// The lowest unclaimed aligned span slot (`SPAN_PAGES` pages starting at a multiple of it)
+    /// at or after slot `from`, in a snapshot; `slots` bounds the search.
+    pub fn find_slot(&self, from: u64, slots: u64) -> Option<u64> {
         const _: () = assert!(SPAN_PAGES * 2 == PAGES_PER_WORD);
-        let hint = if hint >= slots { 0 } else { hint };
-        (hint..slots).chain(0..hint).find(|&slot| {
+        (from..slots).find(|&slot| {
             let word = self.words[(slot / 2) as usize].load(Ordering::Relaxed);
             let half = if slot % 2 == 0 { word & 0xFFFF_FFFF } else { word >> 32 };
             half == 0
@@ -307,7 +311,8 @@ mod tests {
         assert_eq!(map.count_claimed(), 130);
         assert!(map.try_claim(140, 150).is_ok());
         assert_eq!(map.find_run(11, 0), None);
-        assert_eq!(map.find_run(10, 100), Some(60));
+        assert_eq!(map.find_run(10, 60), Some(60));
+        assert_eq!(map.find_run(10, 61), None, "at or after the page asked for, no wrapping");
         assert_eq!(map.held_prefix(60, 150), 60, "no head bit: nothing held");
     }
 

@@ -3,7 +3,9 @@
 //! # Design
 //!
 //! The data area is cut into pages (4 KiB by default). A page bitmap ([`crate::bitmap`]) hands
-//! out runs of pages. A request of at most 2048 bytes (and at most 16-byte alignment) is served
+//! out runs of pages, placed by address-ordered first fit through the free-run index
+//! ([`crate::runs`]), a tree of summaries over the bitmap that finds a run in O(log pages).
+//! A request of at most 2048 bytes (and at most 16-byte alignment) is served
 //! from a *span*: 16 aligned pages carved into blocks of one size class, with a Michael-style
 //! anchor ([`crate::span`]). Larger or more strictly aligned requests get a run of whole pages
 //! of their own (a *large* allocation), recorded in its first page's metadata.
@@ -66,7 +68,9 @@
 //!   allocation it was making. A cache holds blocks of one span per class, so the spans a stalled
 //!   participant keeps from being retired are at most one per class besides its hazard's. Class
 //!   lists never hide more than the span a stalled participant was listing or unlisting
-//!   ([`crate::hier`]). Nothing else is unavailable to the others.
+//!   ([`crate::hier`]); the run index never hides more than the run a stalled participant was
+//!   releasing, and a search that the index answers "none" reads the bitmap before it refuses
+//!   ([`crate::runs`]). Nothing else is unavailable to the others.
 //! - **ABA.** Anchors carry a 38-bit tag and state words a 36-bit generation tag, bumped by every
 //!   change (every allocation of the block). A compare-exchange prepared against an old word
 //!   succeeds on a newer one only if its participant stalled between reading and exchanging
@@ -89,13 +93,12 @@
 //!   drops (without giving back) the caches it inherited: those blocks are its parent's.
 //!
 //! - **Sparse regions.** Every claim first raises the page high-water mark (`PAGE_HWM`); walks
-//!   (stats, check, inspection, reclaim) and the searches for free pages read the bitmap only
-//!   below it (a search that finds nothing there takes the free pages that end at the mark and
-//!   those above it, all free), and class-list and empty-set searches read only the words over
+//!   (stats, check, inspection, reclaim) and the searches for free pages read the bitmap and
+//!   the run index only below it (pages above it are free without a look), and class-list and empty-set searches read only the words over
 //!   the span slots below it, so a huge region's untouched metadata is never read. A host
 //!   that maps a file which may run out of space gives a [`Backing`]: data pages, with every
-//!   metadata word that describes them (page metadata, bitmap words, the class-list and
-//!   empty-set words over their slots), are backed in 4 MiB chunks (`BACKED_PAGES`) before
+//!   metadata word that describes them (page metadata, bitmap words, the class-list, empty-set
+//!   and run-index words over them), are backed in 4 MiB chunks (`BACKED_PAGES`) before
 //!   their first claim, and a chunk that cannot be backed fails the claim like a full pool; the
 //!   mark only ever rises past backed pages, so nothing below it can fault (a mark damaged to
 //!   above them is read as them). An id in a page never backed is invalid without a look at
@@ -120,6 +123,7 @@ use crate::layout::{
 use crate::participant::Session;
 use crate::primitive::{compiler_fence, fence, AtomicU32, AtomicU64, Ordering};
 use crate::region::Region;
+use crate::runs::RunIndex;
 use crate::span::Span;
 
 /// Allocation types with a meaning fixed by Dragon's managed memory; others are free for users.
@@ -427,10 +431,6 @@ pub struct Heap<'a> {
     data_bytes: u64,
     /// Per class, the span slot this process allocated from last (+ 1, 0 = none).
     pub(crate) hints: [AtomicU64; NUM_CLASSES],
-    /// Where the next search for a free span slot starts. Process-local.
-    pub(crate) slot_hint: AtomicU64,
-    /// Where the next search for a free page run starts. Process-local.
-    pub(crate) page_hint: AtomicU64,
     /// Where the next search for a span to retire starts. Process-local.
     pub(crate) empty_hint: AtomicU64,
     fences: Fences,
@@ -538,8 +538,6 @@ impl<'a> Heap<'a> {
             first_block: blocks.map(span_meta_bytes),
             data_bytes: geo.data_bytes(),
             hints: core::array::from_fn(|_| AtomicU64::new(0)),
-            slot_hint: AtomicU64::new(0),
-            page_hint: AtomicU64::new(0),
             empty_hint: AtomicU64::new(0),
             fences,
             backing,
@@ -763,6 +761,21 @@ impl<'a> Heap<'a> {
         self.page_hwm().div_ceil(SPAN_PAGES)
     }
 
+    /// The free-run index over the pages below the high-water mark.
+    pub(crate) fn run_index(&self) -> RunIndex<'_> {
+        let offset = self.geo.runs_word as u64 * 8;
+        let nodes = self.region.words_at(offset, self.geo.runs.total_words() as u64);
+        let bitmap = self.region.words_at(self.geo.bitmap_word as u64 * 8, self.geo.bitmap_words as u64);
+        RunIndex::new(nodes, bitmap, &self.geo.runs, self.geo.num_pages, self.page_hwm())
+    }
+
+    /// Whether every summary of the free-run index is what the page bitmap says: true of a heap
+    /// on which no operation is in progress (for tests; see [`crate::runs`]).
+    #[doc(hidden)]
+    pub fn run_index_is_exact(&self) -> bool {
+        self.run_index().is_exact()
+    }
+
     /// The high-water mark as stored (see [`Heap::page_hwm`] for the one to use).
     pub(crate) fn raw_page_hwm(&self) -> u64 {
         // ORDERING: Acquire pairs with the Release of `raise_page_hwm`.
@@ -807,8 +820,9 @@ impl<'a> Heap<'a> {
     }
 
     /// The byte ranges of metadata describing pages `from..to` that the backing of pages
-    /// `0..from` did not already cover: their page metadata, their bitmap words, and the words
-    /// of every class list and of the empty set that cover their span slots.
+    /// `0..from` did not already cover: their page metadata, their bitmap words, the words of
+    /// every class list and of the empty set that cover their span slots, and the run-index
+    /// words that summarise them.
     fn metadata_of_pages(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
         let geo = &self.geo;
         // A range of words `first..=last`, less the host pages holding words `..=done`.
@@ -829,12 +843,17 @@ impl<'a> Heap<'a> {
                 fresh(word(from), word(to - 1), before.map(word))
             })
         });
+        let run_words = (0..geo.runs.levels).map(move |level| {
+            let word = |page: u64| (geo.runs_word + geo.runs.word_of(level, page)) as u64;
+            fresh(word(from), word(to - 1), before.map(word))
+        });
         [
             fresh(meta(from), meta(to) - 1, before.map(|page| meta(page + 1) - 1)),
             fresh(bitmap(from), bitmap(to - 1), before.map(bitmap)),
         ]
         .into_iter()
         .chain(hier_words)
+        .chain(run_words)
     }
 
     /// Raises the page high-water mark to `end` before pages below it are claimed.

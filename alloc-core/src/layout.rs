@@ -11,6 +11,7 @@
 //! | page bitmap   | `ceil(num_pages / 32)`             | two bits per data page: claimed, head      |
 //! | class lists   | `NUM_CLASSES * hier_words`         | per class: spans that may have free blocks |
 //! | empty set     | `hier_words`                       | spans that may be entirely free            |
+//! | run index     | `runs.total_words()`               | free-run summaries over the page bitmap    |
 //! | page meta     | `num_pages * PAGE_META_WORDS`      | per page: info, anchor or state, gen, epoch|
 //! | (padding)     |                                    | up to the next page boundary               |
 //! | data          | `num_pages * page_size` bytes      | spans of small blocks and large runs       |
@@ -29,7 +30,7 @@
 /// `b"SHMPOOL\0"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPOOL\0");
 /// Bumped whenever the meaning of any word in the region changes.
-pub const LAYOUT_VERSION: u64 = 3;
+pub const LAYOUT_VERSION: u64 = 4;
 
 /// Words reserved for the header; words `HOST_WORDS_START..HEADER_WORDS` belong to the host.
 pub const HEADER_WORDS: usize = 32;
@@ -277,20 +278,9 @@ impl HierShape {
 
     /// The shape for `leaves` leaf bits.
     pub const fn new(leaves: u64) -> HierShape {
-        let mut shape =
-            HierShape { levels: 0, offsets: [0; Self::MAX_LEVELS], words: [0; Self::MAX_LEVELS], leaves };
-        let mut words = if leaves == 0 { 1 } else { leaves.div_ceil(64) as usize };
-        let mut offset = 0;
-        loop {
-            shape.offsets[shape.levels] = offset;
-            shape.words[shape.levels] = words;
-            shape.levels += 1;
-            offset += words;
-            if words == 1 {
-                return shape;
-            }
-            words = words.div_ceil(Self::FAN_OUT);
-        }
+        let first = if leaves == 0 { 1 } else { leaves.div_ceil(64) as usize };
+        let (levels, offsets, words) = levels_of(first, Self::FAN_OUT);
+        HierShape { levels, offsets, words, leaves }
     }
 
     /// Words in all levels.
@@ -307,6 +297,68 @@ impl HierShape {
             above += 1;
         }
         self.offsets[level] + index as usize
+    }
+}
+
+/// The levels of a tree of words stored level by level: `first` words at level 0, and at every
+/// level above one word per `fan_out` below, up to one word. Its depth, and each level's offset
+/// (from the first word) and number of words.
+const fn levels_of<const N: usize>(first: usize, fan_out: usize) -> (usize, [usize; N], [usize; N]) {
+    let (mut levels, mut offsets, mut words) = (0, [0; N], [0; N]);
+    let (mut count, mut offset) = (first, 0);
+    loop {
+        offsets[levels] = offset;
+        words[levels] = count;
+        levels += 1;
+        offset += count;
+        if count == 1 {
+            return (levels, offsets, words);
+        }
+        count = count.div_ceil(fan_out);
+    }
+}
+
+/// The shape of the free-run index (see `crate::runs`): level 0 holds one summary word per
+/// `LEAF_PAGES` pages (eight bitmap words); every level above one word per `FAN_OUT` words
+/// below; the top level is one word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunShape {
+    /// Number of levels (1 when one leaf covers every page).
+    pub levels: usize,
+    /// Word offset of each level from the index's first word.
+    pub offsets: [usize; RunShape::MAX_LEVELS],
+    /// Words in each level.
+    pub words: [usize; RunShape::MAX_LEVELS],
+}
+
+impl RunShape {
+    /// Pages one leaf summarises: eight bitmap words, one cache line.
+    pub const LEAF_PAGES: u64 = 256;
+    /// Words summarised by one word of the level above.
+    pub const FAN_OUT: u64 = 8;
+    /// Deep enough for `MAX_PAGES`.
+    pub const MAX_LEVELS: usize = 10;
+
+    /// The shape for `pages` data pages.
+    pub const fn new(pages: u64) -> RunShape {
+        let first = if pages == 0 { 1 } else { pages.div_ceil(Self::LEAF_PAGES) as usize };
+        let (levels, offsets, words) = levels_of(first, Self::FAN_OUT as usize);
+        RunShape { levels, offsets, words }
+    }
+
+    /// Words in all levels.
+    pub const fn total_words(&self) -> usize {
+        self.offsets[self.levels - 1] + 1
+    }
+
+    /// Pages one word of `level` summarises.
+    pub const fn node_pages(level: usize) -> u64 {
+        Self::LEAF_PAGES << (3 * level as u32)
+    }
+
+    /// The word (from the index's first word) of `level` that covers `page`.
+    pub const fn word_of(&self, level: usize, page: u64) -> usize {
+        self.offsets[level] + (page / Self::node_pages(level)) as usize
     }
 }
 
@@ -334,6 +386,8 @@ const _: () = {
     assert!(MAX_TABLE <= BlockState::AUX_MASK);
     // Geometry words stay small enough for `usize` arithmetic on 64-bit hosts.
     assert!(HierShape::new(MAX_PAGES / SPAN_PAGES).levels <= HierShape::MAX_LEVELS);
+    assert!(RunShape::new(MAX_PAGES).levels <= RunShape::MAX_LEVELS);
+    assert!(RunShape::FAN_OUT == 1 << 3);
 };
 
 /// The geometry of one region, derived from its size and page size. Stored in the header at
@@ -366,6 +420,10 @@ pub struct Geometry {
     pub class_word: usize,
     /// Word index of the empty set.
     pub empty_word: usize,
+    /// Shape of the free-run index.
+    pub runs: RunShape,
+    /// Word index of the free-run index.
+    pub runs_word: usize,
     /// Word index of page 0's metadata.
     pub page_meta_word: usize,
     /// Byte offset of data page 0.
@@ -392,7 +450,7 @@ impl Geometry {
         let participant_word = process_word + table_size as usize * PROCESS_WORDS;
         let bitmap_word = participant_word + table_size as usize * PARTICIPANT_WORDS;
         // Each page costs its own bytes, its metadata, two bitmap bits and its share of the
-        // class lists; start from that estimate and step down until the padded layout fits.
+        // class lists (and a little for the run index); start from that estimate and step down until the padded layout fits.
         let per_page_bits = (page + PAGE_META_WORDS as u64 * 8) * 8 + 2 + 2;
         let mut num_pages = region_bytes.saturating_mul(8) / per_page_bits;
         if num_pages > MAX_PAGES {
@@ -407,7 +465,9 @@ impl Geometry {
             let hier = HierShape::new(num_slots);
             let class_word = bitmap_word + bitmap_words;
             let empty_word = class_word + NUM_CLASSES * hier.total_words();
-            let page_meta_word = empty_word + hier.total_words();
+            let runs = RunShape::new(num_pages);
+            let runs_word = empty_word + hier.total_words();
+            let page_meta_word = runs_word + runs.total_words();
             let meta_end = (page_meta_word as u64 + num_pages * PAGE_META_WORDS as u64) * 8;
             let data_offset = meta_end.div_ceil(page) * page;
             if data_offset + num_pages * page <= region_bytes {
@@ -425,6 +485,8 @@ impl Geometry {
                     hier,
                     class_word,
                     empty_word,
+                    runs,
+                    runs_word,
                     page_meta_word,
                     data_offset,
                 });
@@ -1030,6 +1092,22 @@ mod tests {
             assert!(shape.words[0] as u64 * 64 >= leaves);
             for level in 1..shape.levels {
                 assert!(shape.words[level] * HierShape::FAN_OUT >= shape.words[level - 1]);
+            }
+        }
+    }
+
+    #[test]
+    fn run_index_shapes_end_in_one_word_and_cover_every_page() {
+        for pages in [0, 1, 256, 257, 2048, 2049, 1 << 20, MAX_PAGES] {
+            let shape = RunShape::new(pages);
+            assert_eq!(shape.words[shape.levels - 1], 1, "{pages}");
+            assert!(shape.words[0] as u64 * RunShape::LEAF_PAGES >= pages);
+            for level in 1..shape.levels {
+                assert!(shape.words[level] as u64 * RunShape::FAN_OUT >= shape.words[level - 1] as u64);
+                assert_eq!(
+                    shape.word_of(level, pages.saturating_sub(1)),
+                    shape.offsets[level] + shape.words[level] - 1
+                );
             }
         }
     }

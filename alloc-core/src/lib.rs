@@ -47,6 +47,7 @@ pub mod primitive;
 mod reclaim;
 pub mod region;
 mod repair;
+pub mod runs;
 pub mod span;
 mod wait;
 

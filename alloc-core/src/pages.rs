@@ -39,6 +39,7 @@ use crate::heap::{AllocOptions, Allocation, Heap};
 use crate::layout::{gen, page, participant, BlockState, Extra, Kind, PageInfo, SPAN_PAGES};
 use crate::participant::Session;
 use crate::primitive::Ordering;
+use crate::runs;
 
 /// Most blocks one [`Heap::take_blocks`] takes.
 const MAX_TAKE: usize = 64;
@@ -175,23 +176,15 @@ impl Heap<'_> {
     /// Claims a free span slot and sets it up as a span of `class` with every block free.
     /// Returns its head page with the session's hazard on it, or `None` if no slot is free.
     fn carve_span(&self, session: &mut Session, class: usize) -> Result<Option<u64>, Error> {
-        let slots = self.geometry().num_slots;
-        let bits = self.page_bits();
-        let start = self.slot_hint.load(Ordering::Relaxed);
-        // One past the last slot we failed to claim. It only rises, so the search ends (a claim
-        // lost is another claimer's progress: giving up after a few would fail with free slots).
-        let mut past: Option<u64> = None;
+        // The lowest free slot past the last one we failed to claim. `from` only rises, so the
+        // search ends (a claim lost is another claimer's progress: giving up after a few would
+        // fail with free slots).
+        let mut from = 0;
         loop {
-            // Slots below the high-water mark (after a failed claim, no wrapping back to it: one
-            // sweep), else the first one above it (all free) past those we failed to claim.
-            let used = self.page_hwm().div_ceil(SPAN_PAGES).min(slots);
-            let hint = past.unwrap_or(start);
-            let below = bits.find_slot(hint, used).filter(|&slot| past.is_none() || slot >= hint);
-            let above = used.max(past.unwrap_or(0));
-            let Some(slot) = below.or((above < slots).then_some(above)) else {
+            let Some(slot) = self.find_free_slot(from) else {
                 return Ok(None);
             };
-            past = Some(slot + 1);
+            from = slot + 1;
             let head = slot * SPAN_PAGES;
             if !self.back_pages(head + SPAN_PAGES) {
                 return Ok(None);
@@ -201,7 +194,6 @@ impl Heap<'_> {
                 self.clear_hazard(session);
                 continue;
             }
-            self.slot_hint.store(slot + 1, Ordering::Relaxed);
             let base = (head..head + SPAN_PAGES)
                 .map(|page| self.page_word(page, page::EPOCH).load(Ordering::Relaxed))
                 .max()
@@ -217,6 +209,42 @@ impl Heap<'_> {
             step!("carve/members");
             return Ok(Some(head));
         }
+    }
+
+    /// The lowest run of `pages` free pages at or after page `from`, by the run index; else (the
+    /// run is longer than the index counts, or a stalled participant left its summaries stale)
+    /// by the page bitmap, whose summaries are then put right. Pages above the high-water mark
+    /// are free without a look.
+    fn find_free_run(&self, pages: u64, from: u64) -> Option<u64> {
+        let index = self.run_index();
+        if let Some(head) = index.find_run(pages, from) {
+            return Some(head);
+        }
+        let used = self.used_bits();
+        let tail = used.free_tail().max(from);
+        let head =
+            used.find_run(pages, from).or((tail + pages <= self.geometry().num_pages).then_some(tail))?;
+        if pages <= runs::CAP && head < used.pages() {
+            index.refresh_all(head, head + pages);
+        }
+        Some(head)
+    }
+
+    /// The lowest free span slot at or after slot `from`, by the run index, else by the bitmap
+    /// (as [`Heap::find_free_run`]).
+    fn find_free_slot(&self, from: u64) -> Option<u64> {
+        let index = self.run_index();
+        if let Some(slot) = index.find_slot(from) {
+            return Some(slot);
+        }
+        let slots = self.geometry().num_slots;
+        let used = self.used_slots().min(slots);
+        let slot =
+            self.page_bits().find_slot(from, used).or((used.max(from) < slots).then_some(used.max(from)))?;
+        if slot < used {
+            index.refresh_all(slot * SPAN_PAGES, (slot + 1) * SPAN_PAGES);
+        }
+        Some(slot)
     }
 
     /// Writes the member info of the span at `head` (pages we hold as part of it; a stale
@@ -259,6 +287,7 @@ impl Heap<'_> {
             return Err(taken + 1);
         }
         step!("claim/claimed");
+        self.run_index().refresh(head, head + pages);
         Ok(())
     }
 
@@ -281,32 +310,22 @@ impl Heap<'_> {
         size: u64,
         options: AllocOptions,
     ) -> Result<Option<Allocation>, Error> {
-        let geo = *self.geometry();
-        let pages = size.div_ceil(geo.page_bytes()).max(1);
-        let start = self.page_hint.load(Ordering::Relaxed);
-        // Where to go on after the last claim we lost: past the pages its winner was found
-        // holding. It only rises, so the search ends (a claim lost is another claimer's progress:
+        let pages = size.div_ceil(self.geometry().page_bytes()).max(1);
+        // The lowest run past the pages the winner of the last claim we lost was found holding.
+        // `from` only rises, so the search ends (a claim lost is another claimer's progress:
         // giving up after a few would fail with free pages).
-        let mut past: Option<u64> = None;
+        let mut from = 0;
         loop {
-            // A run below the high-water mark (after a failed claim, no wrapping back to it: one
-            // sweep), else one from the free pages that end there (and go on above it, all
-            // free), past the heads we failed to claim.
-            let used = self.used_bits();
-            let hint = past.unwrap_or(start);
-            let below = used.find_run(pages, hint).filter(|&head| past.is_none() || head >= hint);
-            let tail = used.free_tail().max(past.unwrap_or(0));
-            let Some(head) = below.or((tail + pages <= geo.num_pages).then_some(tail)) else {
+            let Some(head) = self.find_free_run(pages, from) else {
                 return Ok(None);
             };
             if !self.back_pages(head + pages) {
                 return Ok(None);
             }
             if let Err(next) = self.claim_run(session, head, pages) {
-                past = Some(next);
+                from = next;
                 continue;
             }
-            self.page_hint.store(head + pages, Ordering::Relaxed);
             // The generation is issued from here on: a claim undone after the state store below
             // must not let the next run here issue it again (its state word could then be ours
             // bit for bit, and a reclaimer holding ours would take it).
@@ -486,6 +505,7 @@ impl Heap<'_> {
         step!("release/marked");
         self.page_bits().release(head, pages);
         step!("release/cleared");
+        self.run_index().refresh(head, head + pages);
         self.unmark(head, PageInfo::Transient { participant: session.participant });
         self.clear_pending(session);
     }

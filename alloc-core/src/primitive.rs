@@ -19,6 +19,19 @@ pub fn compiler_fence() {
     core::sync::atomic::compiler_fence(Ordering::SeqCst);
 }
 
+/// Orders the read-modify-write just before it before the loads after it (store-load order), as
+/// a sequentially consistent fence does. On x86-64 a read-modify-write is a locked instruction,
+/// a full barrier already, so only the compiler needs telling; elsewhere, and under loom (which
+/// models sequentially consistent fences but not sequentially consistent accesses), it is the
+/// fence. Call it only right after a read-modify-write.
+#[inline]
+pub fn store_load_fence() {
+    #[cfg(any(not(target_arch = "x86_64"), all(shmpool_loom, feature = "loom")))]
+    fence(Ordering::SeqCst);
+    #[cfg(all(target_arch = "x86_64", not(all(shmpool_loom, feature = "loom"))))]
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+}
+
 /// Tells a spinning CAS loop that another participant won; loom needs to be told to switch
 /// threads, the hardware only needs the pause hint.
 #[inline]

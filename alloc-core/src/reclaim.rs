@@ -299,6 +299,7 @@ impl Heap<'_> {
         let pending = self.participant_word(index, participant::PENDING).load(Ordering::Acquire);
         if pending != 0 {
             self.resolve_pending(session, index, pending - 1)?;
+            self.reindex_pending(pending - 1);
             reclaimed.pending += 1;
             self.participant_word(index, participant::PENDING).store(0, Ordering::Release);
         }
@@ -325,6 +326,17 @@ impl Heap<'_> {
             self.participant_word(index, participant::HANDOVER_SLOT).store(0, Ordering::Release);
         }
         Ok(Resolved::Done)
+    }
+
+    /// Refreshes the run index over the pages a dead participant's pending claim or release at
+    /// `first` may have changed without refreshing (its summaries are refreshed before `PENDING`
+    /// is cleared): the run that starts there, or the free pages that do.
+    fn reindex_pending(&self, first: u64) {
+        let bits = self.used_bits();
+        if first < bits.pages() {
+            let end = bits.held_prefix(first, bits.pages()).max(bits.next_claimed(first));
+            self.run_index().refresh_all(first, end);
+        }
     }
 
     /// Finishes or undoes the claim, release or retirement dead participant `dead` owned at

@@ -129,6 +129,7 @@ impl Heap<'_> {
             self.class_list(class).rebuild_summaries(slots);
         }
         self.empty_set().rebuild_summaries(slots);
+        self.run_index().rebuild(self.backed_pages());
         Ok(repaired)
     }
 

@@ -453,6 +453,7 @@ fn world(op: Op, stop: Option<usize>) -> Vec<&'static str> {
         .heap
         .check(&mut tester.session)
         .unwrap_or_else(|error| panic!("{op:?} stopped at {at}: check failed after reclaim: {error}"));
+    assert!(tester.heap.run_index_is_exact(), "{op:?} stopped at {at}: reclaim left run summaries stale");
     let whole = tester.heap.geometry().data_bytes();
     let all = tester
         .alloc(whole)

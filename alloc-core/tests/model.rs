@@ -89,6 +89,7 @@ fn verify(
 ) {
     let heap = p.heap;
     let stats = p.check().expect("check() after every step");
+    assert!(heap.run_index_is_exact(), "the run index summarises the page bitmap after every step");
     assert_eq!(stats.live_allocations, (live.len() + others.len()) as u64);
     let bytes =
         live.values().map(|e| e.allocation.size).sum::<u64>() + others.values().map(|a| a.size).sum::<u64>();

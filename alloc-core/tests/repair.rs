@@ -40,6 +40,7 @@ fn populated<'h, 'a>(heap: &'h Heap<'a>) -> (Participant<'h, 'a>, Vec<(Allocatio
 /// data area is one allocation.
 fn assert_sound(p: &mut Participant<'_, '_>, kept: &[(Allocation, u64)]) {
     p.check().expect("consistent after repair");
+    assert!(p.heap.run_index_is_exact(), "repair rebuilds the run index from the bitmap");
     for (a, seed) in kept {
         let found = p.lookup(a.id()).expect("a live allocation survives repair");
         assert_eq!((found.offset, found.size, found.owner), (a.offset, a.size, a.owner));
@@ -140,6 +141,24 @@ fn claimed_pages_that_belong_to_nothing_are_released() {
     assert!(p.check().is_err(), "check must see claimed pages outside every run");
     let repaired = heap.repair(&mut p.session).expect("repairable");
     assert!(repaired.unfinished + repaired.orphan_pages > 0, "{repaired:?}");
+    assert_sound(&mut p, &kept);
+}
+
+#[test]
+fn damaged_run_summaries_are_rebuilt_and_never_cost_a_free_run() {
+    let memory = TestMemory::new(4 * MIB);
+    let heap = memory.create();
+    let (mut p, kept) = populated(&heap);
+    // Every summary says "all claimed": searches must still find room (through the bitmap),
+    // and repair must make them exact again.
+    let geo = *heap.geometry();
+    for word in geo.runs_word..geo.runs_word + geo.runs.total_words() {
+        memory.set_word(word, 1 << 63);
+    }
+    assert!(!heap.run_index_is_exact());
+    let found = p.alloc(64 * 4096, opts()).expect("room, found in the bitmap");
+    let _ = p.free(found.id()).expect("live");
+    heap.repair(&mut p.session).expect("repairable");
     assert_sound(&mut p, &kept);
 }
 

@@ -53,7 +53,9 @@ impl<'a> Participant<'a> {
             (None, Some(cache)) => cache.session(),
             (None, None) => unreachable!("a participant has a session or a cache"),
         };
-        heap.check(session)
+        let stats = heap.check(session)?;
+        assert!(heap.run_index_is_exact(), "every operation has finished: the run index is exact");
+        Ok(stats)
     }
 
     fn flush(&mut self) {

@@ -1,0 +1,145 @@
+//! Loom models of the free-run index (`alloc_core::runs::RunIndex`) over the page bitmap:
+//! participants that change page bits and then refresh the summaries above them, racing one
+//! another. Invariant: once every one has finished, every summary is exact (what the bitmap
+//! says), so no free run is hidden from searches; and a search finds what the bitmap holds.
+#![cfg(shmpool_loom)]
+
+use alloc_core::bitmap::{PageBits, PAGES_PER_WORD};
+use alloc_core::layout::RunShape;
+use alloc_core::primitive::AtomicU64;
+use alloc_core::runs::RunIndex;
+use loom::sync::Arc;
+use loom_tests::{explore, spawn, words};
+
+/// Two leaves under one top word.
+const PAGES: u64 = 2 * RunShape::LEAF_PAGES;
+
+struct Storage {
+    bits: Vec<AtomicU64>,
+    nodes: Vec<AtomicU64>,
+    shape: RunShape,
+}
+
+impl Storage {
+    /// A bitmap with the runs `claimed` claimed, and its index exact.
+    fn new(claimed: &[(u64, u64)]) -> Arc<Storage> {
+        let shape = RunShape::new(PAGES);
+        assert_eq!(shape.levels, 2);
+        let storage = Storage {
+            bits: words((PAGES / PAGES_PER_WORD) as usize),
+            nodes: words(shape.total_words()),
+            shape,
+        };
+        for &(from, to) in claimed {
+            assert_eq!(storage.map().try_claim(from, to), Ok(()));
+            storage.index().refresh(from, to);
+        }
+        assert!(storage.index().is_exact());
+        Arc::new(storage)
+    }
+
+    fn map(&self) -> PageBits<'_> {
+        PageBits::new(&self.bits, PAGES)
+    }
+
+    fn index(&self) -> RunIndex<'_> {
+        RunIndex::new(&self.nodes, &self.bits, &self.shape, PAGES, PAGES)
+    }
+
+    /// Claims `from..to` and refreshes, as a claimer does.
+    fn claim(&self, from: u64, to: u64) {
+        assert_eq!(self.map().try_claim(from, to), Ok(()));
+        self.index().refresh(from, to);
+    }
+
+    /// Releases `from..to` and refreshes, as a releaser does.
+    fn release(&self, from: u64, to: u64) {
+        self.map().release(from, to - from);
+        self.index().refresh(from, to);
+    }
+}
+
+/// Runs `a` and `b` on two threads over `storage`, then checks the index against the bitmap.
+fn race(storage: Arc<Storage>, a: fn(&Storage), b: fn(&Storage), expect: &[(u64, Option<u64>)]) {
+    let first = {
+        let storage = storage.clone();
+        spawn(move || a(&storage))
+    };
+    let second = {
+        let storage = storage.clone();
+        spawn(move || b(&storage))
+    };
+    first.join().expect("first participant");
+    second.join().expect("second participant");
+    assert!(storage.index().is_exact(), "a summary is stale after every participant finished");
+    for &(len, found) in expect {
+        assert_eq!(storage.index().find_run(len, 0), found, "the lowest run of {len} pages");
+    }
+}
+
+/// Interleaving: a release in the first leaf and a claim in the second, each refreshing its
+/// leaf and then the top word, which depends on both (the longest run crosses the leaves).
+/// Either refresher may compute the top word from the other's leaf before or after its change,
+/// and may stop early when its value looks right: the one that writes last must have looked
+/// below again after writing.
+#[test]
+fn a_release_and_a_claim_under_one_top_word_leave_it_exact() {
+    explore(20_000, || {
+        // Claimed: 200..300 and 400..512. The release frees 200..256; the claim takes 300..320.
+        let storage = Storage::new(&[(200, 300), (400, 512)]);
+        race(
+            storage,
+            |s| s.release(200, 256),
+            |s| s.claim(300, 320),
+            &[(256, Some(0)), (257, None), (80, Some(0))],
+        );
+    });
+}
+
+/// Interleaving: two releases in different bitmap words of one leaf, each refreshing that leaf
+/// (and the top word): the leaf's refreshers race on one word, reading each other's bits.
+#[test]
+fn two_releases_in_one_leaf_leave_it_exact() {
+    explore(20_000, || {
+        let storage = Storage::new(&[(0, 256), (300, 512)]);
+        race(
+            storage,
+            |s| s.release(10, 40),
+            |s| s.release(200, 256),
+            &[(30, Some(10)), (100, Some(200)), (101, None)],
+        );
+    });
+}
+
+/// Interleaving: two claims in different leaves that both shorten the longest free run the top
+/// word records: whatever order their refreshes land in, it ends at the shorter one.
+#[test]
+fn two_claims_in_different_leaves_leave_the_top_word_exact() {
+    explore(20_000, || {
+        let storage = Storage::new(&[(0, 100)]);
+        race(
+            storage,
+            |s| s.claim(200, 260),
+            |s| s.claim(300, 301),
+            &[(100, Some(100)), (101, Some(301)), (212, None)],
+        );
+    });
+}
+
+/// Interleaving: a release in the first leaf lengthens its longest run from 10 to 40 pages
+/// while a claim in the second shortens its own from 40 to 10, so the top word's longest run is
+/// 40 before and after. The claimer may compute the top word from the first leaf as it was (10),
+/// and the releaser, computing 40, finds the top word already right and stops; the claimer's
+/// write lands afterwards. Only its look below after writing puts the top word back to 40.
+#[test]
+fn a_refresher_that_stops_early_is_not_overwritten_by_a_stale_one() {
+    explore(20_000, || {
+        let storage = Storage::new(&[(0, 100), (110, 350), (390, 512)]);
+        race(
+            storage,
+            |s| s.release(110, 140),
+            |s| s.claim(360, 390),
+            &[(40, Some(100)), (41, None), (10, Some(100))],
+        );
+    });
+}
