@@ -302,14 +302,19 @@ fn main() {
     println!("|---|---|---|---|---|");
     let pid = std::process::id();
     let options = PoolOptions { space: Space::Overcommit, ..PoolOptions::default() };
-    for cached in [true, false] {
-        let pool = Pool::create_with(&format!("bench-arrays-{pid}"), pool_bytes, &options).expect("pool");
-        let mut subject = Shmpool::new(pool.clone(), cached);
-        let mut figures = run(&mut subject, &sequence, Some(pool.data_bytes()));
-        row(if cached { "shmpool `local()`" } else { "shmpool `Pool`" }, &mut figures);
-        drop(subject);
-        pool.destroy().expect("destroyed");
-    }
+    // The shmpool rows: in a pool of `bytes`, cached and not, probing the largest allocation
+    // when `probe` (in a sparse pool that would back most of it: only the search costs matter).
+    let shmpool_rows = |bytes: u64, probe: bool| {
+        for cached in [true, false] {
+            let pool = Pool::create_with(&format!("bench-arrays-{pid}"), bytes, &options).expect("pool");
+            let mut subject = Shmpool::new(pool.clone(), cached);
+            let mut figures = run(&mut subject, &sequence, probe.then(|| pool.data_bytes()));
+            row(if cached { "shmpool `local()`" } else { "shmpool `Pool`" }, &mut figures);
+            drop(subject);
+            pool.destroy().expect("destroyed");
+        }
+    };
+    shmpool_rows(pool_bytes, true);
     row("glibc malloc", &mut run(&mut Glibc, &sequence, None));
     let path = std::env::temp_dir().join(format!("shmpool-arrays-{pid}.seq"));
     sequence.write_to(&path);
@@ -318,6 +323,20 @@ fn main() {
         None => println!("| Boost.Interprocess | (headers not installed) | | | |"),
     }
     let _ = std::fs::remove_file(&path);
+
+    let sparse = arg("--sparse-gib", 64) * GIB;
+    if sparse > 0 {
+        println!();
+        println!(
+            "== the same sequence in a sparse {} GiB pool (searches over a fragmented page map)",
+            sparse / GIB
+        );
+        println!(
+            "| allocator | alloc median / p99 / p99.9 / max | free median / p99 / p99.9 / max | refused | |"
+        );
+        println!("|---|---|---|---|---|");
+        shmpool_rows(sparse, false);
+    }
 
     println!();
     println!(
