@@ -29,7 +29,7 @@
 /// `b"SHMPOOL\0"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPOOL\0");
 /// Bumped whenever the meaning of any word in the region changes.
-pub const LAYOUT_VERSION: u64 = 3;
+pub const LAYOUT_VERSION: u64 = 4;
 
 /// Words reserved for the header; words `HOST_WORDS_START..HEADER_WORDS` belong to the host.
 pub const HEADER_WORDS: usize = 32;
@@ -73,6 +73,10 @@ pub mod header {
     /// Data pages below this have memory behind them (the host's [`crate::Backing`] made sure
     /// of it before any of them was claimed), with their page metadata and bitmap words.
     pub const BACKED_PAGES: usize = 13;
+    /// The heap's budget, fixed at creation (0 = none): see [`crate::budget`].
+    pub const BUDGET: usize = 14;
+    /// What is charged against the budget now: see [`crate::budget`].
+    pub const BUDGET_USED: usize = 15;
 }
 
 /// Fields of the `STATUS` header word.
@@ -144,6 +148,8 @@ pub mod participant {
     /// A retirement in progress: the span's anchor before it was marked retiring (its free-list
     /// head, which the retiring anchor replaces by the retirer's index).
     pub const RETIRE_ANCHOR: usize = 6;
+    /// A budget charge being taken or given back (0 = none): see [`crate::budget`].
+    pub const BUDGET_PENDING: usize = 7;
 }
 
 /// Set in a hazard word while its participant heals the span: other healers ignore it (healers
