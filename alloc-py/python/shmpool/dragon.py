@@ -10,15 +10,16 @@ made as needed), ``is_local`` (always true), ``DragonPoolDetachFail`` (any ``Poo
 
 from . import (
     AllocType,
-    MemoryAlloc,
     MemoryAllocations,
-    MemoryPool,
     PoolAttachError,
     PoolCreateError,
     PoolError,
     PoolFullError,
     PoolTimeoutError,
 )
+
+from ._shmpool import DragonMemoryAlloc as MemoryAlloc
+from ._shmpool import DragonMemoryPool as MemoryPool
 
 DragonPoolError = PoolError
 DragonPoolDetachFail = PoolError
