@@ -175,6 +175,23 @@ impl<'a> Heap<'a> {
         size: u64,
         options: AllocOptions,
     ) -> Result<Allocation, Error> {
+        match self.budget() {
+            None => self.alloc_with_uncharged(cache, size, options),
+            Some(budget) => {
+                self.check_session(&cache.session)?;
+                let me = cache.session.participant;
+                self.alloc_charged(budget, me, size, || self.alloc_with_uncharged(cache, size, options))
+            }
+        }
+    }
+
+    #[inline]
+    fn alloc_with_uncharged(
+        &self,
+        cache: &mut Cache,
+        size: u64,
+        options: AllocOptions,
+    ) -> Result<Allocation, Error> {
         // The fast path: a plain request, the right mapping, a ready pool, a cached block.
         if options.plain_for(cache.session.owner())
             && cache.session.key == self.region().key()
@@ -215,12 +232,12 @@ impl<'a> Heap<'a> {
         if let Some(allocation) = self.alloc_cached_run(cache, size, options) {
             return Ok(allocation);
         }
-        match self.alloc(&mut cache.session, size, options) {
+        match self.alloc_uncharged(&mut cache.session, size, options) {
             Err(Error::OutOfMemory { .. }) if cache.held() > 0 => {
                 // Our cached blocks may be what keeps spans from going back to general use.
                 // Any waiters notice the given-back blocks within their wait slice.
                 let _ = self.flush(cache)?;
-                self.alloc(&mut cache.session, size, options)
+                self.alloc_uncharged(&mut cache.session, size, options)
             }
             other => other,
         }
@@ -276,6 +293,18 @@ impl<'a> Heap<'a> {
     /// shared heap at once.
     #[inline]
     pub fn free_with(&self, cache: &mut Cache, id: AllocId) -> Result<Wake, Error> {
+        match self.budget() {
+            None => self.free_with_uncharged(cache, id),
+            Some(budget) => {
+                let size = self.lookup(&mut cache.session, id)?.size;
+                let me = cache.session.participant;
+                self.free_charged(budget, me, size, || self.free_with_uncharged(cache, id))
+            }
+        }
+    }
+
+    #[inline]
+    fn free_with_uncharged(&self, cache: &mut Cache, id: AllocId) -> Result<Wake, Error> {
         // Anything but a ready pool without waiters (status exactly READY) takes the slow path:
         // destroyed pools fail there, and while anyone waits frees go to the shared heap so that
         // the waiters are woken. A Relaxed look suffices: a waiter that registers just after it
@@ -395,13 +424,13 @@ impl<'a> Heap<'a> {
                 self.clear_hazard(&cache.session);
                 return match outcome {
                     Ok(true) => Ok(wake),
-                    Ok(false) => Ok(wake.or(self.free(&mut cache.session, id)?)),
+                    Ok(false) => Ok(wake.or(self.free_uncharged(&mut cache.session, id)?)),
                     Err(error) => Err(error),
                 };
             }
         }
         // A large allocation, a block of another span, or waiters: free to the shared heap.
-        self.free(&mut cache.session, id)
+        self.free_uncharged(&mut cache.session, id)
     }
 
     /// Gives every cached block back to the shared spans and every cached run to the page

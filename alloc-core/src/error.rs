@@ -11,7 +11,7 @@ pub enum Error {
         /// Bytes asked for.
         requested: u64,
     },
-    /// The request can never fit: it is larger than the whole data area.
+    /// The request can never fit: it is larger than the whole data area (or the budget).
     TooLarge {
         /// Bytes asked for.
         requested: u64,
@@ -53,6 +53,9 @@ pub enum Error {
         /// log2 of the page size asked for.
         page_shift: u32,
     },
+    /// A budget's limit is 0 or too large, or its count limit too large (see
+    /// [`crate::budget`]).
+    BadBudget,
     /// The region's creator has not finished writing its header.
     NotReady,
     /// The pool was destroyed.
@@ -116,6 +119,10 @@ impl fmt::Display for Error {
             Error::BadPageSize { page_shift } => {
                 write!(f, "page size 2^{page_shift} is outside 64 B..8 KiB")
             }
+            Error::BadBudget => write!(
+                f,
+                "a budget needs a limit of 1 to 2^47 - 1 bytes and at most 65535 allocations"
+            ),
             Error::NotReady => write!(f, "the pool is still being initialised"),
             Error::Destroyed => write!(f, "the pool has been destroyed"),
             Error::TimedOut { requested } => {

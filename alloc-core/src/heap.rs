@@ -111,6 +111,7 @@
 //! lock. A host that waits (`alloc_blocking`) waits in bounded slices so that it tries again.
 
 use crate::bitmap::PageBits;
+use crate::budget::Budget;
 use crate::crash::step;
 use crate::error::Error;
 use crate::hier::Hier;
@@ -429,6 +430,8 @@ pub struct Heap<'a> {
     first_block: [u64; NUM_CLASSES],
     /// `geo.data_bytes()`, for the fast paths.
     data_bytes: u64,
+    /// The header's budget word (0: no budget), fixed at creation.
+    budget: u64,
     /// Per class, the span slot this process allocated from last (+ 1, 0 = none).
     pub(crate) hints: [AtomicU64; NUM_CLASSES],
     /// Where the next search for a span to retire starts. Process-local.
@@ -442,6 +445,19 @@ impl<'a> Heap<'a> {
     /// ready. Writes only the header: everything past it must be zero (a fresh file or
     /// mapping), which means "all free".
     pub fn create(region: Region<'a>, page_shift: u32, platform: Platform) -> Result<Heap<'a>, Error> {
+        Heap::create_with_budget(region, page_shift, platform, None)
+    }
+
+    /// [`Heap::create`] with a budget on what live allocations may use (see [`crate::budget`]).
+    pub fn create_with_budget(
+        region: Region<'a>,
+        page_shift: u32,
+        platform: Platform,
+        budget: Option<Budget>,
+    ) -> Result<Heap<'a>, Error> {
+        if budget.is_some_and(|budget| !budget.is_valid()) {
+            return Err(Error::BadBudget);
+        }
         if !(MIN_PAGE_SHIFT..=MAX_PAGE_SHIFT).contains(&page_shift) {
             return Err(Error::BadPageSize { page_shift });
         }
@@ -456,6 +472,7 @@ impl<'a> Heap<'a> {
         w(header::DATA_OFFSET).store(geo.data_offset, Ordering::Relaxed);
         w(header::TABLE_SIZE).store(geo.table_size, Ordering::Relaxed);
         w(header::FENCES).store(fences, Ordering::Relaxed);
+        w(header::BUDGET).store(budget.map_or(0, Budget::encode), Ordering::Relaxed);
         w(header::VERSION).store(LAYOUT_VERSION, Ordering::Relaxed);
         w(header::MAGIC).store(MAGIC, Ordering::Relaxed);
         // ORDERING: Release publishes the header fields above to `open`'s Acquire load of STATUS.
@@ -500,6 +517,7 @@ impl<'a> Heap<'a> {
             || read(header::DATA_OFFSET) != geo.data_offset
             || read(header::TABLE_SIZE) != geo.table_size
             || !(fences == FENCES_SYMMETRIC || fences == FENCES_ASYMMETRIC)
+            || Budget::decode(read(header::BUDGET)).is_some_and(|budget| !budget.is_valid())
         {
             return Err(Error::HeaderMismatch);
         }
@@ -531,17 +549,26 @@ impl<'a> Heap<'a> {
             // A class with only a handful of blocks per span would waste most of it.
             *slot = if count >= 8 { count } else { 0 };
         }
+        // ORDERING: Relaxed: written before the pool was marked ready, which `open` (or `create`,
+        // which wrote it) ordered before this.
+        let budget = region.word(header::BUDGET).load(Ordering::Relaxed);
         Heap {
             region,
             geo,
             blocks,
             first_block: blocks.map(span_meta_bytes),
             data_bytes: geo.data_bytes(),
+            budget,
             hints: core::array::from_fn(|_| AtomicU64::new(0)),
             empty_hint: AtomicU64::new(0),
             fences,
             backing,
         }
+    }
+
+    /// The header's budget word (0: none), as read when the heap was opened.
+    pub(crate) fn budget_word(&self) -> u64 {
+        self.budget
     }
 
     /// The geometry this heap was opened with.
@@ -1144,6 +1171,18 @@ impl<'a> Heap<'a> {
     /// Frees the allocation `id`. A double free, a stale id or an id that is not an allocation
     /// start is an error and changes nothing.
     pub fn free(&self, session: &mut Session, id: AllocId) -> Result<Wake, Error> {
+        match self.budget() {
+            None => self.free_uncharged(session, id),
+            Some(budget) => {
+                let size = self.lookup(session, id)?.size;
+                let me = session.participant;
+                self.free_charged(budget, me, size, || self.free_uncharged(session, id))
+            }
+        }
+    }
+
+    /// [`Heap::free`] without the budget's part.
+    pub(crate) fn free_uncharged(&self, session: &mut Session, id: AllocId) -> Result<Wake, Error> {
         self.under_hazard(session, id, |heap, session, page| {
             let (place, state) = heap.locate(id, page)?;
             heap.release(session, id, place, state, None)
@@ -1267,10 +1306,17 @@ impl<'a> Heap<'a> {
     pub fn realloc(&self, session: &mut Session, id: AllocId, new_size: u64) -> Result<Allocation, Error> {
         let current = self.under_hazard(session, id, |heap, _, page| {
             let (place, state) = heap.locate(id, page)?;
-            let fits = match place {
+            let mut fits = match place {
                 Place::Small { .. } => new_size <= heap.capacity_of(place),
                 Place::Large { pages, .. } => new_size.div_ceil(heap.geo.page_bytes()).max(1) == pages,
             };
+            // Under a budget, in place only while the charge stays the same (a move goes through
+            // the budget as an allocation and a free).
+            if fits && heap.budget != 0 {
+                let (_, decoded, extra) = heap.live_state(id, place, state)?;
+                let size = heap.describe(id, place, decoded, extra)?.size;
+                fits = heap.charge_of(size) == heap.charge_of(new_size);
+            }
             if !fits {
                 let (_, decoded, extra) = heap.live_state(id, place, state)?;
                 return Ok(Err(heap.describe(id, place, decoded, extra)?));
@@ -1310,6 +1356,24 @@ impl<'a> Heap<'a> {
 
     /// Allocates `size` bytes (0 is allowed and gives a distinct allocation).
     pub fn alloc(
+        &self,
+        session: &mut Session,
+        size: u64,
+        options: AllocOptions,
+    ) -> Result<Allocation, Error> {
+        match self.budget() {
+            None => self.alloc_uncharged(session, size, options),
+            Some(budget) => {
+                self.check_session(session)?;
+                let me = session.participant;
+                self.alloc_charged(budget, me, size, || self.alloc_uncharged(session, size, options))
+            }
+        }
+    }
+
+    /// [`Heap::alloc`] without the budget's part.
+    #[inline]
+    pub(crate) fn alloc_uncharged(
         &self,
         session: &mut Session,
         size: u64,
@@ -1380,7 +1444,7 @@ impl<'a> Heap<'a> {
         match options.owner {
             Some(owner) if owner != allocation.owner => {
                 if let Err(error) = self.set_owner(session, allocation.id(), owner) {
-                    let _ = self.free(session, allocation.id());
+                    let _ = self.free_uncharged(session, allocation.id());
                     return Err(error);
                 }
                 Ok(Allocation { owner, ..allocation })

@@ -74,6 +74,10 @@ pub mod header {
     /// Data pages below this have memory behind them (the host's [`crate::Backing`] made sure
     /// of it before any of them was claimed), with their page metadata and bitmap words.
     pub const BACKED_PAGES: usize = 13;
+    /// The heap's budget, fixed at creation (0 = none): see [`crate::budget`].
+    pub const BUDGET: usize = 14;
+    /// What is charged against the budget now: see [`crate::budget`].
+    pub const BUDGET_USED: usize = 15;
 }
 
 /// Fields of the `STATUS` header word.
@@ -145,6 +149,8 @@ pub mod participant {
     /// A retirement in progress: the span's anchor before it was marked retiring (its free-list
     /// head, which the retiring anchor replaces by the retirer's index).
     pub const RETIRE_ANCHOR: usize = 6;
+    /// A budget charge being taken or given back (0 = none): see [`crate::budget`].
+    pub const BUDGET_PENDING: usize = 7;
 }
 
 /// Set in a hazard word while its participant heals the span: other healers ignore it (healers
@@ -365,9 +371,9 @@ impl RunShape {
 const _: () = {
     assert!(CLASS_SIZES.len() == NUM_CLASSES);
     assert!(CLASS_SIZES[NUM_CLASSES - 1] as u64 == MAX_CLASS_SIZE);
-    assert!(HOST_WORDS_START > header::BACKED_PAGES && HOST_WORDS_START < HEADER_WORDS);
+    assert!(HOST_WORDS_START > header::BUDGET_USED && HOST_WORDS_START < HEADER_WORDS);
     assert!(page::EPOCH < PAGE_META_WORDS);
-    assert!(participant::RETIRE_ANCHOR < PARTICIPANT_WORDS);
+    assert!(participant::BUDGET_PENDING < PARTICIPANT_WORDS);
     assert!(process::NAMESPACE < PROCESS_WORDS);
     assert!(WAITER_SLOTS + status::WAITER_SHIFT as usize == 64);
     // Classes are 16-byte multiples, so every block of a span starts 16-byte aligned.

@@ -34,6 +34,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod bitmap;
+pub mod budget;
 mod cache;
 mod check;
 mod crash;
@@ -51,6 +52,7 @@ pub mod runs;
 pub mod span;
 mod wait;
 
+pub use budget::{Budget, BudgetUsed};
 pub use cache::{Cache, CACHE_BLOCKS, CACHE_RUNS, CACHE_RUN_BYTES};
 #[cfg(feature = "crash-points")]
 pub use crash::{clear_hook, set_hook};

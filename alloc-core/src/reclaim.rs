@@ -145,7 +145,14 @@ impl Heap<'_> {
         }
         // 3. Their waiter slots.
         reclaimed.waiter_slots = self.clear_dead_waiters(session);
-        // 4. What they owned and held.
+        // 4. What they owned and held (each freed allocation's charge going back to the budget).
+        let mut report = |id: AllocId, owner: Owner, size: u64| {
+            let charge = self.charge_of(size);
+            if charge != 0 {
+                let _ = self.give_back(charge);
+            }
+            report(id, owner, size);
+        };
         self.walk_for_dead(session, &mut reclaimed, &mut report)?;
         // 5. Their records.
         for record in self.processes() {
@@ -296,6 +303,9 @@ impl Heap<'_> {
         reclaimed: &mut Reclaimed,
         offline: bool,
     ) -> Result<Resolved, Error> {
+        if self.resolve_budget_pending(index) {
+            reclaimed.pending += 1;
+        }
         let pending = self.participant_word(index, participant::PENDING).load(Ordering::Acquire);
         if pending != 0 {
             self.resolve_pending(session, index, pending - 1)?;

@@ -22,7 +22,7 @@ use crate::views;
 
 /// One allocation in a pool. Supports the buffer protocol (`memoryview(a)`,
 /// `numpy.frombuffer(a, ...)`): writable and zero-copy.
-#[pyclass(frozen, module = "shmpool")]
+#[pyclass(frozen, subclass, module = "shmpool")]
 pub struct MemoryAlloc {
     pool_object: Py<MemoryPool>,
     pool: Pool,
@@ -36,11 +36,14 @@ pub struct MemoryAlloc {
     done: AtomicBool,
     /// Live views made through this object (every handle's are also counted under `key`).
     exports: AtomicUsize,
+    /// Dragon's semantics (a `shmpool.dragon.MemoryAlloc`): see the `dragon` module.
+    pub(crate) dragon: bool,
 }
 
 impl MemoryAlloc {
     pub(crate) fn new(pool_object: Py<MemoryPool>, pool: Pool, allocation: Allocation) -> MemoryAlloc {
         MemoryAlloc {
+            dragon: pool_object.get().dragon,
             key: (pool.nonce(), allocation.id().to_u128()),
             pool_object,
             pool,
@@ -72,6 +75,38 @@ impl MemoryAlloc {
     /// The pool this allocation belongs to.
     pub(crate) fn pool_handle(&self) -> &Pool {
         &self.pool
+    }
+
+    /// [`MemoryAlloc::attach`], with Dragon's semantics or not.
+    pub(crate) fn attach_with(py: Python<'_>, serialized: &[u8], dragon: bool) -> PyResult<MemoryAlloc> {
+        let (pool, mut allocation) = alloc_shm::Pool::attach_alloc(serialized).py_err(py)?;
+        pool.adopt(allocation.id()).py_err(py)?;
+        allocation.owner = pool.me().py_err(py)?;
+        let pool_object = Py::new(py, MemoryPool::wrap_with(pool.clone(), false, dragon))?;
+        Ok(MemoryAlloc::new(pool_object, pool, allocation))
+    }
+
+    /// Where this handle's bytes are: the pool's nonce, the id, and the window.
+    pub(crate) fn identity(&self) -> (u64, u128, u64, u64) {
+        (self.pool.nonce(), self.allocation.id().to_u128(), self.start, self.length)
+    }
+
+    /// A copy of the bytes this handle shows.
+    pub(crate) fn read_bytes(&self, py: Python<'_>) -> PyResult<Vec<u8>> {
+        self.ensure_live(py)?;
+        let mut bytes = vec![0u8; self.length as usize];
+        self.pool.read(self.allocation.id(), self.start, &mut bytes).py_err(py)?;
+        Ok(bytes)
+    }
+
+    /// The Python object for this handle: a `shmpool.dragon.MemoryAlloc` under Dragon's
+    /// semantics, else a `shmpool.MemoryAlloc`.
+    pub(crate) fn into_object(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if self.dragon {
+            let init = PyClassInitializer::from(self).add_subclass(crate::dragon::DragonAlloc);
+            return Ok(Py::new(py, init)?.into_any());
+        }
+        Ok(Py::new(py, self)?.into_any())
     }
 
     pub(crate) fn alloc_type(&self) -> u8 {
@@ -106,6 +141,26 @@ impl MemoryAlloc {
                 "InvalidAllocationError",
                 format!("allocation {} was already freed or detached", self.allocation.id().to_u128()),
             ));
+        }
+        // Dragon's semantics: a free under live views is put off until the last of them is
+        // released (see the `views` module); the handle is done at once.
+        if self.dragon {
+            match views::defer_free(self.key, || (self.pool.clone(), self.allocation.id())) {
+                views::Deferral::Deferred => {
+                    // ORDERING: SeqCst, the handle flag's order everywhere.
+                    self.done.store(true, Ordering::SeqCst);
+                    crate::trace::freeing(py, &self.pool, &self.allocation);
+                    return Ok(());
+                }
+                views::Deferral::AlreadyDeferred => {
+                    return Err(raise(
+                        py,
+                        "InvalidAllocationError",
+                        format!("allocation {} was already freed", self.allocation.id().to_u128()),
+                    ));
+                }
+                views::Deferral::NotViewed => {}
+            }
         }
         // Refused while a view made through any handle of the allocation is alive; views of it
         // are refused while it is freed (see the `views` module).
@@ -240,17 +295,16 @@ impl MemoryAlloc {
     /// receiver adopts it (one atomic owner change, which fails if it is no longer live): what
     /// was handed over survives its producer, and is reclaimed with the receiver if it dies.
     #[staticmethod]
-    fn attach(py: Python<'_>, serialized: &[u8]) -> PyResult<MemoryAlloc> {
-        let (pool, mut allocation) = alloc_shm::Pool::attach_alloc(serialized).py_err(py)?;
-        pool.adopt(allocation.id()).py_err(py)?;
-        allocation.owner = pool.me().py_err(py)?;
-        let pool_object = Py::new(py, MemoryPool::wrap(pool.clone(), false))?;
-        Ok(MemoryAlloc::new(pool_object, pool, allocation))
+    pub(crate) fn attach(py: Python<'_>, serialized: &[u8]) -> PyResult<MemoryAlloc> {
+        MemoryAlloc::attach_with(py, serialized, false)
     }
 
-    /// Lets go of this handle without freeing the allocation. Refused while views are alive.
+    /// Lets go of this handle without freeing the allocation. Refused while views are alive
+    /// (allowed in Dragon's semantics: the views stay valid, they hold the allocation).
     fn detach(&self) -> PyResult<()> {
-        self.no_views("detach the allocation")?;
+        if !self.dragon {
+            self.no_views("detach the allocation")?;
+        }
         // ORDERING: SeqCst, the handle flag's order everywhere (see `free`).
         self.done.store(true, Ordering::SeqCst);
         Ok(())
@@ -270,7 +324,7 @@ impl MemoryAlloc {
     /// A handle on bytes `offset..offset + length` of this allocation (no copy; freeing it
     /// frees the whole allocation).
     #[pyo3(signature = (offset=0, length=None))]
-    fn clone(&self, py: Python<'_>, offset: i128, length: Option<i128>) -> PyResult<MemoryAlloc> {
+    fn clone(&self, py: Python<'_>, offset: i128, length: Option<i128>) -> PyResult<Py<PyAny>> {
         self.ensure_live(py)?;
         let offset = size_arg(py, offset)?;
         let stop = match length {
@@ -282,7 +336,7 @@ impl MemoryAlloc {
             ),
         };
         let (start, stop) = self.window(offset, stop)?;
-        Ok(MemoryAlloc {
+        MemoryAlloc {
             key: self.key,
             pool_object: self.pool_object.clone_ref(py),
             pool: self.pool.clone(),
@@ -291,7 +345,9 @@ impl MemoryAlloc {
             length: stop - start,
             done: AtomicBool::new(false),
             exports: AtomicUsize::new(0),
-        })
+            dragon: self.dragon,
+        }
+        .into_object(py)
     }
 
     /// A new allocation holding a copy of these bytes, in `pool` (default: the same pool),
@@ -302,7 +358,7 @@ impl MemoryAlloc {
         py: Python<'_>,
         pool: Option<Bound<'_, MemoryPool>>,
         timeout: Option<f64>,
-    ) -> PyResult<MemoryAlloc> {
+    ) -> PyResult<Py<PyAny>> {
         self.ensure_live(py)?;
         let target = match pool {
             Some(pool) => pool.unbind(),
@@ -320,7 +376,7 @@ impl MemoryAlloc {
         .py_err(py)?;
         target_pool.write(copy.id(), 0, &bytes).py_err(py)?;
         crate::trace::allocated(py, &target_pool, &copy);
-        Ok(MemoryAlloc::new(target, target_pool, copy))
+        MemoryAlloc::new(target, target_pool, copy).into_object(py)
     }
 
     /// Sets bytes `start..stop` (default: all) to zero.
@@ -351,7 +407,8 @@ impl MemoryAlloc {
 
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
         let py = slf.py();
-        let attach = py.get_type::<MemoryAlloc>().getattr("attach")?;
+        // The handle's own class: a Dragon allocation unpickles as one.
+        let attach = slf.get_type().getattr("attach")?;
         Ok((attach, (slf.get().serialize(py)?,)))
     }
 

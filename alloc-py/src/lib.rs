@@ -4,6 +4,7 @@
 //! parts (exceptions, `AllocType`, `Arena`, `shmpool.dragon`) live in `python/shmpool/`.
 
 mod alloc;
+mod dragon;
 mod errors;
 mod pool;
 mod trace;
@@ -25,6 +26,8 @@ fn run_tool(py: Python<'_>, argv: Vec<std::ffi::OsString>, this_command: Vec<std
 /// without re-enabling the GIL.
 #[pymodule(gil_used = false)]
 mod _shmpool {
+    use pyo3::prelude::*;
+
     #[pymodule_export]
     use super::alloc::MemoryAlloc;
     #[pymodule_export]
@@ -33,6 +36,15 @@ mod _shmpool {
     use super::run_tool;
     #[pymodule_export]
     use super::trace::trace_allocations;
+    /// The `shmpool.dragon` classes, under names that do not hide shmpool's own (their Python
+    /// names are `shmpool.dragon.MemoryPool` and `shmpool.dragon.MemoryAlloc`).
+    #[pymodule_init]
+    fn init(module: &Bound<'_, PyModule>) -> PyResult<()> {
+        let py = module.py();
+        module.add("DragonMemoryPool", py.get_type::<super::dragon::DragonPool>())?;
+        module.add("DragonMemoryAlloc", py.get_type::<super::dragon::DragonAlloc>())
+    }
+
     #[pymodule_export]
     const TRACEMALLOC_DOMAIN: u32 = super::trace::DOMAIN;
     /// The package's version (the workspace's).

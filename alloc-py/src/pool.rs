@@ -17,7 +17,7 @@ use crate::errors::{alloc_type_arg, exported, raise, size_arg, timeout_arg, Into
 /// `MemoryPool(size, fname)`; attach one with `MemoryPool.attach(serialized)` or
 /// `MemoryPool.attach_by_name(fname)`. As a context manager, the handle that created the pool
 /// destroys it on exit and an attached handle detaches.
-#[pyclass(frozen, module = "shmpool")]
+#[pyclass(frozen, subclass, module = "shmpool")]
 pub struct MemoryPool {
     /// This handle's view of the pool, with a block cache for the fast path (`None` once
     /// detached). The GIL serialises Python threads anyway, so the lock is uncontended.
@@ -29,17 +29,31 @@ pub struct MemoryPool {
     /// The pool's descriptor once `serialize` made it (kept, as Dragon keeps it, so that
     /// `serialize` still answers after `detach(serialize=True)`).
     serialized: Mutex<Option<Vec<u8>>>,
+    /// Dragon's semantics for this handle and the allocations made through it (the
+    /// `shmpool.dragon` classes; see the `dragon` module).
+    pub(crate) dragon: bool,
 }
 
 impl MemoryPool {
     pub(crate) fn wrap(pool: Pool, creator: bool) -> MemoryPool {
+        MemoryPool::wrap_with(pool, creator, false)
+    }
+
+    /// [`MemoryPool::wrap`], with Dragon's semantics or not.
+    pub(crate) fn wrap_with(pool: Pool, creator: bool, dragon: bool) -> MemoryPool {
         MemoryPool {
+            dragon,
             name: pool.name().to_owned(),
             handle: Mutex::new(Some(pool.local())),
             creator,
             exports: AtomicUsize::new(0),
             serialized: Mutex::new(None),
         }
+    }
+
+    /// The pool's name.
+    pub(crate) fn pool_name(&self) -> &str {
+        &self.name
     }
 
     fn detached_error(&self, py: Python<'_>) -> PyErr {
@@ -59,6 +73,14 @@ impl MemoryPool {
     pub(crate) fn free_cached(&self, id: AllocId) -> Option<Result<(), PoolError>> {
         let mut handle = self.handle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         handle.as_mut().map(|local| local.free(id))
+    }
+
+    /// A handle on the live allocation `id`.
+    fn handle_of(slf: &Bound<'_, Self>, id: u128) -> PyResult<MemoryAlloc> {
+        let py = slf.py();
+        let pool = slf.get().pool(py)?;
+        let allocation = pool.lookup(AllocId::from_u128(id)).py_err(py)?;
+        Ok(MemoryAlloc::new(slf.clone().unbind(), pool, allocation))
     }
 
     /// Refuses an allocation of another pool (a foreign free).
@@ -281,7 +303,7 @@ impl MemoryPool {
 
     /// Attaches the pool a `serialize()`d descriptor names.
     #[staticmethod]
-    fn attach(py: Python<'_>, serialized: &[u8]) -> PyResult<MemoryPool> {
+    pub(crate) fn attach(py: Python<'_>, serialized: &[u8]) -> PyResult<MemoryPool> {
         let pool = Pool::attach(serialized).or_else(|error| match error {
             PoolError::InvalidDescriptor(_) => {
                 Err(raise(py, "InvalidPoolDescriptorError", error.to_string()))
@@ -344,7 +366,9 @@ impl MemoryPool {
     fn detach(&self, py: Python<'_>, serialize: bool) -> PyResult<()> {
         // ORDERING: SeqCst, the order of the view counters everywhere (see MemoryAlloc::free).
         let views = self.exports.load(Ordering::SeqCst);
-        if views > 0 {
+        // Dragon lets a handle go under live views: they keep the mapping (and their
+        // allocation handles) alive, so nothing dangles.
+        if views > 0 && !self.dragon {
             return Err(exported("detach the pool", views));
         }
         if serialize {
@@ -388,7 +412,8 @@ impl MemoryPool {
         let py = slf.py();
         let pool = slf.get().pool(py)?;
         let serialized = slf.get().serialize(py)?;
-        let class = py.get_type::<MemoryPool>();
+        // The handle's own class: a Dragon pool unpickles as one.
+        let class = slf.get_type();
         if !pool.is_memfd() {
             return Ok((class.getattr("attach")?, PyTuple::new(py, [serialized.into_any()])?));
         }
@@ -416,7 +441,7 @@ impl MemoryPool {
 
     /// Allocates `size` bytes (0 gives a distinct valid allocation).
     #[pyo3(signature = (size, alloc_type=0))]
-    fn alloc(slf: &Bound<'_, Self>, size: i128, alloc_type: i128) -> PyResult<MemoryAlloc> {
+    fn alloc(slf: &Bound<'_, Self>, size: i128, alloc_type: i128) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let size = size_arg(py, size)?;
         let alloc_type = alloc_type_arg(alloc_type)?;
@@ -426,9 +451,9 @@ impl MemoryPool {
                 let options = AllocOptions { alloc_type, ..local.pool().options() };
                 local.alloc_with(size, options).map(|allocation| (local.pool().clone(), allocation))
             })?
-            .py_err(py)?;
+            .map_err(|error| crate::dragon::alloc_error(py, slf.get().dragon, error))?;
         crate::trace::allocated(py, &pool, &allocation);
-        Ok(MemoryAlloc::new(slf.clone().unbind(), pool, allocation))
+        MemoryAlloc::new(slf.clone().unbind(), pool, allocation).into_object(py)
     }
 
     /// Allocates, waiting (without the GIL) for a free in any process while the pool is
@@ -440,8 +465,12 @@ impl MemoryPool {
         size: i128,
         timeout: Option<f64>,
         alloc_type: i128,
-    ) -> PyResult<MemoryAlloc> {
+    ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
+        // Dragon's zero timeout is one try that fails as a full pool does, not as a timeout.
+        if slf.get().dragon && timeout == Some(0.0) {
+            return MemoryPool::alloc(slf, size, alloc_type);
+        }
         let size = size_arg(py, size)?;
         let alloc_type = alloc_type_arg(alloc_type)?;
         let timeout = timeout_arg(timeout)?;
@@ -458,12 +487,12 @@ impl MemoryPool {
             match py.detach(|| pool.alloc_blocking_with(size, options, Some(slice))) {
                 Ok(allocation) => {
                     crate::trace::allocated(py, &pool, &allocation);
-                    return Ok(MemoryAlloc::new(slf.clone().unbind(), pool, allocation));
+                    return MemoryAlloc::new(slf.clone().unbind(), pool, allocation).into_object(py);
                 }
                 Err(PoolError::Timeout { .. }) if deadline.is_none_or(|d| Instant::now() < d) => {
                     py.check_signals()?;
                 }
-                Err(error) => return Err(crate::errors::to_py(py, error)),
+                Err(error) => return Err(crate::dragon::alloc_error(py, slf.get().dragon, error)),
             }
         }
     }
@@ -477,11 +506,11 @@ impl MemoryPool {
 
     /// Resizes `alloc` to `size` bytes: in place when it fits, else moved (the old handle
     /// then refers to freed memory). On failure the original is untouched.
-    fn realloc(slf: &Bound<'_, Self>, alloc: &Bound<'_, MemoryAlloc>, size: i128) -> PyResult<MemoryAlloc> {
+    fn realloc(slf: &Bound<'_, Self>, alloc: &Bound<'_, MemoryAlloc>, size: i128) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let size = size_arg(py, size)?;
         slf.get().ensure_own(py, alloc)?;
-        alloc.get().realloc(py, slf.clone().unbind(), size)
+        alloc.get().realloc(py, slf.clone().unbind(), size)?.into_object(py)
     }
 
     /// A snapshot of the live allocations, optionally of one type.
@@ -509,17 +538,14 @@ impl MemoryPool {
     }
 
     /// The live allocation with this id (InvalidAllocationError if there is none).
-    fn alloc_from_id(slf: &Bound<'_, Self>, id: u128) -> PyResult<MemoryAlloc> {
-        let py = slf.py();
-        let pool = slf.get().pool(py)?;
-        let allocation = pool.lookup(AllocId::from_u128(id)).py_err(py)?;
-        Ok(MemoryAlloc::new(slf.clone().unbind(), pool, allocation))
+    fn alloc_from_id(slf: &Bound<'_, Self>, id: u128) -> PyResult<Py<PyAny>> {
+        MemoryPool::handle_of(slf, id)?.into_object(slf.py())
     }
 
     /// Dragon's `get_alloc_by_id(alloc_type, id)`.
-    fn get_alloc_by_id(slf: &Bound<'_, Self>, alloc_type: i128, id: u128) -> PyResult<MemoryAlloc> {
+    fn get_alloc_by_id(slf: &Bound<'_, Self>, alloc_type: i128, id: u128) -> PyResult<Py<PyAny>> {
         let alloc_type = alloc_type_arg(alloc_type)?;
-        let alloc = MemoryPool::alloc_from_id(slf, id)?;
+        let alloc = MemoryPool::handle_of(slf, id)?;
         if alloc.alloc_type() != alloc_type {
             return Err(raise(
                 slf.py(),
@@ -527,7 +553,7 @@ impl MemoryPool {
                 format!("allocation {id} is not of type {alloc_type}"),
             ));
         }
-        Ok(alloc)
+        alloc.into_object(slf.py())
     }
 
     /// Total bytes of the pool.

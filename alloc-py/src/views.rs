@@ -21,8 +21,17 @@
 //!
 //! A view waits only for frees that had already started when it counted itself (a free never
 //! waits for anything), so it never waits for long.
+//!
+//! Dragon's semantics (`shmpool.dragon`) allow a free while views are alive: the free is then
+//! put off ([`defer_free`]) and recorded under the key, no new view of the allocation is made,
+//! and the release of the last view does it, once. It goes through the pool itself (the
+//! recorded `Pool` keeps the mapping, whatever became of the handles); if the allocation was
+//! freed meanwhile by anyone else (its id is then stale) or the pool destroyed, that free fails
+//! and the failure is dropped: a buffer release has no one to tell.
 
 use std::collections::HashMap;
+
+use alloc_shm::{AllocId, Pool};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
@@ -44,6 +53,14 @@ struct Entry {
     views: usize,
     /// Frees or resizes of it under way (through the registry).
     closing: usize,
+    /// A free put off until the last view is released (Dragon's semantics).
+    deferred: Option<(Pool, AllocId)>,
+}
+
+impl Entry {
+    fn is_idle(&self) -> bool {
+        self.views == 0 && self.closing == 0 && self.deferred.is_none()
+    }
 }
 
 /// Allocations with live views or a registered free under way.
@@ -73,7 +90,7 @@ pub(crate) fn count(key: Key) -> Result<(), Closing> {
     }
     let mut map = registry();
     let entry = map.entry(key).or_default();
-    if entry.closing > 0 {
+    if entry.closing > 0 || entry.deferred.is_some() {
         drop(map);
         VIEWS.fetch_sub(1, Ordering::SeqCst);
         return Err(Closing);
@@ -85,15 +102,55 @@ pub(crate) fn count(key: Key) -> Result<(), Closing> {
 /// Forgets a view of `key` recorded by [`count`].
 pub(crate) fn uncount(key: Key) {
     let mut map = registry();
+    let mut due = None;
     if let Some(entry) = map.get_mut(&key) {
         entry.views = entry.views.saturating_sub(1);
-        if entry.views == 0 && entry.closing == 0 {
+        if entry.views == 0 {
+            due = entry.deferred.take();
+        }
+        if entry.is_idle() {
             map.remove(&key);
         }
     }
     drop(map);
     // ORDERING: SeqCst, the counter's order everywhere (see `count`).
     VIEWS.fetch_sub(1, Ordering::SeqCst);
+    // The put-off free, once, outside the lock: a stale id (freed meanwhile by anyone) or a
+    // destroyed pool fails, and there is no one to tell.
+    if let Some((pool, id)) = due {
+        let _ = pool.free(id);
+    }
+}
+
+/// What [`defer_free`] did.
+pub(crate) enum Deferral {
+    /// Views are alive: the free is recorded and will happen when the last is released.
+    Deferred,
+    /// A free of the allocation is already put off (a double free).
+    AlreadyDeferred,
+    /// No view is alive: free it now.
+    NotViewed,
+}
+
+/// Puts off the free of `key` (the pool and id `what` gives) until its last view is released,
+/// if any view is alive.
+pub(crate) fn defer_free(key: Key, what: impl FnOnce() -> (Pool, AllocId)) -> Deferral {
+    // ORDERING: Relaxed, as in `unless_viewed`: no view of anything, no registry look.
+    if GIL_ORDERS && VIEWS.load(Ordering::Relaxed) == 0 {
+        return Deferral::NotViewed;
+    }
+    let mut map = registry();
+    let Some(entry) = map.get_mut(&key) else {
+        return Deferral::NotViewed;
+    };
+    if entry.deferred.is_some() {
+        return Deferral::AlreadyDeferred;
+    }
+    if entry.views == 0 {
+        return Deferral::NotViewed;
+    }
+    entry.deferred = Some(what());
+    Deferral::Deferred
 }
 
 /// Runs `change` (a free or resize of `key`) unless a view of the allocation is alive; else
@@ -131,7 +188,7 @@ pub(crate) fn unless_viewed<R>(key: Key, quick: bool, change: impl FnOnce() -> R
         let mut map = registry();
         if let Some(entry) = map.get_mut(&key) {
             entry.closing -= 1;
-            if entry.views == 0 && entry.closing == 0 {
+            if entry.is_idle() {
                 map.remove(&key);
             }
         }

@@ -75,7 +75,8 @@ def test_detach_with_serialize_keeps_the_descriptor(pool_name):
 
 def test_pre_alloc_blocks_must_be_sizes(pool_name):
     for bad in [[-1], ["4"], 3]:
-        with pytest.raises((TypeError, ValueError)):
+        # Dragon converts them as unsigned: a negative count overflows.
+        with pytest.raises((TypeError, OverflowError)):
             dragon.MemoryPool(4 * 2**20, pool_name, pre_alloc_blocks=bad)
     assert not os.path.exists(f"/dev/shm/shmpool-{pool_name}")
 
@@ -96,4 +97,140 @@ def test_attaching_a_destroyed_pool_raises_what_dragon_code_catches(pool_name):
     with pytest.raises(dragon.DragonPoolAttachFail):
         dragon.MemoryPool.attach(descriptor)
     with pytest.raises(shmpool.PoolDestroyedError):
+        dragon.MemoryPool.attach(descriptor)
+
+
+@pytest.fixture
+def dragon_pool(pool_name):
+    """A Dragon pool of Dragon's smallest test size (32 KiB), destroyed afterwards."""
+    created = dragon.MemoryPool(32768, pool_name, 5, None)
+    yield created
+    try:
+        created.destroy()
+    except dragon.DragonPoolError:
+        pass
+
+
+def test_a_dragon_pool_as_small_as_dragons_is_made_and_reports_its_size(dragon_pool, pool_name):
+    assert dragon_pool.size == 32768
+    with pytest.raises(dragon.DragonPoolCreateFail):
+        dragon.MemoryPool(128, pool_name + "-tiny", 1, None)
+
+
+def test_a_dragon_pool_holds_its_whole_size_once_and_nothing_beside_it(dragon_pool):
+    whole = dragon_pool.alloc(32768)
+    with pytest.raises(TimeoutError):
+        dragon_pool.alloc_blocking(32768, timeout=0.2)
+    with pytest.raises(dragon.DragonPoolAllocationNotAvailable, match="DRAGON_DYNHEAP_REQUESTED_SIZE_NOT_AVAILABLE"):
+        dragon_pool.alloc(1)
+    with pytest.raises(dragon.DragonPoolError):
+        dragon_pool.alloc_blocking(1, timeout=0)
+    whole.free()
+    # Counted as a buddy allocator counts: 10000 bytes take 16 KiB, so two fill the pool.
+    first, second = dragon_pool.alloc(10000), dragon_pool.alloc(10000)
+    with pytest.raises(dragon.DragonPoolAllocationNotAvailable):
+        dragon_pool.alloc(5000)
+    first.free()
+    second.free()
+    assert dragon_pool.alloc(32768).size == 32768
+
+
+def test_a_dragon_pool_budget_is_shared_by_attached_handles(dragon_pool):
+    other = dragon.MemoryPool.attach(dragon_pool.serialize())
+    held = dragon_pool.alloc(20000)
+    with pytest.raises(TimeoutError):
+        other.alloc_blocking(20000, timeout=0.1)
+    held.free()
+    other.alloc(20000).free()
+    other.detach()
+
+
+def test_max_allocations_bounds_the_live_allocations(pool_name):
+    mpool = dragon.MemoryPool(2**20, pool_name, 2, max_allocations=3)
+    try:
+        held = [mpool.alloc(60) for _ in range(3)]
+        with pytest.raises(dragon.DragonPoolError):
+            mpool.alloc(60)
+        held.pop().free()
+        held.append(mpool.alloc(60))
+    finally:
+        mpool.destroy()
+
+
+def test_uids_take_any_unsigned_64_bit_value_and_negatives_overflow(pool_name):
+    for uid in [0, 2**63 + 1234, 2**64 - 1]:
+        mpool = dragon.MemoryPool(32768, pool_name, uid, None)
+        assert mpool.muid == uid
+        mpool.destroy()
+    with pytest.raises(OverflowError):
+        dragon.MemoryPool(32768, pool_name, -1, None)
+    with pytest.raises(OverflowError):
+        dragon.MemoryPool(-12, pool_name, 1, None)
+    import shmpool
+
+    with pytest.raises(ValueError):
+        shmpool.MemoryPool(-12, pool_name)
+
+
+def test_dragon_allocations_compare_by_contents_and_hash_alike(dragon_pool):
+    first, second, longer = dragon_pool.alloc(5), dragon_pool.alloc(5), dragon_pool.alloc(15)
+    first[0:5] = b"hello"
+    second[0:5] = b"hello"
+    longer[0:5] = b"hello"
+    assert first == second and hash(first) == hash(second) and hash(first) >= 0
+    assert first != longer
+    assert not first.is_the_same_as(second)
+    assert first.is_the_same_as(dragon_pool.alloc_from_id(first.id))
+    second[0:1] = b"j"
+    assert first != second
+    assert isinstance(first, dragon.MemoryAlloc)
+
+
+def test_shmpool_allocations_keep_identity_equality(pool):
+    first, second = pool.alloc(5), pool.alloc(5)
+    first[0:5] = second[0:5] = b"hello"
+    assert first != second
+    assert first == pool.alloc_from_id(first.id)
+
+
+def test_a_free_under_a_live_view_waits_for_the_view(dragon_pool):
+    mem = dragon_pool.alloc(4096)
+    view = mem.get_memview()
+    offset = mem.offset
+    mem.free()
+    view[0:4] = b"live"  # the memory is still the allocation's
+    again = dragon_pool.alloc(4096)
+    assert again.offset != offset
+    assert dragon_pool.get_allocations().num_allocs == 2
+    with pytest.raises(dragon.DragonMemoryError):
+        mem.get_memview()
+    with pytest.raises(dragon.DragonMemoryError):
+        mem.free()
+    view.release()
+    assert dragon_pool.get_allocations().num_allocs == 1
+    again.free()
+    assert dragon_pool.get_allocations().num_allocs == 0
+
+
+def test_a_put_off_free_after_detach_or_destroy_raises_nothing(dragon_pool, pool_name):
+    handle = dragon.MemoryPool.attach(dragon_pool.serialize())
+    mem = handle.alloc(64)
+    view = mem.get_memview()
+    mem.free()
+    handle.detach()  # allowed under a live view in Dragon's semantics
+    view.release()  # the put-off free happens through the pool itself
+    assert dragon_pool.get_allocations().num_allocs == 0
+    mem = dragon_pool.alloc(64)
+    view = mem.get_memview()
+    mem.free()
+    dragon_pool.destroy()
+    view.release()  # the pool is gone: the free fails quietly
+    assert not os.path.exists(f"/dev/shm/shmpool-{pool_name}")
+
+
+def test_attaching_a_destroyed_dragon_pool_is_an_attach_failure(pool_name):
+    mpool = dragon.MemoryPool(32768, pool_name, 1, None)
+    descriptor = mpool.serialize()
+    mpool.destroy()
+    with pytest.raises(dragon.DragonPoolAttachFail):
         dragon.MemoryPool.attach(descriptor)

@@ -284,6 +284,9 @@ impl PoolError {
             | HeapError::UnsupportedVersion { .. }
             | HeapError::HeaderMismatch
             | HeapError::BadPageSize { .. } => PoolError::NotAPool { name, cause },
+            HeapError::BadBudget => PoolError::InvalidArgument(
+                "a budget needs a limit of 1 to 2^47 - 1 bytes and at most 65535 allocations",
+            ),
         }
     }
 }

@@ -37,8 +37,11 @@ pub mod process;
 mod segment;
 pub mod verify;
 
+pub use alloc_core::budget;
 pub use alloc_core::layout::CLASS_SIZES;
-pub use alloc_core::{alloc_type, AllocId, AllocOptions, Allocation, Owner, Reclaimed, Repaired, Stats};
+pub use alloc_core::{
+    alloc_type, AllocId, AllocOptions, Allocation, Budget, BudgetUsed, Owner, Reclaimed, Repaired, Stats,
+};
 pub use error::{PoolError, Result};
 pub use handle::{Arena, LocalPool, OwnedAlloc};
 pub use pool::{list_pools, Attached, Inspection, Pool, PoolInfo, PoolOptions, ReclaimReport, Space};

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloc_core::{
-    AllocId, AllocOptions, Allocation, Heap, Owner, RecordState, Repaired, Session, Stats, Wake,
+    AllocId, AllocOptions, Allocation, Budget, BudgetUsed, Heap, Owner, RecordState, Repaired, Session,
+    Stats, Wake,
 };
 
 use crate::descriptor::{self, AllocDescriptor, Location, PoolDescriptor};
@@ -40,6 +41,10 @@ pub struct PoolOptions {
     /// Mapping a pool of huge pages reserves them all at once, so `space` cannot overcommit
     /// them: there must be enough free ([`PoolError::NoHugePages`] otherwise).
     pub huge_pages: bool,
+    /// A limit on what a new pool's live allocations may use at once, counted as a buddy
+    /// allocator counts them (see [`alloc_core::budget`]; Dragon's pools). Size such a pool
+    /// with [`Pool::size_for_budget`].
+    pub budget: Option<Budget>,
 }
 
 /// How a new pool's file is set against the free space of its filesystem. Pages of a pool file
@@ -69,6 +74,7 @@ impl Default for PoolOptions {
             muid: None,
             space: Space::Check,
             huge_pages: false,
+            budget: None,
         }
     }
 }
@@ -226,6 +232,29 @@ impl Pool {
     /// keeps about 1.6% of its size for metadata: page records, bitmaps, tables).
     pub fn size_for_data(data: u64) -> Result<u64> {
         segment::size_for_data(data)
+    }
+
+    /// The smallest pool size whose data area holds any set of allocations a budget of `limit`
+    /// bytes admits: the limit, plus room for one span of small blocks per size class and for
+    /// the runs a cache keeps (the heap's slack; pages never written cost no memory).
+    pub fn size_for_budget(limit: u64) -> Result<u64> {
+        let span = alloc_core::layout::SPAN_PAGES << alloc_core::layout::DEFAULT_PAGE_SHIFT;
+        let slack = alloc_core::layout::NUM_CLASSES as u64 * span
+            + alloc_core::CACHE_RUNS as u64 * alloc_core::CACHE_RUN_BYTES;
+        let data = limit
+            .checked_add(slack)
+            .ok_or(PoolError::InvalidSize { size: limit, reason: "no pool can hold that much" })?;
+        segment::size_for_data(data)
+    }
+
+    /// The pool's budget, if it was created with one.
+    pub fn budget(&self) -> Option<Budget> {
+        self.mapping.heap().budget()
+    }
+
+    /// What is charged against the pool's budget now.
+    pub fn budget_used(&self) -> BudgetUsed {
+        self.mapping.heap().budget_used()
     }
 
     /// Creates the pool, or attaches it if it exists already.

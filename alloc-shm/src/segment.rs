@@ -265,7 +265,7 @@ impl Mapping {
         self.heap.register_participant(owner)
     }
 
-    fn new(file: &File, map: MmapRaw, name: &str, place: &Place, heap_of: HeapOf) -> Result<Mapping> {
+    fn new(file: &File, map: MmapRaw, name: &str, place: &Place, heap_of: HeapOf<'_>) -> Result<Mapping> {
         let meta = file.metadata().map_err(|source| PoolError::Attach { name: name.to_owned(), source })?;
         // SAFETY: (1) the mapping is `map.len()` readable bytes, page aligned, and stays mapped
         // while `map` lives, which is as long as the `Heap` built on it: both live in the
@@ -381,7 +381,7 @@ pub(crate) enum Place {
     Memfd,
 }
 
-type HeapOf = fn(Region<'static>, Platform) -> std::result::Result<Heap<'static>, HeapError>;
+type HeapOf<'f> = &'f dyn Fn(Region<'static>, Platform) -> std::result::Result<Heap<'static>, HeapError>;
 
 fn open_error(name: &str, error: io::Error, creating: bool) -> PoolError {
     let name = name.to_owned();
@@ -656,8 +656,9 @@ fn initialise(
         _ => create_error(name)(source),
     })?;
     write_host_words(&map, options.muid);
-    Mapping::new(file, map, name, place, |region, platform| {
-        Heap::create(region, DEFAULT_PAGE_SHIFT, platform)
+    let budget = options.budget;
+    Mapping::new(file, map, name, place, &move |region, platform| {
+        Heap::create_with_budget(region, DEFAULT_PAGE_SHIFT, platform, budget)
     })
 }
 
@@ -842,7 +843,7 @@ fn map_existing(file: &File, name: &str, place: &Place, access: Access) -> Resul
         Access::ReadOnly => MmapOptions::new().map_raw_read_only(file),
     }
     .map_err(|source| PoolError::Attach { name: name.to_owned(), source })?;
-    let mapping = Mapping::new(file, map, name, place, Heap::open);
+    let mapping = Mapping::new(file, map, name, place, &Heap::open);
     match mapping {
         // A header still zero (magic not yet written) is a pool being created.
         Err(PoolError::NotAPool { cause: HeapError::BadMagic, .. }) if header_is_blank(file) => {

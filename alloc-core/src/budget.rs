@@ -1,0 +1,198 @@
+//! A pool-wide budget: a limit on the bytes (and optionally the number) of live allocations,
+//! counted the way a buddy allocator counts them, so that a pool can promise what Dragon's pools
+//! promise (its whole size in one allocation, and nothing more beside it).
+//!
+//! A heap created with a [`Budget`] charges every allocation its size rounded up to a power of
+//! two, at least [`MIN_CHARGE`] and at most the limit, plus one to the count when a count limit
+//! is set. An allocation is made only if its charge fits next to what is charged already; a
+//! refused one fails with `OutOfMemory` (so `alloc_blocking` waits for a free), a request larger
+//! than the limit with `TooLarge`. The heap itself still decides where memory comes from: the
+//! budget only adds a check in front of it, so the data area must be larger than the limit by
+//! the slack the heap needs (spans of small blocks, caches): see the host's sizing.
+//!
+//! Two words hold it, one shared and one per participant, both bit-packed as [`Charge`]s:
+//! - `header::BUDGET_USED`: what is charged now, one compare-exchange per change;
+//! - the participant's `BUDGET_PENDING`: a charge it is taking or giving back.
+//!
+//! Crashes: a participant records the charge in `BUDGET_PENDING` before it changes
+//! `BUDGET_USED` and clears it after the allocation became live (or the free was done and the
+//! charge given back). `reclaim_dead` gives back a dead participant's pending charge, and the
+//! charge of every allocation it frees for the dead. A participant that dies between the two
+//! steps can so make the count too low by one charge, never too high: the budget can only
+//! become looser after a crash, never lose space for good, and the heap's own guarantees are
+//! those of the heap without a budget.
+
+use crate::error::Error;
+use crate::heap::{Allocation, Heap, Wake};
+use crate::layout::{header, participant};
+use crate::primitive::Ordering;
+
+/// The smallest charge: Dragon's smallest block.
+pub const MIN_CHARGE: u64 = 32;
+/// The largest limit: charges and limits keep their bytes in the low 48 bits.
+pub const MAX_LIMIT: u64 = (1 << 47) - 1;
+/// The largest count limit (the high 16 bits of a charge).
+pub const MAX_COUNT_LIMIT: u64 = 0xFFFF;
+
+const BYTES_MASK: u64 = (1 << 48) - 1;
+const COUNT_SHIFT: u32 = 48;
+
+/// What a heap lets its allocations use at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Bytes of charges (1 to [`MAX_LIMIT`]).
+    pub limit: u64,
+    /// Live allocations at once (0: no count limit; at most [`MAX_COUNT_LIMIT`]).
+    pub max_allocations: u64,
+}
+
+impl Budget {
+    /// The header word: the limit in bits 0-47, the count limit in bits 48-63 (0 = no budget).
+    pub(crate) fn encode(self) -> u64 {
+        self.limit | self.max_allocations << COUNT_SHIFT
+    }
+
+    pub(crate) fn decode(word: u64) -> Option<Budget> {
+        (word != 0).then_some(Budget { limit: word & BYTES_MASK, max_allocations: word >> COUNT_SHIFT })
+    }
+
+    /// Whether the heap can keep this budget.
+    pub(crate) fn is_valid(self) -> bool {
+        (1..=MAX_LIMIT).contains(&self.limit) && self.max_allocations <= MAX_COUNT_LIMIT
+    }
+
+    /// What an allocation of `size` bytes (at most the limit) is charged, packed: bytes in bits
+    /// 0-47, the count (0 or 1) in bits 48-63.
+    pub(crate) fn charge(self, size: u64) -> u64 {
+        let bytes = size.max(MIN_CHARGE).checked_next_power_of_two().unwrap_or(u64::MAX).min(self.limit);
+        bytes | u64::from(self.max_allocations > 0) << COUNT_SHIFT
+    }
+
+    /// `used` plus `charge`, if that stays within the budget.
+    fn add(self, used: u64, charge: u64) -> Option<u64> {
+        let bytes = (used & BYTES_MASK) + (charge & BYTES_MASK);
+        let count = (used >> COUNT_SHIFT) + (charge >> COUNT_SHIFT);
+        let count_ok = self.max_allocations == 0 || count <= self.max_allocations;
+        (bytes <= self.limit && count_ok).then_some(bytes | count << COUNT_SHIFT)
+    }
+
+    /// `used` minus `charge`, each field stopping at 0 (after a crash the count may be low).
+    fn sub(used: u64, charge: u64) -> u64 {
+        let bytes = (used & BYTES_MASK).saturating_sub(charge & BYTES_MASK);
+        let count = (used >> COUNT_SHIFT).saturating_sub(charge >> COUNT_SHIFT);
+        bytes | count << COUNT_SHIFT
+    }
+}
+
+/// What is charged in a budgeted heap right now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BudgetUsed {
+    /// Bytes of charges.
+    pub bytes: u64,
+    /// Live allocations counted (only under a count limit).
+    pub allocations: u64,
+}
+
+impl<'a> Heap<'a> {
+    /// The heap's budget, if it was created with one.
+    pub fn budget(&self) -> Option<Budget> {
+        Budget::decode(self.budget_word())
+    }
+
+    /// What is charged against the budget now (zero without one).
+    pub fn budget_used(&self) -> BudgetUsed {
+        let used = self.region().word(header::BUDGET_USED).load(Ordering::Relaxed);
+        BudgetUsed { bytes: used & BYTES_MASK, allocations: used >> COUNT_SHIFT }
+    }
+
+    /// Runs `alloc` (the allocation of `size` bytes by participant `me`) once its charge is
+    /// taken from the budget; gives the charge back if it fails.
+    pub(crate) fn alloc_charged(
+        &self,
+        budget: Budget,
+        me: u64,
+        size: u64,
+        alloc: impl FnOnce() -> Result<Allocation, Error>,
+    ) -> Result<Allocation, Error> {
+        if size > budget.limit {
+            return Err(Error::TooLarge { requested: size, capacity: budget.limit });
+        }
+        let charge = budget.charge(size);
+        self.set_budget_pending(me, charge);
+        let used = self.region().word(header::BUDGET_USED);
+        // ORDERING: SeqCst: ordered after the pending record (a reclaimer that sees our charge
+        // taken sees the record too), and in the waiters' Dekker order (see `give_back`).
+        let taken = used.fetch_update(Ordering::SeqCst, Ordering::Relaxed, |now| budget.add(now, charge));
+        if taken.is_err() {
+            self.clear_budget_pending(me);
+            return Err(Error::OutOfMemory { requested: size });
+        }
+        let made = alloc();
+        if made.is_err() {
+            // Our charge may have kept a waiter from its allocation.
+            let _ = self.give_back(charge);
+        }
+        self.clear_budget_pending(me);
+        made
+    }
+
+    /// Runs `free` (the free of an allocation of `size` bytes by participant `me`), then gives
+    /// its charge back and wakes waiters the charge kept out.
+    pub(crate) fn free_charged(
+        &self,
+        budget: Budget,
+        me: u64,
+        size: u64,
+        free: impl FnOnce() -> Result<Wake, Error>,
+    ) -> Result<Wake, Error> {
+        let charge = budget.charge(size.min(budget.limit));
+        self.set_budget_pending(me, charge);
+        let freed = free();
+        let outcome = freed.map(|wake| wake.or(self.give_back(charge)));
+        self.clear_budget_pending(me);
+        outcome
+    }
+
+    /// Gives `charge` back to the budget and wakes the waiters, if any (their next try may fit).
+    pub(crate) fn give_back(&self, charge: u64) -> Wake {
+        // ORDERING: SeqCst, then `wake_if_waiting`'s SeqCst fence: a waiter either sees the
+        // charge given back on its retry, or has set its waiter bit before that fence.
+        let _ = self.region().word(header::BUDGET_USED).fetch_update(
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+            |now| Some(Budget::sub(now, charge)),
+        );
+        self.wake_if_waiting()
+    }
+
+    /// The charge of an allocation of `size` bytes (0 without a budget), for reclaim.
+    pub(crate) fn charge_of(&self, size: u64) -> u64 {
+        self.budget().map_or(0, |budget| budget.charge(size.min(budget.limit)))
+    }
+
+    /// Gives back the charge dead participant `index` had pending (reclaim and repair, holding
+    /// its record).
+    pub(crate) fn resolve_budget_pending(&self, index: u64) -> bool {
+        let word = self.participant_word(index, participant::BUDGET_PENDING);
+        // ORDERING: Acquire: the dead participant's stores before it are seen.
+        let pending = word.load(Ordering::Acquire);
+        if pending == 0 {
+            return false;
+        }
+        let _ = self.give_back(pending);
+        // ORDERING: Release: the charge is given back before the record says so.
+        word.store(0, Ordering::Release);
+        true
+    }
+
+    fn set_budget_pending(&self, me: u64, charge: u64) {
+        // ORDERING: SeqCst: a reclaimer that finds our charge taken finds this record too (the
+        // taking compare-exchange comes after this store).
+        self.participant_word(me, participant::BUDGET_PENDING).store(charge, Ordering::SeqCst);
+    }
+
+    fn clear_budget_pending(&self, me: u64) {
+        // ORDERING: Release: the allocation or free is complete before the record says so.
+        self.participant_word(me, participant::BUDGET_PENDING).store(0, Ordering::Release);
+    }
+}
