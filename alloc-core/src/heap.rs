@@ -68,9 +68,10 @@
 //!   allocation it was making. A cache holds blocks of one span per class, so the spans a stalled
 //!   participant keeps from being retired are at most one per class besides its hazard's. Class
 //!   lists never hide more than the span a stalled participant was listing or unlisting
-//!   ([`crate::hier`]); the run index never hides more than the run a stalled participant was
-//!   releasing, and a search that the index answers "none" reads the bitmap before it refuses
-//!   ([`crate::runs`]). Nothing else is unavailable to the others.
+//!   ([`crate::hier`]). A participant stopped while refreshing the run index can leave runs
+//!   under its summaries unseen by the index until someone changes pages there; an allocation
+//!   then finds them through the bitmap before it refuses ([`crate::runs`]). Nothing else is
+//!   unavailable to the others.
 //! - **ABA.** Anchors carry a 38-bit tag and state words a 36-bit generation tag, bumped by every
 //!   change (every allocation of the block). A compare-exchange prepared against an old word
 //!   succeeds on a newer one only if its participant stalled between reading and exchanging
@@ -94,17 +95,18 @@
 //!
 //! - **Sparse regions.** Every claim first raises the page high-water mark (`PAGE_HWM`); walks
 //!   (stats, check, inspection, reclaim) and the searches for free pages read the bitmap and
-//!   the run index only below it (pages above it are free without a look), and class-list and empty-set searches read only the words over
-//!   the span slots below it, so a huge region's untouched metadata is never read. A host
-//!   that maps a file which may run out of space gives a [`Backing`]: data pages, with every
-//!   metadata word that describes them (page metadata, bitmap words, the class-list, empty-set
-//!   and run-index words over them), are backed in 4 MiB chunks (`BACKED_PAGES`) before
-//!   their first claim, and a chunk that cannot be backed fails the claim like a full pool; the
-//!   mark only ever rises past backed pages, so nothing below it can fault (a mark damaged to
-//!   above them is read as them). An id in a page never backed is invalid without a look at
-//!   that page. Repair, which distrusts the mark, reads up to `BACKED_PAGES` and raises the mark
-//!   again from nothing. A participant killed between backing and
-//!   raising the mark leaves memory backed that the next claimer backs again (idempotent).
+//!   the run index only below it (pages above it are free without a look), and class-list and
+//!   empty-set searches read only the words over the span slots below it, so a huge region's
+//!   untouched metadata is never read. A host that maps a file which may run out of space gives
+//!   a [`Backing`]: data pages, with every metadata word that describes them (page metadata,
+//!   bitmap words, the class-list, empty-set and run-index words over them), are backed in 4
+//!   MiB chunks (`BACKED_PAGES`) before their first claim, and a chunk that cannot be backed
+//!   fails the claim like a full pool; the mark only ever rises past backed pages, so nothing
+//!   below it can fault (a mark damaged to above them is read as them). An id in a page never
+//!   backed is invalid without a look at that page. Repair, which distrusts the mark, reads up
+//!   to `BACKED_PAGES` and raises the mark again from nothing. A participant killed between
+//!   backing and raising the mark leaves memory backed that the next claimer backs again
+//!   (idempotent).
 //!
 //! An allocation can still fail with `OutOfMemory` while another participant holds the last
 //! free memory in transit (a span it is carving, blocks it is moving): waiting for it would be a
@@ -116,10 +118,10 @@ use crate::crash::step;
 use crate::error::Error;
 use crate::hier::Hier;
 use crate::layout::{
-    block_index, class_for, gen, header, page, participant, span_meta_bytes, status, BlockState, Extra,
-    Geometry, PageInfo, RecordState, CLASS_SIZES, DEFAULT_PAGE_SHIFT, FENCES_ASYMMETRIC, FENCES_SYMMETRIC,
-    GRANULE, HEADER_WORDS, HEALER, LAYOUT_VERSION, MAGIC, MAX_PAGE_SHIFT, MIN_PAGE_SHIFT, NUM_CLASSES,
-    SPAN_PAGES, STATE_DESTROYED, STATE_INITIALISING, STATE_READY,
+    block_index, class_for, gen, header, page, participant, pending, span_meta_bytes, status, BlockState,
+    Extra, Geometry, PageInfo, RecordState, CLASS_SIZES, DEFAULT_PAGE_SHIFT, FENCES_ASYMMETRIC,
+    FENCES_SYMMETRIC, GRANULE, HEADER_WORDS, HEALER, LAYOUT_VERSION, MAGIC, MAX_PAGE_SHIFT, MIN_PAGE_SHIFT,
+    NUM_CLASSES, SPAN_PAGES, STATE_DESTROYED, STATE_INITIALISING, STATE_READY,
 };
 use crate::participant::Session;
 use crate::primitive::{compiler_fence, fence, AtomicU32, AtomicU64, Ordering};
@@ -696,9 +698,16 @@ impl<'a> Heap<'a> {
 
     /// Records the first page of a claim, release or retirement the session now owns.
     pub(crate) fn set_pending(&self, session: &Session, page: u64) {
+        self.set_pending_run(session, page, 0);
+    }
+
+    /// [`Heap::set_pending`] with the run's length, for the page bits it is about to change
+    /// (so that a reclaimer refreshes their summaries should we die before we do).
+    pub(crate) fn set_pending_run(&self, session: &Session, page: u64, pages: u64) {
+        let word = pending::encode(page, pages);
         // ORDERING: SeqCst: a reclaimer that finds the page marked by us must find this too
         // (our marking CAS comes after this store).
-        self.participant_word(session.participant, participant::PENDING).store(page + 1, Ordering::SeqCst);
+        self.participant_word(session.participant, participant::PENDING).store(word, Ordering::SeqCst);
     }
 
     pub(crate) fn clear_pending(&self, session: &Session) {
@@ -793,7 +802,9 @@ impl<'a> Heap<'a> {
         let offset = self.geo.runs_word as u64 * 8;
         let nodes = self.region.words_at(offset, self.geo.runs.total_words() as u64);
         let bitmap = self.region.words_at(self.geo.bitmap_word as u64 * 8, self.geo.bitmap_words as u64);
-        RunIndex::new(nodes, bitmap, &self.geo.runs, self.geo.num_pages, self.page_hwm())
+        let mark = self.region.word(header::PAGE_HWM);
+        let backed = self.backing.map(|_| self.region.word(header::BACKED_PAGES));
+        RunIndex::new(nodes, bitmap, &self.geo.runs, self.geo.num_pages, mark, backed)
     }
 
     /// Whether every summary of the free-run index is what the page bitmap says: true of a heap

@@ -138,7 +138,7 @@ pub mod participant {
     /// Page + 1 of the page whose span this participant may be touching (0 = none), with
     /// [`super::HEALER`] set while the participant is healing that span.
     pub const HAZARD: usize = 1;
-    /// Page + 1 of a claim, release or retirement this participant owns (0 = none).
+    /// A claim, release or retirement this participant owns (see [`super::pending`]).
     pub const PENDING: usize = 2;
     /// A hand-over in progress: the allocation's slot (0 = none, else slot + 1).
     pub const HANDOVER_SLOT: usize = 3;
@@ -258,6 +258,24 @@ pub const fn blocks_per_span(class_size: u64, span_bytes: u64) -> u64 {
         Anchor::MAX_BLOCKS
     } else {
         blocks
+    }
+}
+
+/// A participant's `PENDING` word: the first page of the run it is claiming, releasing or
+/// retiring, plus one (0: none), in bits 0-31, and the run's length in pages in bits 32-63 while
+/// its page bits change (0: not recorded).
+pub mod pending {
+    /// The word for a run of `pages` pages at `page`.
+    pub const fn encode(page: u64, pages: u64) -> u64 {
+        (page + 1) | pages << 32
+    }
+
+    /// The first page and length of the run a word names, if any.
+    pub const fn decode(word: u64) -> Option<(u64, u64)> {
+        match word & 0xFFFF_FFFF {
+            0 => None,
+            first => Some((first - 1, word >> 32)),
+        }
     }
 }
 
@@ -456,7 +474,8 @@ impl Geometry {
         let participant_word = process_word + table_size as usize * PROCESS_WORDS;
         let bitmap_word = participant_word + table_size as usize * PARTICIPANT_WORDS;
         // Each page costs its own bytes, its metadata, two bitmap bits and its share of the
-        // class lists (and a little for the run index); start from that estimate and step down until the padded layout fits.
+        // class lists (the run index's share is too small to count); start from that estimate
+        // and step down until the padded layout fits.
         let per_page_bits = (page + PAGE_META_WORDS as u64 * 8) * 8 + 2 + 2;
         let mut num_pages = region_bytes.saturating_mul(8) / per_page_bits;
         if num_pages > MAX_PAGES {

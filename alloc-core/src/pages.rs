@@ -33,6 +33,7 @@
 //! then `INFO[X]: SpanHead { retiring: me } → SpanHead`, then the anchor `retiring → normal`,
 //! and lists the span again.
 
+use crate::bitmap::PAGES_PER_WORD;
 use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{AllocOptions, Allocation, Heap};
@@ -179,9 +180,17 @@ impl Heap<'_> {
         // The lowest free slot past the last one we failed to claim. `from` only rises, so the
         // search ends (a claim lost is another claimer's progress: giving up after a few would
         // fail with free slots).
-        let mut from = 0;
+        let (mut from, mut swept) = (0, false);
         loop {
-            let Some(slot) = self.find_free_slot(from) else {
+            let found = match self.find_free_slot(from) {
+                // As in `alloc_large`.
+                None if from > 0 && !swept => {
+                    swept = true;
+                    self.bitmap_slot(0)
+                }
+                found => found,
+            };
+            let Some(slot) = found else {
                 return Ok(None);
             };
             from = slot + 1;
@@ -216,16 +225,18 @@ impl Heap<'_> {
     /// by the page bitmap, whose summaries are then put right. Pages above the high-water mark
     /// are free without a look.
     fn find_free_run(&self, pages: u64, from: u64) -> Option<u64> {
-        let index = self.run_index();
-        if let Some(head) = index.find_run(pages, from) {
-            return Some(head);
-        }
+        self.run_index().find_run(pages, from).or_else(|| self.bitmap_run(pages, from))
+    }
+
+    /// The lowest run of `pages` free pages at or after page `from`, by the page bitmap; its
+    /// summaries, which did not show it, are put right.
+    fn bitmap_run(&self, pages: u64, from: u64) -> Option<u64> {
         let used = self.used_bits();
         let tail = used.free_tail().max(from);
         let head =
             used.find_run(pages, from).or((tail + pages <= self.geometry().num_pages).then_some(tail))?;
         if pages <= runs::CAP && head < used.pages() {
-            index.refresh_all(head, head + pages);
+            self.run_index().refresh(head, head + pages);
         }
         Some(head)
     }
@@ -233,16 +244,18 @@ impl Heap<'_> {
     /// The lowest free span slot at or after slot `from`, by the run index, else by the bitmap
     /// (as [`Heap::find_free_run`]).
     fn find_free_slot(&self, from: u64) -> Option<u64> {
-        let index = self.run_index();
-        if let Some(slot) = index.find_slot(from) {
-            return Some(slot);
-        }
+        self.run_index().find_slot(from).or_else(|| self.bitmap_slot(from))
+    }
+
+    /// The lowest free span slot at or after slot `from`, by the page bitmap (as
+    /// [`Heap::bitmap_run`]).
+    fn bitmap_slot(&self, from: u64) -> Option<u64> {
         let slots = self.geometry().num_slots;
         let used = self.used_slots().min(slots);
         let slot =
             self.page_bits().find_slot(from, used).or((used.max(from) < slots).then_some(used.max(from)))?;
         if slot < used {
-            index.refresh_all(slot * SPAN_PAGES, (slot + 1) * SPAN_PAGES);
+            self.run_index().refresh(slot * SPAN_PAGES, (slot + 1) * SPAN_PAGES);
         }
         Some(slot)
     }
@@ -262,7 +275,7 @@ impl Heap<'_> {
     /// sets the page bits. On failure nothing is held, and the error is the first page a run
     /// could start at that does not overlap what another claimer was found holding.
     fn claim_run(&self, session: &Session, head: u64, pages: u64) -> Result<(), u64> {
-        self.set_pending(session, head);
+        self.set_pending_run(session, head, pages);
         let transient = PageInfo::Transient { participant: session.participant };
         // ORDERING: Acquire pairs with the Release that last freed this page's info.
         if self
@@ -282,6 +295,11 @@ impl Heap<'_> {
         self.raise_page_hwm(head + pages);
         if let Err(taken) = self.page_bits().try_claim(head, head + pages) {
             step!("claim/conflict");
+            if taken / PAGES_PER_WORD > head / PAGES_PER_WORD {
+                // Our bits in the words before came and went: a refresh of their summaries
+                // meanwhile may have seen them.
+                self.run_index().refresh(head, taken);
+            }
             self.unmark(head, transient);
             self.clear_pending(session);
             return Err(taken + 1);
@@ -314,9 +332,18 @@ impl Heap<'_> {
         // The lowest run past the pages the winner of the last claim we lost was found holding.
         // `from` only rises, so the search ends (a claim lost is another claimer's progress:
         // giving up after a few would fail with free pages).
-        let mut from = 0;
+        let (mut from, mut swept) = (0, false);
         loop {
-            let Some(head) = self.find_free_run(pages, from) else {
+            let found = match self.find_free_run(pages, from) {
+                // Lost claims took us past pages the index may hide (a participant stopped in
+                // the middle of refreshing them): one last look through the bitmap from the start.
+                None if from > 0 && !swept => {
+                    swept = true;
+                    self.bitmap_run(pages, 0)
+                }
+                found => found,
+            };
+            let Some(head) = found else {
                 return Ok(None);
             };
             if !self.back_pages(head + pages) {
@@ -503,6 +530,7 @@ impl Heap<'_> {
     /// Clears the page bits of the run at `head` (marked `Transient(me)`), then its marker.
     pub(crate) fn release_marked(&self, session: &Session, head: u64, pages: u64) {
         step!("release/marked");
+        self.set_pending_run(session, head, pages);
         self.page_bits().release(head, pages);
         step!("release/cleared");
         self.run_index().refresh(head, head + pages);

@@ -23,7 +23,8 @@ pub fn compiler_fence() {
 /// a sequentially consistent fence does. On x86-64 a read-modify-write is a locked instruction,
 /// a full barrier already, so only the compiler needs telling; elsewhere, and under loom (which
 /// models sequentially consistent fences but not sequentially consistent accesses), it is the
-/// fence. Call it only right after a read-modify-write.
+/// fence. Right after a read-modify-write it orders that against later loads; elsewhere it
+/// orders less than a fence on x86-64 (callers there must not need store-load order).
 #[inline]
 pub fn store_load_fence() {
     #[cfg(any(not(target_arch = "x86_64"), all(shmpool_loom, feature = "loom")))]

@@ -44,8 +44,8 @@ use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{AllocId, Heap, Owner, Place, Wake};
 use crate::layout::{
-    gen, header, page, participant, process, Anchor, BlockState, Extra, Kind, PageInfo, ParticipantState,
-    ProcessState, RecordState, HEALER, SPAN_PAGES, WAITER_SLOTS,
+    gen, header, page, participant, pending, process, Anchor, BlockState, Extra, Kind, PageInfo,
+    ParticipantState, ProcessState, RecordState, HEALER, SPAN_PAGES, WAITER_SLOTS,
 };
 use crate::participant::{ProcessRecord, Session};
 use crate::primitive::{fence, AtomicU64, Ordering};
@@ -307,9 +307,9 @@ impl Heap<'_> {
             reclaimed.pending += 1;
         }
         let pending = self.participant_word(index, participant::PENDING).load(Ordering::Acquire);
-        if pending != 0 {
-            self.resolve_pending(session, index, pending - 1)?;
-            self.reindex_pending(pending - 1);
+        if let Some((first, pages)) = pending::decode(pending) {
+            self.resolve_pending(session, index, first)?;
+            self.reindex_pending(first, pages);
             reclaimed.pending += 1;
             self.participant_word(index, participant::PENDING).store(0, Ordering::Release);
         }
@@ -340,12 +340,13 @@ impl Heap<'_> {
 
     /// Refreshes the run index over the pages a dead participant's pending claim or release at
     /// `first` may have changed without refreshing (its summaries are refreshed before `PENDING`
-    /// is cleared): the run that starts there, or the free pages that do.
-    fn reindex_pending(&self, first: u64) {
+    /// is cleared): the `pages` it recorded, the run that starts there, or the free pages that
+    /// do.
+    fn reindex_pending(&self, first: u64, pages: u64) {
         let bits = self.used_bits();
         if first < bits.pages() {
-            let end = bits.held_prefix(first, bits.pages()).max(bits.next_claimed(first));
-            self.run_index().refresh_all(first, end);
+            let held = bits.held_prefix(first, bits.pages()).max(bits.next_claimed(first));
+            self.run_index().refresh(first, held.max(first.saturating_add(pages)));
         }
     }
 

@@ -20,23 +20,33 @@
 //! The index is a *hint*. The page bitmap alone says what is claimed; a claim sets bits with
 //! compare-exchanges that fail on any page taken, so a stale summary can never hand out a page
 //! twice. What staleness could cost is a refusal with room left, so a search that the index
-//! answers "none" looks through the bitmap itself before giving up; a summary that promised a
-//! run its words below do not have is put right by the search that found it out.
+//! answers "none" looks through the bitmap itself before giving up, and an allocation whose
+//! claims were lost (which moves its search past the pages it lost) looks through the bitmap
+//! from the start once more before it refuses (`pages::alloc_large`). A search checks against
+//! the bitmap the count of free pages it carries into a leaf from the summaries before it, and
+//! puts right a summary that promised a run its words below do not have.
 //!
-//! Keeping it exact: whoever changes page bits refreshes the summaries above them, bottom up,
-//! while its `PENDING` word still names the run (so that `reclaim_dead` refreshes them for a
-//! participant killed before it did). Refreshing a word: recompute it from the words below and
-//! compare-exchange it in; stop going up where the recomputed value is the stored one. After a
-//! successful write the refresher looks again (a writer that computed from words read before
-//! someone else's change, and that someone stopped because the value looked right, would leave
-//! it stale otherwise); with a store-load fence between a change below and the read above (see
-//! `primitive::store_load_fence`), the last writer of a word always sees every change below it
-//! (loom models, `loom-tests/tests/runs.rs`, fail without either). So when every participant has
-//! finished, every summary is exact; a stalled participant leaves at most the summaries above
-//! its own run stale, which costs the others a look through the bitmap, never a refusal, and
-//! `reclaim_dead` refreshes them for a dead one. Searches that find a summary promising more
-//! than its words below hold refresh it on the way (those repairs are best effort: with no
-//! change of their own before them, they may read a little behind).
+//! Keeping it exact: whoever changes page bits (a claim, a release, a claim undone after a
+//! conflict) refreshes the summaries above them, bottom up to the top word, while its `PENDING`
+//! word names the run and its length (so that `reclaim_dead` refreshes them for a participant
+//! killed before it did). Refreshing a word: recompute it from the words below and
+//! compare-exchange it in. It goes all the way up even where a word was already right: that
+//! word's writer may be stopped before it went on up. After a successful write the refresher
+//! looks below again and goes on until what it wrote is what it sees (a writer that computed from
+//! words read before someone else's change, and that someone found the old value right, would
+//! leave it stale otherwise); it leaves a word only to writers that beat it, after some failed
+//! compare-exchanges (their look after writing covers our change). With a store-load fence
+//! between a change below and the read above (`primitive::store_load_fence`), the last writer of
+//! a word sees every change below it. The high-water mark is read afresh at every look, so a
+//! refresher racing a claim above the old mark sees the claimed pages. Loom models
+//! (`loom-tests/tests/runs.rs`) fail without the look again, the fence, the fresh mark, or the
+//! refresh after a lost claim.
+//!
+//! So when every participant has finished, every summary is exact. A participant stopped in the
+//! middle of a refresh leaves the summaries above it stale until someone changes pages under
+//! them (whose refresh goes all the way up) or it goes on; meanwhile searches may miss runs there
+//! and fall back to the bitmap, never a refusal; `reclaim_dead` refreshes them for a dead one.
+//! Repairs made by searches have no change of their own before them: they are best effort.
 
 use crate::bitmap::{PageBits, PAGES_PER_WORD};
 use crate::layout::{RunShape, SPAN_PAGES};
@@ -49,9 +59,9 @@ const FIELD_BITS: u32 = 20;
 const WRITTEN: u64 = 1 << 63;
 const ALL_FREE: u64 = 1 << 62;
 const HAS_SLOT: u64 = 1 << 61;
-/// Recomputations one refresh of a word makes at most (each but the last follows someone
-/// else's change below, so the others refresh it too).
-const MAX_REFRESHES: usize = 8;
+/// Failed compare-exchanges after which a refresh of a word leaves it to the writers that beat
+/// it (see [`RunIndex::refresh_word`]).
+const MAX_FAILURES: usize = 8;
 const WORDS_PER_LEAF: u64 = RunShape::LEAF_PAGES / PAGES_PER_WORD;
 
 /// What one word says of its pages.
@@ -180,29 +190,42 @@ enum Probe {
     Suffix(u64),
 }
 
-/// The free-run index of one region: its words, the page bitmap it summarises, and the pages.
+/// The free-run index of one region: its words, the page bitmap it summarises, the pages, and
+/// the words that say how far pages were ever claimed.
 #[derive(Clone, Copy)]
 pub struct RunIndex<'a> {
     nodes: &'a [AtomicU64],
     bitmap: &'a [AtomicU64],
     shape: &'a RunShape,
     pages: u64,
-    limit: u64,
+    mark: &'a AtomicU64,
+    backed: Option<&'a AtomicU64>,
 }
 
 impl<'a> RunIndex<'a> {
-    /// The index of `shape` held in `nodes`, over the bitmap words `bitmap` of `pages` pages, of
-    /// which none at or above `limit` (the high-water mark) was ever claimed: neither their
-    /// bitmap words nor their summaries are read.
+    /// The index of `shape` held in `nodes`, over the bitmap words `bitmap` of `pages` pages.
+    /// No page at or above the high-water mark `mark` (nor above `backed`, if given: the pages
+    /// with memory behind them) was ever claimed: neither their bitmap words nor their summaries
+    /// are read. Both are read afresh at every look, since they rise while others work.
     pub fn new(
         nodes: &'a [AtomicU64],
         bitmap: &'a [AtomicU64],
         shape: &'a RunShape,
         pages: u64,
-        limit: u64,
+        mark: &'a AtomicU64,
+        backed: Option<&'a AtomicU64>,
     ) -> Self {
         debug_assert!(nodes.len() >= shape.total_words() && bitmap.len() as u64 * PAGES_PER_WORD >= pages);
-        RunIndex { nodes, bitmap, shape, pages, limit: limit.min(pages) }
+        RunIndex { nodes, bitmap, shape, pages, mark, backed }
+    }
+
+    /// The pages below which pages may have been claimed, now.
+    fn limit(&self) -> u64 {
+        // ORDERING: Acquire pairs with the Release that raised the mark (and backed the pages):
+        // a claimer raises it before it claims, and refreshes after.
+        let mark = self.mark.load(Ordering::Acquire);
+        let backed = self.backed.map_or(u64::MAX, |backed| backed.load(Ordering::Acquire));
+        mark.min(backed).min(self.pages)
     }
 
     /// The pages `[start, end)` of word `index` of `level` (clipped to the pool).
@@ -216,39 +239,59 @@ impl<'a> RunIndex<'a> {
         &self.nodes[self.shape.offsets[level] + index as usize]
     }
 
+    /// The free bits of bitmap word `word` (pages at or above `limit` free without a read).
+    fn free_bits(&self, word: u64, limit: u64) -> u32 {
+        if word * PAGES_PER_WORD < limit {
+            // ORDERING: Acquire, with the fences of `refresh`: see the module docs.
+            PageBits::free_of(self.bitmap[word as usize].load(Ordering::Acquire))
+        } else {
+            u32::MAX
+        }
+    }
+
     /// Free bits of the leaf `leaf`, one `u32` per bitmap word: pages at or above `limit` free
     /// without a read, pages past the pool and below `from` not free. Words past the pool are
     /// all zero.
-    fn leaf_free(&self, leaf: u64, from: u64) -> [u32; WORDS_PER_LEAF as usize] {
+    fn leaf_free(&self, leaf: u64, from: u64, limit: u64) -> [u32; WORDS_PER_LEAF as usize] {
         let mut free = [0u32; WORDS_PER_LEAF as usize];
-        let start = leaf * RunShape::LEAF_PAGES;
-        if from <= start && start + RunShape::LEAF_PAGES <= self.limit {
-            // The common case: a whole leaf of claimed-at-some-time pages.
-            let words = &self.bitmap[(start / PAGES_PER_WORD) as usize..][..WORDS_PER_LEAF as usize];
-            for (bits, word) in free.iter_mut().zip(words) {
-                // ORDERING: Acquire, with the fences of `refresh`: see the module docs.
-                *bits = PageBits::free_of(word.load(Ordering::Acquire));
+        let first_word = leaf * WORDS_PER_LEAF;
+        if from <= first_word * PAGES_PER_WORD && (first_word + WORDS_PER_LEAF) * PAGES_PER_WORD <= limit {
+            // The common case: a whole leaf of pages below the mark.
+            for (bits, word) in free.iter_mut().zip(first_word..) {
+                *bits = self.free_bits(word, limit);
             }
             return free;
         }
-        for (i, bits) in free.iter_mut().enumerate() {
-            let first = (leaf * WORDS_PER_LEAF + i as u64) * PAGES_PER_WORD;
+        for (bits, word) in free.iter_mut().zip(first_word..) {
+            let first = word * PAGES_PER_WORD;
             if first >= self.pages {
                 break;
             }
-            let word = if first < self.limit {
-                // ORDERING: Acquire, with the fences of `refresh`: see the module docs.
-                PageBits::free_of(self.bitmap[(first / PAGES_PER_WORD) as usize].load(Ordering::Acquire))
-            } else {
-                u32::MAX
-            };
             let past_end = (self.pages - first).min(PAGES_PER_WORD);
             let in_pool = if past_end == PAGES_PER_WORD { u32::MAX } else { (1u32 << past_end) - 1 };
             let below = from.saturating_sub(first).min(PAGES_PER_WORD);
             let at_from = if below == PAGES_PER_WORD { 0 } else { u32::MAX << below };
-            *bits = word & in_pool & at_from;
+            *bits = self.free_bits(word, limit) & in_pool & at_from;
         }
         free
+    }
+
+    /// The free pages that end right before page `end`, counted back from it, at most `most`
+    /// (from the bitmap: what a search checks before it trusts the summaries' count).
+    fn free_before(&self, end: u64, most: u64, limit: u64) -> u64 {
+        let mut count = 0;
+        while count < most {
+            let last = end - count - 1;
+            let word = last / PAGES_PER_WORD;
+            let pages = last % PAGES_PER_WORD + 1; // pages of the word up to `last`
+            let bits = (self.free_bits(word, limit) as u64) << (64 - pages);
+            let free = (bits.leading_ones() as u64).min(pages);
+            count += free;
+            if free < pages {
+                break;
+            }
+        }
+        count.min(most)
     }
 
     /// The summary word `index` of `level` should hold, from the words below it.
@@ -257,16 +300,17 @@ impl<'a> RunIndex<'a> {
     }
 
     /// What word `index` of `level` is computed from: the free bits of its bitmap words (a
-    /// leaf), or its children's words (0, "never written", for those above `limit`).
+    /// leaf), or its children's words (0, "never written", for those above the mark).
     fn below(&self, level: usize, index: u64) -> [u64; RunShape::FAN_OUT as usize] {
         const _: () = assert!(WORDS_PER_LEAF == RunShape::FAN_OUT);
+        let limit = self.limit();
         if level == 0 {
-            return self.leaf_free(index, 0).map(u64::from);
+            return self.leaf_free(index, 0, limit).map(u64::from);
         }
         let mut words = [0; RunShape::FAN_OUT as usize];
         for (i, word) in words.iter_mut().enumerate() {
             let child = index * RunShape::FAN_OUT + i as u64;
-            if self.range(level - 1, child).0 < self.limit {
+            if self.range(level - 1, child).0 < limit {
                 // ORDERING: Acquire, with the fences of `refresh`: see the module docs.
                 *word = self.node(level - 1, child).load(Ordering::Acquire);
             }
@@ -297,28 +341,35 @@ impl<'a> RunIndex<'a> {
     }
 
     /// Word `index` of `level`, as stored (free without a read if its pages are above `limit`).
-    fn summary(&self, level: usize, index: u64) -> Summary {
+    fn summary(&self, level: usize, index: u64, limit: u64) -> Summary {
         let (start, end) = self.range(level, index);
-        if start >= self.limit {
+        if start >= limit {
             return Summary::free(end - start);
         }
         // ORDERING: Acquire, with the fences of `refresh`: see the module docs.
         Summary::decode(self.node(level, index).load(Ordering::Acquire), end - start)
     }
 
-    /// Brings word `index` of `level` up to date with the words below it; whether it wrote.
-    fn refresh_word(&self, level: usize, index: u64) -> bool {
+    /// Brings word `index` of `level` up to date with the words below it. Ends when what it
+    /// sees below is what the word says, or when its compare-exchange failed often: each failure
+    /// is someone else's write after our last look, whose own look after writing covers what we
+    /// changed below. It never ends right after a write of its own that its next look below
+    /// found out of date: someone who changed them since may have found our earlier value right
+    /// and left.
+    fn refresh_word(&self, level: usize, index: u64) {
         let node = self.node(level, index);
         let (start, end) = self.range(level, index);
-        let mut wrote = false;
         // ORDERING: Acquire, as in `summary`.
         let mut stored = node.load(Ordering::Acquire);
         let mut seen = self.below(level, index);
-        for _ in 0..MAX_REFRESHES {
+        let mut failures = 0;
+        loop {
             let wanted = self.summarise(level, index, &seen);
             if Summary::decode(stored, end - start) == wanted {
-                break;
+                return;
             }
+            #[cfg(all(test, not(all(shmpool_loom, feature = "loom"))))]
+            tests::before_exchange(level);
             // ORDERING: AcqRel, then a store-load fence before the look below: it sees every
             // change below that a refresher which stopped on our old value had made.
             let exchanged =
@@ -326,72 +377,67 @@ impl<'a> RunIndex<'a> {
             store_load_fence();
             let now = self.below(level, index);
             match exchanged {
-                // What we wrote still summarises what is below: done.
-                Ok(_) if now == seen => return true,
-                Ok(_) => {
-                    wrote = true;
-                    stored = wanted.encode();
+                Ok(_) if now == seen => return,
+                Ok(_) => stored = wanted.encode(),
+                Err(actual) => {
+                    failures += 1;
+                    if failures >= MAX_FAILURES {
+                        return;
+                    }
+                    stored = actual;
                 }
-                Err(actual) => stored = actual,
             }
             seen = now;
         }
-        wrote
     }
 
-    /// Refreshes the summaries of pages `from..to` (whose bits the caller just changed), from
-    /// the leaves up, as far as they change.
+    /// Refreshes the summaries of pages `from..to` (whose bits the caller just changed with a
+    /// read-modify-write), from the leaves up to the top word.
     pub fn refresh(&self, from: u64, to: u64) {
-        self.refresh_from(0, from, to, false);
+        // Orders the caller's change of the words below before our reads of the words above
+        // (see the module docs).
+        store_load_fence();
+        self.refresh_levels(0, from, to);
     }
 
-    /// [`RunIndex::refresh`] all the way up, changed or not: for summaries a participant may
-    /// have left half refreshed (it was killed, or a search found them wrong).
-    pub fn refresh_all(&self, from: u64, to: u64) {
-        self.refresh_from(0, from, to, true);
-    }
-
-    /// Refreshes the words of `level` and above over pages `from..to`; unless `all`, stops at
-    /// the first level where none changed.
-    fn refresh_from(&self, level: usize, from: u64, to: u64, all: bool) {
-        if from >= self.limit {
+    /// Refreshes the words of `level` and above over pages `from..to`, all the way up: a word
+    /// that is right may still have a wrong one above it (its last writer may be stopped before
+    /// it went on up), so stopping where nothing changed would leave that for good.
+    fn refresh_levels(&self, level: usize, from: u64, to: u64) {
+        let limit = self.limit();
+        if from >= limit {
             return;
         }
-        // Orders the caller's change of the words below (a read-modify-write) before our reads
-        // of the words above (see the module docs).
-        store_load_fence();
-        let to = to.clamp(from + 1, self.limit);
+        let to = to.clamp(from + 1, limit);
         for level in level..self.shape.levels {
             let span = RunShape::node_pages(level);
-            let mut wrote = false;
             for index in from / span..to.div_ceil(span) {
-                wrote |= self.refresh_word(level, index);
-            }
-            if !wrote && !all {
-                return;
+                self.refresh_word(level, index);
             }
         }
     }
 
     /// Recomputes every summary over pages below `backed` (whose words have memory behind
-    /// them): those above `limit` become "never written" again. A quiescent heap only (repair).
+    /// them): those above the mark become "never written" again. A quiescent heap only (repair).
     pub fn rebuild(&self, backed: u64) {
+        let limit = self.limit();
         for level in 0..self.shape.levels {
             let span = RunShape::node_pages(level);
             for index in 0..backed.min(self.pages).div_ceil(span) {
-                let wanted = if index * span < self.limit { self.compute(level, index).encode() } else { 0 };
+                let wanted = if index * span < limit { self.compute(level, index).encode() } else { 0 };
                 // ORDERING: Relaxed: nobody else runs.
                 self.node(level, index).store(wanted, Ordering::Relaxed);
             }
         }
     }
 
-    /// Whether every summary below `limit` is what its words below say (a quiescent heap).
+    /// Whether every summary below the mark is what its words below say (a quiescent heap).
     pub fn is_exact(&self) -> bool {
+        let limit = self.limit();
         (0..self.shape.levels).all(|level| {
             let span = RunShape::node_pages(level);
-            (0..self.limit.div_ceil(span))
-                .all(|index| self.summary(level, index) == self.compute(level, index))
+            (0..limit.div_ceil(span))
+                .all(|index| self.summary(level, index, limit) == self.compute(level, index))
         })
     }
 
@@ -409,11 +455,13 @@ impl<'a> RunIndex<'a> {
     }
 
     /// Looks for the run in word `index` of `level`, where `before` free pages end right before
-    /// it (all at or after `from`).
+    /// it (all at or after `from`; a count from summaries, checked against the bitmap before
+    /// an answer relies on it).
     fn probe_run(&self, level: usize, index: u64, len: u64, from: u64, before: u64) -> Probe {
         if level == 0 {
             return self.probe_leaf(index, len, from, before);
         }
+        let limit = self.limit();
         let end = self.range(level, index).1;
         let mut before = before;
         let first = index * RunShape::FAN_OUT;
@@ -425,14 +473,15 @@ impl<'a> RunIndex<'a> {
             if child_end <= from {
                 continue;
             }
-            let summary = self.summary(level - 1, child);
+            let summary = self.summary(level - 1, child, limit);
             if child_start < from || before + summary.prefix >= len || summary.max >= len {
                 match self.probe_run(level - 1, child, len, from, before) {
                     Probe::Found(page) => return Probe::Found(page),
                     Probe::Suffix(free) => {
-                        if child_start >= from && child_start < self.limit {
-                            // It promised a run that its words below do not have.
-                            self.refresh_from(level - 1, child_start, child_end, false);
+                        if child_start >= from {
+                            // It (or the count before it, which the leaf puts right) promised a
+                            // run that its words below do not have.
+                            self.refresh_levels(level - 1, child_start, child_end);
                         }
                         before = free;
                     }
@@ -448,8 +497,9 @@ impl<'a> RunIndex<'a> {
 
     /// [`RunIndex::probe_run`] in a leaf, from its bitmap words.
     fn probe_leaf(&self, leaf: u64, len: u64, from: u64, before: u64) -> Probe {
+        let limit = self.limit();
         let (start, end) = self.range(0, leaf);
-        let free = self.leaf_free(leaf, from);
+        let free = self.leaf_free(leaf, from, limit);
         let pages = end - start;
         // The first page at or after `at` (leaf-relative) whose free bit is `value`, or `pages`.
         let next = |at: u64, value: bool| {
@@ -468,8 +518,18 @@ impl<'a> RunIndex<'a> {
         let mut at = 0;
         if before > 0 {
             let prefix = next(0, false);
+            let mut before = before;
             if before + prefix >= len {
-                return Probe::Found(start - before);
+                // The pages before come from summaries: trust the bitmap, and put right the
+                // summaries that promised more.
+                let real = self.free_before(start, before, limit);
+                if real < before {
+                    self.refresh_levels(0, start - before, start);
+                    before = real;
+                }
+                if before + prefix >= len {
+                    return Probe::Found(start - before);
+                }
             }
             if prefix == pages {
                 return Probe::Suffix(before + pages);
@@ -498,12 +558,13 @@ impl<'a> RunIndex<'a> {
     }
 
     fn probe_slot(&self, level: usize, index: u64, from: u64) -> Option<u64> {
+        let limit = self.limit();
         let (start, end) = self.range(level, index);
         if end <= from {
             return None;
         }
         if level == 0 {
-            let free = self.leaf_free(index, from);
+            let free = self.leaf_free(index, from, limit);
             let halves = free.iter().flat_map(|&word| [word & 0xFFFF, word >> 16]);
             return halves.zip(0..).find(|&(half, _)| half == 0xFFFF).map(|(_, i)| start / SPAN_PAGES + i);
         }
@@ -513,14 +574,14 @@ impl<'a> RunIndex<'a> {
             if child_start >= end || child_start >= self.pages {
                 break;
             }
-            if child_end <= from || !(child_start < from || self.summary(level - 1, child).has_slot) {
+            let straddles = child_start < from;
+            if child_end <= from || !(straddles || self.summary(level - 1, child, limit).has_slot) {
                 continue;
             }
             match self.probe_slot(level - 1, child, from) {
                 Some(slot) => return Some(slot),
-                None if child_start >= from && child_start < self.limit => {
-                    self.refresh_from(level - 1, child_start, child_end, false);
-                }
+                // It promised a slot that its words below do not have.
+                None if !straddles => self.refresh_levels(level - 1, child_start, child_end),
                 None => {}
             }
         }
@@ -542,7 +603,8 @@ mod tests {
                 longest = longest.max(run);
             }
             proptest::prop_assert_eq!(longest_run(bits), longest);
-            proptest::prop_assert_eq!(longest_run(!bits), (0..64).map(|i| (!bits >> i).trailing_ones()).max().unwrap_or(0) as u64);
+            let complement = (0..64).map(|i| (!bits >> i).trailing_ones()).max().unwrap_or(0);
+            proptest::prop_assert_eq!(longest_run(!bits), complement as u64);
         }
     }
 
@@ -566,14 +628,15 @@ mod tests {
         assert_eq!(Summary::decode(0, 300), Summary::free(300), "never written: all free");
     }
 
-    /// A page bitmap and its index, changed one run at a time as the heap does.
+    /// A page bitmap, its index and its high-water mark, changed one run at a time as the heap
+    /// does.
     struct Model {
         bits: Vec<AtomicU64>,
         nodes: Vec<AtomicU64>,
         shape: RunShape,
         pages: u64,
+        mark: AtomicU64,
         claimed: Vec<bool>,
-        limit: u64,
     }
 
     impl Model {
@@ -586,35 +649,39 @@ mod tests {
                 nodes: zeros(shape.total_words()),
                 shape,
                 pages,
+                mark: AtomicU64::new(0),
                 claimed: vec![false; pages as usize],
-                limit: 0,
             }
         }
 
-        fn limit(&self) -> u64 {
-            self.limit
+        fn index(&self) -> RunIndex<'_> {
+            RunIndex::new(&self.nodes, &self.bits, &self.shape, self.pages, &self.mark, None)
         }
 
-        fn index(&self) -> RunIndex<'_> {
-            RunIndex::new(&self.nodes, &self.bits, &self.shape, self.pages, self.limit())
+        fn map(&self) -> PageBits<'_> {
+            PageBits::new(&self.bits, self.pages)
+        }
+
+        /// Raises the mark and claims `from..to` (bits only), as a claimer does before it
+        /// refreshes.
+        fn claim_bits(&self, from: u64, to: u64) {
+            self.mark.fetch_max(to, Ordering::Release);
+            assert_eq!(self.map().try_claim(from, to), Ok(()));
         }
 
         /// Claims `from..to` if it is free, or releases it if it is all claimed.
         fn flip(&mut self, from: u64, to: u64) {
-            let map = PageBits::new(&self.bits, self.pages);
-            if self.claimed[from as usize..to as usize].iter().all(|&c| !c) {
-                assert_eq!(map.try_claim(from, to), Ok(()));
-                self.claimed[from as usize..to as usize].fill(true);
-                self.limit = self.limit.max(to);
-                self.index().refresh(from, to);
-            } else if self.claimed[from as usize..to as usize].iter().all(|&c| c) {
-                let before = self.index();
-                let limit = before.limit;
-                map.release(from, to - from);
-                self.claimed[from as usize..to as usize].fill(false);
-                // Refreshed with the mark as it was: a mark never falls.
-                RunIndex::new(&self.nodes, &self.bits, &self.shape, self.pages, limit).refresh(from, to);
+            let range = from as usize..to as usize;
+            if self.claimed[range.clone()].iter().all(|&c| !c) {
+                self.claim_bits(from, to);
+                self.claimed[range].fill(true);
+            } else if self.claimed[range.clone()].iter().all(|&c| c) {
+                self.map().release(from, to - from);
+                self.claimed[range].fill(false);
+            } else {
+                return;
             }
+            self.index().refresh(from, to);
         }
 
         fn lowest_run(&self, len: u64, from: u64) -> Option<u64> {
@@ -657,6 +724,38 @@ mod tests {
                 }
             }
         }
+
+        /// Garbage in every summary and bitmap word, and any mark: no panic, no answer outside
+        /// the pool, and a rebuild makes the index exact.
+        #[test]
+        fn garbage_summaries_never_panic_nor_answer_out_of_range(
+            pages in 1u64..5000,
+            mark in 0u64..6000,
+            garbage in proptest::collection::vec(proptest::prelude::any::<u64>(), 1..200),
+            bits in proptest::collection::vec(proptest::prelude::any::<u64>(), 1..200),
+            queries in proptest::collection::vec((1u64..3000, 0u64..6000), 1..10),
+        ) {
+            let model = Model::new(pages);
+            for (node, &g) in model.nodes.iter().zip(garbage.iter().cycle()) {
+                node.store(g | if g & 1 == 0 { WRITTEN } else { 0 }, Ordering::Relaxed);
+            }
+            for (word, &b) in model.bits.iter().zip(bits.iter().cycle()) {
+                word.store(b, Ordering::Relaxed);
+            }
+            model.mark.store(mark, Ordering::Relaxed);
+            let index = model.index();
+            for &(len, from) in &queries {
+                if let Some(head) = index.find_run(len, from % (pages + 1)) {
+                    proptest::prop_assert!(head + len <= pages, "run {}+{} past {}", head, len, pages);
+                }
+                if let Some(slot) = index.find_slot(from / SPAN_PAGES) {
+                    proptest::prop_assert!((slot + 1) * SPAN_PAGES <= pages);
+                }
+                index.refresh(from % pages, (from % pages) + len);
+            }
+            index.rebuild(pages);
+            proptest::prop_assert!(index.is_exact());
+        }
     }
 
     #[test]
@@ -665,13 +764,149 @@ mod tests {
         model.flip(0, 2000);
         model.flip(3000, 3001);
         // A claimer of 2000..2300 stopped before refreshing: the summaries say free.
-        assert_eq!(PageBits::new(&model.bits, 4096).try_claim(2000, 2300), Ok(()));
+        model.claim_bits(2000, 2300);
         let leaf = 2048 / RunShape::LEAF_PAGES;
         let index = model.index();
-        assert_ne!(index.summary(0, leaf), index.compute(0, leaf));
+        let limit = index.limit();
+        assert_ne!(index.summary(0, leaf, limit), index.compute(0, leaf));
         assert_eq!(index.find_run(200, 0), Some(2300), "the bitmap has the last word");
-        assert_eq!(index.summary(0, leaf), index.compute(0, leaf), "and the search put the leaf right");
-        index.refresh_all(2000, 2300);
+        assert_eq!(
+            index.summary(0, leaf, limit),
+            index.compute(0, leaf),
+            "and the search put the leaf right"
+        );
+        index.refresh(2000, 2300);
         assert!(index.is_exact());
+    }
+
+    // Counter-examples from the review of 20b5b8f, each seen failing there.
+
+    /// A releaser that read the mark before a claimer raised it (and claimed pages of the same
+    /// leaf above the old mark) must not leave those pages free in the leaf.
+    #[test]
+    fn a_refresh_racing_a_claim_above_the_mark_leaves_the_index_exact() {
+        let model = Model::new(4096);
+        model.claim_bits(0, 100);
+        model.index().refresh(0, 100);
+        model.map().release(0, 10);
+        // The releaser computes its leaf with the mark at 100 ...
+        let index = model.index();
+        let stale = index.summarise(0, 0, &index.below(0, 0));
+        // ... the claimer raises the mark, claims 100..150 and refreshes ...
+        model.claim_bits(100, 150);
+        model.index().refresh(100, 150);
+        // ... and the releaser writes what it computed, then looks below again.
+        model.nodes[0].store(stale.encode(), Ordering::Relaxed);
+        index.refresh_word(0, 0);
+        index.refresh_levels(1, 0, 10);
+        assert!(model.index().is_exact());
+    }
+
+    /// A claim that lost a page to another claimer undoes its bits: summaries that someone
+    /// refreshed while they were set must be put right.
+    #[test]
+    fn a_claim_lost_to_a_conflict_leaves_the_index_exact() {
+        let model = Model::new(4096);
+        model.claim_bits(0, 10);
+        model.claim_bits(40, 100);
+        model.claim_bits(101, 256);
+        model.index().refresh(0, 256);
+        // K wants 10..50: its first word (pages 10..32) set, then page 40 found taken.
+        let k = 0x5555_5555_5555_5555u64 & !((1u64 << 20) - 1) | (2 << 20);
+        model.bits[0].fetch_or(k, Ordering::Acquire);
+        // Z claims page 100 of the same leaf and refreshes, seeing K's bits.
+        model.claim_bits(100, 101);
+        model.index().refresh(100, 101);
+        // K undoes its word and refreshes what it touched (as `claim_run` does).
+        model.bits[0].fetch_and(!k, Ordering::Release);
+        model.index().refresh(10, 50);
+        assert_eq!(model.index().find_run(30, 0), Some(10));
+        assert!(model.index().is_exact());
+    }
+
+    /// A refresher stopped after writing a leaf but before the word above it: a refresher that
+    /// finds the leaf right goes on up anyway, so the word above shows its run.
+    #[test]
+    fn a_refresher_stopped_below_the_top_does_not_hide_other_runs() {
+        let model = Model::new(4096);
+        model.claim_bits(0, 4096);
+        model.index().refresh(0, 4096);
+        model.map().release(2000, 80);
+        model.index().refresh(2000, 2080);
+        // R frees 1800..1864 (bits); C claims 2000..2048, writes leaf 7 and stops.
+        model.map().release(1800, 64);
+        model.claim_bits(2000, 2048);
+        store_load_fence();
+        model.index().refresh_word(0, 2000 / RunShape::LEAF_PAGES);
+        // R refreshes.
+        model.index().refresh(1800, 1864);
+        assert_eq!(model.index().find_run(64, 0), Some(1800));
+    }
+
+    /// A search whose count of free pages before a leaf comes from an overstated summary of a
+    /// word it skipped checks the bitmap, answers right, and puts the summary right.
+    #[test]
+    fn a_search_misled_by_an_overstated_suffix_puts_it_right() {
+        let model = Model::new(4096);
+        model.claim_bits(0, 150);
+        model.index().refresh(0, 150);
+        // Leaf 0 says pages 128..256 are free (as a stale refresh could have left it).
+        model.map().release(0, 10);
+        let stale = Summary { len: 256, prefix: 10, suffix: 128, max: 128, all_free: false, has_slot: true };
+        model.nodes[0].store(stale.encode(), Ordering::Relaxed);
+        model.index().refresh_levels(1, 0, 256);
+        for _ in 0..2 {
+            assert_eq!(model.index().find_run(200, 0), Some(150), "page 128 is claimed");
+        }
+        assert!(model.index().is_exact());
+    }
+
+    type Hook = Box<dyn FnMut(usize)>;
+
+    std::thread_local! {
+        static BEFORE_EXCHANGE: std::cell::RefCell<Option<Hook>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// Called by `refresh_word` between computing a word and exchanging it: a test runs another
+    /// participant's whole operation there.
+    pub(super) fn before_exchange(level: usize) {
+        let hook = BEFORE_EXCHANGE.with(|slot| slot.borrow_mut().take());
+        if let Some(mut hook) = hook {
+            hook(level); // (refreshes it makes run without the hook)
+            BEFORE_EXCHANGE.with(|slot| *slot.borrow_mut() = Some(hook));
+        }
+    }
+
+    /// A refresher whose every exchange follows someone else's change below (each of whom found
+    /// its previous value right and left) must not give up with its last write out of date.
+    #[test]
+    fn a_refresher_outpaced_by_others_does_not_leave_its_word_stale() {
+        let model = std::rc::Rc::new(Model::new(4096));
+        let q = 5;
+        model.claim_bits(0, 100);
+        model.map().release(0, 100);
+        model.claim_bits(q, q + 1);
+        model.index().refresh(0, 100);
+        model.map().release(q, 1);
+        let other = model.clone();
+        let mut flips = 0;
+        BEFORE_EXCHANGE.with(|slot| {
+            *slot.borrow_mut() = Some(Box::new(move |level| {
+                if level != 0 || flips >= 2 * MAX_FAILURES {
+                    return;
+                }
+                flips += 1;
+                if other.map().is_claimed(q) {
+                    other.map().release(q, 1);
+                } else {
+                    other.claim_bits(q, q + 1);
+                }
+                other.index().refresh(q, q + 1);
+            }))
+        });
+        model.index().refresh(q, q + 1);
+        BEFORE_EXCHANGE.with(|slot| *slot.borrow_mut() = None);
+        assert!(!model.map().is_claimed(q), "an even number of flips");
+        assert!(model.index().is_exact());
     }
 }

@@ -6,7 +6,7 @@
 
 use alloc_core::bitmap::{PageBits, PAGES_PER_WORD};
 use alloc_core::layout::RunShape;
-use alloc_core::primitive::AtomicU64;
+use alloc_core::primitive::{AtomicU64, Ordering};
 use alloc_core::runs::RunIndex;
 use loom::sync::Arc;
 use loom_tests::{explore, spawn, words};
@@ -18,17 +18,21 @@ struct Storage {
     bits: Vec<AtomicU64>,
     nodes: Vec<AtomicU64>,
     shape: RunShape,
+    mark: AtomicU64,
 }
 
 impl Storage {
-    /// A bitmap with the runs `claimed` claimed, and its index exact.
+    /// A bitmap with the runs `claimed` claimed, and its index exact; the high-water mark at
+    /// the end of the last run (every page, if none).
     fn new(claimed: &[(u64, u64)]) -> Arc<Storage> {
         let shape = RunShape::new(PAGES);
         assert_eq!(shape.levels, 2);
+        let mark = claimed.last().map_or(PAGES, |&(_, to)| to);
         let storage = Storage {
             bits: words((PAGES / PAGES_PER_WORD) as usize),
             nodes: words(shape.total_words()),
             shape,
+            mark: AtomicU64::new(mark),
         };
         for &(from, to) in claimed {
             assert_eq!(storage.map().try_claim(from, to), Ok(()));
@@ -43,11 +47,12 @@ impl Storage {
     }
 
     fn index(&self) -> RunIndex<'_> {
-        RunIndex::new(&self.nodes, &self.bits, &self.shape, PAGES, PAGES)
+        RunIndex::new(&self.nodes, &self.bits, &self.shape, PAGES, &self.mark, None)
     }
 
-    /// Claims `from..to` and refreshes, as a claimer does.
+    /// Raises the mark, claims `from..to` and refreshes, as a claimer does.
     fn claim(&self, from: u64, to: u64) {
+        self.mark.fetch_max(to, Ordering::Release);
         assert_eq!(self.map().try_claim(from, to), Ok(()));
         self.index().refresh(from, to);
     }
@@ -141,5 +146,39 @@ fn a_refresher_that_stops_early_is_not_overwritten_by_a_stale_one() {
             |s| s.claim(360, 390),
             &[(40, Some(100)), (41, None), (10, Some(100))],
         );
+    });
+}
+
+/// Interleaving: a release in a leaf while a claimer raises the high-water mark and claims pages
+/// of the same leaf above the old mark. The releaser may compute the leaf with the old mark
+/// (the new pages free without a look) and write it over the claimer's exact value; its look
+/// below after writing reads the mark again and sees them.
+#[test]
+fn a_release_racing_a_claim_above_the_mark_leaves_the_leaf_exact() {
+    explore(20_000, || {
+        let storage = Storage::new(&[(0, 100)]);
+        race(
+            storage,
+            |s| s.release(0, 10),
+            |s| s.claim(100, 150),
+            &[(10, Some(0)), (11, Some(150)), (363, None)],
+        );
+    });
+}
+
+/// Interleaving: a claim of 50..120 sets its bits of two words (50..96), finds page 101 taken
+/// and undoes them, while another claimer of the same leaf refreshes it, perhaps seeing those
+/// bits (the leaf's longest run 30 pages with them, 60 without). The loser refreshes what it
+/// touched, as `claim_run` does.
+#[test]
+fn a_claim_lost_to_a_conflict_leaves_the_leaf_exact() {
+    explore(20_000, || {
+        let storage = Storage::new(&[(0, 10), (40, 41), (101, 512)]);
+        let lost = |s: &Storage| {
+            let taken = s.map().try_claim(50, 120).expect_err("page 101 is taken");
+            s.index().refresh(50, taken);
+        };
+        let expect = [(10, Some(10)), (19, Some(21)), (20, Some(41)), (60, Some(41)), (61, None)];
+        race(storage, lost, |s| s.claim(20, 21), &expect);
     });
 }
