@@ -3,14 +3,27 @@
 //! promise (its whole size in one allocation, and nothing more beside it).
 //!
 //! A heap created with a [`Budget`] charges every allocation its size rounded up to a power of
-//! two, at least [`MIN_CHARGE`] and at most the limit, plus one to the count when a count limit
-//! is set. An allocation is made only if its charge fits next to what is charged already; a
-//! refused one fails with `OutOfMemory` (so `alloc_blocking` waits for a free), a request larger
-//! than the limit with `TooLarge`. The heap itself still decides where memory comes from: the
-//! budget only adds a check in front of it, so the data area must be larger than the limit by
-//! the slack the heap needs (spans of small blocks, caches): see the host's sizing.
+//! two (at least [`MIN_CHARGE`], 1 byte, and at most the limit), plus one to the count when a
+//! count limit is set. An allocation is made only if its charge fits next to what is charged
+//! already; a refused one fails with `OutOfMemory` (so `alloc_blocking` waits for a free), a
+//! request larger than the limit with `TooLarge`. So any set of power-of-two allocations whose
+//! sizes add up to at most the limit fits, whatever the limit, down to 1-byte ones; a limit of
+//! `2^k` holds one allocation of `2^k` bytes and nothing beside it (a 0-byte allocation too is
+//! charged 1), and two 10000-byte allocations fill a limit of 32768 (each is charged 16384).
 //!
-//! Two words hold it, one shared and one per participant, both bit-packed as [`Charge`]s:
+//! Dragon's own pools differ at the edges, deliberately not copied: their heap is the size
+//! rounded up to a power of two, and their smallest block 32 bytes. Rounding the limit up would
+//! make a pool take up to twice the memory asked for; a 32-byte smallest charge would refuse
+//! small allocations that add up to no more than the limit.
+//!
+//! The heap itself still decides where memory comes from: the budget only adds a check in
+//! front of it, so the data area must be larger than the limit by the slack the heap needs
+//! (spans of small blocks, caches): see the host's sizing. An allocation of 16 bytes or more
+//! never takes more of the data area than its charge (classes and page runs round up by less
+//! than a power of two); a smaller one takes a 16-byte block, so a heap filled with very many
+//! of them can be refused by the heap before the budget (the same `OutOfMemory`).
+//!
+//! Two words hold it, one shared and one per participant, both bit-packed as charges:
 //! - `header::BUDGET_USED`: what is charged now, one compare-exchange per change;
 //! - the participant's `BUDGET_PENDING`: a charge it is taking or giving back.
 //!
@@ -27,8 +40,9 @@ use crate::heap::{Allocation, Heap, Wake};
 use crate::layout::{header, participant};
 use crate::primitive::Ordering;
 
-/// The smallest charge: Dragon's smallest block.
-pub const MIN_CHARGE: u64 = 32;
+/// The smallest charge: a 0-byte allocation is charged as a 1-byte one (so that nothing fits
+/// beside an allocation of the whole limit).
+pub const MIN_CHARGE: u64 = 1;
 /// The largest limit: charges and limits keep their bytes in the low 48 bits.
 pub const MAX_LIMIT: u64 = (1 << 47) - 1;
 /// The largest count limit (the high 16 bits of a charge).

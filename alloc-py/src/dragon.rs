@@ -3,10 +3,11 @@
 //! shmpool's own (which keeps its documented semantics):
 //!
 //! - `MemoryPool(size, ...)` is a pool with a budget of `size` bytes counted as Dragon's buddy
-//!   allocator counts them (each allocation its size rounded up to a power of two, at least 32
-//!   bytes): one allocation of exactly `size` fits, and nothing beside it (see
-//!   `alloc_core::budget`); `pool.size` is that `size`. Pools of more than 128 bytes are made,
-//!   as Dragon makes them (its five smallest blocks).
+//!   allocator counts them (each allocation its size rounded up to a power of two): one
+//!   allocation of exactly `size` fits, and nothing beside it, and any power-of-two allocations
+//!   adding up to at most `size` fit (see `alloc_core::budget`, also for where Dragon's own
+//!   counting differs); `pool.size` is that `size`. Pools of more than 128 bytes are made, as
+//!   Dragon makes them (its five smallest blocks).
 //! - Sizes and uids are unsigned 64-bit values: a negative one raises `OverflowError`.
 //! - A full pool's error names Dragon's code (`DRAGON_DYNHEAP_REQUESTED_SIZE_NOT_AVAILABLE`);
 //!   `alloc_blocking(size, timeout=0)` is one try that fails as a full pool.
@@ -42,8 +43,8 @@ pub(crate) fn alloc_error(py: Python<'_>, dragon: bool, error: PoolError) -> PyE
 /// A Dragon managed-memory pool (`dragon.managed_memory.MemoryPool`) over a shmpool pool:
 /// `MemoryPool(size, fname, uid, mattr=None)`. One allocation of exactly `size` bytes fits,
 /// and nothing beside it, as in Dragon (allocations are counted rounded up to powers of two,
-/// at least 32 bytes); `size` must be more than 128. Negative sizes and uids raise
-/// `OverflowError`. `mattr`, `min_block_size` and `pre_alloc_blocks` are accepted and unused;
+/// so any of them adding up to at most `size` fit); `size` must be more than 128. Negative
+/// sizes and uids raise `OverflowError`. `mattr`, `min_block_size` and `pre_alloc_blocks` are accepted and unused;
 /// `max_allocations` (up to 65535; larger is no limit) bounds the live allocations.
 #[pyclass(extends = MemoryPool, frozen, module = "shmpool.dragon", name = "MemoryPool")]
 pub struct DragonPool;

@@ -212,6 +212,30 @@ def test_a_free_under_a_live_view_waits_for_the_view(dragon_pool):
     assert dragon_pool.get_allocations().num_allocs == 0
 
 
+def power_of_two_parts(size):
+    """The powers of two that add up to ``size`` (its set bits), largest first."""
+    return [1 << bit for bit in reversed(range(size.bit_length())) if size >> bit & 1]
+
+
+def test_any_power_of_two_allocations_adding_up_to_the_size_fit(pool_name):
+    # A size that is no power of two, filled exactly, down to 1-byte allocations.
+    size = 32768 + 8192 + 512 + 7
+    mpool = dragon.MemoryPool(size, pool_name, 3, None)
+    try:
+        for sizes in [power_of_two_parts(size), power_of_two_parts(size - 8) + [1] * 8]:
+            held = [mpool.alloc(part) for part in sizes]
+            assert sum(mem.size for mem in held) == size
+            with pytest.raises(dragon.DragonPoolAllocationNotAvailable):
+                mpool.alloc(1)
+            with pytest.raises(dragon.DragonPoolAllocationNotAvailable):
+                mpool.alloc(0)
+            for mem in held:
+                mem.free()
+        assert mpool.alloc(size).size == size
+    finally:
+        mpool.destroy()
+
+
 def test_a_put_off_free_after_detach_or_destroy_raises_nothing(dragon_pool, pool_name):
     handle = dragon.MemoryPool.attach(dragon_pool.serialize())
     mem = handle.alloc(64)
