@@ -34,10 +34,21 @@
 //! steps can so make the count too low by one charge, never too high: the budget can only
 //! become looser after a crash, never lose space for good, and the heap's own guarantees are
 //! those of the heap without a budget.
+//!
+//! A host may also give an allocation's charge back before it frees the allocation
+//! ([`Heap::give_back_charge`], then [`Heap::free_given_back`]): Python's Dragon semantics put
+//! off the free of an allocation under live buffer views, but the budget must not wait for
+//! them. The allocation stays live (and its owner's) meanwhile; only the host's
+//! [`Uncharged`] token knows its charge went back, and the later free gives nothing back. A
+//! crash in between is covered as any other: reclaim frees the dead owner's allocation and gives
+//! its charge back once more (looser, never tighter). A free of such an allocation by anyone
+//! else, not through the token (a double free of the user's making), gives the charge back a
+//! second time in the same way.
 
 use crate::error::Error;
-use crate::heap::{Allocation, Heap, Wake};
+use crate::heap::{AllocId, Allocation, Heap, Wake};
 use crate::layout::{header, participant};
+use crate::participant::Session;
 use crate::primitive::Ordering;
 
 /// The smallest charge: a 0-byte allocation is charged as a 1-byte one (so that nothing fits
@@ -95,6 +106,23 @@ impl Budget {
         let bytes = (used & BYTES_MASK).saturating_sub(charge & BYTES_MASK);
         let count = (used >> COUNT_SHIFT).saturating_sub(charge >> COUNT_SHIFT);
         bytes | count << COUNT_SHIFT
+    }
+}
+
+/// A live allocation whose budget charge was given back ahead of its free
+/// ([`Heap::give_back_charge`]): the only way to free it without giving the charge back twice
+/// ([`Heap::free_given_back`]). Not `Clone`: one token, one free. Dropping it leaves the
+/// allocation live (and uncharged) until someone frees it or its owner is reclaimed.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "the allocation stays live until the token is freed"]
+pub struct Uncharged {
+    id: AllocId,
+}
+
+impl Uncharged {
+    /// The allocation's id.
+    pub fn id(&self) -> AllocId {
+        self.id
     }
 }
 
@@ -165,6 +193,31 @@ impl<'a> Heap<'a> {
         let outcome = freed.map(|wake| wake.or(self.give_back(charge)));
         self.clear_budget_pending(me);
         outcome
+    }
+
+    /// Gives the charge of live allocation `id` back to the budget now (waking the waiters it
+    /// kept out), leaving the allocation live: for a host that must put its free off (Python's
+    /// Dragon semantics, while buffer views of it are alive). Free it later with
+    /// [`Heap::free_given_back`], which gives nothing back; the token is the only record that
+    /// the charge went back (see the module docs for crashes and frees by others).
+    ///
+    /// No pending record: the allocation stays live and owned, so a participant that dies
+    /// before the give-back leaves it for reclaim to free and give back exactly, and one that
+    /// dies after leaves the budget looser by this charge.
+    pub fn give_back_charge(&self, session: &mut Session, id: AllocId) -> Result<(Uncharged, Wake), Error> {
+        let allocation = self.lookup(session, id)?;
+        let wake = match self.budget() {
+            None => Wake::Nobody,
+            Some(budget) => self.give_back(budget.charge(allocation.size.min(budget.limit))),
+        };
+        Ok((Uncharged { id }, wake))
+    }
+
+    /// Frees the allocation whose charge [`Heap::give_back_charge`] gave back, giving nothing
+    /// back to the budget. Fails as [`Heap::free`] does if the allocation was freed meanwhile
+    /// (its id is then stale).
+    pub fn free_given_back(&self, session: &mut Session, uncharged: Uncharged) -> Result<Wake, Error> {
+        self.free_uncharged(session, uncharged.id)
     }
 
     /// Gives `charge` back to the budget and wakes the waiters, if any (their next try may fit).

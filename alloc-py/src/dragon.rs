@@ -14,8 +14,8 @@
 //! - An allocation's `==` compares size and contents, `hash` follows (never negative), and
 //!   `is_the_same_as()` compares identity.
 //! - `free()` under live buffer views is put off until the last view is released (the memory is
-//!   never reused under a view); `detach()` of an allocation or a pool is allowed under live
-//!   views (they keep the memory mapped).
+//!   never reused under a view), its budget charge given back at once (see `views`); `detach()`
+//!   of an allocation or a pool is allowed under live views (they keep the memory mapped).
 //!
 //! Allocations made through a Dragon pool, or attached through the Dragon class, are Dragon
 //! allocations; the flag lives in the base classes (`dragon`), these classes add the methods.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use alloc_core::{
     AllocId, AllocOptions, Allocation, Budget, BudgetUsed, Heap, Owner, RecordState, Repaired, Session,
-    Stats, Wake,
+    Stats, Uncharged, Wake,
 };
 
 use crate::descriptor::{self, AllocDescriptor, Location, PoolDescriptor};
@@ -491,6 +491,25 @@ impl Pool {
     /// Frees allocation `id`. A double free, a stale or foreign id is an error and changes nothing.
     pub fn free(&self, id: AllocId) -> Result<()> {
         let wake = self.run(|heap, session| heap.free(session, id))?;
+        self.wake(wake);
+        Ok(())
+    }
+
+    /// Gives the budget charge of live allocation `id` back now (waking the waiters it kept out)
+    /// and leaves the allocation live, for a free that must wait (Python's Dragon semantics,
+    /// while buffer views of it are alive). Free it later with [`Pool::free_given_back`], which
+    /// gives nothing back; see [`alloc_core::budget`] for crashes. Without a budget, only
+    /// checks that the allocation is live.
+    pub fn give_back_charge(&self, id: AllocId) -> Result<Uncharged> {
+        let (uncharged, wake) = self.run(|heap, session| heap.give_back_charge(session, id))?;
+        self.wake(wake);
+        Ok(uncharged)
+    }
+
+    /// Frees the allocation whose charge [`Pool::give_back_charge`] gave back, giving nothing
+    /// back to the budget (an error if it was freed meanwhile).
+    pub fn free_given_back(&self, uncharged: Uncharged) -> Result<()> {
+        let wake = self.run(|heap, session| heap.free_given_back(session, uncharged))?;
         self.wake(wake);
         Ok(())
     }
