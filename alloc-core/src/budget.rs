@@ -33,7 +33,7 @@
 //! charge of every allocation it frees for the dead. A participant that dies between the two
 //! steps can so make the count too low by one charge, never too high: the budget can only
 //! become looser after a crash, never lose space for good, and the heap's own guarantees are
-//! those of the heap without a budget.
+//! those of the heap without a budget. `check` verifies the "never too high" side.
 //!
 //! A host may also give an allocation's charge back before it frees the allocation
 //! ([`Heap::give_back_charge`], then [`Heap::free_given_back`]): Python's Dragon semantics put
@@ -45,6 +45,7 @@
 //! else, not through the token (a double free of the user's making), gives the charge back a
 //! second time in the same way.
 
+use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{AllocId, Allocation, Heap, Wake};
 use crate::layout::{header, participant};
@@ -161,6 +162,7 @@ impl<'a> Heap<'a> {
         }
         let charge = budget.charge(size);
         self.set_budget_pending(me, charge);
+        step!("budget/alloc-pending");
         let used = self.region().word(header::BUDGET_USED);
         // ORDERING: SeqCst: ordered after the pending record (a reclaimer that sees our charge
         // taken sees the record too), and in the waiters' Dekker order (see `give_back`).
@@ -169,11 +171,13 @@ impl<'a> Heap<'a> {
             self.clear_budget_pending(me);
             return Err(Error::OutOfMemory { requested: size });
         }
+        step!("budget/alloc-charged");
         let made = alloc();
         if made.is_err() {
             // Our charge may have kept a waiter from its allocation.
             let _ = self.give_back(charge);
         }
+        step!("budget/alloc-made");
         self.clear_budget_pending(me);
         made
     }
@@ -189,8 +193,11 @@ impl<'a> Heap<'a> {
     ) -> Result<Wake, Error> {
         let charge = budget.charge(size.min(budget.limit));
         self.set_budget_pending(me, charge);
+        step!("budget/free-pending");
         let freed = free();
+        step!("budget/free-freed");
         let outcome = freed.map(|wake| wake.or(self.give_back(charge)));
+        step!("budget/free-given-back");
         self.clear_budget_pending(me);
         outcome
     }
@@ -210,6 +217,7 @@ impl<'a> Heap<'a> {
             None => Wake::Nobody,
             Some(budget) => self.give_back(budget.charge(allocation.size.min(budget.limit))),
         };
+        step!("budget/charge-given-back");
         Ok((Uncharged { id }, wake))
     }
 
@@ -230,6 +238,29 @@ impl<'a> Heap<'a> {
             |now| Some(Budget::sub(now, charge)),
         );
         self.wake_if_waiting()
+    }
+
+    /// The bytes of the charge of an allocation of `size` bytes (0 without a budget), for
+    /// `check`.
+    pub(crate) fn charged_bytes_of(&self, size: u64) -> u64 {
+        self.charge_of(size) & BYTES_MASK
+    }
+
+    /// Fails if the budget charges more than the live allocations (`charged` bytes, `live`
+    /// of them) are charged: `check`'s invariant 6.
+    pub(crate) fn check_budget(&self, charged: u64, live: u64) -> Result<(), Error> {
+        let Some(budget) = self.budget() else {
+            return Ok(());
+        };
+        let used = self.budget_used();
+        if used.bytes > charged || used.bytes > budget.limit {
+            return Err(Error::Corrupt { what: "the budget charges more bytes than its live allocations", page: 0 });
+        }
+        let counted = budget.max_allocations > 0;
+        if counted && (used.allocations > live || used.allocations > budget.max_allocations) {
+            return Err(Error::Corrupt { what: "the budget counts more allocations than are live", page: 0 });
+        }
+        Ok(())
     }
 
     /// The charge of an allocation of `size` bytes (0 without a budget), for reclaim.
