@@ -21,7 +21,10 @@
 //! (spans of small blocks, caches): see the host's sizing. An allocation of 16 bytes or more
 //! never takes more of the data area than its charge (classes and page runs round up by less
 //! than a power of two); a smaller one takes a 16-byte block, so a heap filled with very many
-//! of them can be refused by the heap before the budget (the same `OutOfMemory`).
+//! of them can be refused by the heap before the budget (the same `OutOfMemory`). Caches keep
+//! no page runs under a budget, so that freed runs are placed by first fit again rather than
+//! split the free space where they were; the heap is no buddy allocator, though, and
+//! fragmentation by spans of small blocks can still refuse a large run the budget admits.
 //!
 //! Two words hold it, one shared and one per participant, both bit-packed as charges:
 //! - `header::BUDGET_USED`: what is charged now, one compare-exchange per change;

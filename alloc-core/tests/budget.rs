@@ -285,3 +285,21 @@ fn a_participant_stopped_at_any_budget_step_and_reclaimed_leaves_the_budget_neve
     }
 }
 
+#[test]
+fn a_budgeted_heap_keeps_no_runs_in_caches_so_freed_runs_are_first_fit_again() {
+    // A run held in a cache stays where it was and splits the free space; a budgeted heap's
+    // data area is only a little larger than its limit, so it must not.
+    for budget in [None, Some(Budget { limit: LIMIT, max_allocations: 0 })] {
+        let memory = TestMemory::new(HEAP_BYTES);
+        let heap = Heap::create_with_budget(memory.region(), DEFAULT_PAGE_SHIFT, Platform::SYMMETRIC, budget)
+            .expect("fits");
+        let mut p = Participant::new(&heap, 1);
+        let mut cache = p.cache();
+        let run = heap.alloc_with(&mut cache, 64 << 10, AllocOptions::default()).expect("fits");
+        let _wake = heap.free_with(&mut cache, run.id()).expect("live");
+        let again = alloc(&mut p, 64 << 10).expect("fits");
+        assert_eq!(again.offset == run.offset, budget.is_some(), "budget {budget:?}");
+        let _wake = heap.flush(&mut cache).expect("flushed");
+        p.check().expect("consistent");
+    }
+}

@@ -234,9 +234,12 @@ impl Pool {
         segment::size_for_data(data)
     }
 
-    /// The smallest pool size whose data area holds any set of allocations a budget of `limit`
-    /// bytes admits: the limit, plus room for one span of small blocks per size class and for
-    /// the runs a cache keeps (the heap's slack; pages never written cost no memory).
+    /// The size of a pool whose data area holds the sets of allocations a budget of `limit`
+    /// bytes admits: the limit, plus room for one span of small blocks per size class and
+    /// 1 MiB more against fragmentation (the heap's slack; pages never written cost no memory).
+    /// Not a promise for every set: allocations under 16 bytes each take a 16-byte block, and
+    /// the heap places runs by first fit, not as a buddy allocator (see
+    /// [`alloc_core::budget`]).
     pub fn size_for_budget(limit: u64) -> Result<u64> {
         let span = alloc_core::layout::SPAN_PAGES << alloc_core::layout::DEFAULT_PAGE_SHIFT;
         let slack = alloc_core::layout::NUM_CLASSES as u64 * span
