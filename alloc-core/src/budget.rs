@@ -257,7 +257,10 @@ impl<'a> Heap<'a> {
         };
         let used = self.budget_used();
         if used.bytes > charged || used.bytes > budget.limit {
-            return Err(Error::Corrupt { what: "the budget charges more bytes than its live allocations", page: 0 });
+            return Err(Error::Corrupt {
+                what: "the budget charges more bytes than its live allocations",
+                page: 0,
+            });
         }
         let counted = budget.max_allocations > 0;
         if counted && (used.allocations > live || used.allocations > budget.max_allocations) {

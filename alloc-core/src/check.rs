@@ -80,8 +80,9 @@ impl Heap<'_> {
         self.check_session(session)?;
         self.ensure_ready()?;
         let mut charged = 0;
-        let stats =
-            self.survey(Guard::Hazard(session), true, &mut |allocation| charged += self.charged_bytes_of(allocation.size))?;
+        let stats = self.survey(Guard::Hazard(session), true, &mut |allocation| {
+            charged += self.charged_bytes_of(allocation.size)
+        })?;
         self.check_records()?;
         self.check_budget(charged, stats.live_allocations)?;
         Ok(stats)

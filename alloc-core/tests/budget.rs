@@ -269,7 +269,11 @@ fn a_participant_stopped_at_any_budget_step_and_reclaimed_leaves_the_budget_neve
             bystander.check().unwrap_or_else(|error| panic!("{step}: check after reclaim: {error}"));
             let live_charges = charged(&mut bystander);
             let used = heap.budget_used();
-            assert!(used.bytes <= live_charges, "{step}: {} charged, live allocations take {live_charges}", used.bytes);
+            assert!(
+                used.bytes <= live_charges,
+                "{step}: {} charged, live allocations take {live_charges}",
+                used.bytes
+            );
             if count_limit > 0 {
                 assert!(used.allocations <= bystander.live().len() as u64, "{step}: count too high");
             }
