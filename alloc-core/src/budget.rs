@@ -3,14 +3,30 @@
 //! promise (its whole size in one allocation, and nothing more beside it).
 //!
 //! A heap created with a [`Budget`] charges every allocation its size rounded up to a power of
-//! two, at least [`MIN_CHARGE`] and at most the limit, plus one to the count when a count limit
-//! is set. An allocation is made only if its charge fits next to what is charged already; a
-//! refused one fails with `OutOfMemory` (so `alloc_blocking` waits for a free), a request larger
-//! than the limit with `TooLarge`. The heap itself still decides where memory comes from: the
-//! budget only adds a check in front of it, so the data area must be larger than the limit by
-//! the slack the heap needs (spans of small blocks, caches): see the host's sizing.
+//! two (at least [`MIN_CHARGE`], 1 byte, and at most the limit), plus one to the count when a
+//! count limit is set. An allocation is made only if its charge fits next to what is charged
+//! already; a refused one fails with `OutOfMemory` (so `alloc_blocking` waits for a free), a
+//! request larger than the limit with `TooLarge`. So any set of power-of-two allocations whose
+//! sizes add up to at most the limit fits, whatever the limit, down to 1-byte ones; a limit of
+//! `2^k` holds one allocation of `2^k` bytes and nothing beside it (a 0-byte allocation too is
+//! charged 1), and two 10000-byte allocations fill a limit of 32768 (each is charged 16384).
 //!
-//! Two words hold it, one shared and one per participant, both bit-packed as [`Charge`]s:
+//! Dragon's own pools differ at the edges, deliberately not copied: their heap is the size
+//! rounded up to a power of two, and their smallest block 32 bytes. Rounding the limit up would
+//! make a pool take up to twice the memory asked for; a 32-byte smallest charge would refuse
+//! small allocations that add up to no more than the limit.
+//!
+//! The heap itself still decides where memory comes from: the budget only adds a check in
+//! front of it, so the data area must be larger than the limit by the slack the heap needs
+//! (spans of small blocks, caches): see the host's sizing. An allocation of 16 bytes or more
+//! never takes more of the data area than its charge (classes and page runs round up by less
+//! than a power of two); a smaller one takes a 16-byte block, so a heap filled with very many
+//! of them can be refused by the heap before the budget (the same `OutOfMemory`). Caches keep
+//! no page runs under a budget, so that freed runs are placed by first fit again rather than
+//! split the free space where they were; the heap is no buddy allocator, though, and
+//! fragmentation by spans of small blocks can still refuse a large run the budget admits.
+//!
+//! Two words hold it, one shared and one per participant, both bit-packed as charges:
 //! - `header::BUDGET_USED`: what is charged now, one compare-exchange per change;
 //! - the participant's `BUDGET_PENDING`: a charge it is taking or giving back.
 //!
@@ -20,15 +36,28 @@
 //! charge of every allocation it frees for the dead. A participant that dies between the two
 //! steps can so make the count too low by one charge, never too high: the budget can only
 //! become looser after a crash, never lose space for good, and the heap's own guarantees are
-//! those of the heap without a budget.
+//! those of the heap without a budget. `check` verifies the "never too high" side.
+//!
+//! A host may also give an allocation's charge back before it frees the allocation
+//! ([`Heap::give_back_charge`], then [`Heap::free_given_back`]): Python's Dragon semantics put
+//! off the free of an allocation under live buffer views, but the budget must not wait for
+//! them. The allocation stays live (and its owner's) meanwhile; only the host's
+//! [`Uncharged`] token knows its charge went back, and the later free gives nothing back. A
+//! crash in between is covered as any other: reclaim frees the dead owner's allocation and gives
+//! its charge back once more (looser, never tighter). A free of such an allocation by anyone
+//! else, not through the token (a double free of the user's making), gives the charge back a
+//! second time in the same way.
 
+use crate::crash::step;
 use crate::error::Error;
-use crate::heap::{Allocation, Heap, Wake};
+use crate::heap::{AllocId, Allocation, Heap, Wake};
 use crate::layout::{header, participant};
+use crate::participant::Session;
 use crate::primitive::Ordering;
 
-/// The smallest charge: Dragon's smallest block.
-pub const MIN_CHARGE: u64 = 32;
+/// The smallest charge: a 0-byte allocation is charged as a 1-byte one (so that nothing fits
+/// beside an allocation of the whole limit).
+pub const MIN_CHARGE: u64 = 1;
 /// The largest limit: charges and limits keep their bytes in the low 48 bits.
 pub const MAX_LIMIT: u64 = (1 << 47) - 1;
 /// The largest count limit (the high 16 bits of a charge).
@@ -84,6 +113,23 @@ impl Budget {
     }
 }
 
+/// A live allocation whose budget charge was given back ahead of its free
+/// ([`Heap::give_back_charge`]): the only way to free it without giving the charge back twice
+/// ([`Heap::free_given_back`]). Not `Clone`: one token, one free. Dropping it leaves the
+/// allocation live (and uncharged) until someone frees it or its owner is reclaimed.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "the allocation stays live until the token is freed"]
+pub struct Uncharged {
+    id: AllocId,
+}
+
+impl Uncharged {
+    /// The allocation's id.
+    pub fn id(&self) -> AllocId {
+        self.id
+    }
+}
+
 /// What is charged in a budgeted heap right now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BudgetUsed {
@@ -119,6 +165,7 @@ impl<'a> Heap<'a> {
         }
         let charge = budget.charge(size);
         self.set_budget_pending(me, charge);
+        step!("budget/alloc-pending");
         let used = self.region().word(header::BUDGET_USED);
         // ORDERING: SeqCst: ordered after the pending record (a reclaimer that sees our charge
         // taken sees the record too), and in the waiters' Dekker order (see `give_back`).
@@ -127,11 +174,13 @@ impl<'a> Heap<'a> {
             self.clear_budget_pending(me);
             return Err(Error::OutOfMemory { requested: size });
         }
+        step!("budget/alloc-charged");
         let made = alloc();
         if made.is_err() {
             // Our charge may have kept a waiter from its allocation.
             let _ = self.give_back(charge);
         }
+        step!("budget/alloc-made");
         self.clear_budget_pending(me);
         made
     }
@@ -147,10 +196,39 @@ impl<'a> Heap<'a> {
     ) -> Result<Wake, Error> {
         let charge = budget.charge(size.min(budget.limit));
         self.set_budget_pending(me, charge);
+        step!("budget/free-pending");
         let freed = free();
+        step!("budget/free-freed");
         let outcome = freed.map(|wake| wake.or(self.give_back(charge)));
+        step!("budget/free-given-back");
         self.clear_budget_pending(me);
         outcome
+    }
+
+    /// Gives the charge of live allocation `id` back to the budget now (waking the waiters it
+    /// kept out), leaving the allocation live: for a host that must put its free off (Python's
+    /// Dragon semantics, while buffer views of it are alive). Free it later with
+    /// [`Heap::free_given_back`], which gives nothing back; the token is the only record that
+    /// the charge went back (see the module docs for crashes and frees by others).
+    ///
+    /// No pending record: the allocation stays live and owned, so a participant that dies
+    /// before the give-back leaves it for reclaim to free and give back exactly, and one that
+    /// dies after leaves the budget looser by this charge.
+    pub fn give_back_charge(&self, session: &mut Session, id: AllocId) -> Result<(Uncharged, Wake), Error> {
+        let allocation = self.lookup(session, id)?;
+        let wake = match self.budget() {
+            None => Wake::Nobody,
+            Some(budget) => self.give_back(budget.charge(allocation.size.min(budget.limit))),
+        };
+        step!("budget/charge-given-back");
+        Ok((Uncharged { id }, wake))
+    }
+
+    /// Frees the allocation whose charge [`Heap::give_back_charge`] gave back, giving nothing
+    /// back to the budget. Fails as [`Heap::free`] does if the allocation was freed meanwhile
+    /// (its id is then stale).
+    pub fn free_given_back(&self, session: &mut Session, uncharged: Uncharged) -> Result<Wake, Error> {
+        self.free_uncharged(session, uncharged.id)
     }
 
     /// Gives `charge` back to the budget and wakes the waiters, if any (their next try may fit).
@@ -163,6 +241,32 @@ impl<'a> Heap<'a> {
             |now| Some(Budget::sub(now, charge)),
         );
         self.wake_if_waiting()
+    }
+
+    /// The bytes of the charge of an allocation of `size` bytes (0 without a budget), for
+    /// `check`.
+    pub(crate) fn charged_bytes_of(&self, size: u64) -> u64 {
+        self.charge_of(size) & BYTES_MASK
+    }
+
+    /// Fails if the budget charges more than the live allocations (`charged` bytes, `live`
+    /// of them) are charged: `check`'s invariant 6.
+    pub(crate) fn check_budget(&self, charged: u64, live: u64) -> Result<(), Error> {
+        let Some(budget) = self.budget() else {
+            return Ok(());
+        };
+        let used = self.budget_used();
+        if used.bytes > charged || used.bytes > budget.limit {
+            return Err(Error::Corrupt {
+                what: "the budget charges more bytes than its live allocations",
+                page: 0,
+            });
+        }
+        let counted = budget.max_allocations > 0;
+        if counted && (used.allocations > live || used.allocations > budget.max_allocations) {
+            return Err(Error::Corrupt { what: "the budget counts more allocations than are live", page: 0 });
+        }
+        Ok(())
     }
 
     /// The charge of an allocation of `size` bytes (0 without a budget), for reclaim.

@@ -386,9 +386,13 @@ impl<'a> Heap<'a> {
         Ok(true)
     }
 
-    /// Whether a run of `pages` pages is small enough for a cache.
+    /// Whether a freed run of `pages` goes into a cache. Never under a budget: a cached run
+    /// stays where it was and splits the free space, and a budgeted heap's data area is only
+    /// a little larger than its limit, so address-ordered first fit must see every free page
+    /// (Dragon's test of power-of-two allocations filling a pool, repeated a thousand times,
+    /// failed for want of a contiguous run while its budget had room).
     fn caches_run(&self, pages: u64) -> bool {
-        pages <= CACHE_RUN_BYTES >> self.geometry().page_shift
+        self.budget_word() == 0 && pages <= CACHE_RUN_BYTES >> self.geometry().page_shift
     }
 
     #[cold]

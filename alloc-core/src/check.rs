@@ -21,7 +21,10 @@
 //!    every summary bit above a set leaf is set.
 //! 4. A large run is live, and its slack is within its pages.
 //! 5. No participant has a hazard, a pending claim or release, or a hand-over; no participant
-//!    or process record is left from a dead process; no waiter slot is taken.
+//!    or process record is left from a dead process; no waiter slot is taken; no budget
+//!    charge is pending.
+//! 6. A budget never charges more than its live allocations' charges, in bytes or count (a
+//!    crash, or a charge given back ahead of its free, may leave it lower, never higher).
 
 use crate::bitmap::PAGES_PER_WORD;
 use crate::crash::step;
@@ -76,8 +79,12 @@ impl Heap<'_> {
     pub fn check(&self, session: &mut Session) -> Result<Stats, Error> {
         self.check_session(session)?;
         self.ensure_ready()?;
-        let stats = self.survey(Guard::Hazard(session), true, &mut |_| {})?;
+        let mut charged = 0;
+        let stats = self.survey(Guard::Hazard(session), true, &mut |allocation| {
+            charged += self.charged_bytes_of(allocation.size)
+        })?;
         self.check_records()?;
+        self.check_budget(charged, stats.live_allocations)?;
         Ok(stats)
     }
 
@@ -376,6 +383,7 @@ impl Heap<'_> {
                 (participant::HAZARD, "a participant holds a hazard on a quiescent heap"),
                 (participant::PENDING, "a participant has a claim or release in progress"),
                 (participant::HANDOVER_SLOT, "a participant has a hand-over in progress"),
+                (participant::BUDGET_PENDING, "a participant has a budget charge in progress"),
             ] {
                 if self.participant_word(index, field).load(Ordering::Acquire) != 0 {
                     return Err(corrupt(what, 0));

@@ -1322,11 +1322,12 @@ impl<'a> Heap<'a> {
                 Place::Large { pages, .. } => new_size.div_ceil(heap.geo.page_bytes()).max(1) == pages,
             };
             // Under a budget, in place only while the charge stays the same (a move goes through
-            // the budget as an allocation and a free).
-            if fits && heap.budget != 0 {
+            // the budget as an allocation and a free), and never past the limit (where charges
+            // stop growing).
+            if let Some(budget) = heap.budget().filter(|_| fits) {
                 let (_, decoded, extra) = heap.live_state(id, place, state)?;
                 let size = heap.describe(id, place, decoded, extra)?.size;
-                fits = heap.charge_of(size) == heap.charge_of(new_size);
+                fits = new_size <= budget.limit && heap.charge_of(size) == heap.charge_of(new_size);
             }
             if !fits {
                 let (_, decoded, extra) = heap.live_state(id, place, state)?;

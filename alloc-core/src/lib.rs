@@ -52,7 +52,7 @@ pub mod runs;
 pub mod span;
 mod wait;
 
-pub use budget::{Budget, BudgetUsed};
+pub use budget::{Budget, BudgetUsed, Uncharged};
 pub use cache::{Cache, CACHE_BLOCKS, CACHE_RUNS, CACHE_RUN_BYTES};
 #[cfg(feature = "crash-points")]
 pub use crash::{clear_hook, set_hook};

@@ -145,7 +145,11 @@ impl MemoryAlloc {
         // Dragon's semantics: a free under live views is put off until the last of them is
         // released (see the `views` module); the handle is done at once.
         if self.dragon {
-            match views::defer_free(self.key, || (self.pool.clone(), self.allocation.id())) {
+            let give_back = || {
+                let uncharged = self.pool.give_back_charge(self.allocation.id())?;
+                Ok((self.pool.clone(), uncharged))
+            };
+            match views::defer_free(self.key, give_back) {
                 views::Deferral::Deferred => {
                     // ORDERING: SeqCst, the handle flag's order everywhere.
                     self.done.store(true, Ordering::SeqCst);
@@ -159,6 +163,7 @@ impl MemoryAlloc {
                         format!("allocation {} was already freed", self.allocation.id().to_u128()),
                     ));
                 }
+                views::Deferral::Failed(error) => return Err(crate::errors::to_py(py, error)),
                 views::Deferral::NotViewed => {}
             }
         }

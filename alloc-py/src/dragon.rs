@@ -3,18 +3,19 @@
 //! shmpool's own (which keeps its documented semantics):
 //!
 //! - `MemoryPool(size, ...)` is a pool with a budget of `size` bytes counted as Dragon's buddy
-//!   allocator counts them (each allocation its size rounded up to a power of two, at least 32
-//!   bytes): one allocation of exactly `size` fits, and nothing beside it (see
-//!   `alloc_core::budget`); `pool.size` is that `size`. Pools of more than 128 bytes are made,
-//!   as Dragon makes them (its five smallest blocks).
+//!   allocator counts them (each allocation its size rounded up to a power of two): one
+//!   allocation of exactly `size` fits, and nothing beside it, and any power-of-two allocations
+//!   adding up to at most `size` fit (see `alloc_core::budget`, also for where Dragon's own
+//!   counting differs); `pool.size` is that `size`. Pools of more than 128 bytes are made, as
+//!   Dragon makes them (its five smallest blocks).
 //! - Sizes and uids are unsigned 64-bit values: a negative one raises `OverflowError`.
 //! - A full pool's error names Dragon's code (`DRAGON_DYNHEAP_REQUESTED_SIZE_NOT_AVAILABLE`);
 //!   `alloc_blocking(size, timeout=0)` is one try that fails as a full pool.
 //! - An allocation's `==` compares size and contents, `hash` follows (never negative), and
 //!   `is_the_same_as()` compares identity.
 //! - `free()` under live buffer views is put off until the last view is released (the memory is
-//!   never reused under a view); `detach()` of an allocation or a pool is allowed under live
-//!   views (they keep the memory mapped).
+//!   never reused under a view), its budget charge given back at once (see `views`); `detach()`
+//!   of an allocation or a pool is allowed under live views (they keep the memory mapped).
 //!
 //! Allocations made through a Dragon pool, or attached through the Dragon class, are Dragon
 //! allocations; the flag lives in the base classes (`dragon`), these classes add the methods.
@@ -42,8 +43,8 @@ pub(crate) fn alloc_error(py: Python<'_>, dragon: bool, error: PoolError) -> PyE
 /// A Dragon managed-memory pool (`dragon.managed_memory.MemoryPool`) over a shmpool pool:
 /// `MemoryPool(size, fname, uid, mattr=None)`. One allocation of exactly `size` bytes fits,
 /// and nothing beside it, as in Dragon (allocations are counted rounded up to powers of two,
-/// at least 32 bytes); `size` must be more than 128. Negative sizes and uids raise
-/// `OverflowError`. `mattr`, `min_block_size` and `pre_alloc_blocks` are accepted and unused;
+/// so any of them adding up to at most `size` fit); `size` must be more than 128. Negative
+/// sizes and uids raise `OverflowError`. `mattr`, `min_block_size` and `pre_alloc_blocks` are accepted and unused;
 /// `max_allocations` (up to 65535; larger is no limit) bounds the live allocations.
 #[pyclass(extends = MemoryPool, frozen, module = "shmpool.dragon", name = "MemoryPool")]
 pub struct DragonPool;

@@ -24,14 +24,18 @@
 //!
 //! Dragon's semantics (`shmpool.dragon`) allow a free while views are alive: the free is then
 //! put off ([`defer_free`]) and recorded under the key, no new view of the allocation is made,
-//! and the release of the last view does it, once. It goes through the pool itself (the
-//! recorded `Pool` keeps the mapping, whatever became of the handles); if the allocation was
-//! freed meanwhile by anyone else (its id is then stale) or the pool destroyed, that free fails
-//! and the failure is dropped: a buffer release has no one to tell.
+//! and the release of the last view does it, once. Only the memory waits: the allocation's
+//! budget charge is given back at once (`Pool::give_back_charge`), so that a process waiting
+//! for budget is not held up by views it cannot see (the data area has room beyond the budget
+//! for the memory still under views), and the put-off free gives nothing back
+//! (`Pool::free_given_back`). It goes through the pool itself (the recorded `Pool` keeps the
+//! mapping, whatever became of the handles); if the allocation was freed meanwhile by anyone
+//! else (its id is then stale) or the pool destroyed, that free fails and the failure is
+//! dropped: a buffer release has no one to tell.
 
 use std::collections::HashMap;
 
-use alloc_shm::{AllocId, Pool};
+use alloc_shm::{Pool, PoolError, Uncharged};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
@@ -53,8 +57,9 @@ struct Entry {
     views: usize,
     /// Frees or resizes of it under way (through the registry).
     closing: usize,
-    /// A free put off until the last view is released (Dragon's semantics).
-    deferred: Option<(Pool, AllocId)>,
+    /// A free put off until the last view is released (Dragon's semantics); the allocation's
+    /// charge is given back already.
+    deferred: Option<(Pool, Uncharged)>,
 }
 
 impl Entry {
@@ -117,24 +122,32 @@ pub(crate) fn uncount(key: Key) {
     VIEWS.fetch_sub(1, Ordering::SeqCst);
     // The put-off free, once, outside the lock: a stale id (freed meanwhile by anyone) or a
     // destroyed pool fails, and there is no one to tell.
-    if let Some((pool, id)) = due {
-        let _ = pool.free(id);
+    if let Some((pool, uncharged)) = due {
+        let _ = pool.free_given_back(uncharged);
     }
 }
 
 /// What [`defer_free`] did.
 pub(crate) enum Deferral {
-    /// Views are alive: the free is recorded and will happen when the last is released.
+    /// Views are alive: the charge is given back, and the free recorded; it will happen when
+    /// the last view is released.
     Deferred,
+    /// Views are alive, but the charge could not be given back (the allocation is not live:
+    /// freed by someone else, or its pool destroyed): nothing is put off.
+    Failed(PoolError),
     /// A free of the allocation is already put off (a double free).
     AlreadyDeferred,
     /// No view is alive: free it now.
     NotViewed,
 }
 
-/// Puts off the free of `key` (the pool and id `what` gives) until its last view is released,
-/// if any view is alive.
-pub(crate) fn defer_free(key: Key, what: impl FnOnce() -> (Pool, AllocId)) -> Deferral {
+/// Puts off the free of `key` until its last view is released, if any view is alive; `give_back`
+/// gives the allocation's budget charge back now and returns its pool and token (under the
+/// registry's lock, so that a view released meanwhile finds the free recorded).
+pub(crate) fn defer_free(
+    key: Key,
+    give_back: impl FnOnce() -> Result<(Pool, Uncharged), PoolError>,
+) -> Deferral {
     // ORDERING: Relaxed, as in `unless_viewed`: no view of anything, no registry look.
     if GIL_ORDERS && VIEWS.load(Ordering::Relaxed) == 0 {
         return Deferral::NotViewed;
@@ -149,8 +162,13 @@ pub(crate) fn defer_free(key: Key, what: impl FnOnce() -> (Pool, AllocId)) -> De
     if entry.views == 0 {
         return Deferral::NotViewed;
     }
-    entry.deferred = Some(what());
-    Deferral::Deferred
+    match give_back() {
+        Ok(deferred) => {
+            entry.deferred = Some(deferred);
+            Deferral::Deferred
+        }
+        Err(error) => Deferral::Failed(error),
+    }
 }
 
 /// Runs `change` (a free or resize of `key`) unless a view of the allocation is alive; else

@@ -119,3 +119,20 @@ def attach_and_wait(pool, ready, done):
     pool.alloc(16)
     ready.set()
     done.wait(60)
+
+
+def dragon_alloc_blocking_and_report(pool_ser, size, out):
+    """Attaches a Dragon pool, waits (up to 30 s) for an allocation of ``size`` bytes, fills it
+    with 0xFF, and reports ``("ok", offset)`` (or ``("failed", error)``) before freeing it."""
+    from shmpool import dragon
+
+    mpool = dragon.MemoryPool.attach(pool_ser)
+    try:
+        mem = mpool.alloc_blocking(size, timeout=30)
+    except Exception as error:  # reported to the test, which fails with it
+        out.put(("failed", repr(error)))
+        return
+    mem.get_memview()[:] = b"\xff" * size
+    out.put(("ok", mem.offset))
+    mem.free()
+    mpool.detach()

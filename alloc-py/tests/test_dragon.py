@@ -9,7 +9,7 @@ import os
 import pytest
 
 from shmpool import dragon
-from mp_workers import dragon_producer
+from mp_workers import dragon_alloc_blocking_and_report, dragon_producer
 
 
 def test_a_dragon_style_program_runs_end_to_end(pool_name):
@@ -210,6 +210,59 @@ def test_a_free_under_a_live_view_waits_for_the_view(dragon_pool):
     assert dragon_pool.get_allocations().num_allocs == 1
     again.free()
     assert dragon_pool.get_allocations().num_allocs == 0
+
+
+def power_of_two_parts(size):
+    """The powers of two that add up to ``size`` (its set bits), largest first."""
+    return [1 << bit for bit in reversed(range(size.bit_length())) if size >> bit & 1]
+
+
+def test_any_power_of_two_allocations_adding_up_to_the_size_fit(pool_name):
+    # A size that is no power of two, filled exactly, down to 1-byte allocations.
+    size = 32768 + 8192 + 512 + 7
+    mpool = dragon.MemoryPool(size, pool_name, 3, None)
+    try:
+        for sizes in [power_of_two_parts(size), power_of_two_parts(size - 8) + [1] * 8]:
+            held = [mpool.alloc(part) for part in sizes]
+            assert sum(mem.size for mem in held) == size
+            with pytest.raises(dragon.DragonPoolAllocationNotAvailable):
+                mpool.alloc(1)
+            with pytest.raises(dragon.DragonPoolAllocationNotAvailable):
+                mpool.alloc(0)
+            for mem in held:
+                mem.free()
+        assert mpool.alloc(size).size == size
+    finally:
+        mpool.destroy()
+
+
+def test_a_free_under_a_live_view_gives_its_budget_to_another_process_at_once(dragon_pool):
+    mem = dragon_pool.alloc(32768)
+    view = mem.get_memview()
+    view[:] = b"\x5a" * 32768
+    offset = mem.offset
+    mem.free()  # put off until the view goes, but its budget is free now
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    child = context.Process(
+        target=dragon_alloc_blocking_and_report, args=(dragon_pool.serialize(), 32768, out)
+    )
+    child.start()
+    outcome, detail = out.get(timeout=60)
+    child.join(60)
+    assert (outcome, child.exitcode) == ("ok", 0), detail
+    # The memory under the view was not handed out meanwhile.
+    assert detail != offset
+    assert bytes(view) == b"\x5a" * 32768
+    # The put-off free gives nothing back a second time: with half the budget held, the whole
+    # of it stays out of reach once the view is released.
+    half = dragon_pool.alloc(16384)
+    view.release()
+    assert dragon_pool.get_allocations().num_allocs == 1
+    with pytest.raises(dragon.DragonPoolAllocationNotAvailable):
+        dragon_pool.alloc(32768)
+    half.free()
+    dragon_pool.alloc(32768).free()
 
 
 def test_a_put_off_free_after_detach_or_destroy_raises_nothing(dragon_pool, pool_name):

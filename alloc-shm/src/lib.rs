@@ -41,6 +41,7 @@ pub use alloc_core::budget;
 pub use alloc_core::layout::CLASS_SIZES;
 pub use alloc_core::{
     alloc_type, AllocId, AllocOptions, Allocation, Budget, BudgetUsed, Owner, Reclaimed, Repaired, Stats,
+    Uncharged,
 };
 pub use error::{PoolError, Result};
 pub use handle::{Arena, LocalPool, OwnedAlloc};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use alloc_core::{
     AllocId, AllocOptions, Allocation, Budget, BudgetUsed, Heap, Owner, RecordState, Repaired, Session,
-    Stats, Wake,
+    Stats, Uncharged, Wake,
 };
 
 use crate::descriptor::{self, AllocDescriptor, Location, PoolDescriptor};
@@ -234,9 +234,12 @@ impl Pool {
         segment::size_for_data(data)
     }
 
-    /// The smallest pool size whose data area holds any set of allocations a budget of `limit`
-    /// bytes admits: the limit, plus room for one span of small blocks per size class and for
-    /// the runs a cache keeps (the heap's slack; pages never written cost no memory).
+    /// The size of a pool whose data area holds the sets of allocations a budget of `limit`
+    /// bytes admits: the limit, plus room for one span of small blocks per size class and
+    /// 1 MiB more against fragmentation (the heap's slack; pages never written cost no memory).
+    /// Not a promise for every set: allocations under 16 bytes each take a 16-byte block, and
+    /// the heap places runs by first fit, not as a buddy allocator (see
+    /// [`alloc_core::budget`]).
     pub fn size_for_budget(limit: u64) -> Result<u64> {
         let span = alloc_core::layout::SPAN_PAGES << alloc_core::layout::DEFAULT_PAGE_SHIFT;
         let slack = alloc_core::layout::NUM_CLASSES as u64 * span
@@ -491,6 +494,25 @@ impl Pool {
     /// Frees allocation `id`. A double free, a stale or foreign id is an error and changes nothing.
     pub fn free(&self, id: AllocId) -> Result<()> {
         let wake = self.run(|heap, session| heap.free(session, id))?;
+        self.wake(wake);
+        Ok(())
+    }
+
+    /// Gives the budget charge of live allocation `id` back now (waking the waiters it kept out)
+    /// and leaves the allocation live, for a free that must wait (Python's Dragon semantics,
+    /// while buffer views of it are alive). Free it later with [`Pool::free_given_back`], which
+    /// gives nothing back; see [`alloc_core::budget`] for crashes. Without a budget, only
+    /// checks that the allocation is live.
+    pub fn give_back_charge(&self, id: AllocId) -> Result<Uncharged> {
+        let (uncharged, wake) = self.run(|heap, session| heap.give_back_charge(session, id))?;
+        self.wake(wake);
+        Ok(uncharged)
+    }
+
+    /// Frees the allocation whose charge [`Pool::give_back_charge`] gave back, giving nothing
+    /// back to the budget (an error if it was freed meanwhile).
+    pub fn free_given_back(&self, uncharged: Uncharged) -> Result<()> {
+        let wake = self.run(|heap, session| heap.free_given_back(session, uncharged))?;
         self.wake(wake);
         Ok(())
     }

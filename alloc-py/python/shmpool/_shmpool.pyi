@@ -4,11 +4,15 @@ import os
 import socket
 from typing import Any, Iterator, Optional, Union, final
 
+from typing_extensions import disjoint_base
+
 from . import AllocType, Arena
 
 _Buffer = Union[bytes, bytearray, memoryview]
 
 __all__ = [
+    "DragonMemoryAlloc",
+    "DragonMemoryPool",
     "MemoryAlloc",
     "MemoryAllocations",
     "MemoryPool",
@@ -29,7 +33,7 @@ def run_tool(argv: list[str], this_command: list[str]) -> int:
 def trace_allocations(enabled: bool) -> None:
     """Report allocations (and frees) made through this process to tracemalloc."""
 
-@final
+@disjoint_base
 class MemoryPool:
     """A pool of shared memory that any process can attach."""
 
@@ -161,7 +165,7 @@ class MemoryPool:
     def arena(self) -> Arena:
         """An arena whose allocations are freed together."""
 
-@final
+@disjoint_base
 class MemoryAlloc:
     """One allocation; supports the buffer protocol (zero-copy, writable)."""
 
@@ -228,3 +232,38 @@ class MemoryAllocations:
         """The type of allocation `index`."""
     def alloc_id(self, index: int) -> int:
         """The id of allocation `index`."""
+
+@final
+class DragonMemoryPool(MemoryPool):
+    """`shmpool.dragon.MemoryPool`: a pool with Dragon's semantics, whose `size` is a budget of
+    usable bytes (allocations counted rounded up to powers of two)."""
+
+    def __new__(
+        cls,
+        size: int,
+        fname: str,
+        uid: Optional[int] = None,
+        mattr: Any = None,
+        *,
+        min_block_size: Optional[int] = None,
+        max_allocations: Optional[int] = None,
+        pre_alloc_blocks: Optional[list[int]] = None,
+        mode: int = 0o600,
+    ) -> DragonMemoryPool: ...
+    @staticmethod
+    def attach(serialized: _Buffer) -> DragonMemoryPool:
+        """Attach the pool a `serialize()`d descriptor names, with Dragon's semantics."""
+
+@final
+class DragonMemoryAlloc(MemoryAlloc):
+    """`shmpool.dragon.MemoryAlloc`: `==` compares size and contents, `is_the_same_as()`
+    identity; a free under live views is put off until the last is released."""
+
+    @staticmethod
+    def attach(serialized: _Buffer) -> DragonMemoryAlloc:
+        """The allocation a descriptor names, with Dragon's semantics (TypeError for anything
+        but a descriptor)."""
+    def is_the_same_as(self, other: MemoryAlloc) -> bool:
+        """Whether `other` is a handle on the same bytes of the same allocation."""
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
