@@ -52,11 +52,44 @@ impl MemoryAlloc {
         }
     }
 
-    fn uncount_view(&self) {
+    /// Forgets a view counted by [`MemoryAlloc::count_view`].
+    pub(crate) fn uncount_view(&self) {
         // ORDERING: SeqCst, the handle counters' order everywhere (see `detach`).
         self.exports.fetch_sub(1, Ordering::SeqCst);
         self.pool_object.get().exports.fetch_sub(1, Ordering::SeqCst);
         views::uncount(self.key);
+    }
+
+    /// Counts a view of this handle's window for as long as the caller holds it (a buffer
+    /// export, or an `ArrayMemory`): frees and resizes through any handle, and detaching this
+    /// handle or its pool handle, are refused until [`MemoryAlloc::uncount_view`]. Returns the
+    /// address of the window, which stays mapped while the caller keeps this handle.
+    pub(crate) fn count_view(&self, py: Python<'_>) -> PyResult<*mut u8> {
+        // Count the view before checking the allocation is live, so that a concurrent free
+        // through any handle either sees it or is seen (see the `views` module).
+        if views::count(self.key).is_err() {
+            return Err(raise(
+                py,
+                "InvalidAllocationError",
+                format!("allocation {} is being freed", self.allocation.id().to_u128()),
+            ));
+        }
+        // ORDERING: SeqCst, the handle counters' order everywhere.
+        self.exports.fetch_add(1, Ordering::SeqCst);
+        self.pool_object.get().exports.fetch_add(1, Ordering::SeqCst);
+        let checked = self.ensure_handle(py).and_then(|()| {
+            let (base, len) = self.pool.bytes_ptr(self.allocation.id()).py_err(py)?;
+            if (self.start + self.length) as usize > len {
+                return Err(PyBufferError::new_err("window outside the allocation"));
+            }
+            // SAFETY: `start` lies inside the allocation (checked just above), so the sum
+            // stays inside the mapping `bytes_ptr` answered for.
+            Ok(unsafe { base.add(self.start as usize) })
+        });
+        if checked.is_err() {
+            self.uncount_view();
+        }
+        checked
     }
 
     /// Refuses with `BufferError` while views made through this handle are alive (`what` names
@@ -67,6 +100,21 @@ impl MemoryAlloc {
             0 => Ok(()),
             views => Err(exported(what, views)),
         }
+    }
+
+    /// Where this handle's window starts in the allocation.
+    pub(crate) fn window_start(&self) -> u64 {
+        self.start
+    }
+
+    /// The length of this handle's window.
+    pub(crate) fn window_length(&self) -> u64 {
+        self.length
+    }
+
+    /// Names the allocation in messages and reprs.
+    pub(crate) fn describe(&self) -> String {
+        format!("allocation {} in {:?}", self.allocation.id().to_u128(), self.pool.name())
     }
 
     /// The pool this allocation belongs to.
@@ -428,45 +476,14 @@ impl MemoryAlloc {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        // Count the view before checking the allocation is live, so that a concurrent free
-        // through any handle either sees it or is seen (see the `views` module).
-        if views::count(this.key).is_err() {
-            return Err(raise(
-                py,
-                "InvalidAllocationError",
-                format!("allocation {} is being freed", this.allocation.id().to_u128()),
-            ));
-        }
-        // ORDERING: SeqCst, the handle counters' order everywhere.
-        this.exports.fetch_add(1, Ordering::SeqCst);
-        this.pool_object.get().exports.fetch_add(1, Ordering::SeqCst);
-        let checked = this.ensure_handle(py).and_then(|()| {
-            let (base, len) = this.pool.bytes_ptr(this.allocation.id()).py_err(py)?;
-            if (this.start + this.length) as usize > len {
-                return Err(PyBufferError::new_err("window outside the allocation"));
-            }
-            Ok(base)
-        });
-        let base = match checked {
-            Ok(base) => base,
-            Err(error) => {
-                this.uncount_view();
-                return Err(error);
-            }
-        };
+        let base = this.count_view(py)?;
         // SAFETY: (1) `view` is the buffer struct CPython passes to bf_getbuffer; (2) the
-        // memory `base + start .. + length` lies inside the live allocation (checked above),
-        // which stays mapped while the view holds `slf` (FillInfo takes a new reference);
-        // (3) the view is writable by design: the bytes belong to the allocation.
+        // `length` bytes at `base` (the window) lie inside the live allocation (`count_view`
+        // checked it), which stays mapped while the view holds `slf` (FillInfo takes a new reference);
+        // (3) the view is writable by design: the bytes belong to the allocation; (4) the
+        // view was counted, and `__releasebuffer__` uncounts it.
         let filled = unsafe {
-            pyo3::ffi::PyBuffer_FillInfo(
-                view,
-                slf.as_ptr(),
-                base.add(this.start as usize).cast(),
-                this.length as isize,
-                0,
-                flags,
-            )
+            pyo3::ffi::PyBuffer_FillInfo(view, slf.as_ptr(), base.cast(), this.length as isize, 0, flags)
         };
         if filled != 0 {
             this.uncount_view();

@@ -1,9 +1,11 @@
 //! The Python package `shmpool`, compiled part: `MemoryPool`, `MemoryAlloc` and
-//! `MemoryAllocations` over alloc-shm. Thin on purpose: argument conversion, the buffer
-//! protocol, pickling and exceptions; every allocator decision is alloc-shm's. The pure-Python
-//! parts (exceptions, `AllocType`, `Arena`, `shmpool.dragon`) live in `python/shmpool/`.
+//! `MemoryAllocations` over alloc-shm, and `ArrayMemory`, the memory under shared numpy arrays.
+//! Thin on purpose: argument conversion, the buffer protocol, pickling and exceptions; every
+//! allocator decision is alloc-shm's. The pure-Python parts (exceptions, `AllocType`, `Arena`,
+//! `SharedArray`, `shmpool.dragon`) live in `python/shmpool/`.
 
 mod alloc;
+mod arrays;
 mod errors;
 mod pool;
 mod trace;
@@ -27,6 +29,8 @@ fn run_tool(py: Python<'_>, argv: Vec<std::ffi::OsString>, this_command: Vec<std
 mod _shmpool {
     #[pymodule_export]
     use super::alloc::MemoryAlloc;
+    #[pymodule_export]
+    use super::arrays::{_placement, ArrayMemory};
     #[pymodule_export]
     use super::pool::{MemoryAllocations, MemoryPool};
     #[pymodule_export]
