@@ -2,9 +2,11 @@
 //! the buffer protocol without copying.
 //!
 //! Views are counted per allocation over every handle of it in this process (the `views`
-//! module): while any `memoryview` (or numpy array) of the memory is alive, `free()` and
+//! module): while any `memoryview` of the memory is alive (numpy arrays from `frombuffer` hold
+//! one; `numpy.ndarray(buffer=a)` does not, see `MemoryAlloc`'s docs), `free()` and
 //! `realloc` through any handle, and `detach()` of the viewed handle or its pool handle, raise
-//! `BufferError` instead of leaving a dangling view. A view holds a reference to its
+//! `BufferError` instead of leaving a dangling view (a `SharedArray`'s `ArrayMemory` counts as
+//! one for its whole life: see the `arrays` module). A view holds a reference to its
 //! `MemoryAlloc`, which holds the pool mapping, so the memory stays mapped for as long as the
 //! view lives, whatever happens to the handles.
 
@@ -21,7 +23,12 @@ use crate::pool::MemoryPool;
 use crate::views;
 
 /// One allocation in a pool. Supports the buffer protocol (`memoryview(a)`,
-/// `numpy.frombuffer(a, ...)`): writable and zero-copy.
+/// `numpy.frombuffer(a, ...)`): writable and zero-copy. While such a view is alive, `free()`
+/// raises `BufferError`. numpy counts as a view only where it keeps one: `numpy.frombuffer(a)`
+/// and `numpy.asarray(a)` do (a memoryview is the array's base), but
+/// `numpy.ndarray(shape, dtype, buffer=a)` takes the buffer and releases it at once, so nothing
+/// stops `a.free()` under that array. For arrays, `pool.ndarray`/`pool.share` (a
+/// `shmpool.SharedArray`) are the safe way: counted for as long as any view of them lives.
 #[pyclass(frozen, module = "shmpool")]
 pub struct MemoryAlloc {
     pool_object: Py<MemoryPool>,

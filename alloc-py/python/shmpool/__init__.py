@@ -16,7 +16,7 @@ numpy is optional: only ``SharedArray`` (``pool.ndarray``, ``pool.share``) needs
 
 import operator
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ._exceptions import (
     InvalidAllocationError,
@@ -47,7 +47,9 @@ from ._shmpool import (
 )
 
 if TYPE_CHECKING:
-    from ._array import SharedArray
+    from numpy.typing import ArrayLike, DTypeLike
+
+    from ._array import SharedArray as SharedArray
 
 
 def __getattr__(name: str) -> Any:
@@ -97,14 +99,14 @@ class Arena:
         self._allocations.append(allocation)
         return allocation
 
-    def ndarray(self, shape, dtype=None, order="C"):
+    def ndarray(self, shape: "int | Sequence[int]", dtype: "DTypeLike | None" = None, order: str = "C") -> "SharedArray":
         """A ``shmpool.SharedArray`` (see ``MemoryPool.ndarray``) freed with the arena: delete
         it, and every view of it, before the arena ends (``BufferError`` otherwise)."""
         array = self._pool.ndarray(shape, dtype, order)
         self._allocations.append(array.allocation)
         return array
 
-    def share(self, array, order="K"):
+    def share(self, array: "ArrayLike", order: str = "K") -> "SharedArray":
         """A ``shmpool.SharedArray`` holding a copy of ``array`` (see ``MemoryPool.share``),
         freed with the arena."""
         from ._array import share

@@ -107,7 +107,7 @@ def _dtype_key(dtype: "numpy.dtype[Any]") -> Any:
 def _rebuild(descriptor: bytes, shape: Tuple[int, ...], dtype: Any, strides: Tuple[int, ...], offset: int) -> SharedArray:
     """Unpickles a SharedArray: attaches (and adopts) the allocation, lays the array over it.
     numpy checks that shape, strides and offset stay within the allocation's bytes."""
-    memory = ArrayMemory(MemoryAlloc.attach(descriptor))
+    memory: Any = ArrayMemory(MemoryAlloc.attach(descriptor))  # a buffer (typed so before 3.12 too)
     array: SharedArray = numpy.ndarray.__new__(
         SharedArray, shape, numpy.dtype(dtype), buffer=memory, offset=offset, strides=strides
     )
