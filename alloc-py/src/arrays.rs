@@ -22,7 +22,7 @@ use numpy::{PyArrayDescr, PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMet
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyInt, PyString, PyType};
+use pyo3::types::{PyInt, PyString, PyTuple, PyType};
 
 use crate::alloc::MemoryAlloc;
 use crate::pool::MemoryPool;
@@ -168,7 +168,11 @@ fn shape_arg(shape: &Bound<'_, PyAny>) -> PyResult<Vec<isize>> {
         }
         Err(_) => Err(not_a_shape()),
     };
-    let dims = if let Ok(single) = shape.extract::<isize>() {
+    // Tuples first: the usual shape, and a failed extraction (an exception made) costs more
+    // than all the rest of creating an array.
+    let dims = if let Ok(tuple) = shape.cast::<PyTuple>() {
+        tuple.iter().map(|entry| dim(&entry)).collect::<PyResult<Vec<isize>>>()?
+    } else if let Ok(single) = shape.extract::<isize>() {
         vec![single]
     } else if shape.is_instance_of::<PyInt>() {
         vec![dim(shape)?]
@@ -220,12 +224,31 @@ pub(crate) fn new_array<'py>(
         _ => (nbytes, ARRAY_ALIGN),
     };
     let allocation = Bound::new(py, MemoryPool::alloc_aligned(pool, size, align, alloc_type::DATA)?)?;
-    let made = array_over(&allocation, class, descr, &mut dims, fortran);
-    if made.is_err() {
-        // Nothing over the allocation is left (the array and its memory are gone): give it back.
-        let _ = allocation.get().free(py);
-    }
-    made
+    let array = match array_over(&allocation, class, descr, &mut dims, fortran) {
+        Ok(array) => array,
+        Err(error) => {
+            // Nothing over the allocation is left (the array and its memory are gone): give it
+            // back.
+            let _ = allocation.get().free(py);
+            return Err(error);
+        }
+    };
+    untrack(array.as_any());
+    untrack(allocation.as_any());
+    Ok(array)
+}
+
+/// Spares the cyclic garbage collector an object that can never be part of a reference cycle:
+/// a `SharedArray` just made (no instance dict: its only references are its type, dtype and
+/// base), its `ArrayMemory` and `MemoryAlloc` (references only down to the pool, which holds
+/// none). Arrays are made by the thousand; otherwise each makes the collector run sooner and
+/// visit it on every pass, which costs as much as the rest of making it. (CPython itself
+/// untracks tuples and dicts that cannot be in a cycle.)
+fn untrack(object: &Bound<'_, PyAny>) {
+    // SAFETY: `object` is alive and of a type that supports the collector (pyo3 classes and
+    // Python-defined subclasses do), so it carries the collector's header; untracking it only
+    // takes it off the collector's lists, and its deallocation's own untrack is harmless.
+    unsafe { pyo3::ffi::PyObject_GC_UnTrack(object.as_ptr().cast()) }
 }
 
 /// A C- or Fortran-ordered array of `class` over the first 64-byte boundary of `allocation`,
@@ -242,6 +265,7 @@ fn array_over<'py>(
     let lead = memory.address.next_multiple_of(ARRAY_ALIGN as usize) - memory.address;
     let data = (memory.address + lead) as *mut std::ffi::c_void;
     let memory = Bound::new(py, memory)?;
+    untrack(memory.as_any());
     let flags = NPY_ARRAY_WRITEABLE | if fortran { NPY_ARRAY_F_CONTIGUOUS } else { 0 };
     // SAFETY: (1) `class` is `SharedArray`, a subclass of numpy.ndarray; (2) `descr` is a valid
     // dtype, whose reference the call steals (`into_dtype_ptr` gives it a new one); (3) `dims`

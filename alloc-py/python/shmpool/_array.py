@@ -53,6 +53,11 @@ class SharedArray(_NDArray):
     Results of numpy operations in new memory are not shared: see the ``shared`` property.
     """
 
+    # No instance dict: attributes would not travel with the pickle anyway, and without one the
+    # arrays are not tracked by the cyclic garbage collector (as plain ndarrays are not), which
+    # otherwise costs every creation.
+    __slots__ = ()
+
     @property
     def shared(self) -> bool:
         """Whether this array lies in a pool allocation (and so pickles as a reference to it).
