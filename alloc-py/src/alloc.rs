@@ -481,25 +481,44 @@ impl MemoryAlloc {
         view: *mut pyo3::ffi::Py_buffer,
         flags: c_int,
     ) -> PyResult<()> {
-        let py = slf.py();
         let this = slf.get();
-        let base = this.count_view(py)?;
-        // SAFETY: (1) `view` is the buffer struct CPython passes to bf_getbuffer; (2) the
-        // `length` bytes at `base` (the window) lie inside the live allocation (`count_view`
-        // checked it), which stays mapped while the view holds `slf` (FillInfo takes a new reference);
-        // (3) the view is writable by design: the bytes belong to the allocation; (4) the
-        // view was counted, and `__releasebuffer__` uncounts it.
-        let filled = unsafe {
-            pyo3::ffi::PyBuffer_FillInfo(view, slf.as_ptr(), base.cast(), this.length as isize, 0, flags)
-        };
-        if filled != 0 {
+        let base = this.count_view(slf.py())?;
+        // SAFETY: (1) `view` is the one CPython passed to this bf_getbuffer; (2) the `length`
+        // bytes at `base` (the window) lie inside the live allocation (`count_view` checked
+        // it), which stays mapped while the view holds `slf`; the bytes belong to the
+        // allocation, writable by design. The view was counted; `__releasebuffer__` uncounts it.
+        let filled = unsafe { fill_writable(view, slf.as_any(), base, this.length as usize, flags) };
+        if filled.is_err() {
             this.uncount_view();
-            return Err(PyErr::fetch(py));
         }
-        Ok(())
+        filled
     }
 
     unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {
         self.uncount_view();
     }
+}
+
+/// Fills `view` as a writable, C-contiguous buffer of the `length` bytes at `address`,
+/// exported by `owner` (the view holds a new reference to it).
+///
+/// # Safety
+/// 1. `view` is the buffer struct CPython passed to `owner`'s bf_getbuffer;
+/// 2. the `length` bytes at `address` stay mapped, and may be written, while `owner` lives.
+pub(crate) unsafe fn fill_writable(
+    view: *mut pyo3::ffi::Py_buffer,
+    owner: &Bound<'_, PyAny>,
+    address: *mut u8,
+    length: usize,
+    flags: c_int,
+) -> PyResult<()> {
+    // SAFETY: the caller's obligations 1 and 2; FillInfo takes its reference to `owner`, which
+    // keeps the bytes valid for as long as the view lives.
+    let filled = unsafe {
+        pyo3::ffi::PyBuffer_FillInfo(view, owner.as_ptr(), address.cast(), length as isize, 0, flags)
+    };
+    if filled != 0 {
+        return Err(PyErr::fetch(owner.py()));
+    }
+    Ok(())
 }

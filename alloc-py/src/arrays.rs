@@ -24,7 +24,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyInt, PyString, PyTuple, PyType};
 
-use crate::alloc::MemoryAlloc;
+use crate::alloc::{fill_writable, MemoryAlloc};
 use crate::pool::MemoryPool;
 
 /// The alignment of a `SharedArray`'s data: a cache line, and enough for any SIMD load.
@@ -111,25 +111,11 @@ impl ArrayMemory {
         flags: c_int,
     ) -> PyResult<()> {
         let this = slf.get();
-        // SAFETY: (1) `view` is the buffer struct CPython passes to bf_getbuffer; (2) the
-        // `length` bytes at `address` are the window of a live allocation, held by the view
-        // this object counted, and mapped while this object holds its `MemoryAlloc`; the
-        // export holds `slf` (FillInfo takes a new reference), so both last as long as it;
-        // (3) writable by design: the bytes belong to the allocation.
-        let filled = unsafe {
-            pyo3::ffi::PyBuffer_FillInfo(
-                view,
-                slf.as_ptr(),
-                this.address as *mut std::ffi::c_void,
-                this.length as isize,
-                0,
-                flags,
-            )
-        };
-        if filled != 0 {
-            return Err(PyErr::fetch(slf.py()));
-        }
-        Ok(())
+        // SAFETY: (1) `view` is the one CPython passed to this bf_getbuffer; (2) the `length`
+        // bytes at `address` are the window of a live allocation, held by the view this object
+        // counted, and mapped while this object holds its `MemoryAlloc`, so while `slf` lives;
+        // the bytes belong to the allocation, writable by design.
+        unsafe { fill_writable(view, slf.as_any(), this.address as *mut u8, this.length, flags) }
     }
 }
 

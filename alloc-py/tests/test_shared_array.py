@@ -21,6 +21,17 @@ METHODS = ["spawn", "fork", "forkserver"]
 MAX_PICKLE = 512
 
 
+@pytest.fixture
+def pool(pool):
+    """conftest's pool, and after the test: every allocation left is freed, which fails
+    (BufferError) if an array of the test outlived it, and the heap is checked."""
+    yield pool
+    gc.collect()
+    for allocation_id in pool.get_allocations():
+        pool.alloc_from_id(allocation_id).free()
+    assert pool.check()["live_allocations"] == 0
+
+
 def address(array):
     return array.__array_interface__["data"][0]
 
@@ -43,9 +54,6 @@ def test_ndarray_has_the_shape_dtype_and_a_64_byte_aligned_start(pool, shape, dt
     assert isinstance(allocation, shmpool.MemoryAlloc)
     assert address(array) + array.nbytes <= array.base.address + len(array.base)
     array[...] = expected  # every byte is writable
-    del array
-    allocation.free()
-    assert pool.check()["live_allocations"] == 0
 
 
 @pytest.mark.parametrize("nbytes", [0, 1, 16, 2000, 2001, 2048, 4096, 5000, 3 * 2**20])
@@ -54,11 +62,6 @@ def test_alignment_holds_for_small_and_large_arrays_alike(pool, nbytes):
     assert all(address(array) % 64 == 0 for array in arrays)
     starts = sorted(address(array) for array in arrays)
     assert all(b - a >= nbytes for a, b in zip(starts, starts[1:])), "no two arrays overlap"
-    allocations = [array.allocation for array in arrays]
-    del arrays
-    for allocation in allocations:
-        allocation.free()
-    pool.check()
 
 
 def test_fortran_order_gives_fortran_strides(pool):
@@ -67,9 +70,6 @@ def test_fortran_order_gives_fortran_strides(pool):
     assert array.strides == (8, 24)
     array[...] = numpy.arange(15).reshape(3, 5)
     assert array.tolist() == numpy.arange(15).reshape(3, 5).tolist()
-    allocation = array.allocation
-    del array
-    allocation.free()
 
 
 def test_a_default_dtype_is_float64_as_numpy_empty(pool):
@@ -103,17 +103,11 @@ def test_share_copies_any_array_into_the_pool_contiguously(pool, source):
     assert not numpy.shares_memory(shared, source)
     if source.flags.f_contiguous and not source.flags.c_contiguous:
         assert shared.flags.f_contiguous, "a Fortran-ordered source stays Fortran-ordered"
-    allocation = shared.allocation
-    del shared
-    allocation.free()
 
 
 def test_share_takes_array_likes_and_an_explicit_order(pool):
     shared = pool.share([[1, 2, 3], [4, 5, 6]], order="F")
     assert shared.flags.f_contiguous and shared.tolist() == [[1, 2, 3], [4, 5, 6]]
-    allocation = shared.allocation
-    del shared
-    allocation.free()
     with pytest.raises(ValueError, match="order"):
         pool.share([1, 2], order="X")
 
@@ -135,9 +129,6 @@ def test_a_large_array_and_its_views_pickle_to_at_most_512_bytes(pool_name, dtyp
             for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
                 data = pickle.dumps(view, protocol=protocol)
                 assert len(data) <= MAX_PICKLE, (view.shape, view.strides, protocol, len(data))
-        allocation = array.allocation
-        del array, views, view
-        allocation.free()
 
 
 def test_a_view_unpickles_as_a_view_of_the_same_memory(pool):
@@ -154,9 +145,6 @@ def test_a_view_unpickles_as_a_view_of_the_same_memory(pool):
         view[...] = 7
         assert (back == 7).all()
         del back
-    allocation = array.allocation
-    del array, view
-    allocation.free()
 
 
 def test_an_unpickled_view_is_over_the_whole_allocation_and_pickles_alike_again(pool):
@@ -167,9 +155,6 @@ def test_an_unpickled_view_is_over_the_whole_allocation_and_pickles_alike_again(
     again = pickle.loads(pickle.dumps(back))
     assert address(again) == address(view)
     del back, again, view
-    allocation = array.allocation
-    del array
-    allocation.free()
 
 
 def test_results_of_numpy_operations_in_new_memory_do_not_pass_for_shared(pool):
@@ -197,9 +182,6 @@ def test_results_of_numpy_operations_in_new_memory_do_not_pass_for_shared(pool):
     plain = array.view(numpy.ndarray)
     assert len(pickle.dumps(plain)) > plain.nbytes
     del plain, result
-    allocation = array.allocation
-    del array
-    allocation.free()
 
 
 def test_an_unpickled_array_keeps_its_dtype_metadata_and_byte_order(pool):
@@ -209,9 +191,6 @@ def test_an_unpickled_array_keeps_its_dtype_metadata_and_byte_order(pool):
     assert back.dtype == dtype and back.dtype.metadata == {"unit": "m"}
     assert back.tolist() == [0, 1, 2, 3, 4]
     del back
-    allocation = shared.allocation
-    del shared
-    allocation.free()
 
 
 def test_a_tampered_pickle_cannot_reach_outside_the_allocation(pool):
@@ -223,9 +202,6 @@ def test_a_tampered_pickle_cannot_reach_outside_the_allocation(pool):
             function(descriptor, shape, dtype, strides, offset)
     assert function(descriptor, (size // 8,), dtype, (8,), 0).shape == (size // 8,)
     gc.collect()
-    allocation = array.allocation
-    del array
-    allocation.free()
 
 
 # Other processes
@@ -247,9 +223,6 @@ def test_processes_see_and_write_the_same_memory(pool, method):
     assert (array[0] == 3).all() and (array[3] == 3).all(), "the parent sees the child's writes"
     assert (array[1:3, ::-10] == -1).all() and (array[1:3, -2::-10] == 3).all(), "only the view's elements"
     del view
-    allocation = array.allocation
-    del array
-    allocation.free()
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -265,9 +238,6 @@ def test_a_view_sent_back_from_a_process_is_over_the_parents_memory(pool, method
     rows[...] = 4
     assert (array[::2] == 4).all()
     del rows
-    allocation = array.allocation
-    del array
-    allocation.free()
 
 
 def test_arrays_travel_through_a_queue_both_ways(pool):
@@ -290,11 +260,6 @@ def test_arrays_travel_through_a_queue_both_ways(pool):
         inbox.put(None)
         child.join(60)
     assert child.exitcode == 0
-    allocations = [array.allocation for array in arrays]
-    del arrays, array
-    for allocation in allocations:
-        allocation.free()
-    assert pool.check()["live_allocations"] == 0
 
 
 def test_structured_arrays_are_shared_field_by_field(pool):
@@ -308,9 +273,6 @@ def test_structured_arrays_are_shared_field_by_field(pool):
     assert shared["id"].tolist() == [42] * 5 and (shared["pos"][:, 1] == 2.5).all()
     assert (shared["pos"][:, 0] == 0).all()
     assert pickle.loads(pickle.dumps(shared)).dtype.isalignedstruct
-    allocation = shared.allocation
-    del shared
-    allocation.free()
 
 
 # Ownership: a receiver adopts
@@ -324,11 +286,6 @@ def test_a_workers_array_survives_the_worker_and_nothing_is_reclaimed(pool):
     for value, result in enumerate(results):
         assert result.shape == (100, 10) and (result == value).all()
         assert result.allocation.owner == os.getpid()
-    allocations = [result.allocation for result in results]
-    del results, result
-    for allocation in allocations:
-        allocation.free()
-    assert pool.check()["live_allocations"] == 0
 
 
 def test_an_array_sent_one_way_belongs_to_the_receiver_until_taken_back(pool):
@@ -347,9 +304,6 @@ def test_an_array_sent_one_way_belongs_to_the_receiver_until_taken_back(pool):
         child.join()
     assert [entry[0] for entry in pool.reclaim_dead()] == [left_id]
     assert (kept == 6.0).all()
-    allocation = kept.allocation
-    del kept
-    allocation.free()
 
 
 # Lifetime
@@ -396,18 +350,12 @@ def test_the_memory_under_an_array_cannot_be_released_early(pool):
     with pytest.raises(BufferError):
         array.allocation.free()
     del memory
-    allocation = array.allocation
-    del array
-    allocation.free()
 
 
 def test_detaching_the_pool_handle_is_refused_while_arrays_live(pool):
     array = pool.ndarray(10)
     with pytest.raises(BufferError):
         pool.detach()
-    allocation = array.allocation
-    del array
-    allocation.free()
 
 
 def test_np_ndarray_over_an_allocation_bypasses_the_count_and_shared_array_does_not(pool):
@@ -428,9 +376,6 @@ def test_np_ndarray_over_an_allocation_bypasses_the_count_and_shared_array_does_
     array = pool.ndarray(10)
     with pytest.raises(BufferError):
         array.allocation.free()
-    allocation = array.allocation
-    del array
-    allocation.free()
 
 
 def test_an_arena_frees_its_arrays(pool):
@@ -499,9 +444,6 @@ def test_an_array_larger_than_the_pool_is_pool_full_and_the_pool_stays_sound(poo
     with pytest.raises(shmpool.PoolFullError):
         pool.share(numpy.zeros(pool.size // 4))
     assert pool.check()["live_allocations"] == 1
-    allocation = keep.allocation
-    del keep
-    allocation.free()
 
 
 def test_a_freed_allocation_cannot_be_unpickled(pool):
