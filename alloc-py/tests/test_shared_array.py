@@ -352,6 +352,20 @@ def test_the_memory_under_an_array_cannot_be_released_early(pool):
     del memory
 
 
+def test_a_new_array_takes_no_attributes_and_its_collection_frees_nothing(pool):
+    """pool.ndarray takes its arrays off the cyclic collector's lists: they must hold nothing
+    that could close a cycle (no instance dict), and collecting them gives the allocation's
+    view back without freeing the allocation."""
+    array = pool.ndarray(10)
+    with pytest.raises(AttributeError):
+        array.note = "kept"
+    allocation_id = array.allocation.id
+    del array
+    gc.collect()
+    assert pool.allocation_exists(allocation_id)
+    pool.alloc_from_id(allocation_id).free()
+
+
 def test_detaching_the_pool_handle_is_refused_while_arrays_live(pool):
     array = pool.ndarray(10)
     with pytest.raises(BufferError):

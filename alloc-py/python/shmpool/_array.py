@@ -53,9 +53,9 @@ class SharedArray(_NDArray):
     Results of numpy operations in new memory are not shared: see the ``shared`` property.
     """
 
-    # No instance dict: attributes would not travel with the pickle anyway, and without one the
-    # arrays are not tracked by the cyclic garbage collector (as plain ndarrays are not), which
-    # otherwise costs every creation.
+    # No instance dict: attributes would not travel with the pickle anyway, and without one an
+    # array holds no reference that could close a cycle, so pool.ndarray may take the arrays it
+    # makes off the cyclic collector's lists (see alloc-py/src/arrays.rs).
     __slots__ = ()
 
     @property
