@@ -2,9 +2,11 @@
 //! the buffer protocol without copying.
 //!
 //! Views are counted per allocation over every handle of it in this process (the `views`
-//! module): while any `memoryview` (or numpy array) of the memory is alive, `free()` and
+//! module): while any `memoryview` of the memory is alive (numpy arrays from `frombuffer` hold
+//! one; `numpy.ndarray(buffer=a)` does not, see `MemoryAlloc`'s docs), `free()` and
 //! `realloc` through any handle, and `detach()` of the viewed handle or its pool handle, raise
-//! `BufferError` instead of leaving a dangling view. A view holds a reference to its
+//! `BufferError` instead of leaving a dangling view (a `SharedArray`'s `ArrayMemory` counts as
+//! one for its whole life: see the `arrays` module). A view holds a reference to its
 //! `MemoryAlloc`, which holds the pool mapping, so the memory stays mapped for as long as the
 //! view lives, whatever happens to the handles.
 
@@ -21,7 +23,12 @@ use crate::pool::MemoryPool;
 use crate::views;
 
 /// One allocation in a pool. Supports the buffer protocol (`memoryview(a)`,
-/// `numpy.frombuffer(a, ...)`): writable and zero-copy.
+/// `numpy.frombuffer(a, ...)`): writable and zero-copy. While such a view is alive, `free()`
+/// raises `BufferError`. numpy counts as a view only where it keeps one: `numpy.frombuffer(a)`
+/// and `numpy.asarray(a)` do (a memoryview is the array's base), but
+/// `numpy.ndarray(shape, dtype, buffer=a)` takes the buffer and releases it at once, so nothing
+/// stops `a.free()` under that array. For arrays, `pool.ndarray`/`pool.share` (a
+/// `shmpool.SharedArray`) are the safe way: counted for as long as any view of them lives.
 #[pyclass(frozen, subclass, module = "shmpool")]
 pub struct MemoryAlloc {
     pool_object: Py<MemoryPool>,
@@ -55,11 +62,44 @@ impl MemoryAlloc {
         }
     }
 
-    fn uncount_view(&self) {
+    /// Forgets a view counted by [`MemoryAlloc::count_view`].
+    pub(crate) fn uncount_view(&self) {
         // ORDERING: SeqCst, the handle counters' order everywhere (see `detach`).
         self.exports.fetch_sub(1, Ordering::SeqCst);
         self.pool_object.get().exports.fetch_sub(1, Ordering::SeqCst);
         views::uncount(self.key);
+    }
+
+    /// Counts a view of this handle's window for as long as the caller holds it (a buffer
+    /// export, or an `ArrayMemory`): frees and resizes through any handle, and detaching this
+    /// handle or its pool handle, are refused until [`MemoryAlloc::uncount_view`]. Returns the
+    /// address of the window, which stays mapped while the caller keeps this handle.
+    pub(crate) fn count_view(&self, py: Python<'_>) -> PyResult<*mut u8> {
+        // Count the view before checking the allocation is live, so that a concurrent free
+        // through any handle either sees it or is seen (see the `views` module).
+        if views::count(self.key).is_err() {
+            return Err(raise(
+                py,
+                "InvalidAllocationError",
+                format!("allocation {} is being freed", self.allocation.id().to_u128()),
+            ));
+        }
+        // ORDERING: SeqCst, the handle counters' order everywhere.
+        self.exports.fetch_add(1, Ordering::SeqCst);
+        self.pool_object.get().exports.fetch_add(1, Ordering::SeqCst);
+        let checked = self.ensure_handle(py).and_then(|()| {
+            let (base, len) = self.pool.bytes_ptr(self.allocation.id()).py_err(py)?;
+            if (self.start + self.length) as usize > len {
+                return Err(PyBufferError::new_err("window outside the allocation"));
+            }
+            // SAFETY: `start` lies inside the allocation (checked just above), so the sum
+            // stays inside the mapping `bytes_ptr` answered for.
+            Ok(unsafe { base.add(self.start as usize) })
+        });
+        if checked.is_err() {
+            self.uncount_view();
+        }
+        checked
     }
 
     /// Refuses with `BufferError` while views made through this handle are alive (`what` names
@@ -70,6 +110,21 @@ impl MemoryAlloc {
             0 => Ok(()),
             views => Err(exported(what, views)),
         }
+    }
+
+    /// Where this handle's window starts in the allocation.
+    pub(crate) fn window_start(&self) -> u64 {
+        self.start
+    }
+
+    /// The length of this handle's window.
+    pub(crate) fn window_length(&self) -> u64 {
+        self.length
+    }
+
+    /// Names the allocation in messages and reprs.
+    pub(crate) fn describe(&self) -> String {
+        format!("allocation {} in {:?}", self.allocation.id().to_u128(), self.pool.name())
     }
 
     /// The pool this allocation belongs to.
@@ -488,56 +543,44 @@ impl MemoryAlloc {
         view: *mut pyo3::ffi::Py_buffer,
         flags: c_int,
     ) -> PyResult<()> {
-        let py = slf.py();
         let this = slf.get();
-        // Count the view before checking the allocation is live, so that a concurrent free
-        // through any handle either sees it or is seen (see the `views` module).
-        if views::count(this.key).is_err() {
-            return Err(raise(
-                py,
-                "InvalidAllocationError",
-                format!("allocation {} is being freed", this.allocation.id().to_u128()),
-            ));
-        }
-        // ORDERING: SeqCst, the handle counters' order everywhere.
-        this.exports.fetch_add(1, Ordering::SeqCst);
-        this.pool_object.get().exports.fetch_add(1, Ordering::SeqCst);
-        let checked = this.ensure_handle(py).and_then(|()| {
-            let (base, len) = this.pool.bytes_ptr(this.allocation.id()).py_err(py)?;
-            if (this.start + this.length) as usize > len {
-                return Err(PyBufferError::new_err("window outside the allocation"));
-            }
-            Ok(base)
-        });
-        let base = match checked {
-            Ok(base) => base,
-            Err(error) => {
-                this.uncount_view();
-                return Err(error);
-            }
-        };
-        // SAFETY: (1) `view` is the buffer struct CPython passes to bf_getbuffer; (2) the
-        // memory `base + start .. + length` lies inside the live allocation (checked above),
-        // which stays mapped while the view holds `slf` (FillInfo takes a new reference);
-        // (3) the view is writable by design: the bytes belong to the allocation.
-        let filled = unsafe {
-            pyo3::ffi::PyBuffer_FillInfo(
-                view,
-                slf.as_ptr(),
-                base.add(this.start as usize).cast(),
-                this.length as isize,
-                0,
-                flags,
-            )
-        };
-        if filled != 0 {
+        let base = this.count_view(slf.py())?;
+        // SAFETY: (1) `view` is the one CPython passed to this bf_getbuffer; (2) the `length`
+        // bytes at `base` (the window) lie inside the live allocation (`count_view` checked
+        // it), which stays mapped while the view holds `slf`; the bytes belong to the
+        // allocation, writable by design. The view was counted; `__releasebuffer__` uncounts it.
+        let filled = unsafe { fill_writable(view, slf.as_any(), base, this.length as usize, flags) };
+        if filled.is_err() {
             this.uncount_view();
-            return Err(PyErr::fetch(py));
         }
-        Ok(())
+        filled
     }
 
     unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {
         self.uncount_view();
     }
+}
+
+/// Fills `view` as a writable, C-contiguous buffer of the `length` bytes at `address`,
+/// exported by `owner` (the view holds a new reference to it).
+///
+/// # Safety
+/// 1. `view` is the buffer struct CPython passed to `owner`'s bf_getbuffer;
+/// 2. the `length` bytes at `address` stay mapped, and may be written, while `owner` lives.
+pub(crate) unsafe fn fill_writable(
+    view: *mut pyo3::ffi::Py_buffer,
+    owner: &Bound<'_, PyAny>,
+    address: *mut u8,
+    length: usize,
+    flags: c_int,
+) -> PyResult<()> {
+    // SAFETY: the caller's obligations 1 and 2; FillInfo takes its reference to `owner`, which
+    // keeps the bytes valid for as long as the view lives.
+    let filled = unsafe {
+        pyo3::ffi::PyBuffer_FillInfo(view, owner.as_ptr(), address.cast(), length as isize, 0, flags)
+    };
+    if filled != 0 {
+        return Err(PyErr::fetch(owner.py()));
+    }
+    Ok(())
 }

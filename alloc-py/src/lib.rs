@@ -1,9 +1,11 @@
 //! The Python package `shmpool`, compiled part: `MemoryPool`, `MemoryAlloc` and
-//! `MemoryAllocations` over alloc-shm. Thin on purpose: argument conversion, the buffer
-//! protocol, pickling and exceptions; every allocator decision is alloc-shm's. The pure-Python
-//! parts (exceptions, `AllocType`, `Arena`, `shmpool.dragon`) live in `python/shmpool/`.
+//! `MemoryAllocations` over alloc-shm, and `ArrayMemory`, the memory under shared numpy arrays.
+//! Thin on purpose: argument conversion, the buffer protocol, pickling and exceptions; every
+//! allocator decision is alloc-shm's. The pure-Python parts (exceptions, `AllocType`, `Arena`,
+//! `SharedArray`, `shmpool.dragon`) live in `python/shmpool/`.
 
 mod alloc;
+mod arrays;
 mod dragon;
 mod errors;
 mod pool;
@@ -30,6 +32,8 @@ mod _shmpool {
 
     #[pymodule_export]
     use super::alloc::MemoryAlloc;
+    #[pymodule_export]
+    use super::arrays::{_placement, ArrayMemory};
     #[pymodule_export]
     use super::pool::{MemoryAllocations, MemoryPool};
     #[pymodule_export]

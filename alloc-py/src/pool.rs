@@ -95,6 +95,26 @@ impl MemoryPool {
         Ok(())
     }
 
+    /// Allocates `size` bytes aligned to `align` (a power of two up to the page size) through
+    /// this handle's cache.
+    pub(crate) fn alloc_aligned(
+        slf: &Bound<'_, Self>,
+        size: u64,
+        align: u64,
+        alloc_type: u8,
+    ) -> PyResult<MemoryAlloc> {
+        let py = slf.py();
+        let (pool, allocation) = slf
+            .get()
+            .with_local(py, |local| {
+                let options = AllocOptions { align, alloc_type, ..local.pool().options() };
+                local.alloc_with(size, options).map(|allocation| (local.pool().clone(), allocation))
+            })?
+            .map_err(|error| crate::dragon::alloc_error(py, slf.get().dragon, error))?;
+        crate::trace::allocated(py, &pool, &allocation);
+        Ok(MemoryAlloc::new(slf.clone().unbind(), pool, allocation))
+    }
+
     /// The pool, or `PoolDetachedError` after `detach()`/`destroy()`.
     pub(crate) fn pool(&self, py: Python<'_>) -> PyResult<Pool> {
         self.with_local(py, |local| local.pool().clone())
@@ -442,18 +462,9 @@ impl MemoryPool {
     /// Allocates `size` bytes (0 gives a distinct valid allocation).
     #[pyo3(signature = (size, alloc_type=0))]
     fn alloc(slf: &Bound<'_, Self>, size: i128, alloc_type: i128) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        let size = size_arg(py, size)?;
+        let size = size_arg(slf.py(), size)?;
         let alloc_type = alloc_type_arg(alloc_type)?;
-        let (pool, allocation) = slf
-            .get()
-            .with_local(py, |local| {
-                let options = AllocOptions { alloc_type, ..local.pool().options() };
-                local.alloc_with(size, options).map(|allocation| (local.pool().clone(), allocation))
-            })?
-            .map_err(|error| crate::dragon::alloc_error(py, slf.get().dragon, error))?;
-        crate::trace::allocated(py, &pool, &allocation);
-        MemoryAlloc::new(slf.clone().unbind(), pool, allocation).into_object(py)
+        MemoryPool::alloc_aligned(slf, size, 16, alloc_type)?.into_object(slf.py())
     }
 
     /// Allocates, waiting (without the GIL) for a free in any process while the pool is
@@ -690,6 +701,35 @@ impl MemoryPool {
         dict.set_item("live_allocations", stats.live_allocations)?;
         dict.set_item("live_bytes", stats.live_bytes)?;
         Ok(dict)
+    }
+
+    /// A `shmpool.SharedArray` (a numpy.ndarray) of `shape` and `dtype` over a new allocation
+    /// of this pool, C or Fortran `order`, its data aligned to 64 bytes and not initialised.
+    /// It pickles as a few hundred bytes naming the memory, never the data. The allocation
+    /// (`array.allocation`) is freed explicitly once no array over it is alive, or with an
+    /// arena (`pool.arena().ndarray(...)`). Needs numpy; an object dtype is a `TypeError`.
+    #[pyo3(signature = (shape, dtype=None, order="C"))]
+    fn ndarray<'py>(
+        slf: &Bound<'py, Self>,
+        shape: &Bound<'py, PyAny>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        order: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::arrays::new_array(slf, shape, dtype, order)
+    }
+
+    /// A `shmpool.SharedArray` holding a copy of `array` (any array-like, any dtype without
+    /// Python objects, structured ones included), in this pool: see `ndarray`. The copy is
+    /// contiguous: in Fortran order if `order` is "F", or "K" and `array` is Fortran-ordered
+    /// and not C-ordered; else in C order.
+    #[pyo3(signature = (array, order="K"))]
+    fn share<'py>(
+        slf: &Bound<'py, Self>,
+        array: &Bound<'py, PyAny>,
+        order: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        py.import("shmpool._array")?.getattr("share")?.call1((slf.getattr("ndarray")?, array, order))
     }
 
     /// An arena: allocations made through it are all freed when it exits or is collected.

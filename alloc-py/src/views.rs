@@ -33,9 +33,8 @@
 //! else (its id is then stale) or the pool destroyed, that free fails and the failure is
 //! dropped: a buffer release has no one to tell.
 
-use std::collections::HashMap;
-
 use alloc_shm::{Pool, PoolError, Uncharged};
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
@@ -69,8 +68,12 @@ impl Entry {
 }
 
 /// Allocations with live views or a registered free under way.
-fn registry() -> MutexGuard<'static, HashMap<Key, Entry>> {
-    static REGISTRY: LazyLock<Mutex<HashMap<Key, Entry>>> = LazyLock::new(Default::default);
+///
+/// Hashed with Fx rather than SipHash: every array creation and collection passes here, and
+/// the keys (a pool's nonce, an allocation id) come from the pool, not from an adversary who
+/// could pick colliding ones to slow the map down.
+fn registry() -> MutexGuard<'static, FxHashMap<Key, Entry>> {
+    static REGISTRY: LazyLock<Mutex<FxHashMap<Key, Entry>>> = LazyLock::new(Default::default);
     // The map is never left half changed (plain counters), so a poisoned lock is still sound.
     REGISTRY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -26,3 +26,17 @@ def main() -> None:
             owner: int | None = a.owner
             print(owner, pool.get_allocations().alloc_type(0), shmpool.__version__)
         print(pool.repair())
+
+
+def shared_arrays(pool: shmpool.MemoryPool) -> float:
+    array: shmpool.SharedArray = pool.ndarray((10, 3), numpy.float32, order="F")
+    array[:] = 1.0
+    copy = pool.share(numpy.arange(5))
+    allocation: shmpool.MemoryAlloc = array.allocation
+    memory: shmpool.ArrayMemory = shmpool.ArrayMemory(allocation)
+    shared: bool = copy.shared
+    with pool.arena() as arena:
+        scratch = arena.ndarray(4)
+        total = float(scratch.sum()) + float(array.sum()) + len(memory) * shared
+        del scratch
+    return total

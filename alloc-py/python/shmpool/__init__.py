@@ -3,18 +3,20 @@
 Allocate in one process, hand the allocation to another (by pickling it, or by its
 `serialize()`d bytes), and both see the same bytes without a copy::
 
-    import numpy, shmpool
+    import shmpool
     with shmpool.MemoryPool(64 * 2**20, "demo") as pool:
-        a = pool.alloc(8 * 1024)
-        array = numpy.frombuffer(a, dtype=numpy.float64)   # zero-copy, writable
+        array = pool.ndarray((1000, 8), dtype="float32")   # a shmpool.SharedArray (numpy)
         array[:] = 1.0
-        # pickle.dumps(a) / a.serialize() travel to another process
+        # pickle.dumps(array) (a few hundred bytes) travels to another process, which sees
+        # and writes the same memory; so do pickle.dumps(a) / a.serialize() of pool.alloc(n)
 
 The API follows Dragon's ``dragon.managed_memory``; ``shmpool.dragon`` offers Dragon's names.
+numpy is optional: only ``SharedArray`` (``pool.ndarray``, ``pool.share``) needs it.
 """
 
 import operator
 from enum import IntEnum
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ._exceptions import (
     InvalidAllocationError,
@@ -34,7 +36,29 @@ from ._exceptions import (
     PoolPermissionError,
     PoolTimeoutError,
 )
-from ._shmpool import TRACEMALLOC_DOMAIN, MemoryAlloc, MemoryAllocations, MemoryPool, __version__, trace_allocations
+from ._shmpool import (
+    TRACEMALLOC_DOMAIN,
+    ArrayMemory,
+    MemoryAlloc,
+    MemoryAllocations,
+    MemoryPool,
+    __version__,
+    trace_allocations,
+)
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, DTypeLike
+
+    from ._array import SharedArray as SharedArray
+
+
+def __getattr__(name: str) -> Any:
+    # SharedArray imports numpy: only when asked for, so that shmpool works without numpy.
+    if name == "SharedArray":
+        from ._array import SharedArray
+
+        return SharedArray
+    raise AttributeError(f"module 'shmpool' has no attribute {name!r}")
 
 
 class AllocType(IntEnum):
@@ -75,6 +99,20 @@ class Arena:
         self._allocations.append(allocation)
         return allocation
 
+    def ndarray(self, shape: "int | Sequence[int]", dtype: "DTypeLike | None" = None, order: str = "C") -> "SharedArray":
+        """A ``shmpool.SharedArray`` (see ``MemoryPool.ndarray``) freed with the arena: delete
+        it, and every view of it, before the arena ends (``BufferError`` otherwise)."""
+        array = self._pool.ndarray(shape, dtype, order)
+        self._allocations.append(array.allocation)
+        return array
+
+    def share(self, array: "ArrayLike", order: str = "K") -> "SharedArray":
+        """A ``shmpool.SharedArray`` holding a copy of ``array`` (see ``MemoryPool.share``),
+        freed with the arena."""
+        from ._array import share
+
+        return share(self.ndarray, array, order)
+
     def __len__(self):
         return len(self._allocations)
 
@@ -114,6 +152,7 @@ class Arena:
 __all__ = [
     "AllocType",
     "Arena",
+    "ArrayMemory",
     "InvalidAllocationError",
     "InvalidDescriptorError",
     "InvalidNameError",

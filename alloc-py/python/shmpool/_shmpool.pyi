@@ -2,15 +2,19 @@
 
 import os
 import socket
-from typing import Any, Iterator, Optional, Union, final
+from typing import Any, Iterator, Literal, Optional, Sequence, SupportsIndex, Union, final
+
+from numpy.typing import ArrayLike, DTypeLike
 
 from typing_extensions import disjoint_base
 
 from . import AllocType, Arena
+from ._array import SharedArray
 
 _Buffer = Union[bytes, bytearray, memoryview]
 
 __all__ = [
+    "ArrayMemory",
     "DragonMemoryAlloc",
     "DragonMemoryPool",
     "MemoryAlloc",
@@ -20,6 +24,7 @@ __all__ = [
     "trace_allocations",
     "TRACEMALLOC_DOMAIN",
     "__version__",
+    "_placement",
 ]
 
 TRACEMALLOC_DOMAIN: int
@@ -164,10 +169,22 @@ class MemoryPool:
         """Verify every invariant; usage figures."""
     def arena(self) -> Arena:
         """An arena whose allocations are freed together."""
+    def ndarray(
+        self,
+        shape: SupportsIndex | Sequence[SupportsIndex],
+        dtype: DTypeLike | None = None,
+        order: Literal["C", "F", "c", "f"] = "C",
+    ) -> SharedArray:
+        """A SharedArray (numpy.ndarray) over a new allocation, 64-byte aligned, not initialised;
+        it pickles as a few hundred bytes naming the memory. Needs numpy."""
+    def share(self, array: ArrayLike, order: Literal["K", "C", "F"] = "K") -> SharedArray:
+        """A SharedArray holding a contiguous copy of `array`, in this pool."""
 
 @disjoint_base
 class MemoryAlloc:
-    """One allocation; supports the buffer protocol (zero-copy, writable)."""
+    """One allocation; supports the buffer protocol (zero-copy, writable). free() raises
+    BufferError while views are alive; numpy.ndarray(shape, buffer=a) is not counted as one
+    (numpy releases the buffer at once): use pool.ndarray / pool.share (SharedArray) for arrays."""
 
     @property
     def size(self) -> int:
@@ -217,6 +234,27 @@ class MemoryAlloc:
         """A new allocation holding a copy of the bytes."""
     def clear(self, start: int = 0, stop: Optional[int] = None) -> None:
         """Zero bytes start..stop."""
+
+@final
+class ArrayMemory:
+    """The memory of an allocation under numpy arrays (a SharedArray's base): it holds a
+    counted view of the allocation while it lives, and exports the bytes (buffer protocol)."""
+
+    def __new__(cls, allocation: MemoryAlloc) -> ArrayMemory: ...
+    @property
+    def allocation(self) -> MemoryAlloc:
+        """The allocation (handle) this memory belongs to."""
+    @property
+    def address(self) -> int:
+        """The address of the first byte in this process."""
+    @property
+    def start(self) -> int:
+        """Where the memory starts within its allocation (0 but for a `clone` window)."""
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int) -> memoryview: ...
+
+def _placement(array: Any) -> Optional[tuple[ArrayMemory, int]]:
+    """(memory, offset of the first element in its allocation) of an array lying in one."""
 
 @final
 class MemoryAllocations:
