@@ -40,7 +40,64 @@ use crate::heap::{AllocOptions, Allocation, Heap};
 use crate::layout::{gen, page, participant, BlockState, Extra, Kind, PageInfo, SPAN_PAGES};
 use crate::participant::Session;
 use crate::primitive::Ordering;
-use crate::runs;
+
+/// Where a search for free pages stands: past the claims it lost (a claim lost is another
+/// claimer's progress: giving up after a few would fail with free pages), and how often it may
+/// still look through the bitmap from the start.
+///
+/// The run index may hide free pages while a participant is stopped in the middle of
+/// refreshing them (`crate::runs`), so before an allocation refuses it looks through the page
+/// bitmap: from the start when its search came up empty after lost claims took it past pages it
+/// could not see, and below the high-water mark when the pages it found above it cannot be
+/// backed. It looks from the start again after each claim lost since, a few times at most: a
+/// claim lost to a stopped participant's marker is no one's progress, and looking again for
+/// ever would be waiting for it. (So claims lost that often to allocations and frees racing it
+/// can still make an allocation refuse with a run free behind it: `alloc_blocking` tries again.)
+struct Search {
+    from: u64,
+    swept: bool,
+    sweeps: u32,
+}
+
+impl Search {
+    /// Looks from the start this many times at most.
+    const SWEEPS: u32 = 4;
+
+    fn new() -> Search {
+        Search { from: 0, swept: false, sweeps: Search::SWEEPS }
+    }
+
+    /// Whether to look from the start now (once since the last claim lost, and `SWEEPS` times
+    /// in all).
+    fn sweep(&mut self) -> bool {
+        let sweep = self.from > 0 && !self.swept && self.sweeps > 0;
+        if sweep {
+            (self.swept, self.sweeps) = (true, self.sweeps - 1);
+        }
+        sweep
+    }
+
+    /// The next candidate: what `find` finds from where the search stands, else maybe what
+    /// `in_bitmap` finds from the start.
+    fn next(
+        &mut self,
+        find: impl FnOnce(u64) -> Option<u64>,
+        in_bitmap: impl FnOnce(u64) -> Option<u64>,
+    ) -> Option<u64> {
+        find(self.from).or_else(|| self.sweep().then(|| in_bitmap(0)).flatten())
+    }
+
+    /// The candidate found could not be backed: what `below_mark` finds from where the search
+    /// stands, else maybe from the start (pages below the high-water mark are backed).
+    fn unbacked(&mut self, below_mark: impl Fn(u64) -> Option<u64>) -> Option<u64> {
+        below_mark(self.from).or_else(|| self.sweep().then(|| below_mark(0)).flatten())
+    }
+
+    /// A claim was lost: go on from `next`.
+    fn lost(&mut self, next: u64) {
+        (self.from, self.swept) = (next, false);
+    }
+}
 
 /// Most blocks one [`Heap::take_blocks`] takes.
 const MAX_TAKE: usize = 64;
@@ -180,27 +237,24 @@ impl Heap<'_> {
         // The lowest free slot past the last one we failed to claim. `from` only rises, so the
         // search ends (a claim lost is another claimer's progress: giving up after a few would
         // fail with free slots).
-        let (mut from, mut swept) = (0, false);
+        let mut search = Search::new();
         loop {
-            let found = match self.find_free_slot(from) {
-                // As in `alloc_large`.
-                None if from > 0 && !swept => {
-                    swept = true;
-                    self.bitmap_slot(0)
-                }
-                found => found,
-            };
-            let Some(slot) = found else {
+            let Some(mut slot) = search.next(|from| self.find_free_slot(from), |from| self.bitmap_slot(from))
+            else {
                 return Ok(None);
             };
-            from = slot + 1;
-            let head = slot * SPAN_PAGES;
-            if !self.back_pages(head + SPAN_PAGES) {
-                return Ok(None);
+            if !self.back_pages((slot + 1) * SPAN_PAGES) {
+                let below_mark = |from| self.page_bits().find_slot(from, self.used_slots());
+                let Some(lower) = search.unbacked(below_mark) else {
+                    return Ok(None);
+                };
+                slot = lower;
             }
+            let head = slot * SPAN_PAGES;
             self.publish_hazard(session, head);
             if self.claim_run(session, head, SPAN_PAGES).is_err() {
                 self.clear_hazard(session);
+                search.lost(slot + 1);
                 continue;
             }
             let base = (head..head + SPAN_PAGES)
@@ -222,23 +276,16 @@ impl Heap<'_> {
 
     /// The lowest run of `pages` free pages at or after page `from`, by the run index; else (the
     /// run is longer than the index counts, or a stalled participant left its summaries stale)
-    /// by the page bitmap, whose summaries are then put right. Pages above the high-water mark
-    /// are free without a look.
+    /// by the page bitmap. Pages above the high-water mark are free without a look.
     fn find_free_run(&self, pages: u64, from: u64) -> Option<u64> {
         self.run_index().find_run(pages, from).or_else(|| self.bitmap_run(pages, from))
     }
 
-    /// The lowest run of `pages` free pages at or after page `from`, by the page bitmap; its
-    /// summaries, which did not show it, are put right.
+    /// The lowest run of `pages` free pages at or after page `from`, by the page bitmap.
     fn bitmap_run(&self, pages: u64, from: u64) -> Option<u64> {
         let used = self.used_bits();
         let tail = used.free_tail().max(from);
-        let head =
-            used.find_run(pages, from).or((tail + pages <= self.geometry().num_pages).then_some(tail))?;
-        if pages <= runs::CAP && head < used.pages() {
-            self.run_index().refresh(head, head + pages);
-        }
-        Some(head)
+        used.find_run(pages, from).or((tail + pages <= self.geometry().num_pages).then_some(tail))
     }
 
     /// The lowest free span slot at or after slot `from`, by the run index, else by the bitmap
@@ -252,12 +299,7 @@ impl Heap<'_> {
     fn bitmap_slot(&self, from: u64) -> Option<u64> {
         let slots = self.geometry().num_slots;
         let used = self.used_slots().min(slots);
-        let slot =
-            self.page_bits().find_slot(from, used).or((used.max(from) < slots).then_some(used.max(from)))?;
-        if slot < used {
-            self.run_index().refresh(slot * SPAN_PAGES, (slot + 1) * SPAN_PAGES);
-        }
-        Some(slot)
+        self.page_bits().find_slot(from, used).or((used.max(from) < slots).then_some(used.max(from)))
     }
 
     /// Writes the member info of the span at `head` (pages we hold as part of it; a stale
@@ -332,25 +374,20 @@ impl Heap<'_> {
         // The lowest run past the pages the winner of the last claim we lost was found holding.
         // `from` only rises, so the search ends (a claim lost is another claimer's progress:
         // giving up after a few would fail with free pages).
-        let (mut from, mut swept) = (0, false);
+        let mut search = Search::new();
         loop {
-            let found = match self.find_free_run(pages, from) {
-                // Lost claims took us past pages the index may hide (a participant stopped in
-                // the middle of refreshing them): one last look through the bitmap from the start.
-                None if from > 0 && !swept => {
-                    swept = true;
-                    self.bitmap_run(pages, 0)
-                }
-                found => found,
-            };
-            let Some(head) = found else {
+            let find = |from| self.find_free_run(pages, from);
+            let Some(mut head) = search.next(find, |from| self.bitmap_run(pages, from)) else {
                 return Ok(None);
             };
             if !self.back_pages(head + pages) {
-                return Ok(None);
+                let Some(lower) = search.unbacked(|from| self.used_bits().find_run(pages, from)) else {
+                    return Ok(None);
+                };
+                head = lower;
             }
             if let Err(next) = self.claim_run(session, head, pages) {
-                from = next;
+                search.lost(next);
                 continue;
             }
             // The generation is issued from here on: a claim undone after the state store below

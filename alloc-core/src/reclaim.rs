@@ -307,9 +307,12 @@ impl Heap<'_> {
             reclaimed.pending += 1;
         }
         let pending = self.participant_word(index, participant::PENDING).load(Ordering::Acquire);
-        if let Some((first, pages)) = pending::decode(pending) {
-            self.resolve_pending(session, index, first)?;
-            self.reindex_pending(first, pages);
+        if pending != 0 {
+            // (A word naming no page, only a length, is damage: cleared all the same.)
+            if let Some((first, pages)) = pending::decode(pending) {
+                self.resolve_pending(session, index, first)?;
+                self.reindex_pending(first, pages);
+            }
             reclaimed.pending += 1;
             self.participant_word(index, participant::PENDING).store(0, Ordering::Release);
         }
@@ -338,15 +341,12 @@ impl Heap<'_> {
         Ok(Resolved::Done)
     }
 
-    /// Refreshes the run index over the pages a dead participant's pending claim or release at
-    /// `first` may have changed without refreshing (its summaries are refreshed before `PENDING`
-    /// is cleared): the `pages` it recorded, the run that starts there, or the free pages that
-    /// do.
+    /// Refreshes the run index over the `pages` pages from `first` whose bits a dead
+    /// participant was changing (it records them in `PENDING` before, and refreshes their
+    /// summaries before it clears `PENDING`).
     fn reindex_pending(&self, first: u64, pages: u64) {
-        let bits = self.used_bits();
-        if first < bits.pages() {
-            let held = bits.held_prefix(first, bits.pages()).max(bits.next_claimed(first));
-            self.run_index().refresh(first, held.max(first.saturating_add(pages)));
+        if pages > 0 {
+            self.run_index().refresh(first, first.saturating_add(pages));
         }
     }
 

@@ -21,10 +21,12 @@
 //! compare-exchanges that fail on any page taken, so a stale summary can never hand out a page
 //! twice. What staleness could cost is a refusal with room left, so a search that the index
 //! answers "none" looks through the bitmap itself before giving up, and an allocation whose
-//! claims were lost (which moves its search past the pages it lost) looks through the bitmap
-//! from the start once more before it refuses (`pages::alloc_large`). A search checks against
-//! the bitmap the count of free pages it carries into a leaf from the summaries before it, and
-//! puts right a summary that promised a run its words below do not have.
+//! claims were lost since it last did (which moves its search past the pages it lost), or whose
+//! pages could not be backed, looks through the bitmap from the start before it refuses
+//! (`pages::alloc_large`). A search checks against the bitmap the count of free pages it carries
+//! into a leaf from the summaries before it. Searches never write summaries: only those who
+//! change page bits do, and they record what they change (a search that wrote and was killed
+//! would leave a summary wrong that nobody knows of).
 //!
 //! Keeping it exact: whoever changes page bits (a claim, a release, a claim undone after a
 //! conflict) refreshes the summaries above them, bottom up to the top word, while its `PENDING`
@@ -46,7 +48,6 @@
 //! middle of a refresh leaves the summaries above it stale until someone changes pages under
 //! them (whose refresh goes all the way up) or it goes on; meanwhile searches may miss runs there
 //! and fall back to the bitmap, never a refusal; `reclaim_dead` refreshes them for a dead one.
-//! Repairs made by searches have no change of their own before them: they are best effort.
 
 use crate::bitmap::{PageBits, PAGES_PER_WORD};
 use crate::layout::{RunShape, SPAN_PAGES};
@@ -397,19 +398,15 @@ impl<'a> RunIndex<'a> {
         // Orders the caller's change of the words below before our reads of the words above
         // (see the module docs).
         store_load_fence();
-        self.refresh_levels(0, from, to);
-    }
-
-    /// Refreshes the words of `level` and above over pages `from..to`, all the way up: a word
-    /// that is right may still have a wrong one above it (its last writer may be stopped before
-    /// it went on up), so stopping where nothing changed would leave that for good.
-    fn refresh_levels(&self, level: usize, from: u64, to: u64) {
         let limit = self.limit();
         if from >= limit {
             return;
         }
         let to = to.clamp(from + 1, limit);
-        for level in level..self.shape.levels {
+        // All the way up: a word that is right may still have a wrong one above it (its last
+        // writer may be stopped before it went on up), so stopping where nothing changed would
+        // leave that for good.
+        for level in 0..self.shape.levels {
             let span = RunShape::node_pages(level);
             for index in from / span..to.div_ceil(span) {
                 self.refresh_word(level, index);
@@ -477,14 +474,7 @@ impl<'a> RunIndex<'a> {
             if child_start < from || before + summary.prefix >= len || summary.max >= len {
                 match self.probe_run(level - 1, child, len, from, before) {
                     Probe::Found(page) => return Probe::Found(page),
-                    Probe::Suffix(free) => {
-                        if child_start >= from {
-                            // It (or the count before it, which the leaf puts right) promised a
-                            // run that its words below do not have.
-                            self.refresh_levels(level - 1, child_start, child_end);
-                        }
-                        before = free;
-                    }
+                    Probe::Suffix(free) => before = free,
                 }
             } else if summary.all_free {
                 before += summary.len;
@@ -520,13 +510,8 @@ impl<'a> RunIndex<'a> {
             let prefix = next(0, false);
             let mut before = before;
             if before + prefix >= len {
-                // The pages before come from summaries: trust the bitmap, and put right the
-                // summaries that promised more.
-                let real = self.free_before(start, before, limit);
-                if real < before {
-                    self.refresh_levels(0, start - before, start);
-                    before = real;
-                }
+                // The pages before come from summaries: the bitmap has the last word.
+                before = self.free_before(start, before, limit);
                 if before + prefix >= len {
                     return Probe::Found(start - before);
                 }
@@ -574,15 +559,11 @@ impl<'a> RunIndex<'a> {
             if child_start >= end || child_start >= self.pages {
                 break;
             }
-            let straddles = child_start < from;
-            if child_end <= from || !(straddles || self.summary(level - 1, child, limit).has_slot) {
+            if child_end <= from || !(child_start < from || self.summary(level - 1, child, limit).has_slot) {
                 continue;
             }
-            match self.probe_slot(level - 1, child, from) {
-                Some(slot) => return Some(slot),
-                // It promised a slot that its words below do not have.
-                None if !straddles => self.refresh_levels(level - 1, child_start, child_end),
-                None => {}
+            if let Some(slot) = self.probe_slot(level - 1, child, from) {
+                return Some(slot);
             }
         }
         None
@@ -758,8 +739,14 @@ mod tests {
         }
     }
 
+    /// Refreshes the words above leaf 0 of a 4096-page model (levels 1 and 2).
+    fn refresh_above_leaf_0(index: &RunIndex<'_>) {
+        index.refresh_word(1, 0);
+        index.refresh_word(2, 0);
+    }
+
     #[test]
-    fn a_summary_that_promises_too_much_is_put_right_by_the_search_that_finds_out() {
+    fn a_summary_that_promises_too_much_costs_a_search_a_look_not_a_wrong_answer() {
         let mut model = Model::new(4096);
         model.flip(0, 2000);
         model.flip(3000, 3001);
@@ -770,11 +757,7 @@ mod tests {
         let limit = index.limit();
         assert_ne!(index.summary(0, leaf, limit), index.compute(0, leaf));
         assert_eq!(index.find_run(200, 0), Some(2300), "the bitmap has the last word");
-        assert_eq!(
-            index.summary(0, leaf, limit),
-            index.compute(0, leaf),
-            "and the search put the leaf right"
-        );
+        // The claimer goes on.
         index.refresh(2000, 2300);
         assert!(index.is_exact());
     }
@@ -798,7 +781,7 @@ mod tests {
         // ... and the releaser writes what it computed, then looks below again.
         model.nodes[0].store(stale.encode(), Ordering::Relaxed);
         index.refresh_word(0, 0);
-        index.refresh_levels(1, 0, 10);
+        refresh_above_leaf_0(&index);
         assert!(model.index().is_exact());
     }
 
@@ -844,9 +827,9 @@ mod tests {
     }
 
     /// A search whose count of free pages before a leaf comes from an overstated summary of a
-    /// word it skipped checks the bitmap, answers right, and puts the summary right.
+    /// word it skipped checks the bitmap and answers right.
     #[test]
-    fn a_search_misled_by_an_overstated_suffix_puts_it_right() {
+    fn a_search_misled_by_an_overstated_suffix_answers_from_the_bitmap() {
         let model = Model::new(4096);
         model.claim_bits(0, 150);
         model.index().refresh(0, 150);
@@ -854,11 +837,8 @@ mod tests {
         model.map().release(0, 10);
         let stale = Summary { len: 256, prefix: 10, suffix: 128, max: 128, all_free: false, has_slot: true };
         model.nodes[0].store(stale.encode(), Ordering::Relaxed);
-        model.index().refresh_levels(1, 0, 256);
-        for _ in 0..2 {
-            assert_eq!(model.index().find_run(200, 0), Some(150), "page 128 is claimed");
-        }
-        assert!(model.index().is_exact());
+        refresh_above_leaf_0(&model.index());
+        assert_eq!(model.index().find_run(200, 0), Some(150), "page 128 is claimed");
     }
 
     type Hook = Box<dyn FnMut(usize)>;

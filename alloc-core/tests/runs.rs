@@ -4,7 +4,8 @@
 
 mod common;
 
-use alloc_core::{AllocOptions, Allocation, Error};
+use alloc_core::layout::{participant, pending};
+use alloc_core::{AllocOptions, Allocation, Backing, Error, Heap, Platform};
 use common::{stopped_at, Participant, TestMemory};
 
 const PAGE: u64 = 4096;
@@ -165,4 +166,117 @@ fn threads_churning_runs_leave_the_index_exact_whenever_they_all_stop() {
         }
     });
     assert_eq!(stale, 0, "rounds that all stopped with a stale index");
+}
+
+/// The host backs bytes below `context` only (a pool file whose filesystem is full past it).
+fn back_below(context: usize, offset: u64, len: u64) -> bool {
+    offset + len <= context as u64
+}
+
+/// A 16 MiB heap whose host can back the first 1024 data pages (one 4 MiB chunk) and no more.
+fn limited(memory: &TestMemory) -> Heap<'_> {
+    let geo = alloc_core::layout::Geometry::compute(16 << 20, 12).expect("fits");
+    let limit = geo.data_offset + 1024 * PAGE;
+    let platform =
+        Platform { heavy_fence: None, backing: Some(Backing { context: limit as usize, back: back_below }) };
+    Heap::create(memory.region(), 12, platform).expect("created")
+}
+
+/// A releaser stopped between clearing its page bits and refreshing their summaries: with the
+/// host unable to back more, the index's answer (pages above the mark) cannot be backed, and the
+/// allocation must find the pages through the bitmap instead of refusing (it refused at c75320f).
+#[test]
+fn stale_summaries_and_a_full_backing_do_not_make_the_pool_refuse() {
+    let memory = TestMemory::new(16 << 20);
+    let heap = limited(&memory);
+    let (mut p, mut doomed) = (Participant::new(&heap, 2), Participant::new(&heap, 666));
+    let _a0 = pages(&mut p, 100).expect("room");
+    let r = pages(&mut doomed, 300).expect("room");
+    assert_eq!(page_of(&doomed, &r), 100);
+    let _a1 = pages(&mut p, 624).expect("room");
+    assert!(pages(&mut p, 1).is_err(), "every page that can be backed is used");
+    assert!(stopped_at("release/cleared", || {
+        let _ = doomed.free(r.id());
+    }));
+    let mut asker = Participant::new(&heap, 4);
+    let got = pages(&mut asker, 200);
+    assert!(got.is_ok(), "refused 200 pages with pages 101..400 free in the bitmap: {got:?}");
+}
+
+/// The same stopped releaser with a host that can back everything (the pool filled to its end
+/// instead): the index answers "none", the bitmap finds page 101.
+#[test]
+fn a_stopped_releasers_pages_are_found_through_the_bitmap() {
+    let memory = TestMemory::new(16 << 20);
+    let heap = memory.create();
+    let n = heap.geometry().num_pages;
+    let (mut p, mut doomed) = (Participant::new(&heap, 2), Participant::new(&heap, 666));
+    let _a0 = pages(&mut p, 100).expect("room");
+    let r = pages(&mut doomed, 300).expect("room");
+    let _a1 = pages(&mut p, n - 400).expect("room");
+    assert!(stopped_at("release/cleared", || {
+        let _ = doomed.free(r.id());
+    }));
+    let mut asker = Participant::new(&heap, 4);
+    let got = pages(&mut asker, 200).expect("found through the bitmap");
+    assert_eq!(page_of(&asker, &got), 101);
+}
+/// A PENDING word damaged in its high half only (its low half 0) decodes as "none": repair
+/// left it and reported success, and check then rejected the pool for good (at c75320f).
+#[test]
+fn a_pending_word_with_only_high_bits_is_repaired() {
+    let memory = TestMemory::new(16 << 20);
+    let heap = memory.create();
+    let geo = *heap.geometry();
+    let mut p = Participant::new(&heap, 1);
+    let q = Participant::new(&heap, 2);
+    let word = geo.participant_field(q.session.index(), participant::PENDING);
+    memory.set_word(word, 7 << 32);
+    assert_eq!(pending::decode(7 << 32), None);
+    let repaired = heap.repair(&mut p.session);
+    let checked = p.check();
+    assert!(checked.is_ok(), "repair said {repaired:?}, then check said {checked:?}");
+}
+
+/// Garbage lengths in a dead participant's PENDING: no panic, no fault, bounded work.
+#[test]
+fn a_pending_length_of_garbage_is_harmless() {
+    let memory = TestMemory::new(16 << 20);
+    let heap = memory.create();
+    let geo = *heap.geometry();
+    let mut p = Participant::new(&heap, 1);
+    let _a = pages(&mut p, 100).expect("room");
+    for (n, value) in
+        [pending::encode(5, u32::MAX as u64), u64::MAX, pending::encode(geo.num_pages - 1, 1 << 31)]
+            .into_iter()
+            .enumerate()
+    {
+        let q = Participant::new(&heap, 100 + n as u32);
+        memory.set_word(geo.participant_field(q.session.index(), participant::PENDING), value);
+        let _ = p.reclaim(&[100 + n as u32]);
+        assert!(heap.run_index_is_exact());
+    }
+}
+
+/// The only free run's head is marked by a participant stopped before it set any bit: an
+/// allocation of that size must refuse, not go round looking from the start for ever (a claim
+/// lost to a stopped marker is no one's progress).
+#[test]
+fn a_run_held_by_a_stopped_claimer_is_refused_not_waited_for() {
+    let memory = TestMemory::new(16 << 20);
+    let heap = memory.create();
+    let n = heap.geometry().num_pages;
+    let mut p = Participant::new(&heap, 2);
+    let _a = pages(&mut p, 100).expect("room");
+    let hole = pages(&mut p, 50).expect("room");
+    let _b = pages(&mut p, n - 150).expect("room");
+    let _ = p.free(hole.id()).expect("live");
+    let mut stalled = Participant::new(&heap, 3);
+    assert!(stopped_at("claim/marked", || {
+        let _ = pages(&mut stalled, 50);
+    }));
+    let started = std::time::Instant::now();
+    assert!(matches!(pages(&mut p, 50), Err(Error::OutOfMemory { .. })));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "it went round for a long time");
+    assert!(pages(&mut p, 49).is_ok(), "pages 101..150 are free and nobody holds them");
 }
