@@ -81,6 +81,7 @@ impl Budget {
         self.limit | self.max_allocations << COUNT_SHIFT
     }
 
+    #[inline]
     pub(crate) fn decode(word: u64) -> Option<Budget> {
         (word != 0).then_some(Budget { limit: word & BYTES_MASK, max_allocations: word >> COUNT_SHIFT })
     }
@@ -141,6 +142,7 @@ pub struct BudgetUsed {
 
 impl<'a> Heap<'a> {
     /// The heap's budget, if it was created with one.
+    #[inline]
     pub fn budget(&self) -> Option<Budget> {
         Budget::decode(self.budget_word())
     }

@@ -39,6 +39,7 @@
 //! A cache is tied to one participant (its [`Session`]) of one mapping. After `fork`, the child
 //! must not use a cache it inherited: its blocks belong to the parent (the host drops it).
 
+use crate::budget::Budget;
 use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{AllocId, AllocOptions, Allocation, Heap, Place, SpanAt, Wake};
@@ -177,12 +178,23 @@ impl<'a> Heap<'a> {
     ) -> Result<Allocation, Error> {
         match self.budget() {
             None => self.alloc_with_uncharged(cache, size, options),
-            Some(budget) => {
-                self.check_session(&cache.session)?;
-                let me = cache.session.participant;
-                self.alloc_charged(budget, me, size, || self.alloc_with_uncharged(cache, size, options))
-            }
+            Some(budget) => self.alloc_with_charged(budget, cache, size, options),
         }
+    }
+
+    /// [`Heap::alloc_with`] in a heap with a budget (out of the fast path's way).
+    #[cold]
+    #[inline(never)]
+    fn alloc_with_charged(
+        &self,
+        budget: Budget,
+        cache: &mut Cache,
+        size: u64,
+        options: AllocOptions,
+    ) -> Result<Allocation, Error> {
+        self.check_session(&cache.session)?;
+        let me = cache.session.participant;
+        self.alloc_charged(budget, me, size, || self.alloc_with_uncharged(cache, size, options))
     }
 
     #[inline]
@@ -295,12 +307,17 @@ impl<'a> Heap<'a> {
     pub fn free_with(&self, cache: &mut Cache, id: AllocId) -> Result<Wake, Error> {
         match self.budget() {
             None => self.free_with_uncharged(cache, id),
-            Some(budget) => {
-                let size = self.lookup(&mut cache.session, id)?.size;
-                let me = cache.session.participant;
-                self.free_charged(budget, me, size, || self.free_with_uncharged(cache, id))
-            }
+            Some(budget) => self.free_with_charged(budget, cache, id),
         }
+    }
+
+    /// [`Heap::free_with`] in a heap with a budget (out of the fast path's way).
+    #[cold]
+    #[inline(never)]
+    fn free_with_charged(&self, budget: Budget, cache: &mut Cache, id: AllocId) -> Result<Wake, Error> {
+        let size = self.lookup(&mut cache.session, id)?.size;
+        let me = cache.session.participant;
+        self.free_charged(budget, me, size, || self.free_with_uncharged(cache, id))
     }
 
     #[inline]

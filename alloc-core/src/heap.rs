@@ -569,6 +569,7 @@ impl<'a> Heap<'a> {
     }
 
     /// The header's budget word (0: none), as read when the heap was opened.
+    #[inline]
     pub(crate) fn budget_word(&self) -> u64 {
         self.budget
     }
@@ -1184,12 +1185,17 @@ impl<'a> Heap<'a> {
     pub fn free(&self, session: &mut Session, id: AllocId) -> Result<Wake, Error> {
         match self.budget() {
             None => self.free_uncharged(session, id),
-            Some(budget) => {
-                let size = self.lookup(session, id)?.size;
-                let me = session.participant;
-                self.free_charged(budget, me, size, || self.free_uncharged(session, id))
-            }
+            Some(budget) => self.free_budgeted(budget, session, id),
         }
+    }
+
+    /// [`Heap::free`] in a heap with a budget (out of the fast path's way).
+    #[cold]
+    #[inline(never)]
+    fn free_budgeted(&self, budget: Budget, session: &mut Session, id: AllocId) -> Result<Wake, Error> {
+        let size = self.lookup(session, id)?.size;
+        let me = session.participant;
+        self.free_charged(budget, me, size, || self.free_uncharged(session, id))
     }
 
     /// [`Heap::free`] without the budget's part.
@@ -1375,12 +1381,23 @@ impl<'a> Heap<'a> {
     ) -> Result<Allocation, Error> {
         match self.budget() {
             None => self.alloc_uncharged(session, size, options),
-            Some(budget) => {
-                self.check_session(session)?;
-                let me = session.participant;
-                self.alloc_charged(budget, me, size, || self.alloc_uncharged(session, size, options))
-            }
+            Some(budget) => self.alloc_budgeted(budget, session, size, options),
         }
+    }
+
+    /// [`Heap::alloc`] in a heap with a budget (out of the fast path's way).
+    #[cold]
+    #[inline(never)]
+    fn alloc_budgeted(
+        &self,
+        budget: Budget,
+        session: &mut Session,
+        size: u64,
+        options: AllocOptions,
+    ) -> Result<Allocation, Error> {
+        self.check_session(session)?;
+        let me = session.participant;
+        self.alloc_charged(budget, me, size, || self.alloc_uncharged(session, size, options))
     }
 
     /// [`Heap::alloc`] without the budget's part.
