@@ -347,7 +347,7 @@ impl Heap<'_> {
             return Err(taken + 1);
         }
         step!("claim/claimed");
-        self.run_index().refresh(head, head + pages);
+        self.run_index().refresh_claimed(head, head + pages);
         Ok(())
     }
 

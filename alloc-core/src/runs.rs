@@ -29,23 +29,26 @@
 //! would leave a summary wrong that nobody knows of).
 //!
 //! Keeping it exact: whoever changes page bits (a claim, a release, a claim undone after a
-//! conflict) refreshes the summaries above them, bottom up to the top word, while its `PENDING`
-//! word names the run and its length (so that `reclaim_dead` refreshes them for a participant
-//! killed before it did). Refreshing a word: recompute it from the words below and
-//! compare-exchange it in. It goes all the way up even where a word was already right: that
-//! word's writer may be stopped before it went on up. After a successful write the refresher
-//! looks below again and goes on until what it wrote is what it sees (a writer that computed from
-//! words read before someone else's change, and that someone found the old value right, would
-//! leave it stale otherwise); it leaves a word only to writers that beat it, after some failed
+//! conflict) refreshes the summaries above them, bottom up, while its `PENDING` word names the
+//! run and its length (so that `reclaim_dead` refreshes them for a participant killed before it
+//! did). Refreshing a word: recompute it from the words below and compare-exchange it in. Pages
+//! freed (a release, a claim undone) are carried all the way up even where a word was already
+//! right: that word's writer may be stopped before it went on up, and stopping there would hide
+//! the freed pages while it is. Pages claimed stop at the first level where nothing was
+//! written: a claim can only make summaries promise too much, and the writer of the word that
+//! was already right carries it up. After a successful write the refresher looks below again
+//! and goes on until what it wrote is what it sees (a writer that computed from words read
+//! before someone else's change, and that someone found the old value right, would leave it
+//! stale otherwise); it leaves a word only to writers that beat it, after some failed
 //! compare-exchanges (their look after writing covers our change). With a store-load fence
-//! between a change below and the read above (`primitive::store_load_fence`), the last writer of
-//! a word sees every change below it. The high-water mark is read afresh at every look, so a
+//! between a change below and the read above (`primitive::store_load_fence`), the last writer
+//! of a word sees every change below it. The high-water mark is read afresh at every look, so a
 //! refresher racing a claim above the old mark sees the claimed pages. Loom models
 //! (`loom-tests/tests/runs.rs`) fail without the look again, the fence, the fresh mark, or the
 //! refresh after a lost claim.
 //!
 //! So when every participant has finished, every summary is exact. A participant stopped in the
-//! middle of a refresh leaves the summaries above it stale until someone changes pages under
+//! middle of a refresh leaves the summaries above it stale until someone frees pages under
 //! them (whose refresh goes all the way up) or it goes on; meanwhile searches may miss runs there
 //! and fall back to the bitmap, never a refusal; `reclaim_dead` refreshes them for a dead one.
 
@@ -356,18 +359,18 @@ impl<'a> RunIndex<'a> {
     /// is someone else's write after our last look, whose own look after writing covers what we
     /// changed below. It never ends right after a write of its own that its next look below
     /// found out of date: someone who changed them since may have found our earlier value right
-    /// and left.
-    fn refresh_word(&self, level: usize, index: u64) {
+    /// and left. Whether it wrote.
+    fn refresh_word(&self, level: usize, index: u64) -> bool {
         let node = self.node(level, index);
         let (start, end) = self.range(level, index);
         // ORDERING: Acquire, as in `summary`.
         let mut stored = node.load(Ordering::Acquire);
         let mut seen = self.below(level, index);
-        let mut failures = 0;
+        let (mut failures, mut wrote) = (0, false);
         loop {
             let wanted = self.summarise(level, index, &seen);
             if Summary::decode(stored, end - start) == wanted {
-                return;
+                return wrote;
             }
             #[cfg(all(test, not(all(shmpool_loom, feature = "loom"))))]
             tests::before_exchange(level);
@@ -378,12 +381,12 @@ impl<'a> RunIndex<'a> {
             store_load_fence();
             let now = self.below(level, index);
             match exchanged {
-                Ok(_) if now == seen => return,
-                Ok(_) => stored = wanted.encode(),
+                Ok(_) if now == seen => return true,
+                Ok(_) => (stored, wrote) = (wanted.encode(), true),
                 Err(actual) => {
                     failures += 1;
                     if failures >= MAX_FAILURES {
-                        return;
+                        return wrote;
                     }
                     stored = actual;
                 }
@@ -395,6 +398,18 @@ impl<'a> RunIndex<'a> {
     /// Refreshes the summaries of pages `from..to` (whose bits the caller just changed with a
     /// read-modify-write), from the leaves up to the top word.
     pub fn refresh(&self, from: u64, to: u64) {
+        self.refresh_up(from, to, true);
+    }
+
+    /// [`RunIndex::refresh`] after a claim (pages that became claimed): it stops at the first
+    /// level where it wrote nothing. A claim only ever makes summaries promise too much (which
+    /// costs a search a look, never a run), so it need not go up past words that someone else
+    /// already brought up to date and is carrying up.
+    pub fn refresh_claimed(&self, from: u64, to: u64) {
+        self.refresh_up(from, to, false);
+    }
+
+    fn refresh_up(&self, from: u64, to: u64, all_the_way: bool) {
         // Orders the caller's change of the words below before our reads of the words above
         // (see the module docs).
         store_load_fence();
@@ -403,13 +418,17 @@ impl<'a> RunIndex<'a> {
             return;
         }
         let to = to.clamp(from + 1, limit);
-        // All the way up: a word that is right may still have a wrong one above it (its last
-        // writer may be stopped before it went on up), so stopping where nothing changed would
-        // leave that for good.
+        // A release goes all the way up: a word that is right may still have a wrong one above
+        // it (its last writer may be stopped before it went on up), and stopping there would
+        // hide the pages released for as long as that writer is stopped.
         for level in 0..self.shape.levels {
             let span = RunShape::node_pages(level);
+            let mut wrote = false;
             for index in from / span..to.div_ceil(span) {
-                self.refresh_word(level, index);
+                wrote |= self.refresh_word(level, index);
+            }
+            if !wrote && !all_the_way {
+                return;
             }
         }
     }
@@ -656,13 +675,12 @@ mod tests {
             if self.claimed[range.clone()].iter().all(|&c| !c) {
                 self.claim_bits(from, to);
                 self.claimed[range].fill(true);
+                self.index().refresh_claimed(from, to);
             } else if self.claimed[range.clone()].iter().all(|&c| c) {
                 self.map().release(from, to - from);
                 self.claimed[range].fill(false);
-            } else {
-                return;
+                self.index().refresh(from, to);
             }
-            self.index().refresh(from, to);
         }
 
         fn lowest_run(&self, len: u64, from: u64) -> Option<u64> {

@@ -54,7 +54,7 @@ impl Storage {
     fn claim(&self, from: u64, to: u64) {
         self.mark.fetch_max(to, Ordering::Release);
         assert_eq!(self.map().try_claim(from, to), Ok(()));
-        self.index().refresh(from, to);
+        self.index().refresh_claimed(from, to);
     }
 
     /// Releases `from..to` and refreshes, as a releaser does.
