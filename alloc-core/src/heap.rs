@@ -69,7 +69,7 @@
 //!   participant keeps from being retired are at most one per class besides its hazard's. Class
 //!   lists never hide more than the span a stalled participant was listing or unlisting
 //!   ([`crate::hier`]). A participant stopped while refreshing the run index can leave runs
-//!   under its summaries unseen by the index until someone changes pages there; an allocation
+//!   under its summaries unseen by the index until someone frees pages there; an allocation
 //!   then finds them through the bitmap before it refuses ([`crate::runs`]). Nothing else is
 //!   unavailable to the others.
 //! - **ABA.** Anchors carry a 38-bit tag and state words a 36-bit generation tag, bumped by every

@@ -48,9 +48,10 @@
 //! refresh after a lost claim.
 //!
 //! So when every participant has finished, every summary is exact. A participant stopped in the
-//! middle of a refresh leaves the summaries above it stale until someone frees pages under
-//! them (whose refresh goes all the way up) or it goes on; meanwhile searches may miss runs there
-//! and fall back to the bitmap, never a refusal; `reclaim_dead` refreshes them for a dead one.
+//! middle of a refresh leaves the summaries above it stale until someone frees pages under them
+//! (whose refresh goes all the way up) or it goes on (as it may also when it wrote a word that
+//! a releaser then left to it); meanwhile searches may miss runs there and fall back to the
+//! bitmap, never a refusal; `reclaim_dead` refreshes them for a dead one.
 
 use crate::bitmap::{PageBits, PAGES_PER_WORD};
 use crate::layout::{RunShape, SPAN_PAGES};
@@ -896,10 +897,11 @@ mod tests {
                 flips += 1;
                 if other.map().is_claimed(q) {
                     other.map().release(q, 1);
+                    other.index().refresh(q, q + 1);
                 } else {
                     other.claim_bits(q, q + 1);
+                    other.index().refresh_claimed(q, q + 1);
                 }
-                other.index().refresh(q, q + 1);
             }))
         });
         model.index().refresh(q, q + 1);
