@@ -14,25 +14,35 @@ use loom_tests::{explore, spawn, words};
 /// Two leaves under one top word.
 const PAGES: u64 = 2 * RunShape::LEAF_PAGES;
 
+/// Nine leaves: two words above them, and a top word (three levels).
+const PAGES_3: u64 = 9 * RunShape::LEAF_PAGES;
+
 struct Storage {
     bits: Vec<AtomicU64>,
     nodes: Vec<AtomicU64>,
     shape: RunShape,
     mark: AtomicU64,
+    pages: u64,
 }
 
 impl Storage {
-    /// A bitmap with the runs `claimed` claimed, and its index exact; the high-water mark at
-    /// the end of the last run (every page, if none).
+    /// A bitmap of [`PAGES`] with the runs `claimed` claimed, and its index exact; the
+    /// high-water mark at the end of the last run (every page, if none).
     fn new(claimed: &[(u64, u64)]) -> Arc<Storage> {
-        let shape = RunShape::new(PAGES);
-        assert_eq!(shape.levels, 2);
-        let mark = claimed.last().map_or(PAGES, |&(_, to)| to);
+        Storage::of(PAGES, 2, claimed)
+    }
+
+    /// [`Storage::new`] with `pages` pages, in `levels` levels.
+    fn of(pages: u64, levels: usize, claimed: &[(u64, u64)]) -> Arc<Storage> {
+        let shape = RunShape::new(pages);
+        assert_eq!(shape.levels, levels);
+        let mark = claimed.last().map_or(pages, |&(_, to)| to);
         let storage = Storage {
-            bits: words((PAGES / PAGES_PER_WORD) as usize),
+            bits: words((pages / PAGES_PER_WORD) as usize),
             nodes: words(shape.total_words()),
             shape,
             mark: AtomicU64::new(mark),
+            pages,
         };
         for &(from, to) in claimed {
             assert_eq!(storage.map().try_claim(from, to), Ok(()));
@@ -43,11 +53,11 @@ impl Storage {
     }
 
     fn map(&self) -> PageBits<'_> {
-        PageBits::new(&self.bits, PAGES)
+        PageBits::new(&self.bits, self.pages)
     }
 
     fn index(&self) -> RunIndex<'_> {
-        RunIndex::new(&self.nodes, &self.bits, &self.shape, PAGES, &self.mark, None)
+        RunIndex::new(&self.nodes, &self.bits, &self.shape, self.pages, &self.mark, None)
     }
 
     /// Raises the mark, claims `from..to` and refreshes, as a claimer does.
@@ -180,5 +190,53 @@ fn a_claim_lost_to_a_conflict_leaves_the_leaf_exact() {
         };
         let expect = [(10, Some(10)), (19, Some(21)), (20, Some(41)), (60, Some(41)), (61, None)];
         race(storage, lost, |s| s.claim(20, 21), &expect);
+    });
+}
+
+/// Runs `a` and `b` on two threads over `storage`, then checks the index against the bitmap:
+/// exact, and the lowest run of each of `lens` pages where a look through the bitmap finds it.
+fn race_against_the_bitmap(storage: Arc<Storage>, a: fn(&Storage), b: fn(&Storage), lens: &[u64]) {
+    let first = {
+        let storage = storage.clone();
+        spawn(move || a(&storage))
+    };
+    let second = {
+        let storage = storage.clone();
+        spawn(move || b(&storage))
+    };
+    first.join().expect("first participant");
+    second.join().expect("second participant");
+    assert!(storage.index().is_exact(), "a summary is stale after every participant finished");
+    for &len in lens {
+        assert_eq!(storage.index().find_run(len, 0), storage.map().find_run(len, 0), "{len} pages");
+    }
+}
+
+/// Interleaving, three levels: a claim in leaf 0 and a release in leaf 1, under one word of
+/// level 1, both changing what it and the top word say. The claim's refresh stops at the first
+/// level where it wrote nothing (someone else already brought the word up to date and carries
+/// it up); the release's goes all the way up.
+#[test]
+fn a_claim_stopping_early_and_a_release_under_one_word_leave_three_levels_exact() {
+    explore(50_000, || {
+        // Free: 100..200 (leaf 0) and 300..350 (leaf 1); the rest claimed.
+        let storage = Storage::of(PAGES_3, 3, &[(0, 100), (200, 300), (350, PAGES_3)]);
+        race_against_the_bitmap(storage, |s| s.claim(100, 180), |s| s.release(350, 500), &[20, 50, 150, 151]);
+    });
+}
+
+/// Interleaving, three levels: two claims under the two different words of level 1, each
+/// shortening the longest run the top word records.
+#[test]
+fn two_claims_under_different_words_leave_three_levels_exact() {
+    explore(50_000, || {
+        // Free: 100..400 (leaves 0 and 1) and 2100..2300 (leaf 8); the rest claimed.
+        let storage = Storage::of(PAGES_3, 3, &[(0, 100), (400, 2100), (2300, PAGES_3)]);
+        race_against_the_bitmap(
+            storage,
+            |s| s.claim(150, 160),
+            |s| s.claim(2150, 2160),
+            &[50, 140, 141, 240, 241],
+        );
     });
 }
