@@ -149,6 +149,7 @@ impl<'a> Heap<'a> {
 
     /// What is charged against the budget now (zero without one).
     pub fn budget_used(&self) -> BudgetUsed {
+        // ORDERING: Relaxed: a snapshot for reporting, ordering nothing.
         let used = self.region().word(header::BUDGET_USED).load(Ordering::Relaxed);
         BudgetUsed { bytes: used & BYTES_MASK, allocations: used >> COUNT_SHIFT }
     }

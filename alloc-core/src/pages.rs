@@ -566,8 +566,8 @@ impl Heap<'_> {
 
     /// Clears the page bits of the run at `head` (marked `Transient(me)`), then its marker.
     pub(crate) fn release_marked(&self, session: &Session, head: u64, pages: u64) {
-        step!("release/marked");
         self.set_pending_run(session, head, pages);
+        step!("release/marked");
         self.page_bits().release(head, pages);
         step!("release/cleared");
         self.run_index().refresh(head, head + pages);

@@ -74,8 +74,8 @@ impl Storage {
     }
 }
 
-/// Runs `a` and `b` on two threads over `storage`, then checks the index against the bitmap.
-fn race(storage: Arc<Storage>, a: fn(&Storage), b: fn(&Storage), expect: &[(u64, Option<u64>)]) {
+/// Runs `a` and `b` on two threads over `storage`, then checks that the index is exact.
+fn run_both(storage: &Arc<Storage>, a: fn(&Storage), b: fn(&Storage)) {
     let first = {
         let storage = storage.clone();
         spawn(move || a(&storage))
@@ -87,6 +87,11 @@ fn race(storage: Arc<Storage>, a: fn(&Storage), b: fn(&Storage), expect: &[(u64,
     first.join().expect("first participant");
     second.join().expect("second participant");
     assert!(storage.index().is_exact(), "a summary is stale after every participant finished");
+}
+
+/// Runs `a` and `b` on two threads over `storage`, then checks the index against the bitmap.
+fn race(storage: Arc<Storage>, a: fn(&Storage), b: fn(&Storage), expect: &[(u64, Option<u64>)]) {
+    run_both(&storage, a, b);
     for &(len, found) in expect {
         assert_eq!(storage.index().find_run(len, 0), found, "the lowest run of {len} pages");
     }
@@ -196,17 +201,7 @@ fn a_claim_lost_to_a_conflict_leaves_the_leaf_exact() {
 /// Runs `a` and `b` on two threads over `storage`, then checks the index against the bitmap:
 /// exact, and the lowest run of each of `lens` pages where a look through the bitmap finds it.
 fn race_against_the_bitmap(storage: Arc<Storage>, a: fn(&Storage), b: fn(&Storage), lens: &[u64]) {
-    let first = {
-        let storage = storage.clone();
-        spawn(move || a(&storage))
-    };
-    let second = {
-        let storage = storage.clone();
-        spawn(move || b(&storage))
-    };
-    first.join().expect("first participant");
-    second.join().expect("second participant");
-    assert!(storage.index().is_exact(), "a summary is stale after every participant finished");
+    run_both(&storage, a, b);
     for &len in lens {
         assert_eq!(storage.index().find_run(len, 0), storage.map().find_run(len, 0), "{len} pages");
     }
