@@ -566,6 +566,7 @@ impl Heap<'_> {
 
     /// Clears the page bits of the run at `head` (marked `Transient(me)`), then its marker.
     pub(crate) fn release_marked(&self, session: &Session, head: u64, pages: u64) {
+        step!("release/info-marked");
         self.set_pending_run(session, head, pages);
         step!("release/marked");
         self.page_bits().release(head, pages);

@@ -657,6 +657,7 @@ fn repair_after_a_participant_stopped_mid_claim_or_release_keeps_every_live_run(
         "large/published",
         "free/large-releasing",
         "release/epoch",
+        "release/info-marked",
         "release/marked",
         "release/cleared",
         "carve/initialised",
