@@ -30,7 +30,7 @@
 /// `b"SHMPOOL\0"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPOOL\0");
 /// Bumped whenever the meaning of any word in the region changes.
-pub const LAYOUT_VERSION: u64 = 5;
+pub const LAYOUT_VERSION: u64 = 6;
 
 /// Words reserved for the header; words `HOST_WORDS_START..HEADER_WORDS` belong to the host.
 pub const HEADER_WORDS: usize = 32;
@@ -303,7 +303,7 @@ impl HierShape {
     /// The shape for `leaves` leaf bits.
     pub const fn new(leaves: u64) -> HierShape {
         let first = if leaves == 0 { 1 } else { leaves.div_ceil(64) as usize };
-        let (levels, offsets, words) = levels_of(first, Self::FAN_OUT);
+        let (levels, offsets, words) = levels_of(first, Self::FAN_OUT, 1);
         HierShape { levels, offsets, words, leaves }
     }
 
@@ -325,9 +325,13 @@ impl HierShape {
 }
 
 /// The levels of a tree of words stored level by level: `first` words at level 0, and at every
-/// level above one word per `fan_out` below, up to one word. Its depth, and each level's offset
-/// (from the first word) and number of words.
-const fn levels_of<const N: usize>(first: usize, fan_out: usize) -> (usize, [usize; N], [usize; N]) {
+/// level above one word per `fan_out` below, up to the first level of at most `top` words. Its
+/// depth, and each level's offset (from the first word) and number of words.
+const fn levels_of<const N: usize>(
+    first: usize,
+    fan_out: usize,
+    top: usize,
+) -> (usize, [usize; N], [usize; N]) {
     let (mut levels, mut offsets, mut words) = (0, [0; N], [0; N]);
     let (mut count, mut offset) = (first, 0);
     loop {
@@ -335,7 +339,7 @@ const fn levels_of<const N: usize>(first: usize, fan_out: usize) -> (usize, [usi
         words[levels] = count;
         levels += 1;
         offset += count;
-        if count == 1 {
+        if count <= top {
             return (levels, offsets, words);
         }
         count = count.div_ceil(fan_out);
@@ -344,7 +348,8 @@ const fn levels_of<const N: usize>(first: usize, fan_out: usize) -> (usize, [usi
 
 /// The shape of the free-run index (see `crate::runs`): level 0 holds one summary word per
 /// `LEAF_PAGES` pages (eight bitmap words); every level above one word per `FAN_OUT` words
-/// below; the top level is one word.
+/// below; the top level is the first of at most `ROOT_WORDS` words (a search reads them in
+/// turn: two levels fewer to refresh than a tree up to one word, for about as much reading).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunShape {
     /// Number of levels (1 when one leaf covers every page).
@@ -362,17 +367,25 @@ impl RunShape {
     pub const FAN_OUT: u64 = 8;
     /// Deep enough for `MAX_PAGES`.
     pub const MAX_LEVELS: usize = 10;
+    /// Most words of the top level (four cache lines).
+    pub const ROOT_WORDS: usize = 32;
 
     /// The shape for `pages` data pages.
     pub const fn new(pages: u64) -> RunShape {
+        Self::with_root(pages, Self::ROOT_WORDS)
+    }
+
+    /// The shape for `pages` data pages whose top level has at most `root` words (models
+    /// use 1, for deep trees over few pages).
+    pub const fn with_root(pages: u64, root: usize) -> RunShape {
         let first = if pages == 0 { 1 } else { pages.div_ceil(Self::LEAF_PAGES) as usize };
-        let (levels, offsets, words) = levels_of(first, Self::FAN_OUT as usize);
+        let (levels, offsets, words) = levels_of(first, Self::FAN_OUT as usize, root);
         RunShape { levels, offsets, words }
     }
 
     /// Words in all levels.
     pub const fn total_words(&self) -> usize {
-        self.offsets[self.levels - 1] + 1
+        self.offsets[self.levels - 1] + self.words[self.levels - 1]
     }
 
     /// Pages one word of `level` summarises.
@@ -1122,10 +1135,16 @@ mod tests {
     }
 
     #[test]
-    fn run_index_shapes_end_in_one_word_and_cover_every_page() {
-        for pages in [0, 1, 256, 257, 2048, 2049, 1 << 20, MAX_PAGES] {
-            let shape = RunShape::new(pages);
-            assert_eq!(shape.words[shape.levels - 1], 1, "{pages}");
+    fn run_index_shapes_end_in_a_narrow_root_and_cover_every_page() {
+        for (pages, root) in [0, 1, 256, 257, 2048, 2049, 1 << 20, 1 << 24, MAX_PAGES]
+            .into_iter()
+            .flat_map(|pages| [(pages, 1), (pages, RunShape::ROOT_WORDS)])
+        {
+            let shape = RunShape::with_root(pages, root);
+            let top = shape.words[shape.levels - 1];
+            assert!(top <= root, "{pages}");
+            assert!(shape.levels == 1 || top as u64 * RunShape::FAN_OUT > root as u64, "{pages}");
+            assert_eq!(shape.total_words(), shape.offsets[shape.levels - 1] + top);
             assert!(shape.words[0] as u64 * RunShape::LEAF_PAGES >= pages);
             for level in 1..shape.levels {
                 assert!(shape.words[level] as u64 * RunShape::FAN_OUT >= shape.words[level - 1] as u64);

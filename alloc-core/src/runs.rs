@@ -12,10 +12,12 @@
 //! Each word summarises a range of pages: the free pages it starts with (*prefix*), ends with
 //! (*suffix*), its longest free run (*max*), whether it is all free, and whether it holds a free
 //! aligned span slot. Level 0 summarises eight bitmap words (`RunShape::LEAF_PAGES` pages), every
-//! level above eight words below, and the top is one word. Counts are capped at [`CAP`] pages
-//! (searches for more use the bitmap). A word never written (zero) means "all free": a fresh
-//! region needs no writing, and pages above the high-water mark (never claimed) are read as free
-//! without touching their words.
+//! level above eight words below, up to a top level of at most `RunShape::ROOT_WORDS` words,
+//! which a search reads in turn (a tree up to one word had two more levels for every release to
+//! refresh in a 2 GiB pool, and saved a search little reading). Counts are capped at [`CAP`]
+//! pages (searches for more use the bitmap). A word never written (zero) means "all free": a
+//! fresh region needs no writing, and pages above the high-water mark (never claimed) are read
+//! as free without touching their words.
 //!
 //! The index is a *hint*. The page bitmap alone says what is claimed; a claim sets bits with
 //! compare-exchanges that fail on any page taken, so a stale summary can never hand out a page
@@ -188,6 +190,12 @@ fn longest_run(bits: u64) -> u64 {
     len
 }
 
+/// Whether two looks below saw the same words (without a call to `memcmp`).
+#[inline]
+fn same(a: &[u64; RunShape::FAN_OUT as usize], b: &[u64; RunShape::FAN_OUT as usize]) -> bool {
+    a.iter().zip(b).fold(0, |differ, (x, y)| differ | (x ^ y)) == 0
+}
+
 /// What searching a word's pages found: the first page of a fitting run, or else the free
 /// pages its range ends with (to be continued by the next one).
 enum Probe {
@@ -238,6 +246,16 @@ impl<'a> RunIndex<'a> {
         let span = RunShape::node_pages(level);
         let start = index * span;
         (start.min(self.pages), (start + span).min(self.pages))
+    }
+
+    /// The words of `level - 1` below word `index` of `level`; the level above the top stands
+    /// for one word over the whole top level, which a search starts from.
+    fn children(&self, level: usize, index: u64) -> core::ops::Range<u64> {
+        if level == self.shape.levels {
+            return 0..self.shape.words[level - 1] as u64;
+        }
+        let first = index * RunShape::FAN_OUT;
+        first..first + RunShape::FAN_OUT
     }
 
     fn node(&self, level: usize, index: u64) -> &AtomicU64 {
@@ -324,25 +342,22 @@ impl<'a> RunIndex<'a> {
     }
 
     /// The summary of word `index` of `level` whose words below are `below`.
+    #[inline]
     fn summarise(&self, level: usize, index: u64, below: &[u64; RunShape::FAN_OUT as usize]) -> Summary {
         let (start, end) = self.range(level, index);
-        // A leaf, 64 pages (two bitmap words) at a time; a word above, child by child.
+        // A leaf, 64 pages (two bitmap words) at a time; a word above, child by child. Every
+        // part but the last of the pool covers `part` pages.
         let part =
             if level == 0 { 2 * PAGES_PER_WORD } else { RunShape::node_pages(level) / RunShape::FAN_OUT };
-        let of = |i: usize, first: u64| {
-            let len = (end - first).min(part);
-            match level {
-                0 => Summary::of_word(below[2 * i] | below[2 * i + 1] << PAGES_PER_WORD, len),
-                _ => Summary::decode(below[i], len),
-            }
-        };
-        let mut summary = of(0, start);
-        let (mut i, mut first) = (1, start + part);
-        while first < end {
-            summary = summary.then(of(i, first));
-            (i, first) = (i + 1, first + part);
+        let parts = (end - start).div_ceil(part).max(1) as usize;
+        let len = |i: usize| (end - start - i as u64 * part).min(part);
+        if level == 0 {
+            let of = |i: usize| Summary::of_word(below[2 * i] | below[2 * i + 1] << PAGES_PER_WORD, len(i));
+            (1..parts).fold(of(0), |summary, i| summary.then(of(i)))
+        } else {
+            let of = |i: usize| Summary::decode(below[i], len(i));
+            (1..parts).fold(of(0), |summary, i| summary.then(of(i)))
         }
-        summary
     }
 
     /// Word `index` of `level`, as stored (free without a read if its pages are above `limit`).
@@ -382,7 +397,7 @@ impl<'a> RunIndex<'a> {
             store_load_fence();
             let now = self.below(level, index);
             match exchanged {
-                Ok(_) if now == seen => return true,
+                Ok(_) if same(&now, &seen) => return true,
                 Ok(_) => (stored, wrote) = (wanted.encode(), true),
                 Err(actual) => {
                     failures += 1;
@@ -397,7 +412,7 @@ impl<'a> RunIndex<'a> {
     }
 
     /// Refreshes the summaries of pages `from..to` (whose bits the caller just changed with a
-    /// read-modify-write), from the leaves up to the top word.
+    /// read-modify-write), from the leaves up to the top level.
     pub fn refresh(&self, from: u64, to: u64) {
         self.refresh_up(from, to, true);
     }
@@ -465,7 +480,7 @@ impl<'a> RunIndex<'a> {
         if len == 0 || len > CAP || from >= self.pages {
             return None;
         }
-        match self.probe_run(self.shape.levels - 1, 0, len, from, 0) {
+        match self.probe_run(self.shape.levels, 0, len, from, 0) {
             Probe::Found(start) => Some(start),
             Probe::Suffix(_) => None,
         }
@@ -479,12 +494,10 @@ impl<'a> RunIndex<'a> {
             return self.probe_leaf(index, len, from, before);
         }
         let limit = self.limit();
-        let end = self.range(level, index).1;
         let mut before = before;
-        let first = index * RunShape::FAN_OUT;
-        for child in first..first + RunShape::FAN_OUT {
+        for child in self.children(level, index) {
             let (child_start, child_end) = self.range(level - 1, child);
-            if child_start >= end || child_start >= self.pages {
+            if child_start >= self.pages {
                 break;
             }
             if child_end <= from {
@@ -559,24 +572,23 @@ impl<'a> RunIndex<'a> {
 
     /// The lowest free aligned span slot at or after slot `from`, by the summaries.
     pub fn find_slot(&self, from: u64) -> Option<u64> {
-        self.probe_slot(self.shape.levels - 1, 0, from * SPAN_PAGES)
+        self.probe_slot(self.shape.levels, 0, from * SPAN_PAGES)
     }
 
     fn probe_slot(&self, level: usize, index: u64, from: u64) -> Option<u64> {
         let limit = self.limit();
-        let (start, end) = self.range(level, index);
-        if end <= from {
-            return None;
-        }
         if level == 0 {
+            let (start, end) = self.range(level, index);
+            if end <= from {
+                return None;
+            }
             let free = self.leaf_free(index, from, limit);
             let halves = free.iter().flat_map(|&word| [word & 0xFFFF, word >> 16]);
             return halves.zip(0..).find(|&(half, _)| half == 0xFFFF).map(|(_, i)| start / SPAN_PAGES + i);
         }
-        let first = index * RunShape::FAN_OUT;
-        for child in first..first + RunShape::FAN_OUT {
+        for child in self.children(level, index) {
             let (child_start, child_end) = self.range(level - 1, child);
-            if child_start >= end || child_start >= self.pages {
+            if child_start >= self.pages {
                 break;
             }
             if child_end <= from || !(child_start < from || self.summary(level - 1, child, limit).has_slot) {
@@ -641,8 +653,13 @@ mod tests {
     }
 
     impl Model {
+        /// A model whose index's top level is one word (the deepest tree over its pages).
         fn new(pages: u64) -> Model {
-            let shape = RunShape::new(pages);
+            Model::with_root(pages, 1)
+        }
+
+        fn with_root(pages: u64, root: usize) -> Model {
+            let shape = RunShape::with_root(pages, root);
             let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
             let words = pages.div_ceil(PAGES_PER_WORD) as usize;
             Model {
@@ -709,10 +726,11 @@ mod tests {
         #[test]
         fn searches_find_the_lowest_fit_as_a_plain_scan_does(
             pages in 1u64..3000,
+            root in proptest::sample::select(vec![1, 3, RunShape::ROOT_WORDS]),
             ops in proptest::collection::vec((0u64..3000, 1u64..700), 1..60),
             queries in proptest::collection::vec((1u64..900, 0u64..3000), 1..20),
         ) {
-            let mut model = Model::new(pages);
+            let mut model = Model::with_root(pages, root);
             for (start, len) in ops {
                 let from = start % pages;
                 model.flip(from, (from + len).min(pages));
@@ -734,8 +752,9 @@ mod tests {
             garbage in proptest::collection::vec(proptest::prelude::any::<u64>(), 1..200),
             bits in proptest::collection::vec(proptest::prelude::any::<u64>(), 1..200),
             queries in proptest::collection::vec((1u64..3000, 0u64..6000), 1..10),
+            root in proptest::sample::select(vec![1, RunShape::ROOT_WORDS]),
         ) {
-            let model = Model::new(pages);
+            let model = Model::with_root(pages, root);
             for (node, &g) in model.nodes.iter().zip(garbage.iter().cycle()) {
                 node.store(g | if g & 1 == 0 { WRITTEN } else { 0 }, Ordering::Relaxed);
             }

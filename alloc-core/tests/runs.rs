@@ -10,6 +10,10 @@ use common::{stopped_at, Participant, TestMemory};
 
 const PAGE: u64 = 4096;
 
+/// Pools of three index levels, as a 2 GiB pool has (the top level is the first of at most
+/// `RunShape::ROOT_WORDS` words): summaries above summaries, which smaller pools do not have.
+const POOL: usize = 512 << 20;
+
 fn pages(p: &mut Participant<'_, '_>, count: u64) -> Result<Allocation, Error> {
     p.alloc(count * PAGE, AllocOptions::default())
 }
@@ -45,7 +49,7 @@ fn releaser_stopped_then_reclaimed(
 
 #[test]
 fn reclaim_of_a_releaser_stopped_before_its_summaries_leaves_the_index_exact() {
-    let memory = TestMemory::new(16 << 20);
+    let memory = TestMemory::new(POOL);
     let heap = memory.create();
     let (mut p, mut doomed) = (Participant::new(&heap, 2), Participant::new(&heap, 666));
     let _ = releaser_stopped_then_reclaimed(&mut p, &mut doomed, 300);
@@ -56,7 +60,7 @@ fn reclaim_of_a_releaser_stopped_before_its_summaries_leaves_the_index_exact() {
 
 #[test]
 fn no_refusal_while_a_free_run_nobody_holds_lies_behind_a_lost_claim() {
-    let memory = TestMemory::new(16 << 20);
+    let memory = TestMemory::new(POOL);
     let heap = memory.create();
     let (mut p, mut doomed) = (Participant::new(&heap, 2), Participant::new(&heap, 666));
     let wanted = 300;
@@ -83,7 +87,7 @@ fn no_refusal_while_a_free_run_nobody_holds_lies_behind_a_lost_claim() {
 /// refuse while the hidden run is free.
 #[test]
 fn summaries_that_hide_a_run_behind_a_lost_claim_do_not_make_the_pool_refuse() {
-    let memory = TestMemory::new(16 << 20);
+    let memory = TestMemory::new(POOL);
     let heap = memory.create();
     let mut a = Participant::new(&heap, 2);
     let n = heap.geometry().num_pages;
@@ -121,7 +125,7 @@ fn summaries_that_hide_a_run_behind_a_lost_claim_do_not_make_the_pool_refuse() {
 #[test]
 fn threads_churning_runs_leave_the_index_exact_whenever_they_all_stop() {
     use std::sync::Barrier;
-    let memory = TestMemory::new(8 << 20);
+    let memory = TestMemory::new(POOL);
     let heap = memory.create();
     let threads = 4;
     let rounds: usize = std::env::var("SHMPOOL_RUNS_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(300);
@@ -173,9 +177,9 @@ fn back_below(context: usize, offset: u64, len: u64) -> bool {
     offset + len <= context as u64
 }
 
-/// A 16 MiB heap whose host can back the first 1024 data pages (one 4 MiB chunk) and no more.
+/// A heap whose host can back the first 1024 data pages (one 4 MiB chunk) and no more.
 fn limited(memory: &TestMemory) -> Heap<'_> {
-    let geo = alloc_core::layout::Geometry::compute(16 << 20, 12).expect("fits");
+    let geo = alloc_core::layout::Geometry::compute(POOL as u64, 12).expect("fits");
     let limit = geo.data_offset + 1024 * PAGE;
     let platform =
         Platform { heavy_fence: None, backing: Some(Backing { context: limit as usize, back: back_below }) };
@@ -187,7 +191,7 @@ fn limited(memory: &TestMemory) -> Heap<'_> {
 /// allocation must find the pages through the bitmap instead of refusing (it refused at c75320f).
 #[test]
 fn stale_summaries_and_a_full_backing_do_not_make_the_pool_refuse() {
-    let memory = TestMemory::new(16 << 20);
+    let memory = TestMemory::new(POOL);
     let heap = limited(&memory);
     let (mut p, mut doomed) = (Participant::new(&heap, 2), Participant::new(&heap, 666));
     let _a0 = pages(&mut p, 100).expect("room");
@@ -207,7 +211,7 @@ fn stale_summaries_and_a_full_backing_do_not_make_the_pool_refuse() {
 /// instead): the index answers "none", the bitmap finds page 101.
 #[test]
 fn a_stopped_releasers_pages_are_found_through_the_bitmap() {
-    let memory = TestMemory::new(16 << 20);
+    let memory = TestMemory::new(POOL);
     let heap = memory.create();
     let n = heap.geometry().num_pages;
     let (mut p, mut doomed) = (Participant::new(&heap, 2), Participant::new(&heap, 666));
@@ -225,7 +229,7 @@ fn a_stopped_releasers_pages_are_found_through_the_bitmap() {
 /// left it and reported success, and check then rejected the pool for good (at c75320f).
 #[test]
 fn a_pending_word_with_only_high_bits_is_repaired() {
-    let memory = TestMemory::new(16 << 20);
+    let memory = TestMemory::new(POOL);
     let heap = memory.create();
     let geo = *heap.geometry();
     let mut p = Participant::new(&heap, 1);
@@ -241,7 +245,7 @@ fn a_pending_word_with_only_high_bits_is_repaired() {
 /// Garbage lengths in a dead participant's PENDING: no panic, no fault, bounded work.
 #[test]
 fn a_pending_length_of_garbage_is_harmless() {
-    let memory = TestMemory::new(16 << 20);
+    let memory = TestMemory::new(POOL);
     let heap = memory.create();
     let geo = *heap.geometry();
     let mut p = Participant::new(&heap, 1);
@@ -263,7 +267,7 @@ fn a_pending_length_of_garbage_is_harmless() {
 /// lost to a stopped marker is no one's progress).
 #[test]
 fn a_run_held_by_a_stopped_claimer_is_refused_not_waited_for() {
-    let memory = TestMemory::new(16 << 20);
+    let memory = TestMemory::new(POOL);
     let heap = memory.create();
     let n = heap.geometry().num_pages;
     let mut p = Participant::new(&heap, 2);

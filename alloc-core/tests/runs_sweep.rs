@@ -55,9 +55,11 @@ fn wait_paused(k: usize) {
 ///    already, it refuses. A is free.
 #[test]
 fn claims_lost_after_a_look_from_the_start_do_not_end_in_a_refusal() {
-    let memory = TestMemory::new(16 << 20);
+    // Three index levels, as a 2 GiB pool has.
+    let memory = TestMemory::new(512 << 20);
     let heap = memory.create();
     let n = heap.geometry().num_pages;
+    assert_eq!(heap.geometry().runs.levels, 3);
     let mut p = Participant::new(&heap, 1);
     let _f0 = pages(&mut p, 100).expect("room");
     let a = pages(&mut p, 4).expect("room");

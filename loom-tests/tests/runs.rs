@@ -34,7 +34,8 @@ impl Storage {
 
     /// [`Storage::new`] with `pages` pages, in `levels` levels.
     fn of(pages: u64, levels: usize, claimed: &[(u64, u64)]) -> Arc<Storage> {
-        let shape = RunShape::new(pages);
+        // A top level of one word: the deepest tree over these few pages.
+        let shape = RunShape::with_root(pages, 1);
         assert_eq!(shape.levels, levels);
         let mark = claimed.last().map_or(pages, |&(_, to)| to);
         let storage = Storage {
