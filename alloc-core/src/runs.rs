@@ -322,23 +322,25 @@ impl<'a> RunIndex<'a> {
         self.summarise(level, index, &self.below(level, index))
     }
 
-    /// What word `index` of `level` is computed from: the free bits of its bitmap words (a
-    /// leaf), or its children's words (0, "never written", for those above the mark).
+    /// What word `index` of `level` is computed from, as stored: its bitmap words (a leaf), or
+    /// its children's words; 0 for those above the mark, which means all free in both.
     fn below(&self, level: usize, index: u64) -> [u64; RunShape::FAN_OUT as usize] {
         const _: () = assert!(WORDS_PER_LEAF == RunShape::FAN_OUT);
         let limit = self.limit();
-        if level == 0 {
-            return self.leaf_free(index, 0, limit).map(u64::from);
-        }
-        let mut words = [0; RunShape::FAN_OUT as usize];
-        for (i, word) in words.iter_mut().enumerate() {
-            let child = index * RunShape::FAN_OUT + i as u64;
-            if self.range(level - 1, child).0 < limit {
+        let (words, pages_each) = match level {
+            0 => (self.bitmap, PAGES_PER_WORD),
+            _ => (&self.nodes[self.shape.offsets[level - 1]..], RunShape::node_pages(level - 1)),
+        };
+        let first = index * RunShape::FAN_OUT;
+        let mut below = [0; RunShape::FAN_OUT as usize];
+        for (word, at) in below.iter_mut().zip(first..) {
+            // Below the limit (at most the pool's pages), so in the bitmap or the level.
+            if at * pages_each < limit {
                 // ORDERING: Acquire, with the fences of `refresh`: see the module docs.
-                *word = self.node(level - 1, child).load(Ordering::Acquire);
+                *word = words[at as usize].load(Ordering::Acquire);
             }
         }
-        words
+        below
     }
 
     /// The summary of word `index` of `level` whose words below are `below`.
@@ -352,7 +354,8 @@ impl<'a> RunIndex<'a> {
         let parts = (end - start).div_ceil(part).max(1) as usize;
         let len = |i: usize| (end - start - i as u64 * part).min(part);
         if level == 0 {
-            let of = |i: usize| Summary::of_word(below[2 * i] | below[2 * i + 1] << PAGES_PER_WORD, len(i));
+            let free = |i: usize| PageBits::free_of(below[i]) as u64;
+            let of = |i: usize| Summary::of_word(free(2 * i) | free(2 * i + 1) << PAGES_PER_WORD, len(i));
             (1..parts).fold(of(0), |summary, i| summary.then(of(i)))
         } else {
             let of = |i: usize| Summary::decode(below[i], len(i));
