@@ -375,10 +375,11 @@ impl RunShape {
         Self::with_root(pages, Self::ROOT_WORDS)
     }
 
-    /// The shape for `pages` data pages whose top level has at most `root` words (models
-    /// use 1, for deep trees over few pages).
+    /// The shape for `pages` data pages whose top level has at most `root` words (at least
+    /// one; models use 1, for deep trees over few pages).
     pub const fn with_root(pages: u64, root: usize) -> RunShape {
         let first = if pages == 0 { 1 } else { pages.div_ceil(Self::LEAF_PAGES) as usize };
+        let root = if root == 0 { 1 } else { root };
         let (levels, offsets, words) = levels_of(first, Self::FAN_OUT as usize, root);
         RunShape { levels, offsets, words }
     }
@@ -1136,14 +1137,15 @@ mod tests {
 
     #[test]
     fn run_index_shapes_end_in_a_narrow_root_and_cover_every_page() {
-        for (pages, root) in [0, 1, 256, 257, 2048, 2049, 1 << 20, 1 << 24, MAX_PAGES]
+        for (pages, root) in [0, 1, 256, 257, 2048, 2049, 8193, 65536, 65537, 1 << 20, 1 << 24, MAX_PAGES]
             .into_iter()
-            .flat_map(|pages| [(pages, 1), (pages, RunShape::ROOT_WORDS)])
+            .flat_map(|pages| [(pages, 0), (pages, 1), (pages, 3), (pages, RunShape::ROOT_WORDS)])
         {
             let shape = RunShape::with_root(pages, root);
             let top = shape.words[shape.levels - 1];
-            assert!(top <= root, "{pages}");
-            assert!(shape.levels == 1 || top as u64 * RunShape::FAN_OUT > root as u64, "{pages}");
+            assert!(top >= 1 && top <= root.max(1), "{pages}");
+            // The first level that narrow: the one below is wider.
+            assert!(shape.levels == 1 || shape.words[shape.levels - 2] > root.max(1), "{pages}");
             assert_eq!(shape.total_words(), shape.offsets[shape.levels - 1] + top);
             assert!(shape.words[0] as u64 * RunShape::LEAF_PAGES >= pages);
             for level in 1..shape.levels {

@@ -746,6 +746,29 @@ mod tests {
             }
         }
 
+        /// The production shape (a top level of up to `ROOT_WORDS` words above stored levels) in
+        /// pools of tens of thousands of pages, near where a level begins.
+        #[test]
+        fn wide_top_levels_find_the_lowest_fit_as_a_plain_scan_does(
+            leaves in proptest::sample::select(vec![32u64, 33, 41, 255, 256, 257, 300]),
+            extra in 0u64..RunShape::LEAF_PAGES,
+            ops in proptest::collection::vec((0u64..80_000, 1u64..20_000), 1..12),
+            queries in proptest::collection::vec((1u64..30_000, 0u64..80_000), 1..4),
+        ) {
+            let pages = (leaves - 1) * RunShape::LEAF_PAGES + extra + 1;
+            let mut model = Model::with_root(pages, RunShape::ROOT_WORDS);
+            for (start, len) in ops {
+                let from = start % pages;
+                model.flip(from, (from + len).min(pages));
+                proptest::prop_assert!(model.index().is_exact());
+                for &(len, from) in &queries {
+                    proptest::prop_assert_eq!(model.index().find_run(len, from), model.lowest_run(len, from));
+                    let slot = from / SPAN_PAGES;
+                    proptest::prop_assert_eq!(model.index().find_slot(slot), model.lowest_slot(slot));
+                }
+            }
+        }
+
         /// Garbage in every summary and bitmap word, and any mark: no panic, no answer outside
         /// the pool, and a rebuild makes the index exact.
         #[test]
