@@ -30,12 +30,15 @@
 /// `b"SHMPOOL\0"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPOOL\0");
 /// Bumped whenever the meaning of any word in the region changes.
-pub const LAYOUT_VERSION: u64 = 6;
+pub const LAYOUT_VERSION: u64 = 7;
 
 /// Words reserved for the header; words `HOST_WORDS_START..HEADER_WORDS` belong to the host.
 pub const HEADER_WORDS: usize = 32;
 /// The first header word the core never touches (alloc-shm keeps its own fields there).
 pub const HOST_WORDS_START: usize = 16;
+
+/// Words in a cache line.
+const LINE_WORDS: usize = 8;
 
 /// Header word indices. The first cache line (words 0-7) is read on every call and written
 /// almost never (`STATUS` only by blocked allocators registering); `WAKE_SEQ` opens the second
@@ -486,7 +489,10 @@ impl Geometry {
         let waiter_word = HEADER_WORDS;
         let process_word = waiter_word + 64;
         let participant_word = process_word + table_size as usize * PROCESS_WORDS;
-        let bitmap_word = participant_word + table_size as usize * PARTICIPANT_WORDS;
+        // The bitmap, the run index and the page metadata each start a cache line: a leaf's
+        // eight bitmap words and the eight words below a summary are then one line each.
+        let bitmap_word =
+            (participant_word + table_size as usize * PARTICIPANT_WORDS).next_multiple_of(LINE_WORDS);
         // Each page costs its own bytes, its metadata, two bitmap bits and its share of the
         // class lists (the run index's share is too small to count); start from that estimate
         // and step down until the padded layout fits.
@@ -502,11 +508,11 @@ impl Geometry {
             let num_slots = num_pages / SPAN_PAGES;
             let bitmap_words = num_pages.div_ceil(32) as usize;
             let hier = HierShape::new(num_slots);
-            let class_word = bitmap_word + bitmap_words;
+            let class_word = (bitmap_word + bitmap_words).next_multiple_of(LINE_WORDS);
             let empty_word = class_word + NUM_CLASSES * hier.total_words();
             let runs = RunShape::new(num_pages);
-            let runs_word = empty_word + hier.total_words();
-            let page_meta_word = runs_word + runs.total_words();
+            let runs_word = (empty_word + hier.total_words()).next_multiple_of(LINE_WORDS);
+            let page_meta_word = (runs_word + runs.total_words()).next_multiple_of(LINE_WORDS);
             let meta_end = (page_meta_word as u64 + num_pages * PAGE_META_WORDS as u64) * 8;
             let data_offset = meta_end.div_ceil(page) * page;
             if data_offset + num_pages * page <= region_bytes {
@@ -1121,6 +1127,26 @@ mod tests {
         }
         assert_eq!(Geometry::compute(1 << 20, 5), None);
         assert_eq!(Geometry::compute(1 << 20, 14), None);
+    }
+
+    #[test]
+    fn the_bitmap_the_run_index_and_the_page_metadata_start_cache_lines() {
+        for (bytes, shift) in [
+            (1 << 20, 12),
+            (3 << 20, 12),
+            (1 << 30, 12),
+            (2 << 30, 12),
+            (64 << 30, 12),
+            (5 << 20, 6),
+            (5 << 30, 13),
+        ] {
+            let geo = Geometry::compute(bytes, shift).expect("fits");
+            for word in [geo.bitmap_word, geo.class_word, geo.runs_word, geo.page_meta_word] {
+                assert_eq!(word % LINE_WORDS, 0, "{bytes} {shift}: {geo:?}");
+            }
+            assert!(geo.bitmap_word + geo.bitmap_words <= geo.class_word);
+            assert!(geo.runs_word + geo.runs.total_words() <= geo.page_meta_word);
+        }
     }
 
     #[test]
