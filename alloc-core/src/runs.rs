@@ -123,7 +123,9 @@ impl Summary {
         }
     }
 
-    /// The summary of `self`'s pages followed by `next`'s.
+    /// The summary of `self`'s pages followed by `next`'s: two at a time, what
+    /// [`Summary::join`] is checked against.
+    #[cfg(test)]
     fn then(self, next: Summary) -> Summary {
         Summary {
             len: self.len + next.len,
@@ -132,6 +134,39 @@ impl Summary {
             max: self.max.max(next.max).max((self.suffix + next.prefix).min(CAP)),
             all_free: self.all_free && next.all_free,
             has_slot: self.has_slot || next.has_slot,
+        }
+    }
+
+    /// The summary of `parts` one after the other (what folding them with [`Summary::then`]
+    /// gives, in one pass: counts are capped once, at the end).
+    #[inline]
+    fn join(parts: impl Iterator<Item = Summary>) -> Summary {
+        let (mut len, mut prefix, mut run, mut max) = (0, 0, 0, 0);
+        let (mut all_free, mut has_slot) = (true, false);
+        for part in parts {
+            len += part.len;
+            has_slot |= part.has_slot;
+            if part.all_free {
+                // `run`: the free pages the parts so far end with.
+                run += part.len;
+                continue;
+            }
+            if all_free {
+                (prefix, all_free) = (run + part.prefix, false);
+            }
+            max = max.max(part.max).max(run + part.prefix);
+            run = part.suffix;
+        }
+        if all_free {
+            prefix = run;
+        }
+        Summary {
+            len,
+            prefix: prefix.min(CAP),
+            suffix: run.min(CAP),
+            max: max.max(run).min(CAP),
+            all_free,
+            has_slot,
         }
     }
 
@@ -355,11 +390,11 @@ impl<'a> RunIndex<'a> {
         let len = |i: usize| (end - start - i as u64 * part).min(part);
         if level == 0 {
             let free = |i: usize| PageBits::free_of(below[i]) as u64;
-            let of = |i: usize| Summary::of_word(free(2 * i) | free(2 * i + 1) << PAGES_PER_WORD, len(i));
-            (1..parts).fold(of(0), |summary, i| summary.then(of(i)))
+            Summary::join(
+                (0..parts).map(|i| Summary::of_word(free(2 * i) | free(2 * i + 1) << PAGES_PER_WORD, len(i))),
+            )
         } else {
-            let of = |i: usize| Summary::decode(below[i], len(i));
-            (1..parts).fold(of(0), |summary, i| summary.then(of(i)))
+            Summary::join((0..parts).map(|i| Summary::decode(below[i], len(i))))
         }
     }
 
@@ -621,6 +656,28 @@ mod tests {
             proptest::prop_assert_eq!(longest_run(bits), longest);
             let complement = (0..64).map(|i| (!bits >> i).trailing_ones()).max().unwrap_or(0);
             proptest::prop_assert_eq!(longest_run(!bits), complement as u64);
+        }
+    }
+
+    proptest::proptest! {
+        /// Joining summaries in one pass is folding them with `then`.
+        #[test]
+        fn a_join_is_a_fold_of_thens(
+            parts in proptest::collection::vec((1u64..3000, 0u64..3000, 0u64..3000, 0u64..3000, 0u8..4), 1..9),
+        ) {
+            let parts: Vec<Summary> = parts
+                .into_iter()
+                .map(|(len, a, b, c, flags)| {
+                    if flags == 3 {
+                        return Summary::free(len * 400); // past CAP sometimes
+                    }
+                    let (prefix, suffix) = (a.min(len - 1), b.min(len - 1 - a.min(len - 1)));
+                    let max = c.min(len - 1).max(prefix).max(suffix);
+                    Summary { len, prefix, suffix, max, all_free: false, has_slot: flags == 1 }
+                })
+                .collect();
+            let folded = parts[1..].iter().fold(parts[0], |summary, &part| summary.then(part));
+            proptest::prop_assert_eq!(Summary::join(parts.iter().copied()), folded);
         }
     }
 
