@@ -15,9 +15,9 @@ use alloc_core::{AllocOptions, Heap, Owner, Platform, ProcessIdentity, Region, S
 /// The page shift of every modelled heap: 64-byte pages, 1 KiB spans.
 pub const PAGE_SHIFT: u32 = 6;
 /// Bytes of the smallest region that holds a heap: one span's worth of data pages (16).
-pub const ONE_SPAN_HEAP: usize = 3840;
+pub const ONE_SPAN_HEAP: usize = 4160;
 /// Bytes of the smallest region whose data area holds two spans (32 pages).
-pub const TWO_SPAN_HEAP: usize = 5504;
+pub const TWO_SPAN_HEAP: usize = 5824;
 /// A request served by the size class with the fewest blocks per span (112 bytes: 8 blocks).
 pub const SMALL: u64 = 112;
 /// Blocks per span of [`SMALL`]'s class with 64-byte pages.
