@@ -9,10 +9,15 @@
 //! or died costs the frees one wake-up, not one per free. `reclaim_dead` gives the slots of
 //! dead processes back (see `reclaim`). Nothing counts waiters that nobody can take back.
 //!
-//! The Dekker pair with `wake_if_waiting`: the waiter sets its bit, fences (SeqCst), reads the
-//! wake word and tries again; a freer makes room, fences, and reads the status word. Either the
-//! freer sees the bit and bumps the wake word (the waiter's futex wait returns at once), or the
-//! waiter's retry sees the room. When all 56 slots are taken, a waiter polls in short slices.
+//! The Dekker pair with `wake_if_waiting`: the waiter reads the wake word, sets its bit, fences
+//! (SeqCst) and tries again; a freer makes room, fences, and reads the status word. Either the
+//! freer sees the bit and bumps the wake word past what the waiter read (its futex wait returns
+//! at once), or the waiter's retry sees the room. The wake word is read before the bit: a free
+//! that takes the bit down for room this waiter cannot use (a small block, a charge not yet given
+//! back) then still moves the word past what it read, and the waiter sets its bit again; read
+//! after, that wake-up would count as seen with the bit gone, and the free that made room for
+//! it would wake nobody (`tests/wait_wake.rs`, and the loom model of a budget's give-back). When
+//! all 56 slots are taken, a waiter polls in short slices.
 
 use crate::crash::step;
 use crate::error::Error;
@@ -53,6 +58,12 @@ impl Heap<'_> {
                 Err(Error::OutOfMemory { .. }) => {}
                 other => return other,
             }
+            // The wake word before we announce ourselves: a free that takes our bit down (and
+            // wakes us) after we set it bumps the word past what we read, so our wait returns at
+            // once. Read after the bit, a wake-up for room we cannot use would be counted as seen
+            // and our bit gone: the next free, whose room we could use, would wake nobody.
+            // ORDERING: SeqCst, before our bit in the waiter bits' order (see `wake_if_waiting`).
+            let seen = self.wake_word().load(Ordering::SeqCst);
             // Announce ourselves before the last try, so a free that the try misses sees us.
             let slot = self.claim_waiter_slot(session);
             step!("wait/slot-claimed");
@@ -64,7 +75,6 @@ impl Heap<'_> {
             // ORDERING: SeqCst fence pairs with the fence in `wake_if_waiting` (Dekker): either
             // that free's load sees our bit, or our retry below sees its freed space.
             fence(Ordering::SeqCst);
-            let seen = self.wake_word().load(Ordering::SeqCst);
             let outcome = match self.alloc(session, size, options) {
                 Err(Error::OutOfMemory { .. }) => host.wait(self.wake_word(), seen, slot.is_some()),
                 other => {

@@ -1,0 +1,122 @@
+//! Loom models of the pool-wide budget (`alloc_core::budget`): one word of charges changed by
+//! compare-exchange, a pending record per participant, and the waiters an allocation the budget
+//! refused registers (the same wait/wake protocol as room in the heap: see `wait.rs`).
+#![cfg(shmpool_loom)]
+
+use alloc_core::primitive::{AtomicU64, Ordering};
+use alloc_core::{AllocOptions, Budget, Heap, Platform, WaitHost, Waited, Wake};
+use loom::sync::Arc;
+use loom_tests::{attach, explore, spawn, LoomRegion, PAGE_SHIFT, TWO_SPAN_HEAP};
+
+/// The limit of every modelled budget: one 64-byte allocation (a small block: the heap has
+/// room for many, so only the budget can refuse).
+const LIMIT: u64 = 64;
+
+fn budgeted(memory: &LoomRegion) -> Heap<'_> {
+    let budget = Budget { limit: LIMIT, max_allocations: 0 };
+    Heap::create_with_budget(memory.region(), PAGE_SHIFT, Platform::SYMMETRIC, Some(budget))
+        .expect("region fits a budgeted heap")
+}
+
+fn open(memory: &LoomRegion) -> Heap<'_> {
+    Heap::open(memory.region(), Platform::SYMMETRIC).expect("a ready heap")
+}
+
+/// Waits by yielding to loom until the wake word moves, as in `wait.rs`: a lost wake-up spins
+/// until the execution runs out of branches.
+struct YieldingHost;
+
+impl WaitHost for YieldingHost {
+    fn wait(&mut self, word: &AtomicU64, seen: u64, registered: bool) -> Waited {
+        if !registered {
+            loom::thread::yield_now();
+            return Waited::Woken;
+        }
+        while word.load(Ordering::SeqCst) as u32 == seen as u32 {
+            loom::thread::yield_now();
+        }
+        Waited::Woken
+    }
+}
+
+const BRANCHES: usize = 40_000;
+
+/// Interleaving: two participants ask for the whole limit at once; each charge is a
+/// compare-exchange loop on the one word, the other's charge may land between its read and its
+/// exchange.
+///
+/// Invariant: exactly one gets its allocation, the other `OutOfMemory`; the budget charges
+/// exactly the live allocation, and nothing once it is freed; `check` passes.
+#[test]
+fn two_charges_for_the_whole_limit_make_exactly_one_allocation() {
+    explore(BRANCHES, || {
+        let memory = Arc::new(LoomRegion::new(TWO_SPAN_HEAP));
+        let heap = budgeted(&memory);
+        let (_, mut checker) = attach(&heap, 9);
+        let racers: Vec<_> = (1..=2)
+            .map(|pid| {
+                let memory = memory.clone();
+                spawn(move || {
+                    let heap = open(&memory);
+                    let (_, mut me) = attach(&heap, pid);
+                    let got = heap.alloc(&mut me, LIMIT, AllocOptions::default());
+                    (me, got)
+                })
+            })
+            .collect();
+        let results: Vec<_> = racers.into_iter().map(|racer| racer.join().expect("no panic")).collect();
+        let made: Vec<_> = results.iter().filter(|(_, got)| got.is_ok()).collect();
+        assert_eq!(made.len(), 1, "both or neither fitted a limit of one: {results:?}");
+        assert!(results.iter().any(|(_, got)| matches!(got, Err(alloc_core::Error::OutOfMemory { .. }))));
+        assert_eq!(heap.budget_used().bytes, LIMIT);
+        heap.check(&mut checker).expect("every invariant holds with one allocation live");
+        for (mut me, got) in results {
+            if let Ok(allocation) = got {
+                let _: Wake = heap.free(&mut me, allocation.id()).expect("live");
+            }
+        }
+        assert_eq!(heap.budget_used().bytes, 0);
+        heap.check(&mut checker).expect("every invariant holds at the end");
+    });
+}
+
+/// Interleaving: the budget is spent by one live allocation; a participant blocks in
+/// `alloc_blocking` (the budget refuses it) while another frees that allocation and gives its
+/// charge back. The give-back and its look for waiters may come before or after the waiter's
+/// registration, fence and retry.
+///
+/// Invariant: the waiter always gets its allocation (its retry sees the charge given back, or
+/// the give-back sees its waiter bit and wakes it); no waiter slot is left taken; the budget
+/// charges exactly the waiter's allocation; `check` passes.
+#[test]
+fn a_charge_given_back_always_wakes_or_is_seen_by_an_allocator_the_budget_refused() {
+    explore(BRANCHES, || {
+        let memory = Arc::new(LoomRegion::new(TWO_SPAN_HEAP));
+        let heap = budgeted(&memory);
+        let (_, mut holder) = attach(&heap, 1);
+        let (_, mut waiter) = attach(&heap, 2);
+        let all = heap.alloc(&mut holder, LIMIT, AllocOptions::default()).expect("an empty budget");
+        let waiting = {
+            let memory = memory.clone();
+            spawn(move || {
+                let heap = open(&memory);
+                let got = heap.alloc_blocking(&mut waiter, LIMIT, AllocOptions::default(), &mut YieldingHost);
+                (waiter, got.expect("a blocked allocator gets the charge given back"))
+            })
+        };
+        let freeing = {
+            let memory = memory.clone();
+            spawn(move || {
+                let _: Wake = open(&memory).free(&mut holder, all.id()).expect("the allocation is live");
+                holder
+            })
+        };
+        let mut holder = freeing.join().expect("the freer does not panic");
+        let (mut waiter, got) = waiting.join().expect("the waiter does not panic");
+        assert_eq!(heap.waiters(), 0, "a waiter slot is left taken");
+        assert_eq!(heap.budget_used().bytes, LIMIT, "the budget charges the waiter's allocation");
+        heap.check(&mut holder).expect("every invariant holds with the waiter's allocation live");
+        let _ = heap.free(&mut waiter, got.id()).expect("the waiter's allocation is live");
+        heap.check(&mut holder).expect("every invariant holds at the end");
+    });
+}
