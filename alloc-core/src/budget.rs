@@ -27,7 +27,9 @@
 //! fragmentation by spans of small blocks can still refuse a large run the budget admits.
 //!
 //! Two words hold it, one shared and one per participant, both bit-packed as charges:
-//! - `header::BUDGET_USED`: what is charged now, one compare-exchange per change;
+//! - `header::BUDGET_USED`: what is charged now, one compare-exchange per change, and a flag
+//!   that an allocation was refused since a charge was last given back (so that a charge given
+//!   back after its allocation failed in the heap wakes waiters only if it may have kept one out);
 //! - the participant's `BUDGET_PENDING`: a charge it is taking or giving back.
 //!
 //! Crashes: a participant records the charge in `BUDGET_PENDING` before it changes
@@ -65,6 +67,13 @@ pub const MAX_COUNT_LIMIT: u64 = 0xFFFF;
 
 const BYTES_MASK: u64 = (1 << 48) - 1;
 const COUNT_SHIFT: u32 = 48;
+/// In `BUDGET_USED` (bytes charged never reach it, being at most [`MAX_LIMIT`]): set by an
+/// allocation the budget refused, taken down by the next charge given back, which then wakes the
+/// waiters. A charge given back after its allocation failed wakes them only if it is set: else
+/// a blocked allocator whose tries fail in the heap (not in the budget) woke itself and every
+/// other waiter at each try, and never slept.
+const REFUSED: u64 = 1 << 47;
+const _: () = assert!(MAX_LIMIT < REFUSED);
 
 /// What a heap lets its allocations use at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,17 +107,18 @@ impl Budget {
         bytes | u64::from(self.max_allocations > 0) << COUNT_SHIFT
     }
 
-    /// `used` plus `charge`, if that stays within the budget.
+    /// `used` plus `charge`, if that stays within the budget (the [`REFUSED`] flag kept).
     fn add(self, used: u64, charge: u64) -> Option<u64> {
-        let bytes = (used & BYTES_MASK) + (charge & BYTES_MASK);
+        let bytes = (used & BYTES_MASK & !REFUSED) + (charge & BYTES_MASK);
         let count = (used >> COUNT_SHIFT) + (charge >> COUNT_SHIFT);
         let count_ok = self.max_allocations == 0 || count <= self.max_allocations;
-        (bytes <= self.limit && count_ok).then_some(bytes | count << COUNT_SHIFT)
+        (bytes <= self.limit && count_ok).then_some(bytes | count << COUNT_SHIFT | used & REFUSED)
     }
 
-    /// `used` minus `charge`, each field stopping at 0 (after a crash the count may be low).
+    /// `used` minus `charge`, each field stopping at 0 (after a crash the count may be low); the
+    /// [`REFUSED`] flag taken down.
     fn sub(used: u64, charge: u64) -> u64 {
-        let bytes = (used & BYTES_MASK).saturating_sub(charge & BYTES_MASK);
+        let bytes = (used & BYTES_MASK & !REFUSED).saturating_sub(charge & BYTES_MASK);
         let count = (used >> COUNT_SHIFT).saturating_sub(charge >> COUNT_SHIFT);
         bytes | count << COUNT_SHIFT
     }
@@ -151,7 +161,7 @@ impl<'a> Heap<'a> {
     pub fn budget_used(&self) -> BudgetUsed {
         // ORDERING: Relaxed: a snapshot for reporting, ordering nothing.
         let used = self.region().word(header::BUDGET_USED).load(Ordering::Relaxed);
-        BudgetUsed { bytes: used & BYTES_MASK, allocations: used >> COUNT_SHIFT }
+        BudgetUsed { bytes: used & BYTES_MASK & !REFUSED, allocations: used >> COUNT_SHIFT }
     }
 
     /// Runs `alloc` (the allocation of `size` bytes by participant `me`) once its charge is
@@ -170,18 +180,21 @@ impl<'a> Heap<'a> {
         self.set_budget_pending(me, charge);
         step!("budget/alloc-pending");
         let used = self.region().word(header::BUDGET_USED);
+        // The charge, or else the REFUSED flag set (unless it is set already).
         // ORDERING: SeqCst: ordered after the pending record (a reclaimer that sees our charge
         // taken sees the record too), and in the waiters' Dekker order (see `give_back`).
-        let taken = used.fetch_update(Ordering::SeqCst, Ordering::Relaxed, |now| budget.add(now, charge));
-        if taken.is_err() {
+        let taken = used.fetch_update(Ordering::SeqCst, Ordering::Relaxed, |now| {
+            budget.add(now, charge).or((now & REFUSED == 0).then_some(now | REFUSED))
+        });
+        if !taken.is_ok_and(|now| budget.add(now, charge).is_some()) {
             self.clear_budget_pending(me);
             return Err(Error::OutOfMemory { requested: size });
         }
         step!("budget/alloc-charged");
         let made = alloc();
         if made.is_err() {
-            // Our charge may have kept a waiter from its allocation.
-            let _ = self.give_back(charge);
+            // Our charge may have kept a waiter from its allocation: if so, it set REFUSED.
+            let _ = self.give_back_after_failure(charge);
         }
         step!("budget/alloc-made");
         self.clear_budget_pending(me);
@@ -236,14 +249,33 @@ impl<'a> Heap<'a> {
 
     /// Gives `charge` back to the budget and wakes the waiters, if any (their next try may fit).
     pub(crate) fn give_back(&self, charge: u64) -> Wake {
+        let _ = self.take_charge_back(charge);
+        self.wake_if_waiting()
+    }
+
+    /// Gives back the charge of an allocation that failed, waking the waiters only if the
+    /// budget refused someone since the last charge given back (see [`REFUSED`]): a refusal
+    /// while we held the charge set the flag before our compare-exchange, so we see it; a
+    /// refused waiter that set it before our charge, and whose bit we miss, retries after our
+    /// give-back (the Dekker pair of `alloc_blocking`).
+    fn give_back_after_failure(&self, charge: u64) -> Wake {
+        if self.take_charge_back(charge) & REFUSED != 0 {
+            self.wake_if_waiting()
+        } else {
+            Wake::Nobody
+        }
+    }
+
+    /// Takes `charge` off the budget and the [`REFUSED`] flag down; the word before.
+    fn take_charge_back(&self, charge: u64) -> u64 {
         // ORDERING: SeqCst, then `wake_if_waiting`'s SeqCst fence: a waiter either sees the
         // charge given back on its retry, or has set its waiter bit before that fence.
-        let _ = self.region().word(header::BUDGET_USED).fetch_update(
+        let taken = self.region().word(header::BUDGET_USED).fetch_update(
             Ordering::SeqCst,
             Ordering::Relaxed,
             |now| Some(Budget::sub(now, charge)),
         );
-        self.wake_if_waiting()
+        taken.unwrap_or_else(|now| now)
     }
 
     /// The bytes of the charge of an allocation of `size` bytes (0 without a budget), for

@@ -16,6 +16,10 @@
 //! | (padding)     |                                    | up to the next page boundary               |
 //! | data          | `num_pages * page_size` bytes      | spans of small blocks and large runs       |
 //!
+//! The page bitmap, the class lists, the run index and the page metadata each start a cache
+//! line (padding before them): a leaf's eight bitmap words, and the eight words a summary of the
+//! run index is computed from, are then one line each.
+//!
 //! Every part but the header is all zero in a fresh region, and all-zero means "free": no page
 //! claimed, no span listed, no participant, every page's info "free", every epoch 0. Creating a
 //! pool therefore writes only the header, whatever its size. Only offsets and indices are stored,
@@ -79,7 +83,8 @@ pub mod header {
     pub const BACKED_PAGES: usize = 13;
     /// The heap's budget, fixed at creation (0 = none): see [`crate::budget`].
     pub const BUDGET: usize = 14;
-    /// What is charged against the budget now: see [`crate::budget`].
+    /// What is charged against the budget now, and whether the budget refused an allocation
+    /// since a charge was last given back: see [`crate::budget`].
     pub const BUDGET_USED: usize = 15;
 }
 

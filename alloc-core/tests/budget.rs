@@ -307,3 +307,54 @@ fn a_budgeted_heap_keeps_no_runs_in_caches_so_freed_runs_are_first_fit_again() {
         p.check().expect("consistent");
     }
 }
+
+/// Counts waits, and those that would not have slept (the wake word had moved already).
+struct CountingHost {
+    waits: u32,
+    moved: u32,
+}
+
+impl WaitHost for CountingHost {
+    fn wait(&mut self, word: &AtomicU64, seen: u64, registered: bool) -> Waited {
+        assert!(registered, "a waiter slot was free");
+        self.waits += 1;
+        if word.load(std::sync::atomic::Ordering::SeqCst) as u32 != seen as u32 {
+            self.moved += 1;
+        }
+        if self.waits >= 50 {
+            Waited::TimedOut
+        } else {
+            Waited::Woken
+        }
+    }
+}
+
+/// The heap is full but the budget has room (each allocation's charge was given back early): a
+/// blocked allocator's every try takes a charge, fails in the heap and gives the charge back.
+/// That give-back must not wake it (and every other waiter): nobody was refused meanwhile. At
+/// ef1878d every wait found the word moved, a waiter spun at full speed for as long as it waited.
+#[test]
+fn a_charge_given_back_after_a_failed_allocation_wakes_nobody_that_nothing_refused() {
+    let memory = TestMemory::new(HEAP_BYTES);
+    let heap = budgeted(&memory, LIMIT, 0);
+    let mut f = Participant::new(&heap, 1);
+    let mut w = Participant::new(&heap, BYSTANDER);
+    for size in [64 << 10, 4 << 10, 64] {
+        while let Ok(a) = f.alloc(size, AllocOptions::default()) {
+            let _ = heap.give_back_charge(&mut f.session, a.id()).expect("live");
+        }
+    }
+    assert_eq!(used(&f), 0, "every charge was given back");
+    let before = heap.wake_word().load(std::sync::atomic::Ordering::SeqCst);
+    let mut host = CountingHost { waits: 0, moved: 0 };
+    let got = heap.alloc_blocking(&mut w.session, 64, AllocOptions::default(), &mut host);
+    assert!(matches!(got, Err(Error::TimedOut { .. })), "{got:?}");
+    assert_eq!(
+        (host.waits, host.moved),
+        (50, 0),
+        "waits that found the word moved (a futex would not sleep)"
+    );
+    assert_eq!(heap.wake_word().load(std::sync::atomic::Ordering::SeqCst), before, "nobody was woken");
+    assert_eq!(heap.waiters(), 0);
+    f.check().expect("consistent");
+}

@@ -6,14 +6,18 @@
 use alloc_core::primitive::{AtomicU64, Ordering};
 use alloc_core::{AllocOptions, Budget, Heap, Platform, WaitHost, Waited, Wake};
 use loom::sync::Arc;
-use loom_tests::{attach, explore, spawn, LoomRegion, PAGE_SHIFT, TWO_SPAN_HEAP};
+use loom_tests::{attach, explore, spawn, LoomRegion, ONE_SPAN_HEAP, PAGE_SHIFT, TWO_SPAN_HEAP};
 
 /// The limit of every modelled budget: one 64-byte allocation (a small block: the heap has
 /// room for many, so only the budget can refuse).
 const LIMIT: u64 = 64;
 
 fn budgeted(memory: &LoomRegion) -> Heap<'_> {
-    let budget = Budget { limit: LIMIT, max_allocations: 0 };
+    budgeted_to(memory, LIMIT)
+}
+
+fn budgeted_to(memory: &LoomRegion, limit: u64) -> Heap<'_> {
+    let budget = Budget { limit, max_allocations: 0 };
     Heap::create_with_budget(memory.region(), PAGE_SHIFT, Platform::SYMMETRIC, Some(budget))
         .expect("region fits a budgeted heap")
 }
@@ -118,5 +122,59 @@ fn a_charge_given_back_always_wakes_or_is_seen_by_an_allocator_the_budget_refuse
         heap.check(&mut holder).expect("every invariant holds with the waiter's allocation live");
         let _ = heap.free(&mut waiter, got.id()).expect("the waiter's allocation is live");
         heap.check(&mut holder).expect("every invariant holds at the end");
+    });
+}
+
+/// Interleaving: the heap's one span holds blocks of 64 bytes, all taken but one (their charges
+/// given back early, so the budget of 128 bytes is empty); a participant asks for 128 bytes: the
+/// budget takes its charge (the whole limit), the heap has no room for that size, and the charge
+/// goes back. Meanwhile another blocks in `alloc_blocking` for 64 bytes, and the budget may
+/// refuse it while the charge is held.
+///
+/// Invariant: the blocked allocator always gets the last block (a refusal while the charge was
+/// held makes the give-back wake it, or its retry sees the charge gone); no waiter slot is left
+/// taken; nothing stays charged but its block; `check` passes.
+#[test]
+fn a_charge_given_back_after_a_failed_allocation_wakes_an_allocator_it_kept_out() {
+    explore(BRANCHES, || {
+        let memory = Arc::new(LoomRegion::new(ONE_SPAN_HEAP));
+        let heap = budgeted_to(&memory, 128);
+        let (_, mut filler) = attach(&heap, 1);
+        let (_, mut waiter) = attach(&heap, 2);
+        let (_, mut asker) = attach(&heap, 3);
+        let mut kept = Vec::new();
+        while let Ok(block) = heap.alloc(&mut filler, LIMIT, AllocOptions::default()) {
+            let (uncharged, _) = heap.give_back_charge(&mut filler, block.id()).expect("live");
+            kept.push(uncharged);
+        }
+        let last = kept.pop().expect("the span holds blocks of 64 bytes");
+        let _ = heap.free_given_back(&mut filler, last).expect("live");
+        assert_eq!(heap.budget_used().bytes, 0);
+        let waiting = {
+            let memory = memory.clone();
+            spawn(move || {
+                let heap = open(&memory);
+                let got = heap.alloc_blocking(&mut waiter, LIMIT, AllocOptions::default(), &mut YieldingHost);
+                (waiter, got.expect("a blocked allocator gets the last block"))
+            })
+        };
+        let asking = {
+            let memory = memory.clone();
+            spawn(move || {
+                let got = open(&memory).alloc(&mut asker, 128, AllocOptions::default());
+                assert!(matches!(got, Err(alloc_core::Error::OutOfMemory { .. })), "{got:?}");
+                asker
+            })
+        };
+        let _asker = asking.join().expect("the asker does not panic");
+        let (mut waiter, got) = waiting.join().expect("the waiter does not panic");
+        assert_eq!(heap.waiters(), 0, "a waiter slot is left taken");
+        assert_eq!(heap.budget_used().bytes, LIMIT, "the budget charges the waiter's block");
+        let _ = heap.free(&mut waiter, got.id()).expect("the waiter's block is live");
+        for uncharged in kept {
+            let _ = heap.free_given_back(&mut filler, uncharged).expect("live");
+        }
+        assert_eq!(heap.budget_used().bytes, 0);
+        heap.check(&mut filler).expect("every invariant holds at the end");
     });
 }
