@@ -71,7 +71,12 @@ const COUNT_SHIFT: u32 = 48;
 /// allocation the budget refused, taken down by the next charge given back, which then wakes the
 /// waiters. A charge given back after its allocation failed wakes them only if it is set: else
 /// a blocked allocator whose tries fail in the heap (not in the budget) woke itself and every
-/// other waiter at each try, and never slept.
+/// other waiter at each try, and never slept. The flag does not say that *this* charge kept
+/// anyone out: a second blocked allocator that the budget refuses on its own (live charges
+/// alone leave no room for it) sets it again at each of its tries, and when those fall between
+/// the first one's tries the two wake each other without sleeping until one of them gets room
+/// (review of 7ad448a: a race, seen in 1 of 5 runs of a test). Telling the two apart needs to
+/// know what a refusal lacked, which one word does not hold.
 const REFUSED: u64 = 1 << 47;
 const _: () = assert!(MAX_LIMIT < REFUSED);
 
