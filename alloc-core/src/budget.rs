@@ -76,7 +76,12 @@ const COUNT_SHIFT: u32 = 48;
 /// alone leave no room for it) sets it again at each of its tries, and when those fall between
 /// the first one's tries the two wake each other without sleeping until one of them gets room
 /// (review of 7ad448a: a race, seen in 1 of 5 runs of a test). Telling the two apart needs to
-/// know what a refusal lacked, which one word does not hold.
+/// know what a refusal lacked, which one word does not hold. A try (not kept): a header word
+/// holding the fewest bytes a refusal lacked, less what failed allocations gave back since. The
+/// loom models here found its hole: a waiter's last refusal comes after its bit and fence, so
+/// its record can land after the give-back that made up for it, which then wakes nobody; it
+/// needs a fence and a look at the budget again after each record, until the record covers
+/// what the look finds.
 const REFUSED: u64 = 1 << 47;
 const _: () = assert!(MAX_LIMIT < REFUSED);
 

@@ -178,3 +178,120 @@ fn a_charge_given_back_after_a_failed_allocation_wakes_an_allocator_it_kept_out(
         heap.check(&mut filler).expect("every invariant holds at the end");
     });
 }
+
+fn budgeted_with(memory: &LoomRegion, limit: u64, max_allocations: u64) -> Heap<'_> {
+    let budget = Budget { limit, max_allocations };
+    Heap::create_with_budget(memory.region(), PAGE_SHIFT, Platform::SYMMETRIC, Some(budget))
+        .expect("region fits a budgeted heap")
+}
+
+/// The heap's one span holds blocks of `size` bytes, all live but one (their charges given back
+/// early): the participant's tokens for them.
+fn all_but_one_block(
+    heap: &Heap<'_>,
+    filler: &mut alloc_core::Session,
+    size: u64,
+) -> Vec<alloc_core::Uncharged> {
+    let mut kept = Vec::new();
+    while let Ok(block) = heap.alloc(filler, size, AllocOptions::default()) {
+        let (uncharged, _) = heap.give_back_charge(filler, block.id()).expect("live");
+        kept.push(uncharged);
+    }
+    let last = kept.pop().expect("the span holds blocks");
+    let _ = heap.free_given_back(filler, last).expect("live");
+    kept
+}
+
+/// Interleaving: a limit of 256 bytes; the last block of 256 bytes is free; two participants
+/// each ask for 64 bytes, which the heap has no room for: each holds a charge of 64 for a moment.
+/// A third blocks in `alloc_blocking` for the 256-byte block: the budget refuses it while either
+/// charge is held, on its first try or on its retry after it registered. Only the second
+/// give-back of the two lets it in.
+///
+/// Invariant: the blocked allocator always gets the block (a give-back after its refusal wakes
+/// it, or its retry sees the charges gone); no waiter slot is left taken.
+#[test]
+fn two_failed_allocations_holding_charges_at_once_wake_an_allocator_they_kept_out() {
+    explore(BRANCHES, || {
+        let memory = Arc::new(LoomRegion::new(ONE_SPAN_HEAP));
+        let heap = budgeted_with(&memory, 256, 0);
+        let (_, mut filler) = attach(&heap, 1);
+        let (_, mut waiter) = attach(&heap, 2);
+        let (_, other) = attach(&heap, 3);
+        let kept = all_but_one_block(&heap, &mut filler, 256);
+        let waiting = {
+            let memory = memory.clone();
+            spawn(move || {
+                let heap = open(&memory);
+                let got = heap.alloc_blocking(&mut waiter, 256, AllocOptions::default(), &mut YieldingHost);
+                (waiter, got.expect("a blocked allocator gets the last block"))
+            })
+        };
+        let askers: Vec<_> = [filler, other]
+            .into_iter()
+            .map(|mut asker| {
+                let memory = memory.clone();
+                spawn(move || {
+                    let got = open(&memory).alloc(&mut asker, 64, AllocOptions::default());
+                    assert!(matches!(got, Err(alloc_core::Error::OutOfMemory { .. })), "{got:?}");
+                    asker
+                })
+            })
+            .collect();
+        let mut askers: Vec<_> = askers.into_iter().map(|asker| asker.join().expect("no panic")).collect();
+        let (mut waiter, got) = waiting.join().expect("the waiter does not panic");
+        assert_eq!(heap.waiters(), 0, "a waiter slot is left taken");
+        assert_eq!(heap.budget_used().bytes, 256);
+        let _ = heap.free(&mut waiter, got.id()).expect("live");
+        for uncharged in kept {
+            let _ = heap.free_given_back(&mut askers[0], uncharged).expect("live");
+        }
+        heap.check(&mut askers[0]).expect("every invariant holds at the end");
+    });
+}
+
+/// Interleaving: a count limit of two allocations; the last block of 64 bytes is free; two
+/// participants each ask for 128 bytes, which the heap has no room for: together they hold the
+/// whole count for a moment. A third blocks in `alloc_blocking` for the 64-byte block: the
+/// count refuses it while both are held (it lacks no bytes).
+///
+/// Invariant: the blocked allocator always gets the block; no waiter slot is left taken.
+#[test]
+fn a_count_given_back_after_a_failed_allocation_wakes_an_allocator_it_kept_out() {
+    explore(BRANCHES, || {
+        let memory = Arc::new(LoomRegion::new(ONE_SPAN_HEAP));
+        let heap = budgeted_with(&memory, 4096, 2);
+        let (_, mut filler) = attach(&heap, 1);
+        let (_, mut waiter) = attach(&heap, 2);
+        let (_, other) = attach(&heap, 3);
+        let kept = all_but_one_block(&heap, &mut filler, LIMIT);
+        let waiting = {
+            let memory = memory.clone();
+            spawn(move || {
+                let heap = open(&memory);
+                let got = heap.alloc_blocking(&mut waiter, LIMIT, AllocOptions::default(), &mut YieldingHost);
+                (waiter, got.expect("a blocked allocator gets the last block"))
+            })
+        };
+        let askers: Vec<_> = [filler, other]
+            .into_iter()
+            .map(|mut asker| {
+                let memory = memory.clone();
+                spawn(move || {
+                    let got = open(&memory).alloc(&mut asker, 128, AllocOptions::default());
+                    assert!(matches!(got, Err(alloc_core::Error::OutOfMemory { .. })), "{got:?}");
+                    asker
+                })
+            })
+            .collect();
+        let mut askers: Vec<_> = askers.into_iter().map(|asker| asker.join().expect("no panic")).collect();
+        let (mut waiter, got) = waiting.join().expect("the waiter does not panic");
+        assert_eq!(heap.waiters(), 0, "a waiter slot is left taken");
+        assert_eq!(heap.budget_used().allocations, 1);
+        let _ = heap.free(&mut waiter, got.id()).expect("live");
+        for uncharged in kept {
+            let _ = heap.free_given_back(&mut askers[0], uncharged).expect("live");
+        }
+        heap.check(&mut askers[0]).expect("every invariant holds at the end");
+    });
+}
