@@ -27,9 +27,9 @@
 //! fragmentation by spans of small blocks can still refuse a large run the budget admits.
 //!
 //! Two words hold it, one shared and one per participant, both bit-packed as charges:
-//! - `header::BUDGET_USED`: what is charged now, one compare-exchange per change, and a flag
-//!   that an allocation was refused since a charge was last given back (so that a charge given
-//!   back after its allocation failed in the heap wakes waiters only if it may have kept one out);
+//! - `header::BUDGET_USED`: what is charged now, one compare-exchange per change;
+//! - `header::BUDGET_SHORT`: what the refused allocations lack, so that a charge given back after
+//!   its allocation failed in the heap wakes the waiters only once it may have let one in;
 //! - the participant's `BUDGET_PENDING`: a charge it is taking or giving back.
 //!
 //! Crashes: a participant records the charge in `BUDGET_PENDING` before it changes
@@ -67,23 +67,10 @@ pub const MAX_COUNT_LIMIT: u64 = 0xFFFF;
 
 const BYTES_MASK: u64 = (1 << 48) - 1;
 const COUNT_SHIFT: u32 = 48;
-/// In `BUDGET_USED` (bytes charged never reach it, being at most [`MAX_LIMIT`]): set by an
-/// allocation the budget refused, taken down by the next charge given back, which then wakes the
-/// waiters. A charge given back after its allocation failed wakes them only if it is set: else
-/// a blocked allocator whose tries fail in the heap (not in the budget) woke itself and every
-/// other waiter at each try, and never slept. The flag does not say that *this* charge kept
-/// anyone out: a second blocked allocator that the budget refuses on its own (live charges
-/// alone leave no room for it) sets it again at each of its tries, and when those fall between
-/// the first one's tries the two wake each other without sleeping until one of them gets room
-/// (review of 7ad448a: a race, seen in 1 of 5 runs of a test). Telling the two apart needs to
-/// know what a refusal lacked, which one word does not hold. A try (not kept): a header word
-/// holding the fewest bytes a refusal lacked, less what failed allocations gave back since. The
-/// loom models here found its hole: a waiter's last refusal comes after its bit and fence, so
-/// its record can land after the give-back that made up for it, which then wakes nobody; it
-/// needs a fence and a look at the budget again after each record, until the record covers
-/// what the look finds.
-const REFUSED: u64 = 1 << 47;
-const _: () = assert!(MAX_LIMIT < REFUSED);
+/// `header::BUDGET_SHORT` when no allocation was refused since the waiters were last woken.
+/// Otherwise it holds one more than the fewest bytes a refused allocation lacked, less the bytes
+/// that failed allocations gave back since (see [`Heap::give_back_after_failure`]).
+const NONE_SHORT: u64 = 0;
 
 /// What a heap lets its allocations use at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,18 +104,23 @@ impl Budget {
         bytes | u64::from(self.max_allocations > 0) << COUNT_SHIFT
     }
 
-    /// `used` plus `charge`, if that stays within the budget (the [`REFUSED`] flag kept).
+    /// `used` plus `charge`, if that stays within the budget.
     fn add(self, used: u64, charge: u64) -> Option<u64> {
-        let bytes = (used & BYTES_MASK & !REFUSED) + (charge & BYTES_MASK);
+        let bytes = (used & BYTES_MASK) + (charge & BYTES_MASK);
         let count = (used >> COUNT_SHIFT) + (charge >> COUNT_SHIFT);
         let count_ok = self.max_allocations == 0 || count <= self.max_allocations;
-        (bytes <= self.limit && count_ok).then_some(bytes | count << COUNT_SHIFT | used & REFUSED)
+        (bytes <= self.limit && count_ok).then_some(bytes | count << COUNT_SHIFT)
     }
 
-    /// `used` minus `charge`, each field stopping at 0 (after a crash the count may be low); the
-    /// [`REFUSED`] flag taken down.
+    /// The bytes an allocation charged `charge` lacks when `used` is charged (0 when only the
+    /// count limit refuses it: any charge given back makes room for it then).
+    fn shortfall(self, used: u64, charge: u64) -> u64 {
+        ((used & BYTES_MASK) + (charge & BYTES_MASK)).saturating_sub(self.limit)
+    }
+
+    /// `used` minus `charge`, each field stopping at 0 (after a crash the count may be low).
     fn sub(used: u64, charge: u64) -> u64 {
-        let bytes = (used & BYTES_MASK & !REFUSED).saturating_sub(charge & BYTES_MASK);
+        let bytes = (used & BYTES_MASK).saturating_sub(charge & BYTES_MASK);
         let count = (used >> COUNT_SHIFT).saturating_sub(charge >> COUNT_SHIFT);
         bytes | count << COUNT_SHIFT
     }
@@ -171,7 +163,7 @@ impl<'a> Heap<'a> {
     pub fn budget_used(&self) -> BudgetUsed {
         // ORDERING: Relaxed: a snapshot for reporting, ordering nothing.
         let used = self.region().word(header::BUDGET_USED).load(Ordering::Relaxed);
-        BudgetUsed { bytes: used & BYTES_MASK & !REFUSED, allocations: used >> COUNT_SHIFT }
+        BudgetUsed { bytes: used & BYTES_MASK, allocations: used >> COUNT_SHIFT }
     }
 
     /// Runs `alloc` (the allocation of `size` bytes by participant `me`) once its charge is
@@ -189,21 +181,14 @@ impl<'a> Heap<'a> {
         let charge = budget.charge(size);
         self.set_budget_pending(me, charge);
         step!("budget/alloc-pending");
-        let used = self.region().word(header::BUDGET_USED);
-        // The charge, or else the REFUSED flag set (unless it is set already).
-        // ORDERING: SeqCst: ordered after the pending record (a reclaimer that sees our charge
-        // taken sees the record too), and in the waiters' Dekker order (see `give_back`).
-        let taken = used.fetch_update(Ordering::SeqCst, Ordering::Relaxed, |now| {
-            budget.add(now, charge).or((now & REFUSED == 0).then_some(now | REFUSED))
-        });
-        if !taken.is_ok_and(|now| budget.add(now, charge).is_some()) {
+        if !self.take_charge(budget, charge) {
             self.clear_budget_pending(me);
             return Err(Error::OutOfMemory { requested: size });
         }
         step!("budget/alloc-charged");
         let made = alloc();
         if made.is_err() {
-            // Our charge may have kept a waiter from its allocation: if so, it set REFUSED.
+            // Our charge may have kept a waiter from its allocation.
             let _ = self.give_back_after_failure(charge);
         }
         step!("budget/alloc-made");
@@ -259,33 +244,86 @@ impl<'a> Heap<'a> {
 
     /// Gives `charge` back to the budget and wakes the waiters, if any (their next try may fit).
     pub(crate) fn give_back(&self, charge: u64) -> Wake {
-        let _ = self.take_charge_back(charge);
+        self.take_charge_back(charge);
+        // The waiters are all woken: nothing recorded is owed any more. ORDERING: SeqCst: a
+        // record we read was made before our wake (and a waiter bit before it is seen by it); one
+        // that reads our swap is followed by a look that sees our give-back.
+        self.region().word(header::BUDGET_SHORT).swap(NONE_SHORT, Ordering::SeqCst);
         self.wake_if_waiting()
     }
 
-    /// Gives back the charge of an allocation that failed, waking the waiters only if the
-    /// budget refused someone since the last charge given back (see [`REFUSED`]): a refusal
-    /// while we held the charge set the flag before our compare-exchange, so we see it; a
-    /// refused waiter that set it before our charge, and whose bit we miss, retries after our
-    /// give-back (the Dekker pair of `alloc_blocking`).
+    /// Gives back the charge of an allocation that failed in the heap. It wakes the waiters
+    /// only once the bytes failed allocations gave back since a refusal make up what the refusal
+    /// lacked (see [`Heap::take_charge`]): a blocked allocator whose tries fail in the heap must
+    /// not wake itself and every other waiter at each try (it did at ef1878d, and never slept),
+    /// nor one that the live charges alone keep out (a flag "someone was refused" did, at
+    /// 7ad448a, and two such waiters could wake each other without sleeping).
+    ///
+    /// We give back, then update the record; a refused allocation records, then looks at the
+    /// budget again. Both updates write (even when nothing changes), so one reads the other's:
+    /// if ours comes first, the refused one's record reads it, and its look after sees our
+    /// charge gone; if its record comes first, our update reads it, and if we made up what it
+    /// lacked our wake sees the waiter bit it set before (a waiter's refusals after its bit are
+    /// recorded before it sleeps). The loom models of `loom-tests/tests/budget.rs` fail if the
+    /// refused allocation does not look again, or if our update does not write.
     fn give_back_after_failure(&self, charge: u64) -> Wake {
-        if self.take_charge_back(charge) & REFUSED != 0 {
-            self.wake_if_waiting()
-        } else {
-            Wake::Nobody
+        self.take_charge_back(charge);
+        let given = charge & BYTES_MASK;
+        let made_up = |short: u64| short != NONE_SHORT && short - 1 <= given;
+        // ORDERING: SeqCst (Release: the refused one's record reads our give-back; Acquire: we
+        // read its record and its waiter bit), and a write even when nothing changes.
+        let short = self.region().word(header::BUDGET_SHORT).fetch_update(
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+            |short| Some(if made_up(short) || short == NONE_SHORT { NONE_SHORT } else { short - given }),
+        );
+        match short {
+            Ok(short) if made_up(short) => self.wake_if_waiting(),
+            _ => Wake::Nobody,
         }
     }
 
-    /// Takes `charge` off the budget and the [`REFUSED`] flag down; the word before.
-    fn take_charge_back(&self, charge: u64) -> u64 {
-        // ORDERING: SeqCst, then `wake_if_waiting`'s SeqCst fence: a waiter either sees the
-        // charge given back on its retry, or has set its waiter bit before that fence.
-        let taken = self.region().word(header::BUDGET_USED).fetch_update(
+    /// Takes `charge` from the budget; `false` if it does not fit. A refusal is recorded (what
+    /// it lacked; the record keeps the fewest bytes of all refusals since the waiters were last
+    /// woken), then the budget looked at again, until the charge fits or the record covers what
+    /// the last look lacked (see [`Heap::give_back_after_failure`]). Each look again follows a
+    /// smaller shortfall than the last: charges given back by others meanwhile.
+    fn take_charge(&self, budget: Budget, charge: u64) -> bool {
+        let used = self.region().word(header::BUDGET_USED);
+        let short = self.region().word(header::BUDGET_SHORT);
+        let mut recorded = u64::MAX;
+        loop {
+            // ORDERING: SeqCst: ordered after the pending record (a reclaimer that sees our
+            // charge taken sees the record too), and in the waiters' Dekker order.
+            let Err(now) =
+                used.fetch_update(Ordering::SeqCst, Ordering::Relaxed, |now| budget.add(now, charge))
+            else {
+                return true;
+            };
+            let lacked = budget.shortfall(now, charge);
+            if lacked >= recorded {
+                return false;
+            }
+            recorded = lacked;
+            let record = lacked.saturating_add(1);
+            // ORDERING: SeqCst (Acquire: a give-back whose update we read is seen by our look
+            // again; Release: one that reads our record sees our waiter bit), and a write even
+            // when a smaller shortfall stays.
+            let _ = short.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |short| {
+                Some(if short == NONE_SHORT || record < short { record } else { short })
+            });
+        }
+    }
+
+    /// Takes `charge` off the budget.
+    fn take_charge_back(&self, charge: u64) {
+        // ORDERING: SeqCst, before the record's update or `wake_if_waiting`'s fence: a waiter
+        // either sees the charge given back on its retry, or is seen (its record, its bit).
+        let _ = self.region().word(header::BUDGET_USED).fetch_update(
             Ordering::SeqCst,
             Ordering::Relaxed,
             |now| Some(Budget::sub(now, charge)),
         );
-        taken.unwrap_or_else(|now| now)
     }
 
     /// The bytes of the charge of an allocation of `size` bytes (0 without a budget), for

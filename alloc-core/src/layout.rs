@@ -34,12 +34,12 @@
 /// `b"SHMPOOL\0"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPOOL\0");
 /// Bumped whenever the meaning of any word in the region changes.
-pub const LAYOUT_VERSION: u64 = 8;
+pub const LAYOUT_VERSION: u64 = 9;
 
 /// Words reserved for the header; words `HOST_WORDS_START..HEADER_WORDS` belong to the host.
 pub const HEADER_WORDS: usize = 32;
 /// The first header word the core never touches (alloc-shm keeps its own fields there).
-pub const HOST_WORDS_START: usize = 16;
+pub const HOST_WORDS_START: usize = 17;
 
 /// Words in a cache line.
 const LINE_WORDS: usize = 8;
@@ -83,9 +83,11 @@ pub mod header {
     pub const BACKED_PAGES: usize = 13;
     /// The heap's budget, fixed at creation (0 = none): see [`crate::budget`].
     pub const BUDGET: usize = 14;
-    /// What is charged against the budget now, and whether the budget refused an allocation
-    /// since a charge was last given back: see [`crate::budget`].
+    /// What is charged against the budget now: see [`crate::budget`].
     pub const BUDGET_USED: usize = 15;
+    /// What the allocations the budget refused lack (0: none since the waiters were last
+    /// woken): see [`crate::budget`].
+    pub const BUDGET_SHORT: usize = 16;
 }
 
 /// Fields of the `STATUS` header word.
@@ -411,7 +413,7 @@ impl RunShape {
 const _: () = {
     assert!(CLASS_SIZES.len() == NUM_CLASSES);
     assert!(CLASS_SIZES[NUM_CLASSES - 1] as u64 == MAX_CLASS_SIZE);
-    assert!(HOST_WORDS_START > header::BUDGET_USED && HOST_WORDS_START < HEADER_WORDS);
+    assert!(HOST_WORDS_START > header::BUDGET_SHORT && HOST_WORDS_START < HEADER_WORDS);
     assert!(page::EPOCH < PAGE_META_WORDS);
     assert!(participant::BUDGET_PENDING < PARTICIPANT_WORDS);
     assert!(process::NAMESPACE < PROCESS_WORDS);

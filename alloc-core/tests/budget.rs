@@ -358,3 +358,67 @@ fn a_charge_given_back_after_a_failed_allocation_wakes_nobody_that_nothing_refus
     assert_eq!(heap.waiters(), 0);
     f.check().expect("consistent");
 }
+
+/// Waits for the wake word to move for `patience` at most, counting the times it did.
+struct PatientHost {
+    patience: Duration,
+    woken: u32,
+    waiting: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WaitHost for PatientHost {
+    fn wait(&mut self, word: &AtomicU64, seen: u64, registered: bool) -> Waited {
+        assert!(registered, "a waiter slot was free");
+        self.waiting.store(true, std::sync::atomic::Ordering::SeqCst);
+        let deadline = Instant::now() + self.patience;
+        while word.load(std::sync::atomic::Ordering::SeqCst) as u32 == seen as u32 {
+            if Instant::now() > deadline {
+                return Waited::TimedOut;
+            }
+            std::thread::yield_now();
+        }
+        self.woken += 1;
+        Waited::Woken
+    }
+}
+
+/// A 64 KiB charge is live and the heap is full for small blocks (their charges given back
+/// early). B blocks for the whole limit: the live charge alone keeps it out. Then allocations
+/// of 64 bytes take their charge, fail in the heap and give it back, again and again: they
+/// never kept B out, and must not wake it. At 7ad448a (a flag "someone was refused") each of
+/// them woke B, and B, refused again, set the flag again: two blocked allocators woke each
+/// other without sleeping (review of 7ad448a).
+#[test]
+fn charges_given_back_after_failed_allocations_do_not_wake_an_allocator_they_did_not_keep_out() {
+    let memory = TestMemory::new(HEAP_BYTES);
+    let heap = budgeted(&memory, LIMIT, 0);
+    let mut f = Participant::new(&heap, 1);
+    let live = alloc(&mut f, 64 << 10).expect("room");
+    for size in [64 << 10, 4 << 10, 64] {
+        while let Ok(a) = f.alloc(size, AllocOptions::default()) {
+            let _ = heap.give_back_charge(&mut f.session, a.id()).expect("live");
+        }
+    }
+    assert_eq!(used(&f), 64 << 10, "only the live allocation is charged");
+    let waiting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let woken = std::thread::scope(|scope| {
+        let b = scope.spawn(|| {
+            let mut b = Participant::new(&heap, 3);
+            let patience = Duration::from_millis(300);
+            let mut host = PatientHost { patience, woken: 0, waiting: waiting.clone() };
+            let got = heap.alloc_blocking(&mut b.session, LIMIT, AllocOptions::default(), &mut host);
+            assert!(matches!(got, Err(Error::TimedOut { .. })), "{got:?}");
+            host.woken
+        });
+        while !waiting.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        for _ in 0..20 {
+            assert!(f.alloc(64, AllocOptions::default()).is_err(), "the heap is full for 64 bytes");
+        }
+        b.join().expect("B does not panic")
+    });
+    assert_eq!(woken, 0, "B was woken by charges that never kept it out");
+    assert_eq!(heap.waiters(), 0);
+    free(&mut f, &live);
+}
