@@ -259,6 +259,14 @@ impl<'a> Heap<'a> {
     /// nor one that the live charges alone keep out (a flag "someone was refused" did, at
     /// 7ad448a, and two such waiters could wake each other without sleeping).
     ///
+    /// Not yet exact: every failed charge counts against the record, also one taken after the
+    /// refusal (which it never kept out). A failed allocation of at least what a waiter lacks
+    /// therefore still wakes it at each try, and two such blocked allocators can keep each other
+    /// from sleeping when each one's refusal is recorded between the other's tries (review of
+    /// 4dd852f: seen under a hook that forces that order, 1-2 wakes in a second without it).
+    /// Telling the charges apart needs to know which refusals saw a charge, e.g. a generation
+    /// in the record read when the charge is taken.
+    ///
     /// We give back, then update the record; a refused allocation records, then looks at the
     /// budget again. Both updates write (even when nothing changes), so one reads the other's:
     /// if ours comes first, the refused one's record reads it, and its look after sees our
