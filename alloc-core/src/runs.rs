@@ -772,6 +772,26 @@ mod tests {
             None
         }
 
+        /// Claims or releases each of `ops` (start, length), checking after each that every
+        /// summary is exact and that each of `queries` (length, from) finds what a scan finds.
+        fn check_against_a_scan(
+            &mut self,
+            ops: &[(u64, u64)],
+            queries: &[(u64, u64)],
+        ) -> Result<(), proptest::test_runner::TestCaseError> {
+            for &(start, len) in ops {
+                let from = start % self.pages;
+                self.flip(from, (from + len).min(self.pages));
+                proptest::prop_assert!(self.index().is_exact());
+                for &(len, from) in queries {
+                    proptest::prop_assert_eq!(self.index().find_run(len, from), self.lowest_run(len, from));
+                    let slot = from / SPAN_PAGES;
+                    proptest::prop_assert_eq!(self.index().find_slot(slot), self.lowest_slot(slot));
+                }
+            }
+            Ok(())
+        }
+
         fn lowest_slot(&self, from: u64) -> Option<u64> {
             (from..self.pages / SPAN_PAGES).find(|&slot| {
                 let pages = (slot * SPAN_PAGES) as usize..((slot + 1) * SPAN_PAGES) as usize;
@@ -791,16 +811,7 @@ mod tests {
             queries in proptest::collection::vec((1u64..900, 0u64..3000), 1..20),
         ) {
             let mut model = Model::with_root(pages, root);
-            for (start, len) in ops {
-                let from = start % pages;
-                model.flip(from, (from + len).min(pages));
-                proptest::prop_assert!(model.index().is_exact());
-                for &(len, from) in &queries {
-                    proptest::prop_assert_eq!(model.index().find_run(len, from), model.lowest_run(len, from));
-                    let slot = from / SPAN_PAGES;
-                    proptest::prop_assert_eq!(model.index().find_slot(slot), model.lowest_slot(slot));
-                }
-            }
+            model.check_against_a_scan(&ops, &queries)?;
         }
 
         /// The production shape (a top level of up to `ROOT_WORDS` words above stored levels) in
@@ -814,16 +825,7 @@ mod tests {
         ) {
             let pages = (leaves - 1) * RunShape::LEAF_PAGES + extra + 1;
             let mut model = Model::with_root(pages, RunShape::ROOT_WORDS);
-            for (start, len) in ops {
-                let from = start % pages;
-                model.flip(from, (from + len).min(pages));
-                proptest::prop_assert!(model.index().is_exact());
-                for &(len, from) in &queries {
-                    proptest::prop_assert_eq!(model.index().find_run(len, from), model.lowest_run(len, from));
-                    let slot = from / SPAN_PAGES;
-                    proptest::prop_assert_eq!(model.index().find_slot(slot), model.lowest_slot(slot));
-                }
-            }
+            model.check_against_a_scan(&ops, &queries)?;
         }
 
         /// Garbage in every summary and bitmap word, and any mark: no panic, no answer outside

@@ -10,7 +10,7 @@
 use alloc_core::layout::{blocks_per_span, page, Geometry, CLASS_SIZES};
 use alloc_core::primitive::{AtomicU32, AtomicU64, Ordering};
 use alloc_core::span::Span;
-use alloc_core::{AllocOptions, Heap, Owner, Platform, ProcessIdentity, Region, Session};
+use alloc_core::{AllocOptions, Heap, Owner, Platform, ProcessIdentity, Region, Session, WaitHost, Waited};
 
 /// The page shift of every modelled heap: 64-byte pages, 1 KiB spans.
 pub const PAGE_SHIFT: u32 = 6;
@@ -188,4 +188,22 @@ pub fn halves(n: usize) -> Vec<AtomicU32> {
 /// Reads a word as the last writer left it (for checks after every thread was joined).
 pub fn read(word: &AtomicU64) -> u64 {
     word.load(Ordering::Acquire)
+}
+
+/// Waits by yielding to loom until the wake word moves (an unregistered waiter, whom nobody
+/// wakes, yields once and tries again). A lost wake-up spins forever, which loom reports when
+/// the execution runs out of branches.
+pub struct YieldingHost;
+
+impl WaitHost for YieldingHost {
+    fn wait(&mut self, word: &AtomicU64, seen: u64, registered: bool) -> Waited {
+        if !registered {
+            loom::thread::yield_now();
+            return Waited::Woken;
+        }
+        while word.load(Ordering::SeqCst) as u32 == seen as u32 {
+            loom::thread::yield_now();
+        }
+        Waited::Woken
+    }
 }

@@ -4,28 +4,11 @@
 //! word.
 #![cfg(shmpool_loom)]
 
-use alloc_core::primitive::{AtomicU64, Ordering};
-use alloc_core::{AllocOptions, Cache, WaitHost, Waited, Wake};
+use alloc_core::{AllocOptions, Cache, Wake};
 use loom::sync::Arc;
-use loom_tests::{attach, create, explore, open, spawn, LoomRegion, ONE_SPAN_HEAP, SMALL, SMALL_BLOCKS};
-
-/// Waits by yielding to loom until the wake word moves (an unregistered waiter, whom nobody
-/// wakes, yields once and tries again). A lost wake-up spins forever, which loom reports when
-/// the execution runs out of branches.
-struct YieldingHost;
-
-impl WaitHost for YieldingHost {
-    fn wait(&mut self, word: &AtomicU64, seen: u64, registered: bool) -> Waited {
-        if !registered {
-            loom::thread::yield_now();
-            return Waited::Woken;
-        }
-        while word.load(Ordering::SeqCst) as u32 == seen as u32 {
-            loom::thread::yield_now();
-        }
-        Waited::Woken
-    }
-}
+use loom_tests::{
+    attach, create, explore, open, spawn, LoomRegion, YieldingHost, ONE_SPAN_HEAP, SMALL, SMALL_BLOCKS,
+};
 
 /// Branch budget of the wait models: ~2500 steps per execution, and a waiter that is woken late
 /// may spin through a few yields first; a lost wake-up exhausts any budget.
