@@ -276,6 +276,7 @@ impl<'a> Heap<'a> {
     /// refused allocation does not look again, or if our update does not write.
     fn give_back_after_failure(&self, charge: u64) -> Wake {
         self.take_charge_back(charge);
+        step!("budget/failure-given-back");
         let given = charge & BYTES_MASK;
         let made_up = |short: u64| short != NONE_SHORT && short - 1 <= given;
         // ORDERING: SeqCst (Release: the refused one's record reads our give-back; Acquire: we

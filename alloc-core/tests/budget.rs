@@ -289,6 +289,33 @@ fn a_participant_stopped_at_any_budget_step_and_reclaimed_leaves_the_budget_neve
     }
 }
 
+/// A participant stopped for good after its allocation failed in the heap and gave its charge
+/// back, before it updated the record of what refused allocations lack (and woke anyone):
+/// reclaim gives its pending charge back once more (the budget only looser) and wakes.
+#[test]
+fn a_participant_stopped_after_a_failed_allocation_gave_its_charge_back_is_reclaimed() {
+    let memory = TestMemory::new(HEAP_BYTES);
+    let heap = budgeted(&memory, LIMIT, 0);
+    let mut f = Participant::new(&heap, 1);
+    let mut doomed = Participant::new(&heap, DOOMED);
+    let live = alloc(&mut f, 64 << 10).expect("room");
+    for size in [64 << 10, 4 << 10, 64] {
+        while let Ok(a) = f.alloc(size, AllocOptions::default()) {
+            let _ = heap.give_back_charge(&mut f.session, a.id()).expect("live");
+        }
+    }
+    let reached = stopped_at("budget/failure-given-back", || {
+        let _ = doomed.alloc(64, AllocOptions::default());
+    });
+    assert!(reached, "the allocation failed in the heap after its charge was taken");
+    assert_eq!(used(&f), 64 << 10, "its charge was given back");
+    let reclaimed = f.reclaim(&[DOOMED]).expect("reclaim");
+    assert!(reclaimed.dead_processes >= 1);
+    f.check().expect("consistent after reclaim");
+    assert!(used(&f) <= 64 << 10, "never more than the live charges");
+    free(&mut f, &live);
+}
+
 #[test]
 fn a_budgeted_heap_keeps_no_runs_in_caches_so_freed_runs_are_first_fit_again() {
     // A run held in a cache stays where it was and splits the free space; a budgeted heap's
