@@ -1,6 +1,8 @@
-//! The page bitmap: two bits per data page, *claimed* and *head*, 32 pages per word. A run of
-//! pages (a span or a large allocation) is a head bit on its first page and claimed bits on all
-//! of its pages, so the bits alone say where runs begin.
+//! The page bitmap: two bits per data page, *claimed* and *head*, 32 pages per word (the claimed
+//! bits in its low half, the head bits in its high half: the claimed bits, which every search and
+//! summary reads, need no unpacking). A run of pages (a span or a large allocation) is a head bit
+//! on its first page and claimed bits on all of its pages, so the bits alone say where runs
+//! begin.
 //!
 //! A claim first finds a run of unclaimed pages in a snapshot, then sets the run's bits word by
 //! word in *ascending* order, each word with one compare-exchange that expects the run's bits to
@@ -19,7 +21,8 @@ use crate::primitive::{AtomicU64, Ordering};
 
 /// Pages per bitmap word.
 pub const PAGES_PER_WORD: u64 = 32;
-const CLAIMED_BITS: u64 = 0x5555_5555_5555_5555;
+const CLAIMED_BITS: u64 = 0x0000_0000_FFFF_FFFF;
+const HEAD_SHIFT: u64 = PAGES_PER_WORD;
 
 /// A view of the page-bitmap words of one region.
 #[derive(Clone, Copy)]
@@ -31,12 +34,7 @@ pub struct PageBits<'a> {
 /// The claimed bits of `word`, one bit per page.
 #[inline]
 fn claimed_of(word: u64) -> u64 {
-    let mut x = word & CLAIMED_BITS;
-    x = (x | (x >> 1)) & 0x3333_3333_3333_3333;
-    x = (x | (x >> 2)) & 0x0F0F_0F0F_0F0F_0F0F;
-    x = (x | (x >> 4)) & 0x00FF_00FF_00FF_00FF;
-    x = (x | (x >> 8)) & 0x0000_FFFF_0000_FFFF;
-    (x | (x >> 16)) & 0x0000_0000_FFFF_FFFF
+    word & CLAIMED_BITS
 }
 
 /// Both bits of pages `from..to` that fall in word `word`.
@@ -44,18 +42,18 @@ fn claimed_of(word: u64) -> u64 {
 fn pair_mask(word: u64, from: u64, to: u64) -> u64 {
     let lo = from.max(word * PAGES_PER_WORD) - word * PAGES_PER_WORD;
     let hi = to.min((word + 1) * PAGES_PER_WORD) - word * PAGES_PER_WORD;
-    let upper = if hi == PAGES_PER_WORD { u64::MAX } else { (1u64 << (2 * hi)) - 1 };
-    upper & !((1u64 << (2 * lo)) - 1)
+    let claimed = ((1u64 << hi) - 1) & !((1u64 << lo) - 1);
+    claimed | claimed << HEAD_SHIFT
 }
 
 #[inline]
 fn head_bit(page: u64) -> u64 {
-    2 << (2 * (page % PAGES_PER_WORD))
+    1 << (HEAD_SHIFT + page % PAGES_PER_WORD)
 }
 
 #[inline]
 fn claimed_bit(page: u64) -> u64 {
-    1 << (2 * (page % PAGES_PER_WORD))
+    1 << (page % PAGES_PER_WORD)
 }
 
 impl<'a> PageBits<'a> {
@@ -64,6 +62,12 @@ impl<'a> PageBits<'a> {
     #[inline]
     pub fn free_of(word: u64) -> u32 {
         !(claimed_of(word) as u32)
+    }
+
+    /// The bits of `page` in its word: its claimed bit, its head bit, or both (for tests and
+    /// tools that forge or damage words).
+    pub fn page_mask(page: u64, claimed: bool, head: bool) -> u64 {
+        (if claimed { claimed_bit(page) } else { 0 }) | if head { head_bit(page) } else { 0 }
     }
 
     /// A bitmap of `pages` pages held in `words`.
@@ -144,8 +148,7 @@ impl<'a> PageBits<'a> {
         const _: () = assert!(SPAN_PAGES * 2 == PAGES_PER_WORD);
         (from..slots).find(|&slot| {
             let word = self.words[(slot / 2) as usize].load(Ordering::Relaxed);
-            let half = if slot % 2 == 0 { word & 0xFFFF_FFFF } else { word >> 32 };
-            half == 0
+            claimed_of(word) >> (slot % 2 * SPAN_PAGES) & 0xFFFF == 0
         })
     }
 
@@ -162,7 +165,8 @@ impl<'a> PageBits<'a> {
             let mut current = cell.load(Ordering::Relaxed);
             loop {
                 if current & range != 0 {
-                    let taken = word * PAGES_PER_WORD + (current & range).trailing_zeros() as u64 / 2;
+                    // A head bit is set only with its page's claimed bit.
+                    let taken = word * PAGES_PER_WORD + claimed_of(current & range).trailing_zeros() as u64;
                     self.clear_words(first_word, word, from, to);
                     return Err(taken);
                 }

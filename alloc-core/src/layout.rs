@@ -34,7 +34,7 @@
 /// `b"SHMPOOL\0"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPOOL\0");
 /// Bumped whenever the meaning of any word in the region changes.
-pub const LAYOUT_VERSION: u64 = 9;
+pub const LAYOUT_VERSION: u64 = 10;
 
 /// Words reserved for the header; words `HOST_WORDS_START..HEADER_WORDS` belong to the host.
 pub const HEADER_WORDS: usize = 32;

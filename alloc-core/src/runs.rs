@@ -918,7 +918,7 @@ mod tests {
         model.claim_bits(101, 256);
         model.index().refresh(0, 256);
         // K wants 10..50: its first word (pages 10..32) set, then page 40 found taken.
-        let k = 0x5555_5555_5555_5555u64 & !((1u64 << 20) - 1) | (2 << 20);
+        let k = (10..32).map(|page| PageBits::page_mask(page, true, page == 10)).sum::<u64>();
         model.bits[0].fetch_or(k, Ordering::Acquire);
         // Z claims page 100 of the same leaf and refreshes, seeing K's bits.
         model.claim_bits(100, 101);

@@ -13,6 +13,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use alloc_core::bitmap::PageBits;
 use alloc_core::layout::{header, page, Geometry, PageInfo, CLASS_SIZES, DEFAULT_PAGE_SHIFT, SPAN_PAGES};
 use alloc_core::{AllocId, AllocOptions, Allocation, Backing, Error, Heap, Platform, Region};
 use common::Participant;
@@ -398,10 +399,7 @@ fn repair_keeps_a_live_run_that_lost_the_bit_of_one_page() {
     let mut p = Participant::new(&heap, 1);
     let run = p.alloc(4 * HOST_PAGE, AllocOptions::default()).expect("room");
     let lost = ((run.offset - geo.data_offset) >> 12) + 2;
-    let word = geo.bitmap_word + (lost / 32) as usize;
-    // SAFETY: an in-bounds, backed word; nothing else runs.
-    let bits = unsafe { heap.region().base().cast::<u64>().add(word).read_volatile() };
-    damage(&heap, word, bits & !(1 << ((lost % 32) * 2)));
+    clear_page_bits(&heap, lost, 1);
     assert!(p.check().is_err(), "the damage is seen");
     let repaired = heap.repair(&mut p.session).expect("repairable");
     p.check().expect("consistent after repair");
@@ -461,7 +459,8 @@ fn head_of(heap: &Heap<'_>, a: &Allocation) -> u64 {
 /// Clears bits `mask` (of the two bits of `page`: 1 claimed, 2 head) in the page bitmap.
 fn clear_page_bits(heap: &Heap<'_>, page: u64, mask: u64) {
     let word = heap.geometry().bitmap_word + (page / 32) as usize;
-    damage(heap, word, read(heap, word) & !(mask << ((page % 32) * 2)));
+    let bits = PageBits::page_mask(page, mask & 1 != 0, mask & 2 != 0);
+    damage(heap, word, read(heap, word) & !bits);
 }
 
 /// The index of participant `p`'s record.

@@ -5,6 +5,7 @@
 
 mod common;
 
+use alloc_core::bitmap::PageBits;
 use alloc_core::layout::{header, page, Anchor, PageInfo, SPAN_PAGES, WAITER_SLOTS};
 use alloc_core::{AllocOptions, Allocation, Heap};
 use common::{fill, holds, Participant, TestMemory};
@@ -132,7 +133,7 @@ fn claimed_pages_that_belong_to_nothing_are_released() {
     let last = geo.num_pages - 1;
     for page in last - 7..=last {
         let word = geo.bitmap_word + (page / 32) as usize;
-        let bits = 0b11 << ((page % 32) * 2);
+        let bits = PageBits::page_mask(page, true, true);
         memory.set_word(word, memory.word(word) | bits);
     }
     // (`check` reads the bitmap only below the page high-water mark: untouched metadata of a

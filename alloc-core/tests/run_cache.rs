@@ -3,6 +3,7 @@
 
 mod common;
 
+use alloc_core::bitmap::PageBits;
 use alloc_core::layout::{page, PageInfo};
 use alloc_core::{AllocOptions, Error, Heap};
 use common::{fill, holds, stopped_at, Participant, TestMemory};
@@ -21,7 +22,7 @@ fn head_of(heap: &Heap<'_>, offset: u64) -> u64 {
 /// Marks page `page` claimed (no head bit) in the page bitmap: the damage of a stray write.
 fn claim_bit(memory: &TestMemory, heap: &Heap<'_>, page: u64) {
     let word = heap.geometry().bitmap_word + (page / 32) as usize;
-    memory.set_word(word, memory.word(word) | 1 << (2 * (page % 32)));
+    memory.set_word(word, memory.word(word) | PageBits::page_mask(page, true, false));
 }
 
 // ----- finding: repair releases a cached run but leaves its state word CACHED ----------------

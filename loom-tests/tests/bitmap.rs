@@ -86,7 +86,7 @@ fn a_claim_that_conflicts_in_its_second_word_undoes_its_first() {
 fn the_held_prefix_of_a_stopped_claim_is_released_whole_while_others_claim() {
     explore(5_000, || {
         let storage = bitmap();
-        let stopped: u64 = (20..32).map(|page| 1u64 << (2 * page)).sum::<u64>() | 2 << (2 * 20);
+        let stopped: u64 = (20..32).map(|page| PageBits::page_mask(page, true, page == 20)).sum::<u64>();
         // ORDERING (test): before the threads start; the spawn orders it.
         storage[0].store(stopped, Ordering::Relaxed);
         let reclaimer = {
