@@ -70,6 +70,15 @@ const HAS_SLOT: u64 = 1 << 61;
 /// it (see [`RunIndex::refresh_word`]).
 const MAX_FAILURES: usize = 8;
 const WORDS_PER_LEAF: u64 = RunShape::LEAF_PAGES / PAGES_PER_WORD;
+/// Pages a leaf's summary is computed from at a time: two bitmap words.
+const CHUNK_PAGES: u64 = 2 * PAGES_PER_WORD;
+const CHUNKS_PER_LEAF: usize = (RunShape::LEAF_PAGES / CHUNK_PAGES) as usize;
+
+/// The free bits of chunk `i` of a leaf whose bitmap words are `words`.
+#[inline]
+fn chunk_of(words: &[u64; WORDS_PER_LEAF as usize], i: usize) -> u64 {
+    PageBits::free_of(words[2 * i]) as u64 | (PageBits::free_of(words[2 * i + 1]) as u64) << PAGES_PER_WORD
+}
 
 /// What one word says of its pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,18 +117,13 @@ impl Summary {
         if free == 0 {
             return Summary { len: pages, prefix: 0, suffix: 0, max: 0, all_free: false, has_slot: false };
         }
-        // Free aligned slots: 16-bit lanes all ones.
-        let lanes = free & (free >> 8);
-        let lanes = lanes & (lanes >> 4);
-        let lanes = lanes & (lanes >> 2);
-        let lanes = lanes & (lanes >> 1);
         Summary {
             len: pages,
             prefix: free.trailing_ones() as u64,
             suffix: (free << (64 - pages)).leading_ones() as u64,
             max: longest_run(free),
             all_free: false,
-            has_slot: lanes & 0x0001_0001_0001_0001 != 0,
+            has_slot: slot_lanes(free) != 0,
         }
     }
 
@@ -170,6 +174,65 @@ impl Summary {
         }
     }
 
+    /// [`Summary::join`] of the decoded `words`, each over `part` pages, when every one is
+    /// written and none is all free (the common case above the leaves): straight from the
+    /// stored fields, without branches. `None` otherwise.
+    #[inline]
+    fn join_stored(words: &[u64; RunShape::FAN_OUT as usize], part: u64) -> Option<Summary> {
+        if words.iter().any(|&word| word & (WRITTEN | ALL_FREE) != WRITTEN) {
+            return None;
+        }
+        // Clamped to the pages, as in `decode`.
+        let field = |word: u64, shift: u32| ((word >> shift) & CAP).min(part);
+        let (mut max, mut run, mut slots) = (0, 0, 0);
+        for &word in words {
+            max = max.max(field(word, 0)).max(run + field(word, 2 * FIELD_BITS));
+            run = field(word, FIELD_BITS);
+            slots |= word;
+        }
+        Some(Summary {
+            len: part * RunShape::FAN_OUT,
+            prefix: field(words[0], 2 * FIELD_BITS).min(CAP),
+            suffix: run.min(CAP),
+            max: max.max(run).min(CAP),
+            all_free: false,
+            has_slot: slots & HAS_SLOT != 0,
+        })
+    }
+
+    /// The summary of a whole leaf from its free bits, [`CHUNK_PAGES`] at a time: what joining
+    /// their [`Summary::of_word`]s gives, in one pass.
+    #[inline]
+    fn of_leaf(chunks: [u64; CHUNKS_PER_LEAF]) -> Summary {
+        if chunks.iter().all(|&free| free == u64::MAX) {
+            return Summary::free(RunShape::LEAF_PAGES);
+        }
+        let (mut prefix, mut run, mut max, mut slots) = (None, 0, 0, 0);
+        for free in chunks {
+            slots |= slot_lanes(free);
+            if free == u64::MAX {
+                // `run`: the free pages the chunks so far end with.
+                run += CHUNK_PAGES;
+                continue;
+            }
+            let first = run + free.trailing_ones() as u64;
+            prefix.get_or_insert(first);
+            max = max.max(first);
+            if free != 0 {
+                max = max.max(longest_run(free));
+            }
+            run = free.leading_ones() as u64;
+        }
+        Summary {
+            len: RunShape::LEAF_PAGES,
+            prefix: prefix.unwrap_or(run),
+            suffix: run,
+            max: max.max(run),
+            all_free: false,
+            has_slot: slots != 0,
+        }
+    }
+
     fn encode(self) -> u64 {
         WRITTEN
             | if self.all_free { ALL_FREE } else { 0 }
@@ -195,6 +258,17 @@ impl Summary {
             has_slot: word & HAS_SLOT != 0,
         }
     }
+}
+
+/// The free aligned span slots among 64 pages whose free bits are `free`: bit `16 * i` set when
+/// pages `16 * i..16 * (i + 1)` all are free.
+#[inline]
+fn slot_lanes(free: u64) -> u64 {
+    const _: () = assert!(SPAN_PAGES == 16);
+    let lanes = free & (free >> 8);
+    let lanes = lanes & (lanes >> 4);
+    let lanes = lanes & (lanes >> 2);
+    lanes & (lanes >> 1) & 0x0001_0001_0001_0001
 }
 
 /// The longest run of set bits in `bits`, in a few steps: windows of 1, 2, 4... pages up to the
@@ -368,6 +442,15 @@ impl<'a> RunIndex<'a> {
         };
         let first = index * RunShape::FAN_OUT;
         let mut below = [0; RunShape::FAN_OUT as usize];
+        if (first + RunShape::FAN_OUT) * pages_each <= limit {
+            // The common case: every word below the limit.
+            let words = &words[first as usize..][..RunShape::FAN_OUT as usize];
+            for (word, cell) in below.iter_mut().zip(words) {
+                // ORDERING: Acquire, with the fences of `refresh`: see the module docs.
+                *word = cell.load(Ordering::Acquire);
+            }
+            return below;
+        }
         for (word, at) in below.iter_mut().zip(first..) {
             // Below the limit (at most the pool's pages), so in the bitmap or the level.
             if at * pages_each < limit {
@@ -382,17 +465,23 @@ impl<'a> RunIndex<'a> {
     #[inline]
     fn summarise(&self, level: usize, index: u64, below: &[u64; RunShape::FAN_OUT as usize]) -> Summary {
         let (start, end) = self.range(level, index);
-        // A leaf, 64 pages (two bitmap words) at a time; a word above, child by child. Every
-        // part but the last of the pool covers `part` pages.
-        let part =
-            if level == 0 { 2 * PAGES_PER_WORD } else { RunShape::node_pages(level) / RunShape::FAN_OUT };
+        // The common cases in one pass each: a whole leaf; a whole word above whose children
+        // are all written and none all free (a refresh runs this once or twice a level).
+        if end - start == RunShape::node_pages(level) {
+            if level == 0 {
+                return Summary::of_leaf(core::array::from_fn(|i| chunk_of(below, i)));
+            }
+            if let Some(summary) = Summary::join_stored(below, RunShape::node_pages(level - 1)) {
+                return summary;
+            }
+        }
+        // Otherwise a leaf chunk by chunk, a word above child by child. Every part but the last
+        // of the pool covers `part` pages.
+        let part = if level == 0 { CHUNK_PAGES } else { RunShape::node_pages(level) / RunShape::FAN_OUT };
         let parts = (end - start).div_ceil(part).max(1) as usize;
         let len = |i: usize| (end - start - i as u64 * part).min(part);
         if level == 0 {
-            let free = |i: usize| PageBits::free_of(below[i]) as u64;
-            Summary::join(
-                (0..parts).map(|i| Summary::of_word(free(2 * i) | free(2 * i + 1) << PAGES_PER_WORD, len(i))),
-            )
+            Summary::join((0..parts).map(|i| Summary::of_word(chunk_of(below, i), len(i))))
         } else {
             Summary::join((0..parts).map(|i| Summary::decode(below[i], len(i))))
         }
@@ -681,6 +770,54 @@ mod tests {
         }
     }
 
+    /// Free bits with long runs, all free or none free often enough to matter.
+    fn free_bits() -> impl proptest::strategy::Strategy<Value = u64> {
+        use proptest::strategy::Strategy;
+        (proptest::prelude::any::<u64>(), 0u32..64, 0u8..6).prop_map(|(bits, shift, kind)| match kind {
+            0 => u64::MAX,
+            1 => 0,
+            2 => bits >> shift,
+            3 => bits << shift,
+            _ => bits,
+        })
+    }
+
+    proptest::proptest! {
+        /// A whole leaf in one pass is the join of its chunks' summaries.
+        #[test]
+        fn a_leaf_summary_is_the_join_of_its_chunks(
+            chunks in proptest::collection::vec(free_bits(), CHUNKS_PER_LEAF),
+        ) {
+            let chunks: [u64; CHUNKS_PER_LEAF] = chunks.try_into().expect("length");
+            let joined = Summary::join(chunks.iter().map(|&free| Summary::of_word(free, CHUNK_PAGES)));
+            proptest::prop_assert_eq!(Summary::of_leaf(chunks), joined);
+        }
+
+        /// Stored words joined straight from their fields are what decoding and joining them
+        /// gives, damaged fields included, whenever the shortcut applies.
+        #[test]
+        fn stored_words_join_as_decoded_words_do(
+            words in proptest::collection::vec((proptest::prelude::any::<u64>(), 0u8..8), 8),
+            level in 1usize..5,
+        ) {
+            let words: Vec<u64> = words
+                .into_iter()
+                .map(|(word, kind)| match kind {
+                    0 => 0,
+                    1 => word | WRITTEN | ALL_FREE,
+                    _ => (word | WRITTEN) & !ALL_FREE,
+                })
+                .collect();
+            let words: [u64; RunShape::FAN_OUT as usize] = words.try_into().expect("length");
+            let part = RunShape::node_pages(level - 1);
+            let joined = Summary::join(words.iter().map(|&word| Summary::decode(word, part)));
+            match Summary::join_stored(&words, part) {
+                Some(summary) => proptest::prop_assert_eq!(summary, joined),
+                None => proptest::prop_assert!(words.iter().any(|&w| w & (WRITTEN | ALL_FREE) != WRITTEN)),
+            }
+        }
+    }
+
     #[test]
     fn word_summaries_count_runs_and_slots() {
         let s = Summary::of_word(0b0111_0000_1100_0000_0000_0000_1111_0011, 32);
@@ -918,7 +1055,7 @@ mod tests {
         model.claim_bits(101, 256);
         model.index().refresh(0, 256);
         // K wants 10..50: its first word (pages 10..32) set, then page 40 found taken.
-        let k = (10..32).map(|page| PageBits::page_mask(page, true, page == 10)).sum::<u64>();
+        let k = 0xFFFF_FC00u64 | 1 << (32 + 10); // claimed bits of pages 10..32, head bit of 10
         model.bits[0].fetch_or(k, Ordering::Acquire);
         // Z claims page 100 of the same leaf and refreshes, seeing K's bits.
         model.claim_bits(100, 101);
