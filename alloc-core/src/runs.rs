@@ -38,7 +38,9 @@
 //! right: that word's writer may be stopped before it went on up, and stopping there would hide
 //! the freed pages while it is. Pages claimed stop at the first level where nothing was
 //! written: a claim can only make summaries promise too much, and the writer of the word that
-//! was already right carries it up. After a successful write the refresher looks below again
+//! was already right carries it up. A claim writes the words all of whose pages it claimed
+//! without reading below them: they stay claimed while it holds them, so "nothing free" is
+//! known and cannot change under it. After a successful write the refresher looks below again
 //! and goes on until what it wrote is what it sees (a writer that computed from words read
 //! before someone else's change, and that someone found the old value right, would leave it
 //! stale otherwise); it leaves a word only to writers that beat it, after some failed
@@ -46,8 +48,8 @@
 //! between a change below and the read above (`primitive::store_load_fence`), the last writer
 //! of a word sees every change below it. The high-water mark is read afresh at every look, so a
 //! refresher racing a claim above the old mark sees the claimed pages. Loom models
-//! (`loom-tests/tests/runs.rs`) fail without the look again, the fence, the fresh mark, or the
-//! refresh after a lost claim.
+//! (`loom-tests/tests/runs.rs`) fail without the look again, the fence (also after a claim's
+//! write of a word it holds whole), the fresh mark, or the refresh after a lost claim.
 //!
 //! So when every participant has finished, every summary is exact. A participant stopped in the
 //! middle of a refresh leaves the summaries above it stale until someone frees pages under them
@@ -105,6 +107,10 @@ impl Summary {
         }
     }
 
+    fn claimed(len: u64) -> Summary {
+        Summary { len, prefix: 0, suffix: 0, max: 0, all_free: false, has_slot: false }
+    }
+
     /// The summary of the first `pages` (1 to 64) of the pages whose free bits are `free` (bit
     /// `i`: page `i` is free).
     #[inline]
@@ -115,7 +121,7 @@ impl Summary {
             return Summary::free(pages);
         }
         if free == 0 {
-            return Summary { len: pages, prefix: 0, suffix: 0, max: 0, all_free: false, has_slot: false };
+            return Summary::claimed(pages);
         }
         Summary {
             len: pages,
@@ -538,6 +544,35 @@ impl<'a> RunIndex<'a> {
         }
     }
 
+    /// Brings word `index` of `level`, all of whose pages the caller has just claimed, up to
+    /// date: they stay claimed while it holds them, so what the word should say (nothing free)
+    /// is known without a look below, and cannot change under it. A refresher that computed the
+    /// word from before the claim and writes after us looks below after writing, as every
+    /// refresher does, and puts it right. Whether it wrote.
+    fn write_held(&self, level: usize, index: u64) -> bool {
+        let node = self.node(level, index);
+        let (start, end) = self.range(level, index);
+        let wanted = Summary::claimed(end - start).encode();
+        // ORDERING: Acquire, as in `summary`.
+        let mut stored = node.load(Ordering::Acquire);
+        for _ in 0..MAX_FAILURES {
+            if stored == wanted {
+                return false;
+            }
+            // ORDERING: AcqRel, then a store-load fence before the words above are read, as in
+            // `refresh_word` (no look below follows: nothing there changes). Without the fence a
+            // refresher of the word above could miss our write while we miss its (loom:
+            // `a_stale_refresh_of_a_leaf_a_claim_then_holds_whole_is_put_right`).
+            let exchanged = node.compare_exchange(stored, wanted, Ordering::AcqRel, Ordering::Acquire);
+            store_load_fence();
+            match exchanged {
+                Ok(_) => return true,
+                Err(actual) => stored = actual,
+            }
+        }
+        false
+    }
+
     /// Refreshes the summaries of pages `from..to` (whose bits the caller just changed with a
     /// read-modify-write), from the leaves up to the top level.
     pub fn refresh(&self, from: u64, to: u64) {
@@ -547,7 +582,8 @@ impl<'a> RunIndex<'a> {
     /// [`RunIndex::refresh`] after a claim (pages that became claimed): it stops at the first
     /// level where it wrote nothing. A claim only ever makes summaries promise too much (which
     /// costs a search a look, never a run), so it need not go up past words that someone else
-    /// already brought up to date and is carrying up.
+    /// already brought up to date and is carrying up. Words all of whose pages it claimed are
+    /// written without a look below (`write_held`).
     pub fn refresh_claimed(&self, from: u64, to: u64) {
         self.refresh_up(from, to, false);
     }
@@ -568,7 +604,11 @@ impl<'a> RunIndex<'a> {
             let span = RunShape::node_pages(level);
             let mut wrote = false;
             for index in from / span..to.div_ceil(span) {
-                wrote |= self.refresh_word(level, index);
+                let held = !all_the_way && from <= index * span && (index + 1) * span <= to;
+                wrote |= match held {
+                    true => self.write_held(level, index),
+                    false => self.refresh_word(level, index),
+                };
             }
             if !wrote && !all_the_way {
                 return;

@@ -236,3 +236,44 @@ fn two_claims_under_different_words_leave_three_levels_exact() {
         );
     });
 }
+
+/// Interleaving, three levels: a claim of a whole leaf and part of the next (the words of pages
+/// it holds every one of are written without a look below) and a release in the leaf before
+/// them, under one word of level 1. The claim's refresh stops at the first level where it wrote
+/// nothing; the release's goes all the way up.
+#[test]
+fn a_claim_of_a_whole_leaf_and_a_release_next_to_it_leave_three_levels_exact() {
+    explore(50_000, || {
+        // Free: 200..700 (leaves 0 to 2); the rest claimed.
+        let storage = Storage::of(PAGES_3, 3, &[(0, 200), (700, PAGES_3)]);
+        race_against_the_bitmap(
+            storage,
+            |s| s.claim(256, 600),
+            |s| s.release(100, 200),
+            &[50, 100, 156, 157],
+        );
+    });
+}
+
+/// Interleaving: a release of a whole leaf, whose refresher may compute the leaf from the pages
+/// free and write it late, and a claim of the same leaf as soon as its first word is free (the
+/// release clears it last), which writes the leaf without a look below. The late write says the
+/// leaf is free while the claimer holds it: the releaser's look below after writing must put it
+/// right.
+#[test]
+fn a_stale_refresh_of_a_leaf_a_claim_then_holds_whole_is_put_right() {
+    explore(50_000, || {
+        let storage = Storage::new(&[(0, 256), (300, 512)]);
+        race_against_the_bitmap(
+            storage,
+            |s| s.release(0, 256),
+            |s| {
+                // Taken only once the release has cleared every word (the first is its last).
+                if s.map().try_claim(0, 256).is_ok() {
+                    s.index().refresh_claimed(0, 256);
+                }
+            },
+            &[1, 44, 45, 256, 257],
+        );
+    });
+}
