@@ -107,9 +107,7 @@ impl<'a> PageBits<'a> {
             let lo = pos - word * PAGES_PER_WORD;
             bits &= u64::MAX << lo;
             let hi = (to - word * PAGES_PER_WORD).min(PAGES_PER_WORD);
-            if hi < 64 {
-                bits &= (1u64 << hi) - 1;
-            }
+            bits &= (1u64 << hi) - 1;
             if bits != 0 {
                 return word * PAGES_PER_WORD + bits.trailing_zeros() as u64;
             }
@@ -165,8 +163,10 @@ impl<'a> PageBits<'a> {
             let mut current = cell.load(Ordering::Relaxed);
             loop {
                 if current & range != 0 {
-                    // A head bit is set only with its page's claimed bit.
-                    let taken = word * PAGES_PER_WORD + claimed_of(current & range).trailing_zeros() as u64;
+                    // The lowest page with either bit set (a head bit alone: a damaged word).
+                    let held = current & range;
+                    let taken =
+                        word * PAGES_PER_WORD + claimed_of(held | held >> HEAD_SHIFT).trailing_zeros() as u64;
                     self.clear_words(first_word, word, from, to);
                     return Err(taken);
                 }
@@ -328,6 +328,18 @@ mod tests {
         assert_eq!(map.try_claim(10, 100), Err(70));
         assert_eq!(map.count_claimed(), 1);
         assert!(!map.is_head(10));
+    }
+
+    /// Review of 4782daf: a damaged word with a head bit whose claimed bit is clear made a
+    /// conflicting claim report a page past the word (64 past it), so a search skipped the
+    /// free pages up to there.
+    #[test]
+    fn a_conflict_on_a_lone_head_bit_reports_its_page() {
+        let storage = words(2);
+        let map = PageBits::new(&storage, 40);
+        storage[0].fetch_or(PageBits::page_mask(5, false, true), Ordering::Relaxed);
+        assert_eq!(map.try_claim(0, 10), Err(5));
+        assert_eq!(map.count_claimed(), 0, "the losing claim undid its bits");
     }
 
     #[test]

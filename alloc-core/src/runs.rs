@@ -559,6 +559,8 @@ impl<'a> RunIndex<'a> {
             if stored == wanted {
                 return false;
             }
+            #[cfg(all(test, not(all(shmpool_loom, feature = "loom"))))]
+            tests::before_exchange(level);
             // ORDERING: AcqRel, then a store-load fence before the words above are read, as in
             // `refresh_word` (no look below follows: nothing there changes). Without the fence a
             // refresher of the word above could miss our write while we miss its (loom:
@@ -838,7 +840,7 @@ mod tests {
         #[test]
         fn stored_words_join_as_decoded_words_do(
             words in proptest::collection::vec((proptest::prelude::any::<u64>(), 0u8..8), 8),
-            level in 1usize..5,
+            level in 1usize..8,
         ) {
             let words: Vec<u64> = words
                 .into_iter()
@@ -1095,7 +1097,7 @@ mod tests {
         model.claim_bits(101, 256);
         model.index().refresh(0, 256);
         // K wants 10..50: its first word (pages 10..32) set, then page 40 found taken.
-        let k = 0xFFFF_FC00u64 | 1 << (32 + 10); // claimed bits of pages 10..32, head bit of 10
+        let k = (10..32).map(|page| PageBits::page_mask(page, true, page == 10)).sum::<u64>();
         model.bits[0].fetch_or(k, Ordering::Acquire);
         // Z claims page 100 of the same leaf and refreshes, seeing K's bits.
         model.claim_bits(100, 101);
@@ -1147,7 +1149,7 @@ mod tests {
         static BEFORE_EXCHANGE: std::cell::RefCell<Option<Hook>> = const { std::cell::RefCell::new(None) };
     }
 
-    /// Called by `refresh_word` between computing a word and exchanging it: a test runs another
+    /// Called by `refresh_word` and `write_held` before they exchange a word: a test runs another
     /// participant's whole operation there.
     pub(super) fn before_exchange(level: usize) {
         let hook = BEFORE_EXCHANGE.with(|slot| slot.borrow_mut().take());
@@ -1189,5 +1191,36 @@ mod tests {
         BEFORE_EXCHANGE.with(|slot| *slot.borrow_mut() = None);
         assert!(!model.map().is_claimed(q), "an even number of flips");
         assert!(model.index().is_exact());
+    }
+
+    /// A claimer writing a leaf it holds whole, each of whose exchanges loses to a refresher
+    /// writing what it computed before the claim, gives up after a few failures; those
+    /// refreshers' looks below after writing put the leaf right.
+    #[test]
+    fn a_claimer_outpaced_by_stale_writers_of_a_leaf_it_holds_gives_up_to_them() {
+        let model = std::rc::Rc::new(Model::new(4096));
+        model.claim_bits(0, 300);
+        model.index().refresh_claimed(0, 300);
+        model.map().release(0, 300);
+        model.index().refresh(0, 300);
+        model.claim_bits(256, 512);
+        let other = model.clone();
+        let mut writes = 0u64;
+        BEFORE_EXCHANGE.with(|slot| {
+            *slot.borrow_mut() = Some(Box::new(move |level| {
+                if level == 0 {
+                    // Stale values that differ each time: free runs of 1, 2, 3... pages.
+                    writes += 1;
+                    let stale = Summary { max: writes, ..Summary::claimed(RunShape::LEAF_PAGES) };
+                    other.nodes[other.shape.offsets[0] + 1].store(stale.encode(), Ordering::Release);
+                }
+            }))
+        });
+        model.index().refresh_claimed(256, 512);
+        BEFORE_EXCHANGE.with(|slot| *slot.borrow_mut() = None);
+        assert!(!model.index().is_exact(), "the last stale write stands until its writer looks");
+        model.index().refresh(256, 512); // (the stale writers' looks below)
+        assert!(model.index().is_exact());
+        assert_eq!(model.index().find_run(1, 200), Some(200));
     }
 }
