@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use alloc_shm::{AllocId, LocalPool, Pool, PoolError, PoolOptions, Space};
+use benches::{arg, splitmix64};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -32,14 +33,7 @@ struct Sequence {
 impl Sequence {
     fn new(seed: u64, live_bytes: u64, replacements: usize) -> Sequence {
         let mut state = seed;
-        let mut next = move || {
-            // splitmix64
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
+        let mut next = move || splitmix64(&mut state);
         let size = move |r: u64| {
             let unit = (r >> 11) as f64 / (1u64 << 53) as f64;
             ((4.0 * KIB as f64) * 1024f64.powf(unit)) as u64
@@ -261,15 +255,6 @@ fn boost(path: &std::path::Path, pool_bytes: u64) -> Option<String> {
     let binary = benches::build_boost("boost_arrays")?;
     let output = Command::new(&binary).arg(path).arg(pool_bytes.to_string()).output().ok()?;
     Some(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// One process of the multi-process variant: attaches the pool, runs its share, prints the

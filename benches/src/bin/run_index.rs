@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use alloc_core::bitmap::{PageBits, PAGES_PER_WORD};
 use alloc_core::layout::RunShape;
 use alloc_core::runs::RunIndex;
+use benches::{arg, splitmix64};
 
 /// Runs of at least this many pages are also reported apart (what the arrays workload's p99
 /// allocations are).
@@ -46,15 +47,6 @@ impl Steps {
     }
 }
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
     let pages = arg("--pages", 512 * 1024);
     let replacements = arg("--replacements", 400_000);
@@ -66,13 +58,7 @@ fn main() {
     let index = RunIndex::new(&nodes, &bits, &shape, pages, &mark, None);
     let map = PageBits::new(&bits, pages);
     let mut state = 42u64;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut next = move || splitmix64(&mut state);
     let mut size = move || 1024f64.powf((next() >> 11) as f64 / (1u64 << 53) as f64) as u64;
     let claim = |len: u64, live: &mut Vec<(u64, u64)>, all: &mut Steps, large: &mut Steps| {
         let started = Instant::now();
