@@ -107,6 +107,7 @@ impl Summary {
         }
     }
 
+    /// Nothing free among `len` pages.
     fn claimed(len: u64) -> Summary {
         Summary { len, prefix: 0, suffix: 0, max: 0, all_free: false, has_slot: false }
     }

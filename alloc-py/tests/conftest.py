@@ -42,3 +42,11 @@ def fill(pool, size=2**20):
             held.append(pool.alloc(size))
         except shmpool.PoolFullError:
             return held
+
+
+def in_room_of(got, freed):
+    """Whether allocation ``got`` starts in the pages ``freed`` gave back (in a full pool, the
+    only room). Not always at its first page: a blocked allocation that tries again as the free
+    ends may find that page still marked by the freer, and claims never wait for another
+    participant, so it takes the fit that starts a page later when there is one."""
+    return freed.offset <= got.offset < freed.offset + freed.size

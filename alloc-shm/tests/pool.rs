@@ -252,7 +252,9 @@ fn alloc_blocking_is_woken_by_a_free_from_another_thread() {
         }
         pool.free(victim.id()).expect("live");
         let got = waiter.join().expect("no panic").expect("woken by the free");
-        assert_eq!(got.offset, victim.offset);
+        // In the room the free made; not always at its first page: a try that meets the end of the
+        // free may find that page still marked by the freer, and claims never wait for another.
+        assert!((victim.offset..victim.offset + victim.size).contains(&got.offset), "{got:?} {victim:?}");
     });
 }
 

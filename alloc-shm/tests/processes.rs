@@ -83,7 +83,13 @@ fn a_blocked_allocation_in_one_process_is_woken_by_a_free_in_another() {
     let report = reports(waiter);
     let fields: Vec<&str> = report[0].split_whitespace().collect();
     assert_eq!(fields[0], "ok", "{report:?}");
-    assert_eq!(fields[1].parse::<u64>().expect("offset"), victim.offset, "woken for the block we freed");
+    // In the room the free made; not always at its first page: a try that meets the end of the
+    // free may find that page still marked by the freer, and claims never wait for another.
+    let offset = fields[1].parse::<u64>().expect("offset");
+    assert!(
+        (victim.offset..victim.offset + victim.size).contains(&offset),
+        "woken for the block we freed: {report:?}"
+    );
     assert_eq!(pool.waiters(), 0);
     pool.check().expect("consistent");
 }
