@@ -9,8 +9,10 @@
 //!   `PENDING := 0`.
 //! - release `[s, s + n)`: raise the pages' epochs; `PENDING := s`; take the release (a large run:
 //!   its state word `Live → Releasing(me)`; a span: its retirement, below); `INFO[s] →
-//!   Transient(me)`; clear the page bits descending; `INFO[s]`: `Transient(me) → Free`;
-//!   `PENDING := 0`.
+//!   Transient(me)`; `PENDING := (s, n)`; clear the page bits descending; `INFO[s]`:
+//!   `Transient(me) → Free`; refresh the run index over the pages (after the marker, so that a
+//!   claim meanwhile is not turned from `s` to the fit a page later; a reclaimer of ours finds
+//!   `INFO[s]` not ours and only refreshes, from `PENDING`); `PENDING := 0`.
 //!
 //! While `INFO[s]` is `Transient(p)`, the page bits p holds are a prefix of the run starting
 //! with a head bit at `s` (or nothing, if it has no head bit): reclaim clears exactly that. Every
@@ -571,8 +573,13 @@ impl Heap<'_> {
         step!("release/marked");
         self.page_bits().release(head, pages);
         step!("release/cleared");
-        self.run_index().refresh(head, head + pages);
+        // The marker goes before the refresh, so that a claim of these pages meanwhile is not
+        // turned away from the head for as long as the refresh takes. PENDING still names the
+        // run: a reclaimer refreshes its summaries should we die now (and finds the head not
+        // ours, so it touches nothing else).
         self.unmark(head, PageInfo::Transient { participant: session.participant });
+        step!("release/unmarked");
+        self.run_index().refresh(head, head + pages);
         self.clear_pending(session);
     }
 

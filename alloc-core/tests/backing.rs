@@ -659,6 +659,7 @@ fn repair_after_a_participant_stopped_mid_claim_or_release_keeps_every_live_run(
         "release/info-marked",
         "release/marked",
         "release/cleared",
+        "release/unmarked",
         "carve/initialised",
         "carve/published",
         "carve/members",

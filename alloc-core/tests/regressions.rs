@@ -24,6 +24,7 @@ fn a_participant_stopped_while_retiring_a_span_never_makes_an_empty_pool_refuse_
         "retire/epochs-raised",
         "retire/marked",
         "release/cleared",
+        "release/unmarked",
     ] {
         let memory = TestMemory::new(4 << 20);
         let heap = memory.create();

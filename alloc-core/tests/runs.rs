@@ -47,6 +47,28 @@ fn releaser_stopped_then_reclaimed(
     last
 }
 
+/// A releaser stopped after it took its marker off the head and before it refreshed the
+/// summaries: the head page is claimable at once (at bdfc54a the marker stayed until after the
+/// refresh, and a claim meanwhile took the fit one page later: seen failing, page 1), and
+/// reclaim leaves the index exact.
+#[test]
+fn a_releaser_stopped_before_its_summaries_does_not_keep_a_claim_off_the_head() {
+    let memory = TestMemory::new(POOL);
+    let heap = memory.create();
+    let (mut p, mut doomed) = (Participant::new(&heap, 2), Participant::new(&heap, 666));
+    let n = heap.geometry().num_pages;
+    let run = pages(&mut doomed, 1024).expect("room");
+    let _filler = pages(&mut p, n - 1024).expect("room");
+    assert!(stopped_at("release/unmarked", || {
+        let _ = doomed.free(run.id());
+    }));
+    let taken = pages(&mut p, 100).expect("the released pages are free in the bitmap");
+    assert_eq!(page_of(&p, &taken), 0, "the lowest fit: the head, no longer marked");
+    p.reclaim(&[666]).expect("reclaim");
+    p.check().expect("consistent");
+    assert!(heap.run_index_is_exact(), "reclaim refreshed the dead one's summaries");
+}
+
 #[test]
 fn reclaim_of_a_releaser_stopped_before_its_summaries_leaves_the_index_exact() {
     let memory = TestMemory::new(POOL);
