@@ -29,7 +29,7 @@
 //! 4. Raise the 16 pages' epochs to the span's highest generation, and the head's by one more
 //!    (so that it always moves: inspectors seal a span with it); `INFO[X]`:
 //!    `SpanHead { retiring: me } → Transient(me)`; member info `→ Free`; clear its list bits;
-//!    release its page bits; `INFO[X] → Free`; `PENDING := 0`.
+//!    release its page bits; `INFO[X] → Free`; refresh the run index; `PENDING := 0`.
 //!
 //! Backing out (the retirer, or the reclaimer that adopted a dead one) clears the member flags,
 //! then `INFO[X]: SpanHead { retiring: me } → SpanHead`, then the anchor `retiring → normal`,
