@@ -879,6 +879,8 @@ mod tests {
             assert_eq!(Summary::decode(s.encode(), s.len), s);
         }
         assert_eq!(Summary::decode(0, 300), Summary::free(300), "never written: all free");
+        assert_eq!(Summary::of_leaf([u64::MAX; CHUNKS_PER_LEAF]), Summary::free(RunShape::LEAF_PAGES));
+        assert_eq!(Summary::of_leaf([0; CHUNKS_PER_LEAF]), Summary::claimed(RunShape::LEAF_PAGES));
     }
 
     /// A page bitmap, its index and its high-water mark, changed one run at a time as the heap

@@ -40,18 +40,20 @@ use crate::process::{barrier, current_identity, current_pid};
 
 /// Header words this layer keeps (all within the core's host range).
 pub(crate) mod host {
+    use alloc_core::layout::HOST_WORDS_START;
+
     /// Random, fixed at creation: tells this pool from a later one of the same name.
-    pub const NONCE: usize = 17;
+    pub const NONCE: usize = HOST_WORDS_START;
     /// Creator's pid (low 32 bits) and uid (high 32 bits).
-    pub const CREATOR: usize = 18;
+    pub const CREATOR: usize = HOST_WORDS_START + 1;
     /// Creation time, seconds since the Unix epoch.
-    pub const CREATED_AT: usize = 19;
+    pub const CREATED_AT: usize = HOST_WORDS_START + 2;
     /// The creator's start time (clock ticks after boot; 0: unknown).
-    pub const CREATOR_STARTED: usize = 20;
+    pub const CREATOR_STARTED: usize = HOST_WORDS_START + 3;
     /// The creator's pid namespace (inode; 0: unknown).
-    pub const CREATOR_NAMESPACE: usize = 21;
+    pub const CREATOR_NAMESPACE: usize = HOST_WORDS_START + 4;
     /// The number the application knows the pool by (Dragon's `muid`; the nonce by default).
-    pub const MUID: usize = 22;
+    pub const MUID: usize = HOST_WORDS_START + 5;
 }
 const _: () = assert!(host::MUID < HEADER_WORDS);
 
