@@ -19,13 +19,24 @@
 //! the cache moves to the block's span). So a participant that stops forever keeps at most one
 //! span per class from being retired, besides the span its hazard names.
 //!
-//! A cache also keeps up to [`CACHE_RUNS`] freed large runs of at most [`CACHE_RUN_BYTES`]
-//! (buffers of tens of kilobytes are freed and allocated again at a high rate). A cached run is
-//! marked the same way, in its head's state word: `CACHED` by this process, one compare-exchange
-//! from live; the cache remembers that exact word. A request of exactly a cached run's pages
-//! takes it back without a search of the page bitmap: one compare-exchange from that word to
-//! `RELEASING` by us (under `PENDING`, so a reclaimer releases it should we die), then a new
-//! generation, then live. When the runs are full, the oldest is released to the bitmap.
+//! A cache also keeps freed large runs of at most [`CACHE_RUN_BYTES`] (buffers of kilobytes to
+//! hundreds of kilobytes are freed and allocated again at a high rate), up to
+//! [`CACHE_RUNS_PER_SIZE`] of each of its *run sizes*: every number of pages up to 8, then four
+//! sizes per doubling (10, 12, 14, 16, 20, ... 128 pages), and at most a 64th of the data area
+//! in all (or twice `CACHE_RUN_BYTES` in a smaller pool). A request through a cache for a run of
+//! up to that size is rounded up to the next run size, the pages beyond its capacity recorded as
+//! the run's *spare* on its head's info (the state word's slack is less than a page): the
+//! allocation's size and capacity are what it asked for, and when it is freed its run serves
+//! any request of that run size. (On the arrays workload, random sizes from 4 KiB to 4 MiB
+//! replaced at random, exact sizes were found again too rarely to pay: BENCHMARKS.md.) A
+//! rounded claim that finds no run free takes an exact one, so rounding never refuses.
+//!
+//! A cached run is marked the same way as a block, in its head's state word: `CACHED` by this
+//! process, one compare-exchange from live; the cache remembers that exact word. A request of
+//! a cached run's size takes it back without a search of the page bitmap: one compare-exchange
+//! from that word to `RELEASING` by us (under `PENDING`, so a reclaimer releases it should we
+//! die), then its spare for the new request, a new generation, then live. When a size's runs
+//! are full, the oldest of them is released to the bitmap.
 //!
 //! Cached runs are not lost to others: an allocation that finds no room releases every run any
 //! cache holds (`Heap::release_cached_runs`, one compare-exchange each, as a free would), then
@@ -51,10 +62,38 @@ use crate::primitive::{AtomicU64, Ordering};
 pub const CACHE_BLOCKS: usize = 64;
 /// Blocks a cache takes from the shared spans at once (fewer when that would overfill it).
 const REFILL_BLOCKS: usize = CACHE_BLOCKS / 2;
-/// Freed large runs a cache keeps.
-pub const CACHE_RUNS: usize = 4;
-/// The largest run a cache keeps (whole pages).
-pub const CACHE_RUN_BYTES: u64 = 256 << 10;
+/// Freed large runs a cache keeps of each run size.
+pub const CACHE_RUNS_PER_SIZE: usize = 8;
+/// The largest run a cache keeps (whole pages, and at most [`MAX_RUN_SIZE`] of them).
+pub const CACHE_RUN_BYTES: u64 = 512 << 10;
+/// The largest run size, in pages.
+const MAX_RUN_SIZE: u64 = 128;
+/// Run sizes per doubling above the first `2 * PER_DOUBLING` pages (which are all sizes): a
+/// rounded run is less than a quarter larger than its request.
+const PER_DOUBLING: u64 = 4;
+/// Run sizes: 1 to 8 pages, then four per doubling up to [`MAX_RUN_SIZE`] (24).
+const RUN_SIZES: usize = (2 * PER_DOUBLING
+    + PER_DOUBLING * (MAX_RUN_SIZE.trailing_zeros() - (2 * PER_DOUBLING).trailing_zeros()) as u64)
+    as usize;
+
+/// The run size that serves a request of `pages` pages: its index and its pages (the least run
+/// size of at least `pages`); `None` above [`MAX_RUN_SIZE`].
+pub(crate) fn run_size(pages: u64) -> Option<(usize, u64)> {
+    const EXACT: u64 = 2 * PER_DOUBLING;
+    match pages {
+        0 => None,
+        1..=EXACT => Some((pages as usize - 1, pages)),
+        _ if pages <= MAX_RUN_SIZE => {
+            // `pages` is in (2^log, 2^(log + 1)], whose sizes are 2^log + k * 2^log / PER_DOUBLING.
+            let log = 63 - (pages - 1).leading_zeros() as u64;
+            let step = (1 << log) / PER_DOUBLING;
+            let k = (pages - (1 << log)).div_ceil(step);
+            let first = EXACT.trailing_zeros() as u64;
+            Some(((EXACT + PER_DOUBLING * (log - first) + k - 1) as usize, (1 << log) + k * step))
+        }
+        _ => None,
+    }
+}
 
 /// A run a cache holds: where, how long, and its state word as the cache made it (so that a
 /// run another participant released meanwhile, and perhaps handed out and cached again, is
@@ -74,9 +113,11 @@ pub struct Cache {
     spans: [SpanAt; NUM_CLASSES],
     /// Per class, the cached blocks' indices in their span.
     entries: [[u16; CACHE_BLOCKS]; NUM_CLASSES],
-    /// Cached large runs, oldest first.
-    runs: [CachedRun; CACHE_RUNS],
-    run_count: usize,
+    /// Cached large runs per run size, in the order they were cached.
+    runs: [[CachedRun; CACHE_RUNS_PER_SIZE]; RUN_SIZES],
+    run_lens: [u8; RUN_SIZES],
+    /// Pages of the cached runs (taken or not by another participant since).
+    run_pages: u64,
 }
 
 impl Cache {
@@ -87,8 +128,9 @@ impl Cache {
             lens: [0; NUM_CLASSES],
             spans: [SpanAt::NONE; NUM_CLASSES],
             entries: [[0; CACHE_BLOCKS]; NUM_CLASSES],
-            runs: [CachedRun { head: 0, pages: 0, word: 0 }; CACHE_RUNS],
-            run_count: 0,
+            runs: [[CachedRun { head: 0, pages: 0, word: 0 }; CACHE_RUNS_PER_SIZE]; RUN_SIZES],
+            run_lens: [0; RUN_SIZES],
+            run_pages: 0,
         }
     }
 
@@ -105,24 +147,53 @@ impl Cache {
 
     /// Blocks and runs held, over all classes.
     pub fn held(&self) -> usize {
-        self.lens.iter().map(|&len| len as usize).sum::<usize>() + self.run_count
+        self.lens.iter().map(|&len| len as usize).sum::<usize>() + self.run_count()
     }
 
-    /// Takes the most recently cached run of exactly `pages` pages out.
-    fn take_run(&mut self, pages: u64) -> Option<CachedRun> {
-        let at = self.runs[..self.run_count].iter().rposition(|run| run.pages == pages)?;
-        let run = self.runs[at];
-        self.runs.copy_within(at + 1..self.run_count, at);
-        self.run_count -= 1;
-        Some(run)
+    fn run_count(&self) -> usize {
+        self.run_lens.iter().map(|&len| len as usize).sum()
     }
 
-    /// Takes the oldest cached run out.
-    fn take_oldest_run(&mut self) -> Option<CachedRun> {
-        let oldest = *self.runs[..self.run_count].first()?;
-        self.runs.copy_within(1..self.run_count, 0);
-        self.run_count -= 1;
-        Some(oldest)
+    /// The runs cached, all sizes.
+    fn cached_runs(&self) -> impl Iterator<Item = &CachedRun> {
+        self.runs.iter().zip(self.run_lens).flat_map(|(runs, len)| &runs[..len as usize])
+    }
+
+    /// Takes the cached run of run size `size` lowest in the pool out (address order, as first
+    /// fit: runs high up go back to the bitmap first).
+    fn take_run(&mut self, size: usize) -> Option<CachedRun> {
+        let runs = &self.runs.get(size)?[..self.run_lens[size] as usize];
+        let at = (0..runs.len()).min_by_key(|&i| runs[i].head)?;
+        Some(self.remove_run(size, at))
+    }
+
+    /// Takes the cached run of run size `size` highest in the pool out.
+    fn take_highest_run(&mut self, size: usize) -> Option<CachedRun> {
+        let runs = &self.runs.get(size)?[..self.run_lens[size] as usize];
+        let at = (0..runs.len()).max_by_key(|&i| runs[i].head)?;
+        Some(self.remove_run(size, at))
+    }
+
+    fn remove_run(&mut self, size: usize, at: usize) -> CachedRun {
+        let len = self.run_lens[size] as usize;
+        let run = self.runs[size][at];
+        self.runs[size].copy_within(at + 1..len, at);
+        self.run_lens[size] -= 1;
+        self.run_pages -= run.pages;
+        run
+    }
+
+    /// The first page of the cached run of run size `size` highest in the pool.
+    fn highest_run(&self, size: usize) -> Option<u64> {
+        self.runs.get(size)?[..self.run_lens[size] as usize].iter().map(|run| run.head).max()
+    }
+
+    /// Caches `run` as one of run size `size` (callers check there is room).
+    fn push_run(&mut self, size: usize, run: CachedRun) {
+        let len = self.run_lens[size] as usize;
+        self.runs[size][len] = run;
+        self.run_lens[size] += 1;
+        self.run_pages += run.pages;
     }
 
     /// The most recently cached block of `class`: its span and index.
@@ -241,35 +312,46 @@ impl<'a> Heap<'a> {
                 }
             }
         }
-        if let Some(allocation) = self.alloc_cached_run(cache, size, options) {
-            return Ok(allocation);
+        // A run a cache keeps: a cached one of its run size, else a new one of that size.
+        let rounded = self.run_size_for(size, options, cache.session.owner());
+        if let Some((run_size, _)) = rounded {
+            while let Some(run) = cache.take_run(run_size) {
+                // (Not that run any more if an allocation that found no room released it.)
+                if let Some(allocation) =
+                    self.hand_out_run(&cache.session, run.head, run.pages, run.word, size, options)
+                {
+                    return Ok(allocation);
+                }
+            }
         }
-        match self.alloc_uncharged(&mut cache.session, size, options) {
+        let alloc = |session: &mut Session| match rounded {
+            Some((_, pages)) => self.alloc_slow(session, size, Some(pages), options),
+            None => self.alloc_uncharged(session, size, options),
+        };
+        match alloc(&mut cache.session) {
             Err(Error::OutOfMemory { .. }) if cache.held() > 0 => {
                 // Our cached blocks may be what keeps spans from going back to general use.
                 // Any waiters notice the given-back blocks within their wait slice.
                 let _ = self.flush(cache)?;
-                self.alloc_uncharged(&mut cache.session, size, options)
+                alloc(&mut cache.session)
             }
             other => other,
         }
     }
 
-    /// A request for a run of exactly a cached run's pages, served by that run.
-    fn alloc_cached_run(&self, cache: &mut Cache, size: u64, options: AllocOptions) -> Option<Allocation> {
+    /// The run size (index, pages) of a request for `size` bytes with `options` by `owner`'s
+    /// cache, if caches keep runs of its size: a plain run of at most [`CACHE_RUN_BYTES`], not
+    /// of a size a class in use serves, in a heap without a budget.
+    fn run_size_for(&self, size: u64, options: AllocOptions, owner: crate::Owner) -> Option<(usize, u64)> {
         let page_bytes = self.geometry().page_bytes();
-        let for_a_run = cache.run_count > 0
-            && size <= CACHE_RUN_BYTES
+        let for_a_run = size <= CACHE_RUN_BYTES
             && options.align.is_power_of_two()
             && options.align <= page_bytes
-            && options.owner.is_none_or(|owner| owner == cache.session.owner())
+            && options.owner.is_none_or(|wanted| wanted == owner)
             // (A size with a class in use is the spans', whatever is cached.)
             && !class_for(size).is_some_and(|class| options.granule_aligned() && self.blocks_of(class) > 0);
-        if !for_a_run {
-            return None;
-        }
-        let run = cache.take_run(size.div_ceil(page_bytes).max(1))?;
-        self.hand_out_run(&cache.session, run.head, run.pages, run.word, size, options)
+        let (index, pages) = run_size(size.div_ceil(page_bytes).max(1)).filter(|_| for_a_run)?;
+        self.caches_run(pages).then_some((index, pages))
     }
 
     /// Takes up to a batch of free blocks of `class` into the cache (never more than it holds).
@@ -366,8 +448,8 @@ impl<'a> Heap<'a> {
     /// released meanwhile (an allocation that found no room), which the cache has not looked
     /// at since.
     pub fn still_cached(&self, cache: &Cache) -> usize {
-        let gone = cache.runs[..cache.run_count]
-            .iter()
+        let gone = cache
+            .cached_runs()
             // ORDERING: Relaxed: a count for the caller's accounting (a snapshot), ordering nothing.
             .filter(|run| self.page_word(run.head, page::STATE).load(Ordering::Relaxed) != run.word)
             .count();
@@ -383,8 +465,11 @@ impl<'a> Heap<'a> {
         place: Place,
         state: &AtomicU64,
     ) -> Result<bool, Error> {
-        let Place::Large { head, pages } = place else { return Ok(false) };
-        if !self.caches_run(pages) || cache.run_count == CACHE_RUNS {
+        let Place::Large { head, pages, .. } = place else { return Ok(false) };
+        let Some(size) = self.run_size_of(pages) else { return Ok(false) };
+        if cache.run_lens[size] as usize == CACHE_RUNS_PER_SIZE
+            || cache.run_pages + pages > self.run_pages_limit()
+        {
             return Ok(false);
         }
         let cached = cache.session.cached_bits;
@@ -398,18 +483,30 @@ impl<'a> Heap<'a> {
             Ok(word)
         })?;
         step!("run-cache/cached");
-        cache.runs[cache.run_count] = CachedRun { head, pages, word };
-        cache.run_count += 1;
+        cache.push_run(size, CachedRun { head, pages, word });
         Ok(true)
     }
 
-    /// Whether a freed run of `pages` goes into a cache. Never under a budget: a cached run
-    /// stays where it was and splits the free space, and a budgeted heap's data area is only
-    /// a little larger than its limit, so address-ordered first fit must see every free page
-    /// (Dragon's test of power-of-two allocations filling a pool, repeated a thousand times,
-    /// failed for want of a contiguous run while its budget had room).
+    /// Whether runs of `pages` go into a cache. Never under a budget: a cached run stays where
+    /// it was and splits the free space, and a budgeted heap's data area is only a little
+    /// larger than its limit, so address-ordered first fit must see every free page (Dragon's
+    /// test of power-of-two allocations filling a pool, repeated a thousand times, failed for
+    /// want of a contiguous run while its budget had room).
     fn caches_run(&self, pages: u64) -> bool {
         self.budget_word() == 0 && pages <= CACHE_RUN_BYTES >> self.geometry().page_shift
+    }
+
+    /// The run size index of a freed run of `pages` pages, if a cache keeps it: exactly a run
+    /// size (a run rounded up to one, or that happened to need that many).
+    fn run_size_of(&self, pages: u64) -> Option<usize> {
+        run_size(pages).filter(|&(_, size)| size == pages && self.caches_run(pages)).map(|(index, _)| index)
+    }
+
+    /// The pages one cache keeps in runs at most: a 64th of the data area, or twice
+    /// [`CACHE_RUN_BYTES`] in a smaller pool.
+    fn run_pages_limit(&self) -> u64 {
+        let geo = self.geometry();
+        (geo.num_pages / 64).max((2 * CACHE_RUN_BYTES) >> geo.page_shift)
     }
 
     #[cold]
@@ -434,9 +531,14 @@ impl<'a> Heap<'a> {
                 {
                     Some(self.spill(cache, class, CACHE_BLOCKS / 2))
                 }
-                Place::Large { pages, .. } if self.caches_run(pages) && cache.run_count == CACHE_RUNS => {
-                    cache.take_oldest_run().map(|run| self.give_back_run(&cache.session, run))
-                }
+                // A full run size keeps the lowest runs (address order, as first fit): the
+                // highest of them and this one goes back.
+                Place::Large { head, pages, .. } => self
+                    .run_size_of(pages)
+                    .filter(|&size| cache.run_lens[size] as usize == CACHE_RUNS_PER_SIZE)
+                    .filter(|&size| cache.highest_run(size).is_some_and(|highest| highest > head))
+                    .and_then(|size| cache.take_highest_run(size))
+                    .map(|run| self.give_back_run(&cache.session, run)),
                 _ => None,
             };
             if let Some(wake) = made_room {
@@ -462,8 +564,10 @@ impl<'a> Heap<'a> {
         for class in 0..NUM_CLASSES {
             wake = wake.or(self.spill(cache, class, cache.lens[class] as usize));
         }
-        while let Some(run) = cache.take_oldest_run() {
-            wake = wake.or(self.give_back_run(&cache.session, run));
+        for size in 0..RUN_SIZES {
+            while let Some(run) = cache.take_highest_run(size) {
+                wake = wake.or(self.give_back_run(&cache.session, run));
+            }
         }
         Ok(wake)
     }
@@ -577,27 +681,58 @@ mod tests {
     }
 
     #[test]
-    fn a_full_run_cache_releases_its_oldest_run_and_large_runs_are_never_cached() {
+    fn a_full_run_size_keeps_its_lowest_runs_and_large_runs_are_never_cached() {
         let mut words = memory(8 << 20);
         let heap = heap(&mut words);
         let mut cache = cache_of(&heap, 77);
         let plain = AllocOptions::default();
-        let runs: Vec<_> = (0..CACHE_RUNS + 1)
+        let mut runs: Vec<_> = (0..CACHE_RUNS_PER_SIZE + 2)
             .map(|_| heap.alloc_with(&mut cache, 32 << 10, plain).expect("space"))
             .collect();
+        let other = heap.alloc_with(&mut cache, 12 << 10, plain).expect("space");
         let huge = heap.alloc_with(&mut cache, CACHE_RUN_BYTES + 1, plain).expect("space");
+        // Freed highest first but one: the last, lowest, takes the place of the highest cached.
+        runs[1..].reverse();
         for run in &runs {
             let _ = heap.free_with(&mut cache, run.id()).expect("live");
-            assert!(cache.held() <= CACHE_RUNS);
+            assert!(cache.held() <= CACHE_RUNS_PER_SIZE);
         }
         let _ = heap.free_with(&mut cache, huge.id()).expect("live");
-        assert_eq!(cache.held(), CACHE_RUNS);
+        assert_eq!(cache.held(), CACHE_RUNS_PER_SIZE);
+        // Another size has room of its own.
+        let _ = heap.free_with(&mut cache, other.id()).expect("live");
+        assert_eq!(cache.held(), CACHE_RUNS_PER_SIZE + 1);
         let stats = heap.check(cache.session()).expect("consistent");
-        assert_eq!(stats.cached_blocks, CACHE_RUNS as u64);
-        assert_eq!(stats.claimed_pages, CACHE_RUNS as u64 * 8, "the oldest run and the huge one went back");
-        // The most recently freed run comes back first.
-        let again = heap.alloc_with(&mut cache, 32 << 10, plain).expect("space");
-        assert_eq!(again.offset, runs[CACHE_RUNS].offset);
+        assert_eq!(stats.cached_blocks, CACHE_RUNS_PER_SIZE as u64 + 1);
+        assert_eq!(
+            stats.claimed_pages,
+            CACHE_RUNS_PER_SIZE as u64 * 8 + 3,
+            "the two highest runs and the huge one went back"
+        );
+        // The lowest comes back first, and every one cached is of the lowest.
+        runs.sort_by_key(|run| run.offset);
+        for run in &runs[..CACHE_RUNS_PER_SIZE] {
+            let again = heap.alloc_with(&mut cache, (32 << 10) - 1, plain).expect("space");
+            assert_eq!((again.offset, again.size), (run.offset, (32 << 10) - 1));
+        }
+        assert_eq!(cache.held(), 1);
+    }
+
+    #[test]
+    fn run_sizes_are_every_page_count_to_eight_then_four_per_doubling() {
+        let sizes: Vec<u64> = (1..=MAX_RUN_SIZE).filter_map(run_size).map(|(_, pages)| pages).collect();
+        let mut distinct = sizes.clone();
+        distinct.dedup();
+        let expected =
+            [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128];
+        assert_eq!(distinct, expected);
+        assert_eq!(distinct.len(), RUN_SIZES);
+        for pages in 1..=MAX_RUN_SIZE {
+            let (index, size) = run_size(pages).expect("a run size");
+            assert!(size >= pages && (size - pages) * 4 < pages.max(4), "{pages} -> {size}");
+            assert_eq!(distinct[index], size, "{pages}: its index names its size");
+        }
+        assert_eq!((run_size(0), run_size(MAX_RUN_SIZE + 1)), (None, None));
     }
 
     #[test]

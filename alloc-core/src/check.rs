@@ -216,7 +216,8 @@ impl Heap<'_> {
                     stats.claimed_pages += SPAN_PAGES;
                     here = bits.next_claimed(here + SPAN_PAGES);
                 }
-                Ok(PageInfo::LargeHead { pages }) if pages >= 1 && pages <= bits.pages() - here => {
+                Ok(PageInfo::LargeHead { pages, spare }) if pages >= 1 && pages <= bits.pages() - here => {
+                    ensure(spare < pages, "large run's spare pages are all its pages", here)?;
                     for member in here + 1..here + pages {
                         ensure(
                             bits.is_claimed(member) && !bits.is_head(member),
@@ -231,7 +232,7 @@ impl Heap<'_> {
                             )?;
                         }
                     }
-                    let capacity = pages << geo.page_shift;
+                    let capacity = (pages - spare) << geo.page_shift;
                     let word = self.page_word(here, page::STATE).load(Ordering::Acquire);
                     let state = BlockState::decode(word);
                     match state {
@@ -252,7 +253,7 @@ impl Heap<'_> {
                         }
                         Some(state) if state.kind == Kind::Cached => {
                             stats.cached_blocks += 1;
-                            free_bytes += capacity;
+                            free_bytes += pages << geo.page_shift;
                         }
                         _ => ensure(false, "large run recorded but neither live nor cached", here)?,
                     }

@@ -8,7 +8,10 @@
 //! A request of at most 2048 bytes (and at most 16-byte alignment) is served
 //! from a *span*: 16 aligned pages carved into blocks of one size class, with a Michael-style
 //! anchor ([`crate::span`]). Larger or more strictly aligned requests get a run of whole pages
-//! of their own (a *large* allocation), recorded in its first page's metadata.
+//! of their own (a *large* allocation), recorded in its first page's metadata; a run made
+//! through a participant's cache is rounded up to one of the cache's run sizes, its info
+//! recording the pages beyond the allocation's capacity (`spare`), so that once freed into the
+//! cache it serves any request of that size.
 //!
 //! Spans of a class that may have free blocks are found through the class's hierarchical bitmap
 //! ([`crate::hier`]), and first through this process's *hint*: the span it allocated from last.
@@ -21,7 +24,8 @@
 //!
 //! On top sits each participant's [`crate::Cache`] (the `cache` module): up to 64 free blocks
 //! per class in process-local memory, refilled from a span with one compare-exchange, so that
-//! most allocations and frees touch only the block's own words.
+//! most allocations and frees touch only the block's own words; and up to 8 freed runs of each
+//! of its run sizes (up to 512 KiB), taken back with one compare-exchange and no search.
 //!
 //! # Participants
 //!
@@ -417,8 +421,9 @@ impl SpanAt {
 pub(crate) enum Place {
     /// Block `index` of the span at page `head` of `class`; `base` is the span's byte offset.
     Small { head: u64, class: usize, index: u64, base: u64 },
-    /// The large run at page `head` of `pages` pages.
-    Large { head: u64, pages: u64 },
+    /// The large run at page `head` of `pages` pages, the last `spare` of them beyond the
+    /// allocation's capacity (see [`PageInfo::LargeHead`]).
+    Large { head: u64, pages: u64, spare: u64 },
 }
 
 /// A heap over one region. Each process opens its own `Heap` over the shared region; the value
@@ -1033,14 +1038,14 @@ impl<'a> Heap<'a> {
     fn locate_outside_spans(&self, id: AllocId, page: u64, word: u64) -> Result<(Place, &AtomicU64), Error> {
         let not_allocated = Error::NotAllocated { id: id.to_u128() };
         match PageInfo::decode(word).ok_or(Error::Corrupt { what: "unknown page info", page })? {
-            PageInfo::LargeHead { pages } => {
-                if pages == 0 || pages > self.geo.num_pages - page {
+            PageInfo::LargeHead { pages, spare } => {
+                if pages == 0 || pages > self.geo.num_pages - page || spare >= pages {
                     return Err(Error::Corrupt { what: "large run out of range", page });
                 }
                 if id.slot() * GRANULE != page << self.geo.page_shift {
                     return Err(not_allocated);
                 }
-                Ok((Place::Large { head: page, pages }, self.page_word(page, page::STATE)))
+                Ok((Place::Large { head: page, pages, spare }, self.page_word(page, page::STATE)))
             }
             // Free or in passing, or a span being retired (spans in use are `locate`'s).
             PageInfo::Free | PageInfo::Transient { .. } => Err(not_allocated),
@@ -1113,7 +1118,7 @@ impl<'a> Heap<'a> {
     pub(crate) fn capacity_of(&self, place: Place) -> u64 {
         match place {
             Place::Small { class, .. } => CLASS_SIZES[class] as u64,
-            Place::Large { pages, .. } => pages << self.geo.page_shift,
+            Place::Large { pages, spare, .. } => (pages - spare) << self.geo.page_shift,
         }
     }
 
@@ -1235,7 +1240,7 @@ impl<'a> Heap<'a> {
                 step!("free/state-freed");
                 self.push_blocks(session, head, class, &[index as u16], &[decoded.tag]);
             }
-            Place::Large { head, pages } => {
+            Place::Large { head, pages, .. } => {
                 // The run becomes ours to release (only one freer gets it); a reclaimer finishes
                 // the release for us, through PENDING, should we die.
                 self.set_pending(session, head);
@@ -1325,7 +1330,9 @@ impl<'a> Heap<'a> {
             let (place, state) = heap.locate(id, page)?;
             let mut fits = match place {
                 Place::Small { .. } => new_size <= heap.capacity_of(place),
-                Place::Large { pages, .. } => new_size.div_ceil(heap.geo.page_bytes()).max(1) == pages,
+                Place::Large { pages, spare, .. } => {
+                    new_size.div_ceil(heap.geo.page_bytes()).max(1) == pages - spare
+                }
             };
             // Under a budget, in place only while the charge stays the same (a move goes through
             // the budget as an allocation and a free), and never past the limit (where charges
@@ -1418,14 +1425,17 @@ impl<'a> Heap<'a> {
                 }
             }
         }
-        self.alloc_slow(session, size, options)
+        self.alloc_slow(session, size, None, options)
     }
 
+    /// [`Heap::alloc_slow`], for a large request that `rounded` (more pages than it needs:
+    /// a cache's size) may serve: [`Heap::alloc_large`].
     #[inline(never)]
-    fn alloc_slow(
+    pub(crate) fn alloc_slow(
         &self,
         session: &mut Session,
         size: u64,
+        rounded: Option<u64>,
         options: AllocOptions,
     ) -> Result<Allocation, Error> {
         if !options.align.is_power_of_two() || options.align > self.geo.page_bytes() {
@@ -1444,7 +1454,7 @@ impl<'a> Heap<'a> {
         loop {
             let attempt = match class {
                 Some(class) => self.alloc_small(session, class, size, options)?,
-                None => self.alloc_large(session, size, options)?,
+                None => self.alloc_large(session, size, rounded, options)?,
             };
             if let Some(allocation) = attempt {
                 return self.give_to_requested_owner(session, allocation, options);

@@ -34,7 +34,7 @@
 /// `b"SHMPOOL\0"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPOOL\0");
 /// Bumped whenever the meaning of any word in the region changes.
-pub const LAYOUT_VERSION: u64 = 10;
+pub const LAYOUT_VERSION: u64 = 11;
 
 /// Words reserved for the header; words `HOST_WORDS_START..HEADER_WORDS` belong to the host.
 pub const HEADER_WORDS: usize = 32;
@@ -126,6 +126,9 @@ pub const MAX_PAGE_SHIFT: u32 = 13;
 pub const DEFAULT_PAGE_SHIFT: u32 = 12;
 /// Page indices travel in 40-bit fields of page info.
 pub const MAX_PAGES: u64 = (1 << 32) - 2;
+/// A large head's spare pages are at most this (bits 40-58 of its info word; see
+/// [`PageInfo::LargeHead`]).
+pub const MAX_SPARE: u64 = (1 << 19) - 1;
 
 /// Words of a process record, and what each holds.
 pub const PROCESS_WORDS: usize = 4;
@@ -652,10 +655,16 @@ pub enum PageInfo {
         /// As for the head.
         retiring: bool,
     },
-    /// First page of a large allocation of `pages` pages.
+    /// First page of a large allocation of `pages` pages, of which the allocation's capacity
+    /// is all but the last `spare` (a run a cache rounded up to one of its sizes, so that it
+    /// can serve any request of that size when it is freed; the state word's slack is less
+    /// than a page, so the capacity cannot say it).
     LargeHead {
         /// Pages in the run.
         pages: u64,
+        /// Pages at the run's end beyond the allocation's capacity (at most [`MAX_SPARE`], and
+        /// fewer than `pages`).
+        spare: u64,
     },
     /// First page of a run being claimed or released by `participant`: the run's page bits are
     /// that participant's (a prefix of the run, starting with a head bit at this page, if any).
@@ -683,7 +692,9 @@ impl PageInfo {
                     | (class as u64) << 40
                     | (head & Self::LOW_MASK)
             }
-            PageInfo::LargeHead { pages } => (3 << Self::KIND_SHIFT) | (pages & Self::LOW_MASK),
+            PageInfo::LargeHead { pages, spare } => {
+                (3 << Self::KIND_SHIFT) | (spare & MAX_SPARE) << 40 | (pages & Self::LOW_MASK)
+            }
             PageInfo::Transient { participant } => (4 << Self::KIND_SHIFT) | (participant & Self::LOW_MASK),
         }
     }
@@ -712,7 +723,7 @@ impl PageInfo {
             0 => PageInfo::Free,
             1 => PageInfo::SpanHead { class, retiring: low },
             2 => PageInfo::SpanMember { head: low, class, retiring },
-            3 => PageInfo::LargeHead { pages: low },
+            3 => PageInfo::LargeHead { pages: low, spare: (word >> 40) & MAX_SPARE },
             4 => PageInfo::Transient { participant: low },
             _ => return None,
         })
@@ -1088,7 +1099,8 @@ mod tests {
             PageInfo::Free,
             PageInfo::SpanHead { class: 23, retiring: MAX_TABLE },
             PageInfo::SpanMember { head: MAX_PAGES, class: 23, retiring: false },
-            PageInfo::LargeHead { pages: MAX_PAGES },
+            PageInfo::LargeHead { pages: MAX_PAGES, spare: 0 },
+            PageInfo::LargeHead { pages: MAX_PAGES, spare: MAX_SPARE },
             PageInfo::Transient { participant: MAX_TABLE },
         ] {
             assert_eq!(PageInfo::decode(info.encode()), Some(info));

@@ -39,7 +39,7 @@ use crate::bitmap::PAGES_PER_WORD;
 use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{AllocOptions, Allocation, Heap};
-use crate::layout::{gen, page, participant, BlockState, Extra, Kind, PageInfo, SPAN_PAGES};
+use crate::layout::{gen, page, participant, BlockState, Extra, Kind, PageInfo, MAX_SPARE, SPAN_PAGES};
 use crate::participant::Session;
 use crate::primitive::Ordering;
 
@@ -365,30 +365,50 @@ impl Heap<'_> {
     }
 
     /// Allocates a run of whole pages for `size` bytes, owned by the caller; `None` if no run
-    /// is free.
+    /// is free. With `rounded` (a cache's size for the request, more pages than it needs), a
+    /// run of that many pages if one is free, the pages beyond the capacity spare, so that the
+    /// run can serve any request of that size when a cache takes it back; else an exact one.
     pub(crate) fn alloc_large(
         &self,
         session: &mut Session,
         size: u64,
+        rounded: Option<u64>,
         options: AllocOptions,
     ) -> Result<Option<Allocation>, Error> {
         let pages = size.div_ceil(self.geometry().page_bytes()).max(1);
+        if let Some(run) = rounded.filter(|&run| run > pages && run - pages <= MAX_SPARE) {
+            if let Some(allocation) = self.alloc_run(session, size, pages, run, options)? {
+                return Ok(Some(allocation));
+            }
+        }
+        self.alloc_run(session, size, pages, pages, options)
+    }
+
+    /// [`Heap::alloc_large`] of a run of `run` pages for an allocation of `pages`.
+    fn alloc_run(
+        &self,
+        session: &mut Session,
+        size: u64,
+        pages: u64,
+        run: u64,
+        options: AllocOptions,
+    ) -> Result<Option<Allocation>, Error> {
         // The lowest run past the pages the winner of the last claim we lost was found holding.
         // `from` only rises, so the search ends (a claim lost is another claimer's progress:
         // giving up after a few would fail with free pages).
         let mut search = Search::new();
         loop {
-            let find = |from| self.find_free_run(pages, from);
-            let Some(mut head) = search.next(find, |from| self.bitmap_run(pages, from)) else {
+            let find = |from| self.find_free_run(run, from);
+            let Some(mut head) = search.next(find, |from| self.bitmap_run(run, from)) else {
                 return Ok(None);
             };
-            if !self.back_pages(head + pages) {
-                let Some(lower) = search.unbacked(|from| self.used_bits().find_run(pages, from)) else {
+            if !self.back_pages(head + run) {
+                let Some(lower) = search.unbacked(|from| self.used_bits().find_run(run, from)) else {
                     return Ok(None);
                 };
                 head = lower;
             }
-            if let Err(next) = self.claim_run(session, head, pages) {
+            if let Err(next) = self.claim_run(session, head, run) {
                 search.lost(next);
                 continue;
             }
@@ -400,7 +420,7 @@ impl Heap<'_> {
             // info (or what came after it), never the info of a run that was here before.
             self.page_word(head, page::STATE).store(live, Ordering::Release);
             step!("large/initialised");
-            self.set_info(head, PageInfo::LargeHead { pages });
+            self.set_info(head, PageInfo::LargeHead { pages: run, spare: run - pages });
             self.clear_pending(session);
             step!("large/published");
             return Ok(Some(allocation));
@@ -408,8 +428,9 @@ impl Heap<'_> {
     }
 
     /// Issues a new generation for the run at `head` (held by the session, claimed or cached)
-    /// and writes its extra word: the allocation it becomes, and the state word that makes it
-    /// live. The run's epoch is the caller's alone to write while it holds the run.
+    /// and writes its extra word: the allocation of `pages` pages' capacity it becomes, and the
+    /// state word that makes it live. The run's epoch is the caller's alone to write while it
+    /// holds the run.
     fn issue_run(
         &self,
         session: &Session,
@@ -442,11 +463,12 @@ impl Heap<'_> {
     }
 
     /// Makes the run at `head` of `pages` pages, which a cache of the session's process holds
-    /// with state word `cached`, the live allocation of `size` bytes; `None` (nothing changed)
-    /// if it is not that run any more: another participant released it (see
+    /// with state word `cached`, the live allocation of `size` bytes (at most the run's pages;
+    /// the pages beyond its capacity become the run's spare); `None` (nothing changed) if it is
+    /// not that run any more: another participant released it (see
     /// [`Heap::release_cached_runs`]). The run is taken first (`Releasing` by us, under
-    /// `PENDING`, as a release would take it), so that its epoch and extra word are ours to
-    /// write; a reclaimer finishes the release should we die before it is live.
+    /// `PENDING`, as a release would take it), so that its info, epoch and extra word are ours
+    /// to write; a reclaimer finishes the release should we die before it is live.
     pub(crate) fn hand_out_run(
         &self,
         session: &Session,
@@ -456,7 +478,10 @@ impl Heap<'_> {
         size: u64,
         options: AllocOptions,
     ) -> Option<Allocation> {
-        if self.info(head) != Ok(PageInfo::LargeHead { pages }) {
+        let needed = size.div_ceil(self.geometry().page_bytes()).max(1);
+        if needed > pages
+            || !matches!(self.info(head), Ok(PageInfo::LargeHead { pages: p, .. }) if p == pages)
+        {
             return None;
         }
         self.set_pending(session, head);
@@ -468,7 +493,8 @@ impl Heap<'_> {
             return None;
         }
         step!("run-cache/taken");
-        let (allocation, live) = self.issue_run(session, head, pages, size, options);
+        self.set_info(head, PageInfo::LargeHead { pages, spare: pages - needed });
+        let (allocation, live) = self.issue_run(session, head, needed, size, options);
         step!("run-cache/issued");
         // ORDERING: Release publishes the extra word (and the allocation) to lookups, as in
         // `alloc_large`. Nobody else changes a state word that names us releasing it.
@@ -519,14 +545,14 @@ impl Heap<'_> {
         while here < bits.pages() {
             let next = match bits.is_head(here).then(|| self.info(here)) {
                 Some(Ok(PageInfo::SpanHead { .. })) => here + SPAN_PAGES,
-                Some(Ok(PageInfo::LargeHead { pages })) if pages >= 1 && pages <= bits.pages() - here => {
+                Some(Ok(PageInfo::LargeHead { pages, .. })) if pages >= 1 && pages <= bits.pages() - here => {
                     // ORDERING: Acquire pairs with the Release of the caching compare-exchange.
                     let word = self.page_word(here, page::STATE).load(Ordering::Acquire);
                     // The length read first may be a former run's: the run of this word is the
                     // one whose length we read only if the info still says so after the word (a
                     // run's info stays while its state word does).
                     if BlockState::decode(word).is_some_and(|state| state.kind == Kind::Cached)
-                        && self.info(here) == Ok(PageInfo::LargeHead { pages })
+                        && matches!(self.info(here), Ok(PageInfo::LargeHead { pages: p, .. }) if p == pages)
                     {
                         released |= self.release_run_from(session, here, pages, word).is_some();
                     }
@@ -546,17 +572,14 @@ impl Heap<'_> {
         self.page_word(head, page::EPOCH).fetch_max(generation, Ordering::Relaxed);
         step!("release/epoch");
         let transient = PageInfo::Transient { participant: session.participant };
+        let info = self.page_word(head, page::INFO);
+        // ORDERING: Relaxed: the exchange below acquires what it compares.
+        let word = info.load(Ordering::Relaxed);
+        let ours = matches!(PageInfo::decode(word), Some(PageInfo::LargeHead { pages: p, .. }) if p == pages);
         // ORDERING: AcqRel: acquires the run from whoever published it, releases our marking.
         // Only the participant that made the state `Releasing` releases (no ABA on the info).
-        if self
-            .page_word(head, page::INFO)
-            .compare_exchange(
-                PageInfo::LargeHead { pages }.encode(),
-                transient.encode(),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_err()
+        if !ours
+            || info.compare_exchange(word, transient.encode(), Ordering::AcqRel, Ordering::Relaxed).is_err()
         {
             // Not the run we were told of (only a corrupted pool gets here): better to leave
             // its pages held than to free someone else's.

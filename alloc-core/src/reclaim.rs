@@ -401,7 +401,7 @@ impl Heap<'_> {
                 self.back_out_retirement(session, first, class, dead);
                 Ok(())
             }
-            PageInfo::LargeHead { pages } => {
+            PageInfo::LargeHead { pages, .. } => {
                 let state = self.page_word(first, page::STATE);
                 let word = state.load(Ordering::Acquire);
                 let Some(decoded) =
@@ -427,7 +427,7 @@ impl Heap<'_> {
                     .max(first + 1);
                 let pages = match held - first {
                     held_pages if held_pages != pages => {
-                        self.set_info(first, PageInfo::LargeHead { pages: held_pages });
+                        self.set_info(first, PageInfo::LargeHead { pages: held_pages, spare: 0 });
                         held_pages
                     }
                     _ => pages,
@@ -646,7 +646,7 @@ impl Heap<'_> {
                     outcome?;
                     page = bits.next_claimed(page + SPAN_PAGES);
                 }
-                PageInfo::LargeHead { pages } if pages >= 1 && pages <= bits.pages() - page => {
+                PageInfo::LargeHead { pages, .. } if pages >= 1 && pages <= bits.pages() - page => {
                     self.reclaim_large(session, page, reclaimed, report)?;
                     page = bits.next_claimed(page + pages);
                 }
@@ -746,7 +746,9 @@ impl Heap<'_> {
         // The run's length as published with it. What the walk read may be a former run's:
         // if the exchange below succeeds, the run of `word` lived all along, so this is its own.
         let pages = match self.info(head)? {
-            PageInfo::LargeHead { pages } if pages >= 1 && pages <= self.geometry().num_pages - head => pages,
+            PageInfo::LargeHead { pages, .. } if pages >= 1 && pages <= self.geometry().num_pages - head => {
+                pages
+            }
             // Not published yet (its claimer's adopter undoes the claim), or gone already.
             _ => return Ok(()),
         };
@@ -878,7 +880,7 @@ mod tests {
         let head = (a.offset - heap.geometry().data_offset) / page_bytes;
         // The reclaimer's walk reads INFO[head] here...
         let stale = match heap.info(head).expect("info") {
-            PageInfo::LargeHead { pages } => pages,
+            PageInfo::LargeHead { pages, .. } => pages,
             other => panic!("{other:?}"),
         };
         assert_eq!(stale, 3);

@@ -175,10 +175,20 @@ impl Heap<'_> {
                     self.raise_page_hwm(end);
                     end
                 }
-                PageInfo::LargeHead { pages } => {
+                PageInfo::LargeHead { pages, spare } => {
                     let end = self.run_extent(&bits, here, pages, limit);
-                    if end != here + pages {
-                        self.set_info(here, PageInfo::LargeHead { pages: end - here });
+                    // A run whose bits held more than its count keeps its spare, a shorter one
+                    // as much of its capacity as it still holds; a spare of the whole run is
+                    // damage, read as none (the user's bytes may be anywhere in the run).
+                    let spare = if spare < pages { spare } else { 0 };
+                    let kept = end - here;
+                    let capacity = match kept >= pages {
+                        true => kept - spare,
+                        false => (pages - spare).min(kept),
+                    };
+                    let fixed = PageInfo::LargeHead { pages: kept, spare: kept - capacity };
+                    if Ok(fixed) != self.info(here) {
+                        self.set_info(here, fixed);
                         repaired.damaged_runs += 1;
                     }
                     let state_word = self.page_word(here, page::STATE);
@@ -190,7 +200,7 @@ impl Heap<'_> {
                                 || (state.kind == Kind::Cached && end == here + pages) =>
                         {
                             if state.kind == Kind::Live {
-                                self.fit_slack(state, here, pages, end);
+                                self.fit_slack(state, here, pages - spare, capacity);
                             }
                             self.clear_interior(here, end);
                             self.raise_page_hwm(end);
@@ -265,13 +275,13 @@ impl Heap<'_> {
         end
     }
 
-    /// Makes the slack of the live run at `here` (its head said `pages`, it now ends at `end`)
-    /// fit its capacity: a shorter run keeps as much of the size as fits, a longer one (its bits
-    /// held more than its count) keeps its slack.
-    fn fit_slack(&self, state: BlockState, here: u64, pages: u64, end: u64) {
+    /// Makes the slack of the live run at `here` (its capacity was `pages` pages, it is now
+    /// `kept`) fit its capacity: a smaller one keeps as much of the size as fits, a larger one
+    /// keeps its slack.
+    fn fit_slack(&self, state: BlockState, here: u64, pages: u64, kept: u64) {
         let page_bytes = self.geometry().page_bytes();
-        let capacity = (end - here) * page_bytes;
-        let size = match end < here + pages {
+        let capacity = kept * page_bytes;
+        let size = match kept < pages {
             true => pages.saturating_mul(page_bytes).saturating_sub(state.aux).min(capacity),
             false => capacity.saturating_sub(state.aux),
         };

@@ -355,7 +355,7 @@ fn repair_keeps_a_live_run_whose_count_reaches_past_the_backed_pages() {
     damage(
         &heap,
         geo.page_word(head, page::INFO),
-        PageInfo::LargeHead { pages: geo.num_pages - head }.encode(),
+        PageInfo::LargeHead { pages: geo.num_pages - head, spare: 0 }.encode(),
     );
     assert!(p.check().is_err(), "the damage is seen");
     let repaired = heap.repair(&mut p.session).expect("repairable");
@@ -378,7 +378,7 @@ fn repair_keeps_a_live_run_whose_count_reaches_into_the_next_run() {
     let next = p.alloc(2 * HOST_PAGE, AllocOptions::default()).expect("room");
     common::fill(&heap, &run, 7);
     let head = (run.offset - geo.data_offset) >> 12;
-    damage(&heap, geo.page_word(head, page::INFO), PageInfo::LargeHead { pages: 3 }.encode());
+    damage(&heap, geo.page_word(head, page::INFO), PageInfo::LargeHead { pages: 3, spare: 0 }.encode());
     let repaired = heap.repair(&mut p.session).expect("repairable");
     assert_eq!(repaired.damaged_runs, 1, "{repaired:?}");
     p.check().expect("consistent after repair");
@@ -496,7 +496,7 @@ fn repair_keeps_every_page_of_a_live_run_whose_count_was_damaged_lower() {
         damage(
             &heap,
             geo.page_word(head_of(&heap, &run), page::INFO),
-            PageInfo::LargeHead { pages: count }.encode(),
+            PageInfo::LargeHead { pages: count, spare: 0 }.encode(),
         );
         repaired_keeps(&heap, &mut p, &run);
         assert!(common::holds(&heap, &run, 5));
@@ -581,7 +581,7 @@ fn repair_keeps_the_pages_a_count_damaged_higher_names_over_free_pages() {
     damage(
         &heap,
         geo.page_word(head_of(&heap, &run), page::INFO),
-        PageInfo::LargeHead { pages: 900 }.encode(),
+        PageInfo::LargeHead { pages: 900, spare: 0 }.encode(),
     );
     let repaired = heap.repair(&mut p.session).expect("repairable");
     p.check().expect("consistent after repair");
@@ -633,7 +633,11 @@ fn a_stopped_release_with_a_damaged_count_releases_only_its_own_pages() {
         damage(&heap, state_word, BlockState::releasing(index_of(&q), tag).encode());
         damage(&heap, geo.participant_field(index_of(&q), participant::PENDING), head + 1);
         let count = if reach_past_the_backed_pages { geo.num_pages - head } else { 4 };
-        damage(&heap, geo.page_word(head, page::INFO), PageInfo::LargeHead { pages: count }.encode());
+        damage(
+            &heap,
+            geo.page_word(head, page::INFO),
+            PageInfo::LargeHead { pages: count, spare: 0 }.encode(),
+        );
         let repaired = heap.repair(&mut p.session).expect("repairable");
         p.check().unwrap_or_else(|error| panic!("check rejects the repaired pool: {error:?} ({repaired:?})"));
         assert_eq!(p.lookup(b.id()), Ok(b));

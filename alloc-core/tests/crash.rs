@@ -30,6 +30,8 @@ const OTHER_DEAD: u32 = 3;
 const THIRD_DEAD: u32 = 4;
 /// The size of the doomed process's large run (small enough for its cache).
 const LARGE: u64 = 2 * 4096 + 100;
+/// Nine pages, which a cache rounds up to a run of ten.
+const ROUNDED: u64 = 9 * 4096;
 
 /// The panic payload of a participant stopped at a step.
 struct Stopped(&'static str);
@@ -118,6 +120,8 @@ enum Op {
     CachedFreeLarge,
     CachedFreeLargeEvicting,
     CachedAllocLarge,
+    CachedAllocRounding,
+    CachedAllocRoundedLarge,
     AllocTakingCachedRuns,
     Flush,
     SetOwnerToAnotherProcess,
@@ -129,7 +133,7 @@ enum Op {
     AllocBlocking,
 }
 
-const OPS: [Op; 21] = [
+const OPS: [Op; 23] = [
     Op::AllocSmall,
     Op::AllocSmallCarving,
     Op::AllocLarge,
@@ -142,6 +146,8 @@ const OPS: [Op; 21] = [
     Op::CachedFreeLarge,
     Op::CachedFreeLargeEvicting,
     Op::CachedAllocLarge,
+    Op::CachedAllocRounding,
+    Op::CachedAllocRoundedLarge,
     Op::AllocTakingCachedRuns,
     Op::Flush,
     Op::SetOwnerToAnotherProcess,
@@ -201,7 +207,7 @@ fn prepare<'a>(
         }
         Op::CachedFreeLargeEvicting => {
             // A full run cache: freeing another run releases the oldest.
-            for _ in 0..alloc_core::CACHE_RUNS {
+            for _ in 0..alloc_core::CACHE_RUNS_PER_SIZE {
                 let run = doomed.alloc(4096).expect("space");
                 let _ = doomed.heap.free_with(&mut doomed.cache, run.id()).expect("live");
             }
@@ -227,6 +233,12 @@ fn prepare<'a>(
             // A cached run, which the operation takes back or gives back.
             let run = doomed.alloc(LARGE).expect("space");
             let _ = doomed.heap.free_with(&mut doomed.cache, run.id()).expect("live");
+        }
+        Op::CachedAllocRoundedLarge => {
+            // A cached run of 10 pages that served 9 (one spare), which the operation takes back
+            // for a request of all 10.
+            let run = doomed.heap.alloc_with(&mut doomed.cache, ROUNDED, AllocOptions::default());
+            let _ = doomed.heap.free_with(&mut doomed.cache, run.expect("space").id()).expect("live");
         }
         Op::AllocRetiringSpans => {
             // Every free page used by tiny blocks, then freed: spans to retire on demand.
@@ -294,6 +306,8 @@ fn run_op(op: Op, doomed: &mut Member<'_>, prepared: &Prepared, bystander_owner:
             heap.free_with(cache, prepared.large.id()).map(|_| ())
         }
         Op::CachedAllocLarge => heap.alloc_with(cache, LARGE, plain).map(|_| ()),
+        Op::CachedAllocRounding => heap.alloc_with(cache, ROUNDED, plain).map(|_| ()),
+        Op::CachedAllocRoundedLarge => heap.alloc_with(cache, ROUNDED + 4096, plain).map(|_| ()),
         Op::AllocTakingCachedRuns => heap.alloc(session, LARGE, plain).map(|_| ()),
         Op::Flush => {
             let _ = heap.free_with(cache, prepared.cached_live[2].id());

@@ -143,7 +143,8 @@ fn cached_runs_never_overlap_live_allocations_through_reclaim_and_realloc() {
         let mut dcache = doomed.cache();
         let mut mine = Vec::new();
         for _ in 0..12 {
-            let size = [RUN, RUN - 1, 3 * 4096, 4096, 0, 256 << 10][(next() % 6) as usize];
+            let size =
+                [RUN, RUN - 1, 3 * 4096, 4096, 0, 256 << 10, 9 * 4096, 17 * 4096 + 1][(next() % 8) as usize];
             let align = [16, 4096][(next() % 2) as usize];
             let opts = AllocOptions { align, ..plain() };
             if let Ok(x) = heap.alloc_with(&mut dcache, size, opts) {
@@ -157,7 +158,7 @@ fn cached_runs_never_overlap_live_allocations_through_reclaim_and_realloc() {
         }
         // Doomed dies with cached runs and live runs; a survivor uses its own cache meanwhile.
         for _ in 0..8 {
-            let size = [RUN, 2 * 4096, 4096 + 1][(next() % 3) as usize];
+            let size = [RUN, 2 * 4096, 4096 + 1, 11 * 4096 - 1, 9 * 4096][(next() % 5) as usize];
             let x = heap.alloc_with(&mut cache, size, plain()).expect("space");
             fill(&heap, &x, x.offset ^ round);
             live.push((x, x.offset ^ round));
@@ -225,4 +226,115 @@ fn frees_with_waiters_bypass_the_run_cache_and_no_room_takes_cached_runs() {
     assert!(matches!(stale, Err(Error::OutOfMemory { .. })), "{stale:?}");
     assert_eq!(cache.held(), 0);
     p.check().expect("consistent");
+}
+
+// ----- rounded runs (a cache's run sizes) ---------------------------------------------------
+
+/// The info word of the run at `offset`.
+fn info_of(memory: &TestMemory, heap: &Heap<'_>, offset: u64) -> Option<PageInfo> {
+    PageInfo::decode(memory.word(heap.geometry().page_word(head_of(heap, offset), page::INFO)))
+}
+
+/// A request through a cache gets a run of its run size, the pages beyond its capacity spare:
+/// its size and capacity are exactly what it asked for (lookups, walks and realloc agree), and
+/// the run serves any request of its run size once freed, its spare rewritten each time.
+#[test]
+fn a_cached_request_is_rounded_to_a_run_size_its_capacity_exact() {
+    let memory = TestMemory::new(4 * MIB);
+    let heap = memory.create();
+    let mut p = Participant::new(&heap, 1);
+    let mut cache = p.cache();
+    let page = heap.geometry().page_bytes();
+    let a = heap.alloc_with(&mut cache, 9 * page - 10, plain()).expect("space");
+    assert_eq!((a.size, a.capacity), (9 * page - 10, 9 * page));
+    assert_eq!(info_of(&memory, &heap, a.offset), Some(PageInfo::LargeHead { pages: 10, spare: 1 }));
+    assert_eq!(p.lookup(a.id()), Ok(a));
+    assert_eq!(p.live(), vec![a]);
+    let stats = p.check().expect("consistent");
+    assert_eq!((stats.claimed_pages, stats.live_bytes), (10, a.size));
+    // In place within its capacity only: the spare page is not the allocation's.
+    let same = p.realloc(a.id(), 9 * page).expect("fits");
+    assert_eq!((same.id(), same.capacity), (a.id(), 9 * page));
+    let moved = p.realloc(a.id(), 9 * page + 1).expect("room");
+    assert_ne!(moved.offset, a.offset);
+    assert_eq!(info_of(&memory, &heap, moved.offset), Some(PageInfo::LargeHead { pages: 10, spare: 0 }));
+    let _ = heap.free_with(&mut cache, moved.id()).expect("live");
+    // The freed run (ten pages) serves nine pages and a byte, then eight and a byte.
+    for (size, spare) in [(9 * page + 1, 0), (8 * page + 1, 1)] {
+        let b = heap.alloc_with(&mut cache, size, plain()).expect("space");
+        assert_eq!((b.offset, b.size, b.capacity), (moved.offset, size, size.div_ceil(page) * page));
+        assert_eq!(info_of(&memory, &heap, b.offset), Some(PageInfo::LargeHead { pages: 10, spare }));
+        assert_eq!(p.lookup(b.id()), Ok(b));
+        p.check().expect("consistent");
+        let _ = heap.free_with(&mut cache, b.id()).expect("live");
+    }
+    // Not through a cache: an exact run.
+    let exact = p.alloc(9 * page, plain()).expect("space");
+    assert_eq!(info_of(&memory, &heap, exact.offset), Some(PageInfo::LargeHead { pages: 9, spare: 0 }));
+    let _ = p.free(exact.id()).expect("live");
+    let _ = heap.flush(&mut cache).expect("ours");
+    assert_eq!(p.check().expect("consistent").claimed_pages, 0);
+}
+
+/// Rounding never refuses: with no run of the rounded size free, the exact one is taken.
+#[test]
+fn a_rounded_request_takes_an_exact_run_when_no_rounded_one_is_free() {
+    let memory = TestMemory::new(4 * MIB);
+    let heap = memory.create();
+    let mut p = Participant::new(&heap, 1);
+    let page = heap.geometry().page_bytes();
+    let mut runs = Vec::new();
+    while let Ok(a) = p.alloc(9 * page, plain()) {
+        runs.push(a);
+    }
+    // A hole of nine pages between live runs (the pages after the last are fewer than ten).
+    let hole = runs.remove(runs.len() / 2);
+    let _ = p.free(hole.id()).expect("live");
+    let mut cache = p.cache();
+    let a = heap.alloc_with(&mut cache, 9 * page, plain()).expect("the nine pages fit");
+    assert_eq!(a.offset, hole.offset);
+    assert_eq!(info_of(&memory, &heap, a.offset), Some(PageInfo::LargeHead { pages: 9, spare: 0 }));
+    p.check().expect("consistent");
+}
+
+/// Under a budget, caches keep no runs, so nothing is rounded: a budgeted data area is only a
+/// little larger than its limit.
+#[test]
+fn a_budgeted_heap_rounds_nothing() {
+    use alloc_core::layout::DEFAULT_PAGE_SHIFT;
+    use alloc_core::{Budget, Platform};
+    let memory = TestMemory::new(4 * MIB);
+    let budget = Some(Budget { limit: 1 << 20, max_allocations: 0 });
+    let heap = Heap::create_with_budget(memory.region(), DEFAULT_PAGE_SHIFT, Platform::SYMMETRIC, budget)
+        .expect("fits");
+    let p = Participant::new(&heap, 1);
+    let mut cache = p.cache();
+    let page = heap.geometry().page_bytes();
+    let a = heap.alloc_with(&mut cache, 9 * page, plain()).expect("space");
+    assert_eq!(info_of(&memory, &heap, a.offset), Some(PageInfo::LargeHead { pages: 9, spare: 0 }));
+    let _ = heap.free_with(&mut cache, a.id()).expect("live");
+    assert_eq!(cache.held(), 0);
+}
+
+/// A spare as large as its run is damage: check says so, and repair gives the allocation the
+/// whole run (its bytes may be anywhere in it).
+#[test]
+fn check_refuses_a_spare_of_the_whole_run_and_repair_mends_it() {
+    let memory = TestMemory::new(4 * MIB);
+    let heap = memory.create();
+    let mut p = Participant::new(&heap, 1);
+    let mut cache = p.cache();
+    let page = heap.geometry().page_bytes();
+    let a = heap.alloc_with(&mut cache, 9 * page, plain()).expect("space");
+    fill(&heap, &a, 7);
+    let word = heap.geometry().page_word(head_of(&heap, a.offset), page::INFO);
+    memory.set_word(word, PageInfo::LargeHead { pages: 10, spare: 10 }.encode());
+    assert!(p.check().is_err(), "the damage is seen");
+    assert!(p.lookup(a.id()).is_err(), "a lookup refuses the damaged run");
+    let _ = heap.repair(&mut p.session).expect("repairable");
+    p.check().expect("consistent after repair");
+    let kept = p.lookup(a.id()).expect("kept");
+    assert_eq!(kept.offset, a.offset);
+    assert_eq!((kept.capacity, kept.size), (10 * page, 10 * page));
+    assert!(holds(&heap, &a, 7));
 }

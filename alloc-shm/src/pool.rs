@@ -162,6 +162,9 @@ impl PartialEq for Pool {
 
 impl Eq for Pool {}
 
+/// What [`Pool::size_for_budget`] adds against fragmentation, beside a span per class.
+const FRAGMENTATION_SLACK: u64 = 1 << 20;
+
 impl Pool {
     /// Creates pool `name` of `size` bytes in `/dev/shm`, mode 0600. An existing name is an
     /// error ([`PoolError::AlreadyExists`]).
@@ -242,8 +245,7 @@ impl Pool {
     /// [`alloc_core::budget`]).
     pub fn size_for_budget(limit: u64) -> Result<u64> {
         let span = alloc_core::layout::SPAN_PAGES << alloc_core::layout::DEFAULT_PAGE_SHIFT;
-        let slack = alloc_core::layout::NUM_CLASSES as u64 * span
-            + alloc_core::CACHE_RUNS as u64 * alloc_core::CACHE_RUN_BYTES;
+        let slack = alloc_core::layout::NUM_CLASSES as u64 * span + FRAGMENTATION_SLACK;
         let data = limit
             .checked_add(slack)
             .ok_or(PoolError::InvalidSize { size: limit, reason: "no pool can hold that much" })?;

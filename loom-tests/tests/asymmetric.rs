@@ -32,7 +32,7 @@ fn the_last_users_writes_happen_before_a_participant_taking_the_cached_run_reuse
         let heap = Heap::create(memory.region(), PAGE_SHIFT, ASYMMETRIC).expect("fits");
         let (_, holder) = attach(&heap, 1);
         let (_, mut other) = attach(&heap, 2);
-        let mut cache = Cache::new(holder);
+        let mut cache = Box::new(Cache::new(holder));
         let run = heap.alloc_with(&mut cache, 100, RUN).expect("an empty heap has room");
         let data_bytes = heap.geometry().data_bytes();
         let _rest = heap.alloc(&mut other, data_bytes - run.capacity, RUN).expect("the rest");

@@ -5,7 +5,7 @@
 
 use alloc_core::{AllocOptions, Allocation, Cache, Error, Session};
 use loom::sync::Arc;
-use loom_tests::{attach, create, explore, open, spawn, LoomRegion, ONE_SPAN_HEAP};
+use loom_tests::{attach, create, explore, open, spawn, LoomRegion, ONE_SPAN_HEAP, TWO_SPAN_HEAP};
 
 /// Page-aligned requests are runs (64-byte pages): 100 bytes is a run of two pages.
 const RUN: AllocOptions = AllocOptions { align: 64, alloc_type: 3, owner: None };
@@ -34,13 +34,30 @@ fn allocate_with_no_room(
 /// `first` is `NotAllocated`, and `check` passes with the cache's runs accounted for.
 #[test]
 fn a_run_freed_into_a_cache_and_taken_back_races_with_a_stale_free() {
-    explore(30_000, || {
-        let memory = Arc::new(LoomRegion::new(ONE_SPAN_HEAP));
+    freed_into_a_cache_and_taken_back(ONE_SPAN_HEAP, 100, 90);
+}
+
+/// As above with a run a cache rounded up (nine pages' request, a run of ten: one spare page),
+/// taken back for a request of all ten pages: the taker rewrites the run's spare on its info
+/// while B's lookup and free of the old id read that info.
+///
+/// Invariant: as above, and the new allocation's capacity is all ten pages. (Two spans of
+/// pages: while B's free of `first` is in passing, A's new run fits beside it.)
+#[test]
+fn a_rounded_run_taken_back_with_another_spare_races_with_a_stale_free() {
+    freed_into_a_cache_and_taken_back(TWO_SPAN_HEAP, 9 * 64, 10 * 64 - 5);
+}
+
+/// The model of the two tests above, in a region of `bytes`: `first` of `size` bytes, then
+/// `second` of `again`.
+fn freed_into_a_cache_and_taken_back(bytes: usize, size: u64, again: u64) {
+    explore(30_000, move || {
+        let memory = Arc::new(LoomRegion::new(bytes));
         let heap = create(&memory);
         let (_, writer) = attach(&heap, 1);
         let (_, mut other) = attach(&heap, 2);
-        let mut cache = Cache::new(writer);
-        let first = heap.alloc_with(&mut cache, 100, RUN).expect("an empty heap has room");
+        let mut cache = Box::new(Cache::new(writer));
+        let first = heap.alloc_with(&mut cache, size, RUN).expect("an empty heap has room");
         let racing = {
             let memory = memory.clone();
             spawn(move || {
@@ -55,7 +72,7 @@ fn a_run_freed_into_a_cache_and_taken_back_races_with_a_stale_free() {
             spawn(move || {
                 let heap = open(&memory);
                 let freed = heap.free_with(&mut cache, first.id());
-                let second = heap.alloc_with(&mut cache, 90, RUN).expect("the run is free again");
+                let second = heap.alloc_with(&mut cache, again, RUN).expect("the run is free again");
                 (cache, freed, second)
             })
         };
@@ -71,7 +88,11 @@ fn a_run_freed_into_a_cache_and_taken_back_races_with_a_stale_free() {
         if cache_freed.is_ok() {
             assert_eq!((second.offset, cache.held()), (first.offset, 0), "taken back from the cache");
         }
-        assert_eq!(heap.lookup(&mut other, second.id()).map(|a| (a.size, a.alloc_type)), Ok((90, 3)));
+        let capacity = again.div_ceil(64) * 64;
+        assert_eq!(
+            heap.lookup(&mut other, second.id()).map(|a| (a.size, a.capacity, a.alloc_type)),
+            Ok((again, capacity, 3))
+        );
         assert_eq!(heap.lookup(&mut other, first.id()).map(drop), Err(not_allocated));
         let stats = heap.check(cache.session()).expect("consistent");
         assert_eq!((stats.live_allocations, stats.cached_blocks), (1, cache.held() as u64));
@@ -94,7 +115,7 @@ fn a_run_taken_back_by_its_cache_races_with_a_participant_taking_cached_runs() {
         let heap = create(&memory);
         let (_, holder) = attach(&heap, 1);
         let (_, mut other) = attach(&heap, 2);
-        let mut cache = Cache::new(holder);
+        let mut cache = Box::new(Cache::new(holder));
         let run = heap.alloc_with(&mut cache, 100, RUN).expect("an empty heap has room");
         let data_bytes = heap.geometry().data_bytes();
         let rest = heap.alloc(&mut other, data_bytes - run.capacity, RUN).expect("the rest of the heap");
@@ -139,7 +160,7 @@ fn a_participant_taking_cached_runs_never_releases_one_with_a_former_runs_length
         let (owner, holder) = attach(&heap, 1);
         let mut second = heap.register_participant(owner).expect("room");
         let (_, mut other) = attach(&heap, 2);
-        let mut cache = Cache::new(holder);
+        let mut cache = Box::new(Cache::new(holder));
         // Pages: [a a][spacer][rest ...]; then the spacer is freed and `a` cached.
         let a = heap.alloc_with(&mut cache, 100, RUN).expect("room");
         let spacer = heap.alloc(&mut other, 64, RUN).expect("room");
