@@ -1,5 +1,5 @@
 //! Chaos with real processes: churning children (allocate, fill, verify, free; sizes 16 B to
-//! 256 KiB, half through a cache) are SIGKILLed at random moments, over and over, while one
+//! 512 KiB, half through a cache) are SIGKILLed at random moments, over and over, while one
 //! child is frozen with SIGSTOP for seconds and this process keeps allocating and reclaiming
 //! online. Nobody may hang or see another's bytes change; at the end, online `reclaim_dead`
 //! alone (no repair) must leave a pool that passes `check()` and serves its whole data area.
@@ -22,7 +22,7 @@ const CHURNERS: usize = 3;
 
 fn churner(pool: &Pool, seed: u64) -> Child {
     let descriptor = to_hex(&pool.descriptor().expect("descriptor fits"));
-    // Sizes 16 B << 0..15: up to 256 KiB.
+    // Sizes from 16 B << 0..15 to twice that: up to 512 KiB.
     let mut child = Command::new(CHILD)
         .args(["churn", &descriptor, &seed.to_string(), "15"])
         .stderr(Stdio::piped())

@@ -3,7 +3,8 @@
 //! listening at PATH: how memfd pools travel) and reports on stderr in lines starting with `@@`.
 //!
 //! - `churn POOL SEED [MAX_SHIFT]`: allocate, fill, verify and free forever (until killed),
-//!   half of the time through a cache, sizes 16 B << 0..MAX_SHIFT (default 10: up to 8 KiB);
+//!   half of the time through a cache, sizes from 16 B << 0..MAX_SHIFT (default 10: from 8 KiB)
+//!   to twice that less a byte (so that caches round runs up to their run sizes);
 //!   reports `@@ ready` once it holds its process record.
 //! - `wait POOL SIZE TIMEOUT_MS`: one `alloc_blocking`; reports `@@ ok OFFSET MICROS` or
 //!   `@@ timeout MICROS`.
@@ -151,7 +152,8 @@ fn churn(pool: &Pool, seed: u64, max_shift: u64) -> Result<(), PoolError> {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let size = 16 << (rng % max_shift.clamp(1, 40));
+        let base = 16 << (rng % max_shift.clamp(1, 40));
+        let size = base + (rng >> 24) % base;
         let cached = rng & 1 == 0;
         let allocation = if cached { local.alloc(size) } else { pool.alloc(size) };
         match allocation {
