@@ -188,6 +188,24 @@ impl Cache {
         self.runs.get(size)?[..self.run_lens[size] as usize].iter().map(|run| run.head).max()
     }
 
+    /// The run size of the cached run highest in the pool, of any size, and its first page.
+    fn highest_of_all(&self) -> Option<(usize, u64)> {
+        (0..RUN_SIZES).filter_map(|size| Some((size, self.highest_run(size)?))).max_by_key(|&(_, head)| head)
+    }
+
+    /// Drops the records of the runs `gone` says another participant took (released).
+    fn forget_runs(&mut self, gone: impl Fn(&CachedRun) -> bool) {
+        for size in 0..RUN_SIZES {
+            let mut at = 0;
+            while at < self.run_lens[size] as usize {
+                match gone(&self.runs[size][at]) {
+                    true => drop(self.remove_run(size, at)),
+                    false => at += 1,
+                }
+            }
+        }
+    }
+
     /// Caches `run` as one of run size `size` (callers check there is room).
     fn push_run(&mut self, size: usize, run: CachedRun) {
         let len = self.run_lens[size] as usize;
@@ -531,14 +549,9 @@ impl<'a> Heap<'a> {
                 {
                     Some(self.spill(cache, class, CACHE_BLOCKS / 2))
                 }
-                // A full run size keeps the lowest runs (address order, as first fit): the
-                // highest of them and this one goes back.
-                Place::Large { head, pages, .. } => self
-                    .run_size_of(pages)
-                    .filter(|&size| cache.run_lens[size] as usize == CACHE_RUNS_PER_SIZE)
-                    .filter(|&size| cache.highest_run(size).is_some_and(|highest| highest > head))
-                    .and_then(|size| cache.take_highest_run(size))
-                    .map(|run| self.give_back_run(&cache.session, run)),
+                Place::Large { head, pages, .. } => {
+                    self.run_size_of(pages).and_then(|size| self.make_room_for_run(cache, size, head, pages))
+                }
                 _ => None,
             };
             if let Some(wake) = made_room {
@@ -554,6 +567,32 @@ impl<'a> Heap<'a> {
         }
         // A large allocation, a block of another span, or waiters: free to the shared heap.
         self.free_uncharged(&mut cache.session, id)
+    }
+
+    /// Room in `cache` for a freed run of `pages` pages at `head`, of run size `size`, if runs
+    /// higher in the pool can go back for it (address order, as first fit: a cache keeps the
+    /// lowest runs): the highest of a full run size; over the cache's page limit, records of
+    /// runs another participant released are dropped first, then the highest runs of any size
+    /// go back. `None` if nothing went back.
+    fn make_room_for_run(&self, cache: &mut Cache, size: usize, head: u64, pages: u64) -> Option<Wake> {
+        let mut wake = None;
+        if cache.run_lens[size] as usize == CACHE_RUNS_PER_SIZE {
+            cache.highest_run(size).filter(|&highest| highest > head)?;
+            let run = cache.take_highest_run(size)?;
+            wake = Some(self.give_back_run(&cache.session, run));
+        }
+        if cache.run_pages + pages > self.run_pages_limit() {
+            // ORDERING: Relaxed: a word other than the one cached means the run is not ours any
+            // more (a record wrongly kept only costs room; see `still_cached`).
+            cache
+                .forget_runs(|run| self.page_word(run.head, page::STATE).load(Ordering::Relaxed) != run.word);
+        }
+        while cache.run_pages + pages > self.run_pages_limit() {
+            let Some((highest, _)) = cache.highest_of_all().filter(|&(_, at)| at > head) else { break };
+            let Some(run) = cache.take_highest_run(highest) else { break };
+            wake = Some(wake.unwrap_or(Wake::Nobody).or(self.give_back_run(&cache.session, run)));
+        }
+        wake
     }
 
     /// Gives every cached block back to the shared spans and every cached run to the page

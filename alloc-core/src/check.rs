@@ -37,6 +37,10 @@ use crate::layout::{
 use crate::participant::Session;
 use crate::primitive::{fence, Ordering};
 
+/// Times a walk looks again at a large run whose words changed while it read them, before it
+/// leaves the run out.
+const LOOKS_AGAIN: u32 = 4;
+
 /// How a walk keeps a span's in-band words (`S`/`X`) meaningful while it reads them.
 enum Guard<'s> {
     /// A hazard of this participant on the span: it cannot be retired under the walk.
@@ -150,6 +154,8 @@ impl Heap<'_> {
         if strict {
             self.ensure_nothing_claimed_above(bits.pages())?;
         }
+        // The run looked at again, and how often (see the large runs below).
+        let mut looked_again = (u64::MAX, 0);
         let mut here = bits.next_claimed(0);
         while here < bits.pages() {
             if !bits.is_head(here) {
@@ -216,7 +222,9 @@ impl Heap<'_> {
                     stats.claimed_pages += SPAN_PAGES;
                     here = bits.next_claimed(here + SPAN_PAGES);
                 }
-                Ok(PageInfo::LargeHead { pages, spare }) if pages >= 1 && pages <= bits.pages() - here => {
+                Ok(info @ PageInfo::LargeHead { pages, spare })
+                    if pages >= 1 && pages <= bits.pages() - here =>
+                {
                     ensure(spare < pages, "large run's spare pages are all its pages", here)?;
                     for member in here + 1..here + pages {
                         ensure(
@@ -232,13 +240,34 @@ impl Heap<'_> {
                             )?;
                         }
                     }
-                    let capacity = (pages - spare) << geo.page_shift;
-                    let word = self.page_word(here, page::STATE).load(Ordering::Acquire);
+                    // (A spare of all the run is damage: read as none, as repair does.)
+                    let capacity = (pages - if spare < pages { spare } else { 0 }) << geo.page_shift;
+                    let state_word = self.page_word(here, page::STATE);
+                    let word = state_word.load(Ordering::Acquire);
+                    let extra = Extra::decode(self.page_word(here, page::GEN).load(Ordering::Relaxed) as u32);
+                    // The info read before the state word may be of an allocation before it (a
+                    // cache that takes a run back rewrites its spare while it holds it, then its
+                    // extra word and state word): with the state word and the info unchanged
+                    // after, the three are one allocation's (its state word's tag is new). Else
+                    // the run is looked at again, a few times (each change is a hand-out here),
+                    // then left out of the walk.
+                    // ORDERING: Acquire fence: the words read before are read before the look again.
+                    fence(Ordering::Acquire);
+                    if state_word.load(Ordering::Relaxed) != word || self.info(here) != Ok(info) {
+                        looked_again = match looked_again {
+                            (page, looks) if page == here => (page, looks + 1),
+                            _ => (here, 1),
+                        };
+                        if looked_again.1 <= LOOKS_AGAIN {
+                            continue;
+                        }
+                        stats.claimed_pages += pages;
+                        here = bits.next_claimed(here + pages);
+                        continue;
+                    }
                     let state = BlockState::decode(word);
                     match state {
                         Some(state) if state.kind == Kind::Live && state.aux <= capacity => {
-                            let extra =
-                                Extra::decode(self.page_word(here, page::GEN).load(Ordering::Relaxed) as u32);
                             let size = capacity - state.aux;
                             stats.live_allocations += 1;
                             stats.live_bytes = stats.live_bytes.saturating_add(size);

@@ -745,9 +745,12 @@ impl Heap<'_> {
         step!("reclaim/large-judged");
         // The run's length as published with it. What the walk read may be a former run's:
         // if the exchange below succeeds, the run of `word` lived all along, so this is its own.
-        let pages = match self.info(head)? {
-            PageInfo::LargeHead { pages, .. } if pages >= 1 && pages <= self.geometry().num_pages - head => {
-                pages
+        // Its spare too: a cache rewrites it only while it holds the run (its state word other).
+        let (pages, spare) = match self.info(head)? {
+            PageInfo::LargeHead { pages, spare }
+                if pages >= 1 && pages <= self.geometry().num_pages - head =>
+            {
+                (pages, spare)
             }
             // Not published yet (its claimer's adopter undoes the claim), or gone already.
             _ => return Ok(()),
@@ -759,7 +762,8 @@ impl Heap<'_> {
             reclaimed.cached_blocks += 1;
             return Ok(());
         }
-        let size = (pages << self.geometry().page_shift).saturating_sub(decoded.aux);
+        let capacity = pages - if spare < pages { spare } else { 0 };
+        let size = (capacity << self.geometry().page_shift).saturating_sub(decoded.aux);
         reclaimed.allocations += 1;
         reclaimed.bytes += size;
         report(self.make_id(self.geometry().page_offset(head), generation), Owner(decoded.link as u16), size);

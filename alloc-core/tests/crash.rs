@@ -206,9 +206,12 @@ fn prepare<'a>(
             assert_eq!(doomed.cache.held(), alloc_core::CACHE_BLOCKS, "the cache is full");
         }
         Op::CachedFreeLargeEvicting => {
-            // A full run cache: freeing another run releases the oldest.
-            for _ in 0..alloc_core::CACHE_RUNS_PER_SIZE {
-                let run = doomed.alloc(4096).expect("space");
+            // A full run size, of runs above the one the operation frees: that one is cached in
+            // place of the highest, which goes back.
+            let runs: Vec<Allocation> =
+                (0..alloc_core::CACHE_RUNS_PER_SIZE).map(|_| doomed.alloc(LARGE).expect("space")).collect();
+            for run in runs {
+                assert!(run.offset > large.offset, "cached runs above the one freed");
                 let _ = doomed.heap.free_with(&mut doomed.cache, run.id()).expect("live");
             }
         }

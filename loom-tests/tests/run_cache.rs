@@ -191,3 +191,39 @@ fn a_participant_taking_cached_runs_never_releases_one_with_a_former_runs_length
         heap.check(&mut other).expect("consistent after a flush");
     });
 }
+
+/// Interleaving: participant A's cache holds a rounded run (nine pages' request, ten pages:
+/// one spare) and A takes it back for a request of all ten (it rewrites the spare, the extra
+/// word, then the state word), while participant B of another process walks the heap
+/// (`for_each_allocation`: info, state word, extra word, then both looked at again).
+///
+/// Invariant: the walk reports the allocation, if at all, exactly as A got it (size, capacity,
+/// id): never the new state word with the old spare. Seen failing at 9010be6 (the review's
+/// model: size 571 and capacity 576 for an allocation of 635 and 640).
+#[test]
+fn a_walk_racing_a_hand_out_with_another_spare_reports_the_allocation_as_it_is() {
+    explore(30_000, || {
+        let memory = Arc::new(LoomRegion::new(TWO_SPAN_HEAP));
+        let heap = create(&memory);
+        let (_, writer) = attach(&heap, 1);
+        let (_, mut other) = attach(&heap, 2);
+        let mut cache = Box::new(Cache::new(writer));
+        let first = heap.alloc_with(&mut cache, 9 * 64, RUN).expect("room");
+        let _ = heap.free_with(&mut cache, first.id()).expect("live");
+        let taker = {
+            let memory = memory.clone();
+            spawn(move || {
+                let heap = open(&memory);
+                let second = heap.alloc_with(&mut cache, 10 * 64 - 5, RUN).expect("cached");
+                (cache, second)
+            })
+        };
+        let mut seen = Vec::new();
+        heap.for_each_allocation(&mut other, |a| seen.push(a)).expect("walkable");
+        let (_cache, second) = taker.join().expect("the taker does not panic");
+        assert_eq!((second.size, second.capacity), (10 * 64 - 5, 10 * 64));
+        for a in seen {
+            assert_eq!(a, second, "the walk reported the allocation with a size and capacity it never had");
+        }
+    });
+}
