@@ -55,7 +55,7 @@
 //!   realloc in place and reclaim each compare the whole word they read (under the hazard) and
 //!   change it in one step; nothing is "checked, then stored". An exchange that fails because
 //!   another participant changed the same live allocation (its owner or size) is retried against
-//!   the new word ([`Heap::change_live`]); it fails only once the allocation is gone. A large
+//!   the new word (`Heap::change_live`); it fails only once the allocation is gone. A large
 //!   run's free first moves its state word to `Releasing(me)`, so exactly one freer releases it.
 //! - **Ids never repeat in practice.** An id is `(slot, generation)` in a `u128`; a slot is the
 //!   allocation's offset over 16. Generations have 60 bits (36 in the state word, 24 in the
