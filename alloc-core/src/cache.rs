@@ -85,22 +85,47 @@ const RUN_SIZES: usize = (2 * PER_DOUBLING
 
 /// The run size that serves a request of `pages` pages: its index and its pages (the least run
 /// size of at least `pages`); `None` above [`MAX_RUN_SIZE`].
+#[inline]
 pub(crate) fn run_size(pages: u64) -> Option<(usize, u64)> {
-    const EXACT: u64 = 2 * PER_DOUBLING;
-    match pages {
-        0 => None,
-        1..=EXACT => Some((pages as usize - 1, pages)),
-        _ if pages <= MAX_RUN_SIZE => {
-            // `pages` is in (2^log, 2^(log + 1)], whose sizes are 2^log + k * 2^log / PER_DOUBLING.
-            let log = 63 - (pages - 1).leading_zeros() as u64;
-            let step = (1 << log) / PER_DOUBLING;
-            let k = (pages - (1 << log)).div_ceil(step);
-            let first = EXACT.trailing_zeros() as u64;
-            Some(((EXACT + PER_DOUBLING * (log - first) + k - 1) as usize, (1 << log) + k * step))
-        }
-        _ => None,
-    }
+    let index = *RUN_SIZE_OF.get(pages as usize)? as usize;
+    Some((index, RUN_SIZE_PAGES[index] as u64)).filter(|_| pages > 0)
 }
+
+/// `RUN_SIZE_OF[pages]`: the index of the run size that serves `pages` (1 to [`MAX_RUN_SIZE`]).
+const RUN_SIZE_OF: [u8; MAX_RUN_SIZE as usize + 1] = {
+    let mut table = [0u8; MAX_RUN_SIZE as usize + 1];
+    let (mut pages, mut index) = (1, 0);
+    while pages <= MAX_RUN_SIZE as usize {
+        while (RUN_SIZE_PAGES[index] as usize) < pages {
+            index += 1;
+        }
+        table[pages] = index as u8;
+        pages += 1;
+    }
+    table
+};
+
+/// The pages of each run size: every count up to `2 * PER_DOUBLING`, then `PER_DOUBLING` per
+/// doubling.
+const RUN_SIZE_PAGES: [u16; RUN_SIZES] = {
+    let mut sizes = [0u16; RUN_SIZES];
+    let mut index = 0;
+    while index < RUN_SIZES {
+        let exact = 2 * PER_DOUBLING as usize;
+        sizes[index] = match index < exact {
+            true => index as u16 + 1,
+            false => {
+                // Past the exact sizes: doubling `d` (from 2 * PER_DOUBLING pages), step `k`.
+                let (d, k) =
+                    ((index - exact) / PER_DOUBLING as usize, (index - exact) % PER_DOUBLING as usize);
+                let base = exact << d;
+                (base + (k + 1) * base / PER_DOUBLING as usize) as u16
+            }
+        };
+        index += 1;
+    }
+    sizes
+};
 
 /// A run a cache holds: where, how long, and its state word as the cache made it (so that a
 /// run another participant released meanwhile, and perhaps handed out and cached again, is
@@ -120,7 +145,7 @@ pub struct Cache {
     spans: [SpanAt; NUM_CLASSES],
     /// Per class, the cached blocks' indices in their span.
     entries: [[u16; CACHE_BLOCKS]; NUM_CLASSES],
-    /// Cached large runs per run size, in the order they were cached.
+    /// Cached large runs per run size, in no order (see `take_run`).
     runs: [[CachedRun; CACHE_RUNS_PER_SIZE]; RUN_SIZES],
     run_lens: [u8; RUN_SIZES],
     /// Pages of the cached runs (taken or not by another participant since).
@@ -168,24 +193,37 @@ impl Cache {
 
     /// Takes the cached run of run size `size` lowest in the pool out (address order, as first
     /// fit: runs high up go back to the bitmap first).
+    #[inline]
     fn take_run(&mut self, size: usize) -> Option<CachedRun> {
-        let runs = &self.runs.get(size)?[..self.run_lens[size] as usize];
-        let at = (0..runs.len()).min_by_key(|&i| runs[i].head)?;
+        let at = self.find_run(size, |run, best| run.head < best.head)?;
         Some(self.remove_run(size, at))
     }
 
     /// Takes the cached run of run size `size` highest in the pool out.
     fn take_highest_run(&mut self, size: usize) -> Option<CachedRun> {
-        let runs = &self.runs.get(size)?[..self.run_lens[size] as usize];
-        let at = (0..runs.len()).max_by_key(|&i| runs[i].head)?;
+        let at = self.find_run(size, |run, best| run.head > best.head)?;
         Some(self.remove_run(size, at))
     }
 
+    /// The place of the run of run size `size` that `better` prefers to all others.
+    #[inline]
+    fn find_run(&self, size: usize, better: impl Fn(&CachedRun, &CachedRun) -> bool) -> Option<usize> {
+        let runs = &self.runs.get(size)?[..self.run_lens[size] as usize];
+        let mut at = 0;
+        for (i, run) in runs.iter().enumerate().skip(1) {
+            if better(run, &runs[at]) {
+                at = i;
+            }
+        }
+        (!runs.is_empty()).then_some(at)
+    }
+
+    /// Takes the run at `at` of run size `size` out (the last takes its place).
     fn remove_run(&mut self, size: usize, at: usize) -> CachedRun {
-        let len = self.run_lens[size] as usize;
+        let last = self.run_lens[size] as usize - 1;
         let run = self.runs[size][at];
-        self.runs[size].copy_within(at + 1..len, at);
-        self.run_lens[size] -= 1;
+        self.runs[size][at] = self.runs[size][last];
+        self.run_lens[size] = last as u8;
         self.run_pages -= run.pages;
         run
     }
@@ -312,17 +350,21 @@ impl<'a> Heap<'a> {
                 }
             }
         }
-        self.alloc_with_slow(cache, size, options)
+        self.alloc_with_slow(cache, size, &options)
     }
 
+    /// (The options by reference: passed by value, the caller copied them into a new place
+    /// first, reading back as one the halves it had just stored apart, a stall that cost a
+    /// cached 64 KiB pair a fifth of its time.)
     #[cold]
     #[inline(never)]
     fn alloc_with_slow(
         &self,
         cache: &mut Cache,
         size: u64,
-        options: AllocOptions,
+        options: &AllocOptions,
     ) -> Result<Allocation, Error> {
+        let options = *options;
         self.check_session(&cache.session)?;
         self.ensure_ready()?;
         // Requests for another owner (or stricter alignment) go to the shared heap, which checks

@@ -479,11 +479,10 @@ impl Heap<'_> {
         options: AllocOptions,
     ) -> Option<Allocation> {
         let needed = size.div_ceil(self.geometry().page_bytes()).max(1);
-        if needed > pages
-            || !matches!(self.info(head), Ok(PageInfo::LargeHead { pages: p, .. }) if p == pages)
-        {
-            return None;
-        }
+        let spare = match self.info(head) {
+            Ok(PageInfo::LargeHead { pages: p, spare }) if p == pages && needed <= pages => spare,
+            _ => return None,
+        };
         self.set_pending(session, head);
         let taken = BlockState::releasing(session.participant, BlockState::tag_of(cached)).encode();
         let state = self.page_word(head, page::STATE);
@@ -493,7 +492,11 @@ impl Heap<'_> {
             return None;
         }
         step!("run-cache/taken");
-        self.set_info(head, PageInfo::LargeHead { pages, spare: pages - needed });
+        // (The info read above is the run's still: only a holder of the run changes it, and the
+        // state word we exchanged was ours, unchanged, since we cached it.)
+        if spare != pages - needed {
+            self.set_info(head, PageInfo::LargeHead { pages, spare: pages - needed });
+        }
         let (allocation, live) = self.issue_run(session, head, needed, size, options);
         step!("run-cache/issued");
         // ORDERING: Release publishes the extra word (and the allocation) to lookups, as in

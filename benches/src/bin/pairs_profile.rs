@@ -1,7 +1,7 @@
-//! A fixed workload for instruction-level profiling (`valgrind --tool=callgrind`): 64-byte
-//! alloc+free pairs against a working set, through a cache (or, with a second argument
-//! `uncached`, straight on the shared heap). It prints nothing; `scripts/bench --profile` runs it
-//! under callgrind and reports instructions per pair.
+//! A fixed workload for instruction-level profiling (`valgrind --tool=callgrind`): alloc+free
+//! pairs of 64 bytes (or a third argument's size) against a working set, through a cache (or,
+//! with a second argument `uncached`, straight on the shared heap). It prints nothing;
+//! `scripts/bench --profile` runs it under callgrind and reports instructions per pair.
 
 use benches::{pairs_with_working_set, SharedMemory, Shm};
 
@@ -14,5 +14,6 @@ fn main() {
         Some("uncached") => Shm::uncached(heap),
         _ => Shm::cached(heap),
     };
-    pairs_with_working_set(&mut subject, &[64], pairs);
+    let size = args.next().and_then(|arg| arg.parse().ok()).unwrap_or(64);
+    pairs_with_working_set(&mut subject, &[size], pairs);
 }
