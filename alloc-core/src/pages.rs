@@ -6,7 +6,9 @@
 //! - claim `[s, s + n)`: `PENDING := s`; `INFO[s]`: `Free → Transient(me)` (only one claimer can
 //!   start a run at `s`); set the page bits ascending (head bit at `s`); set the run up;
 //!   publish `INFO[s]` as a span head or large head (a span's member pages after its head);
-//!   `PENDING := 0`.
+//!   `PENDING := 0`. A claim that finds a page taken clears the bits it set, takes its marker
+//!   off `INFO[s]` (before the refresh, as a release does), refreshes the summaries of the words
+//!   it set bits in and cleared, then `PENDING := 0`.
 //! - release `[s, s + n)`: raise the pages' epochs; `PENDING := s`; take the release (a large run:
 //!   its state word `Live → Releasing(me)`; a span: its retirement, below); `INFO[s] →
 //!   Transient(me)`; `PENDING := (s, n)`; clear the page bits descending; `INFO[s]`:
@@ -339,12 +341,16 @@ impl Heap<'_> {
         self.raise_page_hwm(head + pages);
         if let Err(taken) = self.page_bits().try_claim(head, head + pages) {
             step!("claim/conflict");
+            // The marker goes first, as in a release, so that a claim of the head meanwhile is
+            // not turned away for as long as the refresh takes; PENDING still names the run, so
+            // a reclaimer refreshes for us should we die now (and finds the head not ours).
+            self.unmark(head, transient);
             if taken / PAGES_PER_WORD > head / PAGES_PER_WORD {
+                step!("claim/unmarked");
                 // Our bits in the words before came and went: a refresh of their summaries
                 // meanwhile may have seen them.
                 self.run_index().refresh(head, taken);
             }
-            self.unmark(head, transient);
             self.clear_pending(session);
             return Err(taken + 1);
         }

@@ -306,3 +306,62 @@ fn a_run_held_by_a_stopped_claimer_is_refused_not_waited_for() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "it went round for a long time");
     assert!(pages(&mut p, 49).is_ok(), "pages 101..150 are free and nobody holds them");
 }
+
+/// The bitmap word of page 40 and the bits of page 40 claimed with a head, for `conflict_hook`
+/// to set in the doomed claimer's way (as another claimer would) once it has marked its head.
+static CONFLICT: std::sync::Mutex<Option<(usize, u64)>> = std::sync::Mutex::new(None);
+
+/// At `claim/marked`, claims the page `CONFLICT` names (once); at `claim/unmarked`, stops the
+/// thread (as a participant killed there).
+fn conflict_hook(name: &'static str) {
+    if name == "claim/marked" {
+        if let Some((word, bits)) = CONFLICT.lock().expect("not poisoned").take() {
+            // SAFETY: the address of a bitmap word of the test's region, which outlives the claim.
+            let word = unsafe { &*(word as *const std::sync::atomic::AtomicU64) };
+            word.fetch_or(bits, std::sync::atomic::Ordering::SeqCst);
+        }
+    } else if name == "claim/unmarked" {
+        std::panic::panic_any("stopped");
+    }
+}
+
+/// A claimer that lost its claim to a page in the second word of its run, stopped after it took
+/// its marker off the head and before it refreshed the summaries of the bits it set and took
+/// back: the head is claimable at once (with the marker taken off after the refresh, a claim
+/// meanwhile took the fit one page later: seen failing, page 1), and reclaim leaves the index
+/// exact.
+#[test]
+fn a_claimer_stopped_after_a_conflict_does_not_keep_a_claim_off_the_head() {
+    let memory = TestMemory::new(POOL);
+    let heap = memory.create();
+    let (mut p, mut doomed) = (Participant::new(&heap, 2), Participant::new(&heap, 666));
+    let n = heap.geometry().num_pages;
+    let filler = pages(&mut p, n).expect("room");
+    let _ = p.free(filler.id()).expect("live");
+    let _rest = {
+        let head = pages(&mut p, 100).expect("room");
+        let rest = pages(&mut p, n - 100).expect("room");
+        let _ = p.free(head.id()).expect("live");
+        rest
+    };
+    let word = heap.geometry().bitmap_word + 1;
+    let bits = alloc_core::bitmap::PageBits::page_mask(40, true, true);
+    // SAFETY: test-only: the address of a word of the region `memory` holds.
+    let address = unsafe { (memory.region().base() as *const u64).add(word) } as usize;
+    *CONFLICT.lock().expect("not poisoned") = Some((address, bits));
+    alloc_core::set_hook(conflict_hook);
+    let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = pages(&mut doomed, 100);
+    }));
+    alloc_core::clear_hook();
+    assert!(stopped.is_err(), "the claim conflicted at page 40 and stopped after unmarking");
+    // Page 40 stands for another claimer's run: take it back out of the bitmap.
+    // SAFETY: as above.
+    let atomic = unsafe { &*(address as *const std::sync::atomic::AtomicU64) };
+    atomic.fetch_and(!bits, std::sync::atomic::Ordering::SeqCst);
+    let taken = pages(&mut p, 10).expect("pages 0..100 are free");
+    assert_eq!(page_of(&p, &taken), 0, "the lowest fit: the head, no longer marked");
+    p.reclaim(&[666]).expect("reclaim");
+    p.check().expect("consistent");
+    assert!(heap.run_index_is_exact(), "reclaim refreshed the dead one's summaries");
+}
