@@ -60,7 +60,7 @@
 use crate::budget::Budget;
 use crate::crash::step;
 use crate::error::Error;
-use crate::heap::{AllocId, AllocOptions, Allocation, Heap, Place, SpanAt, Wake};
+use crate::heap::{AllocId, AllocOptions, Allocation, Heap, Owner, Place, SpanAt, Wake};
 use crate::layout::{class_for, page, status, BlockState, Kind, NUM_CLASSES, STATE_READY};
 use crate::participant::Session;
 use crate::primitive::{AtomicU64, Ordering};
@@ -409,7 +409,7 @@ impl<'a> Heap<'a> {
     /// The run size (index, pages) of a request for `size` bytes with `options` by `owner`'s
     /// cache, if caches keep runs of its size: a plain run of at most [`CACHE_RUN_BYTES`], not
     /// of a size a class in use serves, in a heap without a budget.
-    fn run_size_for(&self, size: u64, options: AllocOptions, owner: crate::Owner) -> Option<(usize, u64)> {
+    fn run_size_for(&self, size: u64, options: AllocOptions, owner: Owner) -> Option<(usize, u64)> {
         let page_bytes = self.geometry().page_bytes();
         let for_a_run = size <= CACHE_RUN_BYTES
             && options.align.is_power_of_two()

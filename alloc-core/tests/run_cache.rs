@@ -316,6 +316,24 @@ fn a_budgeted_heap_rounds_nothing() {
     assert_eq!(cache.held(), 0);
 }
 
+/// A run of ten pages made through a cache for nine (one spare page), its info then damaged
+/// to say `spare` spare pages; its allocation, filled.
+fn rounded_run_damaged_to(
+    memory: &TestMemory,
+    p: &mut Participant<'_, '_>,
+    spare: u64,
+) -> alloc_core::Allocation {
+    let heap = p.heap;
+    let mut cache = p.cache();
+    let page = heap.geometry().page_bytes();
+    let a = heap.alloc_with(&mut cache, 9 * page, plain()).expect("space");
+    fill(heap, &a, 7);
+    let word = heap.geometry().page_word(head_of(heap, a.offset), page::INFO);
+    memory.set_word(word, PageInfo::LargeHead { pages: 10, spare }.encode());
+    assert!(p.check().is_err(), "the damage is seen");
+    a
+}
+
 /// A spare as large as its run is damage: check says so, and repair gives the allocation the
 /// whole run (its bytes may be anywhere in it).
 #[test]
@@ -323,13 +341,8 @@ fn check_refuses_a_spare_of_the_whole_run_and_repair_mends_it() {
     let memory = TestMemory::new(4 * MIB);
     let heap = memory.create();
     let mut p = Participant::new(&heap, 1);
-    let mut cache = p.cache();
     let page = heap.geometry().page_bytes();
-    let a = heap.alloc_with(&mut cache, 9 * page, plain()).expect("space");
-    fill(&heap, &a, 7);
-    let word = heap.geometry().page_word(head_of(&heap, a.offset), page::INFO);
-    memory.set_word(word, PageInfo::LargeHead { pages: 10, spare: 10 }.encode());
-    assert!(p.check().is_err(), "the damage is seen");
+    let a = rounded_run_damaged_to(&memory, &mut p, 10);
     assert!(p.lookup(a.id()).is_err(), "a lookup refuses the damaged run");
     let _ = heap.repair(&mut p.session).expect("repairable");
     p.check().expect("consistent after repair");
@@ -337,4 +350,22 @@ fn check_refuses_a_spare_of_the_whole_run_and_repair_mends_it() {
     assert_eq!(kept.offset, a.offset);
     assert_eq!((kept.capacity, kept.size), (10 * page, 10 * page));
     assert!(holds(&heap, &a, 7));
+}
+
+/// Seen failing at 9010be6 (review: a subtraction overflow in debug builds, sizes near 2^64 in
+/// release ones). The walks that tolerate damage (stats, for_each_allocation, inspect) read a
+/// spare of more than the run as none, as repair does.
+#[test]
+fn the_walks_read_a_spare_beyond_its_run_as_none() {
+    let memory = TestMemory::new(4 * MIB);
+    let heap = memory.create();
+    let mut p = Participant::new(&heap, 1);
+    let page = heap.geometry().page_bytes();
+    let a = rounded_run_damaged_to(&memory, &mut p, 11);
+    let stats = p.stats().expect("a walk that tolerates damage");
+    assert_eq!((stats.live_allocations, stats.live_bytes), (1, 10 * page));
+    let live = p.live();
+    assert_eq!(live.iter().map(|x| (x.offset, x.capacity)).collect::<Vec<_>>(), vec![(a.offset, 10 * page)]);
+    let inspected = heap.inspect(|_| {}).expect("inspectable");
+    assert_eq!(inspected.live_bytes, 10 * page);
 }
