@@ -673,7 +673,23 @@ impl<'a> RunIndex<'a> {
             if child_end <= from {
                 continue;
             }
-            let summary = self.summary(level - 1, child, limit);
+            let summary = match child_start < limit {
+                true => {
+                    // ORDERING: Acquire, as in `summary`.
+                    let word = self.node(level - 1, child).load(Ordering::Acquire);
+                    // Most words a long search passes are written, not all free, and hold no
+                    // fit of `len` nor start one: passed on their fields alone.
+                    if word & (WRITTEN | ALL_FREE) == WRITTEN && child_start >= from {
+                        let field = |shift: u32| ((word >> shift) & CAP).min(child_end - child_start);
+                        if field(0) < len && before + field(2 * FIELD_BITS) < len {
+                            before = field(FIELD_BITS);
+                            continue;
+                        }
+                    }
+                    Summary::decode(word, child_end - child_start)
+                }
+                false => Summary::free(child_end - child_start),
+            };
             if child_start < from || before + summary.prefix >= len || summary.max >= len {
                 match self.probe_run(level - 1, child, len, from, before) {
                     Probe::Found(page) => return Probe::Found(page),
