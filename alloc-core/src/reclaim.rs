@@ -436,8 +436,9 @@ impl Heap<'_> {
                 self.finish_large_release(session, first, pages, gen::join(extra.gen_high, decoded.tag));
                 Ok(())
             }
-            // The claim, release or retirement completed, or a release only has its refresh left
-            // (`release/unmarked`: `reindex_pending` does it); the page may be in use again.
+            // The claim, release or retirement completed, or a release or a claim lost to a
+            // conflict only has its refresh left (`release/unmarked`, `claim/unmarked`:
+            // `reindex_pending` does it); the page may be in use again.
             _ => Ok(()),
         }
     }
