@@ -10,7 +10,9 @@
 //! 4 processes running their share of the workload on one pool, aggregate replacements per
 //! second.
 //!
-//! `cargo run --release -p benches --bin arrays [-- --replacements N] [--pool-gib G]`
+//! `cargo run --release -p benches --bin arrays [-- --replacements N] [--pool-gib G]
+//! [--sparse-gib G] [--spread 1]`; with `--spread 1`, each shmpool row is followed by its alloc
+//! and free times at every 5th percentile (where the cached and uncached operations split).
 
 use std::io::Write;
 use std::process::Command;
@@ -235,6 +237,12 @@ fn row(label: &str, figures: &mut Figures) {
             percentile(v, 1.0)
         )
     };
+    if label.starts_with("shmpool") && arg("--spread", 0) == 1 {
+        let spread =
+            |v: &[u32]| (1..20).map(|i| v[v.len() * i / 20].to_string()).collect::<Vec<_>>().join(" ");
+        println!("{label} alloc ns at 5%, 10% ... 95%: {}", spread(&figures.allocs));
+        println!("{label} free ns at 5%, 10% ... 95%: {}", spread(&figures.frees));
+    }
     let mib = |bytes: u64| format!("{:.1} MiB", bytes as f64 / MIB as f64);
     let largest = match (figures.largest, figures.free_when_probed) {
         (Some(largest), Some(free)) => format!("{} of {} free", mib(largest), mib(free)),
