@@ -417,7 +417,7 @@ impl<'a> Heap<'a> {
             && options.owner.is_none_or(|wanted| wanted == owner)
             // (A size with a class in use is the spans', whatever is cached.)
             && !class_for(size).is_some_and(|class| options.granule_aligned() && self.blocks_of(class) > 0);
-        let (index, pages) = run_size(size.div_ceil(page_bytes).max(1)).filter(|_| for_a_run)?;
+        let (index, pages) = run_size(self.geometry().pages_for(size)).filter(|_| for_a_run)?;
         self.caches_run(pages).then_some((index, pages))
     }
 

@@ -31,8 +31,8 @@ use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{Allocation, ClassStats, Heap, Owner, Stats};
 use crate::layout::{
-    gen, header, page, participant, status, Anchor, BlockState, Extra, Kind, PageInfo, RecordState,
-    CLASS_SIZES, NUM_CLASSES, SPAN_PAGES, WAITER_SLOTS,
+    gen, header, large_capacity, page, participant, status, Anchor, BlockState, Extra, Kind, PageInfo,
+    RecordState, CLASS_SIZES, NUM_CLASSES, SPAN_PAGES, WAITER_SLOTS,
 };
 use crate::participant::Session;
 use crate::primitive::{fence, Ordering};
@@ -240,8 +240,7 @@ impl Heap<'_> {
                             )?;
                         }
                     }
-                    // (A spare of all the run is damage: read as none, as repair does.)
-                    let capacity = (pages - if spare < pages { spare } else { 0 }) << geo.page_shift;
+                    let capacity = large_capacity(pages, spare) << geo.page_shift;
                     let state_word = self.page_word(here, page::STATE);
                     let word = state_word.load(Ordering::Acquire);
                     let extra = Extra::decode(self.page_word(here, page::GEN).load(Ordering::Relaxed) as u32);

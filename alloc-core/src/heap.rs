@@ -1330,9 +1330,7 @@ impl<'a> Heap<'a> {
             let (place, state) = heap.locate(id, page)?;
             let mut fits = match place {
                 Place::Small { .. } => new_size <= heap.capacity_of(place),
-                Place::Large { pages, spare, .. } => {
-                    new_size.div_ceil(heap.geo.page_bytes()).max(1) == pages - spare
-                }
+                Place::Large { pages, spare, .. } => heap.geo.pages_for(new_size) == pages - spare,
             };
             // Under a budget, in place only while the charge stays the same (a move goes through
             // the budget as an allocation and a free), and never past the limit (where charges

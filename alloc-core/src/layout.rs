@@ -130,6 +130,17 @@ pub const MAX_PAGES: u64 = (1 << 32) - 2;
 /// [`PageInfo::LargeHead`]).
 pub const MAX_SPARE: u64 = (1 << 19) - 1;
 
+/// The pages of a large run's capacity: all but its `spare`; a spare of the whole run (damage)
+/// is read as none, by the walks that tolerate damage, reclaim and repair alike.
+#[inline]
+pub const fn large_capacity(pages: u64, spare: u64) -> u64 {
+    if spare < pages {
+        pages - spare
+    } else {
+        pages
+    }
+}
+
 /// Words of a process record, and what each holds.
 pub const PROCESS_WORDS: usize = 4;
 /// Process record word indices.
@@ -556,6 +567,17 @@ impl Geometry {
     #[inline]
     pub const fn page_bytes(&self) -> u64 {
         1 << self.page_shift
+    }
+
+    /// Pages a run for `bytes` needs (at least one).
+    #[inline]
+    pub const fn pages_for(&self, bytes: u64) -> u64 {
+        let pages = bytes.div_ceil(self.page_bytes());
+        if pages == 0 {
+            1
+        } else {
+            pages
+        }
     }
 
     /// Bytes in one span of small blocks.

@@ -381,7 +381,7 @@ impl Heap<'_> {
         rounded: Option<u64>,
         options: AllocOptions,
     ) -> Result<Option<Allocation>, Error> {
-        let pages = size.div_ceil(self.geometry().page_bytes()).max(1);
+        let pages = self.geometry().pages_for(size);
         if let Some(run) = rounded.filter(|&run| run > pages && run - pages <= MAX_SPARE) {
             if let Some(allocation) = self.alloc_run(session, size, pages, run, options)? {
                 return Ok(Some(allocation));
@@ -484,7 +484,7 @@ impl Heap<'_> {
         size: u64,
         options: AllocOptions,
     ) -> Option<Allocation> {
-        let needed = size.div_ceil(self.geometry().page_bytes()).max(1);
+        let needed = self.geometry().pages_for(size);
         let spare = match self.info(head) {
             Ok(PageInfo::LargeHead { pages: p, spare }) if p == pages && needed <= pages => spare,
             _ => return None,

@@ -44,8 +44,8 @@ use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{AllocId, Heap, Owner, Place, Wake};
 use crate::layout::{
-    gen, header, page, participant, pending, process, Anchor, BlockState, Extra, Kind, PageInfo,
-    ParticipantState, ProcessState, RecordState, HEALER, SPAN_PAGES, WAITER_SLOTS,
+    gen, header, large_capacity, page, participant, pending, process, Anchor, BlockState, Extra, Kind,
+    PageInfo, ParticipantState, ProcessState, RecordState, HEALER, SPAN_PAGES, WAITER_SLOTS,
 };
 use crate::participant::{ProcessRecord, Session};
 use crate::primitive::{fence, AtomicU64, Ordering};
@@ -763,8 +763,7 @@ impl Heap<'_> {
             reclaimed.cached_blocks += 1;
             return Ok(());
         }
-        let capacity = pages - if spare < pages { spare } else { 0 };
-        let size = (capacity << self.geometry().page_shift).saturating_sub(decoded.aux);
+        let size = (large_capacity(pages, spare) << self.geometry().page_shift).saturating_sub(decoded.aux);
         reclaimed.allocations += 1;
         reclaimed.bytes += size;
         report(self.make_id(self.geometry().page_offset(head), generation), Owner(decoded.link as u16), size);

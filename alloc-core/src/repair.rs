@@ -19,8 +19,8 @@ use crate::bitmap::PageBits;
 use crate::error::Error;
 use crate::heap::Heap;
 use crate::layout::{
-    gen, header, page, participant, status, Anchor, BlockState, Extra, Kind, PageInfo, RecordState,
-    NUM_CLASSES, SPAN_PAGES, WAITER_SLOTS,
+    gen, header, large_capacity, page, participant, status, Anchor, BlockState, Extra, Kind, PageInfo,
+    RecordState, NUM_CLASSES, SPAN_PAGES, WAITER_SLOTS,
 };
 use crate::participant::Session;
 use crate::primitive::Ordering;
@@ -180,7 +180,7 @@ impl Heap<'_> {
                     // A run whose bits held more than its count keeps its spare, a shorter one
                     // as much of its capacity as it still holds; a spare of the whole run is
                     // damage, read as none (the user's bytes may be anywhere in the run).
-                    let spare = if spare < pages { spare } else { 0 };
+                    let spare = pages - large_capacity(pages, spare);
                     let kept = end - here;
                     let capacity = match kept >= pages {
                         true => kept - spare,

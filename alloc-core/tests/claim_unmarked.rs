@@ -95,11 +95,7 @@ fn a_claimer_stopped_after_a_conflict_does_not_keep_a_claim_off_the_head() {
     let heap = memory.create();
     let (mut p, mut doomed) = (Participant::new(&heap, 2), Participant::new(&heap, 666));
     let _rest = doomed_stopped_unmarked(&memory, &heap, &mut p, &mut doomed);
-    let taken = pages(&mut p, 10).expect("pages 0..100 are free");
-    assert_eq!(page_of(&p, &taken), 0, "the lowest fit: the head, no longer marked");
-    p.reclaim(&[666]).expect("reclaim");
-    p.check().expect("consistent");
-    assert!(heap.run_index_is_exact(), "reclaim refreshed the dead one's summaries");
+    common::takes_the_head_then_reclaims(&mut p, 10 * PAGE, 666);
 }
 
 /// Two runs of a second claimer from the head on keep their pages and bytes through the stopped

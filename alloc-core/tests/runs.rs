@@ -62,11 +62,7 @@ fn a_releaser_stopped_before_its_summaries_does_not_keep_a_claim_off_the_head() 
     assert!(stopped_at("release/unmarked", || {
         let _ = doomed.free(run.id());
     }));
-    let taken = pages(&mut p, 100).expect("the released pages are free in the bitmap");
-    assert_eq!(page_of(&p, &taken), 0, "the lowest fit: the head, no longer marked");
-    p.reclaim(&[666]).expect("reclaim");
-    p.check().expect("consistent");
-    assert!(heap.run_index_is_exact(), "reclaim refreshed the dead one's summaries");
+    common::takes_the_head_then_reclaims(&mut p, 100 * PAGE, 666);
 }
 
 #[test]

@@ -115,6 +115,17 @@ impl<'h, 'a> Participant<'h, 'a> {
     }
 }
 
+/// After participant `dead` stopped with its marker off page 0 and its summaries not refreshed:
+/// an allocation of `bytes` by `p` gets page 0 (the lowest fit, no longer marked), and reclaiming
+/// `dead` leaves the heap consistent and its run index exact.
+pub fn takes_the_head_then_reclaims(p: &mut Participant<'_, '_>, bytes: u64, dead: u32) {
+    let taken = p.alloc(bytes, AllocOptions::default()).expect("the pages are free in the bitmap");
+    assert_eq!(taken.offset, p.heap.geometry().data_offset, "the lowest fit: the head, no longer marked");
+    p.reclaim(&[dead]).expect("reclaim");
+    p.check().expect("consistent");
+    assert!(p.heap.run_index_is_exact(), "reclaim refreshed the dead one's summaries");
+}
+
 /// Fills `allocation` with a pattern derived from `seed`.
 pub fn fill(heap: &Heap<'_>, allocation: &Allocation, seed: u64) {
     let base = heap.region().base();
