@@ -1,8 +1,9 @@
 // Peer benchmark for the arrays workload (benches/src/bin/arrays.rs): Boost.Interprocess
 // managed_shared_memory (a best-fit tree behind a mutex) runs the sequence that arrays.rs wrote
-// to a file. Usage: boost_arrays SEQUENCE_FILE POOL_BYTES; prints one markdown table row.
+// to a file. Usage: boost_arrays SEQUENCE_FILE POOL_BYTES [DRAIN]; prints one markdown table row.
 #include <boost/interprocess/managed_shared_memory.hpp>
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -39,14 +40,19 @@ static std::string summary(std::vector<uint32_t>& v) {
     return at(v, 0.5) + " / " + at(v, 0.99) + " / " + at(v, 0.999) + " / " + at(v, 1.0);
 }
 
+static bool drain = true;
+
+// Writes one byte in every page; with `drain`, waits until the writes are done (see arrays.rs).
 static void touch(char* block, uint64_t size) {
     for (uint64_t i = 0; i < size; i += 4096) static_cast<volatile char*>(block)[i] = 1;
+    if (drain) std::atomic_thread_fence(std::memory_order_seq_cst);
 }
 
 int main(int argc, char** argv) {
     if (argc < 3) return 2;
     std::ifstream in(argv[1], std::ios::binary);
     const uint64_t pool_bytes = std::stoull(argv[2]);
+    drain = argc < 4 || std::string(argv[3]) != "0";
     std::vector<uint64_t> initial(get(in));
     for (auto& s : initial) s = get(in);
     std::vector<std::pair<uint64_t, uint64_t>> replacements(get(in));

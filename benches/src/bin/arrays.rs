@@ -11,8 +11,10 @@
 //! second.
 //!
 //! `cargo run --release -p benches --bin arrays [-- --replacements N] [--pool-gib G]
-//! [--sparse-gib G] [--spread 1]`; with `--spread 1`, each shmpool row is followed by its alloc
-//! and free times at every 5th percentile (where the cached and uncached operations split).
+//! [--sparse-gib G] [--spread 1] [--drain 0]`; with `--spread 1`, each shmpool row is followed by
+//! its alloc and free times at every 5th percentile (where the cached and uncached operations
+//! split); with `--drain 0`, the clock starts while the last allocation's writes are still in
+//! flight (see `touch`).
 
 use std::io::Write;
 use std::process::Command;
@@ -158,6 +160,18 @@ struct Figures {
     wall: Duration,
 }
 
+/// Writes `block` as the workload does; unless `--drain 0`, then waits until those writes are
+/// done (a full fence): otherwise the first locked instruction of the next operation timed
+/// (a free's compare-exchange, Boost's mutex) waits for the stores of a page each still in
+/// flight, and the clock charges the workload's writes to the allocator.
+fn touch<A: Arrays>(subject: &mut A, block: A::Block, size: u64) {
+    static DRAIN: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| arg("--drain", 1) == 1);
+    subject.touch(block, size);
+    if *DRAIN {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 fn nanos(since: Instant) -> u32 {
     since.elapsed().as_nanos().min(u32::MAX as u128) as u32
 }
@@ -172,7 +186,7 @@ fn run<A: Arrays>(subject: &mut A, sequence: &Sequence, probe_largest: Option<u6
         .map(|&size| {
             let block = subject.alloc(size);
             if let Some(block) = block {
-                subject.touch(block, size);
+                touch(subject, block, size);
             }
             block.map(|block| (block, size))
         })
@@ -189,7 +203,7 @@ fn run<A: Arrays>(subject: &mut A, sequence: &Sequence, probe_largest: Option<u6
         figures.allocs.push(nanos(at));
         match block {
             Some(block) => {
-                subject.touch(block, size);
+                touch(subject, block, size);
                 live[slot as usize] = Some((block, size));
             }
             None => figures.refused += 1,
@@ -261,7 +275,12 @@ fn row(label: &str, figures: &mut Figures) {
 /// the sequence in `path`; it prints a table row's figures as whitespace-separated numbers.
 fn boost(path: &std::path::Path, pool_bytes: u64) -> Option<String> {
     let binary = benches::build_boost("boost_arrays")?;
-    let output = Command::new(&binary).arg(path).arg(pool_bytes.to_string()).output().ok()?;
+    let output = Command::new(&binary)
+        .arg(path)
+        .arg(pool_bytes.to_string())
+        .arg(arg("--drain", 1).to_string())
+        .output()
+        .ok()?;
     Some(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
