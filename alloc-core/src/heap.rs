@@ -110,7 +110,12 @@
 //!   backed is invalid without a look at that page. Repair, which distrusts the mark, reads up
 //!   to `BACKED_PAGES` and raises the mark again from nothing. A participant killed between
 //!   backing and raising the mark leaves memory backed that the next claimer backs again
-//!   (idempotent).
+//!   (idempotent). A host that can also maps the metadata of backed pages into its process
+//!   before its claims first reach them (`Platform::prefault`), a chunk at a time, so that an
+//!   allocation does not stop for a page fault on its head's page metadata; it maps nothing
+//!   a claim of its own did not reach, so a sparse region stays sparse in every page table.
+//!   (A fork child inherits the mark but not the parent's page table: it faults pages in as
+//!   it first uses them.)
 //!
 //! An allocation can still fail with `OutOfMemory` while another participant holds the last
 //! free memory in transit (a span it is carving, blocks it is moving): waiting for it would be a
@@ -324,11 +329,16 @@ pub struct Platform {
     /// Puts memory behind bytes of the region before pages are first claimed, if the host
     /// wants that (a file on a filesystem that may run out of space).
     pub backing: Option<Backing>,
+    /// Maps `len` bytes of the region from `start` (metadata with memory behind it) into this
+    /// process's page table ahead of their first use, if the host can
+    /// (`madvise(MADV_POPULATE_WRITE)`); it changes no byte. See [`Heap`]'s notes on sparse
+    /// regions.
+    pub prefault: Option<fn(start: *mut u8, len: usize)>,
 }
 
 impl Platform {
-    /// No process-wide barrier: every fence is a full fence. Nothing to back.
-    pub const SYMMETRIC: Platform = Platform { heavy_fence: None, backing: None };
+    /// No process-wide barrier: every fence is a full fence. Nothing to back or map ahead.
+    pub const SYMMETRIC: Platform = Platform { heavy_fence: None, backing: None, prefault: None };
 }
 
 /// The host's way to put memory behind a range of the region (`fallocate` on a pool's file),
@@ -445,6 +455,10 @@ pub struct Heap<'a> {
     pub(crate) empty_hint: AtomicU64,
     fences: Fences,
     backing: Option<Backing>,
+    prefault: Option<fn(*mut u8, usize)>,
+    /// The pages whose metadata this process has mapped ahead (`Platform::prefault`) are
+    /// below this. Process-local.
+    mapped_ahead: AtomicU64,
 }
 
 impl<'a> Heap<'a> {
@@ -484,7 +498,7 @@ impl<'a> Heap<'a> {
         w(header::MAGIC).store(MAGIC, Ordering::Relaxed);
         // ORDERING: Release publishes the header fields above to `open`'s Acquire load of STATUS.
         w(header::STATUS).store(STATE_READY, Ordering::Release);
-        Ok(Heap::with_geometry(region, geo, Heap::fences_for(fences, platform), platform.backing))
+        Ok(Heap::with_geometry(region, geo, Heap::fences_for(fences, platform), platform))
     }
 
     /// Lays out a new heap with the default page size (4 KiB) and symmetric fences.
@@ -528,7 +542,7 @@ impl<'a> Heap<'a> {
         {
             return Err(Error::HeaderMismatch);
         }
-        Ok(Heap::with_geometry(region, geo, Heap::fences_for(fences, platform), platform.backing))
+        Ok(Heap::with_geometry(region, geo, Heap::fences_for(fences, platform), platform))
     }
 
     /// Opens a heap with symmetric fences (tests, tools).
@@ -544,12 +558,7 @@ impl<'a> Heap<'a> {
         }
     }
 
-    fn with_geometry(
-        region: Region<'a>,
-        geo: Geometry,
-        fences: Fences,
-        backing: Option<Backing>,
-    ) -> Heap<'a> {
+    fn with_geometry(region: Region<'a>, geo: Geometry, fences: Fences, platform: Platform) -> Heap<'a> {
         let mut blocks = [0; NUM_CLASSES];
         for (class, slot) in blocks.iter_mut().enumerate() {
             let count = crate::layout::blocks_per_span(CLASS_SIZES[class] as u64, geo.span_bytes());
@@ -569,7 +578,9 @@ impl<'a> Heap<'a> {
             hints: core::array::from_fn(|_| AtomicU64::new(0)),
             empty_hint: AtomicU64::new(0),
             fences,
-            backing,
+            backing: platform.backing,
+            prefault: platform.prefault,
+            mapped_ahead: AtomicU64::new(0),
         }
     }
 
@@ -842,8 +853,18 @@ impl<'a> Heap<'a> {
     }
 
     /// Makes sure data pages below `end` have memory behind them (see [`Backing`]) before any
-    /// of them is claimed; `false` if the host could not back them (the claim must fail).
+    /// of them is claimed, and that this process has their metadata mapped (see
+    /// [`Heap::map_ahead`]); `false` if the host could not back them (the claim must fail).
     pub(crate) fn back_pages(&self, end: u64) -> bool {
+        let backed = self.back_shared(end);
+        if backed {
+            self.map_ahead(end);
+        }
+        backed
+    }
+
+    /// [`Heap::back_pages`] for every process: the memory behind the pages.
+    fn back_shared(&self, end: u64) -> bool {
         let Some(backing) = self.backing else { return true };
         let from = self.backed_pages();
         if from >= end {
@@ -861,6 +882,32 @@ impl<'a> Heap<'a> {
         // ORDERING: Release, see `backed_pages`.
         self.region.word(header::BACKED_PAGES).fetch_max(to, Ordering::Release);
         true
+    }
+
+    /// Maps the metadata of pages below `end` into this process ahead of use, a backing chunk
+    /// at a time, if the host can (see [`Platform::prefault`]); the pages must be backed.
+    /// Otherwise an allocation would stop for a page fault wherever it first wrote a head's
+    /// page metadata: under the interior of every large run that was there before, and above
+    /// the high-water mark (on the arrays workload, most of the allocations' p99:
+    /// BENCHMARKS.md). A process whose first claim lands high in a pool others used maps all
+    /// the metadata below it then (about 1 ms per GiB of pages).
+    fn map_ahead(&self, end: u64) {
+        let Some(prefault) = self.prefault else { return };
+        // ORDERING: Relaxed: a process-local mark; a thread that reads it stale maps again.
+        let from = self.mapped_ahead.load(Ordering::Relaxed);
+        if from >= end {
+            return;
+        }
+        let chunk = (BACKING_CHUNK >> self.geo.page_shift).max(1);
+        let to = end.div_ceil(chunk).saturating_mul(chunk).min(self.backed_pages());
+        if to <= from {
+            return;
+        }
+        for (start, stop) in self.metadata_of_pages(from, to).filter(|(start, stop)| start < stop) {
+            prefault(self.region.base().wrapping_add(start as usize), (stop - start) as usize);
+        }
+        // ORDERING: Relaxed, as above.
+        self.mapped_ahead.fetch_max(to, Ordering::Relaxed);
     }
 
     /// The byte ranges of metadata describing pages `from..to` that the backing of pages

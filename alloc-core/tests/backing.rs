@@ -153,6 +153,7 @@ impl Guarded {
         let platform = Platform {
             heavy_fence: None,
             backing: Some(Backing { context: self as *const Guarded as usize, back: Guarded::back }),
+            prefault: None,
         };
         Heap::create(self.region(), page_shift, platform).expect("created")
     }

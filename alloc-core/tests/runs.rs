@@ -199,8 +199,8 @@ fn back_below(context: usize, offset: u64, len: u64) -> bool {
 fn limited(memory: &TestMemory) -> Heap<'_> {
     let geo = alloc_core::layout::Geometry::compute(POOL as u64, 12).expect("fits");
     let limit = geo.data_offset + 1024 * PAGE;
-    let platform =
-        Platform { heavy_fence: None, backing: Some(Backing { context: limit as usize, back: back_below }) };
+    let back = Some(Backing { context: limit as usize, back: back_below });
+    let platform = Platform { backing: back, ..Platform::SYMMETRIC };
     Heap::create(memory.region(), 12, platform).expect("created")
 }
 

@@ -69,7 +69,7 @@ impl SharedMemory {
 
 /// What alloc-shm hands the core on this machine (see `alloc_shm::process::barrier`).
 pub fn platform() -> alloc_core::Platform {
-    alloc_core::Platform { heavy_fence: alloc_shm::process::barrier(), backing: None }
+    alloc_core::Platform { heavy_fence: alloc_shm::process::barrier(), ..alloc_core::Platform::SYMMETRIC }
 }
 
 impl Drop for SharedMemory {

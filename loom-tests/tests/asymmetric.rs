@@ -18,7 +18,7 @@ fn heavy() -> bool {
     true
 }
 
-const ASYMMETRIC: Platform = Platform { heavy_fence: Some(heavy), backing: None };
+const ASYMMETRIC: Platform = Platform { heavy_fence: Some(heavy), ..Platform::SYMMETRIC };
 
 /// Interleaving: the last user of a run writes into it and frees it into its cache, while
 /// another participant, finding no room, takes the cached run and allocates its pages.
