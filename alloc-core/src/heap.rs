@@ -114,8 +114,8 @@
 //!   before its claims first reach them (`Platform::prefault`), a chunk at a time, so that an
 //!   allocation does not stop for a page fault on its head's page metadata; it maps nothing
 //!   a claim of its own did not reach, so a sparse region stays sparse in every page table.
-//!   (A fork child inherits the mark but not the parent's page table: it faults pages in as
-//!   it first uses them.)
+//!   (A fork child inherits the mark but not its parent's page table: the host makes it
+//!   start again from nothing, `Heap::forget_mapped_ahead`.)
 //!
 //! An allocation can still fail with `OutOfMemory` while another participant holds the last
 //! free memory in transit (a span it is carving, blocks it is moving): waiting for it would be a
@@ -908,6 +908,16 @@ impl<'a> Heap<'a> {
         }
         // ORDERING: Relaxed, as above.
         self.mapped_ahead.fetch_max(to, Ordering::Relaxed);
+    }
+
+    /// Forgets what this process mapped ahead (see [`Heap::map_ahead`]): for a fork child,
+    /// which inherits the mark but not its parent's page-table entries of the shared mapping,
+    /// so that its own claims map ahead again.
+    pub fn forget_mapped_ahead(&self) {
+        if self.prefault.is_some() {
+            // ORDERING: Relaxed: a process-local mark, as in `map_ahead`.
+            self.mapped_ahead.store(0, Ordering::Relaxed);
+        }
     }
 
     /// The byte ranges of metadata describing pages `from..to` that the backing of pages

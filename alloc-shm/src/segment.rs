@@ -154,6 +154,10 @@ impl Mapping {
             return Ok(Owner(known as u16));
         }
         // A new process (or a fork child): receive barriers before publishing any hazard.
+        if known != 0 {
+            // A fork child: the metadata its parent mapped ahead is not in its page table.
+            self.heap.forget_mapped_ahead();
+        }
         if self.heap.is_asymmetric() && barrier().is_none() {
             return Err(PoolError::Unsupported {
                 name: self.name.clone(),
