@@ -113,7 +113,8 @@
 //!   (idempotent). A host that can also maps the metadata of backed pages into its process
 //!   before its claims first reach them (`Platform::prefault`), a chunk at a time, so that an
 //!   allocation does not stop for a page fault on its head's page metadata; it maps nothing
-//!   a claim of its own did not reach, so a sparse region stays sparse in every page table.
+//!   a claim of its own did not reach, so a sparse region stays sparse in every page table
+//!   (each process's resident set counts the metadata below its claims: 40 bytes a page).
 //!   (A fork child inherits the mark but not its parent's page table: the host makes it
 //!   start again from nothing, `Heap::forget_mapped_ahead`.)
 //!
