@@ -723,9 +723,13 @@ impl<'a> Heap<'a> {
     /// (so that a reclaimer refreshes their summaries should we die before we do).
     pub(crate) fn set_pending_run(&self, session: &Session, page: u64, pages: u64) {
         let word = pending::encode(page, pages);
-        // ORDERING: SeqCst: a reclaimer that finds the page marked by us must find this too
-        // (our marking CAS comes after this store).
-        self.participant_word(session.participant, participant::PENDING).store(word, Ordering::SeqCst);
+        // ORDERING: Release: our earlier writes come before it. Only whoever holds our record
+        // once we are dead reads it to act on (or repair, with nobody inside an operation): a
+        // process is dead only once it has left its last instruction, every store of it
+        // visible, so the marking that follows this store in our operation cannot be seen
+        // without it. (SeqCst here made every claim, release and hand-out of a cached run pay
+        // a locked exchange for nothing: 10% of a cached 64 KiB pair.)
+        self.participant_word(session.participant, participant::PENDING).store(word, Ordering::Release);
     }
 
     pub(crate) fn clear_pending(&self, session: &Session) {
