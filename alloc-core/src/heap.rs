@@ -723,12 +723,12 @@ impl<'a> Heap<'a> {
     /// (so that a reclaimer refreshes their summaries should we die before we do).
     pub(crate) fn set_pending_run(&self, session: &Session, page: u64, pages: u64) {
         let word = pending::encode(page, pages);
-        // ORDERING: Release: our earlier writes come before it. Only whoever holds our record
-        // once we are dead reads it to act on (or repair, with nobody inside an operation): a
-        // process is dead only once it has left its last instruction, every store of it
-        // visible, so the marking that follows this store in our operation cannot be seen
-        // without it. (SeqCst here made every claim, release and hand-out of a cached run pay
-        // a locked exchange for nothing: 10% of a cached 64 KiB pair.)
+        // ORDERING: Release: our earlier writes come before it. It is read to act on only by
+        // whoever holds our record once our process is dead (or by repair and check, with
+        // nobody inside an operation), and a process is dead only once it runs no more, every
+        // store of it visible: whatever else this operation wrote is seen with it. (SeqCst
+        // here made every claim, release and hand-out of a cached run pay a locked exchange
+        // for nothing: 10% of a cached 64 KiB pair.)
         self.participant_word(session.participant, participant::PENDING).store(word, Ordering::Release);
     }
 

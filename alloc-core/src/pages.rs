@@ -685,8 +685,9 @@ impl Heap<'_> {
         let me = session.participant;
         self.set_pending(session, head);
         let stash = self.participant_word(me, participant::RETIRE_ANCHOR);
-        // ORDERING: SeqCst, as PENDING: the anchor to put back is recorded before it is replaced.
-        if !span.try_retire(me, |before| stash.store(before, Ordering::SeqCst)) {
+        // ORDERING: Release, as PENDING (read to act on only by whoever holds our record once
+        // we are dead): the anchor to put back is recorded before it is replaced.
+        if !span.try_retire(me, |before| stash.store(before, Ordering::Release)) {
             self.clear_pending(session);
             self.unmark_empty(session, slot);
             return Ok(false);

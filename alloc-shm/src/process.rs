@@ -5,9 +5,12 @@
 //! sessions, caches) is tagged with the pid it was made under; [`current_pid`] is read on every
 //! entry point, destructors included, and state tagged with another pid belongs to the parent:
 //! a fork child forgets it without touching shared memory and registers anew. The pid lives in a
-//! page marked `MADV_WIPEONFORK`, which the kernel zeroes in every child however it was made
-//! (`fork`, `vfork`+no exec, raw `clone`); a `pthread_atfork` hook does the same where the
-//! advice is not supported.
+//! page marked `MADV_WIPEONFORK`, which the kernel zeroes in every child that gets a copy of the
+//! parent's memory (`fork`, a raw `clone` without `CLONE_VM`); a `pthread_atfork` hook does the
+//! same where the advice is not supported. A child that shares its parent's memory (`vfork`,
+//! `clone(CLONE_VM)` without `CLONE_THREAD`) shares that page too, and would use the pools as
+//! its parent, whose death lets `reclaim_dead` take what the child is still using: such a
+//! child must not call into a pool (POSIX allows a `vfork` child only `exec` or `_exit`).
 //!
 //! **Liveness.** A process is dead when its pid no longer exists, or exists with another start
 //! time (a reused pid). A process recorded in another pid namespace than ours cannot be judged
