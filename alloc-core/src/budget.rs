@@ -302,8 +302,8 @@ impl<'a> Heap<'a> {
         let short = self.region().word(header::BUDGET_SHORT);
         let mut recorded = u64::MAX;
         loop {
-            // ORDERING: SeqCst: ordered after the pending record (a reclaimer that sees our
-            // charge taken sees the record too), and in the waiters' Dekker order.
+            // ORDERING: SeqCst: in the waiters' Dekker order (a reclaimer that sees our charge
+            // taken sees the pending record too: it reads it once we are dead).
             let Err(now) =
                 used.fetch_update(Ordering::SeqCst, Ordering::Relaxed, |now| budget.add(now, charge))
             else {
@@ -382,9 +382,10 @@ impl<'a> Heap<'a> {
     }
 
     fn set_budget_pending(&self, me: u64, charge: u64) {
-        // ORDERING: SeqCst: a reclaimer that finds our charge taken finds this record too (the
-        // taking compare-exchange comes after this store).
-        self.participant_word(me, participant::BUDGET_PENDING).store(charge, Ordering::SeqCst);
+        // ORDERING: Release, as PENDING (`Heap::set_pending_run`): it is read to act on only by
+        // whoever holds our record once our process is dead, when every store of it is
+        // visible (the taking compare-exchange after it included), or by repair and check.
+        self.participant_word(me, participant::BUDGET_PENDING).store(charge, Ordering::Release);
     }
 
     fn clear_budget_pending(&self, me: u64) {
