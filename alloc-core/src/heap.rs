@@ -114,9 +114,9 @@
 //!   before its claims first reach them (`Platform::prefault`), a chunk at a time, so that an
 //!   allocation does not stop for a page fault on its head's page metadata; it maps nothing
 //!   a claim of its own did not reach, so a sparse region stays sparse in every page table
-//!   (each process's resident set counts the metadata below its claims: 40 bytes a page).
-//!   (A fork child inherits the mark but not its parent's page table: the host makes it
-//!   start again from nothing, `Heap::forget_mapped_ahead`.)
+//!   (each process's resident set counts the metadata below its claims: 40 bytes a page). A
+//!   fork child inherits the mark but not its parent's page table: the host has it start
+//!   again from nothing (`Heap::forget_mapped_ahead`).
 //!
 //! An allocation can still fail with `OutOfMemory` while another participant holds the last
 //! free memory in transit (a span it is carving, blocks it is moving): waiting for it would be a
