@@ -16,8 +16,9 @@ fn host_page() -> u64 {
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
 }
 
-/// Whether the kernel can map pages ahead (`MADV_POPULATE_WRITE`, Linux 5.14 on); if not,
-/// says that the test is skipped and why (pages then fault in as they are first used).
+/// Whether the kernel can map pages ahead (`MADV_POPULATE_WRITE`, Linux 5.14 on) and this
+/// process can see its page table (`/proc/self/pagemap`); if not, says that the test is skipped
+/// and why (pages then fault in as they are first used).
 fn can_map_ahead() -> bool {
     let page = host_page() as usize;
     // SAFETY: a private anonymous page of our own, advised, then unmapped.
@@ -37,8 +38,13 @@ fn can_map_ahead() -> bool {
     };
     if !supported {
         eprintln!("skipped: this kernel has no MADV_POPULATE_WRITE (pages fault in when first used)");
+        return false;
     }
-    supported
+    let readable = std::fs::File::open("/proc/self/pagemap").is_ok();
+    if !readable {
+        eprintln!("skipped: /proc/self/pagemap cannot be read here, so what is mapped cannot be seen");
+    }
+    readable
 }
 
 /// Whether each host page of `start..end` (addresses in this process) is in its page table:
