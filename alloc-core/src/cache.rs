@@ -45,6 +45,9 @@
 //! the arrays workload with eight sizes per doubling, the largest hole left was 4% smaller;
 //! BENCHMARKS.md.)
 //!
+//! Runs a cache claims go to blocks of pages it claims in alone, where another participant's
+//! cache claims too (see `crate::runs`): two threads' cached runs do not interleave.
+//!
 //! Cached runs are not lost to others: an allocation that finds no room releases every run any
 //! cache holds (`Heap::release_cached_runs`, one compare-exchange each, as a free would), then
 //! tries once more, so an idle or stopped holder does not make a pool refuse, and keeps an

@@ -776,6 +776,11 @@ impl<'a> Heap<'a> {
         self.region.word(self.geo.page_word(page, field))
     }
 
+    /// The owner word of the block holding `page` (see [`crate::layout::BLOCK_PAGES`]).
+    pub(crate) fn block_owner(&self, page: u64) -> &AtomicU64 {
+        self.region.word(self.geo.block_owner_word(page))
+    }
+
     /// What `page` is part of (an error for a word no version writes).
     #[inline]
     pub(crate) fn info(&self, page: u64) -> Result<PageInfo, Error> {
@@ -915,7 +920,7 @@ impl<'a> Heap<'a> {
         self.mapped_ahead.fetch_max(to, Ordering::Relaxed);
     }
 
-    /// Forgets what this process mapped ahead (see [`Heap::map_ahead`]): for a fork child,
+    /// Forgets what this process mapped ahead (see [`Platform::prefault`]): for a fork child,
     /// which inherits the mark but not its parent's page-table entries of the shared mapping,
     /// so that its own claims map ahead again.
     pub fn forget_mapped_ahead(&self) {
@@ -927,8 +932,8 @@ impl<'a> Heap<'a> {
 
     /// The byte ranges of metadata describing pages `from..to` that the backing of pages
     /// `0..from` did not already cover: their page metadata, their bitmap words, the words of
-    /// every class list and of the empty set that cover their span slots, and the run-index
-    /// words that summarise them.
+    /// every class list and of the empty set that cover their span slots, the run-index words
+    /// that summarise them and the owner words of their blocks.
     fn metadata_of_pages(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
         let geo = &self.geo;
         // A range of words `first..=last`, less the host pages holding words `..=done`.
@@ -942,6 +947,7 @@ impl<'a> Heap<'a> {
         let before = from.checked_sub(1);
         let meta = |page: u64| geo.page_meta_offset(page) / 8;
         let bitmap = |page: u64| geo.bitmap_offset(page) / 8;
+        let owner = |page: u64| geo.block_owner_word(page) as u64;
         let hier_words = (0..=NUM_CLASSES).flat_map(move |list| {
             let base = geo.class_list_word(list) as u64; // (the empty set follows the last)
             (0..geo.hier.levels).map(move |level| {
@@ -956,6 +962,7 @@ impl<'a> Heap<'a> {
         [
             fresh(meta(from), meta(to) - 1, before.map(|page| meta(page + 1) - 1)),
             fresh(bitmap(from), bitmap(to - 1), before.map(bitmap)),
+            fresh(owner(from), owner(to - 1), before.map(owner)),
         ]
         .into_iter()
         .chain(hier_words)

@@ -12,6 +12,7 @@
 //! | class lists   | `NUM_CLASSES * hier_words`         | per class: spans that may have free blocks |
 //! | empty set     | `hier_words`                       | spans that may be entirely free            |
 //! | run index     | `runs.total_words()`               | free-run summaries over the page bitmap    |
+//! | block owners  | `ceil(num_pages / BLOCK_PAGES)`    | per block: who claims cached-size runs there (a hint) |
 //! | page meta     | `num_pages * PAGE_META_WORDS`      | per page: info, anchor or state, gen, epoch|
 //! | (padding)     |                                    | up to the next page boundary               |
 //! | data          | `num_pages * page_size` bytes      | spans of small blocks and large runs       |
@@ -34,7 +35,7 @@
 /// `b"SHMPOOL\0"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPOOL\0");
 /// Bumped whenever the meaning of any word in the region changes.
-pub const LAYOUT_VERSION: u64 = 11;
+pub const LAYOUT_VERSION: u64 = 12;
 
 /// Words reserved for the header; words `HOST_WORDS_START..HEADER_WORDS` belong to the host.
 pub const HEADER_WORDS: usize = 32;
@@ -126,6 +127,10 @@ pub const MAX_PAGE_SHIFT: u32 = 13;
 pub const DEFAULT_PAGE_SHIFT: u32 = 12;
 /// Page indices travel in 40-bit fields of page info.
 pub const MAX_PAGES: u64 = (1 << 32) - 2;
+/// Pages in one *block*: the unit in which caches keep the runs they claim apart (see
+/// `Heap::alloc_large`): a block's owner word names the participant whose cache claims runs
+/// there. Eight runs of the largest size a cache keeps.
+pub const BLOCK_PAGES: u64 = 1024;
 /// A large head's spare pages are at most this (bits 40-58 of its info word; see
 /// [`PageInfo::LargeHead`]).
 pub const MAX_SPARE: u64 = (1 << 19) - 1;
@@ -486,6 +491,8 @@ pub struct Geometry {
     pub runs: RunShape,
     /// Word index of the free-run index.
     pub runs_word: usize,
+    /// Word index of block 0's owner word (see [`BLOCK_PAGES`]).
+    pub owner_word: usize,
     /// Word index of page 0's metadata.
     pub page_meta_word: usize,
     /// Byte offset of data page 0.
@@ -533,7 +540,9 @@ impl Geometry {
             let empty_word = class_word + NUM_CLASSES * hier.total_words();
             let runs = RunShape::new(num_pages);
             let runs_word = (empty_word + hier.total_words()).next_multiple_of(LINE_WORDS);
-            let page_meta_word = (runs_word + runs.total_words()).next_multiple_of(LINE_WORDS);
+            let owner_word = runs_word + runs.total_words();
+            let page_meta_word =
+                (owner_word + num_pages.div_ceil(BLOCK_PAGES) as usize).next_multiple_of(LINE_WORDS);
             let meta_end = (page_meta_word as u64 + num_pages * PAGE_META_WORDS as u64) * 8;
             let data_offset = meta_end.div_ceil(page) * page;
             if data_offset + num_pages * page <= region_bytes {
@@ -553,6 +562,7 @@ impl Geometry {
                     empty_word,
                     runs,
                     runs_word,
+                    owner_word,
                     page_meta_word,
                     data_offset,
                 });
@@ -590,6 +600,12 @@ impl Geometry {
     #[inline]
     pub const fn data_bytes(&self) -> u64 {
         self.num_pages << self.page_shift
+    }
+
+    /// Word index of the owner word of the block holding page `page`.
+    #[inline]
+    pub const fn block_owner_word(&self, page: u64) -> usize {
+        self.owner_word + (page / BLOCK_PAGES) as usize
     }
 
     /// Word index of metadata word `field` of page `page`.

@@ -41,7 +41,10 @@ use crate::bitmap::PAGES_PER_WORD;
 use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{AllocOptions, Allocation, Heap};
-use crate::layout::{gen, page, participant, BlockState, Extra, Kind, PageInfo, MAX_SPARE, SPAN_PAGES};
+use crate::layout::{
+    gen, page, participant, BlockState, Extra, Kind, PageInfo, RecordState, BLOCK_PAGES, MAX_SPARE,
+    SPAN_PAGES,
+};
 use crate::participant::Session;
 use crate::primitive::Ordering;
 
@@ -105,6 +108,9 @@ impl Search {
 
 /// Most blocks one [`Heap::take_blocks`] takes.
 const MAX_TAKE: usize = 64;
+/// Blocks of pages (see [`BLOCK_PAGES`]) a cache's claim looks on for one of its own before it
+/// takes the lowest fit in another participant's.
+const BLOCK_HOPS: usize = 8;
 
 impl Heap<'_> {
     /// Takes up to `max` free blocks of `class` (at least one unless the pool has no room): from
@@ -382,21 +388,24 @@ impl Heap<'_> {
         options: AllocOptions,
     ) -> Result<Option<Allocation>, Error> {
         let pages = self.geometry().pages_for(size);
+        let cached = rounded.is_some();
         if let Some(run) = rounded.filter(|&run| run > pages && run - pages <= MAX_SPARE) {
-            if let Some(allocation) = self.alloc_run(session, size, pages, run, options)? {
+            if let Some(allocation) = self.alloc_run(session, size, pages, run, cached, options)? {
                 return Ok(Some(allocation));
             }
         }
-        self.alloc_run(session, size, pages, pages, options)
+        self.alloc_run(session, size, pages, pages, cached, options)
     }
 
-    /// [`Heap::alloc_large`] of a run of `run` pages for an allocation of `pages`.
+    /// [`Heap::alloc_large`] of a run of `run` pages for an allocation of `pages`; with
+    /// `cached`, a run for a cache, kept in the session's blocks (see [`Heap::fit_in_own_block`]).
     fn alloc_run(
         &self,
         session: &mut Session,
         size: u64,
         pages: u64,
         run: u64,
+        cached: bool,
         options: AllocOptions,
     ) -> Result<Option<Allocation>, Error> {
         // The lowest run past the pages the winner of the last claim we lost was found holding.
@@ -413,6 +422,9 @@ impl Heap<'_> {
                     return Ok(None);
                 };
                 head = lower;
+            }
+            if cached {
+                head = self.fit_in_own_block(session, run, head);
             }
             if let Err(next) = self.claim_run(session, head, run) {
                 search.lost(next);
@@ -431,6 +443,43 @@ impl Heap<'_> {
             step!("large/published");
             return Ok(Some(allocation));
         }
+    }
+
+    /// Where a cache's claim of a run of `run` pages goes, `head` being the lowest fit (backed):
+    /// there if its block is the session's or nobody's, else the lowest fit above it in a block
+    /// that is (looking at most [`BLOCK_HOPS`] blocks on, each fit backed before its block's
+    /// owner word is read), else `head` all the same. A hint: claims stay first fit wherever
+    /// one participant claims alone, and never refuse for it.
+    fn fit_in_own_block(&self, session: &Session, run: u64, head: u64) -> u64 {
+        let me = session.participant + 1;
+        let mut fit = head;
+        for _ in 0..=BLOCK_HOPS {
+            if self.takes_block(me, fit) {
+                return fit;
+            }
+            let next_block = (fit / BLOCK_PAGES + 1) * BLOCK_PAGES;
+            match self.find_free_run(run, next_block) {
+                Some(next) if self.back_pages(next + run) => fit = next,
+                _ => break,
+            }
+        }
+        head
+    }
+
+    /// Whether the block holding `page` is participant `me - 1`'s to claim cached runs in: it
+    /// says so, or it names nobody (or a participant whose record is free) and now names `me`.
+    fn takes_block(&self, me: u64, page: u64) -> bool {
+        let word = self.block_owner(page);
+        // ORDERING: Relaxed: a placement hint; it orders nothing.
+        let owner = word.load(Ordering::Relaxed);
+        if owner == me {
+            return true;
+        }
+        let gone = owner == 0
+            || owner > self.geometry().table_size
+            || self.participant_state(owner - 1).state == RecordState::Free;
+        // ORDERING: Relaxed, as above.
+        gone && word.compare_exchange(owner, me, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     /// Issues a new generation for the run at `head` (held by the session, claimed or cached)
