@@ -45,8 +45,9 @@
 //! the arrays workload with eight sizes per doubling, the largest hole left was 4% smaller;
 //! BENCHMARKS.md.)
 //!
-//! Runs a cache claims go to blocks of pages it claims in alone, where another participant's
-//! cache claims too (see `crate::runs`): two threads' cached runs do not interleave.
+//! Once a cache has claimed [`OWN_BLOCKS_AFTER`] runs, the runs it claims go to blocks of pages
+//! it claims in alone, where another participant's cache claims too (see `crate::runs`): two
+//! threads replacing buffers do not interleave their runs.
 //!
 //! Cached runs are not lost to others: an allocation that finds no room releases every run any
 //! cache holds (`Heap::release_cached_runs`, one compare-exchange each, as a free would), then
@@ -65,6 +66,7 @@ use crate::crash::step;
 use crate::error::Error;
 use crate::heap::{AllocId, AllocOptions, Allocation, Heap, Owner, Place, SpanAt, Wake};
 use crate::layout::{class_for, page, status, BlockState, Kind, NUM_CLASSES, STATE_READY};
+use crate::pages::ForCache;
 use crate::participant::Session;
 use crate::primitive::{AtomicU64, Ordering};
 
@@ -74,6 +76,8 @@ pub const CACHE_BLOCKS: usize = 64;
 const REFILL_BLOCKS: usize = CACHE_BLOCKS / 2;
 /// Freed large runs a cache keeps of each run size.
 pub const CACHE_RUNS_PER_SIZE: usize = 8;
+/// Runs a cache claims before it claims them in blocks of its own (see `crate::runs`).
+pub const OWN_BLOCKS_AFTER: u32 = 16;
 /// The largest run a cache keeps (whole pages, and at most 128 of them).
 pub const CACHE_RUN_BYTES: u64 = 512 << 10;
 /// The largest run size, in pages.
@@ -153,6 +157,8 @@ pub struct Cache {
     run_lens: [u8; RUN_SIZES],
     /// Pages of the cached runs (taken or not by another participant since).
     run_pages: u64,
+    /// Runs this cache claimed from the page bitmap (saturating).
+    run_claims: u32,
 }
 
 impl Cache {
@@ -166,6 +172,7 @@ impl Cache {
             runs: [[CachedRun { head: 0, pages: 0, word: 0 }; CACHE_RUNS_PER_SIZE]; RUN_SIZES],
             run_lens: [0; RUN_SIZES],
             run_pages: 0,
+            run_claims: 0,
         }
     }
 
@@ -394,8 +401,15 @@ impl<'a> Heap<'a> {
                 }
             }
         }
+        // A cache that claims runs often keeps them in blocks of its own (see `crate::runs`);
+        // one that claims a few (a thread's startup, a process's first arrays) does not take
+        // whole blocks for them.
+        let own_blocks = cache.run_claims >= OWN_BLOCKS_AFTER;
+        if rounded.is_some() {
+            cache.run_claims = cache.run_claims.saturating_add(1);
+        }
         let alloc = |session: &mut Session| match rounded {
-            Some((_, pages)) => self.alloc_slow(session, size, Some(pages), options),
+            Some((_, pages)) => self.alloc_slow(session, size, Some(ForCache { pages, own_blocks }), options),
             None => self.alloc_uncharged(session, size, options),
         };
         match alloc(&mut cache.session) {

@@ -133,6 +133,7 @@ use crate::layout::{
     FENCES_SYMMETRIC, GRANULE, HEADER_WORDS, HEALER, LAYOUT_VERSION, MAGIC, MAX_PAGE_SHIFT, MIN_PAGE_SHIFT,
     NUM_CLASSES, SPAN_PAGES, STATE_DESTROYED, STATE_INITIALISING, STATE_READY,
 };
+use crate::pages::ForCache;
 use crate::participant::Session;
 use crate::primitive::{compiler_fence, fence, AtomicU32, AtomicU64, Ordering};
 use crate::region::Region;
@@ -1502,7 +1503,7 @@ impl<'a> Heap<'a> {
         &self,
         session: &mut Session,
         size: u64,
-        rounded: Option<u64>,
+        for_cache: Option<ForCache>,
         options: AllocOptions,
     ) -> Result<Allocation, Error> {
         if !options.align.is_power_of_two() || options.align > self.geo.page_bytes() {
@@ -1521,7 +1522,7 @@ impl<'a> Heap<'a> {
         loop {
             let attempt = match class {
                 Some(class) => self.alloc_small(session, class, size, options)?,
-                None => self.alloc_large(session, size, rounded, options)?,
+                None => self.alloc_large(session, size, for_cache, options)?,
             };
             if let Some(allocation) = attempt {
                 return self.give_to_requested_owner(session, allocation, options);

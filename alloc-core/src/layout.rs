@@ -129,7 +129,7 @@ pub const DEFAULT_PAGE_SHIFT: u32 = 12;
 pub const MAX_PAGES: u64 = (1 << 32) - 2;
 /// Pages in one *block*: the unit in which caches keep the runs they claim apart (see
 /// `Heap::alloc_large`): a block's owner word names the participant whose cache claims runs
-/// there. Eight runs of the largest size a cache keeps.
+/// there. Eight runs of the largest size a cache keeps, with 4 KiB pages.
 pub const BLOCK_PAGES: u64 = 1024;
 /// A large head's spare pages are at most this (bits 40-58 of its info word; see
 /// [`PageInfo::LargeHead`]).

@@ -53,7 +53,7 @@ pub mod span;
 mod wait;
 
 pub use budget::{Budget, BudgetUsed, Uncharged};
-pub use cache::{Cache, CACHE_BLOCKS, CACHE_RUNS_PER_SIZE, CACHE_RUN_BYTES};
+pub use cache::{Cache, CACHE_BLOCKS, CACHE_RUNS_PER_SIZE, CACHE_RUN_BYTES, OWN_BLOCKS_AFTER};
 #[cfg(feature = "crash-points")]
 pub use crash::{clear_hook, set_hook};
 pub use error::Error;

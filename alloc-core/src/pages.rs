@@ -106,10 +106,18 @@ impl Search {
     }
 }
 
+/// A cache's request for a run: rounded up to `pages`, and placed in blocks of the session's
+/// own (`own_blocks`: a cache that claims runs often; see [`Heap::fit_in_own_block`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ForCache {
+    pub(crate) pages: u64,
+    pub(crate) own_blocks: bool,
+}
+
 /// Most blocks one [`Heap::take_blocks`] takes.
 const MAX_TAKE: usize = 64;
-/// Blocks of pages (see [`BLOCK_PAGES`]) a cache's claim looks on for one of its own before it
-/// takes the lowest fit in another participant's.
+/// Fits in further blocks (see [`BLOCK_PAGES`]) a cache's claim looks at for one in a block
+/// of its own before it takes the lowest fit, in another participant's.
 const BLOCK_HOPS: usize = 8;
 
 impl Heap<'_> {
@@ -377,18 +385,21 @@ impl Heap<'_> {
     }
 
     /// Allocates a run of whole pages for `size` bytes, owned by the caller; `None` if no run
-    /// is free. With `rounded` (a cache's size for the request, more pages than it needs), a
-    /// run of that many pages if one is free, the pages beyond the capacity spare, so that the
-    /// run can serve any request of that size when a cache takes it back; else an exact one.
+    /// is free. For a cache (`for_cache`: its size for the request, more pages than it needs),
+    /// a run of that many pages if one is free, the pages beyond the capacity spare, so that the
+    /// run can serve any request of that size when the cache takes it back; else an exact one.
+    /// Either goes to the session's own blocks if the cache asks (see
+    /// [`Heap::fit_in_own_block`]).
     pub(crate) fn alloc_large(
         &self,
         session: &mut Session,
         size: u64,
-        rounded: Option<u64>,
+        for_cache: Option<ForCache>,
         options: AllocOptions,
     ) -> Result<Option<Allocation>, Error> {
         let pages = self.geometry().pages_for(size);
-        let cached = rounded.is_some();
+        let cached = for_cache.is_some_and(|request| request.own_blocks);
+        let rounded = for_cache.map(|request| request.pages);
         if let Some(run) = rounded.filter(|&run| run > pages && run - pages <= MAX_SPARE) {
             if let Some(allocation) = self.alloc_run(session, size, pages, run, cached, options)? {
                 return Ok(Some(allocation));
@@ -446,8 +457,8 @@ impl Heap<'_> {
     }
 
     /// Where a cache's claim of a run of `run` pages goes, `head` being the lowest fit (backed):
-    /// there if its block is the session's or nobody's, else the lowest fit above it in a block
-    /// that is (looking at most [`BLOCK_HOPS`] blocks on, each fit backed before its block's
+    /// there if its block is the session's or nobody's, else the next fit above it in a block
+    /// that is (looking at [`BLOCK_HOPS`] more fits at most, each backed before its block's
     /// owner word is read), else `head` all the same. A hint: claims stay first fit wherever
     /// one participant claims alone, and never refuse for it.
     fn fit_in_own_block(&self, session: &Session, run: u64, head: u64) -> u64 {

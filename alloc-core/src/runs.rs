@@ -9,18 +9,21 @@
 //! large hole. Measured on the arrays workload (BENCHMARKS.md), first fit keeps a hole as large
 //! as Boost.Interprocess's best fit does.
 //!
-//! One exception, for the runs caches claim (`pages::fit_in_own_block`): the data area is cut
-//! into blocks of `BLOCK_PAGES` pages, each with an owner word naming the participant whose
-//! cache claims runs there, and a cache's claim whose lowest fit lies in another live
-//! participant's block takes the lowest fit in a block of its own or nobody's instead (a few
-//! blocks on at most, else the lowest fit all the same). One participant alone places by first
-//! fit exactly; several keep their cached runs apart, as glibc's per-thread arenas do. Runs of
+//! One exception, for the runs a cache claims once it has claimed `OWN_BLOCKS_AFTER` of them
+//! (`pages::fit_in_own_block`): the data area is cut into blocks of `BLOCK_PAGES` pages, each
+//! with an owner word naming the participant whose cache claims runs there, and such a claim
+//! whose lowest fit lies in another live participant's block takes the next fit in a block of
+//! its own or nobody's instead (a few fits on at most, else the lowest fit all the same). One
+//! participant alone places by first fit exactly; several that claim often keep their cached
+//! runs apart, as glibc's per-thread arenas do (a block is backed whole: caches that claim a
+//! few runs take none, and an idle one keeps nobody out). Runs of
 //! two threads interleaved page by page made each thread's walk through its own runs' metadata
 //! fetch (by the cores' prefetchers) the lines the other was about to write: two threads
 //! replacing 64 KiB buffers scaled 1.2× instead of 1.85× (BENCHMARKS.md). Owner words are
 //! hints: a claim still takes its pages by the bitmap protocol, a stale owner costs only
-//! placement, and a participant's blocks are anyone's once its record is free (a dead one's
-//! after `reclaim_dead`).
+//! placement (a participant that stops or idles after claiming often keeps others' cached
+//! claims out of its blocks, never a claim from room), and a participant's blocks are anyone's
+//! once its record is free (a dead one's after `reclaim_dead`).
 //!
 //! Each word summarises a range of pages: the free pages it starts with (*prefix*), ends with
 //! (*suffix*), its longest free run (*max*), whether it is all free, and whether it holds a free

@@ -736,3 +736,20 @@ fn repair_clears_the_info_of_a_live_runs_interior_pages() {
         repaired_keeps(&heap, &mut p, &run);
     }
 }
+
+/// From the review of 26d327c (seen failing there: 40 MiB backed, heads 0, 1024, 2048, ...):
+/// each cache that claimed a run took a block of its own, and a block is backed whole, so many
+/// threads each claiming a small run backed a chunk each. Caches that claim a few runs take no
+/// blocks.
+#[test]
+fn caches_claiming_one_small_run_each_back_no_more_than_the_runs_need() {
+    let guarded = Guarded::new(4 * GIB, DEFAULT_PAGE_SHIFT, u64::MAX);
+    let heap = guarded.create(DEFAULT_PAGE_SHIFT);
+    let p = Participant::new(&heap, 1);
+    let mut caches: Vec<_> = (0..64).map(|_| p.cache()).collect();
+    for cache in caches.iter_mut() {
+        heap.alloc_with(cache, 64 << 10, AllocOptions::default()).expect("room");
+    }
+    let backed_mib = read(&heap, header::BACKED_PAGES) * 4096 / MIB;
+    assert!(backed_mib <= 8, "backed {backed_mib} MiB for 4 MiB of runs");
+}
