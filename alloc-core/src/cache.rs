@@ -47,7 +47,9 @@
 //!
 //! Once a cache has claimed [`OWN_BLOCKS_AFTER`] runs, the runs it claims go to blocks of pages
 //! it claims in alone, where another participant's cache claims too (see `crate::runs`): two
-//! threads replacing buffers do not interleave their runs.
+//! threads replacing buffers do not interleave their runs. It keeps 16 blocks as its own at
+//! most, and gives them all up when flushed (as when its `LocalPool` is dropped), so that the
+//! next participant of its record does not inherit them.
 //!
 //! Cached runs are not lost to others: an allocation that finds no room releases every run any
 //! cache holds (`Heap::release_cached_runs`, one compare-exchange each, as a free would), then
@@ -78,6 +80,8 @@ const REFILL_BLOCKS: usize = CACHE_BLOCKS / 2;
 pub const CACHE_RUNS_PER_SIZE: usize = 8;
 /// Runs a cache claims before it claims them in blocks of its own (see `crate::runs`).
 pub const OWN_BLOCKS_AFTER: u32 = 16;
+/// Blocks a cache keeps as its own at most (it gives up the oldest for a new one).
+const OWNED_BLOCKS: usize = 16;
 /// The largest run a cache keeps (whole pages, and at most 128 of them).
 pub const CACHE_RUN_BYTES: u64 = 512 << 10;
 /// The largest run size, in pages.
@@ -157,8 +161,11 @@ pub struct Cache {
     run_lens: [u8; RUN_SIZES],
     /// Pages of the cached runs (taken or not by another participant since).
     run_pages: u64,
-    /// Runs this cache claimed from the page bitmap (saturating).
+    /// Run requests this cache took to the page bitmap (saturating).
     run_claims: u32,
+    /// The blocks its claims made its own (see `crate::runs`), oldest first.
+    blocks: [u64; OWNED_BLOCKS],
+    block_count: u8,
 }
 
 impl Cache {
@@ -173,6 +180,8 @@ impl Cache {
             run_lens: [0; RUN_SIZES],
             run_pages: 0,
             run_claims: 0,
+            blocks: [0; OWNED_BLOCKS],
+            block_count: 0,
         }
     }
 
@@ -412,7 +421,7 @@ impl<'a> Heap<'a> {
             Some((_, pages)) => self.alloc_slow(session, size, Some(ForCache { pages, own_blocks }), options),
             None => self.alloc_uncharged(session, size, options),
         };
-        match alloc(&mut cache.session) {
+        let allocation = match alloc(&mut cache.session) {
             Err(Error::OutOfMemory { .. }) if cache.held() > 0 => {
                 // Our cached blocks may be what keeps spans from going back to general use.
                 // Any waiters notice the given-back blocks within their wait slice.
@@ -420,6 +429,29 @@ impl<'a> Heap<'a> {
                 alloc(&mut cache.session)
             }
             other => other,
+        }?;
+        if own_blocks {
+            self.note_block(cache, allocation.offset);
+        }
+        Ok(allocation)
+    }
+
+    /// Records the block of the run at `offset` if the cache's claim made it its own (so that
+    /// a flush gives it up; the oldest of [`OWNED_BLOCKS`] goes at once for a new one).
+    fn note_block(&self, cache: &mut Cache, offset: u64) {
+        let me = cache.session.participant + 1;
+        let Some(block) = self.own_block_at(me, offset) else { return };
+        let len = cache.block_count as usize;
+        if cache.blocks[..len].contains(&block) {
+            return;
+        }
+        if len == OWNED_BLOCKS {
+            self.give_up_block(me, cache.blocks[0]);
+            cache.blocks.copy_within(1.., 0);
+            cache.blocks[OWNED_BLOCKS - 1] = block;
+        } else {
+            cache.blocks[len] = block;
+            cache.block_count += 1;
         }
     }
 
@@ -674,6 +706,12 @@ impl<'a> Heap<'a> {
                 wake = wake.or(self.give_back_run(&cache.session, run));
             }
         }
+        // Its blocks too: the next participant of its record must not inherit them.
+        let me = cache.session.participant + 1;
+        for &block in &cache.blocks[..cache.block_count as usize] {
+            self.give_up_block(me, block);
+        }
+        cache.block_count = 0;
         Ok(wake)
     }
 

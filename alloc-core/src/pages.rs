@@ -493,6 +493,27 @@ impl Heap<'_> {
         gone && word.compare_exchange(owner, me, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
+    /// The block holding byte `offset` of the region if it names participant `me - 1`'s as its
+    /// owner (see [`Heap::takes_block`]).
+    pub(crate) fn own_block_at(&self, me: u64, offset: u64) -> Option<u64> {
+        let geo = self.geometry();
+        let page = offset.checked_sub(geo.data_offset)? >> geo.page_shift;
+        // ORDERING: Relaxed: a placement hint.
+        (page < geo.num_pages && self.block_owner(page).load(Ordering::Relaxed) == me)
+            .then_some(page / BLOCK_PAGES)
+    }
+
+    /// Gives block `block` up if it names participant `me - 1` as its owner.
+    pub(crate) fn give_up_block(&self, me: u64, block: u64) {
+        // ORDERING: Relaxed: a placement hint.
+        let _ = self.block_owner(block * BLOCK_PAGES).compare_exchange(
+            me,
+            0,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
     /// Issues a new generation for the run at `head` (held by the session, claimed or cached)
     /// and writes its extra word: the allocation of `pages` pages' capacity it becomes, and the
     /// state word that makes it live. The run's epoch is the caller's alone to write while it

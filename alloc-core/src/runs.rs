@@ -22,8 +22,10 @@
 //! replacing 64 KiB buffers scaled 1.2× instead of 1.85× (BENCHMARKS.md). Owner words are
 //! hints: a claim still takes its pages by the bitmap protocol, a stale owner costs only
 //! placement (a participant that stops or idles after claiming often keeps others' cached
-//! claims out of its blocks, never a claim from room), and a participant's blocks are anyone's
-//! once its record is free (a dead one's after `reclaim_dead`).
+//! claims out of its blocks, never a claim from room). A cache gives its blocks up when it is
+//! flushed (a `LocalPool` when dropped), and keeps 16 at most; a block whose owner's record is
+//! free is anyone's (a dead participant's after `reclaim_dead`, unless a new participant took
+//! the record first: then it inherits them, as it would an idle owner's).
 //!
 //! Each word summarises a range of pages: the free pages it starts with (*prefix*), ends with
 //! (*suffix*), its longest free run (*max*), whether it is all free, and whether it holds a free

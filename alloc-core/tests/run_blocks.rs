@@ -124,3 +124,27 @@ fn a_claim_takes_room_in_another_participants_block_rather_than_refuse() {
     assert!(got.is_ok(), "b refused with room in a's blocks: {got:?}");
     p.check().expect("consistent");
 }
+
+/// From the review of 5ef09e2: owner words name a participant by its record's index, and a
+/// record is reused lowest first, so a new participant that never claims took over the blocks
+/// of one that left, and kept every other cache out of them. A cache now gives its blocks up
+/// when it is flushed (as a `LocalPool` is when dropped).
+#[test]
+fn a_record_reused_after_its_cache_left_brings_no_blocks_with_it() {
+    let memory = TestMemory::new(64 * MIB);
+    let heap = memory.create();
+    let mut p = Participant::new(&heap, 1);
+    let mut gone = p.cache();
+    let runs: Vec<_> =
+        (0..=OWN_BLOCKS_AFTER).map(|_| heap.alloc_with(&mut gone, RUN, plain()).expect("room")).collect();
+    for run in &runs {
+        let _ = heap.free_with(&mut gone, run.id()).expect("live");
+    }
+    let _ = heap.flush(&mut gone).expect("flushed");
+    heap.release_participant(gone.into_session()).expect("released");
+    let _idle = p.cache(); // takes the record `gone` left, and never claims
+    let mut busy = p.cache();
+    let blocks = claim_blocks(&heap, &mut busy, 40);
+    assert!(blocks.iter().all(|&block| block == 0), "the busy cache's blocks: {blocks:?}");
+    p.check().expect("consistent");
+}
