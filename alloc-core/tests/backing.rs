@@ -753,3 +753,22 @@ fn caches_claiming_one_small_run_each_back_no_more_than_the_runs_need() {
     let backed_mib = read(&heap, header::BACKED_PAGES) * 4096 / MIB;
     assert!(backed_mib <= 8, "backed {backed_mib} MiB for 4 MiB of runs");
 }
+
+/// From the review of 5ef09e2: past the threshold, each cache that claims often takes a block
+/// of its own, backed whole, but only as far as a claim looks on for one (`BLOCK_HOPS` fits):
+/// however many caches, the blocks backed beyond what first fit would back stay bounded.
+#[test]
+fn caches_claiming_often_back_a_bounded_number_of_blocks() {
+    let guarded = Guarded::new(4 * GIB, DEFAULT_PAGE_SHIFT, u64::MAX);
+    let heap = guarded.create(DEFAULT_PAGE_SHIFT);
+    let p = Participant::new(&heap, 1);
+    let mut caches: Vec<_> = (0..64).map(|_| p.cache()).collect();
+    for cache in caches.iter_mut() {
+        for _ in 0..=alloc_core::OWN_BLOCKS_AFTER {
+            heap.alloc_with(cache, 4 << 10, AllocOptions::default()).expect("room");
+        }
+    }
+    // 64 * 17 runs of one page: 4.25 MiB by first fit; nine more blocks of 4 MiB at most.
+    let backed_mib = read(&heap, header::BACKED_PAGES) * 4096 / MIB;
+    assert!(backed_mib <= 48, "backed {backed_mib} MiB for 4.25 MiB of runs");
+}
