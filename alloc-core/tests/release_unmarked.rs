@@ -4,14 +4,10 @@
 
 mod common;
 
-use alloc_core::{AllocOptions, Allocation, Error};
-use common::{fill, holds, stopped_at, Participant, TestMemory};
+use alloc_core::{Allocation, Error};
+use common::{fill, holds, plain, stopped_at, Participant, TestMemory};
 
 const PAGE: u64 = 4096;
-
-fn plain() -> AllocOptions {
-    AllocOptions::default()
-}
 
 fn page_of(p: &Participant<'_, '_>, a: &Allocation) -> u64 {
     (a.offset - p.heap.geometry().data_offset) / PAGE

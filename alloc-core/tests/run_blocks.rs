@@ -6,19 +6,11 @@
 mod common;
 
 use alloc_core::layout::BLOCK_PAGES;
-use alloc_core::{AllocOptions, Cache, Heap, OWN_BLOCKS_AFTER};
-use common::{Participant, TestMemory};
+use alloc_core::{Cache, Heap, OWN_BLOCKS_AFTER};
+use common::{head_of, plain, Participant, TestMemory};
 
 const MIB: usize = 1 << 20;
 const RUN: u64 = 64 << 10;
-
-fn plain() -> AllocOptions {
-    AllocOptions::default()
-}
-
-fn head_of(heap: &Heap<'_>, offset: u64) -> u64 {
-    (offset - heap.geometry().data_offset) >> heap.geometry().page_shift
-}
 
 /// The block of each of `count` runs `cache` claims.
 fn claim_blocks(heap: &Heap<'_>, cache: &mut Cache, count: usize) -> Vec<u64> {

@@ -6,18 +6,10 @@ mod common;
 use alloc_core::bitmap::PageBits;
 use alloc_core::layout::{page, PageInfo};
 use alloc_core::{AllocOptions, Error, Heap};
-use common::{fill, holds, stopped_at, Participant, TestMemory};
+use common::{fill, head_of, holds, plain, stopped_at, Participant, TestMemory};
 
 const MIB: usize = 1 << 20;
 const RUN: u64 = 64 << 10;
-
-fn plain() -> AllocOptions {
-    AllocOptions::default()
-}
-
-fn head_of(heap: &Heap<'_>, offset: u64) -> u64 {
-    (offset - heap.geometry().data_offset) >> heap.geometry().page_shift
-}
 
 /// Marks page `page` claimed (no head bit) in the page bitmap: the damage of a stray write.
 fn claim_bit(memory: &TestMemory, heap: &Heap<'_>, page: u64) {

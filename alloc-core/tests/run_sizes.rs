@@ -5,13 +5,9 @@
 mod common;
 
 use alloc_core::{AllocOptions, Heap, Platform, CACHE_RUNS_PER_SIZE};
-use common::{Participant, TestMemory};
+use common::{plain, Participant, TestMemory};
 
 const MIB: usize = 1 << 20;
-
-fn plain() -> AllocOptions {
-    AllocOptions::default()
-}
 
 /// Seen failing at 9010be6 (reported 40960 bytes: the run's pages, its spare page included).
 /// `reclaim_dead` reports a dead owner's rounded run with the allocation's own size.

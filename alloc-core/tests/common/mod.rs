@@ -176,3 +176,13 @@ pub fn stopped_at(step: &'static str, f: impl FnOnce()) -> bool {
     STOP.with(|stop| stop.set(None));
     outcome.is_err()
 }
+
+/// Default allocation options.
+pub fn plain() -> AllocOptions {
+    AllocOptions::default()
+}
+
+/// The page of the run at byte `offset` of the region.
+pub fn head_of(heap: &Heap<'_>, offset: u64) -> u64 {
+    (offset - heap.geometry().data_offset) >> heap.geometry().page_shift
+}
