@@ -138,6 +138,11 @@ const RUN_SIZE_PAGES: [u16; RUN_SIZES] = {
     sizes
 };
 
+/// Whether `run` lies higher in the pool than `than` (for [`Cache::find_run`]).
+fn higher(run: &CachedRun, than: &CachedRun) -> bool {
+    run.head > than.head
+}
+
 /// A run a cache holds: where, how long, and its state word as the cache made it (so that a
 /// run another participant released meanwhile, and perhaps handed out and cached again, is
 /// never mistaken for it: a later caching has a later generation's tag).
@@ -220,7 +225,7 @@ impl Cache {
 
     /// Takes the cached run of run size `size` highest in the pool out.
     fn take_highest_run(&mut self, size: usize) -> Option<CachedRun> {
-        let at = self.find_run(size, |run, best| run.head > best.head)?;
+        let at = self.find_run(size, higher)?;
         Some(self.remove_run(size, at))
     }
 
@@ -249,7 +254,7 @@ impl Cache {
 
     /// The first page of the cached run of run size `size` highest in the pool.
     fn highest_run(&self, size: usize) -> Option<u64> {
-        self.runs.get(size)?[..self.run_lens[size] as usize].iter().map(|run| run.head).max()
+        Some(self.runs[size][self.find_run(size, higher)?].head)
     }
 
     /// The run size of the cached run highest in the pool, of any size, and its first page.
